@@ -1,0 +1,369 @@
+//! The storage I/O seam: every byte the store reads or writes goes through [`Fs`].
+//!
+//! Owns the two implementations: [`RealFs`] (one directory on disk, snapshot files mapped with
+//! memmap2) and [`SimFs`] (in memory, for crash tests). `SimFs` models what a power cut does to a
+//! file system, as SQLite's crash-test VFS does: data written but not fsync'd, and directory
+//! entries created or renamed but not fsync'd, may be lost; a crash keeps a random prefix of each
+//! file's unsynced appends. This module must never interpret file contents; it moves bytes.
+//!
+//! All names are plain file names inside the store directory; the seam never follows paths.
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Read-only bytes of a whole file: a memory map on disk, a copy in the simulator.
+pub enum Mapped {
+    /// A read-only memory map.
+    Map(memmap2::Mmap),
+    /// Owned bytes (simulator, or an empty file, which cannot be mapped).
+    Owned(Vec<u8>),
+}
+
+impl Deref for Mapped {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Mapped::Map(m) => m,
+            Mapped::Owned(v) => v,
+        }
+    }
+}
+
+/// A file open for appending.
+pub trait WriteFile: Send {
+    /// Appends all of `buf`.
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// Makes everything appended so far durable (fsync).
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+/// The file operations the store needs, on one directory.
+pub trait Fs: Send + Sync {
+    /// The directory, for error messages.
+    fn root(&self) -> &Path;
+    /// Names of the files in the directory.
+    fn list(&self) -> io::Result<Vec<String>>;
+    /// Whether a file exists.
+    fn exists(&self, name: &str) -> bool;
+    /// Maps a whole file read-only. The file must never change while mapped: the store only maps
+    /// snapshot files, which are immutable once installed, and log files before any write.
+    fn map(&self, name: &str) -> io::Result<Mapped>;
+    /// Creates (or truncates) a file for appending.
+    fn create(&self, name: &str) -> io::Result<Box<dyn WriteFile>>;
+    /// Opens an existing file for appending.
+    fn append(&self, name: &str) -> io::Result<Box<dyn WriteFile>>;
+    /// Renames a file, replacing the target.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Removes a file.
+    fn remove(&self, name: &str) -> io::Result<()>;
+    /// Cuts a file to `len` bytes and makes that durable.
+    fn truncate(&self, name: &str, len: u64) -> io::Result<()>;
+    /// Makes the directory's entries (creations, renames, removals) durable.
+    fn sync_dir(&self) -> io::Result<()>;
+}
+
+/// The store's directory on disk.
+pub struct RealFs {
+    dir: PathBuf,
+}
+
+impl RealFs {
+    /// Uses `dir`, creating it if needed.
+    pub fn new(dir: impl Into<PathBuf>) -> io::Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self { dir })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+struct RealFile(File);
+
+impl WriteFile for RealFile {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0.write_all(buf)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        // fdatasync: the file's length changes with every append and is part of its data.
+        self.0.sync_data()
+    }
+}
+
+impl Fs for RealFs {
+    fn root(&self) -> &Path {
+        &self.dir
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            if let Some(name) = entry?.file_name().to_str() {
+                names.push(name.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn exists(&self, name: &str) -> bool {
+        self.path(name).exists()
+    }
+
+    fn map(&self, name: &str) -> io::Result<Mapped> {
+        let file = File::open(self.path(name))?;
+        if file.metadata()?.len() == 0 {
+            return Ok(Mapped::Owned(Vec::new()));
+        }
+        // SAFETY: the mmap contract of the store: a mapped file is never modified or truncated
+        // while mapped. Snapshot files are written under a temporary name, fsync'd, renamed and
+        // never opened for writing again; log files are mapped only during recovery, before
+        // the store appends to them. Another process writing into the directory breaks the
+        // contract, which is why an operator must not run two stores on one directory.
+        let map = unsafe { memmap2::Mmap::map(&file)? };
+        Ok(Mapped::Map(map))
+    }
+
+    fn create(&self, name: &str) -> io::Result<Box<dyn WriteFile>> {
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.path(name))?;
+        Ok(Box::new(RealFile(f)))
+    }
+
+    fn append(&self, name: &str) -> io::Result<Box<dyn WriteFile>> {
+        let f = OpenOptions::new().append(true).open(self.path(name))?;
+        Ok(Box::new(RealFile(f)))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        std::fs::rename(self.path(from), self.path(to))
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        std::fs::remove_file(self.path(name))
+    }
+
+    fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
+        let f = OpenOptions::new().write(true).open(self.path(name))?;
+        f.set_len(len)?;
+        f.sync_all()
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+/// One simulated file: what a crash would keep (`durable`) and what readers see (`data`).
+#[derive(Default, Clone)]
+struct Inode {
+    data: Vec<u8>,
+    durable: Vec<u8>,
+}
+
+#[derive(Default)]
+struct SimState {
+    inodes: Vec<Inode>,
+    dir: HashMap<String, usize>,
+    dir_durable: HashMap<String, usize>,
+    /// Bumped by every crash; handles of an older generation fail, as a dead process's would.
+    generation: u64,
+    /// State of a small xorshift generator that picks how much of an unsynced tail survives.
+    rng: u64,
+}
+
+/// An in-memory file system that can lose unsynced data on [`SimFs::crash`].
+#[derive(Clone, Default)]
+pub struct SimFs {
+    state: Arc<Mutex<SimState>>,
+    root: PathBuf,
+}
+
+fn sim_err(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, what.to_owned())
+}
+
+impl SimFs {
+    /// An empty simulated directory; `seed` drives what survives crashes.
+    pub fn new(seed: u64) -> Self {
+        let s = SimState {
+            rng: seed | 1,
+            ..SimState::default()
+        };
+        Self {
+            state: Arc::new(Mutex::new(s)),
+            root: PathBuf::from("sim"),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SimState> {
+        // A panic while holding this lock can only come from a test's own assertion.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A power cut: directory entries revert to the last directory sync, every file keeps its
+    /// synced bytes plus a random prefix of what was appended after, and every open handle dies.
+    pub fn crash(&self) {
+        let mut s = self.lock();
+        s.generation += 1;
+        s.dir = s.dir_durable.clone();
+        for i in 0..s.inodes.len() {
+            let durable_len = s.inodes[i].durable.len();
+            let extra = s.inodes[i].data.len().saturating_sub(durable_len);
+            let keep = if extra == 0 {
+                0
+            } else {
+                let r = next_rand(&mut s.rng);
+                // Half the time nothing unsynced survives, otherwise a random prefix of it.
+                if r & 1 == 0 {
+                    0
+                } else {
+                    (r >> 1) as usize % (extra + 1)
+                }
+            };
+            let inode = &mut s.inodes[i];
+            let mut data = inode.durable.clone();
+            if inode.data.starts_with(&inode.durable) {
+                data.extend_from_slice(&inode.data[durable_len..durable_len + keep]);
+            }
+            inode.data = data.clone();
+            inode.durable = data;
+        }
+    }
+
+    /// Flips one bit of a file, in place (for corruption tests).
+    pub fn flip_bit(&self, name: &str, offset: usize, bit: u8) -> io::Result<()> {
+        let mut s = self.lock();
+        let ino = *s.dir.get(name).ok_or_else(|| sim_err(name))?;
+        let inode = &mut s.inodes[ino];
+        let byte = inode
+            .data
+            .get_mut(offset)
+            .ok_or_else(|| sim_err("offset past end"))?;
+        *byte ^= 1 << (bit % 8);
+        inode.durable = inode.data.clone();
+        Ok(())
+    }
+
+    /// Current length of a file.
+    pub fn len(&self, name: &str) -> Option<usize> {
+        let s = self.lock();
+        s.dir.get(name).map(|&i| s.inodes[i].data.len())
+    }
+}
+
+fn next_rand(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+struct SimFile {
+    fs: SimFs,
+    inode: usize,
+    generation: u64,
+}
+
+impl SimFile {
+    fn with<R>(&self, f: impl FnOnce(&mut Inode) -> R) -> io::Result<R> {
+        let mut s = self.fs.lock();
+        if s.generation != self.generation {
+            return Err(io::Error::other("simulated crash: handle is dead"));
+        }
+        Ok(f(&mut s.inodes[self.inode]))
+    }
+}
+
+impl WriteFile for SimFile {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.with(|i| i.data.extend_from_slice(buf))
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.with(|i| i.durable = i.data.clone())
+    }
+}
+
+impl Fs for SimFs {
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut v: Vec<String> = self.lock().dir.keys().cloned().collect();
+        v.sort();
+        Ok(v)
+    }
+
+    fn exists(&self, name: &str) -> bool {
+        self.lock().dir.contains_key(name)
+    }
+
+    fn map(&self, name: &str) -> io::Result<Mapped> {
+        let s = self.lock();
+        let ino = *s.dir.get(name).ok_or_else(|| sim_err(name))?;
+        Ok(Mapped::Owned(s.inodes[ino].data.clone()))
+    }
+
+    fn create(&self, name: &str) -> io::Result<Box<dyn WriteFile>> {
+        let mut s = self.lock();
+        s.inodes.push(Inode::default());
+        let inode = s.inodes.len() - 1;
+        s.dir.insert(name.to_owned(), inode);
+        Ok(Box::new(SimFile {
+            fs: self.clone(),
+            inode,
+            generation: s.generation,
+        }))
+    }
+
+    fn append(&self, name: &str) -> io::Result<Box<dyn WriteFile>> {
+        let s = self.lock();
+        let inode = *s.dir.get(name).ok_or_else(|| sim_err(name))?;
+        Ok(Box::new(SimFile {
+            fs: self.clone(),
+            inode,
+            generation: s.generation,
+        }))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let mut s = self.lock();
+        let ino = s.dir.remove(from).ok_or_else(|| sim_err(from))?;
+        s.dir.insert(to.to_owned(), ino);
+        Ok(())
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        self.lock()
+            .dir
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| sim_err(name))
+    }
+
+    fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
+        let mut s = self.lock();
+        let ino = *s.dir.get(name).ok_or_else(|| sim_err(name))?;
+        let inode = &mut s.inodes[ino];
+        inode.data.truncate(len as usize);
+        inode.durable = inode.data.clone();
+        Ok(())
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        let mut s = self.lock();
+        s.dir_durable = s.dir.clone();
+        Ok(())
+    }
+}

@@ -1,0 +1,194 @@
+//! The `MANIFEST`: which snapshot files are live and which `seq` they include.
+//!
+//! Owns the manifest format of `snapshots/README.md` and its atomic install (temp file, fsync,
+//! rename, directory fsync). It never opens the files it names; the store does.
+
+use std::path::PathBuf;
+
+use super::StoreError;
+use super::fs::Fs;
+use super::hash::HashKey;
+
+/// File name of the manifest.
+pub const NAME: &str = "MANIFEST";
+/// Magic of the manifest.
+pub const MAGIC: [u8; 8] = *b"MYKEYMAN";
+/// Format version of the manifest.
+pub const VERSION: u16 = 1;
+/// Most shards a table may have. 4096 shards of a 100M-ID table hold ~25K IDs each; more
+/// would only multiply open files.
+pub const SHARDS_MAX: u16 = 4096;
+const FIXED_LEN: usize = 48;
+
+/// One shard file as the manifest pins it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardEntry {
+    /// File length in bytes.
+    pub len: u64,
+    /// CRC of the file's header.
+    pub header_crc: u32,
+}
+
+/// The decoded manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    /// Every snapshot includes changes `1..=seq`.
+    pub seq: u64,
+    /// The store's hash key.
+    pub hash_key: HashKey,
+    /// Per table (index = table id − 1), its shards.
+    pub tables: Vec<Vec<ShardEntry>>,
+}
+
+impl Manifest {
+    /// Encodes the manifest.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(256);
+        b.extend_from_slice(&MAGIC);
+        b.extend_from_slice(&VERSION.to_le_bytes());
+        b.extend_from_slice(&(self.tables.len() as u16).to_le_bytes());
+        b.extend_from_slice(&[0; 4]);
+        b.extend_from_slice(&self.seq.to_le_bytes());
+        b.extend_from_slice(&self.hash_key.0[0].to_le_bytes());
+        b.extend_from_slice(&self.hash_key.0[1].to_le_bytes());
+        b.extend_from_slice(&[0; 8]);
+        for (i, shards) in self.tables.iter().enumerate() {
+            b.push(i as u8 + 1);
+            b.push(0);
+            b.extend_from_slice(&(shards.len() as u16).to_le_bytes());
+            for s in shards {
+                b.extend_from_slice(&s.len.to_le_bytes());
+                b.extend_from_slice(&s.header_crc.to_le_bytes());
+                b.extend_from_slice(&[0; 4]);
+            }
+        }
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decodes and checks a manifest; `tables` is how many tables this build knows.
+    pub fn decode(path: PathBuf, b: &[u8], tables: usize) -> Result<Self, StoreError> {
+        let corrupt = |offset: usize, what: &'static str| StoreError::Corrupt {
+            path: path.clone(),
+            offset: offset as u64,
+            what,
+        };
+        if b.len() < FIXED_LEN + 4 {
+            return Err(corrupt(b.len(), "manifest shorter than its fixed part"));
+        }
+        if b[0..8] != MAGIC {
+            return Err(corrupt(0, "bad magic: not a manifest"));
+        }
+        let version = u16::from_le_bytes([b[8], b[9]]);
+        if version == 0 || version > VERSION {
+            return Err(StoreError::Version {
+                path,
+                found: version,
+                supported: VERSION,
+            });
+        }
+        let body = &b[..b.len() - 4];
+        let crc = u32::from_le_bytes([b[b.len() - 4], b[b.len() - 3], b[b.len() - 2], b[b.len() - 1]]);
+        if crc32c::crc32c(body) != crc {
+            return Err(corrupt(b.len() - 4, "manifest checksum mismatch"));
+        }
+        let u64_at = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        let count = usize::from(u16::from_le_bytes([b[10], b[11]]));
+        if count != tables {
+            return Err(corrupt(10, "table count differs from this format version"));
+        }
+        let mut at = FIXED_LEN;
+        let mut out = Vec::with_capacity(count);
+        for t in 0..count {
+            let head = body
+                .get(at..at + 4)
+                .ok_or_else(|| corrupt(at, "manifest ends inside a table entry"))?;
+            if usize::from(head[0]) != t + 1 {
+                return Err(corrupt(at, "table ids out of order"));
+            }
+            let shards = u16::from_le_bytes([head[2], head[3]]);
+            if shards == 0 || shards > SHARDS_MAX {
+                return Err(corrupt(at + 2, "shard count out of range"));
+            }
+            at += 4;
+            let mut v = Vec::with_capacity(usize::from(shards));
+            for _ in 0..shards {
+                let e = body
+                    .get(at..at + 16)
+                    .ok_or_else(|| corrupt(at, "manifest ends inside a shard entry"))?;
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&e[..8]);
+                v.push(ShardEntry {
+                    len: u64::from_le_bytes(w),
+                    header_crc: u32::from_le_bytes([e[8], e[9], e[10], e[11]]),
+                });
+                at += 16;
+            }
+            out.push(v);
+        }
+        if at != body.len() {
+            return Err(corrupt(at, "trailing bytes after the last table entry"));
+        }
+        Ok(Manifest {
+            seq: u64_at(16),
+            hash_key: HashKey([u64_at(24), u64_at(32)]),
+            tables: out,
+        })
+    }
+
+    /// Installs this manifest atomically: temp file, fsync, rename, directory fsync.
+    pub fn install(&self, fs: &dyn Fs) -> Result<(), StoreError> {
+        let tmp = format!("{NAME}.tmp");
+        let io = |source| StoreError::Io {
+            path: fs.root().join(NAME),
+            source,
+        };
+        let mut f = fs.create(&tmp).map_err(io)?;
+        f.write_all(&self.encode()).map_err(io)?;
+        f.sync().map_err(io)?;
+        drop(f);
+        fs.rename(&tmp, NAME).map_err(io)?;
+        fs.sync_dir().map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_every_truncation_or_flip_is_refused() {
+        let m = Manifest {
+            seq: 42,
+            hash_key: HashKey([5, 6]),
+            tables: vec![
+                vec![ShardEntry {
+                    len: 100,
+                    header_crc: 7,
+                }],
+                vec![
+                    ShardEntry {
+                        len: 1,
+                        header_crc: 2,
+                    };
+                    3
+                ],
+            ],
+        };
+        let b = m.encode();
+        assert_eq!(Manifest::decode("M".into(), &b, 2).expect("decode"), m);
+        for cut in 0..b.len() {
+            assert!(Manifest::decode("M".into(), &b[..cut], 2).is_err());
+        }
+        for i in 0..b.len() * 8 {
+            let mut c = b.clone();
+            c[i / 8] ^= 1 << (i % 8);
+            assert!(Manifest::decode("M".into(), &c, 2).is_err(), "bit {i}");
+        }
+    }
+}

@@ -1,0 +1,1033 @@
+//! The durable store: sharded memory-mapped snapshots, an in-memory delta and a write-ahead log.
+//!
+//! Owns the tables of `snapshots/README.md` as key → value bytes, and the storage contract of
+//! DESIGN §5. Every change is a [`Change`] `{ seq, op }` with consecutive seqs; a write returns
+//! only after its log record is fsync'd, and concurrent writers share one fsync (group commit:
+//! whoever takes the log lock first flushes every change submitted so far). Changes become
+//! visible to readers only once durable, so a reader never sees a write that a crash could take
+//! back. Readers never block on writers: they load an immutable [`View`] (snapshot shards plus
+//! the delta maps) through `arc-swap` and probe the delta, then one shard.
+//!
+//! Compaction freezes the delta, rotates the log, writes new shard files from the old ones and
+//! the frozen delta, installs a new manifest, and swaps the view, all while readers and writers
+//! go on. Recovery maps the manifest's shards and replays the log after the manifest's `seq`.
+//!
+//! The store never knows what keys and values mean: no certificates, no domain rules, no network.
+//! Bytes from files never cause a panic: every offset is checked and every failure is a
+//! [`StoreError`] naming the file and the offset.
+
+pub mod fs;
+pub mod hash;
+pub mod manifest;
+pub mod snapshot;
+pub mod wal;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+
+use crate::id::{ActorId, Timestamp};
+use fs::{Fs, WriteFile};
+use hash::{HashKey, shard_of};
+use manifest::{Manifest, ShardEntry};
+use snapshot::{ShardBuilder, ShardFile, ShardId};
+pub use wal::{Change, Put};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The operating system refused an operation on a file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A file's bytes break its format.
+    #[error("{path}: corrupt at offset {offset}: {what}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Byte offset of the bad structure.
+        offset: u64,
+        /// What is wrong.
+        what: &'static str,
+    },
+    /// A file of a format version this build cannot read.
+    #[error("{path}: format version {found} is newer than this build reads ({supported})")]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// Version in the file.
+        found: u16,
+        /// Newest version this build reads.
+        supported: u16,
+    },
+    /// The directory holds no manifest.
+    #[error("{path}: not a MyKey store (no MANIFEST); create one with `mykeyd snapshot build` or `Store::create`")]
+    NotAStore {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The directory already holds a store.
+    #[error("{path}: a store already exists here")]
+    Exists {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// An earlier log write or fsync failed; the store refuses writes until it is reopened,
+    /// because after a failed fsync the kernel may have dropped the unsynced pages.
+    #[error("the store refuses writes after an I/O failure ({reason}); restart to recover")]
+    Failed {
+        /// The first failure.
+        reason: String,
+    },
+    /// A size limit was crossed.
+    #[error("{what} is {len}, over the limit of {max}")]
+    Limit {
+        /// Which limit.
+        what: &'static str,
+        /// The size found.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A bad setting.
+    #[error("invalid store configuration: {0}")]
+    Config(&'static str),
+    /// Two records with one key were given to a snapshot build (push indexes in the shard).
+    #[error("duplicate key in table {table:?} shard {shard} (records {first} and {second})")]
+    Duplicate {
+        /// The table.
+        table: Table,
+        /// The shard.
+        shard: u16,
+        /// Push index of the first record.
+        first: usize,
+        /// Push index of the second.
+        second: usize,
+    },
+}
+
+/// The tables of a store (ids are the on-disk table ids).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Table {
+    /// MyKey ID → ID record.
+    Ids = 1,
+    /// Certificate reference → MyKey ID bound to it.
+    Certs = 2,
+    /// Certificate reference → revocation record.
+    Revoked = 3,
+    /// Provider ID → dictionary entry.
+    Providers = 4,
+    /// Actor id → dictionary entry.
+    Actors = 5,
+    /// CA key identifier → dictionary entry.
+    Cas = 6,
+}
+
+impl Table {
+    /// Every table, in id order.
+    pub const ALL: [Table; 6] = [
+        Table::Ids,
+        Table::Certs,
+        Table::Revoked,
+        Table::Providers,
+        Table::Actors,
+        Table::Cas,
+    ];
+
+    /// The table's file-name prefix.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Ids => "ids",
+            Table::Certs => "certs",
+            Table::Revoked => "revoked",
+            Table::Providers => "providers",
+            Table::Actors => "actors",
+            Table::Cas => "cas",
+        }
+    }
+
+    /// Zero-based index.
+    pub fn index(self) -> usize {
+        self as usize - 1
+    }
+
+    /// The table with this on-disk id.
+    pub fn from_id(id: u8) -> Option<Table> {
+        Table::ALL.get(usize::from(id).wrapping_sub(1)).copied()
+    }
+}
+
+/// Name of the shard file of `table`, `shard`, as of `seq`.
+pub fn shard_file_name(table: Table, shard: u16, seq: u64) -> String {
+    format!("{}-{shard:04}-{seq:016x}.snap", table.name())
+}
+
+/// Shard counts of a new store.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreConfig {
+    /// Shards of the `ids` table.
+    pub ids_shards: u16,
+    /// Shards of the `certs` table.
+    pub certs_shards: u16,
+    /// Shards of the `revoked` table.
+    pub revoked_shards: u16,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        // 16 shards keep a 100M-ID shard file near 400 MB, small enough to rewrite in seconds.
+        Self {
+            ids_shards: 16,
+            certs_shards: 16,
+            revoked_shards: 4,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Shard count per table, in table order.
+    pub fn shard_counts(&self) -> Result<[u16; 6], StoreError> {
+        let c = [self.ids_shards, self.certs_shards, self.revoked_shards, 1, 1, 1];
+        if c.iter().any(|&n| n == 0 || n > manifest::SHARDS_MAX) {
+            return Err(StoreError::Config("shard counts must be 1..=4096"));
+        }
+        Ok(c)
+    }
+}
+
+type DeltaMap = DashMap<Box<[u8]>, Option<Box<[u8]>>, ahash::RandomState>;
+
+/// Changes since the snapshot, per table: `None` marks a deleted key.
+#[derive(Default)]
+struct Delta {
+    map: DeltaMap,
+    /// Number of keys, kept beside the map so that an empty delta costs one load to skip.
+    keys: AtomicUsize,
+}
+
+impl Delta {
+    fn insert(&self, key: &[u8], value: Option<&[u8]>) {
+        if self
+            .map
+            .insert(key.into(), value.map(Into::into))
+            .is_none()
+        {
+            self.keys.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.load(Ordering::Acquire) == 0
+    }
+}
+
+/// One table as readers see it.
+#[derive(Clone)]
+struct TableView {
+    shards: Vec<Arc<ShardFile>>,
+    active: Arc<Delta>,
+    frozen: Option<Arc<Delta>>,
+}
+
+/// What readers see: immutable, swapped whole.
+struct View {
+    tables: Vec<TableView>,
+    snap_seq: u64,
+}
+
+struct Writer {
+    next_seq: u64,
+    /// Encoded records not yet written to the log.
+    buf: Vec<u8>,
+    /// Changes not yet durable, in seq order.
+    changes: Vec<Change>,
+    /// Per table: key → (seq, value) of changes not yet durable, for writers' reads.
+    pending: Vec<HashMap<Box<[u8]>, (u64, Option<Box<[u8]>>)>>,
+}
+
+struct Log {
+    file: Box<dyn WriteFile>,
+    first_seq: u64,
+}
+
+/// A store: open it, read from it, write to it through [`WriteTx`], compact it.
+pub struct Store {
+    fs: Arc<dyn Fs>,
+    hash_key: HashKey,
+    view: ArcSwap<View>,
+    writer: Mutex<Writer>,
+    log: Mutex<Log>,
+    durable: AtomicU64,
+    failure: Mutex<Option<String>>,
+    compacting: Mutex<()>,
+}
+
+/// Locks a mutex, ignoring poisoning: every critical section here leaves its data consistent
+/// before any call that could panic, and a poisoned store would otherwise stop serving reads.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn io_err(fs: &dyn Fs, name: &str) -> impl Fn(std::io::Error) -> StoreError {
+    let path = fs.root().join(name);
+    move |source| StoreError::Io {
+        path: path.clone(),
+        source,
+    }
+}
+
+/// What recovery did, for logs and `inspect`.
+#[derive(Clone, Debug, Default)]
+pub struct Recovery {
+    /// Seq of the snapshots.
+    pub snapshot_seq: u64,
+    /// Changes replayed from the log.
+    pub replayed: u64,
+    /// Bytes of torn tail cut from the last log segment.
+    pub torn_bytes: u64,
+}
+
+/// Counts of one table.
+#[derive(Clone, Debug)]
+pub struct TableStats {
+    /// The table.
+    pub table: Table,
+    /// Records per shard file.
+    pub shard_entries: Vec<u64>,
+    /// Bytes of all shard files.
+    pub file_bytes: u64,
+    /// Keys in the in-memory delta (active and frozen).
+    pub delta_keys: usize,
+}
+
+impl Store {
+    /// Creates an empty store in `fs`: empty shards at seq 0, a manifest, a first log segment.
+    pub fn create(fs: Arc<dyn Fs>, config: StoreConfig) -> Result<Store, StoreError> {
+        Self::create_with_key(fs, config, HashKey::random())
+    }
+
+    /// As [`Store::create`], with a given hash key (golden files and tests need a fixed one).
+    pub fn create_with_key(
+        fs: Arc<dyn Fs>,
+        config: StoreConfig,
+        hash_key: HashKey,
+    ) -> Result<Store, StoreError> {
+        let counts = config.shard_counts()?;
+        if fs.exists(manifest::NAME) {
+            return Err(StoreError::Exists {
+                path: fs.root().to_owned(),
+            });
+        }
+        let builders: Vec<Vec<ShardBuilder>> = counts
+            .iter()
+            .map(|&n| (0..n).map(|_| ShardBuilder::default()).collect())
+            .collect();
+        install_snapshot(&*fs, hash_key, 0, &builders)?;
+        Self::open(fs)
+    }
+
+    /// Opens the store in `fs`: maps the manifest's shards, cuts a torn log tail, replays the
+    /// log after the manifest's seq.
+    pub fn open(fs: Arc<dyn Fs>) -> Result<Store, StoreError> {
+        Self::open_with_report(fs).map(|(s, _)| s)
+    }
+
+    /// As [`Store::open`], also saying what recovery did.
+    pub fn open_with_report(fs: Arc<dyn Fs>) -> Result<(Store, Recovery), StoreError> {
+        let m = read_manifest(&*fs)?;
+        let shards = open_shards(&*fs, &m)?;
+        // Remove leftovers of interrupted installs: temp files, and shard files the manifest
+        // does not name (written by a compaction that crashed before its manifest landed).
+        let live: std::collections::HashSet<String> = Table::ALL
+            .iter()
+            .flat_map(|&t| {
+                (0..m.tables[t.index()].len()).map(move |s| shard_file_name(t, s as u16, m.seq))
+            })
+            .collect();
+        for name in fs.list().map_err(io_err(&*fs, ""))? {
+            if name.ends_with(".tmp") || (name.ends_with(".snap") && !live.contains(&name)) {
+                fs.remove(&name).map_err(io_err(&*fs, &name))?;
+            }
+        }
+        let tables: Vec<TableView> = shards
+            .into_iter()
+            .map(|s| TableView {
+                shards: s,
+                active: Arc::new(Delta::default()),
+                frozen: None,
+            })
+            .collect();
+
+        let mut report = Recovery {
+            snapshot_seq: m.seq,
+            ..Recovery::default()
+        };
+        let segments = list_segments(&*fs)?;
+        let mut last_seq = m.seq;
+        let mut prev: Option<u64> = None;
+        let mut keep_last: Option<(String, u64, bool)> = None;
+        for (i, (name, first)) in segments.iter().enumerate() {
+            let is_last = i + 1 == segments.len();
+            let path = fs.root().join(name);
+            let bytes = fs.map(name).map_err(io_err(&*fs, name))?;
+            let scan = wal::scan(&path, &bytes, is_last)?;
+            drop(bytes);
+            if scan.first_seq != 0 && scan.first_seq != *first {
+                return Err(StoreError::Corrupt {
+                    path,
+                    offset: 16,
+                    what: "segment header seq differs from its name",
+                });
+            }
+            if let Some(c) = scan.changes.first() {
+                if prev.is_some_and(|p| c.seq != p + 1) || c.seq > m.seq + 1 && prev.is_none() {
+                    return Err(StoreError::Corrupt {
+                        path,
+                        offset: wal::SEGMENT_HEADER_LEN as u64,
+                        what: "log segment starts after a gap in seq",
+                    });
+                }
+            }
+            for c in &scan.changes {
+                if c.seq > m.seq {
+                    apply(&tables, c);
+                    report.replayed += 1;
+                }
+                prev = Some(c.seq);
+                last_seq = last_seq.max(c.seq);
+            }
+            if scan.torn {
+                report.torn_bytes = bytes_len(&*fs, name)? - scan.valid_len;
+                if scan.valid_len == 0 {
+                    fs.remove(name).map_err(io_err(&*fs, name))?;
+                    fs.sync_dir().map_err(io_err(&*fs, name))?;
+                    continue;
+                }
+                fs.truncate(name, scan.valid_len)
+                    .map_err(io_err(&*fs, name))?;
+            }
+            if is_last {
+                keep_last = Some((name.clone(), *first, !scan.changes.is_empty()));
+            }
+        }
+        // Segments wholly covered by the snapshots are no longer needed.
+        for w in segments.windows(2) {
+            if w[1].1 <= m.seq + 1 {
+                fs.remove(&w[0].0).map_err(io_err(&*fs, &w[0].0))?;
+            }
+        }
+        let next_seq = last_seq + 1;
+        let log = match keep_last {
+            Some((name, first, has_changes)) if has_changes || first == next_seq => Log {
+                file: fs.append(&name).map_err(io_err(&*fs, &name))?,
+                first_seq: first,
+            },
+            Some((name, ..)) => {
+                return Err(StoreError::Corrupt {
+                    path: fs.root().join(name),
+                    offset: 16,
+                    what: "empty log segment does not start at the next seq",
+                });
+            }
+            None => new_segment(&*fs, next_seq)?,
+        };
+        let store = Store {
+            hash_key: m.hash_key,
+            view: ArcSwap::from_pointee(View {
+                tables,
+                snap_seq: m.seq,
+            }),
+            writer: Mutex::new(Writer {
+                next_seq,
+                buf: Vec::new(),
+                changes: Vec::new(),
+                pending: (0..Table::ALL.len()).map(|_| HashMap::new()).collect(),
+            }),
+            log: Mutex::new(log),
+            durable: AtomicU64::new(last_seq),
+            failure: Mutex::new(None),
+            compacting: Mutex::new(()),
+            fs,
+        };
+        Ok((store, report))
+    }
+
+    /// The store's hash key.
+    pub fn hash_key(&self) -> &HashKey {
+        &self.hash_key
+    }
+
+    /// Hashes a key for [`Store::get_hashed`] and [`Store::prefetch`].
+    #[inline]
+    pub fn hash(&self, key: &[u8]) -> u64 {
+        self.hash_key.hash(key)
+    }
+
+    /// The highest durable seq.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    /// The seq the mapped snapshots include.
+    pub fn snapshot_seq(&self) -> u64 {
+        self.view.load().snap_seq
+    }
+
+    /// Calls `f` with the current value of `key` in `table` (`None` if absent). Allocation-free.
+    #[inline]
+    pub fn get<R>(
+        &self,
+        table: Table,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> Result<R, StoreError> {
+        self.get_hashed(table, self.hash(key), key, f)
+    }
+
+    /// As [`Store::get`], with the key's hash already computed.
+    #[inline]
+    pub fn get_hashed<R>(
+        &self,
+        table: Table,
+        h: u64,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> Result<R, StoreError> {
+        let view = self.view.load();
+        let t = &view.tables[table.index()];
+        if !t.active.is_empty()
+            && let Some(v) = t.active.map.get(key)
+        {
+            return Ok(f(v.as_deref()));
+        }
+        if let Some(fz) = &t.frozen
+            && let Some(v) = fz.map.get(key)
+        {
+            return Ok(f(v.as_deref()));
+        }
+        let shard = &t.shards[shard_of(h, t.shards.len())];
+        Ok(f(shard.get(h, key)?))
+    }
+
+    /// Hints the CPU to fetch the snapshot bucket of a key, ahead of a batch of lookups.
+    #[inline]
+    pub fn prefetch(&self, table: Table, h: u64) {
+        let view = self.view.load();
+        let t = &view.tables[table.index()];
+        t.shards[shard_of(h, t.shards.len())].prefetch(h);
+    }
+
+    /// Calls `f` with every live (key, value) of `table`: snapshot records not overridden by the
+    /// delta, then the delta's values. Concurrent writes may or may not be seen.
+    pub fn for_each(
+        &self,
+        table: Table,
+        mut f: impl FnMut(&[u8], &[u8]),
+    ) -> Result<(), StoreError> {
+        let view = self.view.load_full();
+        let t = &view.tables[table.index()];
+        let overridden = |k: &[u8]| {
+            t.active.map.contains_key(k) || t.frozen.as_ref().is_some_and(|fz| fz.map.contains_key(k))
+        };
+        for shard in &t.shards {
+            shard.for_each(|k, v| {
+                if !overridden(k) {
+                    f(k, v)
+                }
+            })?;
+        }
+        if let Some(fz) = &t.frozen {
+            for e in fz.map.iter() {
+                if let Some(v) = e.value()
+                    && !t.active.map.contains_key(e.key())
+                {
+                    f(e.key(), v);
+                }
+            }
+        }
+        for e in t.active.map.iter() {
+            if let Some(v) = e.value() {
+                f(e.key(), v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts per table: records per shard file, file bytes, delta keys.
+    pub fn stats(&self) -> Vec<TableStats> {
+        let view = self.view.load();
+        Table::ALL
+            .iter()
+            .map(|&table| {
+                let t = &view.tables[table.index()];
+                TableStats {
+                    table,
+                    shard_entries: t.shards.iter().map(|s| s.header().entries).collect(),
+                    file_bytes: t.shards.iter().map(|s| s.file_len()).sum(),
+                    delta_keys: t.active.map.len() + t.frozen.as_ref().map_or(0, |f| f.map.len()),
+                }
+            })
+            .collect()
+    }
+
+    /// Starts a write. Writers are serialised from here until [`WriteTx::submit`]; the fsync
+    /// that follows is shared.
+    pub fn write(&self) -> Result<WriteTx<'_>, StoreError> {
+        self.check_failed()?;
+        Ok(WriteTx {
+            store: self,
+            w: lock(&self.writer),
+            puts: Vec::new(),
+            own: HashMap::new(),
+            approx_len: 0,
+        })
+    }
+
+    fn check_failed(&self) -> Result<(), StoreError> {
+        match &*lock(&self.failure) {
+            Some(reason) => Err(StoreError::Failed {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&self, e: &StoreError) -> StoreError {
+        let mut f = lock(&self.failure);
+        let reason = f.get_or_insert_with(|| e.to_string()).clone();
+        StoreError::Failed { reason }
+    }
+
+    /// Returns once the change `seq` is durable (fsync'd) and visible. The first waiter to take
+    /// the log lock writes and fsyncs every change submitted so far; the others find their
+    /// change already durable when they get the lock.
+    pub fn wait_durable(&self, seq: u64) -> Result<(), StoreError> {
+        if self.durable_seq() >= seq {
+            return Ok(());
+        }
+        let mut log = lock(&self.log);
+        if self.durable_seq() >= seq {
+            return Ok(());
+        }
+        self.check_failed()?;
+        let (buf, changes) = {
+            let mut w = lock(&self.writer);
+            (std::mem::take(&mut w.buf), std::mem::take(&mut w.changes))
+        };
+        self.write_log(&mut log, &buf)?;
+        let mut w = lock(&self.writer);
+        self.publish(&mut w, changes);
+        if self.durable_seq() >= seq {
+            Ok(())
+        } else {
+            Err(self.fail(&StoreError::Config("group commit lost a change")))
+        }
+    }
+
+    fn write_log(&self, log: &mut Log, buf: &[u8]) -> Result<(), StoreError> {
+        let name = wal::segment_name(log.first_seq);
+        let r = log
+            .file
+            .write_all(buf)
+            .and_then(|()| log.file.sync())
+            .map_err(io_err(&*self.fs, &name));
+        r.map_err(|e| self.fail(&e))
+    }
+
+    /// Makes durable changes visible: applies their puts to the active delta and drops them
+    /// from the writers' pending map (unless a later pending change rewrote the key).
+    fn publish(&self, w: &mut Writer, changes: Vec<Change>) {
+        let Some(upto) = changes.last().map(|c| c.seq) else {
+            return;
+        };
+        let view = self.view.load();
+        for c in &changes {
+            apply(&view.tables, c);
+            for p in &c.puts {
+                let pending = &mut w.pending[usize::from(p.table) - 1];
+                if pending.get(p.key.as_slice()).is_some_and(|(s, _)| *s == c.seq) {
+                    pending.remove(p.key.as_slice());
+                }
+            }
+        }
+        self.durable.store(upto, Ordering::Release);
+    }
+
+    /// Folds the delta into new snapshot files. Readers and writers continue meanwhile; one
+    /// compaction runs at a time. Returns the seq the new snapshots include.
+    pub fn compact(&self) -> Result<u64, StoreError> {
+        let _one = lock(&self.compacting);
+        let seq = self.freeze()?;
+        let view = self.view.load_full();
+        let mut builders = Vec::with_capacity(Table::ALL.len());
+        for &table in &Table::ALL {
+            let t = &view.tables[table.index()];
+            let frozen = t.frozen.as_ref().ok_or(StoreError::Config("freeze left no delta"))?;
+            let n = t.shards.len();
+            let mut bs: Vec<ShardBuilder> = (0..n).map(|_| ShardBuilder::default()).collect();
+            for (i, shard) in t.shards.iter().enumerate() {
+                let mut err = Ok(());
+                shard.for_each(|k, v| {
+                    if err.is_ok() && !frozen.map.contains_key(k) {
+                        err = bs[i].push(self.hash(k), k, v);
+                    }
+                })?;
+                err?;
+            }
+            for e in frozen.map.iter() {
+                if let Some(v) = e.value() {
+                    let h = self.hash(e.key());
+                    bs[shard_of(h, n)].push(h, e.key(), v)?;
+                }
+            }
+            builders.push(bs);
+        }
+        let old: Vec<String> = view
+            .tables
+            .iter()
+            .flat_map(|t| t.shards.iter().map(|s| s.name().to_owned()))
+            .collect();
+        install_snapshot(&*self.fs, self.hash_key, seq, &builders)?;
+        let m = read_manifest(&*self.fs)?;
+        let shards = open_shards(&*self.fs, &m)?;
+        {
+            let _w = lock(&self.writer);
+            let cur = self.view.load();
+            let tables = cur
+                .tables
+                .iter()
+                .zip(shards)
+                .map(|(t, s)| TableView {
+                    shards: s,
+                    active: t.active.clone(),
+                    frozen: None,
+                })
+                .collect();
+            self.view.store(Arc::new(View {
+                tables,
+                snap_seq: seq,
+            }));
+        }
+        // The old files are no longer named by the manifest; readers still holding the old
+        // view keep their mappings (unlinking a mapped file is safe on POSIX).
+        for name in old {
+            self.fs.remove(&name).map_err(io_err(&*self.fs, &name))?;
+        }
+        for (name, first) in list_segments(&*self.fs)? {
+            if first <= seq {
+                self.fs.remove(&name).map_err(io_err(&*self.fs, &name))?;
+            }
+        }
+        self.fs.sync_dir().map_err(io_err(&*self.fs, ""))?;
+        Ok(seq)
+    }
+
+    /// Makes everything submitted durable, starts a new log segment and moves the active delta
+    /// to `frozen`. Returns the last seq of the frozen delta.
+    fn freeze(&self) -> Result<u64, StoreError> {
+        let mut log = lock(&self.log);
+        let mut w = lock(&self.writer);
+        self.check_failed()?;
+        let buf = std::mem::take(&mut w.buf);
+        let changes = std::mem::take(&mut w.changes);
+        self.write_log(&mut log, &buf)?;
+        self.publish(&mut w, changes);
+        let seq = w.next_seq - 1;
+        // A failure here leaves the log in an unknown state: stop writes, as for fsync.
+        *log = new_segment(&*self.fs, seq + 1).map_err(|e| self.fail(&e))?;
+        let cur = self.view.load();
+        let tables = cur
+            .tables
+            .iter()
+            .map(|t| TableView {
+                shards: t.shards.clone(),
+                active: Arc::new(Delta::default()),
+                frozen: Some(t.active.clone()),
+            })
+            .collect();
+        self.view.store(Arc::new(View {
+            tables,
+            snap_seq: cur.snap_seq,
+        }));
+        Ok(seq)
+    }
+}
+
+fn bytes_len(fs: &dyn Fs, name: &str) -> Result<u64, StoreError> {
+    Ok(fs.map(name).map_err(io_err(fs, name))?.len() as u64)
+}
+
+/// Applies a change's puts to the active deltas.
+fn apply(tables: &[TableView], c: &Change) {
+    for p in &c.puts {
+        if let Some(t) = Table::from_id(p.table) {
+            tables[t.index()]
+                .active
+                .insert(&p.key, p.value.as_deref());
+        }
+    }
+}
+
+fn new_segment(fs: &dyn Fs, first_seq: u64) -> Result<Log, StoreError> {
+    let name = wal::segment_name(first_seq);
+    let err = io_err(fs, &name);
+    let mut file = fs.create(&name).map_err(&err)?;
+    file.write_all(&wal::segment_header(first_seq))
+        .and_then(|()| file.sync())
+        .map_err(&err)?;
+    fs.sync_dir().map_err(&err)?;
+    Ok(Log { file, first_seq })
+}
+
+fn list_segments(fs: &dyn Fs) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut v: Vec<(String, u64)> = fs
+        .list()
+        .map_err(io_err(fs, ""))?
+        .into_iter()
+        .filter_map(|n| wal::parse_segment_name(&n).map(|s| (n, s)))
+        .collect();
+    v.sort_by_key(|(_, s)| *s);
+    Ok(v)
+}
+
+/// Reads and decodes the manifest.
+pub fn read_manifest(fs: &dyn Fs) -> Result<Manifest, StoreError> {
+    if !fs.exists(manifest::NAME) {
+        return Err(StoreError::NotAStore {
+            path: fs.root().to_owned(),
+        });
+    }
+    let bytes = fs.map(manifest::NAME).map_err(io_err(fs, manifest::NAME))?;
+    Manifest::decode(fs.root().join(manifest::NAME), &bytes, Table::ALL.len())
+}
+
+/// Maps every shard file the manifest names, checking each header against it.
+pub fn open_shards(fs: &dyn Fs, m: &Manifest) -> Result<Vec<Vec<Arc<ShardFile>>>, StoreError> {
+    Table::ALL
+        .iter()
+        .map(|&t| {
+            let entries = &m.tables[t.index()];
+            entries
+                .iter()
+                .enumerate()
+                .map(|(s, e)| {
+                    let id = ShardId {
+                        table: t as u8,
+                        shard: s as u16,
+                        shard_count: entries.len() as u16,
+                        seq: m.seq,
+                    };
+                    ShardFile::open(fs, &shard_file_name(t, s as u16, m.seq), id, e.len, e.header_crc)
+                        .map(Arc::new)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Writes every shard of every table at `seq`, then the manifest naming them.
+pub fn install_snapshot(
+    fs: &dyn Fs,
+    hash_key: HashKey,
+    seq: u64,
+    builders: &[Vec<ShardBuilder>],
+) -> Result<(), StoreError> {
+    let mut tables = Vec::with_capacity(builders.len());
+    for (&table, shards) in Table::ALL.iter().zip(builders) {
+        let mut entries = Vec::with_capacity(shards.len());
+        for (s, b) in shards.iter().enumerate() {
+            let name = shard_file_name(table, s as u16, seq);
+            let id = ShardId {
+                table: table as u8,
+                shard: s as u16,
+                shard_count: shards.len() as u16,
+                seq,
+            };
+            let w = b.write(fs, &name, id)?.map_err(|d| StoreError::Duplicate {
+                table,
+                shard: s as u16,
+                first: d.first,
+                second: d.second,
+            })?;
+            entries.push(ShardEntry {
+                len: w.len,
+                header_crc: w.header_crc,
+            });
+        }
+        tables.push(entries);
+    }
+    fs.sync_dir().map_err(io_err(fs, ""))?;
+    Manifest {
+        seq,
+        hash_key,
+        tables,
+    }
+    .install(fs)
+}
+
+/// A write in progress: holds the writer lock, collects puts, reads its own and pending writes.
+pub struct WriteTx<'a> {
+    store: &'a Store,
+    w: MutexGuard<'a, Writer>,
+    puts: Vec<Put>,
+    /// (table, key) → index of this write's latest put of it.
+    own: HashMap<(u8, Vec<u8>), usize>,
+    /// Bytes this change will take in the log, roughly (keys, values and framing).
+    approx_len: usize,
+}
+
+impl WriteTx<'_> {
+    /// The value of `key` as this write would see it: its own puts, then changes submitted but
+    /// not yet durable, then the visible store.
+    pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(&i) = self.own.get(&(table as u8, key.to_vec())) {
+            return Ok(self.puts[i].value.clone());
+        }
+        if let Some((_, v)) = self.w.pending[table.index()].get(key) {
+            return Ok(v.as_deref().map(<[u8]>::to_vec));
+        }
+        self.store.get(table, key, |v| v.map(<[u8]>::to_vec))
+    }
+
+    /// Records a put (`None` deletes).
+    pub fn put(&mut self, table: Table, key: &[u8], value: Option<Vec<u8>>) {
+        self.approx_len += 6 + key.len() + value.as_ref().map_or(0, Vec::len);
+        self.own.insert((table as u8, key.to_vec()), self.puts.len());
+        self.puts.push(Put {
+            table: table as u8,
+            key: key.to_vec(),
+            value,
+        });
+    }
+
+    /// Whether any put was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty()
+    }
+
+    /// Roughly how many bytes this change will take in the log, to split big batches below
+    /// [`wal::CHANGE_LEN_MAX`].
+    pub fn approx_len(&self) -> usize {
+        self.approx_len
+    }
+
+    /// Assigns the next seq, appends the change to the log buffer and releases the writer
+    /// lock. The change is durable once [`Store::wait_durable`] returns for the seq.
+    pub fn submit(self, at: Timestamp, actor: ActorId, kind: u8) -> Result<u64, StoreError> {
+        self.submit_with(at, actor, kind, || {})
+    }
+
+    /// As [`WriteTx::submit`], calling `on_submitted` after the change is queued and before
+    /// the writer lock is released, so that in-memory state derived from it (the registry's
+    /// dictionaries) is updated in seq order with the log.
+    pub fn submit_with(
+        mut self,
+        at: Timestamp,
+        actor: ActorId,
+        kind: u8,
+        on_submitted: impl FnOnce(),
+    ) -> Result<u64, StoreError> {
+        let seq = self.w.next_seq;
+        let change = Change {
+            seq,
+            at,
+            actor,
+            kind,
+            puts: std::mem::take(&mut self.puts),
+        };
+        change.encode(&mut self.w.buf)?;
+        self.w.next_seq += 1;
+        for p in &change.puts {
+            self.w.pending[usize::from(p.table) - 1].insert(
+                p.key.clone().into_boxed_slice(),
+                (seq, p.value.as_deref().map(Into::into)),
+            );
+        }
+        self.w.changes.push(change);
+        on_submitted();
+        Ok(seq)
+    }
+
+    /// Submits and waits until durable.
+    pub fn commit(self, at: Timestamp, actor: ActorId, kind: u8) -> Result<u64, StoreError> {
+        let store = self.store;
+        let seq = self.submit(at, actor, kind)?;
+        store.wait_durable(seq)?;
+        Ok(seq)
+    }
+}
+
+/// What a store directory holds, read without changing anything.
+#[derive(Debug)]
+pub struct Inspection {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// Per table: records per shard.
+    pub shard_entries: Vec<(Table, Vec<u64>)>,
+    /// Bytes of all snapshot files.
+    pub snapshot_bytes: u64,
+    /// Log segments: name, first seq, valid changes, bytes, torn tail found.
+    pub segments: Vec<(String, u64, u64, u64, bool)>,
+}
+
+/// Reads a store's manifest, shard headers and log without modifying anything. With
+/// `verify`, also checks every byte of every shard file (body CRC, buckets, records,
+/// invariants) and every log record.
+pub fn inspect(fs: &dyn Fs, verify: bool) -> Result<Inspection, StoreError> {
+    let manifest = read_manifest(fs)?;
+    let shards = open_shards(fs, &manifest)?;
+    let mut shard_entries = Vec::new();
+    let mut snapshot_bytes = 0;
+    for (&t, files) in Table::ALL.iter().zip(&shards) {
+        let mut v = Vec::new();
+        for f in files {
+            if verify {
+                f.verify(&manifest.hash_key)?;
+            }
+            v.push(f.header().entries);
+            snapshot_bytes += f.file_len();
+        }
+        shard_entries.push((t, v));
+    }
+    let mut segments = Vec::new();
+    let list = list_segments(fs)?;
+    for (i, (name, first)) in list.iter().enumerate() {
+        let bytes = fs.map(name).map_err(io_err(fs, name))?;
+        let scan = wal::scan(&fs.root().join(name), &bytes, i + 1 == list.len())?;
+        segments.push((
+            name.clone(),
+            *first,
+            scan.changes.len() as u64,
+            bytes.len() as u64,
+            scan.torn,
+        ));
+    }
+    Ok(Inspection {
+        manifest,
+        shard_entries,
+        snapshot_bytes,
+        segments,
+    })
+}
+
+/// Calls `f` with every change in the log, oldest first, without modifying anything: the
+/// audit trail of who changed what, and when, since the last compaction.
+pub fn read_log(fs: &dyn Fs, mut f: impl FnMut(&Change)) -> Result<(), StoreError> {
+    let list = list_segments(fs)?;
+    for (i, (name, _)) in list.iter().enumerate() {
+        let bytes = fs.map(name).map_err(io_err(fs, name))?;
+        let scan = wal::scan(&fs.root().join(name), &bytes, i + 1 == list.len())?;
+        scan.changes.iter().for_each(&mut f);
+    }
+    Ok(())
+}

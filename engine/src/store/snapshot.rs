@@ -1,0 +1,721 @@
+//! Snapshot shard files: the immutable, memory-mapped open-addressing tables of `snapshots/README.md`.
+//!
+//! Owns the `.snap` format: [`ShardBuilder`] writes one, [`ShardFile`] maps one and answers
+//! probes, [`ShardFile::verify`] checks all of it. A probe checks the CRC of every bucket it
+//! reads and of the record it returns, so a flipped bit is an error, never an answer. This module
+//! never decides what keys or values mean, and never trusts an offset or a length read from a
+//! file before checking it against the file's size.
+
+use std::path::PathBuf;
+
+use super::StoreError;
+use super::fs::{Fs, Mapped};
+use super::hash::{HashKey, shard_of};
+
+/// Magic of a snapshot shard file.
+pub const MAGIC: [u8; 8] = *b"MYKEYSNP";
+/// The format version this build writes; it reads every version up to it.
+pub const VERSION: u16 = 1;
+/// Header size.
+pub const HEADER_LEN: usize = 64;
+/// Bucket size: one cache line.
+pub const BUCKET_LEN: usize = 64;
+/// Slots per bucket: 7 × 8 bytes, then 4 reserved bytes and the bucket's CRC.
+pub const SLOTS_PER_BUCKET: usize = 7;
+/// Longest probe chain in buckets. A writer doubles the table rather than exceed it; a reader
+/// stops there, so a corrupt file cannot make a probe loop. At ≤ 80 % load with 7-slot buckets
+/// chains beyond 2 buckets are already rare; 8 leaves a wide margin.
+pub const PROBE_BUCKETS_MAX: usize = 8;
+/// Writers keep at most this share of slots occupied (numerator / denominator).
+const LOAD_NUM: usize = 4;
+const LOAD_DEN: usize = 5;
+/// Record header: CRC u32, key length u8, value length u16.
+pub const RECORD_HEADER_LEN: usize = 7;
+/// Largest key: the key length is one byte.
+pub const KEY_LEN_MAX: usize = 255;
+/// Largest value: the value length is two bytes.
+pub const VALUE_LEN_MAX: usize = 65_535;
+/// Offsets in a slot have 40 bits, so a shard's heap is at most 1 TiB.
+const OFFSET_MASK: u64 = (1 << 40) - 1;
+
+/// The tag of a hash, as stored in bits 40..64 of a slot; never zero.
+#[inline]
+fn tag_of(h: u64) -> u64 {
+    ((h >> 32) & 0x7F_FFFF) | 0x80_0000
+}
+
+fn le_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// What the manifest expects of a shard file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardId {
+    /// Table id.
+    pub table: u8,
+    /// Shard index.
+    pub shard: u16,
+    /// Shard count of the table.
+    pub shard_count: u16,
+    /// Seq the file includes.
+    pub seq: u64,
+}
+
+/// Decoded header of a shard file.
+#[derive(Clone, Copy, Debug)]
+pub struct Header {
+    /// Who the file is.
+    pub id: ShardId,
+    /// Number of records.
+    pub entries: u64,
+    /// Number of buckets (a power of two).
+    pub buckets: u64,
+    /// Heap length in bytes.
+    pub heap_len: u64,
+    /// CRC of buckets and heap.
+    pub body_crc: u32,
+    /// CRC of the header itself.
+    pub header_crc: u32,
+}
+
+impl Header {
+    fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[0..8].copy_from_slice(&MAGIC);
+        h[8..10].copy_from_slice(&VERSION.to_le_bytes());
+        h[10] = self.id.table;
+        h[12..14].copy_from_slice(&self.id.shard.to_le_bytes());
+        h[14..16].copy_from_slice(&self.id.shard_count.to_le_bytes());
+        h[16..24].copy_from_slice(&self.id.seq.to_le_bytes());
+        h[24..32].copy_from_slice(&self.entries.to_le_bytes());
+        h[32..40].copy_from_slice(&self.buckets.to_le_bytes());
+        h[40..48].copy_from_slice(&self.heap_len.to_le_bytes());
+        h[48..52].copy_from_slice(&self.body_crc.to_le_bytes());
+        let crc = crc32c::crc32c(&h[..60]);
+        h[60..64].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+
+    fn decode(path: &PathBuf, b: &[u8]) -> Result<Self, StoreError> {
+        let corrupt = |offset: u64, what: &'static str| StoreError::Corrupt {
+            path: path.clone(),
+            offset,
+            what,
+        };
+        if b.len() < HEADER_LEN {
+            return Err(corrupt(0, "file shorter than a snapshot header"));
+        }
+        if b[0..8] != MAGIC {
+            return Err(corrupt(0, "bad magic: not a snapshot shard file"));
+        }
+        let version = le_u16(b, 8);
+        if version == 0 {
+            return Err(corrupt(8, "format version 0"));
+        }
+        if version > VERSION {
+            return Err(StoreError::Version {
+                path: path.clone(),
+                found: version,
+                supported: VERSION,
+            });
+        }
+        let header_crc = le_u32(b, 60);
+        if crc32c::crc32c(&b[..60]) != header_crc {
+            return Err(corrupt(60, "snapshot header checksum mismatch"));
+        }
+        let h = Header {
+            id: ShardId {
+                table: b[10],
+                shard: le_u16(b, 12),
+                shard_count: le_u16(b, 14),
+                seq: le_u64(b, 16),
+            },
+            entries: le_u64(b, 24),
+            buckets: le_u64(b, 32),
+            heap_len: le_u64(b, 40),
+            body_crc: le_u32(b, 48),
+            header_crc,
+        };
+        if h.buckets == 0 || !h.buckets.is_power_of_two() {
+            return Err(corrupt(32, "bucket count is not a power of two"));
+        }
+        let expect = h
+            .buckets
+            .checked_mul(BUCKET_LEN as u64)
+            .and_then(|x| x.checked_add(HEADER_LEN as u64))
+            .and_then(|x| x.checked_add(h.heap_len));
+        if expect != Some(b.len() as u64) {
+            return Err(corrupt(
+                b.len() as u64,
+                "file length does not match its header (truncated or extended)",
+            ));
+        }
+        if h.entries > h.buckets * SLOTS_PER_BUCKET as u64 {
+            return Err(corrupt(24, "more entries than slots"));
+        }
+        Ok(h)
+    }
+}
+
+/// A mapped snapshot shard. Immutable; shared by readers through an `Arc`.
+pub struct ShardFile {
+    path: PathBuf,
+    name: String,
+    bytes: Mapped,
+    header: Header,
+    bucket_mask: u64,
+    heap_start: usize,
+}
+
+/// A record read from the heap.
+struct Record<'a> {
+    key: &'a [u8],
+    value: &'a [u8],
+    len: usize,
+}
+
+impl ShardFile {
+    /// Maps `name` and checks its header against what the manifest expects.
+    pub fn open(
+        fs: &dyn Fs,
+        name: &str,
+        expect: ShardId,
+        expect_len: u64,
+        expect_header_crc: u32,
+    ) -> Result<Self, StoreError> {
+        let path = fs.root().join(name);
+        let bytes = fs.map(name).map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if bytes.len() as u64 != expect_len {
+            return Err(StoreError::Corrupt {
+                path,
+                offset: bytes.len() as u64,
+                what: "file length differs from the manifest",
+            });
+        }
+        let header = Header::decode(&path, &bytes)?;
+        if header.header_crc != expect_header_crc || header.id != expect {
+            return Err(StoreError::Corrupt {
+                path,
+                offset: 0,
+                what: "header differs from the manifest (file from another store or seq)",
+            });
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            bucket_mask: header.buckets - 1,
+            heap_start: HEADER_LEN + header.buckets as usize * BUCKET_LEN,
+            path,
+            bytes,
+            header,
+        })
+    }
+
+    /// The decoded header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The file name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The file size in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    fn corrupt(&self, offset: usize, what: &'static str) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            offset: offset as u64,
+            what,
+        }
+    }
+
+    /// The bucket `b`, after checking its CRC.
+    #[inline]
+    fn bucket(&self, b: u64) -> Result<&[u8], StoreError> {
+        let at = HEADER_LEN + b as usize * BUCKET_LEN;
+        let bucket = &self.bytes[at..at + BUCKET_LEN];
+        if crc32c::crc32c(&bucket[..60]) != le_u32(bucket, 60) {
+            return Err(self.corrupt(at, "bucket checksum mismatch"));
+        }
+        Ok(bucket)
+    }
+
+    /// The record at heap offset `off`, after checking its bounds and CRC.
+    #[inline]
+    fn record(&self, off: u64) -> Result<Record<'_>, StoreError> {
+        let heap = &self.bytes[self.heap_start..];
+        let at = off as usize;
+        let file_at = self.heap_start + at;
+        let head = heap
+            .get(at..at + RECORD_HEADER_LEN)
+            .ok_or_else(|| self.corrupt(file_at, "record offset past the end of the heap"))?;
+        let klen = usize::from(head[4]);
+        let vlen = usize::from(le_u16(head, 5));
+        let len = RECORD_HEADER_LEN + klen + vlen;
+        let rec = heap
+            .get(at..at + len)
+            .ok_or_else(|| self.corrupt(file_at, "record runs past the end of the heap"))?;
+        if klen == 0 {
+            return Err(self.corrupt(file_at, "record with an empty key"));
+        }
+        if crc32c::crc32c(&rec[4..]) != le_u32(rec, 0) {
+            return Err(self.corrupt(file_at, "record checksum mismatch"));
+        }
+        Ok(Record {
+            key: &rec[RECORD_HEADER_LEN..RECORD_HEADER_LEN + klen],
+            value: &rec[RECORD_HEADER_LEN + klen..],
+            len,
+        })
+    }
+
+    /// The value stored under `key` (whose hash is `h`), or `None`.
+    #[inline]
+    pub fn get(&self, h: u64, key: &[u8]) -> Result<Option<&[u8]>, StoreError> {
+        let tag = tag_of(h);
+        let mut b = h & self.bucket_mask;
+        for _ in 0..PROBE_BUCKETS_MAX.min(self.header.buckets as usize) {
+            let bucket = self.bucket(b)?;
+            for i in 0..SLOTS_PER_BUCKET {
+                let slot = le_u64(bucket, i * 8);
+                if slot == 0 {
+                    return Ok(None);
+                }
+                if slot >> 40 == tag {
+                    let rec = self.record(slot & OFFSET_MASK)?;
+                    if rec.key == key {
+                        return Ok(Some(rec.value));
+                    }
+                }
+            }
+            b = (b + 1) & self.bucket_mask;
+        }
+        Ok(None)
+    }
+
+    /// Hints the CPU to fetch the home bucket of `h`, for batched lookups.
+    #[inline]
+    pub fn prefetch(&self, h: u64) {
+        let at = HEADER_LEN + (h & self.bucket_mask) as usize * BUCKET_LEN;
+        prefetch_read(&self.bytes[at]);
+    }
+
+    /// Calls `f` with every record, in heap order. Stops at the first corrupt record.
+    pub fn for_each(&self, mut f: impl FnMut(&[u8], &[u8])) -> Result<(), StoreError> {
+        let mut off = 0u64;
+        let mut seen = 0u64;
+        while off < self.header.heap_len {
+            let rec = self.record(off)?;
+            f(rec.key, rec.value);
+            off += rec.len as u64;
+            seen += 1;
+        }
+        if seen != self.header.entries {
+            return Err(self.corrupt(24, "record count differs from the header"));
+        }
+        Ok(())
+    }
+
+    /// Checks everything: body CRC, every bucket, every record, and the invariants of the
+    /// format (each record referenced by exactly one slot on its probe chain, keys unique and
+    /// in this shard). Returns the number of records.
+    pub fn verify(&self, key: &HashKey) -> Result<u64, StoreError> {
+        let body = &self.bytes[HEADER_LEN..];
+        if crc32c::crc32c(body) != self.header.body_crc {
+            return Err(self.corrupt(HEADER_LEN, "body checksum mismatch"));
+        }
+        // Walk the heap: contiguous, valid records.
+        let mut starts = Vec::with_capacity(self.header.entries as usize);
+        let mut off = 0u64;
+        while off < self.header.heap_len {
+            let rec = self.record(off)?;
+            starts.push(off);
+            off += rec.len as u64;
+        }
+        if starts.len() as u64 != self.header.entries {
+            return Err(self.corrupt(24, "record count differs from the header"));
+        }
+        // Every slot points at a record start; every record is pointed at once.
+        let mut referenced = vec![false; starts.len()];
+        let mut occupied = 0u64;
+        for b in 0..self.header.buckets {
+            let bucket = self.bucket(b)?;
+            if le_u32(bucket, 56) != 0 {
+                return Err(self.corrupt(HEADER_LEN + b as usize * BUCKET_LEN + 56, "reserved bytes not zero"));
+            }
+            for i in 0..SLOTS_PER_BUCKET {
+                let slot = le_u64(bucket, i * 8);
+                if slot == 0 {
+                    continue;
+                }
+                let at = HEADER_LEN + b as usize * BUCKET_LEN + i * 8;
+                occupied += 1;
+                let idx = starts
+                    .binary_search(&(slot & OFFSET_MASK))
+                    .map_err(|_| self.corrupt(at, "slot points inside a record"))?;
+                if std::mem::replace(&mut referenced[idx], true) {
+                    return Err(self.corrupt(at, "record referenced by two slots"));
+                }
+                let rec = self.record(slot & OFFSET_MASK)?;
+                let h = key.hash(rec.key);
+                if slot >> 40 != tag_of(h) {
+                    return Err(self.corrupt(at, "slot tag does not match its key"));
+                }
+                if shard_of(h, usize::from(self.header.id.shard_count))
+                    != usize::from(self.header.id.shard)
+                {
+                    return Err(self.corrupt(at, "key belongs to another shard"));
+                }
+                // The probe for this key must reach this record: this also proves uniqueness,
+                // since a probe stops at the first record with an equal key.
+                match self.get(h, rec.key)? {
+                    Some(v) if std::ptr::eq(v.as_ptr(), rec.value.as_ptr()) => {}
+                    _ => return Err(self.corrupt(at, "record unreachable or key duplicated")),
+                }
+            }
+        }
+        if occupied != self.header.entries {
+            return Err(self.corrupt(24, "occupied slots differ from the entry count"));
+        }
+        Ok(occupied)
+    }
+}
+
+#[inline(always)]
+fn prefetch_read(p: &u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` needs SSE, which every x86_64 CPU has; a prefetch is a hint that
+    // never faults and changes nothing the program can observe, and `p` is a valid reference.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (p as *const u8).cast::<i8>(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Collects records of one shard and writes them as a `.snap` file.
+///
+/// Records are encoded into one arena as they are pushed, so a bulk build of tens of millions
+/// of records costs their encoded size plus 16 bytes each, not an allocation per record.
+#[derive(Default)]
+pub struct ShardBuilder {
+    arena: Vec<u8>,
+    /// (hash, arena offset) of every record, in push order.
+    entries: Vec<(u64, u64)>,
+}
+
+/// A key pushed twice into one builder: the push indexes of both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duplicate {
+    /// Index of the first push.
+    pub first: usize,
+    /// Index of the second push.
+    pub second: usize,
+}
+
+/// What a written file looks like to the manifest.
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    /// File length.
+    pub len: u64,
+    /// Header CRC.
+    pub header_crc: u32,
+    /// Records written.
+    pub entries: u64,
+}
+
+impl ShardBuilder {
+    /// Number of records pushed.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no record was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Adds a record. Key and value must be within [`KEY_LEN_MAX`] and [`VALUE_LEN_MAX`].
+    pub fn push(&mut self, h: u64, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        if key.is_empty() || key.len() > KEY_LEN_MAX {
+            return Err(StoreError::Limit {
+                what: "key length",
+                len: key.len(),
+                max: KEY_LEN_MAX,
+            });
+        }
+        if value.len() > VALUE_LEN_MAX {
+            return Err(StoreError::Limit {
+                what: "value length",
+                len: value.len(),
+                max: VALUE_LEN_MAX,
+            });
+        }
+        let start = self.arena.len();
+        self.arena.extend_from_slice(&[0; 4]);
+        self.arena.push(key.len() as u8);
+        self.arena
+            .extend_from_slice(&(value.len() as u16).to_le_bytes());
+        self.arena.extend_from_slice(key);
+        self.arena.extend_from_slice(value);
+        let crc = crc32c::crc32c(&self.arena[start + 4..]);
+        self.arena[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+        self.entries.push((h, start as u64));
+        Ok(())
+    }
+
+    fn record_at(&self, off: u64) -> &[u8] {
+        let at = off as usize;
+        let klen = usize::from(self.arena[at + 4]);
+        let vlen = usize::from(le_u16(&self.arena, at + 5));
+        &self.arena[at..at + RECORD_HEADER_LEN + klen + vlen]
+    }
+
+    fn key_at(&self, off: u64) -> &[u8] {
+        let rec = self.record_at(off);
+        &rec[RECORD_HEADER_LEN..RECORD_HEADER_LEN + usize::from(rec[4])]
+    }
+
+    /// Places every record into slots: `Err(Some(dup))` on a duplicate key, `Err(None)` when
+    /// some probe chain would exceed [`PROBE_BUCKETS_MAX`] (the caller doubles the table).
+    fn place(&self, buckets: usize) -> Result<Vec<u32>, Option<Duplicate>> {
+        // Slot contents as entry index + 1 (0 = empty).
+        let mut slots = vec![0u32; buckets * SLOTS_PER_BUCKET];
+        let mask = (buckets - 1) as u64;
+        for (idx, &(h, off)) in self.entries.iter().enumerate() {
+            let mut b = h & mask;
+            let mut placed = false;
+            'probe: for _ in 0..PROBE_BUCKETS_MAX.min(buckets) {
+                for i in 0..SLOTS_PER_BUCKET {
+                    let s = b as usize * SLOTS_PER_BUCKET + i;
+                    match slots[s] {
+                        0 => {
+                            slots[s] = idx as u32 + 1;
+                            placed = true;
+                            break 'probe;
+                        }
+                        other => {
+                            let (oh, ooff) = self.entries[other as usize - 1];
+                            if oh == h && self.key_at(ooff) == self.key_at(off) {
+                                return Err(Some(Duplicate {
+                                    first: other as usize - 1,
+                                    second: idx,
+                                }));
+                            }
+                        }
+                    }
+                }
+                b = (b + 1) & mask;
+            }
+            if !placed {
+                return Err(None);
+            }
+        }
+        Ok(slots)
+    }
+
+    /// Writes the file `name` (via `name.tmp`, fsync, rename). The caller syncs the directory.
+    pub fn write(
+        &self,
+        fs: &dyn Fs,
+        name: &str,
+        id: ShardId,
+    ) -> Result<Result<Written, Duplicate>, StoreError> {
+        let n = self.entries.len();
+        if n > u32::MAX as usize - 1 {
+            return Err(StoreError::Limit {
+                what: "records in one shard",
+                len: n,
+                max: u32::MAX as usize - 1,
+            });
+        }
+        let min_slots = (n * LOAD_DEN).div_ceil(LOAD_NUM);
+        let mut buckets = min_slots.div_ceil(SLOTS_PER_BUCKET).max(1).next_power_of_two();
+        let slots = loop {
+            match self.place(buckets) {
+                Ok(s) => break s,
+                Err(Some(dup)) => return Ok(Err(dup)),
+                Err(None) => buckets *= 2,
+            }
+        };
+        // Heap offsets follow slot order.
+        let mut offsets = vec![0u64; n];
+        let mut heap_len = 0u64;
+        for &s in slots.iter().filter(|&&s| s != 0) {
+            let idx = s as usize - 1;
+            offsets[idx] = heap_len;
+            heap_len += self.record_at(self.entries[idx].1).len() as u64;
+        }
+        if heap_len > OFFSET_MASK {
+            return Err(StoreError::Limit {
+                what: "heap bytes in one shard",
+                len: heap_len as usize,
+                max: OFFSET_MASK as usize,
+            });
+        }
+        let mut bucket_bytes = vec![0u8; buckets * BUCKET_LEN];
+        for b in 0..buckets {
+            let out = &mut bucket_bytes[b * BUCKET_LEN..(b + 1) * BUCKET_LEN];
+            for i in 0..SLOTS_PER_BUCKET {
+                let s = slots[b * SLOTS_PER_BUCKET + i];
+                if s != 0 {
+                    let idx = s as usize - 1;
+                    let word = tag_of(self.entries[idx].0) << 40 | offsets[idx];
+                    out[i * 8..i * 8 + 8].copy_from_slice(&word.to_le_bytes());
+                }
+            }
+            let crc = crc32c::crc32c(&out[..60]);
+            out[60..64].copy_from_slice(&crc.to_le_bytes());
+        }
+        let heap_records = || {
+            slots
+                .iter()
+                .filter(|&&s| s != 0)
+                .map(|&s| self.record_at(self.entries[s as usize - 1].1))
+        };
+        let mut body_crc = crc32c::crc32c(&bucket_bytes);
+        for rec in heap_records() {
+            body_crc = crc32c::crc32c_append(body_crc, rec);
+        }
+        let header = Header {
+            id,
+            entries: n as u64,
+            buckets: buckets as u64,
+            heap_len,
+            body_crc,
+            header_crc: 0,
+        };
+        let head = header.encode();
+        let tmp = format!("{name}.tmp");
+        let io = |source| StoreError::Io {
+            path: fs.root().join(&tmp),
+            source,
+        };
+        let mut f = fs.create(&tmp).map_err(io)?;
+        let mut buf = Vec::with_capacity(1 << 20);
+        buf.extend_from_slice(&head);
+        buf.extend_from_slice(&bucket_bytes);
+        for rec in heap_records() {
+            buf.extend_from_slice(rec);
+            if buf.len() >= 1 << 20 {
+                f.write_all(&buf).map_err(io)?;
+                buf.clear();
+            }
+        }
+        f.write_all(&buf).map_err(io)?;
+        f.sync().map_err(io)?;
+        drop(f);
+        fs.rename(&tmp, name).map_err(io)?;
+        Ok(Ok(Written {
+            len: (HEADER_LEN + buckets * BUCKET_LEN) as u64 + heap_len,
+            header_crc: le_u32(&head, 60),
+            entries: n as u64,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::fs::SimFs;
+
+    fn id() -> ShardId {
+        ShardId {
+            table: 1,
+            shard: 0,
+            shard_count: 1,
+            seq: 7,
+        }
+    }
+
+    fn build(n: u32) -> (SimFs, HashKey, Written) {
+        let fs = SimFs::new(1);
+        let key = HashKey([9, 9]);
+        let mut b = ShardBuilder::default();
+        for i in 0..n {
+            let k = format!("key{i}");
+            b.push(key.hash(k.as_bytes()), k.as_bytes(), &i.to_le_bytes())
+                .expect("push");
+        }
+        let w = b.write(&fs, "t.snap", id()).expect("io").expect("no dup");
+        (fs, key, w)
+    }
+
+    #[test]
+    fn round_trip_and_verify() {
+        let (fs, key, w) = build(5000);
+        let f = ShardFile::open(&fs, "t.snap", id(), w.len, w.header_crc).expect("open");
+        for i in 0..5000u32 {
+            let k = format!("key{i}");
+            let v = f.get(key.hash(k.as_bytes()), k.as_bytes()).expect("ok");
+            assert_eq!(v, Some(&i.to_le_bytes()[..]));
+        }
+        assert_eq!(f.get(key.hash(b"nope"), b"nope").expect("ok"), None);
+        assert_eq!(f.verify(&key).expect("verify"), 5000);
+        let mut n = 0;
+        f.for_each(|_, _| n += 1).expect("walk");
+        assert_eq!(n, 5000);
+    }
+
+    #[test]
+    fn empty_table() {
+        let (fs, key, w) = build(0);
+        let f = ShardFile::open(&fs, "t.snap", id(), w.len, w.header_crc).expect("open");
+        assert_eq!(f.get(key.hash(b"x"), b"x").expect("ok"), None);
+        assert_eq!(f.verify(&key).expect("verify"), 0);
+    }
+
+    #[test]
+    fn duplicate_key_is_reported() {
+        let fs = SimFs::new(1);
+        let key = HashKey([1, 1]);
+        let mut b = ShardBuilder::default();
+        for k in [&b"a"[..], b"b", b"a"] {
+            b.push(key.hash(k), k, b"v").expect("push");
+        }
+        let r = b.write(&fs, "t.snap", id()).expect("io");
+        assert_eq!(r.err(), Some(Duplicate { first: 0, second: 2 }));
+    }
+
+    #[test]
+    fn every_flipped_bit_is_detected_by_verify_and_never_served() {
+        let (fs, key, w) = build(40);
+        let len = fs.len("t.snap").expect("exists");
+        for offset in 0..len {
+            let bit = (offset % 8) as u8;
+            fs.flip_bit("t.snap", offset, bit).expect("flip");
+            match ShardFile::open(&fs, "t.snap", id(), w.len, w.header_crc) {
+                Err(StoreError::Corrupt { .. } | StoreError::Version { .. }) => {}
+                Err(e) => panic!("unexpected error {e}"),
+                Ok(f) => {
+                    assert!(f.verify(&key).is_err(), "flip at {offset} not detected");
+                    // Lookups either answer correctly or fail; never a wrong answer.
+                    for i in 0..40u32 {
+                        let k = format!("key{i}");
+                        if let Ok(v) = f.get(key.hash(k.as_bytes()), k.as_bytes()) {
+                            assert_eq!(v, Some(&i.to_le_bytes()[..]), "flip at {offset}");
+                        }
+                    }
+                }
+            }
+            fs.flip_bit("t.snap", offset, bit).expect("unflip");
+        }
+    }
+}
