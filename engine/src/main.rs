@@ -1,1 +1,454 @@
-fn main() {}
+//! `mykeyd`: the MyKey engine's command line.
+//!
+//! A thin binary: it parses flags, reads the clock once for `now`, calls the library and maps
+//! errors to exit codes (0 success, 1 failure or a check that found a problem, 2 bad usage).
+//! At this stage it builds, inspects, verifies and queries stores; the QUIC server arrives with
+//! the network issue.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use mykey_engine::id::{ActorId, MyKeyId, ProviderId, Timestamp};
+use mykey_engine::population::{self, BuildOptions, Progress};
+use mykey_engine::registry::{Lookup, OpKind, Registry, RegistryConfig};
+use mykey_engine::store::fs::{Fs, RealFs};
+use mykey_engine::store::{self, StoreConfig, Table};
+
+/// The embedded sample data the demo store is built from.
+const SAMPLE_PROVIDERS: &str = include_str!("../../snapshots/sample/providers.txt");
+const SAMPLE_POPULATION: &str = include_str!("../../snapshots/sample/population.csv");
+
+#[derive(Parser)]
+#[command(name = "mykeyd", version, about = "MyKey engine: build, inspect and query MyKey stores")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build a store from the embedded sample data (once) and answer lookups from it.
+    Demo {
+        /// Where the demo store lives.
+        #[arg(long, default_value = "mykey-demo")]
+        dir: PathBuf,
+        /// Lookups to answer, as pairs: MYKEY_ID PROVIDER_ID [MYKEY_ID PROVIDER_ID ...].
+        /// Without any, the demo answers a tour of the sample data.
+        queries: Vec<String>,
+    },
+    /// Bulk load and check snapshot files.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Answer one lookup: which service ID PROVIDER has for MYKEY_ID.
+    Lookup {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The MyKey ID.
+        id: String,
+        /// The service provider ID.
+        provider: String,
+    },
+    /// Show everything a store holds for one MyKey ID: state, certificate, links, who and when.
+    Show {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The MyKey ID.
+        id: String,
+    },
+    /// Write a provider's (MyKey ID, service ID) pairs as CSV to stdout.
+    Export {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The service provider ID.
+        provider: String,
+    },
+    /// List the changes in the write-ahead log: seq, time, actor, operation, keys touched.
+    Log {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Only changes touching this MyKey ID.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Fold the log into new snapshot files.
+    Compact {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+}
+
+#[derive(Args)]
+struct StoreArg {
+    /// The store directory.
+    #[arg(long = "store", short = 's')]
+    dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Turn a population file into snapshot files directly, without the log.
+    Build(BuildArgs),
+    /// Print what a store holds: counts per shard, seq, format version, log segments.
+    Inspect {
+        /// The store directory.
+        dir: PathBuf,
+    },
+    /// Check every checksum and invariant; exit 1 naming the first problem.
+    Verify {
+        /// The store directory.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// The population file (format: snapshots/POPULATION.md), or - for standard input.
+    #[arg(long)]
+    population: PathBuf,
+    /// The provider list: one service provider ID per line.
+    #[arg(long)]
+    providers: PathBuf,
+    /// The new store's directory (must not hold a store).
+    #[arg(long)]
+    out: PathBuf,
+    /// Shards of the ids and certs tables.
+    #[arg(long, default_value_t = StoreConfig::default().ids_shards)]
+    shards: u16,
+    /// Registration time recorded for every row, Unix seconds (default: now).
+    #[arg(long)]
+    at: Option<u64>,
+    /// Actor recorded for every row.
+    #[arg(long, default_value = "operator-bulk-load")]
+    actor: String,
+}
+
+fn now() -> Result<Timestamp, String> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs();
+    Timestamp::from_unix_secs(secs).map_err(|e| e.to_string())
+}
+
+fn open_fs(dir: &Path) -> Result<Arc<dyn Fs>, String> {
+    if !dir.is_dir() {
+        return Err(format!("{}: no such store directory", dir.display()));
+    }
+    Ok(Arc::new(RealFs::new(dir).map_err(|e| format!("{}: {e}", dir.display()))?))
+}
+
+fn open_registry(dir: &Path) -> Result<Registry, String> {
+    Registry::open(open_fs(dir)?, RegistryConfig::default()).map_err(|e| e.to_string())
+}
+
+fn answer(l: &Lookup) -> String {
+    match l {
+        Lookup::Linked(s) => format!("linked: service ID {s}"),
+        Lookup::NotLinked => "not linked for this provider".into(),
+        Lookup::UnknownId => "unknown MyKey ID".into(),
+        Lookup::Provisional => "provisional (not usable until a municipal counter confirms it)".into(),
+        Lookup::Suspended => "suspended (certificate revoked)".into(),
+        Lookup::Deleted => "deleted".into(),
+    }
+}
+
+fn lookup_line(reg: &Registry, at: Timestamp, id: &str, provider: &str) -> Result<String, String> {
+    let id = MyKeyId::parse(id.as_bytes()).map_err(|e| format!("{id:?}: {e}"))?;
+    let p = ProviderId::parse(provider.as_bytes()).map_err(|e| format!("{provider:?}: {e}"))?;
+    let l = reg.lookup(at, &id, &p).map_err(|e| e.to_string())?;
+    Ok(format!("{id} @ {p}: {}", answer(&l)))
+}
+
+fn demo(dir: &Path, queries: &[String]) -> Result<(), String> {
+    let at = now()?;
+    if queries.len() % 2 != 0 {
+        return Err("queries come in pairs: MYKEY_ID PROVIDER_ID".into());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir).map_err(|e| e.to_string())?);
+    if !fs.exists(store::manifest::NAME) {
+        let opts = BuildOptions {
+            at,
+            actor: ActorId::parse(b"demo-bulk-load").map_err(|e| e.to_string())?,
+            store: StoreConfig {
+                ids_shards: 4,
+                certs_shards: 4,
+                revoked_shards: 1,
+            },
+            hash_key: None,
+        };
+        let s = population::build(
+            &*fs,
+            SAMPLE_PROVIDERS.as_bytes(),
+            SAMPLE_POPULATION.as_bytes(),
+            &opts,
+            &mut |_| {},
+        )
+        .map_err(|e| e.to_string())?;
+        println!(
+            "built the sample store in {}: {} IDs, {} links, {} providers",
+            dir.display(),
+            s.ids,
+            s.links,
+            s.providers
+        );
+    }
+    let reg = Registry::open(fs, RegistryConfig::default()).map_err(|e| e.to_string())?;
+    println!(
+        "opened {} at seq {} ({} IDs)",
+        dir.display(),
+        reg.store().durable_seq(),
+        table_entries(&reg, Table::Ids)
+    );
+    if queries.is_empty() {
+        let tour: Vec<(String, String)> = SAMPLE_POPULATION
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with("mykey_id"))
+            .take(6)
+            .filter_map(|l| {
+                let mut c = l.split(',');
+                let id = c.next()?.to_owned();
+                let provider = c
+                    .nth(2)
+                    .and_then(|links| links.split(';').next())
+                    .and_then(|pair| pair.split('=').next())
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or("A-α1-0001")
+                    .to_owned();
+                Some((id, provider))
+            })
+            .chain([
+                ("1C2410DF79DGEL".to_owned(), "13101-LIB-0001".to_owned()),
+                ("ZZZZZZZZZZZZZZ".to_owned(), "A-α1-0001".to_owned()),
+            ])
+            .collect();
+        for (id, p) in tour {
+            println!("{}", lookup_line(&reg, at, &id, &p)?);
+        }
+        println!("ask your own: mykeyd demo MYKEY_ID PROVIDER_ID (providers: {})",
+            reg.providers().iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", "));
+    }
+    for q in queries.chunks(2) {
+        println!("{}", lookup_line(&reg, at, &q[0], &q[1])?);
+    }
+    Ok(())
+}
+
+fn table_entries(reg: &Registry, t: Table) -> u64 {
+    reg.store()
+        .stats()
+        .iter()
+        .find(|s| s.table == t)
+        .map_or(0, |s| s.shard_entries.iter().sum::<u64>() + s.delta_keys as u64)
+}
+
+fn open_input(path: &Path) -> Result<Box<dyn BufRead>, String> {
+    if path == Path::new("-") {
+        return Ok(Box::new(BufReader::with_capacity(1 << 20, std::io::stdin())));
+    }
+    let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Box::new(BufReader::with_capacity(1 << 20, f)))
+}
+
+fn build(a: &BuildArgs) -> Result<(), String> {
+    let at = match a.at {
+        Some(s) => Timestamp::from_unix_secs(s).map_err(|e| e.to_string())?,
+        None => now()?,
+    };
+    let opts = BuildOptions {
+        at,
+        actor: ActorId::parse(a.actor.as_bytes()).map_err(|e| format!("--actor: {e}"))?,
+        store: StoreConfig {
+            ids_shards: a.shards,
+            certs_shards: a.shards,
+            ..StoreConfig::default()
+        },
+        hash_key: None,
+    };
+    opts.store.shard_counts().map_err(|e| e.to_string())?;
+    let providers = open_input(&a.providers)?;
+    let population = open_input(&a.population)?;
+    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    let fs = RealFs::new(&a.out).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let mut report = |p: Progress| match p {
+        Progress::Rows(n) => eprintln!(
+            "  {n} rows parsed ({:.0} rows/s)",
+            n as f64 / start.elapsed().as_secs_f64()
+        ),
+        Progress::Writing => eprintln!(
+            "  all rows parsed after {:.1} s; writing shard files",
+            start.elapsed().as_secs_f64()
+        ),
+    };
+    let s = population::build(&fs, providers, population, &opts, &mut report)
+        .map_err(|e| e.to_string())?;
+    println!(
+        "built {}: {} IDs, {} links, {} providers in {:.1} s",
+        a.out.display(),
+        s.ids,
+        s.links,
+        s.providers,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn inspect(dir: &Path, verify: bool) -> Result<(), String> {
+    let fs = open_fs(dir)?;
+    let start = Instant::now();
+    let ins = store::inspect(&*fs, verify, &mut |name| {
+        if verify {
+            eprintln!("  verified {name}");
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    let m = &ins.manifest;
+    println!("store {}", dir.display());
+    println!(
+        "  format version {} (manifest, snapshots and log), snapshot seq {}",
+        store::manifest::VERSION,
+        m.seq
+    );
+    for (t, counts) in &ins.shard_entries {
+        let total: u64 = counts.iter().sum();
+        println!(
+            "  {:<9} {:>12} records in {} shard(s): {}",
+            t.name(),
+            total,
+            counts.len(),
+            counts.iter().map(u64::to_string).collect::<Vec<_>>().join(" ")
+        );
+    }
+    println!("  snapshot files: {} bytes", ins.snapshot_bytes);
+    for s in &ins.segments {
+        println!(
+            "  log {}: first seq {}, {} changes, {} bytes{}",
+            s.name,
+            s.first_seq,
+            s.changes,
+            s.bytes,
+            if s.torn { ", torn tail (cut on next open)" } else { "" }
+        );
+    }
+    if verify {
+        println!(
+            "verify: OK, every checksum and invariant holds ({:.1} s)",
+            start.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.cmd {
+        Cmd::Demo { dir, queries } => demo(&dir, &queries),
+        Cmd::Snapshot(SnapshotCmd::Build(a)) => build(&a),
+        Cmd::Snapshot(SnapshotCmd::Inspect { dir }) => inspect(&dir, false),
+        Cmd::Snapshot(SnapshotCmd::Verify { dir }) => inspect(&dir, true),
+        Cmd::Lookup { store, id, provider } => {
+            let reg = open_registry(&store.dir)?;
+            println!("{}", lookup_line(&reg, now()?, &id, &provider)?);
+            Ok(())
+        }
+        Cmd::Show { store, id } => {
+            let reg = open_registry(&store.dir)?;
+            let id = MyKeyId::parse(id.as_bytes()).map_err(|e| format!("{id:?}: {e}"))?;
+            let Some(v) = reg.describe(&id).map_err(|e| e.to_string())? else {
+                return Err(format!("{id}: unknown MyKey ID"));
+            };
+            println!("{id}: {} since {} by {}", v.state.name(), v.state_at, v.state_by);
+            match v.cert {
+                Some(c) => println!("  certificate {c}"),
+                None => println!("  no certificate bound"),
+            }
+            for (p, s, at, by) in v.links {
+                println!("  {p} = {s} (linked {at} by {by})");
+            }
+            Ok(())
+        }
+        Cmd::Export { store, provider } => {
+            let reg = open_registry(&store.dir)?;
+            let p = ProviderId::parse(provider.as_bytes()).map_err(|e| format!("{provider:?}: {e}"))?;
+            let out = std::io::stdout();
+            let mut out = std::io::BufWriter::new(out.lock());
+            let mut err = Ok(());
+            writeln!(out, "mykey_id,state,service_id,linked_at,linked_by").map_err(|e| e.to_string())?;
+            let n = reg
+                .export(&p, |r| {
+                    if err.is_ok() {
+                        err = writeln!(
+                            out,
+                            "{},{},{},{},{}",
+                            r.id,
+                            r.state.name(),
+                            r.service,
+                            r.linked_at,
+                            r.linked_by
+                        );
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+            err.and_then(|()| out.flush()).map_err(|e| e.to_string())?;
+            eprintln!("{n} rows");
+            Ok(())
+        }
+        Cmd::Log { store, id } => {
+            let fs = open_fs(&store.dir)?;
+            let id = id
+                .map(|s| MyKeyId::parse(s.as_bytes()).map_err(|e| format!("{s:?}: {e}")))
+                .transpose()?;
+            store::read_log(&*fs, |c| {
+                if let Some(id) = &id
+                    && !c.puts.iter().any(|p| {
+                        (p.table == Table::Ids as u8 && p.key == id.as_bytes())
+                            || p.value.as_deref() == Some(id.as_bytes())
+                    })
+                {
+                    return;
+                }
+                let kind = OpKind::from_u8(c.kind).map_or("unknown", OpKind::name);
+                let tables: Vec<&str> = c
+                    .puts
+                    .iter()
+                    .filter_map(|p| Table::from_id(p.table).map(Table::name))
+                    .collect();
+                println!(
+                    "seq {} at {} by {}: {kind} ({} writes: {})",
+                    c.seq,
+                    c.at,
+                    c.actor,
+                    c.puts.len(),
+                    tables.join(" ")
+                );
+            })
+            .map_err(|e| e.to_string())
+        }
+        Cmd::Compact { store } => {
+            let reg = open_registry(&store.dir)?;
+            let start = Instant::now();
+            let seq = reg.store().compact().map_err(|e| e.to_string())?;
+            println!(
+                "compacted {} at seq {seq} in {:.2} s",
+                store.dir.display(),
+                start.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mykeyd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,8 @@
+//! The integration suite: one binary, one module per feature.
 
+mod corruption;
+mod crash_model;
+mod domain;
+mod golden;
+mod population;
+mod process_kill;

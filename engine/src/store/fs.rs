@@ -180,6 +180,8 @@ struct SimState {
     generation: u64,
     /// State of a small xorshift generator that picks how much of an unsynced tail survives.
     rng: u64,
+    /// Mutating operations left before an armed crash strikes (`None`: not armed).
+    crash_in: Option<u64>,
 }
 
 /// An in-memory file system that can lose unsynced data on [`SimFs::crash`].
@@ -211,10 +213,43 @@ impl SimFs {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Arms a power cut that strikes during the `ops`-th mutating operation from now (write,
+    /// sync, create, rename, remove, truncate, directory sync): that operation fails and the
+    /// crash of [`SimFs::crash`] happens, so the caller sees an I/O error mid-way.
+    pub fn arm_crash(&self, ops: u64) {
+        self.lock().crash_in = Some(ops.max(1));
+    }
+
+    /// Whether an armed crash has struck (and disarms the flag).
+    pub fn crashed_since_armed(&self) -> bool {
+        let mut s = self.lock();
+        matches!(s.crash_in.take(), Some(0))
+    }
+
+    /// Counts one mutating operation; `Err` when an armed crash strikes now.
+    fn tick(s: &mut SimState) -> io::Result<()> {
+        match s.crash_in {
+            Some(1) => {
+                s.crash_in = Some(0);
+                Self::crash_locked(s);
+                Err(io::Error::other("simulated power cut"))
+            }
+            Some(0) => Err(io::Error::other("simulated crash: handle is dead")),
+            Some(n) => {
+                s.crash_in = Some(n - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
     /// A power cut: directory entries revert to the last directory sync, every file keeps its
     /// synced bytes plus a random prefix of what was appended after, and every open handle dies.
     pub fn crash(&self) {
-        let mut s = self.lock();
+        Self::crash_locked(&mut self.lock());
+    }
+
+    fn crash_locked(s: &mut SimState) {
         s.generation += 1;
         s.dir = s.dir_durable.clone();
         for i in 0..s.inodes.len() {
@@ -281,6 +316,7 @@ impl SimFile {
         if s.generation != self.generation {
             return Err(io::Error::other("simulated crash: handle is dead"));
         }
+        SimFs::tick(&mut s)?;
         Ok(f(&mut s.inodes[self.inode]))
     }
 }
@@ -317,6 +353,7 @@ impl Fs for SimFs {
 
     fn create(&self, name: &str) -> io::Result<Box<dyn WriteFile>> {
         let mut s = self.lock();
+        Self::tick(&mut s)?;
         s.inodes.push(Inode::default());
         let inode = s.inodes.len() - 1;
         s.dir.insert(name.to_owned(), inode);
@@ -339,21 +376,21 @@ impl Fs for SimFs {
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let mut s = self.lock();
+        Self::tick(&mut s)?;
         let ino = s.dir.remove(from).ok_or_else(|| sim_err(from))?;
         s.dir.insert(to.to_owned(), ino);
         Ok(())
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {
-        self.lock()
-            .dir
-            .remove(name)
-            .map(|_| ())
-            .ok_or_else(|| sim_err(name))
+        let mut s = self.lock();
+        Self::tick(&mut s)?;
+        s.dir.remove(name).map(|_| ()).ok_or_else(|| sim_err(name))
     }
 
     fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
         let mut s = self.lock();
+        Self::tick(&mut s)?;
         let ino = *s.dir.get(name).ok_or_else(|| sim_err(name))?;
         let inode = &mut s.inodes[ino];
         inode.data.truncate(len as usize);
@@ -363,6 +400,7 @@ impl Fs for SimFs {
 
     fn sync_dir(&self) -> io::Result<()> {
         let mut s = self.lock();
+        Self::tick(&mut s)?;
         s.dir_durable = s.dir.clone();
         Ok(())
     }

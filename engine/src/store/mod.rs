@@ -976,14 +976,33 @@ pub struct Inspection {
     pub shard_entries: Vec<(Table, Vec<u64>)>,
     /// Bytes of all snapshot files.
     pub snapshot_bytes: u64,
-    /// Log segments: name, first seq, valid changes, bytes, torn tail found.
-    pub segments: Vec<(String, u64, u64, u64, bool)>,
+    /// Log segments, oldest first.
+    pub segments: Vec<SegmentInfo>,
+}
+
+/// One log segment as `inspect` saw it.
+#[derive(Debug)]
+pub struct SegmentInfo {
+    /// File name.
+    pub name: String,
+    /// Seq of its first change.
+    pub first_seq: u64,
+    /// Valid changes in it.
+    pub changes: u64,
+    /// File size.
+    pub bytes: u64,
+    /// Whether it ends in a torn tail (cut on the next open).
+    pub torn: bool,
 }
 
 /// Reads a store's manifest, shard headers and log without modifying anything. With
 /// `verify`, also checks every byte of every shard file (body CRC, buckets, records,
 /// invariants) and every log record.
-pub fn inspect(fs: &dyn Fs, verify: bool) -> Result<Inspection, StoreError> {
+pub fn inspect(
+    fs: &dyn Fs,
+    verify: bool,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Inspection, StoreError> {
     let manifest = read_manifest(fs)?;
     let shards = open_shards(fs, &manifest)?;
     let mut shard_entries = Vec::new();
@@ -993,6 +1012,7 @@ pub fn inspect(fs: &dyn Fs, verify: bool) -> Result<Inspection, StoreError> {
         for f in files {
             if verify {
                 f.verify(&manifest.hash_key)?;
+                progress(f.name());
             }
             v.push(f.header().entries);
             snapshot_bytes += f.file_len();
@@ -1004,13 +1024,14 @@ pub fn inspect(fs: &dyn Fs, verify: bool) -> Result<Inspection, StoreError> {
     for (i, (name, first)) in list.iter().enumerate() {
         let bytes = fs.map(name).map_err(io_err(fs, name))?;
         let scan = wal::scan(&fs.root().join(name), &bytes, i + 1 == list.len())?;
-        segments.push((
-            name.clone(),
-            *first,
-            scan.changes.len() as u64,
-            bytes.len() as u64,
-            scan.torn,
-        ));
+        segments.push(SegmentInfo {
+            name: name.clone(),
+            first_seq: *first,
+            changes: scan.changes.len() as u64,
+            bytes: bytes.len() as u64,
+            torn: scan.torn,
+        });
+        progress(name);
     }
     Ok(Inspection {
         manifest,

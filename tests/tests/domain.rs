@@ -1,0 +1,467 @@
+//! The domain rules of DESIGN §3, each with its refusal, on a real store that is reopened
+//! (and compacted) so every answer is also checked after recovery.
+
+use std::sync::Arc;
+
+use mykey_engine::registry::{
+    IdState, LinkOutcome, Lookup, ProviderOutcome, Registry, RegistryConfig, RegistryError,
+    RevokeSummary, UnlinkOutcome,
+};
+use mykey_engine::store::StoreConfig;
+use mykey_engine::store::fs::{Fs, RealFs};
+use mykey_tests::*;
+
+fn fresh(dir: &TempDir) -> Registry {
+    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
+    Registry::create(fs, StoreConfig::default(), RegistryConfig::default()).expect("create")
+}
+
+fn reopen(dir: &TempDir) -> Registry {
+    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
+    Registry::open(fs, RegistryConfig::default()).expect("reopen")
+}
+
+fn with_providers(dir: &TempDir) -> Registry {
+    let r = fresh(dir);
+    for p in ["A-α1-0001", "A-β1-0001"] {
+        r.register_provider(at(0), actor("operator"), provider(p))
+            .expect("register provider");
+    }
+    r
+}
+
+#[test]
+fn providers_must_be_registered_before_links_name_them() {
+    let dir = TempDir::new("providers");
+    let r = fresh(&dir);
+    let p = provider("A-α1-0001");
+    r.register_full(at(0), actor("portal"), mykey(1), cert(1, 1))
+        .expect("register");
+    assert!(matches!(
+        r.link(at(1), actor("shop"), mykey(1), p, service("S1"), false),
+        Err(RegistryError::UnknownProvider { .. })
+    ));
+    assert!(matches!(
+        r.lookup(at(1), &mykey(1), &p),
+        Err(RegistryError::UnknownProvider { .. })
+    ));
+    assert_eq!(
+        r.register_provider(at(2), actor("operator"), p).expect("ok"),
+        ProviderOutcome::Registered
+    );
+    assert_eq!(
+        r.register_provider(at(3), actor("operator"), p).expect("ok"),
+        ProviderOutcome::AlreadyRegistered
+    );
+    assert_eq!(
+        r.link(at(4), actor("shop"), mykey(1), p, service("S1"), false)
+            .expect("link"),
+        LinkOutcome::Linked
+    );
+    drop(r);
+    let r = reopen(&dir);
+    assert_eq!(r.providers(), vec![p]);
+    assert_eq!(
+        r.lookup(at(5), &mykey(1), &p).expect("lookup"),
+        Lookup::Linked(service("S1"))
+    );
+}
+
+#[test]
+fn full_registration_and_its_refusals() {
+    let dir = TempDir::new("full");
+    let r = with_providers(&dir);
+    let a = actor("portal");
+    r.register_full(at(0), a, mykey(1), cert(1, 1)).expect("ok");
+    let p = provider("A-α1-0001");
+    assert_eq!(r.lookup(at(0), &mykey(1), &p).expect("ok"), Lookup::NotLinked);
+    let seq = r.store().durable_seq();
+    assert!(matches!(
+        r.register_full(at(1), a, mykey(1), cert(1, 2)),
+        Err(RegistryError::IdTaken {
+            state: IdState::Active
+        })
+    ));
+    assert!(matches!(
+        r.register_full(at(1), a, mykey(2), cert(1, 1)),
+        Err(RegistryError::CertBound { .. })
+    ));
+    r.revoke(at(1), actor("partner"), &[cert(1, 9)]).expect("revoke");
+    let seq_after_revoke = r.store().durable_seq();
+    assert!(matches!(
+        r.register_full(at(2), a, mykey(3), cert(1, 9)),
+        Err(RegistryError::CertRevoked { .. })
+    ));
+    // Refusals wrote nothing.
+    assert_eq!(seq + 1, seq_after_revoke);
+    assert_eq!(r.store().durable_seq(), seq_after_revoke);
+    assert_eq!(r.lookup(at(2), &mykey(2), &p).expect("ok"), Lookup::UnknownId);
+    assert_eq!(r.lookup(at(2), &mykey(3), &p).expect("ok"), Lookup::UnknownId);
+}
+
+#[test]
+fn provisional_registration_confirmation_and_expiry() {
+    let dir = TempDir::new("provisional");
+    let r = with_providers(&dir);
+    let p = provider("A-α1-0001");
+    let portal = actor("portal");
+    let counter = actor("municipal-13101");
+    r.register_provisional(at(0), portal, mykey(10), cert(1, 10))
+        .expect("provisional");
+    assert_eq!(r.lookup(at(0), &mykey(10), &p).expect("ok"), Lookup::Provisional);
+    // Taken by a provisional registration, then by an active one.
+    assert!(matches!(
+        r.register_provisional(at(1), portal, mykey(10), cert(1, 11)),
+        Err(RegistryError::IdTaken {
+            state: IdState::Provisional
+        })
+    ));
+    r.register_full(at(1), portal, mykey(11), cert(1, 12)).expect("full");
+    assert!(matches!(
+        r.register_provisional(at(1), portal, mykey(11), cert(1, 13)),
+        Err(RegistryError::IdTaken {
+            state: IdState::Active
+        })
+    ));
+    // Not usable before confirmation.
+    assert!(matches!(
+        r.link(at(2), actor("shop"), mykey(10), p, service("X"), false),
+        Err(RegistryError::WrongState {
+            state: IdState::Provisional,
+            ..
+        })
+    ));
+    assert!(matches!(
+        r.confirm(at(2), counter, mykey(10), cert(1, 99)),
+        Err(RegistryError::CertMismatch)
+    ));
+    assert!(matches!(
+        r.confirm(at(2), counter, mykey(11), cert(1, 12)),
+        Err(RegistryError::WrongState {
+            state: IdState::Active,
+            ..
+        })
+    ));
+    r.confirm(at(3), counter, mykey(10), cert(1, 10)).expect("confirm");
+    assert_eq!(r.lookup(at(3), &mykey(10), &p).expect("ok"), Lookup::NotLinked);
+    let v = r.describe(&mykey(10)).expect("ok").expect("exists");
+    assert_eq!((v.state, v.state_by), (IdState::Active, counter));
+
+    // Expiry: default 30 days, exact boundary.
+    let month = 30 * 86_400;
+    r.register_provisional(at(100), portal, mykey(20), cert(1, 20))
+        .expect("provisional");
+    assert_eq!(
+        r.lookup(at(100 + month - 1), &mykey(20), &p).expect("ok"),
+        Lookup::Provisional
+    );
+    assert_eq!(
+        r.lookup(at(100 + month), &mykey(20), &p).expect("ok"),
+        Lookup::UnknownId
+    );
+    assert!(matches!(
+        r.confirm(at(100 + month), counter, mykey(20), cert(1, 20)),
+        Err(RegistryError::ProvisionalExpired { .. })
+    ));
+    // The expired ID is free again, even before the sweep, for someone else's certificate.
+    r.register_provisional(at(100 + month), portal, mykey(20), cert(1, 21))
+        .expect("reuse of an expired provisional ID");
+    // And the first holder's certificate is free too.
+    r.register_full(at(100 + month), portal, mykey(21), cert(1, 20))
+        .expect("the expired registration's certificate is free");
+    // The sweep frees what is left: mykey(20) (new registration) is not expired yet.
+    r.register_provisional(at(200), portal, mykey(30), cert(1, 30))
+        .expect("provisional");
+    assert_eq!(
+        r.expire_provisional(at(200 + month), actor("operator"))
+            .expect("sweep"),
+        1
+    );
+    assert_eq!(r.describe(&mykey(30)).expect("ok"), None);
+    drop(r);
+    let r = reopen(&dir);
+    assert_eq!(r.describe(&mykey(30)).expect("ok"), None);
+    assert_eq!(
+        r.lookup(at(200 + month), &mykey(20), &p).expect("ok"),
+        Lookup::Provisional
+    );
+}
+
+#[test]
+fn provisional_expiry_is_configurable() {
+    let dir = TempDir::new("expiry");
+    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
+    let cfg = RegistryConfig {
+        provisional_expiry_secs: 60,
+    };
+    let r = Registry::create(fs, StoreConfig::default(), cfg).expect("create");
+    r.register_provider(at(0), actor("op"), provider("P")).expect("provider");
+    r.register_provisional(at(0), actor("portal"), mykey(1), cert(1, 1))
+        .expect("ok");
+    assert_eq!(
+        r.lookup(at(59), &mykey(1), &provider("P")).expect("ok"),
+        Lookup::Provisional
+    );
+    assert_eq!(
+        r.lookup(at(60), &mykey(1), &provider("P")).expect("ok"),
+        Lookup::UnknownId
+    );
+}
+
+#[test]
+fn link_unlink_replace() {
+    let dir = TempDir::new("link");
+    let r = with_providers(&dir);
+    let (pa, pb) = (provider("A-α1-0001"), provider("A-β1-0001"));
+    let shop = actor("terminal-A-α1-0001-01");
+    r.register_full(at(0), actor("portal"), mykey(1), cert(1, 1)).expect("ok");
+    let link = |s: &str, replace| r.link(at(5), shop, mykey(1), pa, service(s), replace);
+    assert_eq!(link("ABCDEFGHI", false).expect("ok"), LinkOutcome::Linked);
+    assert_eq!(link("ABCDEFGHI", false).expect("ok"), LinkOutcome::AlreadyLinked);
+    match link("OTHER", false) {
+        Err(RegistryError::LinkConflict { existing, .. }) => {
+            assert_eq!(existing, service("ABCDEFGHI"))
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(
+        r.lookup(at(6), &mykey(1), &pa).expect("ok"),
+        Lookup::Linked(service("ABCDEFGHI"))
+    );
+    assert_eq!(
+        link("OTHER", true).expect("ok"),
+        LinkOutcome::Replaced {
+            previous: service("ABCDEFGHI")
+        }
+    );
+    r.link(at(7), shop, mykey(1), pb, service("2802121234"), false)
+        .expect("second provider");
+    assert_eq!(
+        r.lookup(at(8), &mykey(1), &pa).expect("ok"),
+        Lookup::Linked(service("OTHER"))
+    );
+    assert_eq!(
+        r.unlink(at(9), shop, mykey(1), pa).expect("ok"),
+        UnlinkOutcome::Unlinked
+    );
+    assert_eq!(
+        r.unlink(at(9), shop, mykey(1), pa).expect("ok"),
+        UnlinkOutcome::NotLinked
+    );
+    assert!(matches!(
+        r.link(at(9), shop, mykey(2), pa, service("X"), false),
+        Err(RegistryError::UnknownId)
+    ));
+    drop(r);
+    let r = reopen(&dir);
+    assert_eq!(r.lookup(at(10), &mykey(1), &pa).expect("ok"), Lookup::NotLinked);
+    assert_eq!(
+        r.lookup(at(10), &mykey(1), &pb).expect("ok"),
+        Lookup::Linked(service("2802121234"))
+    );
+    // Who changed this link, and when.
+    let v = r.describe(&mykey(1)).expect("ok").expect("exists");
+    assert_eq!(v.links, vec![(pb, service("2802121234"), at(7), shop)]);
+}
+
+#[test]
+fn revocation_suspends_and_rebind_restores_with_links() {
+    let dir = TempDir::new("revoke");
+    let r = with_providers(&dir);
+    let p = provider("A-α1-0001");
+    let partner = actor("verifier-partner-1");
+    r.register_full(at(0), actor("portal"), mykey(1), cert(1, 1)).expect("ok");
+    r.register_provisional(at(0), actor("portal"), mykey(2), cert(1, 2))
+        .expect("ok");
+    r.link(at(1), actor("shop"), mykey(1), p, service("S"), false)
+        .expect("link");
+    let sum = r
+        .revoke(at(2), partner, &[cert(1, 1), cert(1, 2), cert(1, 3), cert(1, 1)])
+        .expect("revoke");
+    assert_eq!(
+        sum,
+        RevokeSummary {
+            newly_revoked: 3,
+            already_known: 1,
+            suspended: 2
+        }
+    );
+    let again = r.revoke(at(3), partner, &[cert(1, 1)]).expect("revoke");
+    assert_eq!(
+        again,
+        RevokeSummary {
+            newly_revoked: 0,
+            already_known: 1,
+            suspended: 0
+        }
+    );
+    assert_eq!(r.lookup(at(3), &mykey(1), &p).expect("ok"), Lookup::Suspended);
+    assert_eq!(r.lookup(at(3), &mykey(2), &p).expect("ok"), Lookup::Suspended);
+    assert!(r.is_revoked(&cert(1, 3)).expect("ok"));
+    assert!(matches!(
+        r.link(at(3), actor("shop"), mykey(1), p, service("T"), true),
+        Err(RegistryError::WrongState {
+            state: IdState::Suspended,
+            ..
+        })
+    ));
+    let counter = actor("municipal-13101");
+    assert!(matches!(
+        r.rebind(at(4), counter, mykey(1), cert(1, 3)),
+        Err(RegistryError::CertRevoked { .. })
+    ));
+    r.register_full(at(4), actor("portal"), mykey(5), cert(2, 5)).expect("ok");
+    assert!(matches!(
+        r.rebind(at(4), counter, mykey(1), cert(2, 5)),
+        Err(RegistryError::CertBound { .. })
+    ));
+    r.rebind(at(5), counter, mykey(1), cert(2, 1)).expect("rebind");
+    assert_eq!(
+        r.lookup(at(5), &mykey(1), &p).expect("ok"),
+        Lookup::Linked(service("S"))
+    );
+    drop(r);
+    let r = reopen(&dir);
+    let v = r.describe(&mykey(1)).expect("ok").expect("exists");
+    assert_eq!(v.state, IdState::Active);
+    assert_eq!(v.cert, Some(cert(2, 1)));
+    // Revoking the new certificate suspends again; the old one is no longer bound.
+    let s = r.revoke(at(6), partner, &[cert(2, 1)]).expect("revoke");
+    assert_eq!(s.suspended, 1);
+    r.store().compact().expect("compact");
+    let r = reopen(&dir);
+    assert_eq!(r.lookup(at(7), &mykey(1), &p).expect("ok"), Lookup::Suspended);
+}
+
+#[test]
+fn deletion_is_final() {
+    let dir = TempDir::new("delete");
+    let r = with_providers(&dir);
+    let p = provider("A-α1-0001");
+    r.register_full(at(0), actor("portal"), mykey(1), cert(1, 1)).expect("ok");
+    r.link(at(1), actor("shop"), mykey(1), p, service("S"), false)
+        .expect("link");
+    r.delete(at(2), actor("municipal"), mykey(1)).expect("delete");
+    assert_eq!(r.lookup(at(3), &mykey(1), &p).expect("ok"), Lookup::Deleted);
+    assert!(matches!(
+        r.delete(at(3), actor("municipal"), mykey(1)),
+        Err(RegistryError::WrongState {
+            state: IdState::Deleted,
+            ..
+        })
+    ));
+    assert!(matches!(
+        r.register_provisional(at(3), actor("portal"), mykey(1), cert(1, 2)),
+        Err(RegistryError::IdDeleted)
+    ));
+    assert!(matches!(
+        r.delete(at(3), actor("municipal"), mykey(9)),
+        Err(RegistryError::UnknownId)
+    ));
+    // The deleted ID's certificate is unbound and may register a new ID.
+    r.register_full(at(4), actor("portal"), mykey(2), cert(1, 1))
+        .expect("certificate freed by deletion");
+}
+
+#[test]
+fn export_lists_one_providers_pairs_with_audit() {
+    let dir = TempDir::new("export");
+    let r = with_providers(&dir);
+    let (pa, pb) = (provider("A-α1-0001"), provider("A-β1-0001"));
+    for n in 0..50 {
+        r.register_full(at(0), actor("portal"), mykey(n), cert(1, n)).expect("ok");
+        if n % 2 == 0 {
+            r.link(at(n), actor("shop"), mykey(n), pa, service(&format!("A{n}")), false)
+                .expect("link");
+        }
+        if n % 5 == 0 {
+            r.link(at(n), actor("lib"), mykey(n), pb, service(&format!("B{n}")), false)
+                .expect("link");
+        }
+    }
+    // Half of the links are folded into snapshots, half stay in the delta.
+    r.store().compact().expect("compact");
+    for n in 50..60 {
+        r.register_full(at(0), actor("portal"), mykey(n), cert(1, n)).expect("ok");
+        r.link(at(n), actor("shop2"), mykey(n), pa, service(&format!("A{n}")), false)
+            .expect("link");
+    }
+    r.revoke(at(70), actor("partner"), &[cert(1, 0)]).expect("revoke");
+    let mut rows = Vec::new();
+    let n = r
+        .export(&pa, |row| {
+            rows.push((row.id, row.state, row.service, row.linked_at, row.linked_by))
+        })
+        .expect("export");
+    rows.sort_by_key(|r| r.0);
+    assert_eq!(n, 35);
+    assert_eq!(rows.len(), 35);
+    assert_eq!(
+        rows[0],
+        (mykey(0), IdState::Suspended, service("A0"), at(0), actor("shop"))
+    );
+    assert_eq!(
+        rows[34],
+        (mykey(59), IdState::Active, service("A59"), at(59), actor("shop2"))
+    );
+    assert_eq!(r.export(&pb, |_| {}).expect("export"), 10);
+}
+
+#[test]
+fn concurrent_writers_share_fsyncs_and_all_survive() {
+    let dir = TempDir::new("group");
+    let r = with_providers(&dir);
+    let p = provider("A-α1-0001");
+    let before = r.store().durable_seq();
+    std::thread::scope(|s| {
+        for t in 0..8u64 {
+            let r = &r;
+            s.spawn(move || {
+                for i in 0..50u64 {
+                    let n = t * 1000 + i;
+                    r.register_full(at(0), actor("portal"), mykey(n), cert(1, n))
+                        .expect("register");
+                    r.link(at(1), actor("shop"), mykey(n), p, service(&n.to_string()), false)
+                        .expect("link");
+                }
+            });
+        }
+    });
+    assert_eq!(r.store().durable_seq(), before + 800);
+    drop(r);
+    let r = reopen(&dir);
+    for t in 0..8u64 {
+        for i in 0..50u64 {
+            let n = t * 1000 + i;
+            assert_eq!(
+                r.lookup(at(2), &mykey(n), &p).expect("ok"),
+                Lookup::Linked(service(&n.to_string()))
+            );
+        }
+    }
+}
+
+#[test]
+fn batched_lookups_answer_like_single_ones() {
+    let dir = TempDir::new("batch");
+    let r = with_providers(&dir);
+    let p = provider("A-α1-0001");
+    for n in 0..40 {
+        r.register_full(at(0), actor("portal"), mykey(n), cert(1, n)).expect("ok");
+        if n % 3 == 0 {
+            r.link(at(0), actor("shop"), mykey(n), p, service(&n.to_string()), false)
+                .expect("link");
+        }
+    }
+    r.store().compact().expect("compact");
+    let ids: Vec<_> = (0..50).map(mykey).collect();
+    let mut out = Vec::new();
+    r.lookup_batch(at(1), &p, &ids, &mut out).expect("batch");
+    assert_eq!(out.len(), 50);
+    for (id, got) in ids.iter().zip(&out) {
+        assert_eq!(
+            got.as_ref().expect("ok"),
+            &r.lookup(at(1), id, &p).expect("ok")
+        );
+    }
+}
