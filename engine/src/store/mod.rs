@@ -667,7 +667,11 @@ impl Store {
     /// compaction runs at a time. Returns the seq the new snapshots include.
     pub fn compact(&self) -> Result<u64, StoreError> {
         let _one = lock(&self.compacting);
-        let seq = self.freeze()?;
+        let Some(seq) = self.freeze()? else {
+            // Nothing since the last snapshot: rewriting it under the same names would
+            // replace the live files, so there is nothing to do.
+            return Ok(self.snapshot_seq());
+        };
         let view = self.view.load_full();
         let mut builders = Vec::with_capacity(Table::ALL.len());
         for &table in &Table::ALL {
@@ -733,8 +737,9 @@ impl Store {
     }
 
     /// Makes everything submitted durable, starts a new log segment and moves the active delta
-    /// to `frozen`. Returns the last seq of the frozen delta.
-    fn freeze(&self) -> Result<u64, StoreError> {
+    /// to `frozen`. Returns the last seq of the frozen delta, or `None` when no change happened
+    /// since the snapshot.
+    fn freeze(&self) -> Result<Option<u64>, StoreError> {
         let mut log = lock(&self.log);
         let mut w = lock(&self.writer);
         self.check_failed()?;
@@ -743,6 +748,9 @@ impl Store {
         self.write_log(&mut log, &buf)?;
         self.publish(&mut w, changes);
         let seq = w.next_seq - 1;
+        if seq == self.view.load().snap_seq {
+            return Ok(None);
+        }
         // A failure here leaves the log in an unknown state: stop writes, as for fsync.
         *log = new_segment(&*self.fs, seq + 1).map_err(|e| self.fail(&e))?;
         let cur = self.view.load();
@@ -759,7 +767,7 @@ impl Store {
             tables,
             snap_seq: cur.snap_seq,
         }));
-        Ok(seq)
+        Ok(Some(seq))
     }
 }
 
