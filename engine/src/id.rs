@@ -287,7 +287,7 @@ fn decode_hex(kind: &'static str, s: &str, out: &mut [u8]) -> Result<usize, IdEr
     if b.is_empty() {
         return Err(IdError::Empty { kind });
     }
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return Err(IdError::BadHex { kind, pos: b.len() });
     }
     if b.len() / 2 > out.len() {
@@ -303,8 +303,8 @@ fn decode_hex(kind: &'static str, s: &str, out: &mut [u8]) -> Result<usize, IdEr
             .map(|d| d as u8)
             .ok_or(IdError::BadHex { kind, pos })
     };
-    for i in 0..b.len() / 2 {
-        out[i] = nibble(2 * i)? << 4 | nibble(2 * i + 1)?;
+    for (i, o) in out.iter_mut().take(b.len() / 2).enumerate() {
+        *o = nibble(2 * i)? << 4 | nibble(2 * i + 1)?;
     }
     Ok(b.len() / 2)
 }
@@ -509,7 +509,11 @@ mod tests {
         );
         assert!(matches!(
             ProviderId::parse(&[b'a'; 33]),
-            Err(IdError::TooLong { len: 33, max: 32, .. })
+            Err(IdError::TooLong {
+                len: 33,
+                max: 32,
+                ..
+            })
         ));
         assert!(ProviderId::parse(&[b'a'; 32]).is_ok());
         assert!(matches!(

@@ -24,7 +24,11 @@ const SAMPLE_PROVIDERS: &str = include_str!("../../snapshots/sample/providers.tx
 const SAMPLE_POPULATION: &str = include_str!("../../snapshots/sample/population.csv");
 
 #[derive(Parser)]
-#[command(name = "mykeyd", version, about = "MyKey engine: build, inspect and query MyKey stores")]
+#[command(
+    name = "mykeyd",
+    version,
+    about = "MyKey engine: build, inspect and query MyKey stores"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -139,7 +143,9 @@ fn open_fs(dir: &Path) -> Result<Arc<dyn Fs>, String> {
     if !dir.is_dir() {
         return Err(format!("{}: no such store directory", dir.display()));
     }
-    Ok(Arc::new(RealFs::new(dir).map_err(|e| format!("{}: {e}", dir.display()))?))
+    Ok(Arc::new(
+        RealFs::new(dir).map_err(|e| format!("{}: {e}", dir.display()))?,
+    ))
 }
 
 fn open_registry(dir: &Path) -> Result<Registry, String> {
@@ -151,7 +157,9 @@ fn answer(l: &Lookup) -> String {
         Lookup::Linked(s) => format!("linked: service ID {s}"),
         Lookup::NotLinked => "not linked for this provider".into(),
         Lookup::UnknownId => "unknown MyKey ID".into(),
-        Lookup::Provisional => "provisional (not usable until a municipal counter confirms it)".into(),
+        Lookup::Provisional => {
+            "provisional (not usable until a municipal counter confirms it)".into()
+        }
         Lookup::Suspended => "suspended (certificate revoked)".into(),
         Lookup::Deleted => "deleted".into(),
     }
@@ -166,7 +174,7 @@ fn lookup_line(reg: &Registry, at: Timestamp, id: &str, provider: &str) -> Resul
 
 fn demo(dir: &Path, queries: &[String]) -> Result<(), String> {
     let at = now()?;
-    if queries.len() % 2 != 0 {
+    if !queries.len().is_multiple_of(2) {
         return Err("queries come in pairs: MYKEY_ID PROVIDER_ID".into());
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -230,8 +238,14 @@ fn demo(dir: &Path, queries: &[String]) -> Result<(), String> {
         for (id, p) in tour {
             println!("{}", lookup_line(&reg, at, &id, &p)?);
         }
-        println!("ask your own: mykeyd demo MYKEY_ID PROVIDER_ID (providers: {})",
-            reg.providers().iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", "));
+        println!(
+            "ask your own: mykeyd demo MYKEY_ID PROVIDER_ID (providers: {})",
+            reg.providers()
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     for q in queries.chunks(2) {
         println!("{}", lookup_line(&reg, at, &q[0], &q[1])?);
@@ -244,12 +258,17 @@ fn table_entries(reg: &Registry, t: Table) -> u64 {
         .stats()
         .iter()
         .find(|s| s.table == t)
-        .map_or(0, |s| s.shard_entries.iter().sum::<u64>() + s.delta_keys as u64)
+        .map_or(0, |s| {
+            s.shard_entries.iter().sum::<u64>() + s.delta_keys as u64
+        })
 }
 
 fn open_input(path: &Path) -> Result<Box<dyn BufRead>, String> {
     if path == Path::new("-") {
-        return Ok(Box::new(BufReader::with_capacity(1 << 20, std::io::stdin())));
+        return Ok(Box::new(BufReader::with_capacity(
+            1 << 20,
+            std::io::stdin(),
+        )));
     }
     let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(Box::new(BufReader::with_capacity(1 << 20, f)))
@@ -322,7 +341,11 @@ fn inspect(dir: &Path, verify: bool) -> Result<(), String> {
             t.name(),
             total,
             counts.len(),
-            counts.iter().map(u64::to_string).collect::<Vec<_>>().join(" ")
+            counts
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
         );
     }
     println!("  snapshot files: {} bytes", ins.snapshot_bytes);
@@ -333,7 +356,11 @@ fn inspect(dir: &Path, verify: bool) -> Result<(), String> {
             s.first_seq,
             s.changes,
             s.bytes,
-            if s.torn { ", torn tail (cut on next open)" } else { "" }
+            if s.torn {
+                ", torn tail (cut on next open)"
+            } else {
+                ""
+            }
         );
     }
     if verify {
@@ -351,7 +378,11 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Snapshot(SnapshotCmd::Build(a)) => build(&a),
         Cmd::Snapshot(SnapshotCmd::Inspect { dir }) => inspect(&dir, false),
         Cmd::Snapshot(SnapshotCmd::Verify { dir }) => inspect(&dir, true),
-        Cmd::Lookup { store, id, provider } => {
+        Cmd::Lookup {
+            store,
+            id,
+            provider,
+        } => {
             let reg = open_registry(&store.dir)?;
             println!("{}", lookup_line(&reg, now()?, &id, &provider)?);
             Ok(())
@@ -362,7 +393,12 @@ fn run(cli: Cli) -> Result<(), String> {
             let Some(v) = reg.describe(&id).map_err(|e| e.to_string())? else {
                 return Err(format!("{id}: unknown MyKey ID"));
             };
-            println!("{id}: {} since {} by {}", v.state.name(), v.state_at, v.state_by);
+            println!(
+                "{id}: {} since {} by {}",
+                v.state.name(),
+                v.state_at,
+                v.state_by
+            );
             match v.cert {
                 Some(c) => println!("  certificate {c}"),
                 None => println!("  no certificate bound"),
@@ -374,11 +410,13 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::Export { store, provider } => {
             let reg = open_registry(&store.dir)?;
-            let p = ProviderId::parse(provider.as_bytes()).map_err(|e| format!("{provider:?}: {e}"))?;
+            let p =
+                ProviderId::parse(provider.as_bytes()).map_err(|e| format!("{provider:?}: {e}"))?;
             let out = std::io::stdout();
             let mut out = std::io::BufWriter::new(out.lock());
             let mut err = Ok(());
-            writeln!(out, "mykey_id,state,service_id,linked_at,linked_by").map_err(|e| e.to_string())?;
+            writeln!(out, "mykey_id,state,service_id,linked_at,linked_by")
+                .map_err(|e| e.to_string())?;
             let n = reg
                 .export(&p, |r| {
                     if err.is_ok() {

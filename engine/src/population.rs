@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::io::{BufRead, Read};
 
 use crate::id::{ActorId, CertRef, IdError, MyKeyId, ProviderId, ServiceId, Timestamp};
-use crate::registry::record::{BoundCert, DictEntry, IdRecord, IdState, Link, cert_key};
 use crate::registry::LINKS_PER_ID_MAX;
+use crate::registry::record::{BoundCert, DictEntry, IdRecord, IdState, Link};
 use crate::store::fs::Fs;
 use crate::store::hash::{HashKey, shard_of};
 use crate::store::snapshot::ShardBuilder;
@@ -124,7 +124,11 @@ fn for_each_line(
         }
         line += 1;
         if buf.len() > LINE_LEN_MAX {
-            return Err(line_err(file, line, format!("line longer than {LINE_LEN_MAX} bytes")));
+            return Err(line_err(
+                file,
+                line,
+                format!("line longer than {LINE_LEN_MAX} bytes"),
+            ));
         }
         let text = std::str::from_utf8(&buf)
             .map_err(|e| line_err(file, line, format!("not UTF-8 at byte {}", e.valid_up_to())))?;
@@ -171,9 +175,13 @@ pub struct Row {
 /// Parses one data line of a population file.
 pub fn parse_row(text: &str) -> Result<Row, String> {
     let mut cols = text.split(',');
-    let (Some(id), Some(state), Some(cert), Some(links), None) =
-        (cols.next(), cols.next(), cols.next(), cols.next(), cols.next())
-    else {
+    let (Some(id), Some(state), Some(cert), Some(links), None) = (
+        cols.next(),
+        cols.next(),
+        cols.next(),
+        cols.next(),
+        cols.next(),
+    ) else {
         return Err(format!(
             "expected 4 comma-separated columns ({HEADER}), got {}",
             text.split(',').count()
@@ -197,7 +205,8 @@ pub fn parse_row(text: &str) -> Result<Row, String> {
             let (p, s) = pair
                 .split_once('=')
                 .ok_or_else(|| format!("link {} must be provider=service_id", i + 1))?;
-            let p = ProviderId::parse(p.as_bytes()).map_err(|e: IdError| format!("link {}: {e}", i + 1))?;
+            let p = ProviderId::parse(p.as_bytes())
+                .map_err(|e: IdError| format!("link {}: {e}", i + 1))?;
             let s = ServiceId::parse_text(s).map_err(|e| format!("link {}: {e}", i + 1))?;
             out.push((p, s));
         }
@@ -282,7 +291,11 @@ pub fn build(
         let mut links = Vec::with_capacity(row.links.len());
         for (p, s) in &row.links {
             let provider = *provider_index.get(p).ok_or_else(|| {
-                line_err("population", line, format!("provider {p} is not in the provider list"))
+                line_err(
+                    "population",
+                    line,
+                    format!("provider {p} is not in the provider list"),
+                )
             })?;
             links.push(Link {
                 provider,
@@ -294,30 +307,41 @@ pub fn build(
         links.sort_by_key(|l| l.provider);
         if let Some(w) = links.windows(2).find(|w| w[0].provider == w[1].provider) {
             let p = providers[w[0].provider as usize];
-            return Err(line_err("population", line, format!("provider {p} linked twice")));
+            return Err(line_err(
+                "population",
+                line,
+                format!("provider {p} linked twice"),
+            ));
         }
+        let bound = BoundCert {
+            ca,
+            serial_len: row.cert.serial().len() as u8,
+            serial,
+        };
         let rec = IdRecord {
             state: row.state,
             state_at: opts.at,
             state_actor: 0,
-            cert: Some(BoundCert {
-                ca,
-                serial_len: row.cert.serial().len() as u8,
-                serial,
-            }),
+            registered_at: opts.at,
+            registered_by: 0,
+            cert: Some(bound),
             links,
         };
         summary.ids += 1;
         summary.links += rec.links.len() as u64;
         push(Table::Ids, row.id.as_bytes(), &rec.encode(), line)?;
-        push(Table::Certs, &cert_key(&row.cert), row.id.as_bytes(), line)?;
-        if summary.ids % PROGRESS_EVERY_ROWS == 0 {
+        push(Table::Certs, &bound.key(), row.id.as_bytes(), line)?;
+        if summary.ids.is_multiple_of(PROGRESS_EVERY_ROWS) {
             progress(Progress::Rows(summary.ids));
         }
         Ok(())
     })?;
     if !seen_header {
-        return Err(line_err("population", 1, format!("empty file: expected the header {HEADER:?}")));
+        return Err(line_err(
+            "population",
+            1,
+            format!("empty file: expected the header {HEADER:?}"),
+        ));
     }
     let entry = |index: u32| {
         DictEntry {
@@ -367,7 +391,12 @@ mod tests {
         let r = parse_row("1C2410DF79DGEL,active,AB:01,A-α1-0001=ABCDEFGHI;A-β1-0001=2802121234")
             .expect("valid");
         assert_eq!(r.links.len(), 2);
-        assert!(parse_row("1C2410DF79DGEL,active,AB:01,").expect("valid").links.is_empty());
+        assert!(
+            parse_row("1C2410DF79DGEL,active,AB:01,")
+                .expect("valid")
+                .links
+                .is_empty()
+        );
         let e = parse_row("1C2410DF79DGEL,active,AB:01").expect_err("3 columns");
         assert!(e.contains("4 comma-separated columns"), "{e}");
         let e = parse_row("1C2410df79DGEL,active,AB:01,").expect_err("lower case");

@@ -29,12 +29,30 @@ const EXPIRY: u64 = 50;
 #[derive(Clone, Debug)]
 enum Op {
     Provider(usize),
-    Register { id: u64, cert: u64, provisional: bool },
-    Confirm { id: u64, cert: u64 },
-    Link { id: u64, p: usize, s: usize, replace: bool },
-    Unlink { id: u64, p: usize },
+    Register {
+        id: u64,
+        cert: u64,
+        provisional: bool,
+    },
+    Confirm {
+        id: u64,
+        cert: u64,
+    },
+    Link {
+        id: u64,
+        p: usize,
+        s: usize,
+        replace: bool,
+    },
+    Unlink {
+        id: u64,
+        p: usize,
+    },
     Revoke(Vec<u64>),
-    Rebind { id: u64, cert: u64 },
+    Rebind {
+        id: u64,
+        cert: u64,
+    },
     Delete(u64),
     Expire,
     Advance(u64),
@@ -45,8 +63,11 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (0..PROVIDERS.len()).prop_map(Op::Provider),
-        (0..IDS, 0..CERTS, any::<bool>())
-            .prop_map(|(id, cert, provisional)| Op::Register { id, cert, provisional }),
+        (0..IDS, 0..CERTS, any::<bool>()).prop_map(|(id, cert, provisional)| Op::Register {
+            id,
+            cert,
+            provisional
+        }),
         (0..IDS, 0..CERTS).prop_map(|(id, cert)| Op::Confirm { id, cert }),
         (0..IDS, 0..PROVIDERS.len(), 0..SERVICES.len(), any::<bool>())
             .prop_map(|(id, p, s, replace)| Op::Link { id, p, s, replace }),
@@ -113,10 +134,17 @@ impl Model {
 
     fn step(&mut self, op: &Op, now: u64) -> Result<String, &'static str> {
         Ok(match *op {
-            Op::Provider(p) => {
-                if self.providers.insert(p) { "Registered" } else { "AlreadyRegistered" }.into()
+            Op::Provider(p) => if self.providers.insert(p) {
+                "Registered"
+            } else {
+                "AlreadyRegistered"
             }
-            Op::Register { id, cert, provisional } => {
+            .into(),
+            Op::Register {
+                id,
+                cert,
+                provisional,
+            } => {
                 let mut freed = None;
                 if let Some(r) = self.ids.get(&id) {
                     match r.state {
@@ -131,8 +159,20 @@ impl Model {
                 {
                     self.certs.remove(&oc);
                 }
-                let state = if provisional { IdState::Provisional } else { IdState::Active };
-                self.ids.insert(id, MId { state, at: now, cert: Some(cert), links: BTreeMap::new() });
+                let state = if provisional {
+                    IdState::Provisional
+                } else {
+                    IdState::Active
+                };
+                self.ids.insert(
+                    id,
+                    MId {
+                        state,
+                        at: now,
+                        cert: Some(cert),
+                        links: BTreeMap::new(),
+                    },
+                );
                 self.certs.insert(cert, id);
                 "Ok".into()
             }
@@ -176,7 +216,12 @@ impl Model {
                 }
                 self.usable(id, now)?;
                 let r = self.ids.get_mut(&id).ok_or("UnknownId")?;
-                if r.links.remove(&p).is_some() { "Unlinked" } else { "NotLinked" }.into()
+                if r.links.remove(&p).is_some() {
+                    "Unlinked"
+                } else {
+                    "NotLinked"
+                }
+                .into()
             }
             Op::Revoke(ref certs) => {
                 let (mut new, mut known, mut susp) = (0, 0, 0);
@@ -304,20 +349,27 @@ fn run(reg: &Registry, op: &Op, now: u64) -> String {
             ProviderOutcome::Registered => "Registered".into(),
             ProviderOutcome::AlreadyRegistered => "AlreadyRegistered".into(),
         }),
-        Op::Register { id, cert, provisional } => if provisional {
+        Op::Register {
+            id,
+            cert,
+            provisional,
+        } => if provisional {
             reg.register_provisional(t, a, id_of(id), cert_of(cert))
         } else {
             reg.register_full(t, a, id_of(id), cert_of(cert))
         }
         .map(|()| "Ok".into()),
-        Op::Confirm { id, cert } => reg.confirm(t, a, id_of(id), cert_of(cert)).map(|()| "Ok".into()),
-        Op::Link { id, p, s, replace } => reg
-            .link(t, a, id_of(id), p_of(p), s_of(s), replace)
-            .map(|o| match o {
-                LinkOutcome::Linked => "Linked".into(),
-                LinkOutcome::AlreadyLinked => "AlreadyLinked".into(),
-                LinkOutcome::Replaced { .. } => "Replaced".into(),
-            }),
+        Op::Confirm { id, cert } => reg
+            .confirm(t, a, id_of(id), cert_of(cert))
+            .map(|()| "Ok".into()),
+        Op::Link { id, p, s, replace } => {
+            reg.link(t, a, id_of(id), p_of(p), s_of(s), replace)
+                .map(|o| match o {
+                    LinkOutcome::Linked => "Linked".into(),
+                    LinkOutcome::AlreadyLinked => "AlreadyLinked".into(),
+                    LinkOutcome::Replaced { .. } => "Replaced".into(),
+                })
+        }
         Op::Unlink { id, p } => reg.unlink(t, a, id_of(id), p_of(p)).map(|o| match o {
             UnlinkOutcome::Unlinked => "Unlinked".into(),
             UnlinkOutcome::NotLinked => "NotLinked".into(),
@@ -325,33 +377,54 @@ fn run(reg: &Registry, op: &Op, now: u64) -> String {
         Op::Revoke(ref certs) => {
             let certs: Vec<_> = certs.iter().map(|&c| cert_of(c)).collect();
             reg.revoke(t, a, &certs).map(|s| {
-                format!("Revoked {}/{}/{}", s.newly_revoked, s.already_known, s.suspended)
+                format!(
+                    "Revoked {}/{}/{}",
+                    s.newly_revoked, s.already_known, s.suspended
+                )
             })
         }
-        Op::Rebind { id, cert } => reg.rebind(t, a, id_of(id), cert_of(cert)).map(|()| "Ok".into()),
+        Op::Rebind { id, cert } => reg
+            .rebind(t, a, id_of(id), cert_of(cert))
+            .map(|()| "Ok".into()),
         Op::Delete(id) => reg.delete(t, a, id_of(id)).map(|()| "Ok".into()),
         Op::Expire => reg.expire_provisional(t, a).map(|n| format!("Expired {n}")),
-        Op::Compact => reg.store().compact().map(|_| "Ok".into()).map_err(RegistryError::from),
+        Op::Compact => reg
+            .store()
+            .compact()
+            .map(|_| "Ok".into())
+            .map_err(RegistryError::from),
         Op::Advance(_) | Op::Crash => Ok("Ok".into()),
     };
     r.unwrap_or_else(|e| label_err(&e))
 }
 
 /// Everything a client can observe, in the model's terms.
-type Observed = (BTreeMap<u64, (IdState, Option<u64>, Vec<(usize, usize)>)>, Vec<bool>, Vec<String>);
+type Observed = (
+    BTreeMap<u64, (IdState, Option<u64>, Vec<(usize, usize)>)>,
+    Vec<bool>,
+    Vec<String>,
+);
 
 fn observe(reg: &Registry, now: u64) -> Observed {
     let mut ids = BTreeMap::new();
     for n in 0..IDS {
         if let Some(v) = reg.describe(&id_of(n)).expect("describe") {
-            let cert = v.cert.map(|c| (0..CERTS).find(|&k| cert_of(k) == c).expect("known cert"));
+            let cert = v
+                .cert
+                .map(|c| (0..CERTS).find(|&k| cert_of(k) == c).expect("known cert"));
             let mut links: Vec<(usize, usize)> = v
                 .links
                 .iter()
                 .map(|(p, s, _, _)| {
                     (
-                        PROVIDERS.iter().position(|x| *x == p.as_str()).expect("known provider"),
-                        SERVICES.iter().position(|x| x.as_bytes() == s.as_bytes()).expect("known service"),
+                        PROVIDERS
+                            .iter()
+                            .position(|x| *x == p.as_str())
+                            .expect("known provider"),
+                        SERVICES
+                            .iter()
+                            .position(|x| x.as_bytes() == s.as_bytes())
+                            .expect("known service"),
                     )
                 })
                 .collect();
@@ -359,7 +432,9 @@ fn observe(reg: &Registry, now: u64) -> Observed {
             ids.insert(n, (v.state, cert, links));
         }
     }
-    let revoked = (0..CERTS).map(|c| reg.is_revoked(&cert_of(c)).expect("ok")).collect();
+    let revoked = (0..CERTS)
+        .map(|c| reg.is_revoked(&cert_of(c)).expect("ok"))
+        .collect();
     let mut lookups = Vec::new();
     for n in 0..IDS {
         for p in 0..PROVIDERS.len() {
@@ -377,7 +452,16 @@ fn expect(m: &Model, now: u64) -> Observed {
     let ids = m
         .ids
         .iter()
-        .map(|(k, r)| (*k, (r.state, r.cert, r.links.iter().map(|(p, s)| (*p, *s)).collect())))
+        .map(|(k, r)| {
+            (
+                *k,
+                (
+                    r.state,
+                    r.cert,
+                    r.links.iter().map(|(p, s)| (*p, *s)).collect(),
+                ),
+            )
+        })
         .collect();
     let revoked = (0..CERTS).map(|c| m.revoked.contains(&c)).collect();
     let mut lookups = Vec::new();
@@ -409,7 +493,10 @@ fn recover(fs: &SimFs, cut_at: Option<u64>) -> Registry {
     Registry::open(Arc::new(fs.clone()) as Arc<dyn Fs>, config()).expect("recovery must succeed")
 }
 
-fn check_sequence(seed: u64, ops: Vec<(Op, Option<u64>, Option<u64>)>) -> Result<(), TestCaseError> {
+fn check_sequence(
+    seed: u64,
+    ops: Vec<(Op, Option<u64>, Option<u64>)>,
+) -> Result<(), TestCaseError> {
     let fs = SimFs::new(seed);
     let small = StoreConfig {
         ids_shards: 2,
@@ -430,7 +517,12 @@ fn check_sequence(seed: u64, ops: Vec<(Op, Option<u64>, Option<u64>)>) -> Result
             fs.crash();
             drop(reg.take());
             let r = recover(&fs, recovery_cut);
-            prop_assert_eq!(observe(&r, now), expect(&model, now), "after power cut at step {}", i);
+            prop_assert_eq!(
+                observe(&r, now),
+                expect(&model, now),
+                "after power cut at step {}",
+                i
+            );
             reg = Some(r);
             continue;
         }
@@ -449,7 +541,13 @@ fn check_sequence(seed: u64, ops: Vec<(Op, Option<u64>, Option<u64>)>) -> Result
             if seen == expect(&after, now) {
                 model = after;
             } else {
-                prop_assert_eq!(seen, expect(&model, now), "step {}: {:?} half-applied", i, op);
+                prop_assert_eq!(
+                    seen,
+                    expect(&model, now),
+                    "step {}: {:?} half-applied",
+                    i,
+                    op
+                );
             }
             reg = Some(r);
             continue;
@@ -488,9 +586,14 @@ proptest! {
 #[test]
 fn a_failed_write_stops_all_writes_until_reopen() {
     let fs = SimFs::new(3);
-    let reg = Registry::create(Arc::new(fs.clone()) as Arc<dyn Fs>, StoreConfig::default(), config())
-        .expect("create");
-    reg.register_provider(at(0), actor("op"), p_of(0)).expect("provider");
+    let reg = Registry::create(
+        Arc::new(fs.clone()) as Arc<dyn Fs>,
+        StoreConfig::default(),
+        config(),
+    )
+    .expect("create");
+    reg.register_provider(at(0), actor("op"), p_of(0))
+        .expect("provider");
     fs.arm_crash(1);
     assert!(matches!(
         reg.register_full(at(1), actor("portal"), id_of(1), cert_of(1)),
@@ -502,5 +605,8 @@ fn a_failed_write_stops_all_writes_until_reopen() {
         Err(RegistryError::Store(StoreError::Failed { .. }))
     ));
     // Reads still work on the failed store.
-    assert_eq!(reg.lookup(at(1), &id_of(2), &p_of(0)).expect("read"), Lookup::UnknownId);
+    assert_eq!(
+        reg.lookup(at(1), &id_of(2), &p_of(0)).expect("read"),
+        Lookup::UnknownId
+    );
 }

@@ -46,11 +46,13 @@ fn providers_must_be_registered_before_links_name_them() {
         Err(RegistryError::UnknownProvider { .. })
     ));
     assert_eq!(
-        r.register_provider(at(2), actor("operator"), p).expect("ok"),
+        r.register_provider(at(2), actor("operator"), p)
+            .expect("ok"),
         ProviderOutcome::Registered
     );
     assert_eq!(
-        r.register_provider(at(3), actor("operator"), p).expect("ok"),
+        r.register_provider(at(3), actor("operator"), p)
+            .expect("ok"),
         ProviderOutcome::AlreadyRegistered
     );
     assert_eq!(
@@ -74,7 +76,10 @@ fn full_registration_and_its_refusals() {
     let a = actor("portal");
     r.register_full(at(0), a, mykey(1), cert(1, 1)).expect("ok");
     let p = provider("A-α1-0001");
-    assert_eq!(r.lookup(at(0), &mykey(1), &p).expect("ok"), Lookup::NotLinked);
+    assert_eq!(
+        r.lookup(at(0), &mykey(1), &p).expect("ok"),
+        Lookup::NotLinked
+    );
     let seq = r.store().durable_seq();
     assert!(matches!(
         r.register_full(at(1), a, mykey(1), cert(1, 2)),
@@ -86,7 +91,8 @@ fn full_registration_and_its_refusals() {
         r.register_full(at(1), a, mykey(2), cert(1, 1)),
         Err(RegistryError::CertBound { .. })
     ));
-    r.revoke(at(1), actor("partner"), &[cert(1, 9)]).expect("revoke");
+    r.revoke(at(1), actor("partner"), &[cert(1, 9)])
+        .expect("revoke");
     let seq_after_revoke = r.store().durable_seq();
     assert!(matches!(
         r.register_full(at(2), a, mykey(3), cert(1, 9)),
@@ -95,8 +101,14 @@ fn full_registration_and_its_refusals() {
     // Refusals wrote nothing.
     assert_eq!(seq + 1, seq_after_revoke);
     assert_eq!(r.store().durable_seq(), seq_after_revoke);
-    assert_eq!(r.lookup(at(2), &mykey(2), &p).expect("ok"), Lookup::UnknownId);
-    assert_eq!(r.lookup(at(2), &mykey(3), &p).expect("ok"), Lookup::UnknownId);
+    assert_eq!(
+        r.lookup(at(2), &mykey(2), &p).expect("ok"),
+        Lookup::UnknownId
+    );
+    assert_eq!(
+        r.lookup(at(2), &mykey(3), &p).expect("ok"),
+        Lookup::UnknownId
+    );
 }
 
 #[test]
@@ -108,7 +120,10 @@ fn provisional_registration_confirmation_and_expiry() {
     let counter = actor("municipal-13101");
     r.register_provisional(at(0), portal, mykey(10), cert(1, 10))
         .expect("provisional");
-    assert_eq!(r.lookup(at(0), &mykey(10), &p).expect("ok"), Lookup::Provisional);
+    assert_eq!(
+        r.lookup(at(0), &mykey(10), &p).expect("ok"),
+        Lookup::Provisional
+    );
     // Taken by a provisional registration, then by an active one.
     assert!(matches!(
         r.register_provisional(at(1), portal, mykey(10), cert(1, 11)),
@@ -116,7 +131,8 @@ fn provisional_registration_confirmation_and_expiry() {
             state: IdState::Provisional
         })
     ));
-    r.register_full(at(1), portal, mykey(11), cert(1, 12)).expect("full");
+    r.register_full(at(1), portal, mykey(11), cert(1, 12))
+        .expect("full");
     assert!(matches!(
         r.register_provisional(at(1), portal, mykey(11), cert(1, 13)),
         Err(RegistryError::IdTaken {
@@ -142,8 +158,12 @@ fn provisional_registration_confirmation_and_expiry() {
             ..
         })
     ));
-    r.confirm(at(3), counter, mykey(10), cert(1, 10)).expect("confirm");
-    assert_eq!(r.lookup(at(3), &mykey(10), &p).expect("ok"), Lookup::NotLinked);
+    r.confirm(at(3), counter, mykey(10), cert(1, 10))
+        .expect("confirm");
+    assert_eq!(
+        r.lookup(at(3), &mykey(10), &p).expect("ok"),
+        Lookup::NotLinked
+    );
     let v = r.describe(&mykey(10)).expect("ok").expect("exists");
     assert_eq!((v.state, v.state_by), (IdState::Active, counter));
 
@@ -195,7 +215,8 @@ fn provisional_expiry_is_configurable() {
         provisional_expiry_secs: 60,
     };
     let r = Registry::create(fs, StoreConfig::default(), cfg).expect("create");
-    r.register_provider(at(0), actor("op"), provider("P")).expect("provider");
+    r.register_provider(at(0), actor("op"), provider("P"))
+        .expect("provider");
     r.register_provisional(at(0), actor("portal"), mykey(1), cert(1, 1))
         .expect("ok");
     assert_eq!(
@@ -214,10 +235,14 @@ fn link_unlink_replace() {
     let r = with_providers(&dir);
     let (pa, pb) = (provider("A-α1-0001"), provider("A-β1-0001"));
     let shop = actor("terminal-A-α1-0001-01");
-    r.register_full(at(0), actor("portal"), mykey(1), cert(1, 1)).expect("ok");
+    r.register_full(at(0), actor("portal"), mykey(1), cert(1, 1))
+        .expect("ok");
     let link = |s: &str, replace| r.link(at(5), shop, mykey(1), pa, service(s), replace);
     assert_eq!(link("ABCDEFGHI", false).expect("ok"), LinkOutcome::Linked);
-    assert_eq!(link("ABCDEFGHI", false).expect("ok"), LinkOutcome::AlreadyLinked);
+    assert_eq!(
+        link("ABCDEFGHI", false).expect("ok"),
+        LinkOutcome::AlreadyLinked
+    );
     match link("OTHER", false) {
         Err(RegistryError::LinkConflict { existing, .. }) => {
             assert_eq!(existing, service("ABCDEFGHI"))
@@ -254,7 +279,10 @@ fn link_unlink_replace() {
     ));
     drop(r);
     let r = reopen(&dir);
-    assert_eq!(r.lookup(at(10), &mykey(1), &pa).expect("ok"), Lookup::NotLinked);
+    assert_eq!(
+        r.lookup(at(10), &mykey(1), &pa).expect("ok"),
+        Lookup::NotLinked
+    );
     assert_eq!(
         r.lookup(at(10), &mykey(1), &pb).expect("ok"),
         Lookup::Linked(service("2802121234"))
@@ -270,13 +298,18 @@ fn revocation_suspends_and_rebind_restores_with_links() {
     let r = with_providers(&dir);
     let p = provider("A-α1-0001");
     let partner = actor("verifier-partner-1");
-    r.register_full(at(0), actor("portal"), mykey(1), cert(1, 1)).expect("ok");
+    r.register_full(at(0), actor("portal"), mykey(1), cert(1, 1))
+        .expect("ok");
     r.register_provisional(at(0), actor("portal"), mykey(2), cert(1, 2))
         .expect("ok");
     r.link(at(1), actor("shop"), mykey(1), p, service("S"), false)
         .expect("link");
     let sum = r
-        .revoke(at(2), partner, &[cert(1, 1), cert(1, 2), cert(1, 3), cert(1, 1)])
+        .revoke(
+            at(2),
+            partner,
+            &[cert(1, 1), cert(1, 2), cert(1, 3), cert(1, 1)],
+        )
         .expect("revoke");
     assert_eq!(
         sum,
@@ -295,8 +328,14 @@ fn revocation_suspends_and_rebind_restores_with_links() {
             suspended: 0
         }
     );
-    assert_eq!(r.lookup(at(3), &mykey(1), &p).expect("ok"), Lookup::Suspended);
-    assert_eq!(r.lookup(at(3), &mykey(2), &p).expect("ok"), Lookup::Suspended);
+    assert_eq!(
+        r.lookup(at(3), &mykey(1), &p).expect("ok"),
+        Lookup::Suspended
+    );
+    assert_eq!(
+        r.lookup(at(3), &mykey(2), &p).expect("ok"),
+        Lookup::Suspended
+    );
     assert!(r.is_revoked(&cert(1, 3)).expect("ok"));
     assert!(matches!(
         r.link(at(3), actor("shop"), mykey(1), p, service("T"), true),
@@ -310,12 +349,14 @@ fn revocation_suspends_and_rebind_restores_with_links() {
         r.rebind(at(4), counter, mykey(1), cert(1, 3)),
         Err(RegistryError::CertRevoked { .. })
     ));
-    r.register_full(at(4), actor("portal"), mykey(5), cert(2, 5)).expect("ok");
+    r.register_full(at(4), actor("portal"), mykey(5), cert(2, 5))
+        .expect("ok");
     assert!(matches!(
         r.rebind(at(4), counter, mykey(1), cert(2, 5)),
         Err(RegistryError::CertBound { .. })
     ));
-    r.rebind(at(5), counter, mykey(1), cert(2, 1)).expect("rebind");
+    r.rebind(at(5), counter, mykey(1), cert(2, 1))
+        .expect("rebind");
     assert_eq!(
         r.lookup(at(5), &mykey(1), &p).expect("ok"),
         Lookup::Linked(service("S"))
@@ -330,7 +371,10 @@ fn revocation_suspends_and_rebind_restores_with_links() {
     assert_eq!(s.suspended, 1);
     r.store().compact().expect("compact");
     let r = reopen(&dir);
-    assert_eq!(r.lookup(at(7), &mykey(1), &p).expect("ok"), Lookup::Suspended);
+    assert_eq!(
+        r.lookup(at(7), &mykey(1), &p).expect("ok"),
+        Lookup::Suspended
+    );
 }
 
 #[test]
@@ -338,10 +382,12 @@ fn deletion_is_final() {
     let dir = TempDir::new("delete");
     let r = with_providers(&dir);
     let p = provider("A-α1-0001");
-    r.register_full(at(0), actor("portal"), mykey(1), cert(1, 1)).expect("ok");
+    r.register_full(at(0), actor("portal"), mykey(1), cert(1, 1))
+        .expect("ok");
     r.link(at(1), actor("shop"), mykey(1), p, service("S"), false)
         .expect("link");
-    r.delete(at(2), actor("municipal"), mykey(1)).expect("delete");
+    r.delete(at(2), actor("municipal"), mykey(1))
+        .expect("delete");
     assert_eq!(r.lookup(at(3), &mykey(1), &p).expect("ok"), Lookup::Deleted);
     assert!(matches!(
         r.delete(at(3), actor("municipal"), mykey(1)),
@@ -369,24 +415,48 @@ fn export_lists_one_providers_pairs_with_audit() {
     let r = with_providers(&dir);
     let (pa, pb) = (provider("A-α1-0001"), provider("A-β1-0001"));
     for n in 0..50 {
-        r.register_full(at(0), actor("portal"), mykey(n), cert(1, n)).expect("ok");
+        r.register_full(at(0), actor("portal"), mykey(n), cert(1, n))
+            .expect("ok");
         if n % 2 == 0 {
-            r.link(at(n), actor("shop"), mykey(n), pa, service(&format!("A{n}")), false)
-                .expect("link");
+            r.link(
+                at(n),
+                actor("shop"),
+                mykey(n),
+                pa,
+                service(&format!("A{n}")),
+                false,
+            )
+            .expect("link");
         }
         if n % 5 == 0 {
-            r.link(at(n), actor("lib"), mykey(n), pb, service(&format!("B{n}")), false)
-                .expect("link");
+            r.link(
+                at(n),
+                actor("lib"),
+                mykey(n),
+                pb,
+                service(&format!("B{n}")),
+                false,
+            )
+            .expect("link");
         }
     }
     // Half of the links are folded into snapshots, half stay in the delta.
     r.store().compact().expect("compact");
     for n in 50..60 {
-        r.register_full(at(0), actor("portal"), mykey(n), cert(1, n)).expect("ok");
-        r.link(at(n), actor("shop2"), mykey(n), pa, service(&format!("A{n}")), false)
-            .expect("link");
+        r.register_full(at(0), actor("portal"), mykey(n), cert(1, n))
+            .expect("ok");
+        r.link(
+            at(n),
+            actor("shop2"),
+            mykey(n),
+            pa,
+            service(&format!("A{n}")),
+            false,
+        )
+        .expect("link");
     }
-    r.revoke(at(70), actor("partner"), &[cert(1, 0)]).expect("revoke");
+    r.revoke(at(70), actor("partner"), &[cert(1, 0)])
+        .expect("revoke");
     let mut rows = Vec::new();
     let n = r
         .export(&pa, |row| {
@@ -398,11 +468,23 @@ fn export_lists_one_providers_pairs_with_audit() {
     assert_eq!(rows.len(), 35);
     assert_eq!(
         rows[0],
-        (mykey(0), IdState::Suspended, service("A0"), at(0), actor("shop"))
+        (
+            mykey(0),
+            IdState::Suspended,
+            service("A0"),
+            at(0),
+            actor("shop")
+        )
     );
     assert_eq!(
         rows[34],
-        (mykey(59), IdState::Active, service("A59"), at(59), actor("shop2"))
+        (
+            mykey(59),
+            IdState::Active,
+            service("A59"),
+            at(59),
+            actor("shop2")
+        )
     );
     assert_eq!(r.export(&pb, |_| {}).expect("export"), 10);
 }
@@ -421,8 +503,15 @@ fn concurrent_writers_share_fsyncs_and_all_survive() {
                     let n = t * 1000 + i;
                     r.register_full(at(0), actor("portal"), mykey(n), cert(1, n))
                         .expect("register");
-                    r.link(at(1), actor("shop"), mykey(n), p, service(&n.to_string()), false)
-                        .expect("link");
+                    r.link(
+                        at(1),
+                        actor("shop"),
+                        mykey(n),
+                        p,
+                        service(&n.to_string()),
+                        false,
+                    )
+                    .expect("link");
                 }
             });
         }
@@ -447,10 +536,18 @@ fn batched_lookups_answer_like_single_ones() {
     let r = with_providers(&dir);
     let p = provider("A-α1-0001");
     for n in 0..40 {
-        r.register_full(at(0), actor("portal"), mykey(n), cert(1, n)).expect("ok");
+        r.register_full(at(0), actor("portal"), mykey(n), cert(1, n))
+            .expect("ok");
         if n % 3 == 0 {
-            r.link(at(0), actor("shop"), mykey(n), p, service(&n.to_string()), false)
-                .expect("link");
+            r.link(
+                at(0),
+                actor("shop"),
+                mykey(n),
+                p,
+                service(&n.to_string()),
+                false,
+            )
+            .expect("link");
         }
     }
     r.store().compact().expect("compact");

@@ -1,1 +1,149 @@
-//! golden
+//! Golden files: a store written by format version 1 is committed under `snapshots/golden/v1/`
+//! (snapshot shards from a bulk build, plus log records from live writes). It must keep opening
+//! and answering the same lookups in every later release.
+//!
+//! Regenerate only when adding a *new* version's directory, never for an existing one:
+//! `cargo test -p mykey-tests -- --ignored write_golden_v1` writes `snapshots/golden/v1-new/`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use mykey_engine::id::{MyKeyId, Timestamp};
+use mykey_engine::population::{BuildOptions, build};
+use mykey_engine::registry::{Lookup, Registry, RegistryConfig};
+use mykey_engine::store::fs::{Fs, RealFs};
+use mykey_engine::store::hash::HashKey;
+use mykey_engine::store::{StoreConfig, inspect};
+use mykey_tests::*;
+
+fn golden_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../snapshots/golden")
+        .join(name)
+}
+
+fn id(s: &str) -> MyKeyId {
+    s.parse().expect("id")
+}
+
+/// The lookups the golden store must answer, at T0 + 1 day.
+fn expected() -> Vec<(&'static str, &'static str, Lookup)> {
+    vec![
+        (
+            "1C2410DF79DGEL",
+            "A-α1-0001",
+            Lookup::Linked(service("ABCDEFGHI")),
+        ),
+        (
+            "1C2410DF79DGEL",
+            "A-β1-0001",
+            Lookup::Linked(service("2802121234")),
+        ),
+        (
+            "1C2410DF79DGEL",
+            "A-γ1-0001",
+            Lookup::Linked(service("1111358665")),
+        ),
+        // Linked through the log after the bulk load.
+        (
+            "1C2410DF79DGEL",
+            "13101-LIB-0001",
+            Lookup::Linked(service("LIB-0042")),
+        ),
+        // Revoked through the log.
+        ("997794E9AGCIEG", "13101-LIB-0001", Lookup::Suspended),
+        // Provisional in the bulk load.
+        ("02IS5D9IK40VST", "A-α1-0001", Lookup::Provisional),
+        // Registered provisionally through the log.
+        ("GOLDENPROVISNL", "A-α1-0001", Lookup::Provisional),
+        // Deleted through the log.
+        ("UJZDE8GXD6NCF1", "A-α1-0001", Lookup::Deleted),
+        ("ZDOC9IS0J8HT9L", "46201-POINT-0003", Lookup::NotLinked),
+        ("ZZZZZZZZZZZZZZ", "A-α1-0001", Lookup::UnknownId),
+    ]
+}
+
+#[test]
+fn golden_v1_still_opens_and_answers_the_same() {
+    let src = golden_dir("v1");
+    let d = TempDir::new("golden");
+    copy_dir(&src, d.path());
+    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(d.path()).expect("dir"));
+    let ins = inspect(&*fs, true, &mut |_| {}).expect("golden v1 verifies");
+    assert_eq!(ins.manifest.hash_key, HashKey([0x1234, 0x5678]));
+    assert_eq!(
+        ins.segments.iter().map(|s| s.changes).sum::<u64>(),
+        5,
+        "log records in the golden store"
+    );
+    let reg = Registry::open(fs, RegistryConfig::default()).expect("golden v1 opens");
+    for (i, p, want) in expected() {
+        assert_eq!(
+            reg.lookup(at(86_400), &id(i), &provider(p))
+                .expect("lookup"),
+            want,
+            "{i} @ {p}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "writes a new golden directory; run by hand for a new format version"]
+fn write_golden_v1() {
+    let out = golden_dir("v1-new");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).expect("dir");
+    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../snapshots/sample");
+    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(&out).expect("dir"));
+    let opts = BuildOptions {
+        at: Timestamp::from_unix_secs(T0).expect("t0"),
+        actor: actor("golden-bulk-load"),
+        store: StoreConfig {
+            ids_shards: 4,
+            certs_shards: 2,
+            revoked_shards: 1,
+        },
+        hash_key: Some(HashKey([0x1234, 0x5678])),
+    };
+    let read = |f: &str| std::fs::read(sample.join(f)).expect("sample");
+    build(
+        &*fs,
+        &read("providers.txt")[..],
+        &read("population.csv")[..],
+        &opts,
+        &mut |_| {},
+    )
+    .expect("build");
+    let reg = Registry::open(fs, RegistryConfig::default()).expect("open");
+    reg.link(
+        at(10),
+        actor("lib-terminal-1"),
+        id("1C2410DF79DGEL"),
+        provider("13101-LIB-0001"),
+        service("LIB-0042"),
+        false,
+    )
+    .expect("link");
+    let c = reg
+        .describe(&id("997794E9AGCIEG"))
+        .expect("ok")
+        .expect("exists")
+        .cert
+        .expect("cert");
+    reg.revoke(at(20), actor("partner-1"), &[c])
+        .expect("revoke");
+    reg.register_provisional(at(30), actor("portal"), id("GOLDENPROVISNL"), cert(7, 1))
+        .expect("provisional");
+    reg.delete(at(40), actor("municipal-13101"), id("UJZDE8GXD6NCF1"))
+        .expect("delete");
+    reg.register_provider(at(50), actor("operator"), provider("GOLDEN-NEW-0001"))
+        .expect("provider");
+    for (i, p, want) in expected() {
+        assert_eq!(
+            reg.lookup(at(86_400), &id(i), &provider(p))
+                .expect("lookup"),
+            want,
+            "{i} @ {p}"
+        );
+    }
+}

@@ -25,8 +25,8 @@ use arc_swap::ArcSwap;
 use crate::id::{ActorId, CertRef, IdError, MyKeyId, ProviderId, ServiceId, Timestamp};
 use crate::store::fs::Fs;
 use crate::store::{Store, StoreConfig, StoreError, Table, WriteTx};
+use record::{BoundCert, DictEntry, Link, encode_revocation, find_link};
 pub use record::{IdRecord, IdState, LINKS_PER_ID_MAX};
-use record::{BoundCert, DictEntry, Link, cert_key, encode_revocation, find_link};
 
 /// Default lifetime of an unconfirmed provisional registration (DESIGN §3: 30 days).
 pub const PROVISIONAL_EXPIRY_SECS_DEFAULT: u64 = 30 * 86_400;
@@ -166,7 +166,9 @@ pub enum RegistryError {
     #[error("the certificate presented is not the one bound to this MyKey ID")]
     CertMismatch,
     /// Another service ID is linked for this provider; pass `replace` to overwrite it.
-    #[error("a different service ID is already linked for {provider} (link with replace to change it)")]
+    #[error(
+        "a different service ID is already linked for {provider} (link with replace to change it)"
+    )]
     LinkConflict {
         /// The provider.
         provider: ProviderId,
@@ -573,12 +575,7 @@ impl Registry {
 
     /// Checks that `cert` may be bound by this write: not revoked, and not bound to another
     /// registration, except a provisional one that expired, which this write frees.
-    fn claim_cert(
-        &self,
-        t: &mut Tx<'_>,
-        cert: &CertRef,
-        key: &[u8],
-    ) -> Result<(), RegistryError> {
+    fn claim_cert(&self, t: &mut Tx<'_>, cert: &CertRef, key: &[u8]) -> Result<(), RegistryError> {
         if t.tx.get(Table::Revoked, key)?.is_some() {
             return Err(RegistryError::CertRevoked { cert: *cert });
         }
@@ -589,9 +586,7 @@ impl Registry {
             what: "certificate binding",
         })?;
         match Self::record(&t.tx, &holder)? {
-            Some(r)
-                if r.state == IdState::Provisional && t.now >= self.expires_at(r.state_at) =>
-            {
+            Some(r) if r.state == IdState::Provisional && t.now >= self.expires_at(r.state_at) => {
                 t.tx.put(Table::Ids, holder.as_bytes(), None);
                 t.tx.put(Table::Certs, key, None);
                 Ok(())
@@ -609,7 +604,8 @@ impl Registry {
         state: IdState,
     ) -> Result<(), RegistryError> {
         let mut t = self.begin(now, actor)?;
-        let key = cert_key(&cert);
+        let bound = self.bound(&mut t, &cert)?;
+        let key = bound.key();
         let mut freed_cert = None;
         if let Some(old) = Self::record(&t.tx, &id)? {
             match old.state {
@@ -621,17 +617,17 @@ impl Registry {
             }
         }
         self.claim_cert(&mut t, &cert, &key)?;
-        if let Some(c) = freed_cert {
-            let old = self.cert_of(&c)?;
-            if old != cert {
-                t.tx.put(Table::Certs, &cert_key(&old), None);
-            }
+        if let Some(c) = freed_cert
+            && c.key() != key
+        {
+            t.tx.put(Table::Certs, &c.key(), None);
         }
-        let bound = self.bound(&mut t, &cert)?;
         let rec = IdRecord {
             state,
             state_at: now,
             state_actor: t.actor_index,
+            registered_at: now,
+            registered_by: t.actor_index,
             cert: Some(bound),
             links: Vec::new(),
         };
@@ -704,11 +700,7 @@ impl Registry {
 
     /// Frees every provisional ID unconfirmed past its expiry. Returns how many were freed.
     /// Lookups already answer "unknown ID" for them; this reclaims their space and certificates.
-    pub fn expire_provisional(
-        &self,
-        now: Timestamp,
-        actor: ActorId,
-    ) -> Result<u64, RegistryError> {
+    pub fn expire_provisional(&self, now: Timestamp, actor: ActorId) -> Result<u64, RegistryError> {
         let mut expired = Vec::new();
         self.store.for_each(Table::Ids, |k, v| {
             if let Some(r) = IdRecord::decode(v)
@@ -731,8 +723,7 @@ impl Registry {
                     continue;
                 }
                 if let Some(c) = &r.cert {
-                    let cert = self.cert_of(c)?;
-                    t.tx.put(Table::Certs, &cert_key(&cert), None);
+                    t.tx.put(Table::Certs, &c.key(), None);
                 }
                 t.tx.put(Table::Ids, id.as_bytes(), None);
                 freed += 1;
@@ -911,7 +902,7 @@ impl Registry {
                     break;
                 }
                 taken += 1;
-                let key = cert_key(cert);
+                let key = self.bound(&mut t, cert)?.key();
                 if t.tx.get(Table::Revoked, &key)?.is_some() {
                     sum.already_known += 1;
                     continue;
@@ -947,9 +938,19 @@ impl Registry {
 
     /// Whether a certificate is recorded as revoked.
     pub fn is_revoked(&self, cert: &CertRef) -> Result<bool, RegistryError> {
-        Ok(self
-            .store
-            .get(Table::Revoked, &cert_key(cert), |v| v.is_some())?)
+        // A certificate of a CA never seen cannot have been revoked here.
+        let Some(&ca) = read(&self.cas).by_name.get(cert.ca_key_id()) else {
+            return Ok(false);
+        };
+        let mut serial = [0u8; crate::id::SERIAL_LEN_MAX];
+        serial[..cert.serial().len()].copy_from_slice(cert.serial());
+        let key = BoundCert {
+            ca,
+            serial_len: cert.serial().len() as u8,
+            serial,
+        }
+        .key();
+        Ok(self.store.get(Table::Revoked, &key, |v| v.is_some())?)
     }
 
     /// Re-binds an active or suspended ID to the holder's new certificate (after a card
@@ -962,7 +963,8 @@ impl Registry {
         new_cert: CertRef,
     ) -> Result<(), RegistryError> {
         let mut t = self.begin(now, actor)?;
-        let key = cert_key(&new_cert);
+        let bound = self.bound(&mut t, &new_cert)?;
+        let key = bound.key();
         let mut rec = Self::record(&t.tx, &id)?.ok_or(RegistryError::UnknownId)?;
         if !matches!(rec.state, IdState::Active | IdState::Suspended) {
             return Err(RegistryError::WrongState {
@@ -972,10 +974,9 @@ impl Registry {
         }
         self.claim_cert(&mut t, &new_cert, &key)?;
         if let Some(old) = &rec.cert {
-            let old = self.cert_of(old)?;
-            t.tx.put(Table::Certs, &cert_key(&old), None);
+            t.tx.put(Table::Certs, &old.key(), None);
         }
-        rec.cert = Some(self.bound(&mut t, &new_cert)?);
+        rec.cert = Some(bound);
         rec.state = IdState::Active;
         rec.state_at = now;
         rec.state_actor = t.actor_index;
@@ -996,8 +997,7 @@ impl Registry {
             });
         }
         if let Some(c) = rec.cert.take() {
-            let cert = self.cert_of(&c)?;
-            t.tx.put(Table::Certs, &cert_key(&cert), None);
+            t.tx.put(Table::Certs, &c.key(), None);
         }
         rec.links.clear();
         rec.state = IdState::Deleted;
@@ -1021,13 +1021,11 @@ impl Registry {
             .links
             .iter()
             .map(|l| {
-                let p = providers
-                    .names
-                    .get(l.provider as usize)
-                    .copied()
-                    .ok_or(RegistryError::BadRecord {
+                let p = providers.names.get(l.provider as usize).copied().ok_or(
+                    RegistryError::BadRecord {
                         what: "provider index",
-                    })?;
+                    },
+                )?;
                 Ok((p, l.service, l.at, self.actor_name(l.actor)?))
             })
             .collect::<Result<_, RegistryError>>()?;

@@ -9,8 +9,6 @@ use crate::id::{ServiceId, Timestamp};
 /// Most links one MyKey ID may hold. The seed counts 15 card types in Kagoshima and 22 in
 /// Toshima ward; 256 is ten times that, and bounds a record to about 20 KB.
 pub const LINKS_PER_ID_MAX: usize = 256;
-/// Index value meaning "no CA" in an ID record.
-const NO_CA: u32 = u32::MAX;
 
 /// The state of a MyKey ID.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -77,6 +75,14 @@ impl BoundCert {
     pub fn serial(&self) -> &[u8] {
         &self.serial[..usize::from(self.serial_len)]
     }
+
+    /// The key of this certificate in `certs` and `revoked`: CA index (varint), then serial.
+    pub fn key(&self) -> Vec<u8> {
+        let mut k = Vec::with_capacity(5 + self.serial().len());
+        put_varint(&mut k, self.ca);
+        k.extend_from_slice(self.serial());
+        k
+    }
 }
 
 /// An ID record, decoded (the write path; lookups use [`find_link`] on the bytes).
@@ -88,42 +94,83 @@ pub struct IdRecord {
     pub state_at: Timestamp,
     /// Who set it (index into `actors`).
     pub state_actor: u32,
+    /// When the ID was registered (or bulk-loaded).
+    pub registered_at: Timestamp,
+    /// Who registered it (index into `actors`).
+    pub registered_by: u32,
     /// The bound certificate, if any.
     pub cert: Option<BoundCert>,
     /// Links in ascending provider order, one per provider.
     pub links: Vec<Link>,
 }
 
+/// Appends `v` as LEB128 (7 bits a byte, low first).
+pub fn put_varint(out: &mut Vec<u8>, mut v: u32) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads a LEB128 `u32` at `*at`, advancing it; `None` if truncated or over 32 bits.
+#[inline]
+pub fn varint(b: &[u8], at: &mut usize) -> Option<u32> {
+    let mut v = 0u32;
+    for shift in (0..35).step_by(7) {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        let bits = u32::from(byte & 0x7F);
+        if shift == 28 && bits > 0x0F {
+            return None;
+        }
+        v |= bits << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+#[inline]
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
+/// Bit of a link's length byte saying the link carries its own audit (time and actor); without
+/// it the link was made at registration (a bulk load) and inherits the record's.
+const OWN_AUDIT: u8 = 0x80;
+
 impl IdRecord {
     /// Encodes the record.
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(16 + self.links.len() * 24);
+        let mut b = Vec::with_capacity(24 + self.links.len() * 16);
         b.push(self.state as u8);
         b.extend_from_slice(&self.state_at.raw().to_le_bytes());
-        b.extend_from_slice(&self.state_actor.to_le_bytes());
+        put_varint(&mut b, self.state_actor);
+        b.extend_from_slice(&self.registered_at.raw().to_le_bytes());
+        put_varint(&mut b, self.registered_by);
         match &self.cert {
+            // Dictionary indexes stop below u32::MAX, so the +1 never overflows.
             Some(c) => {
-                b.extend_from_slice(&c.ca.to_le_bytes());
+                put_varint(&mut b, c.ca + 1);
                 b.push(c.serial_len);
                 b.extend_from_slice(c.serial());
             }
-            None => {
-                b.extend_from_slice(&NO_CA.to_le_bytes());
-                b.push(0);
-            }
+            None => put_varint(&mut b, 0),
         }
         // The registry refuses a link beyond LINKS_PER_ID_MAX, so the count fits.
-        b.extend_from_slice(&(self.links.len() as u16).to_le_bytes());
+        put_varint(&mut b, self.links.len() as u32);
         for l in &self.links {
-            b.extend_from_slice(&l.provider.to_le_bytes());
-            b.push(l.service.as_bytes().len() as u8);
+            put_varint(&mut b, l.provider);
+            let own = l.at != self.registered_at || l.actor != self.registered_by;
+            let len = l.service.as_bytes().len() as u8;
+            b.push(if own { len | OWN_AUDIT } else { len });
             b.extend_from_slice(l.service.as_bytes());
-            b.extend_from_slice(&l.at.raw().to_le_bytes());
-            b.extend_from_slice(&l.actor.to_le_bytes());
+            if own {
+                b.extend_from_slice(&l.at.raw().to_le_bytes());
+                put_varint(&mut b, l.actor);
+            }
         }
         b
     }
@@ -132,43 +179,47 @@ impl IdRecord {
     pub fn decode(b: &[u8]) -> Option<Self> {
         let state = IdState::from_u8(*b.first()?)?;
         let state_at = Timestamp::from_raw(u32_at(b, 1)?);
-        let state_actor = u32_at(b, 5)?;
-        let ca = u32_at(b, 9)?;
-        let serial_len = *b.get(13)?;
-        let mut at = 14;
-        let cert = if ca == NO_CA {
-            if serial_len != 0 {
-                return None;
+        let mut at = 5;
+        let state_actor = varint(b, &mut at)?;
+        let registered_at = Timestamp::from_raw(u32_at(b, at)?);
+        at += 4;
+        let registered_by = varint(b, &mut at)?;
+        let cert = match varint(b, &mut at)? {
+            0 => None,
+            ca1 => {
+                let len = usize::from(*b.get(at)?);
+                let s = b.get(at + 1..at + 1 + len)?;
+                if s.is_empty() || s.len() > crate::id::SERIAL_LEN_MAX {
+                    return None;
+                }
+                let mut serial = [0u8; crate::id::SERIAL_LEN_MAX];
+                serial[..len].copy_from_slice(s);
+                at += 1 + len;
+                Some(BoundCert {
+                    ca: ca1 - 1,
+                    serial_len: len as u8,
+                    serial,
+                })
             }
-            None
-        } else {
-            let s = b.get(at..at + usize::from(serial_len))?;
-            if s.is_empty() || s.len() > crate::id::SERIAL_LEN_MAX {
-                return None;
-            }
-            let mut serial = [0u8; crate::id::SERIAL_LEN_MAX];
-            serial[..s.len()].copy_from_slice(s);
-            at += s.len();
-            Some(BoundCert {
-                ca,
-                serial_len,
-                serial,
-            })
         };
-        let n = usize::from(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?));
-        at += 2;
+        let n = varint(b, &mut at)? as usize;
         if n > LINKS_PER_ID_MAX {
             return None;
         }
         let mut links = Vec::with_capacity(n);
         for _ in 0..n {
-            let provider = u32_at(b, at)?;
-            let slen = usize::from(*b.get(at + 4)?);
-            let service = ServiceId::parse(b.get(at + 5..at + 5 + slen)?).ok()?;
-            at += 5 + slen;
-            let la = Timestamp::from_raw(u32_at(b, at)?);
-            let actor = u32_at(b, at + 4)?;
-            at += 8;
+            let provider = varint(b, &mut at)?;
+            let flags = *b.get(at)?;
+            let slen = usize::from(flags & !OWN_AUDIT);
+            let service = ServiceId::parse(b.get(at + 1..at + 1 + slen)?).ok()?;
+            at += 1 + slen;
+            let (la, actor) = if flags & OWN_AUDIT != 0 {
+                let t = Timestamp::from_raw(u32_at(b, at)?);
+                at += 4;
+                (t, varint(b, &mut at)?)
+            } else {
+                (registered_at, registered_by)
+            };
             links.push(Link {
                 provider,
                 service,
@@ -183,6 +234,8 @@ impl IdRecord {
             state,
             state_at,
             state_actor,
+            registered_at,
+            registered_by,
             cert,
             links,
         })
@@ -195,21 +248,30 @@ impl IdRecord {
 pub fn find_link(b: &[u8], provider: u32) -> Option<(IdState, Timestamp, Option<ServiceId>)> {
     let state = IdState::from_u8(*b.first()?)?;
     let state_at = Timestamp::from_raw(u32_at(b, 1)?);
-    let serial_len = usize::from(*b.get(13)?);
-    let mut at = 14 + serial_len;
-    let n = usize::from(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?));
-    at += 2;
+    let mut at = 5;
+    varint(b, &mut at)?;
+    at += 4;
+    varint(b, &mut at)?;
+    if varint(b, &mut at)? != 0 {
+        at += 1 + usize::from(*b.get(at)?);
+    }
+    let n = varint(b, &mut at)? as usize;
     for _ in 0..n.min(LINKS_PER_ID_MAX) {
-        let p = u32_at(b, at)?;
-        let slen = usize::from(*b.get(at + 4)?);
+        let p = varint(b, &mut at)?;
+        let flags = *b.get(at)?;
+        let slen = usize::from(flags & !OWN_AUDIT);
         if p == provider {
-            let s = ServiceId::parse(b.get(at + 5..at + 5 + slen)?).ok()?;
+            let s = ServiceId::parse(b.get(at + 1..at + 1 + slen)?).ok()?;
             return Some((state, state_at, Some(s)));
         }
         if p > provider {
             break;
         }
-        at += 13 + slen;
+        at += 1 + slen;
+        if flags & OWN_AUDIT != 0 {
+            at += 4;
+            varint(b, &mut at)?;
+        }
     }
     Some((state, state_at, None))
 }
@@ -255,18 +317,24 @@ pub fn encode_revocation(at: Timestamp, actor: u32) -> Vec<u8> {
     b
 }
 
-/// The key of a certificate reference in `certs` and `revoked`.
-pub fn cert_key(cert: &crate::id::CertRef) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + cert.ca_key_id().len() + cert.serial().len());
-    k.push(cert.ca_key_id().len() as u8);
-    k.extend_from_slice(cert.ca_key_id());
-    k.extend_from_slice(cert.serial());
-    k
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn varints_round_trip_and_refuse_overlong() {
+        for v in [0, 1, 127, 128, 300, 16_383, 16_384, u32::MAX - 1, u32::MAX] {
+            let mut b = Vec::new();
+            put_varint(&mut b, v);
+            let mut at = 0;
+            assert_eq!(varint(&b, &mut at), Some(v));
+            assert_eq!(at, b.len());
+        }
+        let mut at = 0;
+        assert_eq!(varint(&[0xFF, 0xFF, 0xFF, 0xFF, 0x1F], &mut at), None);
+        let mut at = 0;
+        assert_eq!(varint(&[0x80], &mut at), None);
+    }
 
     fn sample() -> IdRecord {
         let mut serial = [0u8; 20];
@@ -275,6 +343,8 @@ mod tests {
             state: IdState::Active,
             state_at: Timestamp::from_raw(100),
             state_actor: 2,
+            registered_at: Timestamp::from_raw(5),
+            registered_by: 1,
             cert: Some(BoundCert {
                 ca: 0,
                 serial_len: 3,
@@ -288,10 +358,10 @@ mod tests {
                     actor: 1,
                 },
                 Link {
-                    provider: 7,
+                    provider: 700,
                     service: ServiceId::parse(b"2802121234").expect("valid"),
                     at: Timestamp::from_raw(6),
-                    actor: 0,
+                    actor: 300,
                 },
             ],
         }
@@ -302,11 +372,16 @@ mod tests {
         let r = sample();
         let b = r.encode();
         assert_eq!(IdRecord::decode(&b), Some(r));
-        let (state, _, svc) = find_link(&b, 7).expect("well-formed");
+        let (state, _, svc) = find_link(&b, 700).expect("well-formed");
         assert_eq!(state, IdState::Active);
         assert_eq!(svc.expect("linked").as_bytes(), b"2802121234");
         assert_eq!(find_link(&b, 3).expect("well-formed").2, None);
-        assert_eq!(find_link(&b, 9).expect("well-formed").2, None);
+        assert_eq!(find_link(&b, 900).expect("well-formed").2, None);
+        // The first link inherits the registration audit, so it costs no audit bytes.
+        assert_eq!(
+            b.len(),
+            1 + 4 + 1 + 4 + 1 + 1 + 1 + 3 + 1 + (1 + 1 + 3) + (2 + 1 + 10 + 4 + 2)
+        );
     }
 
     #[test]
@@ -314,7 +389,7 @@ mod tests {
         let b = sample().encode();
         for cut in 0..b.len() {
             assert_eq!(IdRecord::decode(&b[..cut]), None, "cut {cut}");
-            let _ = find_link(&b[..cut], 7);
+            let _ = find_link(&b[..cut], 700);
         }
     }
 }

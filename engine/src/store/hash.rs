@@ -27,9 +27,9 @@ impl HashKey {
         use std::hash::{BuildHasher, Hasher};
         let s = std::collections::hash_map::RandomState::new();
         let mut a = s.build_hasher();
-        a.write_u64(0x6d79_6b65_79);
+        a.write_u64(0x006d_796b_6579);
         let mut b = s.build_hasher();
-        b.write_u64(0x7374_6f72_65);
+        b.write_u64(0x0073_746f_7265);
         Self([a.finish(), b.finish()])
     }
 
@@ -81,6 +81,9 @@ mod tests {
         for i in 0..16_000u32 {
             counts[shard_of(a.hash(format!("{i:014}").as_bytes()), 16)] += 1;
         }
-        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
     }
 }

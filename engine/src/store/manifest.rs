@@ -89,7 +89,12 @@ impl Manifest {
             });
         }
         let body = &b[..b.len() - 4];
-        let crc = u32::from_le_bytes([b[b.len() - 4], b[b.len() - 3], b[b.len() - 2], b[b.len() - 1]]);
+        let crc = u32::from_le_bytes([
+            b[b.len() - 4],
+            b[b.len() - 3],
+            b[b.len() - 2],
+            b[b.len() - 1],
+        ]);
         if crc32c::crc32c(body) != crc {
             return Err(corrupt(b.len() - 4, "manifest checksum mismatch"));
         }

@@ -70,7 +70,9 @@ pub enum StoreError {
         supported: u16,
     },
     /// The directory holds no manifest.
-    #[error("{path}: not a MyKey store (no MANIFEST); create one with `mykeyd snapshot build` or `Store::create`")]
+    #[error(
+        "{path}: not a MyKey store (no MANIFEST); create one with `mykeyd snapshot build` or `Store::create`"
+    )]
     NotAStore {
         /// The directory.
         path: PathBuf,
@@ -197,7 +199,14 @@ impl Default for StoreConfig {
 impl StoreConfig {
     /// Shard count per table, in table order.
     pub fn shard_counts(&self) -> Result<[u16; 6], StoreError> {
-        let c = [self.ids_shards, self.certs_shards, self.revoked_shards, 1, 1, 1];
+        let c = [
+            self.ids_shards,
+            self.certs_shards,
+            self.revoked_shards,
+            1,
+            1,
+            1,
+        ];
         if c.iter().any(|&n| n == 0 || n > manifest::SHARDS_MAX) {
             return Err(StoreError::Config("shard counts must be 1..=4096"));
         }
@@ -217,11 +226,7 @@ struct Delta {
 
 impl Delta {
     fn insert(&self, key: &[u8], value: Option<&[u8]>) {
-        if self
-            .map
-            .insert(key.into(), value.map(Into::into))
-            .is_none()
-        {
+        if self.map.insert(key.into(), value.map(Into::into)).is_none() {
             self.keys.fetch_add(1, Ordering::Release);
         }
     }
@@ -245,6 +250,9 @@ struct View {
     snap_seq: u64,
 }
 
+/// Key → (seq, value) of changes submitted but not yet durable.
+type PendingMap = HashMap<Box<[u8]>, (u64, Option<Box<[u8]>>)>;
+
 struct Writer {
     next_seq: u64,
     /// Encoded records not yet written to the log.
@@ -252,7 +260,7 @@ struct Writer {
     /// Changes not yet durable, in seq order.
     changes: Vec<Change>,
     /// Per table: key → (seq, value) of changes not yet durable, for writers' reads.
-    pending: Vec<HashMap<Box<[u8]>, (u64, Option<Box<[u8]>>)>>,
+    pending: Vec<PendingMap>,
 }
 
 struct Log {
@@ -389,14 +397,14 @@ impl Store {
                     what: "segment header seq differs from its name",
                 });
             }
-            if let Some(c) = scan.changes.first() {
-                if prev.is_some_and(|p| c.seq != p + 1) || c.seq > m.seq + 1 && prev.is_none() {
-                    return Err(StoreError::Corrupt {
-                        path,
-                        offset: wal::SEGMENT_HEADER_LEN as u64,
-                        what: "log segment starts after a gap in seq",
-                    });
-                }
+            if let Some(c) = scan.changes.first()
+                && (prev.is_some_and(|p| c.seq != p + 1) || c.seq > m.seq + 1 && prev.is_none())
+            {
+                return Err(StoreError::Corrupt {
+                    path,
+                    offset: wal::SEGMENT_HEADER_LEN as u64,
+                    what: "log segment starts after a gap in seq",
+                });
             }
             for c in &scan.changes {
                 if c.seq > m.seq {
@@ -537,7 +545,8 @@ impl Store {
         let view = self.view.load_full();
         let t = &view.tables[table.index()];
         let overridden = |k: &[u8]| {
-            t.active.map.contains_key(k) || t.frozen.as_ref().is_some_and(|fz| fz.map.contains_key(k))
+            t.active.map.contains_key(k)
+                || t.frozen.as_ref().is_some_and(|fz| fz.map.contains_key(k))
         };
         for shard in &t.shards {
             shard.for_each(|k, v| {
@@ -655,7 +664,10 @@ impl Store {
             apply(&view.tables, c);
             for p in &c.puts {
                 let pending = &mut w.pending[usize::from(p.table) - 1];
-                if pending.get(p.key.as_slice()).is_some_and(|(s, _)| *s == c.seq) {
+                if pending
+                    .get(p.key.as_slice())
+                    .is_some_and(|(s, _)| *s == c.seq)
+                {
                     pending.remove(p.key.as_slice());
                 }
             }
@@ -676,7 +688,10 @@ impl Store {
         let mut builders = Vec::with_capacity(Table::ALL.len());
         for &table in &Table::ALL {
             let t = &view.tables[table.index()];
-            let frozen = t.frozen.as_ref().ok_or(StoreError::Config("freeze left no delta"))?;
+            let frozen = t
+                .frozen
+                .as_ref()
+                .ok_or(StoreError::Config("freeze left no delta"))?;
             let n = t.shards.len();
             let mut bs: Vec<ShardBuilder> = (0..n).map(|_| ShardBuilder::default()).collect();
             for (i, shard) in t.shards.iter().enumerate() {
@@ -779,9 +794,7 @@ fn bytes_len(fs: &dyn Fs, name: &str) -> Result<u64, StoreError> {
 fn apply(tables: &[TableView], c: &Change) {
     for p in &c.puts {
         if let Some(t) = Table::from_id(p.table) {
-            tables[t.index()]
-                .active
-                .insert(&p.key, p.value.as_deref());
+            tables[t.index()].active.insert(&p.key, p.value.as_deref());
         }
     }
 }
@@ -835,8 +848,14 @@ pub fn open_shards(fs: &dyn Fs, m: &Manifest) -> Result<Vec<Vec<Arc<ShardFile>>>
                         shard_count: entries.len() as u16,
                         seq: m.seq,
                     };
-                    ShardFile::open(fs, &shard_file_name(t, s as u16, m.seq), id, e.len, e.header_crc)
-                        .map(Arc::new)
+                    ShardFile::open(
+                        fs,
+                        &shard_file_name(t, s as u16, m.seq),
+                        id,
+                        e.len,
+                        e.header_crc,
+                    )
+                    .map(Arc::new)
                 })
                 .collect()
         })
@@ -910,7 +929,8 @@ impl WriteTx<'_> {
     /// Records a put (`None` deletes).
     pub fn put(&mut self, table: Table, key: &[u8], value: Option<Vec<u8>>) {
         self.approx_len += 6 + key.len() + value.as_ref().map_or(0, Vec::len);
-        self.own.insert((table as u8, key.to_vec()), self.puts.len());
+        self.own
+            .insert((table as u8, key.to_vec()), self.puts.len());
         self.puts.push(Put {
             table: table as u8,
             key: key.to_vec(),

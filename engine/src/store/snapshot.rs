@@ -6,7 +6,7 @@
 //! never decides what keys or values mean, and never trusts an offset or a length read from a
 //! file before checking it against the file's size.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::StoreError;
 use super::fs::{Fs, Mapped};
@@ -22,10 +22,12 @@ pub const HEADER_LEN: usize = 64;
 pub const BUCKET_LEN: usize = 64;
 /// Slots per bucket: 7 × 8 bytes, then 4 reserved bytes and the bucket's CRC.
 pub const SLOTS_PER_BUCKET: usize = 7;
-/// Longest probe chain in buckets. A writer doubles the table rather than exceed it; a reader
+/// Longest probe chain in buckets. A writer grows the table rather than exceed it; a reader
 /// stops there, so a corrupt file cannot make a probe loop. At ≤ 80 % load with 7-slot buckets
 /// chains beyond 2 buckets are already rare; 8 leaves a wide margin.
 pub const PROBE_BUCKETS_MAX: usize = 8;
+/// Most buckets in one shard file: home buckets come from 32 bits of the hash.
+pub const BUCKETS_MAX: u64 = 1 << 32;
 /// Writers keep at most this share of slots occupied (numerator / denominator).
 const LOAD_NUM: usize = 4;
 const LOAD_DEN: usize = 5;
@@ -37,6 +39,13 @@ pub const KEY_LEN_MAX: usize = 255;
 pub const VALUE_LEN_MAX: usize = 65_535;
 /// Offsets in a slot have 40 bits, so a shard's heap is at most 1 TiB.
 const OFFSET_MASK: u64 = (1 << 40) - 1;
+
+/// The home bucket of a hash among `buckets`: a multiply-shift range reduction of the low 32
+/// bits, so any bucket count works and tables are sized to their load, not to a power of two.
+#[inline]
+fn home_bucket(h: u64, buckets: u64) -> u64 {
+    (u64::from(h as u32) * buckets) >> 32
+}
 
 /// The tag of a hash, as stored in bits 40..64 of a slot; never zero.
 #[inline]
@@ -76,7 +85,7 @@ pub struct Header {
     pub id: ShardId,
     /// Number of records.
     pub entries: u64,
-    /// Number of buckets (a power of two).
+    /// Number of buckets.
     pub buckets: u64,
     /// Heap length in bytes.
     pub heap_len: u64,
@@ -104,9 +113,9 @@ impl Header {
         h
     }
 
-    fn decode(path: &PathBuf, b: &[u8]) -> Result<Self, StoreError> {
+    fn decode(path: &Path, b: &[u8]) -> Result<Self, StoreError> {
         let corrupt = |offset: u64, what: &'static str| StoreError::Corrupt {
-            path: path.clone(),
+            path: path.to_owned(),
             offset,
             what,
         };
@@ -122,7 +131,7 @@ impl Header {
         }
         if version > VERSION {
             return Err(StoreError::Version {
-                path: path.clone(),
+                path: path.to_owned(),
                 found: version,
                 supported: VERSION,
             });
@@ -144,8 +153,8 @@ impl Header {
             body_crc: le_u32(b, 48),
             header_crc,
         };
-        if h.buckets == 0 || !h.buckets.is_power_of_two() {
-            return Err(corrupt(32, "bucket count is not a power of two"));
+        if h.buckets == 0 || h.buckets > BUCKETS_MAX {
+            return Err(corrupt(32, "bucket count out of range"));
         }
         let expect = h
             .buckets
@@ -171,7 +180,7 @@ pub struct ShardFile {
     name: String,
     bytes: Mapped,
     header: Header,
-    bucket_mask: u64,
+    buckets: u64,
     heap_start: usize,
 }
 
@@ -213,7 +222,7 @@ impl ShardFile {
         }
         Ok(Self {
             name: name.to_owned(),
-            bucket_mask: header.buckets - 1,
+            buckets: header.buckets,
             heap_start: HEADER_LEN + header.buckets as usize * BUCKET_LEN,
             path,
             bytes,
@@ -287,7 +296,7 @@ impl ShardFile {
     #[inline]
     pub fn get(&self, h: u64, key: &[u8]) -> Result<Option<&[u8]>, StoreError> {
         let tag = tag_of(h);
-        let mut b = h & self.bucket_mask;
+        let mut b = home_bucket(h, self.buckets);
         for _ in 0..PROBE_BUCKETS_MAX.min(self.header.buckets as usize) {
             let bucket = self.bucket(b)?;
             for i in 0..SLOTS_PER_BUCKET {
@@ -302,7 +311,10 @@ impl ShardFile {
                     }
                 }
             }
-            b = (b + 1) & self.bucket_mask;
+            b += 1;
+            if b == self.buckets {
+                b = 0;
+            }
         }
         Ok(None)
     }
@@ -310,7 +322,7 @@ impl ShardFile {
     /// Hints the CPU to fetch the home bucket of `h`, for batched lookups.
     #[inline]
     pub fn prefetch(&self, h: u64) {
-        let at = HEADER_LEN + (h & self.bucket_mask) as usize * BUCKET_LEN;
+        let at = HEADER_LEN + home_bucket(h, self.buckets) as usize * BUCKET_LEN;
         prefetch_read(&self.bytes[at]);
     }
 
@@ -355,7 +367,10 @@ impl ShardFile {
         for b in 0..self.header.buckets {
             let bucket = self.bucket(b)?;
             if le_u32(bucket, 56) != 0 {
-                return Err(self.corrupt(HEADER_LEN + b as usize * BUCKET_LEN + 56, "reserved bytes not zero"));
+                return Err(self.corrupt(
+                    HEADER_LEN + b as usize * BUCKET_LEN + 56,
+                    "reserved bytes not zero",
+                ));
             }
             for i in 0..SLOTS_PER_BUCKET {
                 let slot = le_u64(bucket, i * 8);
@@ -498,9 +513,9 @@ impl ShardBuilder {
     fn place(&self, buckets: usize) -> Result<Vec<u32>, Option<Duplicate>> {
         // Slot contents as entry index + 1 (0 = empty).
         let mut slots = vec![0u32; buckets * SLOTS_PER_BUCKET];
-        let mask = (buckets - 1) as u64;
+        let n = buckets as u64;
         for (idx, &(h, off)) in self.entries.iter().enumerate() {
-            let mut b = h & mask;
+            let mut b = home_bucket(h, n);
             let mut placed = false;
             'probe: for _ in 0..PROBE_BUCKETS_MAX.min(buckets) {
                 for i in 0..SLOTS_PER_BUCKET {
@@ -522,7 +537,7 @@ impl ShardBuilder {
                         }
                     }
                 }
-                b = (b + 1) & mask;
+                b = (b + 1) % n;
             }
             if !placed {
                 return Err(None);
@@ -547,12 +562,13 @@ impl ShardBuilder {
             });
         }
         let min_slots = (n * LOAD_DEN).div_ceil(LOAD_NUM);
-        let mut buckets = min_slots.div_ceil(SLOTS_PER_BUCKET).max(1).next_power_of_two();
+        let mut buckets = min_slots.div_ceil(SLOTS_PER_BUCKET).max(1);
         let slots = loop {
             match self.place(buckets) {
                 Ok(s) => break s,
                 Err(Some(dup)) => return Ok(Err(dup)),
-                Err(None) => buckets *= 2,
+                // A chain too long: grow by an eighth and place again.
+                Err(None) => buckets += buckets / 8 + 1,
             }
         };
         // Heap offsets follow slot order.
@@ -691,7 +707,13 @@ mod tests {
             b.push(key.hash(k), k, b"v").expect("push");
         }
         let r = b.write(&fs, "t.snap", id()).expect("io");
-        assert_eq!(r.err(), Some(Duplicate { first: 0, second: 2 }));
+        assert_eq!(
+            r.err(),
+            Some(Duplicate {
+                first: 0,
+                second: 2
+            })
+        );
     }
 
     #[test]

@@ -224,7 +224,8 @@ pub fn scan(path: &Path, bytes: &[u8], last: bool) -> Result<Scan, StoreError> {
             supported: VERSION,
         });
     }
-    if crc32c::crc32c(&bytes[..28]) != u32::from_le_bytes([bytes[28], bytes[29], bytes[30], bytes[31]])
+    if crc32c::crc32c(&bytes[..28])
+        != u32::from_le_bytes([bytes[28], bytes[29], bytes[30], bytes[31]])
     {
         return Err(corrupt(28, "log segment header checksum mismatch"));
     }
@@ -352,7 +353,10 @@ mod tests {
         b[first_rec + 20] ^= 0x10;
         match scan(Path::new("wal"), &b, true) {
             Err(StoreError::Corrupt { offset, .. }) => assert_eq!(offset, first_rec as u64),
-            other => panic!("expected corruption, got {:?}", other.map(|s| s.changes.len())),
+            other => panic!(
+                "expected corruption, got {:?}",
+                other.map(|s| s.changes.len())
+            ),
         }
     }
 
