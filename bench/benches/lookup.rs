@@ -94,6 +94,16 @@ fn lookups(c: &mut Criterion) {
                 black_box(reg.lookup(now, id, p).expect("lookup"))
             })
         });
+        let refs: Vec<_> = hits
+            .iter()
+            .map(|(_, p)| reg.provider_ref(p).expect("registered"))
+            .collect();
+        g.bench_function("engine hit, provider resolved once", |b| {
+            b.iter(|| {
+                k = (k + 1) & (QUERIES - 1);
+                black_box(reg.lookup_ref(now, &hits[k].0, refs[k]).expect("lookup"))
+            })
+        });
         g.bench_function("engine miss", |b| {
             b.iter(|| {
                 k = (k + 1) & (QUERIES - 1);

@@ -148,10 +148,18 @@ impl fmt::Debug for MyKeyId {
 }
 
 /// Bytes of at most `N`, stored inline. The shared representation of the variable-length IDs.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Bytes past `len` are always zero, so the derived comparisons equal comparing the slices;
+/// hashing covers only the used bytes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Inline<const N: usize> {
     len: u8,
     bytes: [u8; N],
+}
+
+impl<const N: usize> std::hash::Hash for Inline<N> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state)
+    }
 }
 
 impl<const N: usize> Inline<N> {

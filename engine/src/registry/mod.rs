@@ -206,6 +206,10 @@ pub enum Lookup {
     Deleted,
 }
 
+/// A registered provider resolved to its dense index by [`Registry::provider_ref`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProviderRef(u32);
+
 /// What registering a provider did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProviderOutcome {
@@ -825,9 +829,27 @@ impl Registry {
         id: &MyKeyId,
         provider: &ProviderId,
     ) -> Result<Lookup, RegistryError> {
-        let p = self.provider_index(provider)?;
+        let p = self.provider_ref(provider)?;
+        self.lookup_ref(now, id, p)
+    }
+
+    /// Resolves a registered provider once, so that many lookups for it skip the name lookup
+    /// (the server resolves the providers a terminal's certificate names when it connects).
+    /// Provider indexes are never reused, so a reference stays valid for the store's life.
+    pub fn provider_ref(&self, provider: &ProviderId) -> Result<ProviderRef, RegistryError> {
+        self.provider_index(provider).map(ProviderRef)
+    }
+
+    /// As [`Registry::lookup`], for a provider resolved by [`Registry::provider_ref`].
+    #[inline]
+    pub fn lookup_ref(
+        &self,
+        now: Timestamp,
+        id: &MyKeyId,
+        provider: ProviderRef,
+    ) -> Result<Lookup, RegistryError> {
         let h = self.store.hash(id.as_bytes());
-        self.lookup_hashed(now, h, id, p)
+        self.lookup_hashed(now, h, id, provider.0)
     }
 
     #[inline]

@@ -128,6 +128,10 @@ impl Fs for RealFs {
         // the store appends to them. Another process writing into the directory breaks the
         // contract, which is why an operator must not run two stores on one directory.
         let map = unsafe { memmap2::Mmap::map(&file)? };
+        // Lookups probe the mapping at random: ask for huge pages where the kernel and file
+        // system can map the page cache that way, to spare a TLB miss per probe. Only a hint.
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
         Ok(Mapped::Map(map))
     }
 

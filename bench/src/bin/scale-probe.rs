@@ -1,0 +1,143 @@
+//! Scale figures of a store built from `gen-population ROWS`: time to open, RSS right after
+//! open, and hot lookup time (random rows, after one warm-up pass that faults the pages in),
+//! beside a flat open-addressing array of the same keys built in the same process afterwards.
+//!
+//! `scale-probe STORE ROWS [QUERIES]`
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mykey_bench::{FlatTable, id, id_bytes, provider, provider_of};
+use mykey_engine::id::{MyKeyId, ProviderId, Timestamp};
+use mykey_engine::registry::{Lookup, Registry, RegistryConfig};
+use mykey_engine::store::fs::{Fs, RealFs};
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (store, rows, queries) = match args.as_slice() {
+        [s, r] => (s.clone(), r.parse::<u64>(), Ok(2_000_000usize)),
+        [s, r, q] => (s.clone(), r.parse::<u64>(), q.parse::<usize>()),
+        _ => {
+            eprintln!("usage: scale-probe STORE ROWS [QUERIES]");
+            std::process::exit(2);
+        }
+    };
+    let (Ok(rows), Ok(queries)) = (rows, queries) else {
+        eprintln!("scale-probe: ROWS and QUERIES are numbers");
+        std::process::exit(2);
+    };
+    let rss_before = rss_kib();
+    let start = Instant::now();
+    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(&store).expect("store dir"));
+    let reg = Registry::open(fs, RegistryConfig::default()).unwrap_or_else(|e| {
+        eprintln!("scale-probe: {e}");
+        std::process::exit(1);
+    });
+    let open = start.elapsed();
+    let rss_open = rss_kib();
+    println!("open: {:.1} ms", open.as_secs_f64() * 1e3);
+    println!(
+        "RSS: {} MiB before open, {} MiB right after open",
+        rss_before / 1024,
+        rss_open / 1024
+    );
+
+    let now = Timestamp::from_unix_secs(1_764_100_000).expect("time");
+    let mut x = 0x5EED_u64;
+    let picks: Vec<u64> = (0..queries)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % rows
+        })
+        .collect();
+    let q: Vec<(MyKeyId, ProviderId)> = picks
+        .iter()
+        .map(|&i| (id(i, false), provider(provider_of(i, 0))))
+        .collect();
+    let keys: Vec<[u8; 14]> = picks.iter().map(|&i| id_bytes(i, false)).collect();
+    let mut linked = 0usize;
+    for pass in ["cold (first touch)", "hot"] {
+        let t = Instant::now();
+        for (i, p) in &q {
+            linked += usize::from(matches!(
+                black_box(reg.lookup(now, i, p)),
+                Ok(Lookup::Linked(_))
+            ));
+        }
+        println!(
+            "engine lookup, {pass}: {:.1} ns",
+            t.elapsed().as_nanos() as f64 / queries as f64
+        );
+    }
+    assert_eq!(
+        linked,
+        2 * queries,
+        "every generated row must be linked for its first provider"
+    );
+    let mut out = Vec::with_capacity(16);
+    let ids: Vec<MyKeyId> = q.iter().map(|(i, _)| *i).collect();
+    let p0 = q[0].1;
+    let t = Instant::now();
+    for chunk in ids.chunks(16) {
+        reg.lookup_batch(now, &p0, chunk, &mut out).expect("batch");
+        black_box(out.len());
+    }
+    println!(
+        "engine lookup, hot, batches of 16: {:.1} ns",
+        t.elapsed().as_nanos() as f64 / queries as f64
+    );
+    println!("RSS after lookups: {} MiB", rss_kib() / 1024);
+    if let Ok(s) = std::fs::read_to_string("/proc/self/smaps_rollup") {
+        for l in s.lines().filter(|l| l.contains("PmdMapped") || l.starts_with("AnonHuge")) {
+            println!("  {l}");
+        }
+    }
+
+    let t = Instant::now();
+    let flat = FlatTable::build(rows);
+    eprintln!(
+        "(flat array baseline built in {:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+    for pass in ["cold (first touch)", "hot"] {
+        let t = Instant::now();
+        let mut found = 0usize;
+        for k in &keys {
+            found += usize::from(flat.get_hashed(flat.hash(k), k).is_some());
+        }
+        assert_eq!(black_box(found), queries);
+        println!(
+            "flat-array baseline, {pass}: {:.1} ns",
+            t.elapsed().as_nanos() as f64 / queries as f64
+        );
+    }
+    let t = Instant::now();
+    let mut hs = [0u64; 16];
+    for chunk in keys.chunks(16) {
+        for (h, k) in hs.iter_mut().zip(chunk) {
+            *h = flat.hash(k);
+            flat.prefetch(*h);
+        }
+        for (h, k) in hs.iter().zip(chunk) {
+            black_box(flat.get_hashed(*h, k));
+        }
+    }
+    println!(
+        "flat-array baseline, hot, prefetched batches of 16: {:.1} ns",
+        t.elapsed().as_nanos() as f64 / queries as f64
+    );
+}
