@@ -102,7 +102,10 @@ fn main() {
     );
     println!("RSS after lookups: {} MiB", rss_kib() / 1024);
     if let Ok(s) = std::fs::read_to_string("/proc/self/smaps_rollup") {
-        for l in s.lines().filter(|l| l.contains("PmdMapped") || l.starts_with("AnonHuge")) {
+        for l in s
+            .lines()
+            .filter(|l| l.contains("PmdMapped") || l.starts_with("AnonHuge"))
+        {
             println!("  {l}");
         }
     }

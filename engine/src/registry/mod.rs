@@ -298,6 +298,12 @@ impl Default for RegistryConfig {
     }
 }
 
+impl AsRef<Store> for Registry {
+    fn as_ref(&self) -> &Store {
+        &self.store
+    }
+}
+
 /// A name ↔ dense index dictionary.
 #[derive(Clone)]
 struct Dict<K> {

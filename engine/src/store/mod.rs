@@ -294,6 +294,61 @@ fn io_err(fs: &dyn Fs, name: &str) -> impl Fn(std::io::Error) -> StoreError {
     }
 }
 
+/// When background compaction folds the delta into new snapshots.
+#[derive(Clone, Copy, Debug)]
+pub struct CompactionPolicy {
+    /// Fold once the active delta holds this many keys.
+    pub delta_keys_max: usize,
+    /// How often the background thread looks.
+    pub poll: std::time::Duration,
+}
+
+impl Default for CompactionPolicy {
+    fn default() -> Self {
+        Self {
+            // A million changed keys is ~100 MB of delta in memory and ~1 s of log replay on
+            // restart; folding them rewrites the store, so fold rarely but before either hurts.
+            delta_keys_max: 1_000_000,
+            poll: std::time::Duration::from_secs(1),
+        }
+    }
+}
+
+/// Runs compaction in a background thread whenever `policy` says so, until `stop` is set.
+/// The thread ends with the first error (the store then refuses writes if it was an I/O
+/// failure of the log); the caller learns it from the handle.
+pub fn spawn_compactor<S>(
+    owner: Arc<S>,
+    policy: CompactionPolicy,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Result<u64, StoreError>>
+where
+    S: AsRef<Store> + Send + Sync + 'static,
+{
+    std::thread::spawn(move || {
+        let mut compactions = 0;
+        while !stop.load(Ordering::Acquire) {
+            if owner
+                .as_ref()
+                .as_ref()
+                .compact_if_needed(&policy)?
+                .is_some()
+            {
+                compactions += 1;
+            } else {
+                std::thread::sleep(policy.poll);
+            }
+        }
+        Ok(compactions)
+    })
+}
+
+impl AsRef<Store> for Store {
+    fn as_ref(&self) -> &Store {
+        self
+    }
+}
+
 /// What recovery did, for logs and `inspect`.
 #[derive(Clone, Debug, Default)]
 pub struct Recovery {
@@ -673,6 +728,25 @@ impl Store {
             }
         }
         self.durable.store(upto, Ordering::Release);
+    }
+
+    /// Keys in the active delta (written since the last compaction began).
+    pub fn delta_keys(&self) -> usize {
+        self.view
+            .load()
+            .tables
+            .iter()
+            .map(|t| t.active.keys.load(Ordering::Acquire))
+            .sum()
+    }
+
+    /// Compacts when the policy says the delta has grown enough. Returns the new snapshot seq
+    /// if it compacted.
+    pub fn compact_if_needed(&self, policy: &CompactionPolicy) -> Result<Option<u64>, StoreError> {
+        if self.delta_keys() < policy.delta_keys_max {
+            return Ok(None);
+        }
+        self.compact().map(Some)
     }
 
     /// Folds the delta into new snapshot files. Readers and writers continue meanwhile; one
