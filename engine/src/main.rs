@@ -304,6 +304,9 @@ fn build(a: &BuildArgs) -> Result<(), String> {
             "  all rows parsed after {:.1} s; writing shard files",
             start.elapsed().as_secs_f64()
         ),
+        Progress::Wrote(name) => {
+            eprintln!("  wrote {name} ({:.1} s)", start.elapsed().as_secs_f64())
+        }
     };
     let s = population::build(&fs, providers, population, &opts, &mut report)
         .map_err(|e| e.to_string())?;
@@ -470,7 +473,12 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Compact { store } => {
             let reg = open_registry(&store.dir)?;
             let start = Instant::now();
-            let seq = reg.store().compact().map_err(|e| e.to_string())?;
+            let seq = reg
+                .store()
+                .compact_with_progress(&mut |name| {
+                    eprintln!("  wrote {name} ({:.1} s)", start.elapsed().as_secs_f64())
+                })
+                .map_err(|e| e.to_string())?;
             println!(
                 "compacted {} at seq {seq} in {:.2} s",
                 store.dir.display(),

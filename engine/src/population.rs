@@ -73,11 +73,13 @@ pub struct BuildSummary {
 
 /// Progress of a long build, reported every [`PROGRESS_EVERY_ROWS`] rows and per phase.
 #[derive(Clone, Copy, Debug)]
-pub enum Progress {
+pub enum Progress<'a> {
     /// Rows parsed so far.
     Rows(u64),
     /// All rows parsed; writing shard files.
     Writing,
+    /// A shard file was written and installed.
+    Wrote(&'a str),
 }
 
 /// Rows between progress reports.
@@ -232,7 +234,7 @@ pub fn build(
     providers: impl BufRead,
     population: impl BufRead,
     opts: &BuildOptions,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<BuildSummary, PopulationError> {
     if fs.exists(crate::store::manifest::NAME) {
         return Err(StoreError::Exists {
@@ -359,7 +361,9 @@ pub fn build(
         push(Table::Cas, ca, &entry(*i), 0)?;
     }
     progress(Progress::Writing);
-    match install_snapshot(fs, key, 0, &builders) {
+    match install_snapshot(fs, key, 0, &builders, &mut |name| {
+        progress(Progress::Wrote(name))
+    }) {
         Err(StoreError::Duplicate {
             table,
             shard,

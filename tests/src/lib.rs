@@ -42,7 +42,7 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// 2026-11-25T00:00:00Z, the tests' "now".
+/// 2025-11-25T00:00:00Z, the tests' "now".
 pub const T0: u64 = 1_764_028_800;
 
 pub fn at(secs_after_t0: u64) -> Timestamp {

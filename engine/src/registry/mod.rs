@@ -869,6 +869,16 @@ impl Registry {
         let found = self
             .store
             .get_hashed(Table::Ids, h, id.as_bytes(), |v| v.map(|b| find_link(b, p)))?;
+        self.answer(now, found)
+    }
+
+    /// The lookup answer for what `find_link` found (`None`: no record).
+    #[inline]
+    fn answer(
+        &self,
+        now: Timestamp,
+        found: Option<Option<(IdState, Timestamp, Option<ServiceId>)>>,
+    ) -> Result<Lookup, RegistryError> {
         let Some(found) = found else {
             return Ok(Lookup::UnknownId);
         };
@@ -882,8 +892,8 @@ impl Registry {
         })
     }
 
-    /// Answers a batch of lookups for one provider into `out` (cleared first), prefetching
-    /// every ID's snapshot bucket before the first probe so the memory misses overlap.
+    /// Answers a batch of lookups for one provider into `out` (cleared first), in order. The
+    /// store overlaps the memory misses of the whole batch ([`Store::get_batch`]).
     pub fn lookup_batch(
         &self,
         now: Timestamp,
@@ -891,20 +901,17 @@ impl Registry {
         ids: &[MyKeyId],
         out: &mut Vec<Result<Lookup, RegistryError>>,
     ) -> Result<(), RegistryError> {
-        /// IDs whose buckets are in flight at once; about the number of outstanding L1 misses
-        /// a core sustains (10–16 line-fill buffers on current x86).
-        const PREFETCH_WINDOW: usize = 16;
         let p = self.provider_index(provider)?;
         out.clear();
-        let mut hashes = [0u64; PREFETCH_WINDOW];
-        for chunk in ids.chunks(PREFETCH_WINDOW) {
-            for (h, id) in hashes.iter_mut().zip(chunk) {
-                *h = self.store.hash(id.as_bytes());
-                self.store.prefetch(Table::Ids, *h);
+        let mut keys = [&[][..]; crate::store::BATCH_WINDOW];
+        for chunk in ids.chunks(crate::store::BATCH_WINDOW) {
+            for (k, id) in keys.iter_mut().zip(chunk) {
+                *k = id.as_bytes();
             }
-            for (h, id) in hashes.iter().zip(chunk) {
-                out.push(self.lookup_hashed(now, *h, id, p));
-            }
+            self.store
+                .get_batch(Table::Ids, &keys[..chunk.len()], |_, v| {
+                    out.push(self.answer(now, v.map(|b| find_link(b, p))));
+                })?;
         }
         Ok(())
     }

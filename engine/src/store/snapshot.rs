@@ -319,6 +319,55 @@ impl ShardFile {
         Ok(None)
     }
 
+    /// The heap offset of the first record on `h`'s probe chain whose slot tag matches, or
+    /// `None` when the chain ends without one (the key is absent). Checks bucket CRCs. The
+    /// first half of [`ShardFile::get`], so a batch can prefetch every record before reading any.
+    #[inline]
+    pub fn candidate(&self, h: u64) -> Result<Option<u64>, StoreError> {
+        let tag = tag_of(h);
+        let mut b = home_bucket(h, self.buckets);
+        for _ in 0..PROBE_BUCKETS_MAX.min(self.header.buckets as usize) {
+            let bucket = self.bucket(b)?;
+            for i in 0..SLOTS_PER_BUCKET {
+                let slot = le_u64(bucket, i * 8);
+                if slot == 0 {
+                    return Ok(None);
+                }
+                if slot >> 40 == tag {
+                    return Ok(Some(slot & OFFSET_MASK));
+                }
+            }
+            b += 1;
+            if b == self.buckets {
+                b = 0;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Hints the CPU to fetch the first two cache lines of the record at heap offset `off`.
+    #[inline]
+    pub fn prefetch_record(&self, off: u64) {
+        let at = self.heap_start.saturating_add(off as usize);
+        if let Some(b) = self.bytes.get(at) {
+            prefetch_read(b);
+        }
+        if let Some(b) = self.bytes.get(at + 64) {
+            prefetch_read(b);
+        }
+    }
+
+    /// The value of `key` given its [`ShardFile::candidate`] offset; falls back to a full probe
+    /// when the candidate's key differs (two keys sharing a 23-bit tag on one chain).
+    #[inline]
+    pub fn get_at(&self, off: u64, h: u64, key: &[u8]) -> Result<Option<&[u8]>, StoreError> {
+        let rec = self.record(off)?;
+        if rec.key == key {
+            return Ok(Some(rec.value));
+        }
+        self.get(h, key)
+    }
+
     /// Hints the CPU to fetch the home bucket of `h`, for batched lookups.
     #[inline]
     pub fn prefetch(&self, h: u64) {
