@@ -200,50 +200,72 @@ fn check_text(kind: &'static str, src: &[u8]) -> Result<(), IdError> {
     Ok(())
 }
 
-/// A service provider ID such as `A-α1-0001`: UTF-8, 1–32 bytes, no control characters.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ProviderId(Inline<PROVIDER_ID_LEN_MAX>);
+/// Declares an identifier that is UTF-8 text of 1 to `$max` bytes without control characters,
+/// with its parser, accessors and formatting.
+macro_rules! text_id {
+    ($(#[$doc:meta])* $name:ident, $max:expr, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Inline<$max>);
 
-impl ProviderId {
-    const KIND: &'static str = "service provider ID";
+        impl $name {
+            const KIND: &'static str = $kind;
 
-    /// Parses a provider ID from bytes; allocation-free.
-    pub fn parse(src: &[u8]) -> Result<Self, IdError> {
-        let inline = Inline::new(Self::KIND, src)?;
-        check_text(Self::KIND, src)?;
-        Ok(Self(inline))
-    }
+            /// Parses the identifier from bytes; allocation-free.
+            pub fn parse(src: &[u8]) -> Result<Self, IdError> {
+                let inline = Inline::new(Self::KIND, src)?;
+                check_text(Self::KIND, src)?;
+                Ok(Self(inline))
+            }
 
-    /// The UTF-8 bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        self.0.as_slice()
-    }
+            /// The UTF-8 bytes.
+            pub fn as_bytes(&self) -> &[u8] {
+                self.0.as_slice()
+            }
 
-    /// The ID as text.
-    pub fn as_str(&self) -> &str {
-        // Checked to be UTF-8 by the parser; the fallback keeps it panic-free.
-        std::str::from_utf8(self.0.as_slice()).unwrap_or("")
-    }
+            /// The identifier as text.
+            pub fn as_str(&self) -> &str {
+                // Checked to be UTF-8 by the parser; the fallback keeps it panic-free.
+                std::str::from_utf8(self.0.as_slice()).unwrap_or("")
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                Self::parse(s.as_bytes())
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({})"), self.as_str())
+            }
+        }
+    };
 }
 
-impl std::str::FromStr for ProviderId {
-    type Err = IdError;
-    fn from_str(s: &str) -> Result<Self, IdError> {
-        Self::parse(s.as_bytes())
-    }
-}
+text_id!(
+    /// A service provider ID such as `A-α1-0001`: UTF-8, 1–32 bytes, no control characters.
+    ProviderId,
+    PROVIDER_ID_LEN_MAX,
+    "service provider ID"
+);
 
-impl fmt::Display for ProviderId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Debug for ProviderId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ProviderId({})", self.as_str())
-    }
-}
+text_id!(
+    /// Who made a change: a terminal, a municipal counter, a partner, the operator. Recorded
+    /// with every change so that an operator can answer "who changed this link, and when".
+    /// UTF-8, 1–64 bytes, no control characters.
+    ActorId,
+    ACTOR_ID_LEN_MAX,
+    "actor id"
+);
 
 /// A service ID: opaque bytes, 1–64 of them (a library card number, a point-card number).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -371,51 +393,6 @@ impl fmt::Display for CertRef {
 impl fmt::Debug for CertRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "CertRef({self})")
-    }
-}
-
-/// Who made a change: a terminal, a municipal counter, a partner, the operator. Recorded with
-/// every change so that an operator can answer "who changed this link, and when".
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ActorId(Inline<ACTOR_ID_LEN_MAX>);
-
-impl ActorId {
-    const KIND: &'static str = "actor id";
-
-    /// Parses an actor id: UTF-8, 1–64 bytes, no control characters.
-    pub fn parse(src: &[u8]) -> Result<Self, IdError> {
-        let inline = Inline::new(Self::KIND, src)?;
-        check_text(Self::KIND, src)?;
-        Ok(Self(inline))
-    }
-
-    /// The UTF-8 bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        self.0.as_slice()
-    }
-
-    /// The actor as text.
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(self.0.as_slice()).unwrap_or("")
-    }
-}
-
-impl std::str::FromStr for ActorId {
-    type Err = IdError;
-    fn from_str(s: &str) -> Result<Self, IdError> {
-        Self::parse(s.as_bytes())
-    }
-}
-
-impl fmt::Display for ActorId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Debug for ActorId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ActorId({})", self.as_str())
     }
 }
 

@@ -292,9 +292,15 @@ impl ShardFile {
         })
     }
 
-    /// The value stored under `key` (whose hash is `h`), or `None`.
+    /// Walks `h`'s probe chain, calling `visit` with the heap offset of every slot whose tag
+    /// matches, until `visit` answers `Some` or an empty slot ends the chain. Checks the CRC of
+    /// every bucket it reads, and never walks more than [`PROBE_BUCKETS_MAX`] buckets.
     #[inline]
-    pub fn get(&self, h: u64, key: &[u8]) -> Result<Option<&[u8]>, StoreError> {
+    fn probe<R>(
+        &self,
+        h: u64,
+        mut visit: impl FnMut(u64) -> Result<Option<R>, StoreError>,
+    ) -> Result<Option<R>, StoreError> {
         let tag = tag_of(h);
         let mut b = home_bucket(h, self.buckets);
         for _ in 0..PROBE_BUCKETS_MAX.min(self.header.buckets as usize) {
@@ -304,11 +310,10 @@ impl ShardFile {
                 if slot == 0 {
                     return Ok(None);
                 }
-                if slot >> 40 == tag {
-                    let rec = self.record(slot & OFFSET_MASK)?;
-                    if rec.key == key {
-                        return Ok(Some(rec.value));
-                    }
+                if slot >> 40 == tag
+                    && let Some(r) = visit(slot & OFFSET_MASK)?
+                {
+                    return Ok(Some(r));
                 }
             }
             b += 1;
@@ -319,30 +324,21 @@ impl ShardFile {
         Ok(None)
     }
 
+    /// The value stored under `key` (whose hash is `h`), or `None`.
+    #[inline]
+    pub fn get(&self, h: u64, key: &[u8]) -> Result<Option<&[u8]>, StoreError> {
+        self.probe(h, |off| {
+            let rec = self.record(off)?;
+            Ok((rec.key == key).then_some(rec.value))
+        })
+    }
+
     /// The heap offset of the first record on `h`'s probe chain whose slot tag matches, or
-    /// `None` when the chain ends without one (the key is absent). Checks bucket CRCs. The
-    /// first half of [`ShardFile::get`], so a batch can prefetch every record before reading any.
+    /// `None` when the chain ends without one (the key is absent). The first half of
+    /// [`ShardFile::get`], so a batch can prefetch every record before reading any.
     #[inline]
     pub fn candidate(&self, h: u64) -> Result<Option<u64>, StoreError> {
-        let tag = tag_of(h);
-        let mut b = home_bucket(h, self.buckets);
-        for _ in 0..PROBE_BUCKETS_MAX.min(self.header.buckets as usize) {
-            let bucket = self.bucket(b)?;
-            for i in 0..SLOTS_PER_BUCKET {
-                let slot = le_u64(bucket, i * 8);
-                if slot == 0 {
-                    return Ok(None);
-                }
-                if slot >> 40 == tag {
-                    return Ok(Some(slot & OFFSET_MASK));
-                }
-            }
-            b += 1;
-            if b == self.buckets {
-                b = 0;
-            }
-        }
-        Ok(None)
+        self.probe(h, |off| Ok(Some(off)))
     }
 
     /// Hints the CPU to fetch the first two cache lines of the record at heap offset `off`.
