@@ -158,6 +158,13 @@ impl Table {
         }
     }
 
+    /// Whether the table's snapshot files keep records inline with their buckets: only `ids`,
+    /// the table every counter lookup reads; the others are read on the write path and stay
+    /// compact.
+    pub fn inline_records(self) -> bool {
+        self == Table::Ids
+    }
+
     /// Zero-based index.
     pub fn index(self) -> usize {
         self as usize - 1
@@ -1011,12 +1018,14 @@ pub fn install_snapshot(
                 shard_count: shards.len() as u16,
                 seq,
             };
-            let w = b.write(fs, &name, id)?.map_err(|d| StoreError::Duplicate {
-                table,
-                shard: s as u16,
-                first: d.first,
-                second: d.second,
-            })?;
+            let w = b
+                .write(fs, &name, id, table.inline_records())?
+                .map_err(|d| StoreError::Duplicate {
+                    table,
+                    shard: s as u16,
+                    first: d.first,
+                    second: d.second,
+                })?;
             entries.push(ShardEntry {
                 len: w.len,
                 header_crc: w.header_crc,
