@@ -846,7 +846,7 @@ mod tests {
         let fs = SimFs::new(1);
         let key = HashKey([3, 4]);
         let mut b = ShardBuilder::default();
-        let value = |i: u32| vec![i as u8; if i % 10 == 0 { 3000 } else { 4 }];
+        let value = |i: u32| vec![i as u8; if i.is_multiple_of(10) { 3000 } else { 4 }];
         for i in 0..500u32 {
             let k = format!("key{i}");
             b.push(key.hash(k.as_bytes()), k.as_bytes(), &value(i))
