@@ -1,5 +1,6 @@
 //! The integration suite: one binary, one module per feature.
 
+mod alloc_free;
 mod compaction;
 mod corruption;
 mod crash_model;

@@ -1,0 +1,105 @@
+//! The lookup path allocates nothing (DESIGN §4): counted with a global allocator that tallies
+//! this thread's allocations, over lookups answered from snapshots and from the delta.
+// A global allocator is an `unsafe impl` by definition; this test-only one forwards to the
+// system allocator and is the one exception to the workspace's `unsafe_code = "deny"` outside
+// the memory-mapped index.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::Arc;
+
+use mykey_engine::registry::{Lookup, Registry, RegistryConfig};
+use mykey_engine::store::StoreConfig;
+use mykey_engine::store::fs::{Fs, RealFs};
+use mykey_tests::*;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the counter is a
+// thread-local `Cell` with a const initialiser, which never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+#[test]
+fn lookups_allocate_nothing() {
+    let dir = TempDir::new("alloc");
+    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
+    let reg =
+        Registry::create(fs, StoreConfig::default(), RegistryConfig::default()).expect("create");
+    let p = provider("A-α1-0001");
+    let q = provider("A-β1-0001");
+    reg.register_provider(at(0), actor("op"), p)
+        .expect("provider");
+    reg.register_provider(at(0), actor("op"), q)
+        .expect("provider");
+    for n in 0..100 {
+        reg.register_full(at(0), actor("portal"), mykey(n), cert(1, n))
+            .expect("register");
+        reg.link(
+            at(0),
+            actor("shop"),
+            mykey(n),
+            p,
+            service(&format!("S{n}")),
+            false,
+        )
+        .expect("link");
+    }
+    reg.store().compact().expect("compact");
+    // Some answers from the delta too.
+    for n in 100..120 {
+        reg.register_full(at(0), actor("portal"), mykey(n), cert(1, n))
+            .expect("register");
+    }
+    let ids: Vec<_> = (0..130).map(mykey).collect();
+    let pref = reg.provider_ref(&p).expect("registered");
+    let mut out = Vec::with_capacity(64);
+    // Warm up thread-locals (arc-swap's debt list) before counting.
+    let _ = reg.lookup(at(1), &ids[0], &p);
+    let before = allocations();
+    let mut linked = 0;
+    for id in &ids {
+        for prov in [&p, &q] {
+            if let Lookup::Linked(_) = reg.lookup(at(1), id, prov).expect("lookup") {
+                linked += 1;
+            }
+        }
+        let _ = reg.lookup_ref(at(1), id, pref).expect("lookup");
+    }
+    reg.lookup_batch(at(1), &p, &ids[..64], &mut out)
+        .expect("batch");
+    let spent = allocations() - before;
+    // The counter is live: one allocation shows.
+    let live = allocations();
+    std::hint::black_box(vec![0u8; 10]);
+    assert_eq!(allocations(), live + 1);
+    assert_eq!(linked, 100);
+    assert_eq!(out.len(), 64);
+    assert_eq!(spent, 0, "the lookup path allocated {spent} times");
+}
