@@ -104,6 +104,26 @@ fn lookups(c: &mut Criterion) {
                 black_box(reg.lookup_ref(now, &hits[k].0, refs[k]).expect("lookup"))
             })
         });
+        // Dependent chains: the next key depends on this answer, so probes cannot overlap;
+        // this is the latency one request sees, free of the memory-level parallelism an
+        // independent loop gets from out-of-order execution.
+        g.bench_function("engine hit, dependent chain", |b| {
+            b.iter(|| {
+                let (id, p) = &hits[k];
+                let v = match reg.lookup(now, id, p).expect("lookup") {
+                    Lookup::Linked(s) => s.as_bytes()[0],
+                    _ => 0,
+                };
+                k = (k + 1 + usize::from(v & 1)) & (QUERIES - 1);
+            })
+        });
+        g.bench_function("flat-array hit, dependent chain (baseline)", |b| {
+            b.iter(|| {
+                let key = &hit_keys[k];
+                let v = flat.get_hashed(flat.hash(key), key).unwrap_or(0);
+                k = (k + 1 + usize::from(v & 1)) & (QUERIES - 1);
+            })
+        });
         g.bench_function("engine miss", |b| {
             b.iter(|| {
                 k = (k + 1) & (QUERIES - 1);

@@ -88,6 +88,18 @@ fn main() {
         2 * queries,
         "every generated row must be linked for its first provider"
     );
+    let refs: Vec<_> = q
+        .iter()
+        .map(|(_, p)| reg.provider_ref(p).expect("registered"))
+        .collect();
+    let t = Instant::now();
+    for ((i, _), p) in q.iter().zip(&refs) {
+        black_box(reg.lookup_ref(now, i, *p).expect("lookup"));
+    }
+    println!(
+        "engine lookup, hot, provider resolved once: {:.1} ns",
+        t.elapsed().as_nanos() as f64 / queries as f64
+    );
     let mut out = Vec::with_capacity(16);
     let ids: Vec<MyKeyId> = q.iter().map(|(i, _)| *i).collect();
     let p0 = q[0].1;
@@ -128,6 +140,34 @@ fn main() {
             t.elapsed().as_nanos() as f64 / queries as f64
         );
     }
+    // A dependent chain: each probe's key depends on the previous answer, so probes cannot
+    // overlap. This is the latency of one probe, which a single request sees.
+    let t = Instant::now();
+    let mut k = 0usize;
+    for _ in 0..queries {
+        let key = &keys[k];
+        let v = flat.get_hashed(flat.hash(key), key).unwrap_or(0);
+        k = (k + 1 + usize::from(v & 1)) % queries;
+    }
+    black_box(k);
+    println!(
+        "flat-array baseline, hot, dependent chain: {:.1} ns",
+        t.elapsed().as_nanos() as f64 / queries as f64
+    );
+    let t = Instant::now();
+    let mut k = 0usize;
+    for _ in 0..queries {
+        let v = match reg.lookup(now, &q[k].0, &q[k].1) {
+            Ok(Lookup::Linked(s)) => s.as_bytes()[0],
+            _ => 0,
+        };
+        k = (k + 1 + usize::from(v & 1)) % queries;
+    }
+    black_box(k);
+    println!(
+        "engine lookup, hot, dependent chain: {:.1} ns",
+        t.elapsed().as_nanos() as f64 / queries as f64
+    );
     let t = Instant::now();
     let mut hs = [0u64; 16];
     for chunk in keys.chunks(16) {
