@@ -3,10 +3,12 @@
 //! Owns the tables of `snapshots/README.md` as key → value bytes, and the storage contract of
 //! DESIGN §5. Every change is a [`Change`] `{ seq, op }` with consecutive seqs; a write returns
 //! only after its log record is fsync'd, and concurrent writers share one fsync (group commit:
-//! whoever takes the log lock first flushes every change submitted so far). Changes become
-//! visible to readers only once durable, so a reader never sees a write that a crash could take
-//! back. Readers never block on writers: they load an immutable [`View`] (snapshot shards plus
-//! the delta maps) through `arc-swap` and probe the delta, then one shard.
+//! a waiter that finds no flush in progress becomes the leader and writes every change
+//! submitted so far; the others sleep until it signals, and those it made durable return at
+//! once). Changes become visible to readers only once durable, so a reader never sees a write
+//! that a crash could take back. Readers never block on writers: they load an immutable
+//! [`View`] (snapshot shards plus the delta maps) through `arc-swap` and probe the delta, then
+//! one shard.
 //!
 //! Compaction freezes the delta, rotates the log, writes new shard files from the old ones and
 //! the frozen delta, installs a new manifest, and swaps the view, all while readers and writers
@@ -287,6 +289,9 @@ pub struct Store {
     writer: Mutex<Writer>,
     log: Mutex<Log>,
     durable: AtomicU64,
+    /// Whether a group-commit leader is writing the log; waiters sleep on `flushed`.
+    flushing: Mutex<bool>,
+    flushed: std::sync::Condvar,
     failure: Mutex<Option<String>>,
     compacting: Mutex<()>,
 }
@@ -529,6 +534,8 @@ impl Store {
             }),
             log: Mutex::new(log),
             durable: AtomicU64::new(last_seq),
+            flushing: Mutex::new(false),
+            flushed: std::sync::Condvar::new(),
             failure: Mutex::new(None),
             compacting: Mutex::new(()),
             fs,
@@ -541,7 +548,7 @@ impl Store {
         &self.hash_key
     }
 
-    /// Hashes a key for [`Store::get_hashed`] and [`Store::prefetch`].
+    /// Hashes a key for [`Store::get_hashed`].
     #[inline]
     pub fn hash(&self, key: &[u8]) -> u64 {
         self.hash_key.hash(key)
@@ -729,30 +736,50 @@ impl Store {
         StoreError::Failed { reason }
     }
 
-    /// Returns once the change `seq` is durable (fsync'd) and visible. The first waiter to take
-    /// the log lock writes and fsyncs every change submitted so far; the others find their
-    /// change already durable when they get the lock.
+    /// Returns once the change `seq` is durable (fsync'd) and visible. A waiter that finds no
+    /// flush in progress leads one: it writes and fsyncs every change submitted so far. The
+    /// others sleep until the leader signals, then return if it covered them or lead the next.
     pub fn wait_durable(&self, seq: u64) -> Result<(), StoreError> {
-        if self.durable_seq() >= seq {
-            return Ok(());
+        let mut flushing = lock(&self.flushing);
+        loop {
+            if self.durable_seq() >= seq {
+                return Ok(());
+            }
+            self.check_failed()?;
+            if *flushing {
+                // A leader is writing; it wakes everyone when done. Waiting here rather than
+                // on the log lock matters: a writer whose change the leader took must not queue
+                // behind the *next* leader's fsync just to learn that it is durable.
+                flushing = self
+                    .flushed
+                    .wait(flushing)
+                    .unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            *flushing = true;
+            drop(flushing);
+            let r = self.flush();
+            flushing = lock(&self.flushing);
+            *flushing = false;
+            self.flushed.notify_all();
+            r?;
         }
+    }
+
+    /// Writes and fsyncs every change submitted so far, then publishes them.
+    fn flush(&self) -> Result<(), StoreError> {
         let mut log = lock(&self.log);
-        if self.durable_seq() >= seq {
-            return Ok(());
-        }
-        self.check_failed()?;
         let (buf, changes) = {
             let mut w = lock(&self.writer);
             (std::mem::take(&mut w.buf), std::mem::take(&mut w.changes))
         };
+        if changes.is_empty() {
+            return Ok(());
+        }
         self.write_log(&mut log, &buf)?;
         let mut w = lock(&self.writer);
         self.publish(&mut w, changes);
-        if self.durable_seq() >= seq {
-            Ok(())
-        } else {
-            Err(self.fail(&StoreError::Config("group commit lost a change")))
-        }
+        Ok(())
     }
 
     fn write_log(&self, log: &mut Log, buf: &[u8]) -> Result<(), StoreError> {

@@ -1,7 +1,9 @@
 //! Snapshot shard files: the immutable, memory-mapped open-addressing tables of `snapshots/README.md`.
 //!
 //! Owns the `.snap` format: [`ShardBuilder`] writes one, [`ShardFile`] maps one and answers
-//! probes, [`ShardFile::verify`] checks all of it. A probe checks the CRC of every bucket it
+//! probes, [`ShardFile::verify`] checks all of it. Each bucket may carry an inline record area
+//! (its *stride*), which a probe requests together with the bucket line so that the record
+//! usually arrives in the same memory round trip. A probe checks the CRC of every bucket it
 //! reads and of the record it returns, so a flipped bit is an error, never an answer. This module
 //! never decides what keys or values mean, and never trusts an offset or a length read from a
 //! file before checking it against the file's size.
@@ -321,18 +323,21 @@ impl ShardFile {
 
     /// Walks `h`'s probe chain, calling `visit` with the body offset of every slot whose tag
     /// matches, until `visit` answers `Some` or an empty slot ends the chain. Checks the CRC of
-    /// every bucket it reads, and never walks more than [`PROBE_BUCKETS_MAX`] buckets. The
-    /// home stride's lines are all requested first, so the record usually arrives with the
-    /// bucket instead of after it.
+    /// every bucket it reads, and never walks more than [`PROBE_BUCKETS_MAX`] buckets. With
+    /// `whole_stride`, the home stride's lines are all requested first, so the record usually
+    /// arrives with the bucket instead of after it.
     #[inline]
     fn probe<R>(
         &self,
         h: u64,
+        whole_stride: bool,
         mut visit: impl FnMut(u64) -> Result<Option<R>, StoreError>,
     ) -> Result<Option<R>, StoreError> {
         let tag = tag_of(h);
         let mut b = home_bucket(h, self.buckets);
-        self.prefetch_stride(b);
+        if whole_stride {
+            self.prefetch_stride(b);
+        }
         for _ in 0..PROBE_BUCKETS_MAX.min(self.header.buckets as usize) {
             let bucket = self.bucket(b)?;
             for i in 0..SLOTS_PER_BUCKET {
@@ -357,18 +362,18 @@ impl ShardFile {
     /// The value stored under `key` (whose hash is `h`), or `None`.
     #[inline]
     pub fn get(&self, h: u64, key: &[u8]) -> Result<Option<&[u8]>, StoreError> {
-        self.probe(h, |off| {
+        self.probe(h, true, |off| {
             let rec = self.record(off)?;
             Ok((rec.key == key).then_some(rec.value))
         })
     }
 
-    /// The heap offset of the first record on `h`'s probe chain whose slot tag matches, or
+    /// The body offset of the first record on `h`'s probe chain whose slot tag matches, or
     /// `None` when the chain ends without one (the key is absent). The first half of
     /// [`ShardFile::get`], so a batch can prefetch every record before reading any.
     #[inline]
     pub fn candidate(&self, h: u64) -> Result<Option<u64>, StoreError> {
-        self.probe(h, |off| Ok(Some(off)))
+        self.probe(h, false, |off| Ok(Some(off)))
     }
 
     /// Hints the CPU to fetch the first two cache lines of the record at body offset `off`.
@@ -394,10 +399,13 @@ impl ShardFile {
         self.get(h, key)
     }
 
-    /// Hints the CPU to fetch the home stride of `h` (bucket and inline records).
+    /// Hints the CPU to fetch the home bucket line of `h`. Batches use this, then prefetch
+    /// the exact record once the bucket has named it ([`ShardFile::prefetch_record`]):
+    /// sixteen whole strides at once would overrun the core's outstanding-miss slots.
     #[inline]
     pub fn prefetch(&self, h: u64) {
-        self.prefetch_stride(home_bucket(h, self.buckets));
+        let at = HEADER_LEN + home_bucket(h, self.buckets) as usize * self.stride;
+        prefetch_read(&self.bytes[at]);
     }
 
     #[inline]
@@ -626,7 +634,7 @@ impl ShardBuilder {
     }
 
     /// Places every record into slots: `Err(Some(dup))` on a duplicate key, `Err(None)` when
-    /// some probe chain would exceed [`PROBE_BUCKETS_MAX`] (the caller doubles the table).
+    /// some probe chain would exceed [`PROBE_BUCKETS_MAX`] (the caller grows the table).
     fn place(&self, buckets: usize) -> Result<Vec<u32>, Option<Duplicate>> {
         // Slot contents as entry index + 1 (0 = empty).
         let mut slots = vec![0u32; buckets * SLOTS_PER_BUCKET];
