@@ -16,7 +16,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mykey_bench::*;
 use mykey_engine::id::{ActorId, Timestamp};
 use mykey_engine::population::{BuildOptions, build};
-use mykey_engine::registry::{Registry, RegistryConfig};
+use mykey_engine::registry::{LinkOutcome, Registry, RegistryConfig};
 use mykey_engine::store::fs::{Fs, RealFs};
 use mykey_engine::store::{Store, StoreConfig};
 
@@ -74,17 +74,21 @@ fn group_commit(c: &mut Criterion) {
                         let reg = &reg;
                         s.spawn(move || {
                             for k in 0..per {
-                                // Each write re-links a different existing row's first provider.
-                                let i = (base + w * per + k) % ROWS;
-                                reg.link(
-                                    t(1),
-                                    shop,
-                                    id(i, false),
-                                    provider(provider_of(i, 0)),
-                                    service(i, 9),
-                                    true,
-                                )
-                                .expect("link");
+                                // Each write replaces a row's first link with a service ID
+                                // it has never had, so every write is a real change.
+                                let n = base + w * per + k;
+                                let i = n % ROWS;
+                                let outcome = reg
+                                    .link(
+                                        t(1),
+                                        shop,
+                                        id(i, false),
+                                        provider(provider_of(i, 0)),
+                                        service(i, 100 + n / ROWS),
+                                        true,
+                                    )
+                                    .expect("link");
+                                assert!(matches!(outcome, LinkOutcome::Replaced { .. }));
                             }
                         });
                     }
