@@ -113,7 +113,8 @@ pub fn put_varint(out: &mut Vec<u8>, mut v: u32) {
     out.push(v as u8);
 }
 
-/// Reads a LEB128 `u32` at `*at`, advancing it; `None` if truncated or over 32 bits.
+/// Reads a LEB128 `u32` at `*at`, advancing it; `None` if truncated, over 32 bits, or not in
+/// its shortest form (so every value has exactly one encoding).
 #[inline]
 pub fn varint(b: &[u8], at: &mut usize) -> Option<u32> {
     let mut v = 0u32;
@@ -126,7 +127,7 @@ pub fn varint(b: &[u8], at: &mut usize) -> Option<u32> {
         }
         v |= bits << shift;
         if byte & 0x80 == 0 {
-            return Some(v);
+            return (byte != 0 || shift == 0).then_some(v);
         }
     }
     None
@@ -206,9 +207,13 @@ impl IdRecord {
         if n > LINKS_PER_ID_MAX {
             return None;
         }
-        let mut links = Vec::with_capacity(n);
+        let mut links: Vec<Link> = Vec::with_capacity(n);
         for _ in 0..n {
             let provider = varint(b, &mut at)?;
+            // Strictly ascending providers: `find_link` stops early relying on it.
+            if links.last().is_some_and(|l| l.provider >= provider) {
+                return None;
+            }
             let flags = *b.get(at)?;
             let slen = usize::from(flags & !OWN_AUDIT);
             let service = ServiceId::parse(b.get(at + 1..at + 1 + slen)?).ok()?;
@@ -216,7 +221,12 @@ impl IdRecord {
             let (la, actor) = if flags & OWN_AUDIT != 0 {
                 let t = Timestamp::from_raw(u32_at(b, at)?);
                 at += 4;
-                (t, varint(b, &mut at)?)
+                let actor = varint(b, &mut at)?;
+                // An own audit equal to the registration's is never written.
+                if t == registered_at && actor == registered_by {
+                    return None;
+                }
+                (t, actor)
             } else {
                 (registered_at, registered_by)
             };
@@ -334,6 +344,8 @@ mod tests {
         assert_eq!(varint(&[0xFF, 0xFF, 0xFF, 0xFF, 0x1F], &mut at), None);
         let mut at = 0;
         assert_eq!(varint(&[0x80], &mut at), None);
+        let mut at = 0;
+        assert_eq!(varint(&[0x80, 0x00], &mut at), None, "overlong zero");
     }
 
     fn sample() -> IdRecord {

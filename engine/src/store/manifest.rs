@@ -103,6 +103,9 @@ impl Manifest {
             w.copy_from_slice(&b[at..at + 8]);
             u64::from_le_bytes(w)
         };
+        if b[12..16].iter().chain(&b[40..48]).any(|&x| x != 0) {
+            return Err(corrupt(12, "reserved manifest bytes not zero"));
+        }
         let count = usize::from(u16::from_le_bytes([b[10], b[11]]));
         if count != tables {
             return Err(corrupt(10, "table count differs from this format version"));
@@ -116,6 +119,9 @@ impl Manifest {
             if usize::from(head[0]) != t + 1 {
                 return Err(corrupt(at, "table ids out of order"));
             }
+            if head[1] != 0 {
+                return Err(corrupt(at + 1, "reserved manifest byte not zero"));
+            }
             let shards = u16::from_le_bytes([head[2], head[3]]);
             if shards == 0 || shards > SHARDS_MAX {
                 return Err(corrupt(at + 2, "shard count out of range"));
@@ -126,6 +132,9 @@ impl Manifest {
                 let e = body
                     .get(at..at + 16)
                     .ok_or_else(|| corrupt(at, "manifest ends inside a shard entry"))?;
+                if e[12..16].iter().any(|&x| x != 0) {
+                    return Err(corrupt(at + 12, "reserved manifest bytes not zero"));
+                }
                 let mut w = [0u8; 8];
                 w.copy_from_slice(&e[..8]);
                 v.push(ShardEntry {

@@ -1,0 +1,42 @@
+//! A snapshot shard file of arbitrary bytes, presented as the manifest would expect it (its own
+//! length and header CRC): opening, probing, walking and verifying it must never panic.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use mykey_engine::store::fs::{Fs, SimFs};
+use mykey_engine::store::hash::HashKey;
+use mykey_engine::store::snapshot::{ShardFile, ShardId};
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 64 {
+        return;
+    }
+    let fs = SimFs::new(1);
+    let Ok(mut f) = fs.create("f.snap") else { return };
+    if f.write_all(data).is_err() {
+        return;
+    }
+    drop(f);
+    let u16_at = |at: usize| u16::from_le_bytes([data[at], data[at + 1]]);
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&data[16..24]);
+    let id = ShardId {
+        table: data[10],
+        shard: u16_at(12),
+        shard_count: u16_at(14),
+        seq: u64::from_le_bytes(seq),
+    };
+    let crc = u32::from_le_bytes([data[60], data[61], data[62], data[63]]);
+    let Ok(file) = ShardFile::open(&fs, "f.snap", id, data.len() as u64, crc) else {
+        return;
+    };
+    let key = HashKey([1, 2]);
+    for k in [&b"1C2410DF79DGEL"[..], b"x", &data[..14]] {
+        let _ = file.get(key.hash(k), k);
+        let h = key.hash(k);
+        if let Ok(Some(off)) = file.candidate(h) {
+            let _ = file.get_at(off, h, k);
+        }
+    }
+    let _ = file.for_each(|_, _| {});
+    let _ = file.verify(&key);
+});
