@@ -6,10 +6,39 @@ use mykey_engine::store::fs::{Fs, SimFs};
 use mykey_engine::store::hash::HashKey;
 use mykey_engine::store::snapshot::{ShardFile, ShardId};
 
-fuzz_target!(|data: &[u8]| {
-    if data.len() < 64 {
+/// Rewrites the checksums the fuzzer cannot guess (bucket CRCs, body CRC, header CRC), so that
+/// inputs reach the probe, walk and verify logic instead of stopping at the header.
+fn fix_checksums(d: &mut [u8]) {
+    let u64_at = |d: &[u8], at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&d[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    let buckets = u64_at(d, 32);
+    let stride = u64::from(u32::from_le_bytes([d[52], d[53], d[54], d[55]]));
+    if stride >= 64 && stride % 64 == 0 {
+        for b in 0..buckets.min(4096) {
+            let at = 64 + (b * stride) as usize;
+            if at + 64 > d.len() {
+                break;
+            }
+            let crc = crc32c::crc32c(&d[at..at + 60]);
+            d[at + 60..at + 64].copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+    let body = crc32c::crc32c(&d[64..]);
+    d[48..52].copy_from_slice(&body.to_le_bytes());
+    let head = crc32c::crc32c(&d[..60]);
+    d[60..64].copy_from_slice(&head.to_le_bytes());
+}
+
+fuzz_target!(|input: &[u8]| {
+    if input.len() < 64 {
         return;
     }
+    let mut owned = input.to_vec();
+    fix_checksums(&mut owned);
+    let data = &owned[..];
     let fs = SimFs::new(1);
     let Ok(mut f) = fs.create("f.snap") else { return };
     if f.write_all(data).is_err() {
