@@ -361,9 +361,18 @@ pub fn build(
         push(Table::Cas, ca, &entry(*i), 0)?;
     }
     progress(Progress::Writing);
-    match install_snapshot(fs, key, 0, &builders, &mut |name| {
+    let mut written: Vec<String> = Vec::new();
+    let installed = install_snapshot(fs, key, 0, &builders, &mut |name| {
+        written.push(name.to_owned());
         progress(Progress::Wrote(name))
-    }) {
+    });
+    if installed.is_err() {
+        // Leave no half-built store behind: without a manifest these files are only clutter.
+        for name in &written {
+            let _ = fs.remove(name);
+        }
+    }
+    match installed {
         Err(StoreError::Duplicate {
             table,
             shard,

@@ -145,6 +145,11 @@ fn duplicates_name_both_lines() {
         2C2410DF79DGEL,active,AB:02,\n\
         1C2410DF79DGEL,active,AB:03,\n";
     let (d, r) = try_build(pop);
+    let left: Vec<_> = std::fs::read_dir(d.path()).expect("dir").collect();
+    assert!(
+        left.is_empty(),
+        "a failed build left files behind: {left:?}"
+    );
     match r.expect_err("duplicate ID") {
         PopulationError::Duplicate {
             what,
