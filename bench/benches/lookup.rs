@@ -1,7 +1,8 @@
 //! Lookup benchmarks, each beside its baselines in the same run: the engine's lookup of a
 //! (MyKey ID, provider) pair, hit and miss, at 1M and 10M mappings, against a std `HashMap`
 //! probe and a flat open-addressing array probe of the same keys; and batched lookups (16 IDs,
-//! prefetched) against a prefetched batch of flat-array probes.
+//! prefetched) against a prefetched batch of flat-array probes; and LMDB (heed) with the same
+//! keys, the usual embedded store for such a table.
 //!
 //! Set `MYKEY_BENCH_MAPPINGS=1000000,10000000` (the default) to choose the sizes.
 // criterion's macros generate public functions without docs.
@@ -48,6 +49,32 @@ fn open_store(dir: &BenchDir, rows: u64) -> Registry {
     Registry::open(fs, RegistryConfig::default()).expect("open")
 }
 
+type LmdbDb = heed::Database<heed::types::Bytes, heed::types::Bytes>;
+
+/// LMDB holding the same keys, each with a value the size of an average ID record (76 bytes),
+/// written in key order in one transaction.
+fn lmdb_of(dir: &std::path::Path, rows: u64) -> (heed::Env, LmdbDb) {
+    // SAFETY: heed marks opening unsafe because LMDB must not open one environment twice in a
+    // process or have its files changed underneath; this directory is fresh and private to
+    // this benchmark, opened once.
+    #[allow(unsafe_code)]
+    let env = unsafe {
+        heed::EnvOpenOptions::new()
+            .map_size(8 << 30)
+            .open(dir)
+            .expect("open lmdb")
+    };
+    let mut keys: Vec<[u8; 14]> = (0..rows).map(|i| id_bytes(i, false)).collect();
+    keys.sort_unstable();
+    let mut wtxn = env.write_txn().expect("write txn");
+    let db: LmdbDb = env.create_database(&mut wtxn, None).expect("db");
+    for (n, k) in keys.iter().enumerate() {
+        db.put(&mut wtxn, &k[..], &[n as u8; 76]).expect("put");
+    }
+    wtxn.commit().expect("commit");
+    (env, db)
+}
+
 fn xorshift(x: &mut u64) -> u64 {
     *x ^= *x << 13;
     *x ^= *x >> 7;
@@ -64,6 +91,9 @@ fn lookups(c: &mut Criterion) {
         let reg = open_store(&dir, rows);
         let flat = FlatTable::build(rows);
         let map = std_map(rows);
+        let lmdb_dir = BenchDir::new(&format!("lmdb-{mappings}"));
+        let (lmdb, lmdb_db) = lmdb_of(lmdb_dir.path(), rows);
+        let lmdb_txn = lmdb.read_txn().expect("read txn");
         let mut x = 0x5EED_u64;
         let picks: Vec<u64> = (0..QUERIES).map(|_| xorshift(&mut x) % rows).collect();
         let hits: Vec<(MyKeyId, ProviderId)> = picks
@@ -148,6 +178,21 @@ fn lookups(c: &mut Criterion) {
             b.iter(|| {
                 k = (k + 1) & (QUERIES - 1);
                 black_box(map.get(&hit_keys[k]))
+            })
+        });
+        g.bench_function("lmdb hit (baseline)", |b| {
+            b.iter(|| {
+                k = (k + 1) & (QUERIES - 1);
+                black_box(lmdb_db.get(&lmdb_txn, &hit_keys[k][..]).expect("lmdb get"))
+            })
+        });
+        g.bench_function("lmdb hit, dependent chain (baseline)", |b| {
+            b.iter(|| {
+                let v = lmdb_db
+                    .get(&lmdb_txn, &hit_keys[k][..])
+                    .expect("lmdb get")
+                    .map_or(0, |v| v[0]);
+                k = (k + 1 + usize::from(v & 1)) & (QUERIES - 1);
             })
         });
         g.bench_function("std-hashmap miss (baseline)", |b| {
