@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use mykey_engine::id::{MyKeyId, ProviderId, ServiceId};
-use mykey_engine::store::fs::{Fs, Mapped, RealFs, WriteFile};
+use mykey_engine::store::fs::{DirLock, Fs, Mapped, RealFs, WriteFile};
 use mykey_engine::store::hash::HashKey;
 
 /// Providers in the synthetic population: about the ~13,000 shopping streets plus libraries
@@ -320,6 +320,9 @@ impl Fs for CountingFs {
     }
     fn sync_dir(&self) -> std::io::Result<()> {
         self.inner.sync_dir()
+    }
+    fn lock(&self) -> std::io::Result<DirLock> {
+        self.inner.lock()
     }
 }
 

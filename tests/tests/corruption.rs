@@ -276,3 +276,19 @@ fn a_shard_file_from_another_store_is_refused() {
     let e = open(a.path()).err().expect("must refuse");
     assert_eq!(corrupt_at(e).0, name.to_string_lossy());
 }
+
+#[test]
+fn a_store_open_in_one_place_cannot_be_opened_in_another() {
+    let dir = TempDir::new("lock");
+    make_store(&dir);
+    let first = open(dir.path()).expect("first open");
+    match open(dir.path()) {
+        Err(RegistryError::Store(StoreError::Io { path, source })) => {
+            assert_eq!(path.file_name().expect("file"), "LOCK");
+            assert_eq!(source.kind(), std::io::ErrorKind::WouldBlock);
+        }
+        other => panic!("a second open must be refused, got {:?}", other.err()),
+    }
+    drop(first);
+    open(dir.path()).expect("open after the first one closed");
+}

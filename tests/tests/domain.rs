@@ -370,6 +370,7 @@ fn revocation_suspends_and_rebind_restores_with_links() {
     let s = r.revoke(at(6), partner, &[cert(2, 1)]).expect("revoke");
     assert_eq!(s.suspended, 1);
     r.store().compact().expect("compact");
+    drop(r);
     let r = reopen(&dir);
     assert_eq!(
         r.lookup(at(7), &mykey(1), &p).expect("ok"),

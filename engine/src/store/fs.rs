@@ -65,7 +65,18 @@ pub trait Fs: Send + Sync {
     fn truncate(&self, name: &str, len: u64) -> io::Result<()>;
     /// Makes the directory's entries (creations, renames, removals) durable.
     fn sync_dir(&self) -> io::Result<()>;
+    /// Takes this directory for one writer: the returned guard holds an exclusive lock until
+    /// dropped. Fails with `WouldBlock` when another process (or store) holds it.
+    fn lock(&self) -> io::Result<DirLock>;
 }
+
+/// An exclusive hold on a store directory, released when dropped (or when the process dies).
+pub struct DirLock {
+    _file: Option<File>,
+}
+
+/// Name of the lock file in a store directory.
+pub const LOCK_NAME: &str = "LOCK";
 
 /// The store's directory on disk.
 pub struct RealFs {
@@ -125,8 +136,8 @@ impl Fs for RealFs {
         // SAFETY: the mmap contract of the store: a mapped file is never modified or truncated
         // while mapped. Snapshot files are written under a temporary name, fsync'd, renamed and
         // never opened for writing again; log files are mapped only during recovery, before
-        // the store appends to them. Another process writing into the directory breaks the
-        // contract, which is why an operator must not run two stores on one directory.
+        // the store appends to them. Another writer in the directory would break the contract,
+        // which is why a store holds the directory's `LOCK` while open.
         let map = unsafe { memmap2::Mmap::map(&file)? };
         // Lookups probe the mapping at random: ask for huge pages where the kernel and file
         // system can map the page cache that way, to spare a TLB miss per probe. Only a hint.
@@ -165,6 +176,22 @@ impl Fs for RealFs {
 
     fn sync_dir(&self) -> io::Result<()> {
         File::open(&self.dir)?.sync_all()
+    }
+
+    fn lock(&self) -> io::Result<DirLock> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.path(LOCK_NAME))?;
+        match file.try_lock() {
+            Ok(()) => Ok(DirLock { _file: Some(file) }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "the store is open in another process",
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
     }
 }
 
@@ -407,5 +434,10 @@ impl Fs for SimFs {
         Self::tick(&mut s)?;
         s.dir_durable = s.dir.clone();
         Ok(())
+    }
+
+    /// The simulator has one process; it does not lock.
+    fn lock(&self) -> io::Result<DirLock> {
+        Ok(DirLock { _file: None })
     }
 }

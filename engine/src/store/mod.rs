@@ -283,6 +283,8 @@ struct Log {
 
 /// A store: open it, read from it, write to it through [`WriteTx`], compact it.
 pub struct Store {
+    /// Held for the store's life: one writer per directory.
+    _dir_lock: fs::DirLock,
     fs: Arc<dyn Fs>,
     hash_key: HashKey,
     view: ArcSwap<View>,
@@ -402,6 +404,7 @@ impl Store {
         hash_key: HashKey,
     ) -> Result<Store, StoreError> {
         let counts = config.shard_counts()?;
+        let dir_lock = fs.lock().map_err(io_err(&*fs, fs::LOCK_NAME))?;
         if fs.exists(manifest::NAME) {
             return Err(StoreError::Exists {
                 path: fs.root().to_owned(),
@@ -412,6 +415,8 @@ impl Store {
             .map(|&n| (0..n).map(|_| ShardBuilder::default()).collect())
             .collect();
         install_snapshot(&*fs, hash_key, 0, &builders, &mut |_| {})?;
+        // `open` takes the lock again on its own descriptor; hand over.
+        drop(dir_lock);
         Self::open(fs)
     }
 
@@ -423,6 +428,7 @@ impl Store {
 
     /// As [`Store::open`], also saying what recovery did.
     pub fn open_with_report(fs: Arc<dyn Fs>) -> Result<(Store, Recovery), StoreError> {
+        let dir_lock = fs.lock().map_err(io_err(&*fs, fs::LOCK_NAME))?;
         let m = read_manifest(&*fs)?;
         let shards = open_shards(&*fs, &m)?;
         // Remove leftovers of interrupted installs: temp files, and shard files the manifest
@@ -521,6 +527,7 @@ impl Store {
             None => new_segment(&*fs, next_seq)?,
         };
         let store = Store {
+            _dir_lock: dir_lock,
             hash_key: m.hash_key,
             view: ArcSwap::from_pointee(View {
                 tables,
