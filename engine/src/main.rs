@@ -149,7 +149,18 @@ fn open_fs(dir: &Path) -> Result<Arc<dyn Fs>, String> {
 }
 
 fn open_registry(dir: &Path) -> Result<Registry, String> {
-    Registry::open(open_fs(dir)?, RegistryConfig::default()).map_err(|e| e.to_string())
+    let (reg, rec) = Registry::open_with_report(open_fs(dir)?, RegistryConfig::default())
+        .map_err(|e| e.to_string())?;
+    if rec.replayed > 0 || rec.torn_bytes > 0 {
+        eprintln!(
+            "recovered {}: snapshots at seq {}, {} logged changes replayed, {} torn bytes cut",
+            dir.display(),
+            rec.snapshot_seq,
+            rec.replayed,
+            rec.torn_bytes
+        );
+    }
+    Ok(reg)
 }
 
 fn answer(l: &Lookup) -> String {

@@ -380,6 +380,15 @@ impl Registry {
         Self::over(Store::open(fs)?, config)
     }
 
+    /// As [`Registry::open`], also saying what recovery did (changes replayed, torn bytes cut).
+    pub fn open_with_report(
+        fs: Arc<dyn Fs>,
+        config: RegistryConfig,
+    ) -> Result<(Self, crate::store::Recovery), RegistryError> {
+        let (store, report) = Store::open_with_report(fs)?;
+        Ok((Self::over(store, config)?, report))
+    }
+
     /// A registry over an open store: loads the dictionaries.
     pub fn over(store: Store, config: RegistryConfig) -> Result<Self, RegistryError> {
         let mut providers = Dict::default();
@@ -417,11 +426,6 @@ impl Registry {
     /// The store underneath (compaction, stats).
     pub fn store(&self) -> &Store {
         &self.store
-    }
-
-    /// The settings.
-    pub fn config(&self) -> &RegistryConfig {
-        &self.config
     }
 
     fn expires_at(&self, registered: Timestamp) -> Timestamp {

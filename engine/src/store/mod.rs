@@ -550,11 +550,6 @@ impl Store {
         Ok((store, report))
     }
 
-    /// The store's hash key.
-    pub fn hash_key(&self) -> &HashKey {
-        &self.hash_key
-    }
-
     /// Hashes a key for [`Store::get_hashed`].
     #[inline]
     pub fn hash(&self, key: &[u8]) -> u64 {
