@@ -63,6 +63,17 @@ fn expected() -> Vec<(&'static str, &'static str, Lookup)> {
     ]
 }
 
+fn check_expected(reg: &Registry) {
+    for (i, p, want) in expected() {
+        assert_eq!(
+            reg.lookup(at(86_400), &id(i), &provider(p))
+                .expect("lookup"),
+            want,
+            "{i} @ {p}"
+        );
+    }
+}
+
 #[test]
 fn golden_v1_still_opens_and_answers_the_same() {
     let src = golden_dir("v1");
@@ -77,14 +88,7 @@ fn golden_v1_still_opens_and_answers_the_same() {
         "log records in the golden store"
     );
     let reg = Registry::open(fs, RegistryConfig::default()).expect("golden v1 opens");
-    for (i, p, want) in expected() {
-        assert_eq!(
-            reg.lookup(at(86_400), &id(i), &provider(p))
-                .expect("lookup"),
-            want,
-            "{i} @ {p}"
-        );
-    }
+    check_expected(&reg);
 }
 
 #[test]
@@ -138,14 +142,7 @@ fn write_golden_v1() {
         .expect("delete");
     reg.register_provider(at(50), actor("operator"), provider("GOLDEN-NEW-0001"))
         .expect("provider");
-    for (i, p, want) in expected() {
-        assert_eq!(
-            reg.lookup(at(86_400), &id(i), &provider(p))
-                .expect("lookup"),
-            want,
-            "{i} @ {p}"
-        );
-    }
+    check_expected(&reg);
     drop(reg);
     // The lock file belongs to whoever opens the store, not to the store's format.
     std::fs::remove_file(out.join("LOCK")).expect("remove LOCK");
