@@ -228,8 +228,10 @@ fn demo(dir: &Path, queries: &[String]) -> Result<(), String> {
         let tour: Vec<(String, String)> = SAMPLE_POPULATION
             .lines()
             .filter(|l| !l.starts_with('#') && !l.starts_with("mykey_id"))
-            .take(6)
-            .filter_map(|l| {
+            .enumerate()
+            // The first rows, and every row that is not active (provisional, suspended).
+            .filter(|(i, l)| *i < 4 || !l.contains(",active,"))
+            .filter_map(|(_, l)| {
                 let mut c = l.split(',');
                 let id = c.next()?.to_owned();
                 let provider = c

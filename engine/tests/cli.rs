@@ -50,6 +50,15 @@ fn demo_builds_once_and_answers() {
         out.contains("1C2410DF79DGEL @ A-α1-0001: linked: service ID ABCDEFGHI"),
         "{out}"
     );
+    assert!(
+        out.contains("02IS5D9IK40VST @ A-α1-0001: provisional"),
+        "{out}"
+    );
+    assert!(out.contains("@ 13101-LIB-0001: suspended"), "{out}");
+    assert!(
+        out.contains("ZZZZZZZZZZZZZZ @ A-α1-0001: unknown MyKey ID"),
+        "{out}"
+    );
     let o = mykeyd(&[
         "demo",
         "--dir",
