@@ -849,6 +849,18 @@ impl Store {
             // replace the live files, so there is nothing to do.
             return Ok(self.snapshot_seq());
         };
+        let folded = self.fold(seq, progress);
+        if folded.is_err() {
+            // Until a later compaction succeeds, the frozen changes live in the active delta
+            // again; the log still holds them, so a restart recovers them too.
+            self.unfreeze();
+        }
+        folded
+    }
+
+    /// Writes the snapshot that folds the frozen delta (changes up to `seq`) into the current
+    /// one, installs it, and swaps it in.
+    fn fold(&self, seq: u64, progress: &mut dyn FnMut(&str)) -> Result<u64, StoreError> {
         let view = self.view.load_full();
         let mut builders = Vec::with_capacity(Table::ALL.len());
         for &table in &Table::ALL {
@@ -914,6 +926,35 @@ impl Store {
         }
         self.fs.sync_dir().map_err(io_err(&*self.fs, ""))?;
         Ok(seq)
+    }
+
+    /// Undoes a freeze after a failed fold: every frozen entry that no later write has
+    /// replaced moves back into the active delta, so that the next freeze does not drop it.
+    fn unfreeze(&self) {
+        let _w = lock(&self.writer);
+        let cur = self.view.load();
+        let tables = cur
+            .tables
+            .iter()
+            .map(|t| {
+                if let Some(fz) = &t.frozen {
+                    for e in fz.map.iter() {
+                        if !t.active.map.contains_key(e.key()) {
+                            t.active.insert(e.key(), e.value().as_deref());
+                        }
+                    }
+                }
+                TableView {
+                    shards: t.shards.clone(),
+                    active: t.active.clone(),
+                    frozen: None,
+                }
+            })
+            .collect();
+        self.view.store(Arc::new(View {
+            tables,
+            snap_seq: cur.snap_seq,
+        }));
     }
 
     /// Makes everything submitted durable, starts a new log segment and moves the active delta
@@ -1249,4 +1290,106 @@ pub fn read_log(fs: &dyn Fs, mut f: impl FnMut(&Change)) -> Result<(), StoreErro
         scan.changes.iter().for_each(&mut f);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::{ActorId, Timestamp};
+    use fs::{DirLock, Mapped, SimFs};
+    use std::sync::atomic::AtomicBool;
+
+    /// A `SimFs` whose creation of snapshot files fails while `fail` is set.
+    struct FailingFs {
+        inner: SimFs,
+        fail: AtomicBool,
+    }
+
+    impl Fs for FailingFs {
+        fn root(&self) -> &std::path::Path {
+            self.inner.root()
+        }
+        fn list(&self) -> std::io::Result<Vec<String>> {
+            self.inner.list()
+        }
+        fn exists(&self, name: &str) -> bool {
+            self.inner.exists(name)
+        }
+        fn map(&self, name: &str) -> std::io::Result<Mapped> {
+            self.inner.map(name)
+        }
+        fn create(&self, name: &str) -> std::io::Result<Box<dyn WriteFile>> {
+            if self.fail.load(Ordering::Relaxed) && name.ends_with(".snap.tmp") {
+                return Err(std::io::Error::other("disk full (simulated)"));
+            }
+            self.inner.create(name)
+        }
+        fn append(&self, name: &str) -> std::io::Result<Box<dyn WriteFile>> {
+            self.inner.append(name)
+        }
+        fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+            self.inner.rename(from, to)
+        }
+        fn remove(&self, name: &str) -> std::io::Result<()> {
+            self.inner.remove(name)
+        }
+        fn truncate(&self, name: &str, len: u64) -> std::io::Result<()> {
+            self.inner.truncate(name, len)
+        }
+        fn sync_dir(&self) -> std::io::Result<()> {
+            self.inner.sync_dir()
+        }
+        fn lock(&self) -> std::io::Result<DirLock> {
+            self.inner.lock()
+        }
+    }
+
+    fn put(store: &Store, k: &[u8], v: &[u8]) {
+        let mut tx = store.write().expect("write");
+        tx.put(Table::Ids, k, Some(v.to_vec()));
+        let actor = ActorId::parse(b"t").expect("actor");
+        tx.commit(Timestamp::from_raw(1), actor, 0).expect("commit");
+    }
+
+    fn value(store: &Store, k: &[u8]) -> Option<Vec<u8>> {
+        store
+            .get(Table::Ids, k, |v| v.map(<[u8]>::to_vec))
+            .expect("get")
+    }
+
+    #[test]
+    fn a_failed_compaction_loses_nothing_and_the_next_one_folds_it_all() {
+        let sim = SimFs::new(5);
+        let fs = Arc::new(FailingFs {
+            inner: sim.clone(),
+            fail: AtomicBool::new(false),
+        });
+        let store = Store::create(fs.clone(), StoreConfig::default()).expect("create");
+        put(&store, b"a", b"1");
+        put(&store, b"b", b"1");
+        fs.fail.store(true, Ordering::Relaxed);
+        assert!(store.compact().is_err());
+        fs.fail.store(false, Ordering::Relaxed);
+        put(&store, b"b", b"2");
+        put(&store, b"c", b"2");
+        // Everything written before the failed compaction is still visible, and a second
+        // failed attempt (whose freeze would replace the first frozen delta) loses nothing.
+        fs.fail.store(true, Ordering::Relaxed);
+        assert!(store.compact().is_err());
+        fs.fail.store(false, Ordering::Relaxed);
+        for (k, v) in [(&b"a"[..], &b"1"[..]), (b"b", b"2"), (b"c", b"2")] {
+            assert_eq!(
+                value(&store, k).as_deref(),
+                Some(v),
+                "{k:?} after failed compactions"
+            );
+        }
+        let seq = store.compact().expect("compact");
+        assert_eq!(seq, 4);
+        drop(store);
+        let store = Store::open(Arc::new(sim) as Arc<dyn Fs>).expect("reopen");
+        for (k, v) in [(&b"a"[..], &b"1"[..]), (b"b", b"2"), (b"c", b"2")] {
+            assert_eq!(value(&store, k).as_deref(), Some(v), "{k:?} after reopen");
+        }
+    }
 }
