@@ -76,9 +76,18 @@ pub struct Change {
 }
 
 impl Change {
-    /// Appends the framed record (header and payload) to `out`.
+    /// Appends the framed record (header and payload) to `out`. On error `out` is left as it
+    /// was: a partial record in the log buffer would corrupt every record after it.
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), StoreError> {
         let start = out.len();
+        let r = self.encode_at(start, out);
+        if r.is_err() {
+            out.truncate(start);
+        }
+        r
+    }
+
+    fn encode_at(&self, start: usize, out: &mut Vec<u8>) -> Result<(), StoreError> {
         out.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
         out.extend_from_slice(&self.at.raw().to_le_bytes());
         out.push(self.actor.as_bytes().len() as u8);
@@ -115,7 +124,6 @@ impl Change {
         }
         let payload_len = out.len() - start - RECORD_HEADER_LEN;
         if payload_len > CHANGE_LEN_MAX {
-            out.truncate(start);
             return Err(StoreError::Limit {
                 what: "change payload bytes",
                 len: payload_len,
@@ -358,6 +366,30 @@ mod tests {
                 other.map(|s| s.changes.len())
             ),
         }
+    }
+
+    #[test]
+    fn a_refused_change_leaves_the_buffer_as_it_was() {
+        let mut b = segment(1);
+        let before = b.clone();
+        let mut too_many = change(2);
+        too_many.puts = vec![too_many.puts[0].clone(); usize::from(u16::MAX) + 1];
+        assert!(matches!(
+            too_many.encode(&mut b),
+            Err(StoreError::Limit { .. })
+        ));
+        let mut long_key = change(2);
+        long_key.puts[1].key = vec![0; 256];
+        assert!(matches!(
+            long_key.encode(&mut b),
+            Err(StoreError::Limit { .. })
+        ));
+        assert_eq!(b, before);
+        change(2).encode(&mut b).expect("encode");
+        assert_eq!(
+            scan(Path::new("x"), &b, false).expect("scan").changes.len(),
+            2
+        );
     }
 
     #[test]
