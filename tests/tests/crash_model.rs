@@ -234,6 +234,7 @@ impl Model {
                     if let Some(&holder) = self.certs.get(&c)
                         && let Some(r) = self.ids.get_mut(&holder)
                         && matches!(r.state, IdState::Active | IdState::Provisional)
+                        && !expired(r, now)
                     {
                         r.state = IdState::Suspended;
                         r.at = now;

@@ -189,6 +189,18 @@ fn provisional_registration_confirmation_and_expiry() {
     // And the first holder's certificate is free too.
     r.register_full(at(100 + month), portal, mykey(21), cert(1, 20))
         .expect("the expired registration's certificate is free");
+    // Revoking the certificate of an expired provisional registration does not revive it
+    // as a suspended one: the ID stays free.
+    r.register_provisional(at(300), portal, mykey(40), cert(1, 40))
+        .expect("provisional");
+    let s = r
+        .revoke(at(300 + month), actor("partner"), &[cert(1, 40)])
+        .expect("revoke");
+    assert_eq!((s.newly_revoked, s.suspended), (1, 0));
+    assert_eq!(
+        r.lookup(at(300 + month), &mykey(40), &p).expect("ok"),
+        Lookup::UnknownId
+    );
     // The sweep frees what is left: mykey(20) (new registration) is not expired yet.
     r.register_provisional(at(200), portal, mykey(30), cert(1, 30))
         .expect("provisional");

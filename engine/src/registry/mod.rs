@@ -961,7 +961,11 @@ impl Registry {
                 let mut rec = Self::record(&t.tx, &id)?.ok_or(RegistryError::BadRecord {
                     what: "certificate binding",
                 })?;
-                if matches!(rec.state, IdState::Active | IdState::Provisional) {
+                // An expired provisional registration is void already (its ID and certificate
+                // are free); suspending it would hold the ID forever.
+                let void =
+                    rec.state == IdState::Provisional && now >= self.expires_at(rec.state_at);
+                if !void && matches!(rec.state, IdState::Active | IdState::Provisional) {
                     rec.state = IdState::Suspended;
                     rec.state_at = now;
                     rec.state_actor = t.actor_index;
