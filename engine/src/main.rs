@@ -266,6 +266,15 @@ fn demo(dir: &Path, queries: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// A CSV field: quoted (RFC 4180) when it holds a comma, a quote or a line break.
+fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\"")).into()
+    } else {
+        s.into()
+    }
+}
+
 fn table_entries(reg: &Registry, t: Table) -> u64 {
     reg.store()
         .stats()
@@ -441,9 +450,9 @@ fn run(cli: Cli) -> Result<(), String> {
                             "{},{},{},{},{}",
                             r.id,
                             r.state.name(),
-                            r.service,
+                            csv_field(&r.service.to_string()),
                             r.linked_at,
-                            r.linked_by
+                            csv_field(r.linked_by.as_str())
                         );
                     }
                 })
@@ -509,5 +518,17 @@ fn main() -> ExitCode {
             eprintln!("mykeyd: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_field;
+
+    #[test]
+    fn csv_fields_are_quoted_when_needed() {
+        assert_eq!(csv_field("ABC123"), "ABC123");
+        assert_eq!(csv_field("A,B"), "\"A,B\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
     }
 }
