@@ -17,7 +17,7 @@ use mykey_bench::*;
 use mykey_engine::id::{ActorId, Timestamp};
 use mykey_engine::population::{BuildOptions, build};
 use mykey_engine::registry::{LinkOutcome, Registry, RegistryConfig};
-use mykey_engine::store::fs::{Fs, RealFs};
+use mykey_engine::store::fs::{Fs, RealFs, TracedFs};
 use mykey_engine::store::{Store, StoreConfig};
 
 const ROWS: u64 = 400_000;
@@ -41,7 +41,8 @@ fn built(dir: &BenchDir) {
 fn group_commit(c: &mut Criterion) {
     let dir = BenchDir::new("group-commit");
     built(&dir);
-    let cfs = Arc::new(CountingFs::new(dir.path()).expect("dir"));
+    let real: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
+    let cfs = Arc::new(TracedFs::new(real));
     let syncs = cfs.syncs.clone();
     let reg = Registry::open(cfs as Arc<dyn Fs>, RegistryConfig::default()).expect("open");
     let shop = ActorId::parse(b"terminal-1").expect("actor");

@@ -1,17 +1,14 @@
 //! Benchmark support: a deterministic synthetic population, the baselines the engine is
-//! measured against (std `HashMap`, a flat open-addressing array), and an fsync-counting file
-//! system. Used by the criterion benches and by `gen-population` for the scale runs.
+//! measured against (std `HashMap`, a flat open-addressing array). Used by the criterion benches and by `gen-population` for the scale runs.
 //!
 //! Nothing here is used by the engine itself; it must never be needed to run `mykeyd`.
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use mykey_engine::id::{MyKeyId, ProviderId, ServiceId};
-use mykey_engine::store::fs::{DirLock, Fs, Mapped, RealFs, WriteFile};
+
 use mykey_engine::store::hash::HashKey;
 
 /// Providers in the synthetic population: about the ~13,000 shopping streets plus libraries
@@ -249,80 +246,6 @@ impl BenchDir {
 impl Drop for BenchDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A [`RealFs`] that counts fsyncs, to report fsyncs per write under group commit.
-pub struct CountingFs {
-    inner: RealFs,
-    /// fsyncs of files so far.
-    pub syncs: Arc<AtomicU64>,
-}
-
-impl CountingFs {
-    /// Counts fsyncs in `dir`.
-    pub fn new(dir: &Path) -> std::io::Result<Self> {
-        Ok(Self {
-            inner: RealFs::new(dir)?,
-            syncs: Arc::default(),
-        })
-    }
-}
-
-struct CountingFile {
-    inner: Box<dyn WriteFile>,
-    syncs: Arc<AtomicU64>,
-}
-
-impl WriteFile for CountingFile {
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.inner.write_all(buf)
-    }
-    fn sync(&mut self) -> std::io::Result<()> {
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        self.inner.sync()
-    }
-}
-
-impl Fs for CountingFs {
-    fn root(&self) -> &Path {
-        self.inner.root()
-    }
-    fn list(&self) -> std::io::Result<Vec<String>> {
-        self.inner.list()
-    }
-    fn exists(&self, name: &str) -> bool {
-        self.inner.exists(name)
-    }
-    fn map(&self, name: &str) -> std::io::Result<Mapped> {
-        self.inner.map(name)
-    }
-    fn create(&self, name: &str) -> std::io::Result<Box<dyn WriteFile>> {
-        Ok(Box::new(CountingFile {
-            inner: self.inner.create(name)?,
-            syncs: self.syncs.clone(),
-        }))
-    }
-    fn append(&self, name: &str) -> std::io::Result<Box<dyn WriteFile>> {
-        Ok(Box::new(CountingFile {
-            inner: self.inner.append(name)?,
-            syncs: self.syncs.clone(),
-        }))
-    }
-    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn remove(&self, name: &str) -> std::io::Result<()> {
-        self.inner.remove(name)
-    }
-    fn truncate(&self, name: &str, len: u64) -> std::io::Result<()> {
-        self.inner.truncate(name, len)
-    }
-    fn sync_dir(&self) -> std::io::Result<()> {
-        self.inner.sync_dir()
-    }
-    fn lock(&self) -> std::io::Result<DirLock> {
-        self.inner.lock()
     }
 }
 

@@ -14,6 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Read-only bytes of a whole file: a memory map on disk, a copy in the simulator.
@@ -439,5 +440,90 @@ impl Fs for SimFs {
     /// The simulator has one process; it does not lock.
     fn lock(&self) -> io::Result<DirLock> {
         Ok(DirLock { _file: None })
+    }
+}
+
+/// A predicate on file names, for [`TracedFs::fail_create`].
+pub type NameFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Forwards every operation to another [`Fs`], so that benchmarks and tests can watch or
+/// break it: it counts file fsyncs, and fails `create` for names `fail_create` picks.
+pub struct TracedFs {
+    inner: Arc<dyn Fs>,
+    /// File fsyncs so far.
+    pub syncs: Arc<AtomicU64>,
+    /// When set, creating a file whose name it accepts fails with an I/O error.
+    pub fail_create: Option<NameFilter>,
+}
+
+impl TracedFs {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn Fs>) -> Self {
+        Self {
+            inner,
+            syncs: Arc::default(),
+            fail_create: None,
+        }
+    }
+
+    fn traced(&self, file: Box<dyn WriteFile>) -> Box<dyn WriteFile> {
+        Box::new(TracedFile {
+            inner: file,
+            syncs: self.syncs.clone(),
+        })
+    }
+}
+
+struct TracedFile {
+    inner: Box<dyn WriteFile>,
+    syncs: Arc<AtomicU64>,
+}
+
+impl WriteFile for TracedFile {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.inner.write_all(buf)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.inner.sync()
+    }
+}
+
+impl Fs for TracedFs {
+    fn root(&self) -> &Path {
+        self.inner.root()
+    }
+    fn list(&self) -> io::Result<Vec<String>> {
+        self.inner.list()
+    }
+    fn exists(&self, name: &str) -> bool {
+        self.inner.exists(name)
+    }
+    fn map(&self, name: &str) -> io::Result<Mapped> {
+        self.inner.map(name)
+    }
+    fn create(&self, name: &str) -> io::Result<Box<dyn WriteFile>> {
+        if self.fail_create.as_ref().is_some_and(|f| f(name)) {
+            return Err(io::Error::other("create refused by TracedFs"));
+        }
+        Ok(self.traced(self.inner.create(name)?))
+    }
+    fn append(&self, name: &str) -> io::Result<Box<dyn WriteFile>> {
+        Ok(self.traced(self.inner.append(name)?))
+    }
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn remove(&self, name: &str) -> io::Result<()> {
+        self.inner.remove(name)
+    }
+    fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
+        self.inner.truncate(name, len)
+    }
+    fn sync_dir(&self) -> io::Result<()> {
+        self.inner.sync_dir()
+    }
+    fn lock(&self) -> io::Result<DirLock> {
+        self.inner.lock()
     }
 }

@@ -1296,53 +1296,8 @@ pub fn read_log(fs: &dyn Fs, mut f: impl FnMut(&Change)) -> Result<(), StoreErro
 mod tests {
     use super::*;
     use crate::id::{ActorId, Timestamp};
-    use fs::{DirLock, Mapped, SimFs};
+    use fs::{SimFs, TracedFs};
     use std::sync::atomic::AtomicBool;
-
-    /// A `SimFs` whose creation of snapshot files fails while `fail` is set.
-    struct FailingFs {
-        inner: SimFs,
-        fail: AtomicBool,
-    }
-
-    impl Fs for FailingFs {
-        fn root(&self) -> &std::path::Path {
-            self.inner.root()
-        }
-        fn list(&self) -> std::io::Result<Vec<String>> {
-            self.inner.list()
-        }
-        fn exists(&self, name: &str) -> bool {
-            self.inner.exists(name)
-        }
-        fn map(&self, name: &str) -> std::io::Result<Mapped> {
-            self.inner.map(name)
-        }
-        fn create(&self, name: &str) -> std::io::Result<Box<dyn WriteFile>> {
-            if self.fail.load(Ordering::Relaxed) && name.ends_with(".snap.tmp") {
-                return Err(std::io::Error::other("disk full (simulated)"));
-            }
-            self.inner.create(name)
-        }
-        fn append(&self, name: &str) -> std::io::Result<Box<dyn WriteFile>> {
-            self.inner.append(name)
-        }
-        fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
-            self.inner.rename(from, to)
-        }
-        fn remove(&self, name: &str) -> std::io::Result<()> {
-            self.inner.remove(name)
-        }
-        fn truncate(&self, name: &str, len: u64) -> std::io::Result<()> {
-            self.inner.truncate(name, len)
-        }
-        fn sync_dir(&self) -> std::io::Result<()> {
-            self.inner.sync_dir()
-        }
-        fn lock(&self) -> std::io::Result<DirLock> {
-            self.inner.lock()
-        }
-    }
 
     fn put(store: &Store, k: &[u8], v: &[u8]) {
         let mut tx = store.write().expect("write");
@@ -1360,23 +1315,26 @@ mod tests {
     #[test]
     fn a_failed_compaction_loses_nothing_and_the_next_one_folds_it_all() {
         let sim = SimFs::new(5);
-        let fs = Arc::new(FailingFs {
-            inner: sim.clone(),
-            fail: AtomicBool::new(false),
-        });
-        let store = Store::create(fs.clone(), StoreConfig::default()).expect("create");
+        // Creating snapshot files fails while `fail` is set.
+        let fail = Arc::new(AtomicBool::new(false));
+        let mut traced = TracedFs::new(Arc::new(sim.clone()));
+        let flag = fail.clone();
+        traced.fail_create = Some(Box::new(move |name| {
+            flag.load(Ordering::Relaxed) && name.ends_with(".snap.tmp")
+        }));
+        let store = Store::create(Arc::new(traced), StoreConfig::default()).expect("create");
         put(&store, b"a", b"1");
         put(&store, b"b", b"1");
-        fs.fail.store(true, Ordering::Relaxed);
+        fail.store(true, Ordering::Relaxed);
         assert!(store.compact().is_err());
-        fs.fail.store(false, Ordering::Relaxed);
+        fail.store(false, Ordering::Relaxed);
         put(&store, b"b", b"2");
         put(&store, b"c", b"2");
         // Everything written before the failed compaction is still visible, and a second
         // failed attempt (whose freeze would replace the first frozen delta) loses nothing.
-        fs.fail.store(true, Ordering::Relaxed);
+        fail.store(true, Ordering::Relaxed);
         assert!(store.compact().is_err());
-        fs.fail.store(false, Ordering::Relaxed);
+        fail.store(false, Ordering::Relaxed);
         for (k, v) in [(&b"a"[..], &b"1"[..]), (b"b", b"2"), (b"c", b"2")] {
             assert_eq!(
                 value(&store, k).as_deref(),
