@@ -20,6 +20,8 @@ pub const SERVICE_ID_LEN_MAX: usize = 64;
 pub const CA_KEY_ID_LEN_MAX: usize = 32;
 /// Largest certificate serial in bytes (RFC 5280 §4.1.2.2: at most 20 octets).
 pub const SERIAL_LEN_MAX: usize = 20;
+/// Most bytes of a partner's revocation push id.
+pub const PUSH_ID_LEN_MAX: usize = 64;
 /// Largest actor id in bytes: a terminal, municipal counter or partner name for the audit trail.
 pub const ACTOR_ID_LEN_MAX: usize = 64;
 
@@ -267,6 +269,15 @@ text_id!(
     "actor id"
 );
 
+text_id!(
+    /// A partner's id for one revocation push (a CRL or a serial list). Retrying a push with
+    /// the same id and the same content changes nothing and answers the first summary.
+    /// UTF-8, 1–64 bytes, no control characters.
+    PushId,
+    PUSH_ID_LEN_MAX,
+    "push id"
+);
+
 /// A service ID: opaque bytes, 1–64 of them (a library card number, a point-card number).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceId(Inline<SERVICE_ID_LEN_MAX>);
@@ -312,7 +323,7 @@ fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
 }
 
 /// Decodes pairs of hex digits into `out`, returning the number of bytes written.
-fn decode_hex(kind: &'static str, s: &str, out: &mut [u8]) -> Result<usize, IdError> {
+pub(crate) fn decode_hex(kind: &'static str, s: &str, out: &mut [u8]) -> Result<usize, IdError> {
     let b = s.as_bytes();
     if b.is_empty() {
         return Err(IdError::Empty { kind });

@@ -79,3 +79,116 @@ pub fn provider(s: &str) -> ProviderId {
 pub fn service(s: &str) -> ServiceId {
     ServiceId::parse(s.as_bytes()).expect("valid service")
 }
+
+/// The test JPKI: three user-authentication CA generations sharing one DN (dates of the real
+/// 2015, 2019 and 2023 generations), a digital-signature CA, and a few card keys, generated
+/// once per test process with rcgen (RSA key generation is slow).
+pub mod pki {
+    use std::sync::OnceLock;
+
+    use mykey_engine::id::Timestamp;
+    use mykey_engine::jpki::dev::{DevCa, DevKey};
+    use mykey_engine::jpki::{Anchors, CardProof, Jpki, JpkiConfig};
+
+    /// Seconds since the epoch of a UTC calendar date.
+    pub fn date(y: i64, m: u32, d: u32) -> Timestamp {
+        // Days from civil (Howard Hinnant's algorithm).
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let mp = (i64::from(m) + 9) % 12;
+        let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146_097 + doe - 719_468;
+        Timestamp::from_unix_secs((days * 86_400) as u64).expect("date in range")
+    }
+
+    /// The fixed "now" of the JPKI tests.
+    pub fn now() -> Timestamp {
+        date(2026, 11, 25)
+    }
+
+    pub struct TestPki {
+        pub gen2015: DevCa,
+        pub gen2019: DevCa,
+        pub gen2023: DevCa,
+        pub sign: DevCa,
+        pub cards: Vec<DevKey>,
+    }
+
+    /// The process-wide test PKI.
+    pub fn pki() -> &'static TestPki {
+        static PKI: OnceLock<TestPki> = OnceLock::new();
+        PKI.get_or_init(|| TestPki {
+            gen2015: DevCa::auth(1, date(2015, 10, 20), date(2025, 10, 19)).expect("2015"),
+            gen2019: DevCa::auth(0x0133_c349, date(2019, 9, 14), date(2029, 9, 14)).expect("2019"),
+            gen2023: DevCa::auth(0x06d1_8006, date(2023, 7, 16), date(2033, 7, 15)).expect("2023"),
+            sign: DevCa::signature(0x067c_6a21, date(2023, 7, 16), date(2033, 7, 15))
+                .expect("sign"),
+            cards: (0..3)
+                .map(|_| DevKey::generate(2048).expect("card key"))
+                .collect(),
+        })
+    }
+
+    impl TestPki {
+        /// The three authentication generations as anchors.
+        pub fn anchors(&self) -> Anchors {
+            Anchors::from_files(&[
+                ("auth2015.der".into(), self.gen2015.der().to_vec()),
+                ("auth2019.pem".into(), self.gen2019.pem().into_bytes()),
+                ("auth2023.der".into(), self.gen2023.der().to_vec()),
+            ])
+            .expect("test anchors load")
+        }
+
+        /// A JPKI layer over the three generations.
+        pub fn jpki(&self) -> Jpki {
+            Jpki::new(self.anchors(), JpkiConfig::default())
+        }
+    }
+
+    /// The CN of test card `n`: 14 characters from A–Z0–9, then a 9-character suffix.
+    pub fn cn(n: u64) -> String {
+        format!("T{n:013}13221003A")
+    }
+
+    /// A card certificate from `ca` for card key `key`, valid 2024-01-01 to 2029-01-01.
+    pub fn card(ca: &DevCa, key: &DevKey, n: u64) -> Vec<u8> {
+        ca.issue(
+            key,
+            &cn(n),
+            &(0x1000_0000 + n).to_be_bytes(),
+            date(2024, 1, 1),
+            date(2029, 1, 1),
+        )
+        .expect("issue card")
+    }
+
+    /// A fresh challenge signed by `key`, with the certificate: a full card proof's parts.
+    pub struct Proof {
+        pub cert: Vec<u8>,
+        pub challenge: Vec<u8>,
+        pub signature: Vec<u8>,
+    }
+
+    impl Proof {
+        pub fn new(jpki: &Jpki, now: Timestamp, key: &DevKey, cert: Vec<u8>) -> Self {
+            let c = jpki.issue_challenge(now).expect("challenge");
+            let signature = key.sign(&c.bytes).expect("sign");
+            Self {
+                cert,
+                challenge: c.bytes.to_vec(),
+                signature,
+            }
+        }
+
+        pub fn get(&self) -> CardProof<'_> {
+            CardProof {
+                cert_der: &self.cert,
+                challenge: &self.challenge,
+                signature: &self.signature,
+            }
+        }
+    }
+}

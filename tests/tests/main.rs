@@ -6,5 +6,6 @@ mod corruption;
 mod crash_model;
 mod domain;
 mod golden;
+mod jpki;
 mod population;
 mod process_kill;

@@ -107,8 +107,11 @@ impl Manifest {
             return Err(corrupt(12, "reserved manifest bytes not zero"));
         }
         let count = usize::from(u16::from_le_bytes([b[10], b[11]]));
-        if count != tables {
-            return Err(corrupt(10, "table count differs from this format version"));
+        // A manifest from before a table was added lists fewer tables; the missing ones are
+        // empty (the store adds their files on its next writable open). More tables than this
+        // build knows means a newer format.
+        if count == 0 || count > tables {
+            return Err(corrupt(10, "table count not known to this build"));
         }
         let mut at = FIXED_LEN;
         let mut out = Vec::with_capacity(count);
@@ -148,6 +151,7 @@ impl Manifest {
         if at != body.len() {
             return Err(corrupt(at, "trailing bytes after the last table entry"));
         }
+        out.resize_with(tables, Vec::new);
         Ok(Manifest {
             seq: u64_at(16),
             hash_key: HashKey([u64_at(24), u64_at(32)]),

@@ -135,17 +135,21 @@ pub enum Table {
     Actors = 5,
     /// CA key identifier → dictionary entry.
     Cas = 6,
+    /// Partner revocation pushes by push id, and the last CRL number applied per CA.
+    /// Added after format version 1; an older manifest without it is upgraded on open.
+    Pushes = 7,
 }
 
 impl Table {
     /// Every table, in id order.
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 7] = [
         Table::Ids,
         Table::Certs,
         Table::Revoked,
         Table::Providers,
         Table::Actors,
         Table::Cas,
+        Table::Pushes,
     ];
 
     /// The table's file-name prefix.
@@ -157,6 +161,7 @@ impl Table {
             Table::Providers => "providers",
             Table::Actors => "actors",
             Table::Cas => "cas",
+            Table::Pushes => "pushes",
         }
     }
 
@@ -207,11 +212,12 @@ impl Default for StoreConfig {
 
 impl StoreConfig {
     /// Shard count per table, in table order.
-    pub fn shard_counts(&self) -> Result<[u16; 6], StoreError> {
+    pub fn shard_counts(&self) -> Result<[u16; Table::ALL.len()], StoreError> {
         let c = [
             self.ids_shards,
             self.certs_shards,
             self.revoked_shards,
+            1,
             1,
             1,
             1,
@@ -429,7 +435,7 @@ impl Store {
     /// As [`Store::open`], also saying what recovery did.
     pub fn open_with_report(fs: Arc<dyn Fs>) -> Result<(Store, Recovery), StoreError> {
         let dir_lock = fs.lock().map_err(io_err(&*fs, fs::LOCK_NAME))?;
-        let m = read_manifest(&*fs)?;
+        let m = add_missing_tables(&*fs, read_manifest(&*fs)?)?;
         let shards = open_shards(&*fs, &m)?;
         // Remove leftovers of interrupted installs: temp files, and shard files the manifest
         // does not name (written by a compaction that crashed before its manifest landed).
@@ -1036,6 +1042,42 @@ pub fn read_manifest(fs: &dyn Fs) -> Result<Manifest, StoreError> {
     }
     let bytes = fs.map(manifest::NAME).map_err(io_err(fs, manifest::NAME))?;
     Manifest::decode(fs.root().join(manifest::NAME), &bytes, Table::ALL.len())
+}
+
+/// Upgrades a store written before some tables existed: each table its manifest does not list
+/// gets one empty shard file at the manifest's seq, and a new manifest names them. Runs only
+/// under the store lock; read-only tools see such a table as empty.
+fn add_missing_tables(fs: &dyn Fs, mut m: Manifest) -> Result<Manifest, StoreError> {
+    let mut changed = false;
+    for &t in &Table::ALL {
+        if !m.tables[t.index()].is_empty() {
+            continue;
+        }
+        let name = shard_file_name(t, 0, m.seq);
+        let id = ShardId {
+            table: t as u8,
+            shard: 0,
+            shard_count: 1,
+            seq: m.seq,
+        };
+        let w = ShardBuilder::default()
+            .write(fs, &name, id, t.inline_records())?
+            .map_err(|d| StoreError::Duplicate {
+                table: t,
+                shard: 0,
+                first: d.first,
+                second: d.second,
+            })?;
+        m.tables[t.index()].push(ShardEntry {
+            len: w.len,
+            header_crc: w.header_crc,
+        });
+        changed = true;
+    }
+    if changed {
+        m.install(fs)?;
+    }
+    Ok(m)
 }
 
 /// Maps every shard file the manifest names, checking each header against it.

@@ -1,0 +1,331 @@
+//! A development JPKI, generated with rcgen, that mimics the real profile (see
+//! `domain/jpki.md` in the shared documents): self-signed RSA-2048 CA generations that share
+//! one UTF8String DN, with a DirName SAN and a DirName CRL distribution point, SKI and no AKI;
+//! end-entity certificates with `C=JP, CN=<14 random + 9 suffix>`, no EKU and no AKI; simulated
+//! cards that sign challenges; CRLs signed by a generation.
+//!
+//! For tests, benchmarks, the demo and load generation only: its keys live in memory and are
+//! never trusted unless a deployment puts its CA certificates in the anchor directory. Owns no
+//! trust decision.
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{self, KeyPair as _, RsaKeyPair};
+use rcgen::string::PrintableString;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CustomExtension,
+    DistinguishedName, DnType, DnValue, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SerialNumber,
+};
+
+use super::anchors::{OU_DIGITAL_SIGNATURE, OU_USER_AUTHENTICATION};
+use super::crl::SerialNo;
+use crate::id::Timestamp;
+
+/// The organisation of every JPKI CA.
+pub const ORGANISATION: &str = "JPKI";
+/// The last OU of every JPKI CA.
+pub const OU_JLIS: &str = "Japan Agency for Local Authority Information Systems";
+/// The organisation in the CA's DirName SAN.
+pub const SAN_ORGANISATION: &str = "公的個人認証サービス";
+
+/// Why the development PKI could not make something.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DevPkiError {
+    /// rcgen refused.
+    #[error("rcgen: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    /// Key generation or signing failed.
+    #[error("aws-lc-rs: {0}")]
+    Crypto(String),
+    /// A time out of range.
+    #[error("time out of range")]
+    Time,
+}
+
+fn crypto(e: impl std::fmt::Display) -> DevPkiError {
+    DevPkiError::Crypto(e.to_string())
+}
+
+fn time(t: Timestamp) -> Result<time::OffsetDateTime, DevPkiError> {
+    time::OffsetDateTime::from_unix_timestamp(t.unix_secs() as i64).map_err(|_| DevPkiError::Time)
+}
+
+/// An RSA-2048 key usable both by rcgen (to sign certificates) and directly (to sign
+/// challenges as a card does).
+pub struct DevKey {
+    rsa: RsaKeyPair,
+    rcgen: KeyPair,
+}
+
+impl DevKey {
+    /// Generates an RSA key of `bits` (2048, 3072 or 4096).
+    pub fn generate(bits: usize) -> Result<Self, DevPkiError> {
+        let size = match bits {
+            2048 => KeySize::Rsa2048,
+            3072 => KeySize::Rsa3072,
+            4096 => KeySize::Rsa4096,
+            _ => return Err(DevPkiError::Crypto(format!("unsupported RSA size {bits}"))),
+        };
+        let rsa = RsaKeyPair::generate(size).map_err(crypto)?;
+        let pkcs8 = rsa.as_der().map_err(crypto)?;
+        let rcgen = KeyPair::from_pkcs8_der_and_sign_algo(
+            &rustls_pki_types::PrivatePkcs8KeyDer::from(pkcs8.as_ref()),
+            &rcgen::PKCS_RSA_SHA256,
+        )?;
+        Ok(Self { rsa, rcgen })
+    }
+
+    /// Signs `msg` with RSA PKCS#1 v1.5 and SHA-256, as a card signs a challenge.
+    pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, DevPkiError> {
+        let mut sig = vec![0u8; self.rsa.public_modulus_len()];
+        self.rsa
+            .sign(
+                &signature::RSA_PKCS1_SHA256,
+                &SystemRandom::new(),
+                msg,
+                &mut sig,
+            )
+            .map_err(crypto)?;
+        Ok(sig)
+    }
+
+    /// The public key as an RSAPublicKey (PKCS#1 DER).
+    pub fn public_key(&self) -> &[u8] {
+        self.rsa.public_key().as_ref()
+    }
+}
+
+/// Encodes a DER tag-length-value.
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let n = content.len();
+    if n < 0x80 {
+        out.push(n as u8);
+    } else {
+        let bytes = n.to_be_bytes();
+        let skip = bytes
+            .iter()
+            .position(|&b| b != 0)
+            .unwrap_or(bytes.len() - 1);
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// A DER Name of UTF8String attributes; `attrs` are (OID content bytes, value).
+fn name_der(attrs: &[(&[u8], &str)]) -> Vec<u8> {
+    let mut rdns = Vec::new();
+    for (oid, value) in attrs {
+        let mut atv = tlv(0x06, oid);
+        // countryName is a PrintableString, as in the real certificates; the rest UTF8String.
+        let tag = if *oid == OID_C { 0x13 } else { 0x0c };
+        atv.extend(tlv(tag, value.as_bytes()));
+        rdns.extend(tlv(0x31, &tlv(0x30, &atv)));
+    }
+    tlv(0x30, &rdns)
+}
+
+const OID_C: &[u8] = &[0x55, 0x04, 0x06];
+const OID_O: &[u8] = &[0x55, 0x04, 0x0a];
+const OID_OU: &[u8] = &[0x55, 0x04, 0x0b];
+const OID_SAN: &[u64] = &[2, 5, 29, 17];
+const OID_CRL_DP: &[u64] = &[2, 5, 29, 31];
+
+fn ca_attrs(ou: &str) -> [(&'static [u8], &str); 4] {
+    [
+        (OID_C, "JP"),
+        (OID_O, ORGANISATION),
+        (OID_OU, ou),
+        (OID_OU, OU_JLIS),
+    ]
+}
+
+fn ca_dn(ou: &str) -> DistinguishedName {
+    // rcgen keeps one value per attribute type; the second OU goes in as a custom type with
+    // the same OID, which encodes identically.
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CountryName, country());
+    dn.push(DnType::OrganizationName, ORGANISATION);
+    dn.push(DnType::OrganizationalUnitName, ou);
+    dn.push(DnType::CustomDnType(vec![2, 5, 4, 11]), OU_JLIS);
+    dn
+}
+
+/// `JP` as a PrintableString.
+fn country() -> DnValue {
+    DnValue::PrintableString(PrintableString::try_from("JP").unwrap_or_else(|_| unreachable!()))
+}
+
+/// The CRL distribution point extension of the JPKI profile: one DirName, the CA's subject.
+fn crl_dp(ou: &str) -> CustomExtension {
+    // DistributionPointName: fullName [0] GeneralNames, holding directoryName [4] Name.
+    let full_name = tlv(0xa0, &tlv(0xa4, &name_der(&ca_attrs(ou))));
+    CustomExtension::from_oid_content(OID_CRL_DP, tlv(0x30, &tlv(0x30, &tlv(0xa0, &full_name))))
+}
+
+/// A JPKI-like CA generation.
+pub struct DevCa {
+    key: DevKey,
+    params: CertificateParams,
+    der: Vec<u8>,
+    ou: &'static str,
+}
+
+impl DevCa {
+    /// A user-authentication CA generation valid from `not_before` to `not_after`.
+    pub fn auth(
+        serial: u64,
+        not_before: Timestamp,
+        not_after: Timestamp,
+    ) -> Result<Self, DevPkiError> {
+        Self::generate(OU_USER_AUTHENTICATION, serial, not_before, not_after)
+    }
+
+    /// A digital-signature CA generation (which must never be accepted for authentication).
+    pub fn signature(
+        serial: u64,
+        not_before: Timestamp,
+        not_after: Timestamp,
+    ) -> Result<Self, DevPkiError> {
+        Self::generate(OU_DIGITAL_SIGNATURE, serial, not_before, not_after)
+    }
+
+    fn generate(
+        ou: &'static str,
+        serial: u64,
+        not_before: Timestamp,
+        not_after: Timestamp,
+    ) -> Result<Self, DevPkiError> {
+        let key = DevKey::generate(2048)?;
+        let mut p = CertificateParams::default();
+        p.distinguished_name = ca_dn(ou);
+        p.serial_number = Some(SerialNumber::from_slice(&serial.to_be_bytes()));
+        p.not_before = time(not_before)?;
+        p.not_after = time(not_after)?;
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p.key_identifier_method = KeyIdMethod::Sha256;
+        p.use_authority_key_identifier_extension = false;
+        let san_ou = if ou == OU_USER_AUTHENTICATION {
+            "公的個人認証サービス利用者証明用"
+        } else {
+            "公的個人認証サービス署名用"
+        };
+        let san_name = name_der(&[
+            (OID_C, "JP"),
+            (OID_O, SAN_ORGANISATION),
+            (OID_OU, san_ou),
+            (OID_OU, "地方公共団体情報システム機構"),
+        ]);
+        let san = tlv(0x30, &tlv(0xa4, &san_name));
+        p.custom_extensions = vec![CustomExtension::from_oid_content(OID_SAN, san), crl_dp(ou)];
+        let der = p.self_signed(&key.rcgen)?.der().to_vec();
+        Ok(Self {
+            key,
+            params: p,
+            der,
+            ou,
+        })
+    }
+
+    /// The CA certificate, DER.
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    /// The CA certificate, PEM.
+    pub fn pem(&self) -> String {
+        let b64 = base64_lines(&self.der);
+        format!("-----BEGIN CERTIFICATE-----\n{b64}-----END CERTIFICATE-----\n")
+    }
+
+    fn issuer(&self) -> Issuer<'_, &KeyPair> {
+        Issuer::from_params(&self.params, &self.key.rcgen)
+    }
+
+    /// Issues an end-entity certificate for a card: `C=JP, CN=<cn>`, the given serial and
+    /// validity, the card's key, a DirName CRL distribution point, no EKU, no AKI.
+    pub fn issue(
+        &self,
+        card: &DevKey,
+        cn: &str,
+        serial: &[u8],
+        not_before: Timestamp,
+        not_after: Timestamp,
+    ) -> Result<Vec<u8>, DevPkiError> {
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CountryName, country());
+        dn.push(DnType::CommonName, cn);
+        p.distinguished_name = dn;
+        p.serial_number = Some(SerialNumber::from_slice(serial));
+        p.not_before = time(not_before)?;
+        p.not_after = time(not_after)?;
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.use_authority_key_identifier_extension = false;
+        p.custom_extensions = vec![crl_dp(self.ou)];
+        Ok(p.signed_by(&card.rcgen, &self.issuer())?.der().to_vec())
+    }
+
+    /// A CRL of this generation revoking `serials`.
+    pub fn crl(
+        &self,
+        number: u64,
+        this_update: Timestamp,
+        next_update: Timestamp,
+        serials: &[SerialNo],
+    ) -> Result<Vec<u8>, DevPkiError> {
+        let at = time(this_update)?;
+        let p = CertificateRevocationListParams {
+            this_update: at,
+            next_update: time(next_update)?,
+            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(s.as_bytes()),
+                    revocation_time: at,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(p.signed_by(&self.issuer())?.der().to_vec())
+    }
+
+    /// The key, to sign things this CA should not (tests of forged CRLs).
+    pub fn key(&self) -> &DevKey {
+        &self.key
+    }
+}
+
+/// Standard base64 of `b` in 64-character lines, each ending in a newline.
+fn base64_lines(b: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for chunk in b.chunks(3) {
+        let n =
+            chunk.iter().fold(0u32, |acc, &x| acc << 8 | u32::from(x)) << (8 * (3 - chunk.len()));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    let mut out = String::new();
+    for line in s.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or(""));
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,318 @@
+//! End-entity certificates: the JPKI subject-CN rule, the fields the engine keeps, and chain
+//! validation with rustls-webpki at an explicit time. The result, a [`VerifiedLeaf`], is what
+//! the verified-leaf cache holds: fingerprint, CA, serial, validity, CN and public key.
+//!
+//! rustls-webpki decides the chain (signature, validity, CA constraints, EKU if present,
+//! algorithms); x509-parser only reads the CN, serial, key and issuer OU. Never consults the
+//! revocation index (the registry does, on every check) and never keeps the certificate.
+
+use aws_lc_rs::signature::{self, ParsedPublicKey};
+use rustls_pki_types::{CertificateDer, UnixTime};
+use webpki::{EndEntityCert, KeyUsage};
+use x509_parser::prelude::*;
+
+use super::anchors::{Anchors, OID_RSA_ENCRYPTION, OU_DIGITAL_SIGNATURE};
+use super::{
+    Card, JpkiError, RSA_BITS_MAX, RSA_BITS_MIN, SIGNATURE_LEN_MAX, clamp_time, modulus_bits,
+};
+use crate::id::{CertRef, MYKEY_ID_LEN, MyKeyId, Timestamp};
+
+/// Characters of the CN suffix after the 14-character random string ("reception terminal
+/// identifier", starting with the municipality code).
+pub const CN_SUFFIX_LEN: usize = 9;
+/// Characters of a JPKI authentication subject CN.
+pub const CN_LEN: usize = MYKEY_ID_LEN + CN_SUFFIX_LEN;
+
+/// The only signature algorithm of the JPKI profile: sha256WithRSAEncryption, 2048–8192 bits.
+static CHAIN_ALGORITHMS: &[&dyn rustls_pki_types::SignatureVerificationAlgorithm] =
+    &[webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256];
+
+/// Why a subject CN breaks the JPKI rule.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CnError {
+    /// The subject has no CN.
+    #[error("the subject has no CN")]
+    Missing,
+    /// The subject has more than one CN.
+    #[error("the subject has more than one CN")]
+    Several,
+    /// The CN is not a string type.
+    #[error("the CN is not a readable string")]
+    NotText,
+    /// The CN has the wrong length.
+    #[error("the CN has {len} characters, not {CN_LEN} (14 random + 9 suffix)")]
+    Length {
+        /// Characters found.
+        len: usize,
+    },
+    /// A character outside A–Z and 0–9.
+    #[error("character {pos} of the CN is not one of A–Z, 0–9")]
+    Char {
+        /// 0-based position.
+        pos: usize,
+    },
+}
+
+/// Splits a JPKI authentication CN into its 14-character random string (the MyKey ID of a full
+/// registration) and its 9-character suffix. Both are A–Z and 0–9 only.
+pub fn parse_cn(cn: &str) -> Result<(MyKeyId, [u8; CN_SUFFIX_LEN]), CnError> {
+    let b = cn.as_bytes();
+    if let Some(pos) = b
+        .iter()
+        .position(|c| !(c.is_ascii_uppercase() || c.is_ascii_digit()))
+    {
+        // Count characters, not bytes, so a multi-byte character is reported where it is.
+        let pos = cn[..pos].chars().count();
+        if cn.chars().count() != CN_LEN {
+            return Err(CnError::Length {
+                len: cn.chars().count(),
+            });
+        }
+        return Err(CnError::Char { pos });
+    }
+    if b.len() != CN_LEN {
+        return Err(CnError::Length { len: b.len() });
+    }
+    let id = MyKeyId::parse(&b[..MYKEY_ID_LEN]).map_err(|_| CnError::Char { pos: 0 })?;
+    let mut suffix = [0u8; CN_SUFFIX_LEN];
+    suffix.copy_from_slice(&b[MYKEY_ID_LEN..]);
+    Ok((id, suffix))
+}
+
+/// A certificate that chained to a JPKI user-authentication CA at some time: what the cache
+/// keeps. Its validity is checked again at every use.
+pub struct VerifiedLeaf {
+    card: Card,
+    not_before: Timestamp,
+    key: ParsedPublicKey,
+}
+
+impl VerifiedLeaf {
+    /// The card this certificate identifies.
+    pub fn card(&self) -> Card {
+        self.card
+    }
+
+    /// Whether the certificate (and its CA) are valid at `now`.
+    pub fn check_time(&self, now: Timestamp) -> Result<(), JpkiError> {
+        if now < self.not_before {
+            return Err(JpkiError::NotYetValid {
+                not_before: self.not_before,
+            });
+        }
+        if now > self.card.not_after {
+            return Err(JpkiError::Expired {
+                not_after: self.card.not_after,
+            });
+        }
+        Ok(())
+    }
+
+    /// Verifies an RSA PKCS#1 v1.5 SHA-256 signature over `message` with the certificate's key.
+    pub fn verify_signature(&self, message: &[u8], sig: &[u8]) -> Result<(), JpkiError> {
+        if sig.len() > SIGNATURE_LEN_MAX {
+            return Err(JpkiError::BadSignature);
+        }
+        self.key
+            .verify_sig(message, sig)
+            .map_err(|_| JpkiError::BadSignature)
+    }
+}
+
+impl std::fmt::Debug for VerifiedLeaf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedLeaf")
+            .field("cert", &self.card.cert)
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.card.not_after)
+            .finish()
+    }
+}
+
+/// Verifies an RSA PKCS#1 v1.5 SHA-256 signature with an RSAPublicKey (PKCS#1 DER), parsing the
+/// key on the way: the check used for keys not in the cache, and by the Wycheproof tests.
+pub fn verify_rsa_sha256(rsa_public_key: &[u8], message: &[u8], sig: &[u8]) -> bool {
+    sig.len() <= SIGNATURE_LEN_MAX
+        && signature::UnparsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, rsa_public_key)
+            .verify(message, sig)
+            .is_ok()
+}
+
+/// Fields read from an end-entity certificate before its chain is checked.
+struct Fields<'a> {
+    cn_id: MyKeyId,
+    serial: &'a [u8],
+    issuer: &'a [u8],
+    aki: Option<&'a [u8]>,
+    not_before: Timestamp,
+    not_after: Timestamp,
+    rsa_key: &'a [u8],
+}
+
+fn malformed(reason: impl Into<String>) -> JpkiError {
+    JpkiError::CertMalformed {
+        reason: reason.into(),
+    }
+}
+
+fn read_fields<'a>(cert: &'a X509Certificate<'a>) -> Result<Fields<'a>, JpkiError> {
+    if cert
+        .issuer()
+        .iter_organizational_unit()
+        .any(|a| a.as_str() == Ok(OU_DIGITAL_SIGNATURE))
+    {
+        return Err(JpkiError::SignatureCertificate);
+    }
+    let mut cns = cert.subject().iter_common_name();
+    let cn = cns.next().ok_or(CnError::Missing)?;
+    if cns.next().is_some() {
+        return Err(CnError::Several.into());
+    }
+    let (cn_id, _) = parse_cn(cn.as_str().map_err(|_| CnError::NotText)?)?;
+    let serial = cert.raw_serial();
+    // RFC 5280 §4.1.2.2: a positive INTEGER of at most 20 octets (a sign byte may precede).
+    let magnitude = match serial {
+        [0, rest @ ..] => rest,
+        s => s,
+    };
+    if serial.first().is_some_and(|&b| b & 0x80 != 0)
+        || magnitude.iter().all(|&b| b == 0)
+        || magnitude.len() > crate::id::SERIAL_LEN_MAX
+    {
+        return Err(malformed(
+            "the serial is not a positive integer of at most 20 octets",
+        ));
+    }
+    let spki = cert.public_key();
+    if spki.algorithm.algorithm.to_id_string() != OID_RSA_ENCRYPTION {
+        return Err(JpkiError::BadKey {
+            found: format!("algorithm {}", spki.algorithm.algorithm.to_id_string()),
+            min: RSA_BITS_MIN,
+            max: RSA_BITS_MAX,
+        });
+    }
+    let bits = match spki.parsed() {
+        Ok(x509_parser::public_key::PublicKey::RSA(k)) => modulus_bits(k.modulus),
+        _ => return Err(malformed("unreadable RSA public key")),
+    };
+    if !(RSA_BITS_MIN..=RSA_BITS_MAX).contains(&bits) {
+        return Err(JpkiError::BadKey {
+            found: format!("{bits} bits"),
+            min: RSA_BITS_MIN,
+            max: RSA_BITS_MAX,
+        });
+    }
+    let mut aki = None;
+    for ext in cert.extensions() {
+        if let ParsedExtension::AuthorityKeyIdentifier(a) = ext.parsed_extension() {
+            aki = a.key_identifier.as_ref().map(|k| k.0);
+        }
+    }
+    let rsa_key: &[u8] = match &spki.subject_public_key.data {
+        std::borrow::Cow::Borrowed(b) => b,
+        std::borrow::Cow::Owned(_) => return Err(malformed("public key bit string not aligned")),
+    };
+    Ok(Fields {
+        cn_id,
+        serial: magnitude,
+        issuer: cert.issuer().as_raw(),
+        aki,
+        not_before: clamp_time(cert.validity().not_before.timestamp()),
+        not_after: clamp_time(cert.validity().not_after.timestamp()),
+        rsa_key,
+    })
+}
+
+/// Maps a rustls-webpki refusal to the typed error a caller can act on.
+fn chain_error(e: webpki::Error, f: &Fields<'_>) -> JpkiError {
+    match e {
+        webpki::Error::CertExpired { .. } => JpkiError::Expired {
+            not_after: f.not_after,
+        },
+        webpki::Error::CertNotValidYet { .. } => JpkiError::NotYetValid {
+            not_before: f.not_before,
+        },
+        webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
+            JpkiError::UnknownIssuer
+        }
+        webpki::Error::BadDer | webpki::Error::TrailingData(_) => malformed(format!("{e:?}")),
+        e => JpkiError::Chain(e),
+    }
+}
+
+/// Validates `der` at `now` against the anchors and returns what the cache keeps. The issuer
+/// is chosen by key: candidates with the certificate's issuer name are tried one at a time,
+/// the likely generation first (by AKI if present, else by issuance date), and rustls-webpki
+/// checks the signature with each until one verifies.
+pub fn verify_chain(
+    anchors: &Anchors,
+    der: &[u8],
+    fingerprint: [u8; 32],
+    now: Timestamp,
+) -> Result<VerifiedLeaf, JpkiError> {
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(malformed(format!(
+            "{} bytes after the certificate",
+            rest.len()
+        )));
+    }
+    let f = read_fields(&cert)?;
+    let cert_der = CertificateDer::from(der);
+    let ee = EndEntityCert::try_from(&cert_der).map_err(|e| chain_error(e, &f))?;
+    let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.unix_secs()));
+    let (order, n) = anchors.candidates(f.issuer, f.not_before);
+    let mut last = JpkiError::UnknownIssuer;
+    for &i in &order[..n] {
+        let Some(anchor) = anchors.get(i) else {
+            continue;
+        };
+        if f.aki.is_some_and(|k| k != anchor.key_id()) {
+            continue;
+        }
+        let verified = ee.verify_for_usage(
+            CHAIN_ALGORITHMS,
+            std::slice::from_ref(anchor.trust_anchor()),
+            &[],
+            time,
+            KeyUsage::client_auth(),
+            None,
+            None,
+        );
+        match verified {
+            Ok(_) => {
+                if now < anchor.not_before() || now > anchor.not_after() {
+                    // rustls-webpki does not check an anchor's own validity; we do: every
+                    // certificate of the chain must be valid at `now`.
+                    return Err(JpkiError::Expired {
+                        not_after: anchor.not_after().min(f.not_after),
+                    });
+                }
+                let key = ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, f.rsa_key)
+                    .map_err(|e| JpkiError::BadKey {
+                    found: e.to_string(),
+                    min: RSA_BITS_MIN,
+                    max: RSA_BITS_MAX,
+                })?;
+                return Ok(VerifiedLeaf {
+                    card: Card {
+                        cn_id: f.cn_id,
+                        cert: CertRef::new(anchor.key_id(), f.serial)?,
+                        fingerprint,
+                        not_after: anchor.not_after().min(f.not_after),
+                    },
+                    not_before: f.not_before,
+                    key,
+                });
+            }
+            Err(e) => {
+                last = chain_error(e, &f);
+                if !matches!(last, JpkiError::UnknownIssuer) {
+                    return Err(last);
+                }
+            }
+        }
+    }
+    Err(last)
+}
