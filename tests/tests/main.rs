@@ -7,5 +7,6 @@ mod crash_model;
 mod domain;
 mod golden;
 mod jpki;
+mod jpki_registry;
 mod population;
 mod process_kill;

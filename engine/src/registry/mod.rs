@@ -7,24 +7,28 @@
 //! an explicit `now` and the actor making it, and each write is one durable [`Change`] carrying
 //! both, so the log and the records answer "who changed this, and when".
 //!
-//! It never reads a clock, never touches sockets, and never checks certificates itself (the
-//! `jpki` layer will hand it verified [`CertRef`]s). A refused request changes nothing: every
+//! It never reads a clock, never touches sockets, and never checks certificates itself: the
+//! card operations (`card`) have the `jpki` layer authenticate the card and then check the
+//! revocation index; the operations taking a [`CertRef`] trust their caller (bulk load, tests,
+//! a replicated log) and must not be reachable from the network. A refused request changes nothing: every
 //! check runs before the first put. Provider, actor and CA names are interned into dense `u32`
 //! indexes kept in their own tables, so an ID record stays small.
 //!
 //! [`Change`]: crate::store::Change
 
+mod card;
 pub mod record;
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwap;
 
 use crate::id::{ActorId, CertRef, IdError, MyKeyId, ProviderId, ServiceId, Timestamp};
 use crate::store::fs::Fs;
 use crate::store::{Store, StoreConfig, StoreError, Table, WriteTx};
+pub use card::{CardLookup, PushSummary};
 use record::{BoundCert, DictEntry, Link, encode_revocation, find_link};
 pub use record::{IdRecord, IdState, LINKS_PER_ID_MAX};
 
@@ -180,6 +184,26 @@ pub enum RegistryError {
     TooManyLinks {
         /// The limit.
         max: usize,
+    },
+    /// The card failed a JPKI check (certificate, chain, challenge, signature) or a pushed
+    /// revocation list was refused.
+    #[error(transparent)]
+    Jpki(#[from] crate::jpki::JpkiError),
+    /// A CRL whose number is not above the last one applied for its CA: replayed or older.
+    #[error(
+        "CRL number {got} is not newer than {last}, the last applied for this CA; nothing changed"
+    )]
+    CrlNotNewer {
+        /// The last number applied, hex.
+        last: String,
+        /// The number pushed, hex.
+        got: String,
+    },
+    /// A push id was used before for different content.
+    #[error("push id {push} was used before for different content; use a new push id")]
+    PushIdReused {
+        /// The push id.
+        push: crate::id::PushId,
     },
     /// A dictionary (providers, actors, CAs) ran out of indexes.
     #[error("the {what} dictionary is full")]
@@ -346,6 +370,8 @@ pub struct Registry {
     providers: ArcSwap<Dict<ProviderId>>,
     actors: RwLock<Dict<ActorId>>,
     cas: RwLock<Dict<Vec<u8>>>,
+    /// Serialises revocation pushes, so a CRL number is compared and recorded atomically.
+    pushing: Mutex<()>,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -420,6 +446,7 @@ impl Registry {
             providers: ArcSwap::from_pointee(providers),
             actors: RwLock::new(actors),
             cas: RwLock::new(cas),
+            pushing: Mutex::new(()),
         })
     }
 
@@ -928,72 +955,104 @@ impl Registry {
         actor: ActorId,
         certs: &[CertRef],
     ) -> Result<RevokeSummary, RegistryError> {
+        self.revoke_all(now, actor, &mut certs.iter().copied(), &mut |_, _| Ok(()))
+    }
+
+    /// The revocation loop: `certs` in changes of at most [`REVOCATIONS_PER_CHANGE_MAX`];
+    /// `last` adds its puts to the final change, seeing the summary of the whole batch.
+    fn revoke_all(
+        &self,
+        now: Timestamp,
+        actor: ActorId,
+        certs: &mut dyn Iterator<Item = CertRef>,
+        last: &mut dyn FnMut(&mut Tx<'_>, &RevokeSummary) -> Result<(), RegistryError>,
+    ) -> Result<RevokeSummary, RegistryError> {
         let mut sum = RevokeSummary::default();
-        let mut rest = certs;
-        while !rest.is_empty() {
+        let mut certs = certs.peekable();
+        loop {
             let mut t = self.begin(now, actor)?;
             let mut taken = 0;
-            for cert in rest {
+            while let Some(cert) = certs.peek().copied() {
                 // Keep each change well under the log's record limit, whatever the records hold.
                 if taken == REVOCATIONS_PER_CHANGE_MAX
                     || t.tx.approx_len() > crate::store::wal::CHANGE_LEN_MAX / 2
                 {
                     break;
                 }
+                certs.next();
                 taken += 1;
-                let key = self.bound(&mut t, cert)?.key();
-                if t.tx.get(Table::Revoked, &key)?.is_some() {
-                    sum.already_known += 1;
-                    continue;
-                }
-                t.tx.put(
-                    Table::Revoked,
-                    &key,
-                    Some(encode_revocation(now, t.actor_index)),
-                );
-                sum.newly_revoked += 1;
-                let Some(idb) = t.tx.get(Table::Certs, &key)? else {
-                    continue;
-                };
-                let id = MyKeyId::parse(&idb).map_err(|_| RegistryError::BadRecord {
-                    what: "certificate binding",
-                })?;
-                let mut rec = Self::record(&t.tx, &id)?.ok_or(RegistryError::BadRecord {
-                    what: "certificate binding",
-                })?;
-                // An expired provisional registration is void already (its ID and certificate
-                // are free); suspending it would hold the ID forever.
-                let void =
-                    rec.state == IdState::Provisional && now >= self.expires_at(rec.state_at);
-                if !void && matches!(rec.state, IdState::Active | IdState::Provisional) {
-                    rec.state = IdState::Suspended;
-                    rec.state_at = now;
-                    rec.state_actor = t.actor_index;
-                    t.tx.put(Table::Ids, id.as_bytes(), Some(rec.encode()));
-                    sum.suspended += 1;
-                }
+                self.revoke_one(&mut t, &cert, &mut sum)?;
             }
-            rest = &rest[taken..];
+            let done = certs.peek().is_none();
+            if done {
+                last(&mut t, &sum)?;
+            }
             self.finish(t, OpKind::Revoke)?;
+            if done {
+                return Ok(sum);
+            }
         }
-        Ok(sum)
+    }
+
+    fn revoke_one(
+        &self,
+        t: &mut Tx<'_>,
+        cert: &CertRef,
+        sum: &mut RevokeSummary,
+    ) -> Result<(), RegistryError> {
+        let now = t.now;
+        let key = self.bound(t, cert)?.key();
+        if t.tx.get(Table::Revoked, &key)?.is_some() {
+            sum.already_known += 1;
+            return Ok(());
+        }
+        t.tx.put(
+            Table::Revoked,
+            &key,
+            Some(encode_revocation(now, t.actor_index)),
+        );
+        sum.newly_revoked += 1;
+        let Some(idb) = t.tx.get(Table::Certs, &key)? else {
+            return Ok(());
+        };
+        let id = MyKeyId::parse(&idb).map_err(|_| RegistryError::BadRecord {
+            what: "certificate binding",
+        })?;
+        let mut rec = Self::record(&t.tx, &id)?.ok_or(RegistryError::BadRecord {
+            what: "certificate binding",
+        })?;
+        // An expired provisional registration is void already (its ID and certificate are
+        // free); suspending it would hold the ID forever.
+        let void = rec.state == IdState::Provisional && now >= self.expires_at(rec.state_at);
+        if !void && matches!(rec.state, IdState::Active | IdState::Provisional) {
+            rec.state = IdState::Suspended;
+            rec.state_at = now;
+            rec.state_actor = t.actor_index;
+            t.tx.put(Table::Ids, id.as_bytes(), Some(rec.encode()));
+            sum.suspended += 1;
+        }
+        Ok(())
     }
 
     /// Whether a certificate is recorded as revoked.
     pub fn is_revoked(&self, cert: &CertRef) -> Result<bool, RegistryError> {
         // A certificate of a CA never seen cannot have been revoked here.
-        let Some(&ca) = read(&self.cas).by_name.get(cert.ca_key_id()) else {
+        let Some(b) = self.known_cert(cert) else {
             return Ok(false);
         };
+        Ok(self.store.get(Table::Revoked, &b.key(), |v| v.is_some())?)
+    }
+
+    /// The certificate in store form, if its CA is in the dictionary.
+    fn known_cert(&self, cert: &CertRef) -> Option<BoundCert> {
+        let ca = *read(&self.cas).by_name.get(cert.ca_key_id())?;
         let mut serial = [0u8; crate::id::SERIAL_LEN_MAX];
         serial[..cert.serial().len()].copy_from_slice(cert.serial());
-        let key = BoundCert {
+        Some(BoundCert {
             ca,
             serial_len: cert.serial().len() as u8,
             serial,
-        }
-        .key();
-        Ok(self.store.get(Table::Revoked, &key, |v| v.is_some())?)
+        })
     }
 
     /// Re-binds an active or suspended ID to the holder's new certificate (after a card
