@@ -46,7 +46,10 @@ fn id_of(n: u64) -> MyKeyId {
     MyKeyId::parse(&cn(n).as_bytes()[..14]).expect("id")
 }
 
-fn is_jpki(r: Result<impl std::fmt::Debug, RegistryError>, want: fn(&JpkiError) -> bool) {
+/// Which JPKI refusal a case expects.
+type Want = fn(&JpkiError) -> bool;
+
+fn is_jpki(r: Result<impl std::fmt::Debug, RegistryError>, want: Want) {
     match r {
         Err(RegistryError::Jpki(e)) if want(&e) => {}
         other => panic!("unexpected {other:?}"),
@@ -425,7 +428,7 @@ fn bad_pushes_are_refused_whole_with_their_own_error_and_change_nothing() {
         .expect("serial bytes")
         + 3;
     bad_tbs[at] ^= 0x0f;
-    let cases: Vec<(&str, Vec<u8>, fn(&JpkiError) -> bool)> = vec![
+    let cases: Vec<(&str, Vec<u8>, Want)> = vec![
         (
             "unknown CA (same DN, other key)",
             rogue
@@ -487,7 +490,7 @@ fn bad_pushes_are_refused_whole_with_their_own_error_and_change_nothing() {
 
     // Serial lists: each malformed list names its line; an unknown CA is refused.
     let ca = hex(jpki.anchors().all()[2].key_id());
-    let lists: Vec<(String, fn(&JpkiError) -> bool)> = vec![
+    let lists: Vec<(String, Want)> = vec![
         (format!("ca {ca}\n01\nzz\n"), |e| {
             matches!(e, JpkiError::SerialList { line: 3, .. })
         }),
