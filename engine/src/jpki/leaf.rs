@@ -9,9 +9,10 @@
 use aws_lc_rs::signature::{self, ParsedPublicKey};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use webpki::{EndEntityCert, KeyUsage};
+use x509_parser::oid_registry::{OID_PKCS1_RSAENCRYPTION, OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER};
 use x509_parser::prelude::*;
 
-use super::anchors::{Anchors, OID_RSA_ENCRYPTION, OU_DIGITAL_SIGNATURE};
+use super::anchors::{Anchors, OU_DIGITAL_SIGNATURE};
 use super::{
     Card, JpkiError, RSA_BITS_MAX, RSA_BITS_MIN, SIGNATURE_LEN_MAX, clamp_time, modulus_bits,
 };
@@ -185,9 +186,9 @@ fn read_fields<'a>(cert: &'a X509Certificate<'a>) -> Result<Fields<'a>, JpkiErro
         ));
     }
     let spki = cert.public_key();
-    if spki.algorithm.algorithm.to_id_string() != OID_RSA_ENCRYPTION {
+    if spki.algorithm.algorithm != OID_PKCS1_RSAENCRYPTION {
         return Err(JpkiError::BadKey {
-            found: format!("algorithm {}", spki.algorithm.algorithm.to_id_string()),
+            found: format!("algorithm {}", spki.algorithm.algorithm),
             min: RSA_BITS_MIN,
             max: RSA_BITS_MAX,
         });
@@ -203,12 +204,13 @@ fn read_fields<'a>(cert: &'a X509Certificate<'a>) -> Result<Fields<'a>, JpkiErro
             max: RSA_BITS_MAX,
         });
     }
-    let mut aki = None;
-    for ext in cert.extensions() {
-        if let ParsedExtension::AuthorityKeyIdentifier(a) = ext.parsed_extension() {
-            aki = a.key_identifier.as_ref().map(|k| k.0);
-        }
-    }
+    // Extensions are not deep-parsed on this path (it is the cold half of every card check);
+    // the AKI's keyIdentifier is read from its DER, and only orders the anchors to try.
+    let aki = cert
+        .extensions()
+        .iter()
+        .find(|e| e.oid == OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER)
+        .and_then(|e| aki_key_id(e.value));
     let rsa_key: &[u8] = match &spki.subject_public_key.data {
         std::borrow::Cow::Borrowed(b) => b,
         std::borrow::Cow::Owned(_) => return Err(malformed("public key bit string not aligned")),
@@ -222,6 +224,15 @@ fn read_fields<'a>(cert: &'a X509Certificate<'a>) -> Result<Fields<'a>, JpkiErro
         not_after: clamp_time(cert.validity().not_after.timestamp()),
         rsa_key,
     })
+}
+
+/// The keyIdentifier of an AuthorityKeyIdentifier extension value:
+/// `SEQUENCE { [0] IMPLICIT OCTET STRING, ... }`, short-form lengths (a key id is ≤ 127 bytes).
+fn aki_key_id(v: &[u8]) -> Option<&[u8]> {
+    match v {
+        [0x30, _, 0x80, n, rest @ ..] => rest.get(..usize::from(*n)),
+        _ => None,
+    }
 }
 
 /// Maps a rustls-webpki refusal to the typed error a caller can act on.

@@ -292,6 +292,11 @@ impl Jpki {
         crl::parse_serial_list(&self.anchors, text)
     }
 
+    /// Forgets a cached certificate by its fingerprint, so its next use is checked in full.
+    pub fn evict(&self, fingerprint: &[u8; 32]) {
+        self.cache.remove(fingerprint);
+    }
+
     /// Number of certificates in the verified-leaf cache.
     pub fn cached_leaves(&self) -> usize {
         self.cache.len()

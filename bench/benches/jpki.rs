@@ -1,0 +1,242 @@
+//! JPKI benchmarks, each with its baseline in the same run:
+//! - authenticated check, cold (challenge + chain + card signature, the certificate not
+//!   cached), against a bare rustls-webpki chain check plus one bare aws-lc-rs RSA verify;
+//! - authenticated check, cached (challenge + card signature), against one bare RSA verify
+//!   (key parsed per call, as `UnparsedPublicKey` does, and pre-parsed);
+//! - a 1M-entry CRL ingested end to end (parse, signature, apply, fsync) into a fresh store,
+//!   against parsing the same CRL alone.
+//!
+//! Every authenticated check consumes a fresh challenge signed by the simulated card; the
+//! card's signing is done outside the timed region (it is the card's cost, not ours).
+// criterion's macros generate public functions without docs.
+#![allow(missing_docs)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::signature::{self, ParsedPublicKey, UnparsedPublicKey};
+use criterion::{Criterion, criterion_group, criterion_main};
+use mykey_bench::BenchDir;
+use mykey_engine::id::{ActorId, PushId, Timestamp};
+use mykey_engine::jpki::dev::{DevCa, DevKey};
+use mykey_engine::jpki::{Anchors, CardProof, Jpki, JpkiConfig, SerialNo, sha256};
+use mykey_engine::registry::{Registry, RegistryConfig};
+use mykey_engine::store::StoreConfig;
+use mykey_engine::store::fs::{Fs, RealFs};
+use rustls_pki_types::{CertificateDer, UnixTime};
+
+/// 2026-11-25.
+fn now() -> Timestamp {
+    Timestamp::from_unix_secs(1_795_564_800).expect("time")
+}
+
+fn years(y: u64) -> u64 {
+    y * 365 * 86_400
+}
+
+struct Setup {
+    ca: DevCa,
+    card: DevKey,
+    cert: Vec<u8>,
+    rsa_key: Vec<u8>,
+}
+
+fn setup() -> Setup {
+    let ca = DevCa::auth(
+        0x06d1_8006,
+        Timestamp::from_unix_secs(now().unix_secs() - years(3)).expect("t"),
+        now().plus_secs(years(7)),
+    )
+    .expect("CA");
+    let card = DevKey::generate(2048).expect("card key");
+    let cert = ca
+        .issue(
+            &card,
+            "BENCH000000001132210030",
+            &[0x12, 0x34, 0x56, 0x78],
+            Timestamp::from_unix_secs(now().unix_secs() - years(1)).expect("t"),
+            now().plus_secs(years(4)),
+        )
+        .expect("card cert");
+    let rsa_key = card.public_key().to_vec();
+    Setup {
+        ca,
+        card,
+        cert,
+        rsa_key,
+    }
+}
+
+fn jpki(s: &Setup) -> Jpki {
+    let anchors =
+        Anchors::from_files(&[("bench-ca.der".into(), s.ca.der().to_vec())]).expect("anchors");
+    Jpki::new(anchors, JpkiConfig::default())
+}
+
+/// `n` fresh challenges issued by `jpki` and signed by the card.
+fn proofs(jpki: &Jpki, card: &DevKey, n: u64) -> Vec<([u8; 32], Vec<u8>)> {
+    (0..n)
+        .map(|_| {
+            let c = jpki.issue_challenge(now()).expect("challenge");
+            (c.bytes, card.sign(&c.bytes).expect("sign"))
+        })
+        .collect()
+}
+
+fn authenticated(c: &mut Criterion) {
+    let s = setup();
+    let der = CertificateDer::from(s.cert.as_slice());
+    let anchor_der = CertificateDer::from(s.ca.der());
+    let anchor = webpki::anchor_from_trusted_cert(&anchor_der).expect("anchor");
+    let time = UnixTime::since_unix_epoch(Duration::from_secs(now().unix_secs()));
+    let msg = [7u8; 32];
+    let sig = s.card.sign(&msg).expect("sign");
+    let parsed = ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, &s.rsa_key)
+        .expect("key");
+
+    let mut g = c.benchmark_group("jpki_auth");
+    g.sample_size(20).measurement_time(Duration::from_secs(3));
+    let bare_chain = || {
+        let ee = webpki::EndEntityCert::try_from(&der).expect("ee");
+        ee.verify_for_usage(
+            &[webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256],
+            std::slice::from_ref(&anchor),
+            &[],
+            time,
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .map(|_| ())
+        .expect("chain")
+    };
+    let bare_verify = || {
+        UnparsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, &s.rsa_key)
+            .verify(&msg, &sig)
+            .expect("verify")
+    };
+    g.bench_function("baseline_webpki_chain", |b| b.iter(bare_chain));
+    g.bench_function("baseline_rsa_verify", |b| b.iter(bare_verify));
+    g.bench_function("baseline_rsa_verify_preparsed", |b| {
+        b.iter(|| parsed.verify_sig(&msg, &sig).expect("verify"))
+    });
+    // The engine's own checks consume a fresh challenge per call, signed outside the timed
+    // region; the baselines run over the same kind of freshly signed challenges, so both sides
+    // see the same memory and CPU state.
+    let j = jpki(&s);
+    g.bench_function("baseline_webpki_chain_plus_rsa_verify", |b| {
+        b.iter_custom(|iters| {
+            let ps = proofs(&j, &s.card, iters);
+            let start = Instant::now();
+            for (ch, sig) in &ps {
+                bare_chain();
+                UnparsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, &s.rsa_key)
+                    .verify(ch, sig)
+                    .expect("verify");
+            }
+            start.elapsed()
+        })
+    });
+    g.bench_function("baseline_rsa_verify_fresh_challenges", |b| {
+        b.iter_custom(|iters| {
+            let ps = proofs(&j, &s.card, iters);
+            let start = Instant::now();
+            for (ch, sig) in &ps {
+                UnparsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, &s.rsa_key)
+                    .verify(ch, sig)
+                    .expect("verify");
+            }
+            start.elapsed()
+        })
+    });
+
+    // The engine's full check, each time with the certificate evicted from the cache.
+    let fp = sha256(&s.cert);
+    g.bench_function("engine_cold_chain_plus_challenge", |b| {
+        b.iter_custom(|iters| {
+            let ps = proofs(&j, &s.card, iters);
+            let start = Instant::now();
+            for (ch, sig) in &ps {
+                j.evict(&fp);
+                j.authenticate(
+                    now(),
+                    &CardProof {
+                        cert_der: &s.cert,
+                        challenge: ch,
+                        signature: sig,
+                    },
+                )
+                .expect("authenticated");
+            }
+            start.elapsed()
+        })
+    });
+    g.bench_function("engine_cached_challenge_only", |b| {
+        b.iter_custom(|iters| {
+            let ps = proofs(&j, &s.card, iters);
+            let start = Instant::now();
+            for (ch, sig) in &ps {
+                j.authenticate(
+                    now(),
+                    &CardProof {
+                        cert_der: &s.cert,
+                        challenge: ch,
+                        signature: sig,
+                    },
+                )
+                .expect("authenticated");
+            }
+            start.elapsed()
+        })
+    });
+    g.finish();
+}
+
+const CRL_ENTRIES: u64 = 1_000_000;
+
+fn crl(c: &mut Criterion) {
+    let s = setup();
+    let serials: Vec<SerialNo> = (0..CRL_ENTRIES)
+        .map(|i| SerialNo::from_integer(&(0x4000_0000_0000 + i * 7919).to_be_bytes()).expect("serial"))
+        .collect();
+    let t0 = Instant::now();
+    let der = s
+        .ca
+        .crl(42, now(), now().plus_secs(86_400), &serials)
+        .expect("CRL");
+    eprintln!(
+        "CRL of {CRL_ENTRIES} entries: {} bytes, generated in {:.1} s",
+        der.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    let j = jpki(&s);
+    let actor = ActorId::parse(b"bench-partner").expect("actor");
+    let mut g = c.benchmark_group("jpki_crl_1m");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.bench_function("baseline_parse_and_check_only", |b| {
+        b.iter(|| j.parse_crl(now(), &der).expect("parse"))
+    });
+    g.bench_function("engine_push_durable_and_enforced", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for i in 0..iters {
+                let dir = BenchDir::new("crl");
+                let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
+                let reg = Registry::create(fs, StoreConfig::default(), RegistryConfig::default())
+                    .expect("registry");
+                let push = PushId::parse(format!("bench-{i}").as_bytes()).expect("push id");
+                let start = Instant::now();
+                let sum = reg
+                    .push_crl(now(), actor, &j, push, &der)
+                    .expect("push");
+                total += start.elapsed();
+                assert_eq!(sum.revoke.newly_revoked, CRL_ENTRIES);
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, authenticated, crl);
+criterion_main!(benches);
