@@ -91,8 +91,8 @@ fn authenticated(c: &mut Criterion) {
     let time = UnixTime::since_unix_epoch(Duration::from_secs(now().unix_secs()));
     let msg = [7u8; 32];
     let sig = s.card.sign(&msg).expect("sign");
-    let parsed = ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, &s.rsa_key)
-        .expect("key");
+    let parsed =
+        ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, &s.rsa_key).expect("key");
 
     let mut g = c.benchmark_group("jpki_auth");
     g.sample_size(20).measurement_time(Duration::from_secs(3));
@@ -152,6 +152,12 @@ fn authenticated(c: &mut Criterion) {
 
     // The engine's full check, each time with the certificate evicted from the cache.
     let fp = sha256(&s.cert);
+    g.bench_function("engine_cert_only_cold", |b| {
+        b.iter(|| {
+            j.evict(&fp);
+            j.verify_cert(now(), &s.cert).expect("verified")
+        })
+    });
     g.bench_function("engine_cold_chain_plus_challenge", |b| {
         b.iter_custom(|iters| {
             let ps = proofs(&j, &s.card, iters);
@@ -197,13 +203,14 @@ const CRL_ENTRIES: u64 = 1_000_000;
 fn crl(c: &mut Criterion) {
     let s = setup();
     let serials: Vec<SerialNo> = (0..CRL_ENTRIES)
-        .map(|i| SerialNo::from_integer(&(0x4000_0000_0000 + i * 7919).to_be_bytes()).expect("serial"))
+        .map(|i| {
+            SerialNo::from_integer(&(0x4000_0000_0000 + i * 7919).to_be_bytes()).expect("serial")
+        })
         .collect();
     let t0 = Instant::now();
-    let der = s
-        .ca
-        .crl(42, now(), now().plus_secs(86_400), &serials)
-        .expect("CRL");
+    let der =
+        s.ca.crl(42, now(), now().plus_secs(86_400), &serials)
+            .expect("CRL");
     eprintln!(
         "CRL of {CRL_ENTRIES} entries: {} bytes, generated in {:.1} s",
         der.len(),
@@ -226,9 +233,7 @@ fn crl(c: &mut Criterion) {
                     .expect("registry");
                 let push = PushId::parse(format!("bench-{i}").as_bytes()).expect("push id");
                 let start = Instant::now();
-                let sum = reg
-                    .push_crl(now(), actor, &j, push, &der)
-                    .expect("push");
+                let sum = reg.push_crl(now(), actor, &j, push, &der).expect("push");
                 total += start.elapsed();
                 assert_eq!(sum.revoke.newly_revoked, CRL_ENTRIES);
             }

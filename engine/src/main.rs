@@ -2,8 +2,9 @@
 //!
 //! A thin binary: it parses flags, reads the clock once for `now`, calls the library and maps
 //! errors to exit codes (0 success, 1 failure or a check that found a problem, 2 bad usage).
-//! At this stage it builds, inspects, verifies and queries stores; the QUIC server arrives with
-//! the network issue.
+//! At this stage it builds, inspects, verifies and queries stores, checks trust-anchor
+//! directories and applies revocation pushes by hand; the QUIC server arrives with the network
+//! issue.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -13,7 +14,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
-use mykey_engine::id::{ActorId, MyKeyId, ProviderId, Timestamp};
+use mykey_engine::id::{ActorId, MyKeyId, ProviderId, PushId, Timestamp};
+use mykey_engine::jpki::{Anchors, Jpki, JpkiConfig};
 use mykey_engine::population::{self, BuildOptions, Progress};
 use mykey_engine::registry::{Lookup, OpKind, Registry, RegistryConfig};
 use mykey_engine::store::fs::{Fs, RealFs};
@@ -84,6 +86,35 @@ enum Cmd {
         #[command(flatten)]
         store: StoreArg,
     },
+    /// Load a trust-anchor directory and list its JPKI authentication CA generations; exit 1
+    /// naming the file that is refused.
+    Anchors {
+        /// The directory of CA certificates (.pem, .crt, .cer, .der).
+        dir: PathBuf,
+    },
+    /// Apply a partner's revocation push by hand: a DER CRL or a serial list (engine/JPKI.md).
+    Revoke(RevokeArgs),
+}
+
+#[derive(Args)]
+struct RevokeArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// The trust-anchor directory the CRL or serial list is checked against.
+    #[arg(long)]
+    anchors: PathBuf,
+    /// The push id: the same id with the same file changes nothing the second time.
+    #[arg(long)]
+    push_id: String,
+    /// A DER X.509 CRL.
+    #[arg(long, conflicts_with = "serials", required_unless_present = "serials")]
+    crl: Option<PathBuf>,
+    /// A serial list.
+    #[arg(long)]
+    serials: Option<PathBuf>,
+    /// Who is pushing, for the audit trail.
+    #[arg(long, default_value = "operator-by-hand")]
+    actor: String,
 }
 
 #[derive(Args)]
@@ -492,6 +523,23 @@ fn run(cli: Cli) -> Result<(), String> {
             })
             .map_err(|e| e.to_string())
         }
+        Cmd::Anchors { dir } => {
+            let anchors = load_anchors(&dir)?;
+            for a in anchors.all() {
+                let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02X}")).collect::<String>();
+                println!(
+                    "{}: key id {}, valid {} to {}, SHA-256 {}",
+                    a.name(),
+                    hex(a.key_id()),
+                    a.not_before(),
+                    a.not_after(),
+                    hex(a.fingerprint())
+                );
+            }
+            println!("{} user-authentication CA generations", anchors.all().len());
+            Ok(())
+        }
+        Cmd::Revoke(a) => revoke(&a),
         Cmd::Compact { store } => {
             let reg = open_registry(&store.dir)?;
             let start = Instant::now();
@@ -509,6 +557,41 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+fn load_anchors(dir: &Path) -> Result<Anchors, String> {
+    Anchors::load_dir(dir).map_err(|e| e.to_string())
+}
+
+fn revoke(a: &RevokeArgs) -> Result<(), String> {
+    let at = now()?;
+    let jpki = Jpki::new(load_anchors(&a.anchors)?, JpkiConfig::default());
+    let push = PushId::parse(a.push_id.as_bytes()).map_err(|e| format!("--push-id: {e}"))?;
+    let actor = ActorId::parse(a.actor.as_bytes()).map_err(|e| format!("--actor: {e}"))?;
+    let (path, is_crl) = match (&a.crl, &a.serials) {
+        (Some(p), None) => (p, true),
+        (None, Some(p)) => (p, false),
+        _ => return Err("give exactly one of --crl and --serials".into()),
+    };
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let reg = open_registry(&a.store.dir)?;
+    let start = Instant::now();
+    let s = if is_crl {
+        reg.push_crl(at, actor, &jpki, push, &bytes)
+    } else {
+        reg.push_serials(at, actor, &jpki, push, &bytes)
+    }
+    .map_err(|e| format!("{}: {e}", path.display()))?;
+    println!(
+        "{}push {push}: {} entries, {} newly revoked, {} already known, {} MyKey IDs suspended ({:.2} s, durable)",
+        if s.replayed { "already applied: " } else { "" },
+        s.entries,
+        s.revoke.newly_revoked,
+        s.revoke.already_known,
+        s.revoke.suspended,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -197,3 +197,102 @@ fn bad_input_is_named() {
     let o = mykeyd(&["snapshot", "frobnicate"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn anchors_are_listed_and_the_signature_ca_is_named() {
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/jpki-ca");
+    let o = mykeyd(&["anchors", &shared.to_string_lossy()]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("jpki-myna_sign_ca_2015.pem") && err.contains("digital-signature"),
+        "{err}"
+    );
+    // The two authentication generations alone (copied at run time into a scratch directory).
+    let d = dir("anchors");
+    std::fs::create_dir_all(&d.0).expect("dir");
+    for f in ["jpki-myna_auth_ca_2015.pem", "jpki-myna_auth_ca_2023.pem"] {
+        std::fs::copy(shared.join(f), d.0.join(f)).expect("copy");
+    }
+    let o = mykeyd(&["anchors", &d.0.to_string_lossy()]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("jpki-myna_auth_ca_2015.pem: key id 9567951B"),
+        "{out}"
+    );
+    assert!(
+        out.contains("jpki-myna_auth_ca_2023.pem: key id 1AC100F5"),
+        "{out}"
+    );
+    assert!(
+        out.contains("2 user-authentication CA generations"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_crl_is_pushed_by_hand_once() {
+    use mykey_engine::id::Timestamp;
+    use mykey_engine::jpki::SerialNo;
+    use mykey_engine::jpki::dev::DevCa;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let t = |s| Timestamp::from_unix_secs(s).expect("time");
+    let ca = DevCa::auth(9, t(now - 86_400), t(now + 86_400 * 365)).expect("CA");
+    let d = dir("revoke");
+    let anchors = d.0.join("anchors");
+    std::fs::create_dir_all(&anchors).expect("dir");
+    std::fs::write(anchors.join("dev-auth-ca.pem"), ca.pem()).expect("write");
+    let serials: Vec<SerialNo> = [[0x0a], [0x0b]]
+        .iter()
+        .map(|s| SerialNo::from_integer(s).expect("serial"))
+        .collect();
+    let crl = d.0.join("dev.crl");
+    std::fs::write(
+        &crl,
+        ca.crl(3, t(now - 60), t(now + 86_400), &serials)
+            .expect("crl"),
+    )
+    .expect("write");
+    let store = d.0.join("store");
+    let o = mykeyd(&[
+        "snapshot",
+        "build",
+        "--population",
+        &sample("population.csv"),
+        "--providers",
+        &sample("providers.txt"),
+        "--out",
+        &store.to_string_lossy(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let push = |id: &str| {
+        mykeyd(&[
+            "revoke",
+            "--store",
+            &store.to_string_lossy(),
+            "--anchors",
+            &anchors.to_string_lossy(),
+            "--push-id",
+            id,
+            "--crl",
+            &crl.to_string_lossy(),
+        ])
+    };
+    let o = push("by-hand-1");
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("2 entries, 2 newly revoked, 0 already known"),
+        "{out}"
+    );
+    let (out, _) = text(&push("by-hand-1"));
+    assert!(out.starts_with("already applied: push by-hand-1"), "{out}");
+    let o = push("by-hand-2");
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("not newer"), "{err}");
+}

@@ -233,6 +233,14 @@ impl Anchor {
         &self.subject
     }
 
+    /// The CA's subject DN without its outer SEQUENCE header, as rustls-webpki gives a
+    /// certificate's issuer.
+    pub fn subject_content(&self) -> &[u8] {
+        super::der_header(&self.subject, 0)
+            .and_then(|(_, start, _)| self.subject.get(start..))
+            .unwrap_or(&[])
+    }
+
     /// The anchor for rustls-webpki.
     pub fn trust_anchor(&self) -> &TrustAnchor<'static> {
         &self.trust
@@ -383,7 +391,8 @@ impl Anchors {
         self.list.iter().find(|a| a.key_id == key_id)
     }
 
-    /// The anchors whose subject is `name`, in the order to try them for a certificate or CRL
+    /// The anchors whose subject is `name` (without its outer header, as
+    /// [`Anchor::subject_content`]), in the order to try them for a certificate or CRL
     /// issued at `issued`: first the newest generation that was valid then (a CA issues while
     /// it is current), then the others, newest first. Choosing the likely generation first
     /// keeps the common case at one signature check; the key decides, never the name.
@@ -391,7 +400,7 @@ impl Anchors {
         let mut out = [0usize; ANCHORS_MAX];
         let mut n = 0;
         for (i, a) in self.list.iter().enumerate() {
-            if a.subject == name {
+            if a.subject_content() == name {
                 out[n] = i;
                 n += 1;
             }

@@ -22,7 +22,7 @@ use aws_lc_rs::signature::ParsedPublicKey;
 use x509_parser::prelude::*;
 
 use super::anchors::{Anchors, OID_SHA256_WITH_RSA};
-use super::{JpkiError, clamp_time, hex};
+use super::{JpkiError, clamp_time, der_header, hex};
 use crate::id::{CA_KEY_ID_LEN_MAX, SERIAL_LEN_MAX, Timestamp};
 
 /// Largest CRL accepted, in bytes: room for about 5 million entries.
@@ -193,7 +193,11 @@ pub fn parse_crl(
     );
 
     // The issuer, by key.
-    let (order, n) = anchors.candidates(tbs.issuer.as_raw(), this_update);
+    let issuer_raw = tbs.issuer.as_raw();
+    let issuer_name = der_header(issuer_raw, 0)
+        .and_then(|(_, start, _)| issuer_raw.get(start..))
+        .unwrap_or(&[]);
+    let (order, n) = anchors.candidates(issuer_name, this_update);
     if n == 0 {
         return Err(JpkiError::CrlUnknownIssuer);
     }
@@ -270,24 +274,6 @@ fn verify(key: &ParsedPublicKey, msg: &[u8], sig: &[u8]) -> bool {
 fn strip_zeros(b: &[u8]) -> &[u8] {
     let first = b.iter().position(|&x| x != 0).unwrap_or(b.len());
     &b[first..]
-}
-
-/// Reads a DER header at `at`: (tag, content start, content length).
-fn der_header(b: &[u8], at: usize) -> Option<(u8, usize, usize)> {
-    let tag = *b.get(at)?;
-    let first = *b.get(at + 1)?;
-    if first < 0x80 {
-        return Some((tag, at + 2, usize::from(first)));
-    }
-    let n = usize::from(first & 0x7f);
-    if n == 0 || n > 4 {
-        return None;
-    }
-    let mut len = 0usize;
-    for i in 0..n {
-        len = (len << 8) | usize::from(*b.get(at + 2 + i)?);
-    }
-    Some((tag, at + 2 + n, len))
 }
 
 /// Counts the revokedCertificates entries of a CRL by walking DER headers only (no

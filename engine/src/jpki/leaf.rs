@@ -9,7 +9,8 @@
 use aws_lc_rs::signature::{self, ParsedPublicKey};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use webpki::{EndEntityCert, KeyUsage};
-use x509_parser::oid_registry::{OID_PKCS1_RSAENCRYPTION, OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER};
+use x509_parser::certificate::Validity;
+use x509_parser::oid_registry::OID_PKCS1_RSAENCRYPTION;
 use x509_parser::prelude::*;
 
 use super::anchors::{Anchors, OU_DIGITAL_SIGNATURE};
@@ -144,8 +145,6 @@ pub fn verify_rsa_sha256(rsa_public_key: &[u8], message: &[u8], sig: &[u8]) -> b
 struct Fields<'a> {
     cn_id: MyKeyId,
     serial: &'a [u8],
-    issuer: &'a [u8],
-    aki: Option<&'a [u8]>,
     not_before: Timestamp,
     not_after: Timestamp,
     rsa_key: &'a [u8],
@@ -157,27 +156,75 @@ fn malformed(reason: impl Into<String>) -> JpkiError {
     }
 }
 
-fn read_fields<'a>(cert: &'a X509Certificate<'a>) -> Result<Fields<'a>, JpkiError> {
-    if cert
-        .issuer()
-        .iter_organizational_unit()
-        .any(|a| a.as_str() == Ok(OU_DIGITAL_SIGNATURE))
-    {
-        return Err(JpkiError::SignatureCertificate);
+/// The TLV that begins at `at` in `der`.
+fn tlv_at(der: &[u8], at: usize) -> Option<&[u8]> {
+    let (_, start, len) = super::der_header(der, at)?;
+    der.get(at..start.checked_add(len)?)
+}
+
+/// A DER length field for `len`.
+fn der_len(len: usize) -> Vec<u8> {
+    if len < 0x80 {
+        return vec![len as u8];
     }
-    let mut cns = cert.subject().iter_common_name();
+    let b = len.to_be_bytes();
+    let skip = b.iter().position(|&x| x != 0).unwrap_or(b.len() - 1);
+    let mut out = vec![0x80 | (b.len() - skip) as u8];
+    out.extend_from_slice(&b[skip..]);
+    out
+}
+
+/// Reads the fields the engine needs. rustls-webpki has parsed the certificate's structure
+/// already (`ee`); x509-parser reads only the pieces after the issuer (validity, subject and
+/// public key) from their own TLVs, so a card check does not parse the certificate twice.
+fn read_fields<'a>(
+    anchors: &Anchors,
+    ee: &'a EndEntityCert<'a>,
+    der: &'a [u8],
+) -> Result<Fields<'a>, JpkiError> {
+    let issuer = ee.issuer();
+    if !anchors.all().iter().any(|a| a.subject_content() == issuer) {
+        // Not a configured CA's name; say so precisely if it is the signature CA's.
+        let full = [&[0x30u8][..], &der_len(issuer.len()), issuer].concat();
+        let (_, name) = X509Name::from_der(&full).map_err(|e| malformed(format!("issuer: {e}")))?;
+        if name
+            .iter_organizational_unit()
+            .any(|a| a.as_str() == Ok(OU_DIGITAL_SIGNATURE))
+        {
+            return Err(JpkiError::SignatureCertificate);
+        }
+        return Err(JpkiError::UnknownIssuer);
+    }
+    // The TLVs after the issuer: validity, subject, subjectPublicKeyInfo.
+    let issuer_end = (issuer.as_ptr() as usize)
+        .checked_sub(der.as_ptr() as usize)
+        .and_then(|o| o.checked_add(issuer.len()))
+        .filter(|&e| e <= der.len())
+        .ok_or_else(|| malformed("issuer outside the certificate"))?;
+    let validity = tlv_at(der, issuer_end).ok_or_else(|| malformed("no validity"))?;
+    let subject_at = issuer_end + validity.len();
+    let subject = tlv_at(der, subject_at).ok_or_else(|| malformed("no subject"))?;
+    let spki = tlv_at(der, subject_at + subject.len()).ok_or_else(|| malformed("no public key"))?;
+    let (_, validity) =
+        Validity::from_der(validity).map_err(|e| malformed(format!("validity: {e}")))?;
+    let (_, subject) =
+        X509Name::from_der(subject).map_err(|e| malformed(format!("subject: {e}")))?;
+    let (_, spki) =
+        SubjectPublicKeyInfo::from_der(spki).map_err(|e| malformed(format!("public key: {e}")))?;
+
+    let mut cns = subject.iter_common_name();
     let cn = cns.next().ok_or(CnError::Missing)?;
     if cns.next().is_some() {
         return Err(CnError::Several.into());
     }
     let (cn_id, _) = parse_cn(cn.as_str().map_err(|_| CnError::NotText)?)?;
-    let serial = cert.raw_serial();
+    let serial = ee.serial();
     // RFC 5280 §4.1.2.2: a positive INTEGER of at most 20 octets (a sign byte may precede).
     let magnitude = match serial {
         [0, rest @ ..] => rest,
         s => s,
     };
-    if serial.first().is_some_and(|&b| b & 0x80 != 0)
+    if serial.first().is_none_or(|&b| b & 0x80 != 0)
         || magnitude.iter().all(|&b| b == 0)
         || magnitude.len() > crate::id::SERIAL_LEN_MAX
     {
@@ -185,7 +232,6 @@ fn read_fields<'a>(cert: &'a X509Certificate<'a>) -> Result<Fields<'a>, JpkiErro
             "the serial is not a positive integer of at most 20 octets",
         ));
     }
-    let spki = cert.public_key();
     if spki.algorithm.algorithm != OID_PKCS1_RSAENCRYPTION {
         return Err(JpkiError::BadKey {
             found: format!("algorithm {}", spki.algorithm.algorithm),
@@ -204,35 +250,17 @@ fn read_fields<'a>(cert: &'a X509Certificate<'a>) -> Result<Fields<'a>, JpkiErro
             max: RSA_BITS_MAX,
         });
     }
-    // Extensions are not deep-parsed on this path (it is the cold half of every card check);
-    // the AKI's keyIdentifier is read from its DER, and only orders the anchors to try.
-    let aki = cert
-        .extensions()
-        .iter()
-        .find(|e| e.oid == OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER)
-        .and_then(|e| aki_key_id(e.value));
-    let rsa_key: &[u8] = match &spki.subject_public_key.data {
+    let rsa_key: &[u8] = match spki.subject_public_key.data {
         std::borrow::Cow::Borrowed(b) => b,
         std::borrow::Cow::Owned(_) => return Err(malformed("public key bit string not aligned")),
     };
     Ok(Fields {
         cn_id,
         serial: magnitude,
-        issuer: cert.issuer().as_raw(),
-        aki,
-        not_before: clamp_time(cert.validity().not_before.timestamp()),
-        not_after: clamp_time(cert.validity().not_after.timestamp()),
+        not_before: clamp_time(validity.not_before.timestamp()),
+        not_after: clamp_time(validity.not_after.timestamp()),
         rsa_key,
     })
-}
-
-/// The keyIdentifier of an AuthorityKeyIdentifier extension value:
-/// `SEQUENCE { [0] IMPLICIT OCTET STRING, ... }`, short-form lengths (a key id is ≤ 127 bytes).
-fn aki_key_id(v: &[u8]) -> Option<&[u8]> {
-    match v {
-        [0x30, _, 0x80, n, rest @ ..] => rest.get(..usize::from(*n)),
-        _ => None,
-    }
 }
 
 /// Maps a rustls-webpki refusal to the typed error a caller can act on.
@@ -254,34 +282,27 @@ fn chain_error(e: webpki::Error, f: &Fields<'_>) -> JpkiError {
 
 /// Validates `der` at `now` against the anchors and returns what the cache keeps. The issuer
 /// is chosen by key: candidates with the certificate's issuer name are tried one at a time,
-/// the likely generation first (by AKI if present, else by issuance date), and rustls-webpki
-/// checks the signature with each until one verifies.
+/// the likely generation first (by issuance date; the JPKI profile needs no AKI), and
+/// rustls-webpki checks the signature with each until one verifies.
 pub fn verify_chain(
     anchors: &Anchors,
     der: &[u8],
     fingerprint: [u8; 32],
     now: Timestamp,
 ) -> Result<VerifiedLeaf, JpkiError> {
-    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(malformed(format!(
-            "{} bytes after the certificate",
-            rest.len()
-        )));
-    }
-    let f = read_fields(&cert)?;
     let cert_der = CertificateDer::from(der);
-    let ee = EndEntityCert::try_from(&cert_der).map_err(|e| chain_error(e, &f))?;
+    let ee = EndEntityCert::try_from(&cert_der).map_err(|e| match e {
+        webpki::Error::BadDer | webpki::Error::TrailingData(_) => malformed(format!("{e:?}")),
+        e => JpkiError::Chain(e),
+    })?;
+    let f = read_fields(anchors, &ee, der)?;
     let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.unix_secs()));
-    let (order, n) = anchors.candidates(f.issuer, f.not_before);
+    let (order, n) = anchors.candidates(ee.issuer(), f.not_before);
     let mut last = JpkiError::UnknownIssuer;
     for &i in &order[..n] {
         let Some(anchor) = anchors.get(i) else {
             continue;
         };
-        if f.aki.is_some_and(|k| k != anchor.key_id()) {
-            continue;
-        }
         let verified = ee.verify_for_usage(
             CHAIN_ALGORITHMS,
             std::slice::from_ref(anchor.trust_anchor()),

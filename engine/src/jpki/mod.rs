@@ -337,3 +337,21 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         s
     })
 }
+
+/// Reads a DER header at `at`: (tag, content start, content length).
+pub(crate) fn der_header(b: &[u8], at: usize) -> Option<(u8, usize, usize)> {
+    let tag = *b.get(at)?;
+    let first = *b.get(at + 1)?;
+    if first < 0x80 {
+        return Some((tag, at + 2, usize::from(first)));
+    }
+    let n = usize::from(first & 0x7f);
+    if n == 0 || n > 4 {
+        return None;
+    }
+    let mut len = 0usize;
+    for i in 0..n {
+        len = (len << 8) | usize::from(*b.get(at + 2 + i)?);
+    }
+    Some((tag, at + 2 + n, len))
+}
