@@ -533,3 +533,66 @@ fn bad_pushes_are_refused_whole_with_their_own_error_and_change_nothing() {
     );
     assert!(!r.is_revoked(&cert_ref(&jpki, 2, 5)).expect("revoked?"));
 }
+
+/// A power cut at every point of a push that spans several changes: the push fails, the store
+/// recovers, and retrying with the same push id completes it: every serial is revoked exactly
+/// once, and the summaries add up (or, if the cut struck after the push was durable, the retry
+/// answers the first summary).
+#[test]
+fn a_push_cut_by_a_crash_completes_on_retry_with_the_same_push_id() {
+    use mykey_engine::store::fs::SimFs;
+    let p = pki();
+    let jpki = p.jpki();
+    let now = now();
+    let ca = hex(jpki.anchors().all()[2].key_id());
+    const N: u64 = 10_000;
+    let mut list = format!("ca {ca}\n");
+    for n in 0..N {
+        list.push_str(&format!("{:X}\n", 0x1000_0000u64 + n));
+    }
+    let mut struck = 0;
+    for k in 1..=10 {
+        let fs = SimFs::new(k);
+        let reg = Registry::create(
+            Arc::new(fs.clone()) as Arc<dyn Fs>,
+            StoreConfig::default(),
+            RegistryConfig::default(),
+        )
+        .expect("create");
+        fs.arm_crash(k);
+        let first = reg.push_serials(now, op(), &jpki, push("big"), list.as_bytes());
+        let crashed = fs.crashed_since_armed();
+        drop(reg);
+        let reg = Registry::open(
+            Arc::new(fs.clone()) as Arc<dyn Fs>,
+            RegistryConfig::default(),
+        )
+        .expect("recovers");
+        let retry = reg
+            .push_serials(now, op(), &jpki, push("big"), list.as_bytes())
+            .expect("retry completes");
+        match first {
+            Ok(s) => {
+                assert!(retry.replayed && retry.revoke == s.revoke, "k={k}");
+            }
+            Err(_) => {
+                assert!(crashed, "k={k}: only the power cut fails a push");
+                struck += 1;
+                if !retry.replayed {
+                    assert_eq!(
+                        retry.revoke.newly_revoked + retry.revoke.already_known,
+                        N,
+                        "k={k}"
+                    );
+                }
+            }
+        }
+        for n in [0, N / 2, N - 1] {
+            assert!(
+                reg.is_revoked(&cert_ref(&jpki, 2, n)).expect("revoked?"),
+                "k={k} n={n}"
+            );
+        }
+    }
+    assert!(struck >= 3, "the cut struck inside the push {struck} times");
+}

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 
 use aws_lc_rs::signature::{self, ParsedPublicKey, UnparsedPublicKey};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, TrustAnchor};
+use rustls_pki_types::{
+    AlgorithmIdentifier, CertificateDer, InvalidSignature, SignatureVerificationAlgorithm,
+    TrustAnchor, alg_id,
+};
 use x509_parser::prelude::*;
 
 use super::{RSA_BITS_MAX, RSA_BITS_MIN, clamp_time, hex, modulus_bits, sha256};
@@ -107,6 +110,7 @@ pub enum AnchorError {
 /// One CA generation.
 pub struct Anchor {
     name: String,
+    rsa_key: Vec<u8>,
     der: CertificateDer<'static>,
     trust: TrustAnchor<'static>,
     key_id: Vec<u8>,
@@ -207,6 +211,7 @@ impl Anchor {
             .to_owned();
         Ok(Self {
             name: name.to_owned(),
+            rsa_key: rsa_key.to_vec(),
             trust,
             key_id,
             subject: cert.subject().as_raw().to_vec(),
@@ -283,10 +288,55 @@ impl std::fmt::Debug for Anchor {
     }
 }
 
+/// sha256WithRSAEncryption for rustls-webpki, verifying with the anchors' public keys parsed
+/// once at load (their Montgomery contexts computed once, not per chain check). A key that is
+/// not an anchor's goes to rustls-webpki's own aws-lc-rs algorithm. rustls-webpki still builds
+/// and decides the chain; this only supplies the signature primitive, with the same bounds
+/// (RSA 2048–8192 bits, PKCS#1 v1.5, SHA-256).
+pub struct AnchorRsaSha256 {
+    keys: Vec<(Vec<u8>, ParsedPublicKey)>,
+}
+
+impl std::fmt::Debug for AnchorRsaSha256 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AnchorRsaSha256({} keys)", self.keys.len())
+    }
+}
+
+impl SignatureVerificationAlgorithm for AnchorRsaSha256 {
+    fn verify_signature(
+        &self,
+        public_key: &[u8],
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), InvalidSignature> {
+        match self.keys.iter().find(|(k, _)| k == public_key) {
+            Some((_, key)) => key
+                .verify_sig(message, signature)
+                .map_err(|_| InvalidSignature),
+            None => webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256
+                .verify_signature(public_key, message, signature),
+        }
+    }
+
+    fn public_key_alg_id(&self) -> AlgorithmIdentifier {
+        alg_id::RSA_ENCRYPTION
+    }
+
+    fn signature_alg_id(&self) -> AlgorithmIdentifier {
+        alg_id::RSA_PKCS1_SHA256
+    }
+
+    fn fips(&self) -> bool {
+        webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256.fips()
+    }
+}
+
 /// Every configured CA generation.
 #[derive(Debug)]
 pub struct Anchors {
     list: Vec<Anchor>,
+    rsa_sha256: AnchorRsaSha256,
 }
 
 impl Anchors {
@@ -378,7 +428,18 @@ impl Anchors {
                 path: PathBuf::new(),
             });
         }
-        Ok(Self { list })
+        let rsa_sha256 = AnchorRsaSha256 {
+            keys: list
+                .iter()
+                .map(|a| (a.rsa_key.clone(), a.key.clone()))
+                .collect(),
+        };
+        Ok(Self { list, rsa_sha256 })
+    }
+
+    /// The signature algorithm chain checks use: sha256WithRSA with the anchors' keys cached.
+    pub fn rsa_sha256(&self) -> &AnchorRsaSha256 {
+        &self.rsa_sha256
     }
 
     /// Every anchor, in load order.

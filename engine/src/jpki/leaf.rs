@@ -25,10 +25,6 @@ pub const CN_SUFFIX_LEN: usize = 9;
 /// Characters of a JPKI authentication subject CN.
 pub const CN_LEN: usize = MYKEY_ID_LEN + CN_SUFFIX_LEN;
 
-/// The only signature algorithm of the JPKI profile: sha256WithRSAEncryption, 2048–8192 bits.
-static CHAIN_ALGORITHMS: &[&dyn rustls_pki_types::SignatureVerificationAlgorithm] =
-    &[webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256];
-
 /// Why a subject CN breaks the JPKI rule.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -298,13 +294,17 @@ pub fn verify_chain(
     let f = read_fields(anchors, &ee, der)?;
     let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.unix_secs()));
     let (order, n) = anchors.candidates(ee.issuer(), f.not_before);
+    // The only signature algorithm of the JPKI profile: sha256WithRSA, 2048–8192 bits, with
+    // the anchors' keys parsed once.
+    let algorithms: [&dyn rustls_pki_types::SignatureVerificationAlgorithm; 1] =
+        [anchors.rsa_sha256()];
     let mut last = JpkiError::UnknownIssuer;
     for &i in &order[..n] {
         let Some(anchor) = anchors.get(i) else {
             continue;
         };
         let verified = ee.verify_for_usage(
-            CHAIN_ALGORITHMS,
+            &algorithms,
             std::slice::from_ref(anchor.trust_anchor()),
             &[],
             time,
