@@ -448,6 +448,23 @@ mod tests {
     }
 
     #[test]
+    fn entries_are_counted_from_headers_alone() {
+        use crate::jpki::dev::DevCa;
+        let t = |s| Timestamp::from_unix_secs(s).expect("time");
+        let ca = DevCa::auth(1, t(1_600_000_000), t(2_000_000_000)).expect("CA");
+        for n in [0u32, 1, 3, 200] {
+            let serials: Vec<SerialNo> = (1..=n)
+                .map(|i| SerialNo::from_integer(&i.to_be_bytes()).expect("serial"))
+                .collect();
+            let der = ca
+                .crl(1, t(1_700_000_000), t(1_700_086_400), &serials)
+                .expect("crl");
+            assert_eq!(count_entries(&der), Some(n as usize), "{n} entries");
+        }
+        assert_eq!(count_entries(b"\x30"), None);
+    }
+
+    #[test]
     fn numbers_compare_as_integers() {
         use std::cmp::Ordering::*;
         assert_eq!(cmp_number(&[2], &[1, 0]), Less);
