@@ -291,6 +291,46 @@ fn test_pki_mimics_the_real_profile() {
     assert_eq!(cn.map(str::len), Some(23));
 }
 
+/// The end-entity profile is not public: accept what RFC 5280 allows (an AKI, a clientAuth EKU,
+/// or neither), refuse what it forbids (an EKU without clientAuth, a CA certificate used as an
+/// end entity).
+#[test]
+fn end_entity_extensions_follow_rfc_5280() {
+    use mykey_engine::jpki::dev::LeafVariant;
+    let p = pki();
+    let jpki = p.jpki();
+    let issue = |n: u64, v| {
+        p.gen2023
+            .issue_with(
+                &p.cards[0],
+                &cn(n),
+                &[0x50, n as u8],
+                date(2024, 1, 1),
+                date(2029, 1, 1),
+                v,
+            )
+            .expect("issue")
+    };
+    for (n, v) in [
+        (1, LeafVariant::Jpki),
+        (2, LeafVariant::Aki),
+        (3, LeafVariant::ClientAuthEku),
+    ] {
+        jpki.verify_cert(now(), &issue(n, v))
+            .unwrap_or_else(|e| panic!("{v:?}: {e}"));
+    }
+    match jpki.verify_cert(now(), &issue(4, LeafVariant::ServerAuthEku)) {
+        Err(JpkiError::Chain(
+            webpki::Error::RequiredEkuNotFound | webpki::Error::RequiredEkuNotFoundContext(_),
+        )) => {}
+        other => panic!("serverAuth-only EKU: {other:?}"),
+    }
+    match jpki.verify_cert(now(), &issue(5, LeafVariant::Ca)) {
+        Err(JpkiError::Chain(webpki::Error::CaUsedAsEndEntity)) => {}
+        other => panic!("CA as end entity: {other:?}"),
+    }
+}
+
 #[test]
 fn cn_rule() {
     let (id, suffix) = parse_cn("997794E9AGCIEG13221003A").expect("test card CN");

@@ -361,6 +361,16 @@ fn crl_pushes_are_checked_idempotent_monotonic_and_durable() {
         ),
         (1, 2, 0)
     );
+    // A CRL without an AKI is attributed by its signature: the 2023 generation is tried first
+    // (newest valid at thisUpdate), fails, and the 2019 one verifies.
+    let no_aki = p
+        .gen2019
+        .crl_without_aki(8, now, now.plus_secs(day), &[serial(11)])
+        .expect("crl");
+    r.push_crl(now, op(), &jpki, push("crl-2019-8-no-aki"), &no_aki)
+        .expect("no-AKI CRL");
+    assert!(r.is_revoked(&cert_ref(&jpki, 1, 11)).expect("revoked?"));
+    assert!(!r.is_revoked(&cert_ref(&jpki, 2, 11)).expect("revoked?"));
     // The CRL number is kept per CA: the 2023 generation starts afresh.
     r.push_crl(
         now,
@@ -379,7 +389,7 @@ fn crl_pushes_are_checked_idempotent_monotonic_and_durable() {
         r.crl_state(jpki.anchors().all()[1].key_id())
             .expect("state")
             .map(|s| s.1),
-        Some(vec![7])
+        Some(vec![8])
     );
     assert_eq!(
         r.lookup(now, &id2019, &shop).expect("lookup"),

@@ -15,12 +15,13 @@ use aws_lc_rs::signature::{self, KeyPair as _, RsaKeyPair};
 use rcgen::string::PrintableString;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, CustomExtension,
-    DistinguishedName, DnType, DnValue, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    RevokedCertParams, SerialNumber,
+    DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod,
+    KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
 };
 
 use super::anchors::{OU_DIGITAL_SIGNATURE, OU_USER_AUTHENTICATION};
 use super::crl::SerialNo;
+use super::der_header;
 use crate::id::Timestamp;
 
 /// The organisation of every JPKI CA.
@@ -168,6 +169,21 @@ fn crl_dp(ou: &str) -> CustomExtension {
     CustomExtension::from_oid_content(OID_CRL_DP, tlv(0x30, &tlv(0x30, &tlv(0xa0, &full_name))))
 }
 
+/// How an end-entity certificate departs from the JPKI profile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeafVariant {
+    /// The profile: no EKU, no AKI.
+    Jpki,
+    /// With an AKI naming the issuer's key (RFC 5280 allows it).
+    Aki,
+    /// With an EKU of clientAuth (allowed).
+    ClientAuthEku,
+    /// With an EKU of serverAuth only (not usable to authenticate a client).
+    ServerAuthEku,
+    /// Marked as a CA (RFC 5280 forbids using it as an end entity).
+    Ca,
+}
+
 /// A JPKI-like CA generation.
 pub struct DevCa {
     key: DevKey,
@@ -258,6 +274,20 @@ impl DevCa {
         not_before: Timestamp,
         not_after: Timestamp,
     ) -> Result<Vec<u8>, DevPkiError> {
+        self.issue_with(card, cn, serial, not_before, not_after, LeafVariant::Jpki)
+    }
+
+    /// As [`DevCa::issue`], departing from the JPKI profile as `variant` says (tests of what
+    /// RFC 5280 allows or forbids in an end-entity certificate).
+    pub fn issue_with(
+        &self,
+        card: &DevKey,
+        cn: &str,
+        serial: &[u8],
+        not_before: Timestamp,
+        not_after: Timestamp,
+        variant: LeafVariant,
+    ) -> Result<Vec<u8>, DevPkiError> {
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CountryName, country());
@@ -270,6 +300,23 @@ impl DevCa {
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.use_authority_key_identifier_extension = false;
         p.custom_extensions = vec![crl_dp(self.ou)];
+        match variant {
+            LeafVariant::Jpki => {}
+            LeafVariant::Aki => p.use_authority_key_identifier_extension = true,
+            LeafVariant::ClientAuthEku => {
+                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth]
+            }
+            LeafVariant::ServerAuthEku => {
+                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth]
+            }
+            LeafVariant::Ca => {
+                p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+                p.key_usages = vec![
+                    KeyUsagePurpose::KeyCertSign,
+                    KeyUsagePurpose::DigitalSignature,
+                ];
+            }
+        }
         Ok(p.signed_by(&card.rcgen, &self.issuer())?.der().to_vec())
     }
 
@@ -299,6 +346,71 @@ impl DevCa {
             key_identifier_method: KeyIdMethod::Sha256,
         };
         Ok(p.signed_by(&self.issuer())?.der().to_vec())
+    }
+
+    /// As [`DevCa::crl`], without the authority key identifier (rcgen always writes one; RFC
+    /// 5280 requires it of conforming CAs, but the JPKI CRL profile is not public), re-signed.
+    pub fn crl_without_aki(
+        &self,
+        number: u64,
+        this_update: Timestamp,
+        next_update: Timestamp,
+        serials: &[SerialNo],
+    ) -> Result<Vec<u8>, DevPkiError> {
+        let der = self.crl(number, this_update, next_update, serials)?;
+        let bad = || DevPkiError::Crypto("unexpected CRL structure".into());
+        let elements = |b: &[u8]| -> Result<Vec<(usize, usize)>, DevPkiError> {
+            // (start, end) of each TLV in `b`.
+            let mut out = Vec::new();
+            let mut at = 0;
+            while at < b.len() {
+                let (_, start, len) = der_header(b, at).ok_or_else(bad)?;
+                out.push((at, start + len));
+                at = start + len;
+            }
+            Ok(out)
+        };
+        let content = |b: &[u8]| -> Result<Vec<u8>, DevPkiError> {
+            let (_, start, len) = der_header(b, 0).ok_or_else(bad)?;
+            b.get(start..start + len)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(bad)
+        };
+        let outer = content(&der)?;
+        let parts = elements(&outer)?;
+        let [tbs, alg, _] = parts[..] else {
+            return Err(bad());
+        };
+        let mut new_tbs = Vec::new();
+        let tbs_content = content(&outer[tbs.0..tbs.1])?;
+        for (a, b) in elements(&tbs_content)? {
+            let el = &tbs_content[a..b];
+            if el.first() != Some(&0xa0) {
+                new_tbs.extend_from_slice(el);
+                continue;
+            }
+            let exts = content(&content(el)?)?;
+            let mut kept = Vec::new();
+            for (x, y) in elements(&exts)? {
+                // Extension ::= SEQUENCE { OID 2.5.29.35 = 06 03 55 1d 23, ... }
+                if !exts[x..y]
+                    .windows(5)
+                    .take(4)
+                    .any(|w| w == [0x06, 0x03, 0x55, 0x1d, 0x23])
+                {
+                    kept.extend_from_slice(&exts[x..y]);
+                }
+            }
+            new_tbs.extend(tlv(0xa0, &tlv(0x30, &kept)));
+        }
+        let new_tbs = tlv(0x30, &new_tbs);
+        let sig = self.key.sign(&new_tbs)?;
+        let mut bits = vec![0u8];
+        bits.extend_from_slice(&sig);
+        let mut body = new_tbs;
+        body.extend_from_slice(&outer[alg.0..alg.1]);
+        body.extend(tlv(0x03, &bits));
+        Ok(tlv(0x30, &body))
     }
 
     /// The key, to sign things this CA should not (tests of forged CRLs).
