@@ -270,7 +270,9 @@ struct View {
 pub const BATCH_WINDOW: usize = 16;
 
 /// Key → (seq, value) of changes submitted but not yet durable.
-type PendingMap = HashMap<Box<[u8]>, (u64, Option<Box<[u8]>>)>;
+type PendingMap = HashMap<Box<[u8]>, (u64, Option<Box<[u8]>>), ahash::RandomState>;
+/// Per table: key → index of a write's latest put of it.
+type OwnMap = HashMap<Box<[u8]>, usize, ahash::RandomState>;
 
 struct Writer {
     next_seq: u64,
@@ -543,7 +545,9 @@ impl Store {
                 next_seq,
                 buf: Vec::new(),
                 changes: Vec::new(),
-                pending: (0..Table::ALL.len()).map(|_| HashMap::new()).collect(),
+                pending: (0..Table::ALL.len())
+                    .map(|_| PendingMap::default())
+                    .collect(),
             }),
             log: Mutex::new(log),
             durable: AtomicU64::new(last_seq),
@@ -724,7 +728,7 @@ impl Store {
             store: self,
             w: lock(&self.writer),
             puts: Vec::new(),
-            own: HashMap::new(),
+            own: std::array::from_fn(|_| OwnMap::default()),
             approx_len: 0,
         })
     }
@@ -1160,8 +1164,8 @@ pub struct WriteTx<'a> {
     store: &'a Store,
     w: MutexGuard<'a, Writer>,
     puts: Vec<Put>,
-    /// (table, key) → index of this write's latest put of it.
-    own: HashMap<(u8, Vec<u8>), usize>,
+    /// Per table: key → index of this write's latest put of it (looked up without allocating).
+    own: [OwnMap; Table::ALL.len()],
     /// Bytes this change will take in the log, roughly (keys, values and framing).
     approx_len: usize,
 }
@@ -1170,7 +1174,7 @@ impl WriteTx<'_> {
     /// The value of `key` as this write would see it: its own puts, then changes submitted but
     /// not yet durable, then the visible store.
     pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        if let Some(&i) = self.own.get(&(table as u8, key.to_vec())) {
+        if let Some(&i) = self.own[table.index()].get(key) {
             return Ok(self.puts[i].value.clone());
         }
         if let Some((_, v)) = self.w.pending[table.index()].get(key) {
@@ -1182,8 +1186,7 @@ impl WriteTx<'_> {
     /// Records a put (`None` deletes).
     pub fn put(&mut self, table: Table, key: &[u8], value: Option<Vec<u8>>) {
         self.approx_len += 6 + key.len() + value.as_ref().map_or(0, Vec::len);
-        self.own
-            .insert((table as u8, key.to_vec()), self.puts.len());
+        self.own[table.index()].insert(key.into(), self.puts.len());
         self.puts.push(Put {
             table: table as u8,
             key: key.to_vec(),
