@@ -228,7 +228,7 @@ impl Default for JpkiConfig {
 
 /// The JPKI layer: anchors, verified-leaf cache and challenges, shared by every request.
 pub struct Jpki {
-    anchors: Arc<Anchors>,
+    anchors: Anchors,
     cache: LeafCache,
     challenges: Challenges,
 }
@@ -237,7 +237,7 @@ impl Jpki {
     /// A JPKI layer over loaded anchors.
     pub fn new(anchors: Anchors, config: JpkiConfig) -> Self {
         Self {
-            anchors: Arc::new(anchors),
+            anchors,
             cache: LeafCache::new(config.leaf_cache_entries),
             challenges: Challenges::new(config.challenges_max, config.challenge_ttl_secs),
         }
