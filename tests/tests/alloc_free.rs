@@ -103,3 +103,57 @@ fn lookups_allocate_nothing() {
     assert_eq!(out.len(), 64);
     assert_eq!(spent, 0, "the lookup path allocated {spent} times");
 }
+
+/// A repeat visit's card check (challenge, cached certificate, card signature, revocation
+/// index) makes no allocation on the Rust side. (aws-lc's C code keeps its own allocator.)
+#[test]
+fn a_cached_card_check_allocates_nothing() {
+    use mykey_engine::jpki::CardProof;
+    use mykey_tests::pki::{card, now, pki};
+    let p = pki();
+    let jpki = p.jpki();
+    let dir = TempDir::new("alloc-card");
+    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
+    let reg =
+        Registry::create(fs, StoreConfig::default(), RegistryConfig::default()).expect("create");
+    let cert = card(&p.gen2023, &p.cards[0], 900);
+    // Signing happens on the card, before the check; prepare a few proofs.
+    let proofs: Vec<([u8; 32], Vec<u8>)> = (0..5)
+        .map(|_| {
+            let c = jpki.issue_challenge(now()).expect("challenge");
+            (c.bytes, p.cards[0].sign(&c.bytes).expect("sign"))
+        })
+        .collect();
+    let check = |(ch, sig): &([u8; 32], Vec<u8>)| {
+        reg.authenticate(
+            now(),
+            &jpki,
+            &CardProof {
+                cert_der: &cert,
+                challenge: ch,
+                signature: sig,
+            },
+        )
+        .expect("authenticated")
+    };
+    // Registered (so its CA is known and the revocation index is really probed), then cold:
+    // the chain is verified and cached.
+    let (ch, sig) = &proofs[0];
+    reg.register_card(
+        now(),
+        actor("portal"),
+        &jpki,
+        &CardProof {
+            cert_der: &cert,
+            challenge: ch,
+            signature: sig,
+        },
+    )
+    .expect("register");
+    check(&proofs[1]);
+    let before = allocations();
+    for proof in &proofs[2..] {
+        check(proof);
+    }
+    assert_eq!(allocations() - before, 0);
+}

@@ -146,9 +146,10 @@ impl Registry {
         let Some(b) = self.known_cert(cert) else {
             return Ok(None);
         };
+        let mut key = [0u8; super::record::CERT_KEY_LEN_MAX];
         let found = self
             .store
-            .get(Table::Certs, &b.key(), |v| v.map(MyKeyId::parse))?;
+            .get(Table::Certs, b.key_in(&mut key), |v| v.map(MyKeyId::parse))?;
         found.transpose().map_err(|_| RegistryError::BadRecord {
             what: "certificate binding",
         })

@@ -1040,7 +1040,10 @@ impl Registry {
         let Some(b) = self.known_cert(cert) else {
             return Ok(false);
         };
-        Ok(self.store.get(Table::Revoked, &b.key(), |v| v.is_some())?)
+        let mut key = [0u8; record::CERT_KEY_LEN_MAX];
+        Ok(self
+            .store
+            .get(Table::Revoked, b.key_in(&mut key), |v| v.is_some())?)
     }
 
     /// The certificate in store form, if its CA is in the dictionary.

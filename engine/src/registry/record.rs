@@ -78,12 +78,29 @@ impl BoundCert {
 
     /// The key of this certificate in `certs` and `revoked`: CA index (varint), then serial.
     pub fn key(&self) -> Vec<u8> {
-        let mut k = Vec::with_capacity(5 + self.serial().len());
-        put_varint(&mut k, self.ca);
-        k.extend_from_slice(self.serial());
-        k
+        let mut buf = [0u8; CERT_KEY_LEN_MAX];
+        self.key_in(&mut buf).to_vec()
+    }
+
+    /// As [`BoundCert::key`], written into `buf` without allocating (the card-check path).
+    pub fn key_in<'b>(&self, buf: &'b mut [u8; CERT_KEY_LEN_MAX]) -> &'b [u8] {
+        let mut n = 0;
+        let mut v = self.ca;
+        while v >= 0x80 {
+            buf[n] = v as u8 | 0x80;
+            v >>= 7;
+            n += 1;
+        }
+        buf[n] = v as u8;
+        n += 1;
+        let serial = self.serial();
+        buf[n..n + serial.len()].copy_from_slice(serial);
+        &buf[..n + serial.len()]
     }
 }
+
+/// Longest certificate key: a 5-byte varint CA index and a 20-byte serial.
+pub const CERT_KEY_LEN_MAX: usize = 5 + crate::id::SERIAL_LEN_MAX;
 
 /// An ID record, decoded (the write path; lookups use [`find_link`] on the bytes).
 #[derive(Clone, Debug, PartialEq, Eq)]
