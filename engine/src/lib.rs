@@ -12,3 +12,4 @@ pub mod jpki;
 pub mod population;
 pub mod registry;
 pub mod store;
+pub mod wire;
