@@ -707,7 +707,7 @@ pub fn id_list_bytes(ids: &[MyKeyId]) -> Vec<u8> {
 impl<'a> IdList<'a> {
     /// An ID list over `count` × 14 bytes of well-formed IDs (see [`id_list_bytes`]).
     pub fn from_bytes(b: &'a [u8]) -> Result<Self, WireError> {
-        if b.len() % MYKEY_ID_LEN != 0 {
+        if !b.len().is_multiple_of(MYKEY_ID_LEN) {
             return Err(WireError::bad("an ID list is a multiple of 14 bytes"));
         }
         for c in b.chunks_exact(MYKEY_ID_LEN) {
