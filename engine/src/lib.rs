@@ -7,9 +7,11 @@
 //! `now`, so the same code runs in tests, in replay and, later, in the QUIC server.
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod id;
 pub mod jpki;
 pub mod population;
 pub mod registry;
+pub mod server;
 pub mod store;
 pub mod wire;

@@ -29,6 +29,8 @@ pub const STREAMED: u32 = u32::MAX;
 pub const BATCH_MAX: usize = 1024;
 /// Most rows in one `EXPORT` chunk.
 pub const EXPORT_CHUNK_MAX: usize = 4096;
+/// Bytes of an export row before its service ID: the MyKey ID, the state, the service length.
+pub const EXPORT_ROW_FIXED: usize = MYKEY_ID_LEN + 2;
 /// Concurrent requests (streams) per connection.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
 

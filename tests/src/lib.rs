@@ -142,6 +142,15 @@ pub mod pki {
             .expect("test anchors load")
         }
 
+        /// The 2023 generation's key identifier in hex (for serial lists).
+        pub fn gen2023_key_id_hex(&self) -> String {
+            self.anchors().all()[2]
+                .key_id()
+                .iter()
+                .map(|b| format!("{b:02X}"))
+                .collect()
+        }
+
         /// A JPKI layer over the three generations.
         pub fn jpki(&self) -> Jpki {
             Jpki::new(self.anchors(), JpkiConfig::default())

@@ -10,3 +10,4 @@ mod jpki;
 mod jpki_registry;
 mod population;
 mod process_kill;
+mod server;

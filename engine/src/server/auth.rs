@@ -1,0 +1,245 @@
+//! Client identities: the role and providers a terminal's client certificate carries (the
+//! authorisation extension of `engine/PROTOCOL.md`), and which operations each role may run.
+//!
+//! Owns least privilege: a certificate allows exactly its role's operations, and a counter only
+//! for the providers it names. Never trusts a certificate itself: by the time an identity is
+//! read, rustls has verified the chain to the operator's client CA (and its CRL).
+
+use x509_parser::prelude::*;
+
+use crate::id::ProviderId;
+use crate::wire::Op;
+
+/// Prefix of the subjectAltName URI naming a certificate's role.
+pub const ROLE_URI: &str = "urn:mykey:role:";
+/// Prefix of a subjectAltName URI naming a provider a counter acts for (percent-encoded).
+pub const PROVIDER_URI: &str = "urn:mykey:provider:";
+/// Most providers one counter certificate may name.
+pub const PROVIDERS_PER_CERT_MAX: usize = 256;
+
+/// What a client certificate allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// A terminal at a shopping street, library or facility: lookups and links for its
+    /// providers.
+    Counter,
+    /// A municipal counter: registrations with the card present, confirmation, re-binding,
+    /// deletion.
+    Municipal,
+    /// The citizen portal: full and provisional registration.
+    Portal,
+    /// A certified JPKI verifier: revocation pushes.
+    Partner,
+    /// The national operator: providers, lookups, links, deletion, export, statistics.
+    Operator,
+}
+
+impl Role {
+    /// The role named in a certificate.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "counter" => Role::Counter,
+            "municipal" => Role::Municipal,
+            "portal" => Role::Portal,
+            "partner" => Role::Partner,
+            "operator" => Role::Operator,
+            _ => return None,
+        })
+    }
+
+    /// The name written in certificates.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Counter => "counter",
+            Role::Municipal => "municipal",
+            Role::Portal => "portal",
+            Role::Partner => "partner",
+            Role::Operator => "operator",
+        }
+    }
+
+    /// Every role.
+    pub const ALL: [Role; 5] = [
+        Role::Counter,
+        Role::Municipal,
+        Role::Portal,
+        Role::Partner,
+        Role::Operator,
+    ];
+
+    /// Whether this role may run `op` (PROTOCOL.md, the operations table).
+    pub fn may(self, op: Op) -> bool {
+        use Op::*;
+        use Role::*;
+        match op {
+            Lookup | LookupBatch | Link | Unlink | Export => matches!(self, Counter | Operator),
+            Challenge => matches!(self, Counter | Municipal | Portal),
+            LookupCard => self == Counter,
+            RegisterFull => matches!(self, Municipal | Portal),
+            RegisterProvisional => self == Portal,
+            Confirm | Rebind => self == Municipal,
+            Delete => matches!(self, Municipal | Operator),
+            PushCrl | PushSerials => self == Partner,
+            Stats | RegisterProvider => self == Operator,
+        }
+    }
+}
+
+/// Who is connected: from the verified client certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The role.
+    pub role: Role,
+    /// For a counter: the providers it acts for.
+    pub providers: Vec<ProviderId>,
+    /// The certificate's subject CN, for logs and the audit trail.
+    pub name: String,
+}
+
+impl Identity {
+    /// Whether this identity may act for `provider`: a counter only for its own, an operator
+    /// for all.
+    pub fn may_act_for(&self, provider: &ProviderId) -> bool {
+        match self.role {
+            Role::Counter => self.providers.contains(provider),
+            _ => true,
+        }
+    }
+}
+
+/// Reads the identity of a client certificate (already verified by rustls).
+pub fn identity(cert_der: &[u8]) -> Result<Identity, String> {
+    let (_, cert) =
+        X509Certificate::from_der(cert_der).map_err(|e| format!("client certificate: {e}"))?;
+    let name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let uris: Vec<&str> = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|g| match g {
+                GeneralName::URI(u) => Some(*u),
+                _ => None,
+            })
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => return Err(format!("client certificate subjectAltName: {e}")),
+    };
+    let (role, providers) = decode_uris(&uris)?;
+    Ok(Identity {
+        role,
+        providers,
+        name,
+    })
+}
+
+/// The subjectAltName URIs that authorise `role` for `providers`.
+pub fn authorisation_uris(role: Role, providers: &[ProviderId]) -> Vec<String> {
+    let mut out = vec![format!("{ROLE_URI}{}", role.name())];
+    for p in providers {
+        let mut u = PROVIDER_URI.to_owned();
+        for &b in p.as_bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                u.push(b as char);
+            } else {
+                u.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out.push(u);
+    }
+    out
+}
+
+fn decode_uris(uris: &[&str]) -> Result<(Role, Vec<ProviderId>), String> {
+    let mut role = None;
+    let mut providers = Vec::new();
+    for u in uris {
+        if let Some(r) = u.strip_prefix(ROLE_URI) {
+            if role.is_some() {
+                return Err("the client certificate names more than one role".into());
+            }
+            role = Some(Role::parse(r).ok_or_else(|| format!("unknown role {r:?}"))?);
+        } else if let Some(p) = u.strip_prefix(PROVIDER_URI) {
+            if providers.len() == PROVIDERS_PER_CERT_MAX {
+                return Err(format!(
+                    "more than {PROVIDERS_PER_CERT_MAX} providers in one certificate"
+                ));
+            }
+            let bytes = percent_decode(p).ok_or_else(|| format!("malformed provider URI {u:?}"))?;
+            providers.push(ProviderId::parse(&bytes).map_err(|e| format!("{u:?}: {e}"))?);
+        }
+    }
+    let role = role.ok_or("the client certificate names no MyKey role")?;
+    if role == Role::Counter && providers.is_empty() {
+        return Err("a counter certificate names no provider".into());
+    }
+    Ok((role, providers))
+}
+
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorisation_uris_round_trip_and_refuse_garbage() {
+        let ps = [
+            ProviderId::parse("A-α1-0001".as_bytes()).expect("p"),
+            ProviderId::parse(b"13101-LIB-0001").expect("p"),
+        ];
+        let uris = authorisation_uris(Role::Counter, &ps);
+        assert_eq!(uris[1], "urn:mykey:provider:A-%CE%B11-0001");
+        let refs: Vec<&str> = uris.iter().map(String::as_str).collect();
+        assert_eq!(
+            decode_uris(&refs).expect("decode"),
+            (Role::Counter, ps.to_vec())
+        );
+        assert!(
+            decode_uris(&["urn:mykey:role:counter"]).is_err(),
+            "counter without provider"
+        );
+        assert!(decode_uris(&["urn:mykey:role:root"]).is_err());
+        assert!(decode_uris(&[]).is_err());
+        assert!(decode_uris(&["urn:mykey:role:operator", "urn:mykey:role:partner"]).is_err());
+        assert!(decode_uris(&["urn:mykey:role:counter", "urn:mykey:provider:%ZZ"]).is_err());
+        assert_eq!(
+            decode_uris(&["urn:mykey:role:partner", "https://example.org"]).map(|r| r.0),
+            Ok(Role::Partner)
+        );
+    }
+
+    #[test]
+    fn roles_allow_exactly_their_operations() {
+        for b in 0..=255u8 {
+            let Some(op) = Op::from_u8(b) else { continue };
+            let allowed: Vec<Role> = Role::ALL.into_iter().filter(|r| r.may(op)).collect();
+            assert!(!allowed.is_empty(), "{op:?} is allowed to nobody");
+        }
+        assert!(!Role::Counter.may(Op::PushCrl));
+        assert!(!Role::Partner.may(Op::Lookup));
+        assert!(!Role::Portal.may(Op::Link));
+        assert!(Role::Municipal.may(Op::Rebind));
+    }
+}

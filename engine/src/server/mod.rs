@@ -1,0 +1,568 @@
+//! The QUIC server: a quinn endpoint with TLS 1.3 (rustls, the aws-lc-rs provider passed
+//! explicitly), mandatory client certificates chained to the operator's client CA, and one
+//! request per stream as `engine/PROTOCOL.md` specifies.
+//!
+//! Owns the transport, the limits and the authorisation of every request against the identity
+//! its client certificate carries (`auth`). Contains no domain logic: it decodes with `wire`,
+//! asks the registry (writes on the blocking pool, since they wait for an fsync), and encodes
+//! the answer. Every refusal is a status in a response; nothing a client sends can panic the
+//! server or grow memory without bound (connection, stream, in-flight and frame limits are named
+//! constants).
+
+pub mod auth;
+pub mod dev;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{Endpoint, RecvStream, SendStream};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use tokio::sync::Semaphore;
+
+use crate::id::{ActorId, Timestamp};
+use crate::jpki::Jpki;
+use crate::registry::{Registry, RegistryError};
+use crate::wire::{self, HEADER_LEN, Op, Request, Status, WireError};
+pub use auth::{Identity, Role};
+
+/// Connections served at once; more are refused at the handshake.
+pub const CONNECTIONS_MAX: usize = 20_000;
+/// Requests being executed at once, over all connections; more are answered `BUSY`.
+pub const IN_FLIGHT_MAX: usize = 4096;
+/// Idle time after which a connection is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The TLS material was refused.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// The server's TLS material.
+pub struct ServerTls {
+    /// The server's certificate chain, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Its private key.
+    pub key: PrivateKeyDer<'static>,
+    /// The operator's client CA certificates.
+    pub client_cas: Vec<CertificateDer<'static>>,
+    /// CRLs of the client CA: a revoked client certificate fails the handshake.
+    pub client_crls: Vec<CertificateRevocationListDer<'static>>,
+}
+
+/// The aws-lc-rs crypto provider: the one provider, passed explicitly everywhere.
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The transport settings both ends use. ACKs are asked for at once (threshold 0), so a lone
+/// request's response is not held back by QUIC's 25 ms delayed ACK.
+pub fn transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(wire::STREAMS_PER_CONNECTION_MAX))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
+        .max_idle_timeout(IDLE_TIMEOUT.try_into().ok())
+        .keep_alive_interval(Some(Duration::from_secs(15)));
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(quinn::VarInt::from_u32(0))
+        .max_ack_delay(Some(Duration::from_millis(1)));
+    t.ack_frequency_config(Some(ack));
+    t
+}
+
+fn server_config(tls: ServerTls) -> Result<quinn::ServerConfig, ServerError> {
+    let provider = crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in tls.client_cas {
+        roots
+            .add(ca)
+            .map_err(|e| ServerError::Tls(format!("client CA: {e}")))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .with_crls(tls.client_crls)
+    .build()
+    .map_err(|e| ServerError::Tls(format!("client verifier: {e}")))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(tls.chain, tls.key)
+        .map_err(|e| ServerError::Tls(format!("server certificate: {e}")))?;
+    cfg.alpn_protocols = vec![wire::ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg)
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    sc.transport_config(Arc::new(transport()));
+    Ok(sc)
+}
+
+/// What the server serves: the registry, the JPKI layer, and the clock.
+pub struct Service {
+    /// The registry.
+    pub registry: Registry,
+    /// The JPKI layer.
+    pub jpki: Jpki,
+    /// Reads the time; tests pass a fixed one.
+    pub clock: fn() -> Timestamp,
+}
+
+/// The system clock in whole seconds.
+pub fn system_clock() -> Timestamp {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Timestamp::from_unix_secs(secs).unwrap_or(Timestamp::from_raw(u32::MAX))
+}
+
+/// A bound, serving endpoint.
+pub struct Server {
+    endpoint: Endpoint,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds `addr` and starts serving on the current tokio runtime.
+    pub fn start(
+        addr: SocketAddr,
+        tls: ServerTls,
+        service: Arc<Service>,
+    ) -> Result<Self, ServerError> {
+        let endpoint = Endpoint::server(server_config(tls)?, addr)
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let ep = endpoint.clone();
+        let task = tokio::spawn(accept_loop(ep, service));
+        Ok(Self { endpoint, task })
+    }
+
+    /// The address bound (the port chosen when asked for port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Stops accepting, closes every connection, and waits for the endpoint to go idle.
+    pub async fn shutdown(self) {
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"server shutting down");
+        self.task.abort();
+        self.endpoint.wait_idle().await;
+    }
+}
+
+async fn accept_loop(endpoint: Endpoint, service: Arc<Service>) {
+    let connections = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            incoming.refuse();
+            continue;
+        };
+        let service = service.clone();
+        let in_flight = in_flight.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let Ok(conn) = incoming.await else {
+                return;
+            };
+            let ident = match peer_identity(&conn) {
+                Ok(i) => Arc::new(i),
+                Err(reason) => {
+                    conn.close(quinn::VarInt::from_u32(1), reason.as_bytes());
+                    return;
+                }
+            };
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                let service = service.clone();
+                let ident = ident.clone();
+                let in_flight = in_flight.clone();
+                tokio::spawn(async move {
+                    serve_stream(&service, &ident, &in_flight, send, recv).await;
+                });
+            }
+        });
+    }
+}
+
+fn peer_identity(conn: &quinn::Connection) -> Result<Identity, String> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|a| a.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or("no client certificate")?;
+    let leaf = certs.first().ok_or("no client certificate")?;
+    auth::identity(leaf)
+}
+
+async fn respond(send: &mut SendStream, frame: &[u8]) {
+    // A client that went away cannot be answered; nothing else to do.
+    let _ = send.write_all(frame).await;
+    let _ = send.finish();
+}
+
+async fn serve_stream(
+    service: &Arc<Service>,
+    ident: &Arc<Identity>,
+    in_flight: &Arc<Semaphore>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let mut out = Vec::new();
+    let mut header = [0u8; HEADER_LEN];
+    if recv.read_exact(&mut header).await.is_err() {
+        wire::error_response(
+            &mut out,
+            0,
+            &WireError {
+                status: Status::BadFrame,
+                message: "the stream ended inside the frame header".into(),
+            },
+            None,
+        );
+        return respond(&mut send, &out).await;
+    }
+    let (op, len) = match wire::request_header(&header) {
+        Ok(v) => v,
+        Err((op, e)) => {
+            let _ = recv.stop(quinn::VarInt::from_u32(0));
+            wire::error_response(&mut out, op, &e, None);
+            return respond(&mut send, &out).await;
+        }
+    };
+    let mut body = vec![0u8; len as usize];
+    let complete = recv.read_exact(&mut body).await.is_ok()
+        && matches!(recv.read(&mut [0u8; 1]).await, Ok(None));
+    if !complete {
+        let e = WireError {
+            status: Status::BadFrame,
+            message: format!("the stream does not hold exactly one {}-byte body", len),
+        };
+        wire::error_response(&mut out, op as u8, &e, None);
+        return respond(&mut send, &out).await;
+    }
+    let Ok(_permit) = in_flight.try_acquire() else {
+        let e = WireError {
+            status: Status::Busy,
+            message: "too many requests in flight; retry shortly".into(),
+        };
+        wire::error_response(&mut out, op as u8, &e, None);
+        return respond(&mut send, &out).await;
+    };
+    let req = match Request::decode(op, &body) {
+        Ok(r) => r,
+        Err(e) => {
+            wire::error_response(&mut out, op as u8, &e, None);
+            return respond(&mut send, &out).await;
+        }
+    };
+    if let Err(e) = authorise(ident, &req) {
+        wire::error_response(&mut out, op as u8, &e, None);
+        return respond(&mut send, &out).await;
+    }
+    if let Request::Export { provider } = req {
+        return export(service, provider, &mut send).await;
+    }
+    let result = if is_write(op) {
+        let service = service.clone();
+        let ident = ident.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            match Request::decode(op, &body) {
+                Ok(req) => execute(&service, &ident, &req, &mut out),
+                Err(e) => Err(e.into()),
+            }
+            .map(|()| out)
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(WireError {
+                status: Status::Internal,
+                message: "the request failed inside the server".into(),
+            }
+            .into())
+        })
+    } else {
+        execute(service, ident, &req, &mut out).map(|()| std::mem::take(&mut out))
+    };
+    match result {
+        Ok(frame) => respond(&mut send, &frame).await,
+        Err(Refusal(e, existing)) => {
+            wire::error_response(&mut out, op as u8, &e, existing.as_ref());
+            respond(&mut send, &out).await
+        }
+    }
+}
+
+/// Operations that wait for an fsync or do heavy work, run off the async workers.
+fn is_write(op: Op) -> bool {
+    !matches!(op, Op::Lookup | Op::LookupBatch | Op::Challenge | Op::Stats)
+}
+
+fn forbidden(message: String) -> WireError {
+    WireError {
+        status: Status::Forbidden,
+        message,
+    }
+}
+
+/// Checks the request against the identity's role and, for a counter, its providers.
+pub fn authorise(ident: &Identity, req: &Request<'_>) -> Result<(), WireError> {
+    let op = req.op();
+    if !ident.role.may(op) {
+        return Err(forbidden(format!(
+            "a {} certificate may not run {}",
+            ident.role.name(),
+            op.name()
+        )));
+    }
+    let provider = match req {
+        Request::Lookup { provider, .. }
+        | Request::LookupBatch { provider, .. }
+        | Request::LookupCard { provider, .. }
+        | Request::Link { provider, .. }
+        | Request::Unlink { provider, .. }
+        | Request::Export { provider } => Some(provider),
+        _ => None,
+    };
+    if let Some(p) = provider
+        && !ident.may_act_for(p)
+    {
+        return Err(forbidden(format!(
+            "this certificate does not act for provider {p}"
+        )));
+    }
+    Ok(())
+}
+
+/// The actor recorded in the audit trail: `<role>:<certificate CN>`, cut to 64 bytes; the
+/// role alone if the CN cannot be part of an actor id.
+fn actor(ident: &Identity) -> Result<ActorId, Refusal> {
+    let name = format!("{}:{}", ident.role.name(), ident.name);
+    let mut cut = name.len().min(crate::id::ACTOR_ID_LEN_MAX);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    ActorId::parse(&name.as_bytes()[..cut])
+        .or_else(|_| ActorId::parse(ident.role.name().as_bytes()))
+        .map_err(|e| Refusal::from(WireError::from(e)))
+}
+
+/// A refused request: its status and message, and for `LINK_CONFLICT` the existing service ID.
+#[derive(Debug)]
+pub struct Refusal(WireError, Option<crate::id::ServiceId>);
+
+impl From<WireError> for Refusal {
+    fn from(e: WireError) -> Self {
+        Self(e, None)
+    }
+}
+
+fn refused(e: RegistryError) -> Refusal {
+    let existing = match &e {
+        RegistryError::LinkConflict { existing, .. } => Some(*existing),
+        _ => None,
+    };
+    Refusal(wire::refusal(&e), existing)
+}
+
+/// Runs a decoded, authorised request and writes the success frame into `out`.
+fn execute(
+    service: &Service,
+    ident: &Identity,
+    req: &Request<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), Refusal> {
+    let now = (service.clock)();
+    let reg = &service.registry;
+    let op = req.op() as u8;
+    wire::begin_response(out, op, Status::Ok);
+    match *req {
+        Request::Lookup { provider, id } => {
+            let l = reg.lookup(now, &id, &provider).map_err(refused)?;
+            wire::put_answer(out, &l);
+        }
+        Request::LookupBatch { provider, ids } => {
+            let p = reg.provider_ref(&provider).map_err(refused)?;
+            out.extend_from_slice(&(ids.len() as u16).to_le_bytes());
+            for id in ids.iter() {
+                let l = reg.lookup_ref(now, &id, p).map_err(refused)?;
+                wire::put_answer(out, &l);
+            }
+        }
+        Request::Challenge => {
+            let c = service
+                .jpki
+                .issue_challenge(now)
+                .map_err(|e| refused(e.into()))?;
+            wire::put_challenge(out, &c);
+        }
+        Request::LookupCard { provider, card } => {
+            let l = reg
+                .lookup_card(now, &service.jpki, &card, &provider)
+                .map_err(refused)?;
+            match l.id {
+                Some(id) => {
+                    out.push(1);
+                    out.extend_from_slice(id.as_bytes());
+                }
+                None => out.push(0),
+            }
+            wire::put_answer(out, &l.lookup);
+        }
+        Request::RegisterFull { card } => {
+            let id = reg
+                .register_card(now, actor(ident)?, &service.jpki, &card)
+                .map_err(refused)?;
+            out.extend_from_slice(id.as_bytes());
+        }
+        Request::RegisterProvisional { id, card } => reg
+            .register_provisional_card(now, actor(ident)?, &service.jpki, id, &card)
+            .map_err(refused)?,
+        Request::Confirm { id, card } => reg
+            .confirm_card(now, actor(ident)?, &service.jpki, id, &card)
+            .map_err(refused)?,
+        Request::Link {
+            id,
+            provider,
+            service: svc,
+            replace,
+        } => {
+            let o = reg
+                .link(now, actor(ident)?, id, provider, svc, replace)
+                .map_err(refused)?;
+            wire::put_link_outcome(out, &o);
+        }
+        Request::Unlink { id, provider } => {
+            let o = reg
+                .unlink(now, actor(ident)?, id, provider)
+                .map_err(refused)?;
+            out.push(match o {
+                crate::registry::UnlinkOutcome::Unlinked => 0,
+                crate::registry::UnlinkOutcome::NotLinked => 1,
+            });
+        }
+        Request::Rebind { id, card } => reg
+            .rebind_card(now, actor(ident)?, &service.jpki, id, &card)
+            .map_err(refused)?,
+        Request::Delete { id } => reg.delete(now, actor(ident)?, id).map_err(refused)?,
+        Request::PushCrl { push, crl } => {
+            let s = reg
+                .push_crl(now, actor(ident)?, &service.jpki, push, crl)
+                .map_err(refused)?;
+            wire::put_push_summary(out, &s);
+        }
+        Request::PushSerials { push, list } => {
+            let s = reg
+                .push_serials(now, actor(ident)?, &service.jpki, push, list)
+                .map_err(refused)?;
+            wire::put_push_summary(out, &s);
+        }
+        Request::Stats => {
+            let stats = stats(service);
+            out.extend_from_slice(&(stats.len() as u16).to_le_bytes());
+            for (name, v) in stats {
+                out.push(name.len() as u8);
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        Request::RegisterProvider { provider } => {
+            let o = reg
+                .register_provider(now, actor(ident)?, provider)
+                .map_err(refused)?;
+            out.push(match o {
+                crate::registry::ProviderOutcome::Registered => 0,
+                crate::registry::ProviderOutcome::AlreadyRegistered => 1,
+            });
+        }
+        Request::Export { .. } => {
+            return Err(WireError {
+                status: Status::Internal,
+                message: "EXPORT is streamed".into(),
+            }
+            .into());
+        }
+    }
+    wire::end_response(out);
+    Ok(())
+}
+
+/// The `STATS` names and values.
+pub fn stats(service: &Service) -> Vec<(&'static str, u64)> {
+    let store = service.registry.store();
+    let mut v = vec![
+        ("durable_seq", store.durable_seq()),
+        ("delta_keys", store.delta_keys() as u64),
+        ("cached_leaves", service.jpki.cached_leaves() as u64),
+    ];
+    for t in store.stats() {
+        let n = t.shard_entries.iter().sum::<u64>() + t.delta_keys as u64;
+        v.push((t.table.name(), n));
+    }
+    v
+}
+
+async fn export(service: &Arc<Service>, provider: crate::id::ProviderId, send: &mut SendStream) {
+    // Rows are gathered on the blocking pool (the export walks the whole table), then streamed
+    // in chunks of at most EXPORT_CHUNK_MAX rows.
+    let svc = service.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        let mut rows = Vec::new();
+        svc.registry
+            .export(&provider, |r| rows.push(*r))
+            .map(|_| rows)
+    })
+    .await;
+    let mut out = Vec::new();
+    let rows = match rows {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(e)) => {
+            wire::error_response(&mut out, Op::Export as u8, &wire::refusal(&e), None);
+            return respond(send, &out).await;
+        }
+        Err(_) => {
+            let e = WireError {
+                status: Status::Internal,
+                message: "the export failed inside the server".into(),
+            };
+            wire::error_response(&mut out, Op::Export as u8, &e, None);
+            return respond(send, &out).await;
+        }
+    };
+    wire::begin_response(&mut out, Op::Export as u8, Status::Ok);
+    out[4..8].copy_from_slice(&wire::STREAMED.to_le_bytes());
+    for chunk in rows.chunks(wire::EXPORT_CHUNK_MAX) {
+        out.extend_from_slice(&(chunk.len() as u16).to_le_bytes());
+        for r in chunk {
+            out.extend_from_slice(r.id.as_bytes());
+            out.push(match r.state {
+                crate::registry::IdState::Active => 0,
+                crate::registry::IdState::Provisional => 1,
+                crate::registry::IdState::Suspended => 2,
+                crate::registry::IdState::Deleted => 3,
+            });
+            out.push(r.service.as_bytes().len() as u8);
+            out.extend_from_slice(r.service.as_bytes());
+        }
+        if send.write_all(&out).await.is_err() {
+            return;
+        }
+        out.clear();
+    }
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&(rows.len() as u64).to_le_bytes());
+    respond(send, &out).await;
+}

@@ -1,0 +1,463 @@
+//! `mykeyd` over QUIC on loopback: every role's allowed and forbidden operations, a counter
+//! kept to its own providers, malformed frames answered with a status on a connection that
+//! keeps serving, a revoked client certificate refused, writes durable across a restart, and
+//! hundreds of concurrent clients.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mykey_engine::client::{Client, ClientError};
+use mykey_engine::id::{ActorId, MyKeyId, PushId, Timestamp};
+use mykey_engine::jpki::CardProof;
+use mykey_engine::registry::{IdState, LinkOutcome, Lookup, Registry, RegistryConfig};
+use mykey_engine::server::dev::{DevOperatorPki, Terminal};
+use mykey_engine::server::{Role, Server, Service};
+use mykey_engine::store::StoreConfig;
+use mykey_engine::store::fs::{Fs, RealFs};
+use mykey_engine::wire::Status;
+use mykey_tests::pki::{card, now, pki};
+use mykey_tests::{TempDir, provider, service};
+
+fn real_now() -> Timestamp {
+    let s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    Timestamp::from_unix_secs(s).expect("time")
+}
+
+struct Net {
+    pki: DevOperatorPki,
+    terminals: Vec<(&'static str, Terminal)>,
+}
+
+impl Net {
+    fn new() -> Self {
+        let t = real_now();
+        let pki = DevOperatorPki::generate(
+            &["localhost", "127.0.0.1"],
+            Timestamp::from_unix_secs(t.unix_secs() - 86_400).expect("t"),
+            t.plus_secs(30 * 86_400),
+        )
+        .expect("operator PKI");
+        let a = [provider("A-α1-0001")];
+        let b = [provider("B-β1-0002")];
+        let terminals = vec![
+            (
+                "counter-a",
+                pki.terminal("shop-a-1", Role::Counter, &a, 10).expect("t"),
+            ),
+            (
+                "counter-b",
+                pki.terminal("shop-b-1", Role::Counter, &b, 11).expect("t"),
+            ),
+            (
+                "municipal",
+                pki.terminal("toshima-1", Role::Municipal, &[], 12)
+                    .expect("t"),
+            ),
+            (
+                "portal",
+                pki.terminal("portal-1", Role::Portal, &[], 13).expect("t"),
+            ),
+            (
+                "partner",
+                pki.terminal("verifier-1", Role::Partner, &[], 14)
+                    .expect("t"),
+            ),
+            (
+                "operator",
+                pki.terminal("ops-1", Role::Operator, &[], 15).expect("t"),
+            ),
+        ];
+        Self { pki, terminals }
+    }
+
+    fn terminal(&self, name: &str) -> &Terminal {
+        &self
+            .terminals
+            .iter()
+            .find(|(n, _)| *n == name)
+            .expect("terminal")
+            .1
+    }
+
+    async fn client(&self, addr: SocketAddr, name: &str) -> Client {
+        Client::connect(addr, "localhost", self.pki.client_tls(self.terminal(name)))
+            .await
+            .expect("connect")
+    }
+}
+
+fn registry(dir: &TempDir, create: bool) -> Registry {
+    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
+    if !create {
+        return Registry::open(fs, RegistryConfig::default()).expect("open");
+    }
+    let r =
+        Registry::create(fs, StoreConfig::default(), RegistryConfig::default()).expect("create");
+    for p in ["A-α1-0001", "B-β1-0002"] {
+        r.register_provider(now(), ActorId::parse(b"setup").expect("actor"), provider(p))
+            .expect("provider");
+    }
+    r
+}
+
+fn start(
+    net: &Net,
+    reg: Registry,
+    crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+) -> Server {
+    let service = Arc::new(Service {
+        registry: reg,
+        jpki: pki().jpki(),
+        clock: now,
+    });
+    Server::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        net.pki.server_tls(crls),
+        service,
+    )
+    .expect("server starts")
+}
+
+fn status<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Status {
+    match r {
+        Err(e) => e.status().unwrap_or_else(|| panic!("not a refusal: {e}")),
+        Ok(v) => panic!("expected a refusal, got {v:?}"),
+    }
+}
+
+/// A card proof for a challenge issued over the wire.
+async fn proof(
+    c: &Client,
+    cert: &[u8],
+    key: &mykey_engine::jpki::dev::DevKey,
+) -> (Vec<u8>, [u8; 32], Vec<u8>) {
+    let ch = c.challenge().await.expect("challenge");
+    (cert.to_vec(), ch.bytes, key.sign(&ch.bytes).expect("sign"))
+}
+
+fn as_card<'a>(p: &'a (Vec<u8>, [u8; 32], Vec<u8>)) -> CardProof<'a> {
+    CardProof {
+        cert_der: &p.0,
+        challenge: &p.1,
+        signature: &p.2,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_does_what_it_may_and_nothing_else() {
+    let net = Net::new();
+    let dir = TempDir::new("server-roles");
+    let server = start(&net, registry(&dir, true), Vec::new());
+    let addr = server.local_addr().expect("addr");
+    let (a, b) = (provider("A-α1-0001"), provider("B-β1-0002"));
+    let portal = net.client(addr, "portal").await;
+    let counter_a = net.client(addr, "counter-a").await;
+    let counter_b = net.client(addr, "counter-b").await;
+    let partner = net.client(addr, "partner").await;
+    let operator = net.client(addr, "operator").await;
+    let municipal = net.client(addr, "municipal").await;
+
+    // The portal registers a card (full registration: the CN's 14 characters).
+    let p = pki();
+    let cert = card(&p.gen2023, &p.cards[0], 4242);
+    let pr = proof(&portal, &cert, &p.cards[0]).await;
+    let id = portal.register_full(as_card(&pr)).await.expect("register");
+    assert_eq!(id.as_str(), "T0000000004242");
+    // The same proof again: the challenge was used.
+    assert_eq!(
+        status(portal.register_full(as_card(&pr)).await),
+        Status::ChallengeReused
+    );
+
+    // Counter A links and reads its own provider; counter B can do neither for A.
+    assert_eq!(
+        counter_a
+            .link(id, a, service("LIB-0001"), false)
+            .await
+            .expect("link"),
+        LinkOutcome::Linked
+    );
+    assert_eq!(
+        counter_a.lookup(a, id).await.expect("lookup"),
+        Lookup::Linked(service("LIB-0001"))
+    );
+    assert_eq!(status(counter_b.lookup(a, id).await), Status::Forbidden);
+    assert_eq!(
+        status(counter_b.link(id, a, service("X"), true).await),
+        Status::Forbidden
+    );
+    assert_eq!(status(counter_b.export(a, |_| {}).await), Status::Forbidden);
+    assert_eq!(
+        counter_b.lookup(b, id).await.expect("lookup"),
+        Lookup::NotLinked
+    );
+    // A conflicting link says what is linked now.
+    match counter_a.link(id, a, service("LIB-9999"), false).await {
+        Err(ClientError::Refused {
+            status, existing, ..
+        }) => {
+            assert_eq!(status, Status::LinkConflict as u8);
+            assert_eq!(existing, Some(service("LIB-0001")));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Batched lookups, in order.
+    let unknown = MyKeyId::parse(b"ZZZZZZZZZZZZZZ").expect("id");
+    assert_eq!(
+        counter_a
+            .lookup_batch(a, &[id, unknown, id])
+            .await
+            .expect("batch"),
+        vec![
+            Lookup::Linked(service("LIB-0001")),
+            Lookup::UnknownId,
+            Lookup::Linked(service("LIB-0001"))
+        ]
+    );
+    // An authenticated lookup at the counter.
+    let pr = proof(&counter_a, &cert, &p.cards[0]).await;
+    assert_eq!(
+        counter_a
+            .lookup_card(a, as_card(&pr))
+            .await
+            .expect("card lookup"),
+        (Some(id), Lookup::Linked(service("LIB-0001")))
+    );
+
+    // Roles outside their operations.
+    assert_eq!(status(partner.lookup(a, id).await), Status::Forbidden);
+    assert_eq!(
+        status(portal.link(id, a, service("X"), false).await),
+        Status::Forbidden
+    );
+    assert_eq!(
+        status(
+            counter_a
+                .push_serials(PushId::parse(b"x").expect("p"), b"")
+                .await
+        ),
+        Status::Forbidden
+    );
+    assert_eq!(status(counter_a.stats().await), Status::Forbidden);
+    assert_eq!(
+        status(municipal.register_provider(provider("C")).await),
+        Status::Forbidden
+    );
+    assert_eq!(status(partner.challenge().await), Status::Forbidden);
+
+    // The partner revokes the card; the ID is suspended at once.
+    let ca = p.gen2023_key_id_hex();
+    let list = format!("ca {ca}\n{:X}\n", 0x1000_0000u64 + 4242);
+    let s = partner
+        .push_serials(PushId::parse(b"lost-4242").expect("push"), list.as_bytes())
+        .await
+        .expect("push");
+    assert_eq!(
+        (
+            s.entries,
+            s.revoke.newly_revoked,
+            s.revoke.suspended,
+            s.replayed
+        ),
+        (1, 1, 1, false)
+    );
+    assert_eq!(
+        counter_a.lookup(a, id).await.expect("lookup"),
+        Lookup::Suspended
+    );
+    let pr = proof(&counter_a, &cert, &p.cards[0]).await;
+    assert_eq!(
+        status(counter_a.lookup_card(a, as_card(&pr)).await),
+        Status::CertRevoked
+    );
+
+    // The operator exports, reads stats and registers providers.
+    let mut rows = Vec::new();
+    assert_eq!(
+        operator.export(a, |r| rows.push(r)).await.expect("export"),
+        1
+    );
+    assert_eq!(
+        (rows[0].id, rows[0].state, rows[0].service),
+        (id, IdState::Suspended, service("LIB-0001"))
+    );
+    let stats = operator.stats().await.expect("stats");
+    assert!(
+        stats.iter().any(|(n, v)| n == "ids" && *v >= 1),
+        "{stats:?}"
+    );
+    assert!(
+        operator
+            .register_provider(provider("C-γ1-0003"))
+            .await
+            .expect("provider")
+    );
+    assert!(
+        !operator
+            .register_provider(provider("C-γ1-0003"))
+            .await
+            .expect("provider")
+    );
+    // The municipal counter re-binds the holder's new card.
+    let renewed = card(&p.gen2023, &p.cards[0], 4343);
+    let pr = proof(&municipal, &renewed, &p.cards[0]).await;
+    municipal.rebind(id, as_card(&pr)).await.expect("rebind");
+    assert_eq!(
+        counter_a.lookup(a, id).await.expect("lookup"),
+        Lookup::Linked(service("LIB-0001"))
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_get_a_status_and_the_connection_keeps_serving() {
+    let net = Net::new();
+    let dir = TempDir::new("server-frames");
+    let server = start(&net, registry(&dir, true), Vec::new());
+    let addr = server.local_addr().expect("addr");
+    let c = net.client(addr, "counter-a").await;
+    let a = provider("A-α1-0001");
+    let id = MyKeyId::parse(b"1C2410DF79DGEL").expect("id");
+    let mut good = Vec::new();
+    mykey_engine::wire::Request::Lookup { provider: a, id }
+        .encode(&mut good)
+        .expect("encode");
+    let mut oversized = vec![1, 0x01, 0, 0];
+    oversized.extend_from_slice(&(64 * 1024 + 1u32).to_le_bytes());
+    let mut truncated = good.clone();
+    truncated.truncate(good.len() - 3);
+    let mut trailing = good.clone();
+    trailing.push(0);
+    let mut bad_id = good.clone();
+    let n = bad_id.len();
+    bad_id[n - 1] = b'a';
+    let cases: Vec<(&str, Vec<u8>, Status)> = vec![
+        (
+            "version 2",
+            [&[2u8][..], &good[1..]].concat(),
+            Status::UnsupportedVersion,
+        ),
+        (
+            "unknown opcode",
+            [&[1u8, 0x7f][..], &good[2..]].concat(),
+            Status::UnknownOpcode,
+        ),
+        ("oversized", oversized, Status::FrameTooLarge),
+        ("truncated body", truncated, Status::BadFrame),
+        ("trailing byte", trailing, Status::BadFrame),
+        ("short header", vec![1, 1, 0], Status::BadFrame),
+        ("empty stream", Vec::new(), Status::BadFrame),
+        ("malformed MyKey ID", bad_id, Status::BadId),
+    ];
+    for (what, frame, want) in cases {
+        let (st, _, body) = c
+            .raw(&frame)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(Status::from_u8(st), Some(want), "{what}");
+        assert!(body.len() >= 2, "{what}: an error body carries a message");
+        // The connection still serves.
+        assert_eq!(
+            c.lookup(a, id).await.expect("lookup"),
+            Lookup::UnknownId,
+            "{what}"
+        );
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_client_certificate_is_refused() {
+    let net = Net::new();
+    let dir = TempDir::new("server-crl");
+    let t = real_now();
+    let crl = net
+        .pki
+        .crl(
+            1,
+            Timestamp::from_unix_secs(t.unix_secs() - 60).expect("t"),
+            t.plus_secs(86_400),
+            &[11],
+        )
+        .expect("crl");
+    let server = start(&net, registry(&dir, true), vec![crl]);
+    let addr = server.local_addr().expect("addr");
+    // counter-b (serial 11) is revoked: it cannot get an answer; counter-a can.
+    let refused = async {
+        let c = Client::connect(
+            addr,
+            "localhost",
+            net.pki.client_tls(net.terminal("counter-b")),
+        )
+        .await?;
+        c.lookup(
+            provider("B-β1-0002"),
+            MyKeyId::parse(b"ZZZZZZZZZZZZZZ").expect("id"),
+        )
+        .await
+    }
+    .await;
+    assert!(
+        matches!(refused, Err(ClientError::Connect(_) | ClientError::Io(_))),
+        "{refused:?}"
+    );
+    let ok = net.client(addr, "counter-a").await;
+    ok.lookup(
+        provider("A-α1-0001"),
+        MyKeyId::parse(b"ZZZZZZZZZZZZZZ").expect("id"),
+    )
+    .await
+    .expect("a valid certificate is served");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_write_survives_a_restart_and_hundreds_of_clients_are_served() {
+    let net = Net::new();
+    let dir = TempDir::new("server-restart");
+    let server = start(&net, registry(&dir, true), Vec::new());
+    let addr = server.local_addr().expect("addr");
+    let a = provider("A-α1-0001");
+    let municipal = net.client(addr, "municipal").await;
+    let p = pki();
+    let cert = card(&p.gen2023, &p.cards[1], 777);
+    let pr = proof(&municipal, &cert, &p.cards[1]).await;
+    let id = municipal
+        .register_full(as_card(&pr))
+        .await
+        .expect("register");
+    let c = net.client(addr, "counter-a").await;
+    c.link(id, a, service("PT-777"), false)
+        .await
+        .expect("acknowledged");
+    drop((c, municipal));
+    server.shutdown().await;
+
+    // A new server over the reopened store answers the acknowledged link.
+    let server = start(&net, registry(&dir, false), Vec::new());
+    let addr = server.local_addr().expect("addr");
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let tls = net.pki.client_tls(net.terminal("counter-a"));
+        tasks.push(tokio::spawn(async move {
+            let c = Client::connect(addr, "localhost", tls)
+                .await
+                .expect("connect");
+            for _ in 0..3 {
+                assert_eq!(
+                    c.lookup(a, id).await.expect("lookup"),
+                    Lookup::Linked(service("PT-777")),
+                    "client {i}"
+                );
+            }
+            c.close().await;
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    server.shutdown().await;
+}
