@@ -117,6 +117,7 @@ fn start(
         "127.0.0.1:0".parse().expect("addr"),
         net.pki.server_tls(crls),
         service,
+        mykey_engine::server::Limits::default(),
     )
     .expect("server starts")
 }

@@ -9,11 +9,14 @@
 //! server or grow memory without bound (connection, stream, in-flight and frame limits are named
 //! constants).
 
+pub mod admin;
 pub mod auth;
+pub mod config;
 pub mod dev;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use quinn::{Endpoint, RecvStream, SendStream};
@@ -130,10 +133,37 @@ pub fn system_clock() -> Timestamp {
     Timestamp::from_unix_secs(secs).unwrap_or(Timestamp::from_raw(u32::MAX))
 }
 
+/// Limits of a running server (the `[limits]` section of the config).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once; more are refused at the handshake.
+    pub connections_max: usize,
+    /// Requests executed at once over all connections; more are answered `BUSY`.
+    pub in_flight_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connections_max: CONNECTIONS_MAX,
+            in_flight_max: IN_FLIGHT_MAX,
+        }
+    }
+}
+
+/// State shared by the accept loop and every stream.
+struct Shared {
+    service: Arc<Service>,
+    in_flight: Semaphore,
+    limits: Limits,
+    draining: AtomicBool,
+}
+
 /// A bound, serving endpoint.
 pub struct Server {
     endpoint: Endpoint,
     task: tokio::task::JoinHandle<()>,
+    shared: Arc<Shared>,
 }
 
 impl Server {
@@ -142,17 +172,45 @@ impl Server {
         addr: SocketAddr,
         tls: ServerTls,
         service: Arc<Service>,
+        limits: Limits,
     ) -> Result<Self, ServerError> {
         let endpoint = Endpoint::server(server_config(tls)?, addr)
             .map_err(|source| ServerError::Bind { addr, source })?;
-        let ep = endpoint.clone();
-        let task = tokio::spawn(accept_loop(ep, service));
-        Ok(Self { endpoint, task })
+        let shared = Arc::new(Shared {
+            service,
+            in_flight: Semaphore::new(limits.in_flight_max),
+            limits,
+            draining: AtomicBool::new(false),
+        });
+        metrics::gauge!(admin::CONNECTIONS_MAX).set(limits.connections_max as f64);
+        let task = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
+        Ok(Self {
+            endpoint,
+            task,
+            shared,
+        })
     }
 
     /// The address bound (the port chosen when asked for port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.endpoint.local_addr()
+    }
+
+    /// Replaces the TLS material (server certificate, client CA, client CRL) for new
+    /// connections; live connections keep theirs. A refused configuration changes nothing.
+    pub fn reload_tls(&self, tls: ServerTls) -> Result<(), ServerError> {
+        self.endpoint.set_server_config(Some(server_config(tls)?));
+        Ok(())
+    }
+
+    /// Drains: refuses new connections and new requests (`BUSY`), waits up to `grace` for the
+    /// requests in flight to finish (every acknowledged write is already durable), then closes.
+    pub async fn drain(self, grace: Duration) {
+        self.shared.draining.store(true, Ordering::Release);
+        self.endpoint.set_server_config(None);
+        let all = u32::try_from(self.shared.limits.in_flight_max).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(grace, self.shared.in_flight.acquire_many(all)).await;
+        self.shutdown().await;
     }
 
     /// Stops accepting, closes every connection, and waits for the endpoint to go idle.
@@ -164,16 +222,15 @@ impl Server {
     }
 }
 
-async fn accept_loop(endpoint: Endpoint, service: Arc<Service>) {
-    let connections = Arc::new(Semaphore::new(CONNECTIONS_MAX));
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
+async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
+    let connections = Arc::new(Semaphore::new(shared.limits.connections_max));
     while let Some(incoming) = endpoint.accept().await {
         let Ok(permit) = connections.clone().try_acquire_owned() else {
+            metrics::counter!(admin::CONNECTIONS_REFUSED_TOTAL, "reason" => "limit").increment(1);
             incoming.refuse();
             continue;
         };
-        let service = service.clone();
-        let in_flight = in_flight.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let Ok(conn) = incoming.await else {
@@ -182,18 +239,24 @@ async fn accept_loop(endpoint: Endpoint, service: Arc<Service>) {
             let ident = match peer_identity(&conn) {
                 Ok(i) => Arc::new(i),
                 Err(reason) => {
+                    metrics::counter!(admin::CONNECTIONS_REFUSED_TOTAL, "reason" => "identity")
+                        .increment(1);
+                    tracing::warn!(%reason, "client certificate without a valid MyKey identity");
                     conn.close(quinn::VarInt::from_u32(1), reason.as_bytes());
                     return;
                 }
             };
+            let gauge = metrics::gauge!(admin::CONNECTIONS);
+            gauge.increment(1.0);
+            tracing::debug!(role = ident.role.name(), name = %ident.name, "connection");
             while let Ok((send, recv)) = conn.accept_bi().await {
-                let service = service.clone();
+                let shared = shared.clone();
                 let ident = ident.clone();
-                let in_flight = in_flight.clone();
                 tokio::spawn(async move {
-                    serve_stream(&service, &ident, &in_flight, send, recv).await;
+                    serve_stream(&shared, &ident, send, recv).await;
                 });
             }
+            gauge.decrement(1.0);
         });
     }
 }
@@ -214,32 +277,54 @@ async fn respond(send: &mut SendStream, frame: &[u8]) {
 }
 
 async fn serve_stream(
-    service: &Arc<Service>,
+    shared: &Arc<Shared>,
     ident: &Arc<Identity>,
-    in_flight: &Arc<Semaphore>,
+    send: SendStream,
+    recv: RecvStream,
+) {
+    let start = std::time::Instant::now();
+    let (op, status) = serve_request(shared, ident, send, recv).await;
+    let op_name = Op::from_u8(op).map_or("UNKNOWN", Op::name);
+    metrics::counter!(admin::REQUESTS_TOTAL, "op" => op_name, "status" => status.name())
+        .increment(1);
+    metrics::histogram!(admin::REQUEST_SECONDS, "op" => op_name)
+        .record(start.elapsed().as_secs_f64());
+    if matches!(Op::from_u8(op), Some(Op::PushCrl | Op::PushSerials)) {
+        let outcome = if status == Status::Ok {
+            "applied"
+        } else {
+            "refused"
+        };
+        metrics::counter!(admin::PUSHES_TOTAL, "op" => op_name, "outcome" => outcome).increment(1);
+        if status == Status::Ok {
+            metrics::gauge!(admin::LAST_PUSH_SECONDS).set(system_clock().unix_secs() as f64);
+        }
+        tracing::info!(op = op_name, status = status.name(), actor = %ident.name, "revocation push");
+    }
+}
+
+/// Serves one stream; returns the opcode byte and the status answered.
+async fn serve_request(
+    shared: &Arc<Shared>,
+    ident: &Arc<Identity>,
     mut send: SendStream,
     mut recv: RecvStream,
-) {
+) -> (u8, Status) {
+    let service = &shared.service;
     let mut out = Vec::new();
     let mut header = [0u8; HEADER_LEN];
     if recv.read_exact(&mut header).await.is_err() {
-        wire::error_response(
-            &mut out,
-            0,
-            &WireError {
-                status: Status::BadFrame,
-                message: "the stream ended inside the frame header".into(),
-            },
-            None,
-        );
-        return respond(&mut send, &out).await;
+        let e = WireError {
+            status: Status::BadFrame,
+            message: "the stream ended inside the frame header".into(),
+        };
+        return refuse(&mut send, 0, &e).await;
     }
     let (op, len) = match wire::request_header(&header) {
         Ok(v) => v,
         Err((op, e)) => {
             let _ = recv.stop(quinn::VarInt::from_u32(0));
-            wire::error_response(&mut out, op, &e, None);
-            return respond(&mut send, &out).await;
+            return refuse(&mut send, op, &e).await;
         }
     };
     let mut body = vec![0u8; len as usize];
@@ -248,32 +333,34 @@ async fn serve_stream(
     if !complete {
         let e = WireError {
             status: Status::BadFrame,
-            message: format!("the stream does not hold exactly one {}-byte body", len),
+            message: format!("the stream does not hold exactly one {len}-byte body"),
         };
-        wire::error_response(&mut out, op as u8, &e, None);
-        return respond(&mut send, &out).await;
+        return refuse(&mut send, op as u8, &e).await;
     }
-    let Ok(_permit) = in_flight.try_acquire() else {
+    if shared.draining.load(Ordering::Acquire) {
+        let e = WireError {
+            status: Status::Busy,
+            message: "the server is draining; retry on another node".into(),
+        };
+        return refuse(&mut send, op as u8, &e).await;
+    }
+    let Ok(_permit) = shared.in_flight.try_acquire() else {
         let e = WireError {
             status: Status::Busy,
             message: "too many requests in flight; retry shortly".into(),
         };
-        wire::error_response(&mut out, op as u8, &e, None);
-        return respond(&mut send, &out).await;
+        return refuse(&mut send, op as u8, &e).await;
     };
     let req = match Request::decode(op, &body) {
         Ok(r) => r,
-        Err(e) => {
-            wire::error_response(&mut out, op as u8, &e, None);
-            return respond(&mut send, &out).await;
-        }
+        Err(e) => return refuse(&mut send, op as u8, &e).await,
     };
     if let Err(e) = authorise(ident, &req) {
-        wire::error_response(&mut out, op as u8, &e, None);
-        return respond(&mut send, &out).await;
+        return refuse(&mut send, op as u8, &e).await;
     }
     if let Request::Export { provider } = req {
-        return export(service, provider, &mut send).await;
+        let status = export(service, provider, &mut send).await;
+        return (op as u8, status);
     }
     let result = if is_write(op) {
         let service = service.clone();
@@ -298,12 +385,23 @@ async fn serve_stream(
         execute(service, ident, &req, &mut out).map(|()| std::mem::take(&mut out))
     };
     match result {
-        Ok(frame) => respond(&mut send, &frame).await,
+        Ok(frame) => {
+            respond(&mut send, &frame).await;
+            (op as u8, Status::Ok)
+        }
         Err(Refusal(e, existing)) => {
             wire::error_response(&mut out, op as u8, &e, existing.as_ref());
-            respond(&mut send, &out).await
+            respond(&mut send, &out).await;
+            (op as u8, e.status)
         }
     }
+}
+
+async fn refuse(send: &mut SendStream, op: u8, e: &WireError) -> (u8, Status) {
+    let mut out = Vec::new();
+    wire::error_response(&mut out, op, e, None);
+    respond(send, &out).await;
+    (op, e.status)
 }
 
 /// Operations that wait for an fsync or do heavy work, run off the async workers.
@@ -515,7 +613,11 @@ pub fn stats(service: &Service) -> Vec<(&'static str, u64)> {
     v
 }
 
-async fn export(service: &Arc<Service>, provider: crate::id::ProviderId, send: &mut SendStream) {
+async fn export(
+    service: &Arc<Service>,
+    provider: crate::id::ProviderId,
+    send: &mut SendStream,
+) -> Status {
     // Rows are gathered on the blocking pool (the export walks the whole table), then streamed
     // in chunks of at most EXPORT_CHUNK_MAX rows.
     let svc = service.clone();
@@ -529,17 +631,13 @@ async fn export(service: &Arc<Service>, provider: crate::id::ProviderId, send: &
     let mut out = Vec::new();
     let rows = match rows {
         Ok(Ok(rows)) => rows,
-        Ok(Err(e)) => {
-            wire::error_response(&mut out, Op::Export as u8, &wire::refusal(&e), None);
-            return respond(send, &out).await;
-        }
+        Ok(Err(e)) => return refuse(send, Op::Export as u8, &wire::refusal(&e)).await.1,
         Err(_) => {
             let e = WireError {
                 status: Status::Internal,
                 message: "the export failed inside the server".into(),
             };
-            wire::error_response(&mut out, Op::Export as u8, &e, None);
-            return respond(send, &out).await;
+            return refuse(send, Op::Export as u8, &e).await.1;
         }
     };
     wire::begin_response(&mut out, Op::Export as u8, Status::Ok);
@@ -558,11 +656,12 @@ async fn export(service: &Arc<Service>, provider: crate::id::ProviderId, send: &
             out.extend_from_slice(r.service.as_bytes());
         }
         if send.write_all(&out).await.is_err() {
-            return;
+            return Status::Ok;
         }
         out.clear();
     }
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&(rows.len() as u64).to_le_bytes());
     respond(send, &out).await;
+    Status::Ok
 }

@@ -1,0 +1,158 @@
+//! The admin HTTP endpoint and the metrics: `/metrics` (Prometheus text), `/livez` and
+//! `/readyz`, on a separate TCP port bound to loopback by default.
+//!
+//! Owns the metric names (`mykey_` prefix, base units, `_total` counters, `_seconds`
+//! histograms with explicit buckets; labels never carry a MyKey ID or a serial) and a minimal
+//! HTTP/1.1 responder: one GET per connection, bounded request size, closed after the answer.
+//! Never serves anything but these three paths.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Requests by operation and status.
+pub const REQUESTS_TOTAL: &str = "mykey_requests_total";
+/// Request latency by operation, from the first byte read to the last byte queued.
+pub const REQUEST_SECONDS: &str = "mykey_request_duration_seconds";
+/// Connections open now.
+pub const CONNECTIONS: &str = "mykey_connections";
+/// Connections refused (limit reached, or a client certificate without a valid identity).
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "mykey_connections_refused_total";
+/// Revocation pushes by kind and outcome.
+pub const PUSHES_TOTAL: &str = "mykey_revocation_pushes_total";
+/// Unix time of the last revocation push applied.
+pub const LAST_PUSH_SECONDS: &str = "mykey_revocation_last_push_timestamp_seconds";
+/// 1 when ready to serve.
+pub const READY: &str = "mykey_ready";
+/// Seconds until the server certificate expires.
+pub const CERT_EXPIRY_SECONDS: &str = "mykey_server_certificate_expiry_timestamp_seconds";
+/// Limit on connections, for alerting on the fraction in use.
+pub const CONNECTIONS_MAX: &str = "mykey_connections_max";
+
+/// Latency buckets, in seconds: 50 µs to 1 s.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.000_05, 0.000_1, 0.000_2, 0.000_4, 0.000_8, 0.001_6, 0.003_2, 0.006_4, 0.012_8, 0.025_6,
+    0.051_2, 0.1, 0.5, 1.0,
+];
+
+/// Most bytes of an admin request read.
+const ADMIN_REQUEST_MAX: usize = 4096;
+/// Time an admin client has to send its request.
+const ADMIN_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The process-wide Prometheus recorder (installed once; later calls get the same handle).
+pub fn recorder() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let r = builder.build_recorder();
+            let handle = r.handle();
+            // Another recorder may be installed already (a test harness); then this handle
+            // renders nothing, which /metrics reports honestly as empty.
+            let _ = metrics::set_global_recorder(r);
+            handle
+        })
+        .clone()
+}
+
+/// Readiness: false until the store is open and certificates are loaded, and again while
+/// draining.
+#[derive(Default)]
+pub struct Readiness(AtomicBool);
+
+impl Readiness {
+    /// Marks ready or not.
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Release);
+        metrics::gauge!(READY).set(if ready { 1.0 } else { 0.0 });
+    }
+
+    /// Whether ready.
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Serves the admin endpoint on `addr` until the task is dropped. Returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    ready: Arc<Readiness>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let handle = recorder();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                continue;
+            };
+            let ready = ready.clone();
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; ADMIN_REQUEST_MAX];
+                let mut n = 0;
+                // Read until the end of the request head, the size limit, or the timeout.
+                let read = tokio::time::timeout(ADMIN_READ_TIMEOUT, async {
+                    while n < buf.len() {
+                        match sock.read(&mut buf[n..]).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => {
+                                n += k;
+                                if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                })
+                .await;
+                let (status, ctype, body) = if read.is_err() {
+                    ("408 Request Timeout", "text/plain", "timeout\n".to_owned())
+                } else {
+                    route(&buf[..n], &ready, &handle)
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(body.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    Ok((local, task))
+}
+
+fn route(
+    req: &[u8],
+    ready: &Readiness,
+    handle: &PrometheusHandle,
+) -> (&'static str, &'static str, String) {
+    let line = req.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if method != "GET" {
+        return ("405 Method Not Allowed", "text/plain", "GET only\n".into());
+    }
+    match path {
+        "/metrics" => ("200 OK", "text/plain; version=0.0.4", handle.render()),
+        "/livez" => ("200 OK", "text/plain", "ok\n".into()),
+        "/readyz" if ready.get() => ("200 OK", "text/plain", "ready\n".into()),
+        "/readyz" => (
+            "503 Service Unavailable",
+            "text/plain",
+            "not ready\n".into(),
+        ),
+        _ => ("404 Not Found", "text/plain", "not found\n".into()),
+    }
+}
