@@ -21,6 +21,9 @@ use mykey_engine::registry::{Lookup, OpKind, Registry, RegistryConfig};
 use mykey_engine::store::fs::{Fs, RealFs};
 use mykey_engine::store::{self, StoreConfig, Table};
 
+#[path = "mykeyd/serve.rs"]
+mod serve;
+
 /// The embedded sample data the demo store is built from.
 const SAMPLE_PROVIDERS: &str = include_str!("../../snapshots/sample/providers.txt");
 const SAMPLE_POPULATION: &str = include_str!("../../snapshots/sample/population.csv");
@@ -94,6 +97,31 @@ enum Cmd {
     },
     /// Apply a partner's revocation push by hand: a DER CRL or a serial list (engine/JPKI.md).
     Revoke(RevokeArgs),
+    /// Create a development setup: operator PKI, terminal certificates per role, a development
+    /// JPKI generation with simulated cards, the sample store, and mykeyd.toml.
+    Init {
+        /// Where to create it.
+        #[arg(long, default_value = "mykey-dev")]
+        dir: PathBuf,
+        /// QUIC address written into the config.
+        #[arg(long, default_value = "127.0.0.1:4433")]
+        listen: std::net::SocketAddr,
+        /// Admin HTTP address written into the config.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        admin: std::net::SocketAddr,
+    },
+    /// Serve mykey/1 over QUIC until SIGTERM (SIGHUP reloads certificates and the client CRL).
+    Serve {
+        /// The configuration file (see `mykeyd init` for an example with every option).
+        #[arg(long, required_unless_present = "dev")]
+        config: Option<PathBuf>,
+        /// Serve the development setup in DIR (created by `mykeyd init` first if missing).
+        #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "mykey-dev")]
+        dev: Option<PathBuf>,
+        /// Load and check everything (config, certificates, anchors, store), then exit.
+        #[arg(long)]
+        check_config: bool,
+    },
 }
 
 #[derive(Args)]
@@ -540,6 +568,37 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Revoke(a) => revoke(&a),
+        Cmd::Init { dir, listen, admin } => serve::init(&dir, listen, admin),
+        Cmd::Serve {
+            config,
+            dev,
+            check_config,
+        } => {
+            let path = match (config, dev) {
+                (Some(c), _) => c,
+                (None, Some(dir)) => {
+                    let c = dir.join("mykeyd.toml");
+                    if !c.exists() {
+                        serve::init(
+                            &dir,
+                            "127.0.0.1:4433".parse().map_err(|e| format!("{e}"))?,
+                            "127.0.0.1:9464".parse().map_err(|e| format!("{e}"))?,
+                        )?;
+                    }
+                    c
+                }
+                (None, None) => return Err("give --config FILE or --dev".into()),
+            };
+            if check_config {
+                serve::check(&path)?;
+                println!(
+                    "{}: configuration, certificates, anchors and store are usable",
+                    path.display()
+                );
+                return Ok(());
+            }
+            serve::serve(&path)
+        }
         Cmd::Compact { store } => {
             let reg = open_registry(&store.dir)?;
             let start = Instant::now();

@@ -93,6 +93,21 @@ impl DevKey {
         Ok(sig)
     }
 
+    /// The private key as PKCS#8 DER (to keep a simulated card in a file).
+    pub fn pkcs8(&self) -> Result<Vec<u8>, DevPkiError> {
+        Ok(self.rsa.as_der().map_err(crypto)?.as_ref().to_vec())
+    }
+
+    /// A key from PKCS#8 DER, as written by [`DevKey::pkcs8`].
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self, DevPkiError> {
+        let rsa = RsaKeyPair::from_pkcs8(der).map_err(crypto)?;
+        let rcgen = KeyPair::from_pkcs8_der_and_sign_algo(
+            &rustls_pki_types::PrivatePkcs8KeyDer::from(der),
+            &rcgen::PKCS_RSA_SHA256,
+        )?;
+        Ok(Self { rsa, rcgen })
+    }
+
     /// The public key as an RSAPublicKey (PKCS#1 DER).
     pub fn public_key(&self) -> &[u8] {
         self.rsa.public_key().as_ref()
@@ -256,8 +271,7 @@ impl DevCa {
 
     /// The CA certificate, PEM.
     pub fn pem(&self) -> String {
-        let b64 = base64_lines(&self.der);
-        format!("-----BEGIN CERTIFICATE-----\n{b64}-----END CERTIFICATE-----\n")
+        pem("CERTIFICATE", &self.der)
     }
 
     fn issuer(&self) -> Issuer<'_, &KeyPair> {
@@ -417,6 +431,12 @@ impl DevCa {
     pub fn key(&self) -> &DevKey {
         &self.key
     }
+}
+
+/// `der` as a PEM block with `label` (CERTIFICATE, PRIVATE KEY, X509 CRL).
+pub fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64_lines(der);
+    format!("-----BEGIN {label}-----\n{b64}-----END {label}-----\n")
 }
 
 /// Standard base64 of `b` in 64-character lines, each ending in a newline.

@@ -124,6 +124,12 @@ pub struct Service {
     pub clock: fn() -> Timestamp,
 }
 
+impl AsRef<crate::store::Store> for Service {
+    fn as_ref(&self) -> &crate::store::Store {
+        self.registry.store()
+    }
+}
+
 /// The system clock in whole seconds.
 pub fn system_clock() -> Timestamp {
     let secs = std::time::SystemTime::now()

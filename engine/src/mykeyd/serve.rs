@@ -1,0 +1,301 @@
+//! `mykeyd init` and `mykeyd serve`: the development setup a newcomer starts with, and the
+//! server process (config, logs, admin endpoint, QUIC endpoint, SIGHUP reload, SIGTERM drain).
+//!
+//! Owns process concerns only: reading files, signals, exit codes. The serving itself is the
+//! library's `server`; what is served is the registry and the JPKI layer.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mykey_engine::id::{ActorId, ProviderId, Timestamp};
+use mykey_engine::jpki::dev::{DevCa, DevKey, pem};
+use mykey_engine::jpki::{Anchors, Jpki, JpkiConfig};
+use mykey_engine::population::{self, BuildOptions};
+use mykey_engine::registry::{Registry, RegistryConfig};
+use mykey_engine::server::admin::{self, Readiness};
+use mykey_engine::server::config::{self, Config, LogFormat};
+use mykey_engine::server::dev::DevOperatorPki;
+use mykey_engine::server::{Limits, Role, Server, ServerTls, Service, system_clock};
+use mykey_engine::store::fs::{Fs, RealFs};
+use mykey_engine::store::{self, CompactionPolicy, StoreConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+
+use super::{SAMPLE_POPULATION, SAMPLE_PROVIDERS};
+
+/// How long SIGTERM waits for requests in flight.
+const DRAIN_GRACE: Duration = Duration::from_secs(30);
+/// Years the development certificates are valid.
+const DEV_YEARS: u64 = 2;
+
+/// The terminals `mykeyd init` issues: file name, role, providers.
+const DEV_TERMINALS: [(&str, Role, &[&str]); 5] = [
+    ("counter", Role::Counter, &["A-α1-0001", "13101-LIB-0001"]),
+    ("municipal", Role::Municipal, &[]),
+    ("portal", Role::Portal, &[]),
+    ("partner", Role::Partner, &[]),
+    ("operator", Role::Operator, &[]),
+];
+
+fn write(path: &Path, bytes: impl AsRef<[u8]>) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Creates a complete development setup in `dir`: operator PKI (server certificate, client CA,
+/// one terminal certificate per role), a development JPKI generation and three simulated
+/// cards, the sample store, and `mykeyd.toml`. Refuses to overwrite an existing setup.
+pub fn init(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), String> {
+    let cfg_path = dir.join("mykeyd.toml");
+    if cfg_path.exists() {
+        return Err(format!(
+            "{} exists already; remove {} to start afresh",
+            cfg_path.display(),
+            dir.display()
+        ));
+    }
+    let now = system_clock();
+    let from = Timestamp::from_unix_secs(now.unix_secs().saturating_sub(86_400))
+        .map_err(|e| e.to_string())?;
+    let until = now.plus_secs(DEV_YEARS * 365 * 86_400);
+    eprintln!("generating the development PKI in {} ...", dir.display());
+    let pki = DevOperatorPki::generate(&["localhost", "127.0.0.1"], from, until)
+        .map_err(|e| e.to_string())?;
+    let p = dir.join("pki");
+    write(&p.join("client-ca.pem"), pem("CERTIFICATE", pki.ca()))?;
+    write(
+        &p.join("server.pem"),
+        pem("CERTIFICATE", &pki.server().cert),
+    )?;
+    write(&p.join("server.key"), pem("PRIVATE KEY", &pki.server().key))?;
+    let crl = pki.crl(1, from, until, &[]).map_err(|e| e.to_string())?;
+    write(&p.join("client-ca.crl"), pem("X509 CRL", &crl))?;
+    for (serial, (name, role, providers)) in (10u64..).zip(DEV_TERMINALS) {
+        let providers: Vec<ProviderId> = providers
+            .iter()
+            .map(|s| ProviderId::parse(s.as_bytes()).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        let t = pki
+            .terminal(&format!("dev-{name}"), role, &providers, serial)
+            .map_err(|e| e.to_string())?;
+        write(
+            &p.join(format!("terminals/{name}.pem")),
+            pem("CERTIFICATE", &t.cert),
+        )?;
+        write(
+            &p.join(format!("terminals/{name}.key")),
+            pem("PRIVATE KEY", &t.key),
+        )?;
+    }
+    // A development JPKI generation and three cards it issued.
+    let ca = DevCa::auth(0x0d0e_0001, from, until).map_err(|e| e.to_string())?;
+    write(&dir.join("jpki-anchors/dev-auth-ca.pem"), ca.pem())?;
+    for n in 1..=3u64 {
+        let key = DevKey::generate(2048).map_err(|e| e.to_string())?;
+        let cn = format!("DEVCARD{n:07}13101001A");
+        let cert = ca
+            .issue(&key, &cn, &(0x0d00 + n).to_be_bytes(), from, until)
+            .map_err(|e| e.to_string())?;
+        write(&dir.join(format!("cards/card-{n}.der")), cert)?;
+        write(
+            &dir.join(format!("cards/card-{n}.key")),
+            key.pkcs8().map_err(|e| e.to_string())?,
+        )?;
+    }
+    // The sample store.
+    let store_dir = dir.join("store");
+    std::fs::create_dir_all(&store_dir).map_err(|e| format!("{}: {e}", store_dir.display()))?;
+    let fs = RealFs::new(&store_dir).map_err(|e| e.to_string())?;
+    let opts = BuildOptions {
+        at: now,
+        actor: ActorId::parse(b"dev-init").map_err(|e| e.to_string())?,
+        store: StoreConfig {
+            ids_shards: 4,
+            certs_shards: 4,
+            revoked_shards: 1,
+        },
+        hash_key: None,
+    };
+    population::build(
+        &fs,
+        SAMPLE_PROVIDERS.as_bytes(),
+        SAMPLE_POPULATION.as_bytes(),
+        &opts,
+        &mut |_| {},
+    )
+    .map_err(|e| e.to_string())?;
+    write(&cfg_path, config::example(listen, admin_listen))?;
+    eprintln!(
+        "wrote {}: pki/ (server, client CA, terminals/<role>.pem), jpki-anchors/, cards/, store/",
+        cfg_path.display()
+    );
+    Ok(())
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let v: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if v.is_empty() {
+        return Err(format!("{}: no CERTIFICATE", path.display()));
+    }
+    Ok(v)
+}
+
+/// Reads the TLS material the config names.
+pub fn load_tls(cfg: &Config) -> Result<ServerTls, String> {
+    let key = PrivateKeyDer::from_pem_file(&cfg.tls.key)
+        .map_err(|e| format!("{}: {e}", cfg.tls.key.display()))?;
+    let client_crls = match &cfg.tls.client_crl {
+        None => Vec::new(),
+        Some(p) => {
+            let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            if bytes.starts_with(b"-----BEGIN") {
+                CertificateRevocationListDer::pem_slice_iter(&bytes)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("{}: {e}", p.display()))?
+            } else {
+                vec![CertificateRevocationListDer::from(bytes)]
+            }
+        }
+    };
+    Ok(ServerTls {
+        chain: read_certs(&cfg.tls.cert)?,
+        key,
+        client_cas: read_certs(&cfg.tls.client_ca)?,
+        client_crls,
+    })
+}
+
+/// Everything `serve` needs, loaded and checked: what `--check-config` runs.
+pub fn check(cfg_path: &Path) -> Result<(Config, ServerTls, Anchors), String> {
+    let cfg = Config::load(cfg_path).map_err(|e| e.to_string())?;
+    let tls = load_tls(&cfg)?;
+    let anchors = Anchors::load_dir(&cfg.jpki.anchors).map_err(|e| e.to_string())?;
+    if !cfg.store.dir.join(store::manifest::NAME).exists() {
+        return Err(format!("{}: no store here", cfg.store.dir.display()));
+    }
+    Ok((cfg, tls, anchors))
+}
+
+fn init_logs(cfg: &Config) {
+    let level = match cfg.log.level.as_str() {
+        "error" => tracing::Level::ERROR,
+        "warn" => tracing::Level::WARN,
+        "debug" => tracing::Level::DEBUG,
+        "trace" => tracing::Level::TRACE,
+        _ => tracing::Level::INFO,
+    };
+    use std::io::IsTerminal;
+    let b = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let _ = match cfg.log.format {
+        LogFormat::Json => b.json().try_init(),
+        LogFormat::Text => b.try_init(),
+    };
+}
+
+/// Runs the server until SIGTERM or SIGINT.
+pub fn serve(cfg_path: &Path) -> Result<(), String> {
+    let (cfg, tls, anchors) = check(cfg_path)?;
+    init_logs(&cfg);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(run(cfg_path.to_owned(), cfg, tls, anchors))
+}
+
+async fn run(
+    cfg_path: PathBuf,
+    cfg: Config,
+    tls: ServerTls,
+    anchors: Anchors,
+) -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let ready = Arc::new(Readiness::default());
+    ready.set(false);
+    let (admin_addr, _admin) = admin::serve(cfg.server.admin_listen, ready.clone())
+        .await
+        .map_err(|e| format!("admin {}: {e}", cfg.server.admin_listen))?;
+    let fs: Arc<dyn Fs> = Arc::new(
+        RealFs::new(&cfg.store.dir).map_err(|e| format!("{}: {e}", cfg.store.dir.display()))?,
+    );
+    let (registry, rec) = Registry::open_with_report(fs, RegistryConfig::default())
+        .map_err(|e| format!("{}: {e}", cfg.store.dir.display()))?;
+    tracing::info!(
+        store = %cfg.store.dir.display(),
+        snapshot_seq = rec.snapshot_seq,
+        replayed = rec.replayed,
+        torn_bytes = rec.torn_bytes,
+        "store open"
+    );
+    let jpki = Jpki::new(
+        anchors,
+        JpkiConfig {
+            leaf_cache_entries: cfg.jpki.leaf_cache_entries,
+            challenges_max: mykey_engine::jpki::challenge::CHALLENGES_MAX,
+            challenge_ttl_secs: cfg.jpki.challenge_ttl_secs,
+        },
+    );
+    let service = Arc::new(Service {
+        registry,
+        jpki,
+        clock: system_clock,
+    });
+    let limits = Limits {
+        connections_max: cfg.limits.connections_max,
+        in_flight_max: cfg.limits.in_flight_max,
+    };
+    let server = Server::start(cfg.server.listen, tls, service.clone(), limits)
+        .map_err(|e| e.to_string())?;
+    let stop_compactor = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let compactor = store::spawn_compactor(
+        service.clone(),
+        CompactionPolicy {
+            delta_keys_max: cfg.store.compact_delta_keys,
+            ..CompactionPolicy::default()
+        },
+        stop_compactor.clone(),
+    );
+    ready.set(true);
+    let addr = server.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%addr, admin = %admin_addr, "mykeyd serving");
+    eprintln!(
+        "mykeyd serving mykey/1 on {addr} (admin http://{admin_addr}/metrics); stop with Ctrl-C"
+    );
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match Config::load(&cfg_path).map_err(|e| e.to_string()).and_then(|c| load_tls(&c)) {
+                Ok(tls) => match server.reload_tls(tls) {
+                    Ok(()) => tracing::info!("reloaded the server certificate, client CA and CRL"),
+                    Err(e) => tracing::error!(error = %e, "reload refused; keeping the running configuration"),
+                },
+                Err(e) => tracing::error!(error = %e, "reload refused; keeping the running configuration"),
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("draining");
+    ready.set(false);
+    server.drain(DRAIN_GRACE).await;
+    stop_compactor.store(true, std::sync::atomic::Ordering::Release);
+    match compactor.join() {
+        Ok(Ok(n)) => tracing::info!(compactions = n, "compactor stopped"),
+        Ok(Err(e)) => tracing::error!(error = %e, "the compactor had stopped on an error"),
+        Err(_) => tracing::error!("the compactor panicked"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
