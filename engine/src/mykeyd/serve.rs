@@ -68,6 +68,10 @@ pub fn init(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> Result<
     let p = dir.join("pki");
     write(&p.join("client-ca.pem"), pem("CERTIFICATE", pki.ca()))?;
     write(
+        &p.join("client-ca.key"),
+        pem("PRIVATE KEY", &pki.ca_key_pkcs8()),
+    )?;
+    write(
         &p.join("server.pem"),
         pem("CERTIFICATE", &pki.server().cert),
     )?;

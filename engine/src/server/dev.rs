@@ -14,6 +14,7 @@ use rcgen::{
 use rustls::pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer, PrivatePkcs8KeyDer,
 };
+use x509_parser::prelude::FromDer;
 
 use super::ServerTls;
 use super::auth::{Role, authorisation_uris};
@@ -43,6 +44,26 @@ pub struct DevOperatorPki {
     server: Terminal,
     not_before: Timestamp,
     not_after: Timestamp,
+}
+
+/// The client CA's parameters: the same every time, so a CA loaded from its files issues under
+/// exactly the subject it was created with.
+fn ca_params(
+    not_before: Timestamp,
+    not_after: Timestamp,
+) -> Result<CertificateParams, DevPkiError> {
+    let mut p = CertificateParams::default();
+    p.distinguished_name
+        .push(DnType::OrganizationName, "MyKey operator (development)");
+    p.distinguished_name
+        .push(DnType::CommonName, "MyKey development CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p.key_identifier_method = KeyIdMethod::Sha256;
+    p.not_before = time(not_before)?;
+    p.not_after = time(not_after)?;
+    p.serial_number = Some(SerialNumber::from_slice(&[1]));
+    Ok(p)
 }
 
 fn key() -> Result<KeyPair, DevPkiError> {
@@ -102,6 +123,35 @@ impl DevOperatorPki {
             serial: 2,
         };
         Ok(pki)
+    }
+
+    /// Loads a PKI written by `mykeyd init` (the CA certificate and its PKCS#8 key), to issue
+    /// more terminals or CRLs. The server certificate is not loaded.
+    pub fn load(ca_der: CertificateDer<'static>, ca_key_pkcs8: &[u8]) -> Result<Self, DevPkiError> {
+        let ca_key = KeyPair::try_from(ca_key_pkcs8)?;
+        let (_, cert) = x509_parser::prelude::X509Certificate::from_der(&ca_der)
+            .map_err(|e| DevPkiError::Crypto(format!("CA certificate: {e}")))?;
+        let clamp =
+            |t: i64| Timestamp::from_unix_secs(t.max(0) as u64).map_err(|_| DevPkiError::Time);
+        let not_before = clamp(cert.validity().not_before.timestamp())?;
+        let not_after = clamp(cert.validity().not_after.timestamp())?;
+        Ok(Self {
+            ca_key,
+            ca_params: ca_params(not_before, not_after)?,
+            ca_der,
+            server: Terminal {
+                cert: CertificateDer::from(Vec::new()),
+                key: Vec::new(),
+                serial: 2,
+            },
+            not_before,
+            not_after,
+        })
+    }
+
+    /// The CA's private key, PKCS#8 DER (for `mykeyd init` to keep beside the certificate).
+    pub fn ca_key_pkcs8(&self) -> Vec<u8> {
+        self.ca_key.serialize_der()
     }
 
     fn issuer(&self) -> Issuer<'_, &KeyPair> {

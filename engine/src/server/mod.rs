@@ -163,6 +163,9 @@ struct Shared {
     in_flight: Semaphore,
     limits: Limits,
     draining: AtomicBool,
+    /// Streams being served (from accept to the last byte of the answer), for the drain.
+    active: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
 }
 
 /// A bound, serving endpoint.
@@ -187,6 +190,8 @@ impl Server {
             in_flight: Semaphore::new(limits.in_flight_max),
             limits,
             draining: AtomicBool::new(false),
+            active: std::sync::atomic::AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
         });
         metrics::gauge!(admin::CONNECTIONS_MAX).set(limits.connections_max as f64);
         let task = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
@@ -214,8 +219,17 @@ impl Server {
     pub async fn drain(self, grace: Duration) {
         self.shared.draining.store(true, Ordering::Release);
         self.endpoint.set_server_config(None);
-        let all = u32::try_from(self.shared.limits.in_flight_max).unwrap_or(u32::MAX);
-        let _ = tokio::time::timeout(grace, self.shared.in_flight.acquire_many(all)).await;
+        let shared = self.shared.clone();
+        let _ = tokio::time::timeout(grace, async move {
+            loop {
+                let notified = shared.idle.notified();
+                if shared.active.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
         self.shutdown().await;
     }
 
@@ -258,8 +272,12 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
             while let Ok((send, recv)) = conn.accept_bi().await {
                 let shared = shared.clone();
                 let ident = ident.clone();
+                shared.active.fetch_add(1, Ordering::AcqRel);
                 tokio::spawn(async move {
                     serve_stream(&shared, &ident, send, recv).await;
+                    if shared.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        shared.idle.notify_waiters();
+                    }
                 });
             }
             gauge.decrement(1.0);
@@ -318,6 +336,14 @@ async fn serve_request(
 ) -> (u8, Status) {
     let service = &shared.service;
     let mut out = Vec::new();
+    if shared.draining.load(Ordering::Acquire) {
+        let e = WireError {
+            status: Status::Busy,
+            message: "the server is draining; retry on another node".into(),
+        };
+        let _ = recv.stop(quinn::VarInt::from_u32(0));
+        return refuse(&mut send, 0, &e).await;
+    }
     let mut header = [0u8; HEADER_LEN];
     if recv.read_exact(&mut header).await.is_err() {
         let e = WireError {
@@ -340,13 +366,6 @@ async fn serve_request(
         let e = WireError {
             status: Status::BadFrame,
             message: format!("the stream does not hold exactly one {len}-byte body"),
-        };
-        return refuse(&mut send, op as u8, &e).await;
-    }
-    if shared.draining.load(Ordering::Acquire) {
-        let e = WireError {
-            status: Status::Busy,
-            message: "the server is draining; retry on another node".into(),
         };
         return refuse(&mut send, op as u8, &e).await;
     }

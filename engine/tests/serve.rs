@@ -1,0 +1,322 @@
+//! `mykeyd serve` as a process: SIGHUP reloads the client CRL (a revoked terminal is refused at
+//! the handshake while live connections keep working, and a broken config is refused without
+//! stopping the server); SIGTERM drains a request in flight and exits 0; `kill -9` loses no
+//! acknowledged write.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mykey_engine::client::{Client, ClientTls};
+use mykey_engine::id::{CertRef, MyKeyId, ProviderId, PushId, ServiceId, Timestamp};
+use mykey_engine::jpki::Anchors;
+use mykey_engine::jpki::dev::pem;
+use mykey_engine::registry::{Lookup, Registry, RegistryConfig};
+use mykey_engine::server::dev::DevOperatorPki;
+use mykey_engine::store::fs::{Fs, RealFs};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+struct Dir(PathBuf);
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn dir(tag: &str) -> Dir {
+    let p = std::env::temp_dir().join(format!("mykeyd-serve-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    Dir(p)
+}
+
+struct Daemon {
+    child: Option<Child>,
+    admin: SocketAddr,
+    quic: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn ready(admin: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&admin, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n");
+    let mut r = String::new();
+    let _ = s.read_to_string(&mut r);
+    r.starts_with("HTTP/1.1 200")
+}
+
+impl Daemon {
+    /// `mykeyd init` on free ports.
+    fn init(dir: &Path) -> Self {
+        let quic = UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("udp port");
+        let admin = TcpListener::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("tcp port");
+        let o = Command::new(env!("CARGO_BIN_EXE_mykeyd"))
+            .args(["init", "--dir"])
+            .arg(dir)
+            .args(["--listen", &quic.to_string(), "--admin", &admin.to_string()])
+            .output()
+            .expect("init");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        Self {
+            child: None,
+            admin,
+            quic,
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::File::create(self.dir.join("server.log")).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_mykeyd"))
+            .args(["serve", "--config"])
+            .arg(self.dir.join("mykeyd.toml"))
+            .stderr(log)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        self.child = Some(child);
+        let t = Instant::now();
+        while !ready(self.admin) {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "not ready: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let t = Instant::now();
+        loop {
+            if let Some(s) = c.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "did not exit: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn tls(&self, role: &str) -> ClientTls {
+        let pki = self.dir.join("pki");
+        let certs = |p: PathBuf| -> Vec<CertificateDer<'static>> {
+            CertificateDer::pem_file_iter(&p)
+                .expect("pem")
+                .collect::<Result<_, _>>()
+                .expect("certs")
+        };
+        ClientTls {
+            chain: certs(pki.join(format!("terminals/{role}.pem"))),
+            key: PrivateKeyDer::from_pem_file(pki.join(format!("terminals/{role}.key")))
+                .expect("key"),
+            server_roots: certs(pki.join("client-ca.pem")),
+        }
+    }
+
+    async fn client(&self, role: &str) -> Result<Client, mykey_engine::client::ClientError> {
+        Client::connect(self.quic, "localhost", self.tls(role)).await
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn p(s: &str) -> ProviderId {
+    ProviderId::parse(s.as_bytes()).expect("provider")
+}
+
+fn id(s: &str) -> MyKeyId {
+    MyKeyId::parse(s.as_bytes()).expect("id")
+}
+
+fn now() -> Timestamp {
+    let s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    Timestamp::from_unix_secs(s).expect("time")
+}
+
+#[test]
+fn sighup_reloads_the_client_crl_without_dropping_live_connections() {
+    let d = dir("hup");
+    let mut daemon = Daemon::init(&d.0);
+    daemon.start();
+    rt().block_on(async {
+        let live = daemon.client("counter").await.expect("connect");
+        assert_eq!(
+            live.lookup(p("A-α1-0001"), id("1C2410DF79DGEL"))
+                .await
+                .expect("lookup"),
+            Lookup::Linked(ServiceId::parse(b"ABCDEFGHI").expect("svc"))
+        );
+        // The operator revokes the counter terminal (serial 10) and reloads.
+        let pki_dir = daemon.dir.join("pki");
+        let ca = CertificateDer::from_pem_file(pki_dir.join("client-ca.pem")).expect("ca");
+        let key = PrivateKeyDer::from_pem_file(pki_dir.join("client-ca.key")).expect("ca key");
+        let pki = DevOperatorPki::load(ca, key.secret_der()).expect("load CA");
+        let t = now();
+        let crl = pki
+            .crl(
+                2,
+                Timestamp::from_unix_secs(t.unix_secs() - 60).expect("t"),
+                t.plus_secs(86_400),
+                &[10],
+            )
+            .expect("crl");
+        std::fs::write(pki_dir.join("client-ca.crl"), pem("X509 CRL", &crl)).expect("write");
+        daemon.signal("-HUP");
+        // A new connection of the revoked terminal is refused (once the reload is in).
+        let t0 = Instant::now();
+        loop {
+            let r = async {
+                let c = daemon.client("counter").await?;
+                c.lookup(p("A-α1-0001"), id("1C2410DF79DGEL")).await
+            }
+            .await;
+            if r.is_err() {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "revoked terminal still served"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The live connection keeps working; other terminals connect.
+        live.lookup(p("A-α1-0001"), id("1C2410DF79DGEL"))
+            .await
+            .expect("the live connection survives the reload");
+        let op = daemon.client("operator").await.expect("operator connects");
+        op.stats().await.expect("stats");
+        // A broken config is refused on reload; the server keeps serving.
+        let cfg = daemon.dir.join("mykeyd.toml");
+        let good = std::fs::read_to_string(&cfg).expect("config");
+        std::fs::write(&cfg, good.replace("[limits]", "[limits]\nbogus_key = 1")).expect("write");
+        daemon.signal("-HUP");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let op = daemon.client("operator").await.expect("still serving");
+        op.stats().await.expect("stats");
+    });
+    let log = daemon.log();
+    assert!(
+        log.contains("reload refused") && log.contains("bogus_key"),
+        "{log}"
+    );
+}
+
+#[test]
+fn sigterm_drains_a_push_in_flight_and_kill_9_loses_no_acknowledged_write() {
+    let d = dir("term");
+    let mut daemon = Daemon::init(&d.0);
+    daemon.start();
+    let svc = ServiceId::parse(b"KILL-9").expect("svc");
+    rt().block_on(async {
+        let c = daemon.client("counter").await.expect("connect");
+        c.link(id("1C2410DF79DGEL"), p("13101-LIB-0001"), svc, true)
+            .await
+            .expect("acknowledged");
+    });
+    daemon.signal("-KILL");
+    daemon.wait();
+    daemon.start();
+    let anchors = Anchors::load_dir(&daemon.dir.join("jpki-anchors")).expect("anchors");
+    let key_id = anchors.all()[0].key_id().to_vec();
+    const N: u64 = 100_000;
+    let mut list = format!(
+        "ca {}\n",
+        key_id
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    for n in 1..=N {
+        list.push_str(&format!("{:x}\n", 0x7000_0000 + n));
+    }
+    let summary = rt().block_on(async {
+        let c = daemon.client("counter").await.expect("connect");
+        assert_eq!(
+            c.lookup(p("13101-LIB-0001"), id("1C2410DF79DGEL"))
+                .await
+                .expect("lookup"),
+            Lookup::Linked(svc),
+            "the acknowledged link survived kill -9"
+        );
+        let partner = Arc::new(daemon.client("partner").await.expect("partner"));
+        let push = {
+            let partner = partner.clone();
+            let list = list.clone();
+            tokio::spawn(async move {
+                partner
+                    .push_serials(PushId::parse(b"drain-test").expect("push"), list.as_bytes())
+                    .await
+            })
+        };
+        // SIGTERM while the push is being applied (100,000 serials take about a second in a
+        // debug build; the log order below checks that the signal came first).
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        daemon.signal("-TERM");
+        push.await.expect("task")
+    });
+    let status = daemon.wait();
+    assert!(status.success(), "exit {status:?}: {}", daemon.log());
+    let s = summary.expect("the push in flight completes during the drain");
+    assert_eq!(s.entries, N);
+    // Durable: the store, opened after the exit, has every serial.
+    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(daemon.dir.join("store")).expect("dir"));
+    let reg = Registry::open(fs, RegistryConfig::default()).expect("open");
+    for n in [1, N / 2, N] {
+        let serial = (0x7000_0000u64 + n).to_be_bytes();
+        assert!(
+            reg.is_revoked(&CertRef::new(&key_id, &serial).expect("cert"))
+                .expect("revoked?")
+        );
+    }
+    let log = daemon.log();
+    let (drain_at, push_at) = (log.find("draining"), log.find("revocation push"));
+    assert!(
+        matches!((drain_at, push_at), (Some(d), Some(p)) if d < p),
+        "SIGTERM must arrive while the push is in flight: {log}"
+    );
+}
