@@ -108,6 +108,15 @@ fn start(
     reg: Registry,
     crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
 ) -> Server {
+    start_with(net, reg, crls, mykey_engine::server::Limits::default())
+}
+
+fn start_with(
+    net: &Net,
+    reg: Registry,
+    crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+    limits: mykey_engine::server::Limits,
+) -> Server {
     let service = Arc::new(Service {
         registry: reg,
         jpki: pki().jpki(),
@@ -117,7 +126,7 @@ fn start(
         "127.0.0.1:0".parse().expect("addr"),
         net.pki.server_tls(crls),
         service,
-        mykey_engine::server::Limits::default(),
+        limits,
     )
     .expect("server starts")
 }
@@ -460,5 +469,37 @@ async fn an_acknowledged_write_survives_a_restart_and_hundreds_of_clients_are_se
     for t in tasks {
         t.await.expect("client task");
     }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_certificate_over_its_rate_is_refused_and_others_are_not() {
+    let net = Net::new();
+    let dir = TempDir::new("server-rate");
+    let limits = mykey_engine::server::Limits {
+        rate_per_identity: 5,
+        ..mykey_engine::server::Limits::default()
+    };
+    let server = start_with(&net, registry(&dir, true), Vec::new(), limits);
+    let addr = server.local_addr().expect("addr");
+    let id = MyKeyId::parse(b"ZZZZZZZZZZZZZZ").expect("id");
+    // Two connections of the same certificate share one bucket of 5 per second.
+    let c1 = net.client(addr, "counter-a").await;
+    let c2 = net.client(addr, "counter-a").await;
+    let (mut ok, mut limited) = (0, 0);
+    for i in 0..20 {
+        let c = if i % 2 == 0 { &c1 } else { &c2 };
+        match c.lookup(provider("A-α1-0001"), id).await {
+            Ok(_) => ok += 1,
+            Err(e) if e.status() == Some(Status::RateLimited) => limited += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(ok >= 5 && limited >= 1, "ok {ok}, limited {limited}");
+    // Another certificate has its own bucket.
+    let b = net.client(addr, "counter-b").await;
+    b.lookup(provider("B-β1-0002"), id)
+        .await
+        .expect("another identity is served");
     server.shutdown().await;
 }

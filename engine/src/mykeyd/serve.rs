@@ -257,6 +257,7 @@ async fn run(
     let limits = Limits {
         connections_max: cfg.limits.connections_max,
         in_flight_max: cfg.limits.in_flight_max,
+        rate_per_identity: cfg.limits.rate_per_identity,
     };
     let server = Server::start(cfg.server.listen, tls, service.clone(), limits)
         .map_err(|e| e.to_string())?;

@@ -108,6 +108,8 @@ pub struct LimitsSection {
     pub connections_max: usize,
     /// Requests executed at once, over all connections.
     pub in_flight_max: usize,
+    /// Requests per second per client certificate (0: no limit).
+    pub rate_per_identity: u32,
 }
 
 impl Default for LimitsSection {
@@ -115,6 +117,7 @@ impl Default for LimitsSection {
         Self {
             connections_max: super::CONNECTIONS_MAX,
             in_flight_max: super::IN_FLIGHT_MAX,
+            rate_per_identity: super::RATE_PER_IDENTITY,
         }
     }
 }
@@ -293,6 +296,9 @@ challenge_ttl_secs = 120
 connections_max = 20000
 # Requests executed at once over all connections; more are answered BUSY.
 in_flight_max = 4096
+# Requests per second one client certificate may make (all its connections together), with a
+# burst of one second's worth; more are answered RATE_LIMITED. 0 turns the limit off.
+rate_per_identity = 5000
 
 [log]
 # text or json.

@@ -146,6 +146,9 @@ pub struct Limits {
     pub connections_max: usize,
     /// Requests executed at once over all connections; more are answered `BUSY`.
     pub in_flight_max: usize,
+    /// Requests per second one client certificate may make, over all its connections, with a
+    /// burst of one second's worth; more are answered `RATE_LIMITED`. 0: no limit.
+    pub rate_per_identity: u32,
 }
 
 impl Default for Limits {
@@ -153,6 +156,44 @@ impl Default for Limits {
         Self {
             connections_max: CONNECTIONS_MAX,
             in_flight_max: IN_FLIGHT_MAX,
+            rate_per_identity: RATE_PER_IDENTITY,
+        }
+    }
+}
+
+/// Default requests per second per client certificate: far above a counter terminal's needs,
+/// low enough that one misbehaving terminal cannot take a node.
+pub const RATE_PER_IDENTITY: u32 = 5_000;
+
+/// A token bucket shared by every connection of one client certificate.
+struct Bucket {
+    state: std::sync::Mutex<(f64, std::time::Instant)>,
+    rate: f64,
+}
+
+impl Bucket {
+    fn new(rate: u32) -> Self {
+        Self {
+            state: std::sync::Mutex::new((f64::from(rate), std::time::Instant::now())),
+            rate: f64::from(rate),
+        }
+    }
+
+    /// Takes one token; false when the identity is over its rate.
+    fn take(&self) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(s.1).as_secs_f64() * self.rate;
+        s.0 = (s.0 + refill).min(self.rate);
+        s.1 = now;
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            true
+        } else {
+            false
         }
     }
 }
@@ -166,6 +207,9 @@ struct Shared {
     /// Streams being served (from accept to the last byte of the answer), for the drain.
     active: std::sync::atomic::AtomicUsize,
     idle: tokio::sync::Notify,
+    /// Rate buckets by client certificate fingerprint; an entry lives while a connection of
+    /// that certificate does, so the map is bounded by the connection limit.
+    buckets: dashmap::DashMap<[u8; 32], Arc<Bucket>>,
 }
 
 /// A bound, serving endpoint.
@@ -192,6 +236,7 @@ impl Server {
             draining: AtomicBool::new(false),
             active: std::sync::atomic::AtomicUsize::new(0),
             idle: tokio::sync::Notify::new(),
+            buckets: dashmap::DashMap::new(),
         });
         metrics::gauge!(admin::CONNECTIONS_MAX).set(limits.connections_max as f64);
         let task = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
@@ -256,8 +301,8 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
             let Ok(conn) = incoming.await else {
                 return;
             };
-            let ident = match peer_identity(&conn) {
-                Ok(i) => Arc::new(i),
+            let (ident, fingerprint) = match peer_identity(&conn) {
+                Ok((i, f)) => (Arc::new(i), f),
                 Err(reason) => {
                     metrics::counter!(admin::CONNECTIONS_REFUSED_TOTAL, "reason" => "identity")
                         .increment(1);
@@ -266,32 +311,43 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
                     return;
                 }
             };
+            let bucket = shared
+                .buckets
+                .entry(fingerprint)
+                .or_insert_with(|| Arc::new(Bucket::new(shared.limits.rate_per_identity)))
+                .clone();
             let gauge = metrics::gauge!(admin::CONNECTIONS);
             gauge.increment(1.0);
             tracing::debug!(role = ident.role.name(), name = %ident.name, "connection");
             while let Ok((send, recv)) = conn.accept_bi().await {
                 let shared = shared.clone();
                 let ident = ident.clone();
+                let bucket = bucket.clone();
                 shared.active.fetch_add(1, Ordering::AcqRel);
                 tokio::spawn(async move {
-                    serve_stream(&shared, &ident, send, recv).await;
+                    serve_stream(&shared, &ident, &bucket, send, recv).await;
                     if shared.active.fetch_sub(1, Ordering::AcqRel) == 1 {
                         shared.idle.notify_waiters();
                     }
                 });
             }
             gauge.decrement(1.0);
+            // The last connection of this certificate takes its bucket away.
+            drop(bucket);
+            shared
+                .buckets
+                .remove_if(&fingerprint, |_, b| Arc::strong_count(b) == 1);
         });
     }
 }
 
-fn peer_identity(conn: &quinn::Connection) -> Result<Identity, String> {
+fn peer_identity(conn: &quinn::Connection) -> Result<(Identity, [u8; 32]), String> {
     let certs = conn
         .peer_identity()
         .and_then(|a| a.downcast::<Vec<CertificateDer<'static>>>().ok())
         .ok_or("no client certificate")?;
     let leaf = certs.first().ok_or("no client certificate")?;
-    auth::identity(leaf)
+    Ok((auth::identity(leaf)?, crate::jpki::sha256(leaf)))
 }
 
 async fn respond(send: &mut SendStream, frame: &[u8]) {
@@ -303,11 +359,12 @@ async fn respond(send: &mut SendStream, frame: &[u8]) {
 async fn serve_stream(
     shared: &Arc<Shared>,
     ident: &Arc<Identity>,
+    bucket: &Bucket,
     send: SendStream,
     recv: RecvStream,
 ) {
     let start = std::time::Instant::now();
-    let (op, status) = serve_request(shared, ident, send, recv).await;
+    let (op, status) = serve_request(shared, ident, bucket, send, recv).await;
     let op_name = Op::from_u8(op).map_or("UNKNOWN", Op::name);
     metrics::counter!(admin::REQUESTS_TOTAL, "op" => op_name, "status" => status.name())
         .increment(1);
@@ -331,6 +388,7 @@ async fn serve_stream(
 async fn serve_request(
     shared: &Arc<Shared>,
     ident: &Arc<Identity>,
+    bucket: &Bucket,
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> (u8, Status) {
@@ -366,6 +424,16 @@ async fn serve_request(
         let e = WireError {
             status: Status::BadFrame,
             message: format!("the stream does not hold exactly one {len}-byte body"),
+        };
+        return refuse(&mut send, op as u8, &e).await;
+    }
+    if !bucket.take() {
+        let e = WireError {
+            status: Status::RateLimited,
+            message: format!(
+                "this certificate is over its {} requests per second; retry shortly",
+                shared.limits.rate_per_identity
+            ),
         };
         return refuse(&mut send, op as u8, &e).await;
     }
