@@ -144,7 +144,7 @@ impl Client {
         send.write_all(frame).await.map_err(io)?;
         // The server may stop reading early (a refused header); that is not an error here.
         let _ = send.finish();
-        let resp = recv.read_to_end(RESPONSE_READ_MAX).await.map_err(io)?;
+        let mut resp = recv.read_to_end(RESPONSE_READ_MAX).await.map_err(io)?;
         if resp.len() < HEADER_LEN || resp[0] != wire::VERSION {
             return Err(proto(
                 "response shorter than a header or of another version",
@@ -154,11 +154,13 @@ impl Client {
         if resp.len() != HEADER_LEN + len {
             return Err(proto("response length does not match its header"));
         }
-        Ok((resp[1], resp[2], resp[HEADER_LEN..].to_vec()))
+        let (status, op) = (resp[1], resp[2]);
+        resp.drain(..HEADER_LEN);
+        Ok((status, op, resp))
     }
 
     async fn call(&self, req: &Request<'_>) -> Result<Vec<u8>, ClientError> {
-        let mut frame = Vec::new();
+        let mut frame = Vec::with_capacity(64);
         req.encode(&mut frame)
             .ok_or_else(|| proto("a field is too long for its length prefix"))?;
         let (status, op, body) = self.raw(&frame).await?;

@@ -210,6 +210,31 @@ struct Shared {
     /// Rate buckets by client certificate fingerprint; an entry lives while a connection of
     /// that certificate does, so the map is bounded by the connection limit.
     buckets: dashmap::DashMap<[u8; 32], Arc<Bucket>>,
+    /// Metric handles, registered once per (operation, status) instead of per request.
+    meters: Meters,
+}
+
+/// Pre-registered metric handles (bounded: 256 opcodes × 256 statuses at most).
+#[derive(Default)]
+struct Meters {
+    requests: dashmap::DashMap<(u8, u8), metrics::Counter>,
+    latency: dashmap::DashMap<u8, metrics::Histogram>,
+}
+
+impl Meters {
+    fn record(&self, op: u8, status: Status, seconds: f64) {
+        let op_name = Op::from_u8(op).map_or("UNKNOWN", Op::name);
+        self.requests
+            .entry((op, status as u8))
+            .or_insert_with(|| {
+                metrics::counter!(admin::REQUESTS_TOTAL, "op" => op_name, "status" => status.name())
+            })
+            .increment(1);
+        self.latency
+            .entry(op)
+            .or_insert_with(|| metrics::histogram!(admin::REQUEST_SECONDS, "op" => op_name))
+            .record(seconds);
+    }
 }
 
 /// A bound, serving endpoint.
@@ -237,6 +262,7 @@ impl Server {
             active: std::sync::atomic::AtomicUsize::new(0),
             idle: tokio::sync::Notify::new(),
             buckets: dashmap::DashMap::new(),
+            meters: Meters::default(),
         });
         metrics::gauge!(admin::CONNECTIONS_MAX).set(limits.connections_max as f64);
         let task = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
@@ -365,11 +391,10 @@ async fn serve_stream(
 ) {
     let start = std::time::Instant::now();
     let (op, status) = serve_request(shared, ident, bucket, send, recv).await;
+    shared
+        .meters
+        .record(op, status, start.elapsed().as_secs_f64());
     let op_name = Op::from_u8(op).map_or("UNKNOWN", Op::name);
-    metrics::counter!(admin::REQUESTS_TOTAL, "op" => op_name, "status" => status.name())
-        .increment(1);
-    metrics::histogram!(admin::REQUEST_SECONDS, "op" => op_name)
-        .record(start.elapsed().as_secs_f64());
     if matches!(Op::from_u8(op), Some(Op::PushCrl | Op::PushSerials)) {
         let outcome = if status == Status::Ok {
             "applied"
@@ -393,7 +418,8 @@ async fn serve_request(
     mut recv: RecvStream,
 ) -> (u8, Status) {
     let service = &shared.service;
-    let mut out = Vec::new();
+    // Room for any single answer but a batch's, so the common case never reallocates.
+    let mut out = Vec::with_capacity(256);
     if shared.draining.load(Ordering::Acquire) {
         let e = WireError {
             status: Status::Busy,

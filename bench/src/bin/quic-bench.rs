@@ -1,0 +1,256 @@
+//! Lookups over QUIC on loopback, side by side with quinn's own floor on the same endpoint
+//! setup, in one run: latency at one stream (p50, p99), throughput at 10 and 100 concurrent
+//! requests, and batched lookups. `bench/quic-vs-redis.sh` runs it beside redis-benchmark.
+//!
+//! Usage: `quic-bench [IDS] [SECONDS]` (default 100,000 IDs, 3 s per throughput point). The
+//! store holds IDs `K<12 digits>X` linked for provider `BENCH-P`, the same keys the Redis run
+//! loads. Client and server share the machine's cores, as the reference figures do.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mykey_bench::BenchDir;
+use mykey_engine::client::Client;
+use mykey_engine::id::{ActorId, MyKeyId, ProviderId, Timestamp};
+use mykey_engine::jpki::dev::DevCa;
+use mykey_engine::jpki::{Anchors, Jpki, JpkiConfig};
+use mykey_engine::population::{self, BuildOptions};
+use mykey_engine::registry::{Lookup, Registry, RegistryConfig};
+use mykey_engine::server::dev::DevOperatorPki;
+use mykey_engine::server::{Limits, Role, Server, Service, system_clock, transport};
+use mykey_engine::store::StoreConfig;
+use mykey_engine::store::fs::{Fs, RealFs};
+
+fn id(n: u64) -> MyKeyId {
+    MyKeyId::parse(format!("K{n:012}X").as_bytes()).expect("id")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p) as usize]
+}
+
+/// The floor: quinn with the same TLS and transport, answering 100 bytes to any request.
+async fn floor_server(pki: &DevOperatorPki) -> (quinn::Endpoint, SocketAddr) {
+    let tls = pki.server_tls(Vec::new());
+    let provider = mykey_engine::server::crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in tls.client_cas {
+        roots.add(c).expect("root");
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .expect("verifier");
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(tls.chain, tls.key)
+        .expect("cert");
+    cfg.alpn_protocols = vec![mykey_engine::wire::ALPN.to_vec()];
+    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(
+        quinn::crypto::rustls::QuicServerConfig::try_from(cfg).expect("quic"),
+    ));
+    sc.transport_config(Arc::new(transport()));
+    let ep = quinn::Endpoint::server(sc, "127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let addr = ep.local_addr().expect("addr");
+    let e = ep.clone();
+    tokio::spawn(async move {
+        while let Some(inc) = e.accept().await {
+            tokio::spawn(async move {
+                let Ok(conn) = inc.await else { return };
+                while let Ok((mut s, mut r)) = conn.accept_bi().await {
+                    tokio::spawn(async move {
+                        let _ = r.read_to_end(64).await;
+                        let _ = s.write_all(&[7u8; 100]).await;
+                        let _ = s.finish();
+                    });
+                }
+            });
+        }
+    });
+    (ep, addr)
+}
+
+/// A raw quinn connection to the floor server (the client side of the same setup).
+async fn floor_client(pki: &DevOperatorPki, addr: SocketAddr) -> quinn::Connection {
+    let t = pki
+        .terminal(
+            "bench-floor",
+            Role::Counter,
+            &[ProviderId::parse(b"BENCH-P").expect("p")],
+            90,
+        )
+        .expect("terminal");
+    let tls = pki.client_tls(&t);
+    let provider = mykey_engine::server::crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for r in tls.server_roots {
+        roots.add(r).expect("root");
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(tls.chain, tls.key)
+        .expect("client cert");
+    cfg.alpn_protocols = vec![mykey_engine::wire::ALPN.to_vec()];
+    let mut cc = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(cfg).expect("quic"),
+    ));
+    cc.transport_config(Arc::new(transport()));
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+    ep.set_default_client_config(cc);
+    ep.connect(addr, "localhost")
+        .expect("connect")
+        .await
+        .expect("handshake")
+}
+
+async fn floor_once(conn: &quinn::Connection) {
+    let (mut s, mut r) = conn.open_bi().await.expect("stream");
+    s.write_all(&[1u8; 8]).await.expect("write");
+    let _ = s.finish();
+    let b = r.read_to_end(1024).await.expect("read");
+    assert_eq!(b.len(), 100);
+}
+
+/// Latency of `n` sequential calls: (p50, p99).
+async fn latency<F: AsyncFn()>(n: usize, f: F) -> (Duration, Duration) {
+    for _ in 0..n / 10 {
+        f().await;
+    }
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f().await;
+        v.push(t.elapsed());
+    }
+    v.sort();
+    (percentile(&v, 0.5), percentile(&v, 0.99))
+}
+
+/// Calls per second with `conc` calls outstanding for `secs`.
+async fn throughput<F, Fut>(conc: usize, secs: f64, f: F) -> f64
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let f = Arc::new(f);
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for w in 0..conc {
+        let f = f.clone();
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = w as u64;
+            while Instant::now() < stop {
+                f(i).await;
+                i += conc as u64;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let t = Instant::now();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let ids: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let secs: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let now = system_clock();
+        let from = Timestamp::from_unix_secs(now.unix_secs() - 86_400).expect("t");
+        let pki = DevOperatorPki::generate(&["localhost"], from, now.plus_secs(86_400)).expect("pki");
+        // The store: `ids` IDs linked for BENCH-P, bulk-loaded.
+        let dir = BenchDir::new("quic-bench");
+        eprintln!("building a store of {ids} IDs ...");
+        let mut csv = String::from("mykey_id,state,cert,links\n");
+        for n in 0..ids {
+            csv.push_str(&format!("{},active,BE:{:016X},BENCH-P=S{n}\n", id(n), n + 1));
+        }
+        let opts = BuildOptions {
+            at: now,
+            actor: ActorId::parse(b"bench").expect("actor"),
+            store: StoreConfig::default(),
+            hash_key: None,
+        };
+        let rfs = RealFs::new(dir.path()).expect("dir");
+        population::build(&rfs, &b"BENCH-P\n"[..], csv.as_bytes(), &opts, &mut |_| {}).expect("build");
+        drop(rfs);
+        let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
+        let reg = Registry::open(fs, RegistryConfig::default()).expect("store");
+        let p = ProviderId::parse(b"BENCH-P").expect("p");
+        let ca = DevCa::auth(1, from, now.plus_secs(86_400)).expect("jpki");
+        let jpki = Jpki::new(
+            Anchors::from_files(&[("a.der".into(), ca.der().to_vec())]).expect("anchors"),
+            JpkiConfig::default(),
+        );
+        let service = Arc::new(Service { registry: reg, jpki, clock: system_clock });
+        let limits = Limits { rate_per_identity: 0, ..Limits::default() };
+        let server = Server::start("127.0.0.1:0".parse().expect("addr"), pki.server_tls(Vec::new()), service, limits)
+            .expect("server");
+        let addr = server.local_addr().expect("addr");
+        let t = pki.terminal("bench", Role::Counter, &[p], 91).expect("terminal");
+        let client = Arc::new(Client::connect(addr, "localhost", pki.client_tls(&t)).await.expect("client"));
+        let (fep, faddr) = floor_server(&pki).await;
+        let floor = floor_client(&pki, faddr).await;
+
+        let lookup = {
+            let c = client.clone();
+            move |i: u64| {
+                let c = c.clone();
+                async move {
+                    let l = c.lookup(p, id(i % ids)).await.expect("lookup");
+                    assert!(matches!(l, Lookup::Linked(_)));
+                }
+            }
+        };
+        let fl = {
+            let c = floor.clone();
+            move |_: u64| {
+                let c = c.clone();
+                async move { floor_once(&c).await }
+            }
+        };
+        println!("# QUIC on loopback, {ids} IDs, client and server on the same 2 cores");
+        let (lp50, lp99) = latency(5000, async || lookup(17).await).await;
+        let (fp50, fp99) = latency(5000, async || floor_once(&floor).await).await;
+        println!("1 stream latency     mykey lookup p50 {:>6.0} µs p99 {:>6.0} µs | quinn floor p50 {:>6.0} µs p99 {:>6.0} µs",
+            lp50.as_secs_f64() * 1e6, lp99.as_secs_f64() * 1e6, fp50.as_secs_f64() * 1e6, fp99.as_secs_f64() * 1e6);
+        for conc in [1usize, 10, 100] {
+            let m = throughput(conc, secs, lookup.clone()).await;
+            let f = throughput(conc, secs, fl.clone()).await;
+            println!("{conc:>3} concurrent        mykey lookup {m:>9.0} /s | quinn floor {f:>9.0} /s | ratio {:.2}", m / f);
+        }
+        for (batch, conc) in [(100usize, 10usize), (1000, 4)] {
+            let c = client.clone();
+            let b = throughput(conc, secs, move |i: u64| {
+                let c = c.clone();
+                async move {
+                    let v: Vec<MyKeyId> = (0..batch as u64).map(|k| id((i * batch as u64 + k) % ids)).collect();
+                    let r = c.lookup_batch(p, &v).await.expect("batch");
+                    assert_eq!(r.len(), batch);
+                }
+            })
+            .await;
+            println!("batch {batch:>4} x {conc:>2}        mykey lookups {:>9.0} IDs/s", b * batch as f64);
+        }
+        fep.close(quinn::VarInt::from_u32(0), b"");
+        server.shutdown().await;
+    });
+}
