@@ -564,6 +564,23 @@ pub fn authorise(ident: &Identity, req: &Request<'_>) -> Result<(), WireError> {
     Ok(())
 }
 
+/// A MyKey ID as logs may show it: the first 8 bytes of HMAC-SHA256 under a key drawn at
+/// process start, in hex. The same ID gives the same tag within one process, so an operator
+/// can follow it through the logs, and the ID itself never reaches them.
+pub fn id_tag(id: &crate::id::MyKeyId) -> String {
+    use aws_lc_rs::hmac;
+    use std::sync::OnceLock;
+    static KEY: OnceLock<hmac::Key> = OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        hmac::Key::generate(hmac::HMAC_SHA256, &rng).unwrap_or_else(|_| {
+            hmac::Key::new(hmac::HMAC_SHA256, &system_clock().raw().to_le_bytes())
+        })
+    });
+    let tag = hmac::sign(key, id.as_bytes());
+    crate::jpki::hex(&tag.as_ref()[..8])
+}
+
 /// The actor recorded in the audit trail: `<role>:<certificate CN>`, cut to 64 bytes; the
 /// role alone if the CN cannot be part of an actor id.
 fn actor(ident: &Identity) -> Result<ActorId, Refusal> {
@@ -643,6 +660,7 @@ fn execute(
             let id = reg
                 .register_card(now, actor(ident)?, &service.jpki, &card)
                 .map_err(refused)?;
+            tracing::info!(id = %id_tag(&id), by = %ident.name, "full registration");
             out.extend_from_slice(id.as_bytes());
         }
         Request::RegisterProvisional { id, card } => reg
@@ -674,7 +692,10 @@ fn execute(
         Request::Rebind { id, card } => reg
             .rebind_card(now, actor(ident)?, &service.jpki, id, &card)
             .map_err(refused)?,
-        Request::Delete { id } => reg.delete(now, actor(ident)?, id).map_err(refused)?,
+        Request::Delete { id } => {
+            reg.delete(now, actor(ident)?, id).map_err(refused)?;
+            tracing::info!(id = %id_tag(&id), by = %ident.name, "deleted");
+        }
         Request::PushCrl { push, crl } => {
             let s = reg
                 .push_crl(now, actor(ident)?, &service.jpki, push, crl)
@@ -783,4 +804,19 @@ async fn export(
     out.extend_from_slice(&(rows.len() as u64).to_le_bytes());
     respond(send, &out).await;
     Status::Ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_tags_are_stable_distinct_and_hide_the_id() {
+        let a = crate::id::MyKeyId::parse(b"1C2410DF79DGEL").expect("id");
+        let b = crate::id::MyKeyId::parse(b"1C2410DF79DGEM").expect("id");
+        assert_eq!(id_tag(&a), id_tag(&a));
+        assert_ne!(id_tag(&a), id_tag(&b));
+        assert_eq!(id_tag(&a).len(), 16);
+        assert!(!id_tag(&a).to_uppercase().contains("1C2410"));
+    }
 }
