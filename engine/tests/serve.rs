@@ -1,6 +1,6 @@
 //! `mykeyd serve` as a process: SIGHUP reloads the client CRL (a revoked terminal is refused at
-//! the handshake while live connections keep working, and a broken config is refused without
-//! stopping the server); SIGTERM drains a request in flight and exits 0; `kill -9` loses no
+//! the handshake while live connections keep working) and the JPKI anchors (a new generation's
+//! cards are accepted), and a broken config is refused without stopping the server; SIGTERM drains a request in flight and exits 0; `kill -9` loses no
 //! acknowledged write.
 
 use std::io::{Read, Write};
@@ -230,6 +230,62 @@ fn sighup_reloads_the_client_crl_without_dropping_live_connections() {
             .expect("the live connection survives the reload");
         let op = daemon.client("operator").await.expect("operator connects");
         op.stats().await.expect("stats");
+        // A new JPKI generation: its cards are unknown until the anchors are reloaded.
+        let t = now();
+        let from = Timestamp::from_unix_secs(t.unix_secs() - 86_400).expect("t");
+        let generation =
+            mykey_engine::jpki::dev::DevCa::auth(0x2027, from, t.plus_secs(86_400 * 365))
+                .expect("generation");
+        let card_key = mykey_engine::jpki::dev::DevKey::generate(2048).expect("card key");
+        let cert = generation
+            .issue(
+                &card_key,
+                "NEWGEN00000001132210030",
+                &[0x51],
+                from,
+                t.plus_secs(86_400 * 300),
+            )
+            .expect("card");
+        let portal = daemon.client("portal").await.expect("portal");
+        let register = async |portal: &Client| {
+            let ch = portal.challenge().await.expect("challenge");
+            let sig = card_key.sign(&ch.bytes).expect("sign");
+            portal
+                .register_full(mykey_engine::jpki::CardProof {
+                    cert_der: &cert,
+                    challenge: &ch.bytes,
+                    signature: &sig,
+                })
+                .await
+        };
+        let before = register(&portal).await;
+        assert_eq!(
+            before.as_ref().err().and_then(|e| e.status()),
+            Some(mykey_engine::wire::Status::UnknownIssuer),
+            "{before:?}"
+        );
+        std::fs::write(
+            daemon.dir.join("jpki-anchors/gen-2027.pem"),
+            generation.pem(),
+        )
+        .expect("write");
+        daemon.signal("-HUP");
+        let t0 = Instant::now();
+        loop {
+            match register(&portal).await {
+                Ok(id) => {
+                    assert_eq!(id.as_str(), "NEWGEN00000001");
+                    break;
+                }
+                Err(e) => {
+                    assert!(
+                        t0.elapsed() < Duration::from_secs(20),
+                        "anchors not reloaded: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
         // A broken config is refused on reload; the server keeps serving.
         let cfg = daemon.dir.join("mykeyd.toml");
         let good = std::fs::read_to_string(&cfg).expect("config");

@@ -126,10 +126,8 @@ fn every_generation_sharing_the_dn_verifies_its_own_cards_picked_by_key() {
         let cert = card(ca, &p.cards[n], n as u64);
         let leaf = jpki.verify_cert(now, &cert).expect("card verifies");
         let c = leaf.card();
-        let anchor = jpki
-            .anchors()
-            .by_key_id(c.cert.ca_key_id())
-            .expect("anchor");
+        let anchors = jpki.anchors();
+        let anchor = anchors.by_key_id(c.cert.ca_key_id()).expect("anchor");
         assert_eq!(
             anchor.der().as_ref(),
             ca.der(),

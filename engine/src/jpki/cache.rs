@@ -87,6 +87,15 @@ impl LeafCache {
         s.current.insert(key, leaf);
     }
 
+    /// Forgets every certificate.
+    pub fn clear(&self) {
+        for m in self.shards.iter() {
+            let mut s = m.lock().unwrap_or_else(PoisonError::into_inner);
+            s.current.clear();
+            s.older.clear();
+        }
+    }
+
     /// Certificates cached now.
     pub fn len(&self) -> usize {
         self.shards

@@ -228,7 +228,7 @@ impl Default for JpkiConfig {
 
 /// The JPKI layer: anchors, verified-leaf cache and challenges, shared by every request.
 pub struct Jpki {
-    anchors: Anchors,
+    anchors: arc_swap::ArcSwap<Anchors>,
     cache: LeafCache,
     challenges: Challenges,
 }
@@ -237,15 +237,23 @@ impl Jpki {
     /// A JPKI layer over loaded anchors.
     pub fn new(anchors: Anchors, config: JpkiConfig) -> Self {
         Self {
-            anchors,
+            anchors: arc_swap::ArcSwap::from_pointee(anchors),
             cache: LeafCache::new(config.leaf_cache_entries),
             challenges: Challenges::new(config.challenges_max, config.challenge_ttl_secs),
         }
     }
 
-    /// The trust anchors.
-    pub fn anchors(&self) -> &Anchors {
-        &self.anchors
+    /// The trust anchors in force now.
+    pub fn anchors(&self) -> Arc<Anchors> {
+        self.anchors.load_full()
+    }
+
+    /// Replaces the trust anchors (an operator added a CA generation and reloaded) and empties
+    /// the verified-leaf cache, so no certificate is accepted on the strength of an anchor
+    /// that is gone. Outstanding challenges stay valid.
+    pub fn replace_anchors(&self, anchors: Anchors) {
+        self.anchors.store(Arc::new(anchors));
+        self.cache.clear();
     }
 
     /// Issues a fresh, random, single-use challenge, usable until `now` plus its lifetime.
@@ -267,8 +275,13 @@ impl Jpki {
             hit.check_time(now)?;
             return Ok(hit);
         }
-        let leaf = Arc::new(leaf::verify_chain(&self.anchors, der, fingerprint, now)?);
-        self.cache.insert(fingerprint, Arc::clone(&leaf));
+        let anchors = self.anchors.load_full();
+        let leaf = Arc::new(leaf::verify_chain(&anchors, der, fingerprint, now)?);
+        // Not cached if the anchors were replaced meanwhile: the cache holds only results
+        // of the anchors in force.
+        if Arc::ptr_eq(&anchors, &self.anchors.load()) {
+            self.cache.insert(fingerprint, Arc::clone(&leaf));
+        }
         Ok(leaf)
     }
 
@@ -284,12 +297,12 @@ impl Jpki {
     /// Parses a partner's CRL and checks its signature against the right CA generation and its
     /// thisUpdate/nextUpdate against `now`. The CRL number is the registry's to compare.
     pub fn parse_crl(&self, now: Timestamp, der: &[u8]) -> Result<RevocationList, JpkiError> {
-        crl::parse_crl(&self.anchors, now, der)
+        crl::parse_crl(&self.anchors.load(), now, der)
     }
 
     /// Parses a partner's serial list for one configured CA.
     pub fn parse_serial_list(&self, text: &[u8]) -> Result<RevocationList, JpkiError> {
-        crl::parse_serial_list(&self.anchors, text)
+        crl::parse_serial_list(&self.anchors.load(), text)
     }
 
     /// Forgets a cached certificate by its fingerprint, so its next use is checked in full.

@@ -281,9 +281,19 @@ async fn run(
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     loop {
         tokio::select! {
-            _ = hup.recv() => match Config::load(&cfg_path).map_err(|e| e.to_string()).and_then(|c| load_tls(&c)) {
-                Ok(tls) => match server.reload_tls(tls) {
-                    Ok(()) => tracing::info!("reloaded the server certificate, client CA and CRL"),
+            _ = hup.recv() => match check(&cfg_path) {
+                Ok((new, tls, anchors)) => match server.reload_tls(tls) {
+                    Ok(()) => {
+                        service.jpki.replace_anchors(anchors);
+                        server.set_rate_per_identity(new.limits.rate_per_identity);
+                        if new.server != cfg.server || new.store != cfg.store
+                            || new.log != cfg.log || new.limits.connections_max != cfg.limits.connections_max
+                            || new.limits.in_flight_max != cfg.limits.in_flight_max
+                        {
+                            tracing::warn!("addresses, store, logging, connections_max and in_flight_max change at the next start");
+                        }
+                        tracing::info!("reloaded: server certificate, client CA and CRL, JPKI anchors, rate_per_identity");
+                    }
                     Err(e) => tracing::error!(error = %e, "reload refused; keeping the running configuration"),
                 },
                 Err(e) => tracing::error!(error = %e, "reload refused; keeping the running configuration"),

@@ -168,26 +168,26 @@ pub const RATE_PER_IDENTITY: u32 = 5_000;
 /// A token bucket shared by every connection of one client certificate.
 struct Bucket {
     state: std::sync::Mutex<(f64, std::time::Instant)>,
-    rate: f64,
 }
 
 impl Bucket {
     fn new(rate: u32) -> Self {
         Self {
             state: std::sync::Mutex::new((f64::from(rate), std::time::Instant::now())),
-            rate: f64::from(rate),
         }
     }
 
-    /// Takes one token; false when the identity is over its rate.
-    fn take(&self) -> bool {
-        if self.rate == 0.0 {
+    /// Takes one token at `rate` per second (a burst of one second's worth); false when the
+    /// identity is over its rate. A rate of 0 means no limit.
+    fn take(&self, rate: u32) -> bool {
+        if rate == 0 {
             return true;
         }
+        let rate = f64::from(rate);
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = std::time::Instant::now();
-        let refill = now.duration_since(s.1).as_secs_f64() * self.rate;
-        s.0 = (s.0 + refill).min(self.rate);
+        let refill = now.duration_since(s.1).as_secs_f64() * rate;
+        s.0 = (s.0 + refill).min(rate);
         s.1 = now;
         if s.0 >= 1.0 {
             s.0 -= 1.0;
@@ -212,6 +212,8 @@ struct Shared {
     buckets: dashmap::DashMap<[u8; 32], Arc<Bucket>>,
     /// Metric handles, registered once per (operation, status) instead of per request.
     meters: Meters,
+    /// Requests per second per certificate; changed by a reload.
+    rate: std::sync::atomic::AtomicU32,
 }
 
 /// Pre-registered metric handles (bounded: 256 opcodes × 256 statuses at most).
@@ -263,6 +265,7 @@ impl Server {
             idle: tokio::sync::Notify::new(),
             buckets: dashmap::DashMap::new(),
             meters: Meters::default(),
+            rate: std::sync::atomic::AtomicU32::new(limits.rate_per_identity),
         });
         metrics::gauge!(admin::CONNECTIONS_MAX).set(limits.connections_max as f64);
         let task = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
@@ -283,6 +286,11 @@ impl Server {
     pub fn reload_tls(&self, tls: ServerTls) -> Result<(), ServerError> {
         self.endpoint.set_server_config(Some(server_config(tls)?));
         Ok(())
+    }
+
+    /// Changes the per-certificate request rate (a reload).
+    pub fn set_rate_per_identity(&self, rate: u32) {
+        self.shared.rate.store(rate, Ordering::Relaxed);
     }
 
     /// Drains: refuses new connections and new requests (`BUSY`), waits up to `grace` for the
@@ -453,12 +461,12 @@ async fn serve_request(
         };
         return refuse(&mut send, op as u8, &e).await;
     }
-    if !bucket.take() {
+    let rate = shared.rate.load(Ordering::Relaxed);
+    if !bucket.take(rate) {
         let e = WireError {
             status: Status::RateLimited,
             message: format!(
-                "this certificate is over its {} requests per second; retry shortly",
-                shared.limits.rate_per_identity
+                "this certificate is over its {rate} requests per second; retry shortly"
             ),
         };
         return refuse(&mut send, op as u8, &e).await;
