@@ -230,6 +230,42 @@ mod tests {
         );
     }
 
+    /// The operations table of PROTOCOL.md, written out: C counter, M municipal, P portal,
+    /// R partner, O operator.
+    #[test]
+    fn roles_match_the_protocol_table() {
+        let table: [(Op, &str); 16] = [
+            (Op::Lookup, "CO"),
+            (Op::LookupBatch, "CO"),
+            (Op::Challenge, "CMP"),
+            (Op::LookupCard, "C"),
+            (Op::RegisterFull, "MP"),
+            (Op::RegisterProvisional, "P"),
+            (Op::Confirm, "M"),
+            (Op::Link, "CO"),
+            (Op::Unlink, "CO"),
+            (Op::Rebind, "M"),
+            (Op::Delete, "MO"),
+            (Op::PushCrl, "R"),
+            (Op::PushSerials, "R"),
+            (Op::Export, "CO"),
+            (Op::Stats, "O"),
+            (Op::RegisterProvider, "O"),
+        ];
+        let letter = |r: Role| match r {
+            Role::Counter => 'C',
+            Role::Municipal => 'M',
+            Role::Portal => 'P',
+            Role::Partner => 'R',
+            Role::Operator => 'O',
+        };
+        for (op, allowed) in table {
+            for role in Role::ALL {
+                assert_eq!(role.may(op), allowed.contains(letter(role)), "{role:?} {op:?}");
+            }
+        }
+    }
+
     #[test]
     fn roles_allow_exactly_their_operations() {
         for b in 0..=255u8 {

@@ -225,17 +225,29 @@ struct Meters {
 
 impl Meters {
     fn record(&self, op: u8, status: Status, seconds: f64) {
-        let op_name = Op::from_u8(op).map_or("UNKNOWN", Op::name);
-        self.requests
-            .entry((op, status as u8))
-            .or_insert_with(|| {
-                metrics::counter!(admin::REQUESTS_TOTAL, "op" => op_name, "status" => status.name())
-            })
-            .increment(1);
-        self.latency
-            .entry(op)
-            .or_insert_with(|| metrics::histogram!(admin::REQUEST_SECONDS, "op" => op_name))
-            .record(seconds);
+        // Read locks on the hot path; the write lock only the first time a pair is seen.
+        match self.requests.get(&(op, status as u8)) {
+            Some(c) => c.increment(1),
+            None => {
+                let op_name = Op::from_u8(op).map_or("UNKNOWN", Op::name);
+                self.requests
+                    .entry((op, status as u8))
+                    .or_insert_with(|| {
+                        metrics::counter!(admin::REQUESTS_TOTAL, "op" => op_name, "status" => status.name())
+                    })
+                    .increment(1);
+            }
+        }
+        match self.latency.get(&op) {
+            Some(h) => h.record(seconds),
+            None => {
+                let op_name = Op::from_u8(op).map_or("UNKNOWN", Op::name);
+                self.latency
+                    .entry(op)
+                    .or_insert_with(|| metrics::histogram!(admin::REQUEST_SECONDS, "op" => op_name))
+                    .record(seconds);
+            }
+        }
     }
 }
 
