@@ -261,7 +261,11 @@ mod tests {
         };
         for (op, allowed) in table {
             for role in Role::ALL {
-                assert_eq!(role.may(op), allowed.contains(letter(role)), "{role:?} {op:?}");
+                assert_eq!(
+                    role.may(op),
+                    allowed.contains(letter(role)),
+                    "{role:?} {op:?}"
+                );
             }
         }
     }
