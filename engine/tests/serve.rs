@@ -319,7 +319,7 @@ fn sigterm_drains_a_push_in_flight_and_kill_9_loses_no_acknowledged_write() {
     daemon.start();
     let anchors = Anchors::load_dir(&daemon.dir.join("jpki-anchors")).expect("anchors");
     let key_id = anchors.all()[0].key_id().to_vec();
-    const N: u64 = 100_000;
+    const N: u64 = 300_000;
     let mut list = format!(
         "ca {}\n",
         key_id
@@ -349,15 +349,20 @@ fn sigterm_drains_a_push_in_flight_and_kill_9_loses_no_acknowledged_write() {
                     .await
             })
         };
-        // SIGTERM while the push is being applied (100,000 serials take about a second in a
-        // debug build; the log order below checks that the signal came first).
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // SIGTERM while the push is being applied (300,000 serials take seconds in a debug
+        // build; the log order below checks that the signal came first).
+        tokio::time::sleep(Duration::from_millis(700)).await;
         daemon.signal("-TERM");
         push.await.expect("task")
     });
     let status = daemon.wait();
     assert!(status.success(), "exit {status:?}: {}", daemon.log());
-    let s = summary.expect("the push in flight completes during the drain");
+    let s = summary.unwrap_or_else(|e| {
+        panic!(
+            "the push in flight must complete during the drain: {e}\n{}",
+            daemon.log()
+        )
+    });
     assert_eq!(s.entries, N);
     // Durable: the store, opened after the exit, has every serial.
     let fs: Arc<dyn Fs> = Arc::new(RealFs::new(daemon.dir.join("store")).expect("dir"));

@@ -33,6 +33,11 @@ pub use auth::{Identity, Role};
 pub const CONNECTIONS_MAX: usize = 20_000;
 /// Requests being executed at once, over all connections; more are answered `BUSY`.
 pub const IN_FLIGHT_MAX: usize = 4096;
+/// How long a draining server keeps answering `BUSY` to requests that were already on their
+/// way before it closes connections.
+pub const DRAIN_LINGER: Duration = Duration::from_millis(250);
+/// How long a draining server waits for one answer to be delivered.
+pub const DRAIN_FLUSH: Duration = Duration::from_secs(5);
 /// Idle time after which a connection is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -310,6 +315,9 @@ impl Server {
     pub async fn drain(self, grace: Duration) {
         self.shared.draining.store(true, Ordering::Release);
         self.endpoint.set_server_config(None);
+        // Requests already on their way over live connections get a BUSY answer rather than a
+        // closed connection.
+        tokio::time::sleep(DRAIN_LINGER.min(grace)).await;
         let shared = self.shared.clone();
         let _ = tokio::time::timeout(grace, async move {
             loop {
@@ -406,11 +414,16 @@ async fn serve_stream(
     shared: &Arc<Shared>,
     ident: &Arc<Identity>,
     bucket: &Bucket,
-    send: SendStream,
+    mut send: SendStream,
     recv: RecvStream,
 ) {
     let start = std::time::Instant::now();
-    let (op, status) = serve_request(shared, ident, bucket, send, recv).await;
+    let (op, status) = serve_request(shared, ident, bucket, &mut send, recv).await;
+    if shared.draining.load(Ordering::Acquire) {
+        // While draining, a stream counts as active until its answer is delivered, so the
+        // close that ends the drain cannot discard it.
+        let _ = tokio::time::timeout(DRAIN_FLUSH, send.stopped()).await;
+    }
     shared
         .meters
         .record(op, status, start.elapsed().as_secs_f64());
@@ -434,7 +447,7 @@ async fn serve_request(
     shared: &Arc<Shared>,
     ident: &Arc<Identity>,
     bucket: &Bucket,
-    mut send: SendStream,
+    send: &mut SendStream,
     mut recv: RecvStream,
 ) -> (u8, Status) {
     let service = &shared.service;
@@ -446,7 +459,7 @@ async fn serve_request(
             message: "the server is draining; retry on another node".into(),
         };
         let _ = recv.stop(quinn::VarInt::from_u32(0));
-        return refuse(&mut send, 0, &e).await;
+        return refuse(send, 0, &e).await;
     }
     let mut header = [0u8; HEADER_LEN];
     if recv.read_exact(&mut header).await.is_err() {
@@ -454,13 +467,13 @@ async fn serve_request(
             status: Status::BadFrame,
             message: "the stream ended inside the frame header".into(),
         };
-        return refuse(&mut send, 0, &e).await;
+        return refuse(send, 0, &e).await;
     }
     let (op, len) = match wire::request_header(&header) {
         Ok(v) => v,
         Err((op, e)) => {
             let _ = recv.stop(quinn::VarInt::from_u32(0));
-            return refuse(&mut send, op, &e).await;
+            return refuse(send, op, &e).await;
         }
     };
     let mut body = vec![0u8; len as usize];
@@ -471,7 +484,7 @@ async fn serve_request(
             status: Status::BadFrame,
             message: format!("the stream does not hold exactly one {len}-byte body"),
         };
-        return refuse(&mut send, op as u8, &e).await;
+        return refuse(send, op as u8, &e).await;
     }
     let rate = shared.rate.load(Ordering::Relaxed);
     if !bucket.take(rate) {
@@ -481,24 +494,24 @@ async fn serve_request(
                 "this certificate is over its {rate} requests per second; retry shortly"
             ),
         };
-        return refuse(&mut send, op as u8, &e).await;
+        return refuse(send, op as u8, &e).await;
     }
     let Ok(_permit) = shared.in_flight.try_acquire() else {
         let e = WireError {
             status: Status::Busy,
             message: "too many requests in flight; retry shortly".into(),
         };
-        return refuse(&mut send, op as u8, &e).await;
+        return refuse(send, op as u8, &e).await;
     };
     let req = match Request::decode(op, &body) {
         Ok(r) => r,
-        Err(e) => return refuse(&mut send, op as u8, &e).await,
+        Err(e) => return refuse(send, op as u8, &e).await,
     };
     if let Err(e) = authorise(ident, &req) {
-        return refuse(&mut send, op as u8, &e).await;
+        return refuse(send, op as u8, &e).await;
     }
     if let Request::Export { provider } = req {
-        let status = export(service, provider, &mut send).await;
+        let status = export(service, provider, send).await;
         return (op as u8, status);
     }
     let result = if is_write(op) {
@@ -525,12 +538,12 @@ async fn serve_request(
     };
     match result {
         Ok(frame) => {
-            respond(&mut send, &frame).await;
+            respond(send, &frame).await;
             (op as u8, Status::Ok)
         }
         Err(Refusal(e, existing)) => {
             wire::error_response(&mut out, op as u8, &e, existing.as_ref());
-            respond(&mut send, &out).await;
+            respond(send, &out).await;
             (op as u8, e.status)
         }
     }
