@@ -50,7 +50,8 @@ fn crypto(e: impl std::fmt::Display) -> DevPkiError {
     DevPkiError::Crypto(e.to_string())
 }
 
-fn time(t: Timestamp) -> Result<time::OffsetDateTime, DevPkiError> {
+/// A [`Timestamp`] as rcgen's time type.
+pub(crate) fn time(t: Timestamp) -> Result<time::OffsetDateTime, DevPkiError> {
     time::OffsetDateTime::from_unix_timestamp(t.unix_secs() as i64).map_err(|_| DevPkiError::Time)
 }
 
@@ -71,12 +72,7 @@ impl DevKey {
             _ => return Err(DevPkiError::Crypto(format!("unsupported RSA size {bits}"))),
         };
         let rsa = RsaKeyPair::generate(size).map_err(crypto)?;
-        let pkcs8 = rsa.as_der().map_err(crypto)?;
-        let rcgen = KeyPair::from_pkcs8_der_and_sign_algo(
-            &rustls_pki_types::PrivatePkcs8KeyDer::from(pkcs8.as_ref()),
-            &rcgen::PKCS_RSA_SHA256,
-        )?;
-        Ok(Self { rsa, rcgen })
+        Self::from_pkcs8(rsa.as_der().map_err(crypto)?.as_ref())
     }
 
     /// Signs `msg` with RSA PKCS#1 v1.5 and SHA-256, as a card signs a challenge.
@@ -182,6 +178,31 @@ fn crl_dp(ou: &str) -> CustomExtension {
     // DistributionPointName: fullName [0] GeneralNames, holding directoryName [4] Name.
     let full_name = tlv(0xa0, &tlv(0xa4, &name_der(&ca_attrs(ou))));
     CustomExtension::from_oid_content(OID_CRL_DP, tlv(0x30, &tlv(0x30, &tlv(0xa0, &full_name))))
+}
+
+/// The parameters of a CRL revoking `serials` (big-endian magnitudes) at `this_update`.
+pub(crate) fn crl_params<'a>(
+    number: u64,
+    this_update: Timestamp,
+    next_update: Timestamp,
+    serials: impl Iterator<Item = &'a [u8]>,
+) -> Result<CertificateRevocationListParams, DevPkiError> {
+    let at = time(this_update)?;
+    Ok(CertificateRevocationListParams {
+        this_update: at,
+        next_update: time(next_update)?,
+        crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .map(|s| RevokedCertParams {
+                serial_number: SerialNumber::from_slice(s),
+                revocation_time: at,
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    })
 }
 
 /// How an end-entity certificate departs from the JPKI profile.
@@ -342,23 +363,12 @@ impl DevCa {
         next_update: Timestamp,
         serials: &[SerialNo],
     ) -> Result<Vec<u8>, DevPkiError> {
-        let at = time(this_update)?;
-        let p = CertificateRevocationListParams {
-            this_update: at,
-            next_update: time(next_update)?,
-            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
-            issuing_distribution_point: None,
-            revoked_certs: serials
-                .iter()
-                .map(|s| RevokedCertParams {
-                    serial_number: SerialNumber::from_slice(s.as_bytes()),
-                    revocation_time: at,
-                    reason_code: None,
-                    invalidity_date: None,
-                })
-                .collect(),
-            key_identifier_method: KeyIdMethod::Sha256,
-        };
+        let p = crl_params(
+            number,
+            this_update,
+            next_update,
+            serials.iter().map(SerialNo::as_bytes),
+        )?;
         Ok(p.signed_by(&self.issuer())?.der().to_vec())
     }
 

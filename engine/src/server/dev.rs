@@ -7,9 +7,8 @@
 //! Owns no trust decision.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    RevokedCertParams, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyIdMethod, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer, PrivatePkcs8KeyDer,
@@ -20,11 +19,7 @@ use super::ServerTls;
 use super::auth::{Role, authorisation_uris};
 use crate::client::ClientTls;
 use crate::id::{ProviderId, Timestamp};
-use crate::jpki::dev::DevPkiError;
-
-fn time(t: Timestamp) -> Result<time::OffsetDateTime, DevPkiError> {
-    time::OffsetDateTime::from_unix_timestamp(t.unix_secs() as i64).map_err(|_| DevPkiError::Time)
-}
+use crate::jpki::dev::{DevPkiError, crl_params, time};
 
 /// A terminal's certificate and key.
 pub struct Terminal {
@@ -79,17 +74,7 @@ impl DevOperatorPki {
         not_after: Timestamp,
     ) -> Result<Self, DevPkiError> {
         let ca_key = key()?;
-        let mut p = CertificateParams::default();
-        p.distinguished_name
-            .push(DnType::OrganizationName, "MyKey operator (development)");
-        p.distinguished_name
-            .push(DnType::CommonName, "MyKey development CA");
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        p.key_identifier_method = KeyIdMethod::Sha256;
-        p.not_before = time(not_before)?;
-        p.not_after = time(not_after)?;
-        p.serial_number = Some(SerialNumber::from_slice(&[1]));
+        let p = ca_params(not_before, not_after)?;
         let ca_der = p.self_signed(&ca_key)?.der().clone();
         let mut pki = Self {
             ca_key,
@@ -206,23 +191,13 @@ impl DevOperatorPki {
         next_update: Timestamp,
         serials: &[u64],
     ) -> Result<CertificateRevocationListDer<'static>, DevPkiError> {
-        let at = time(this_update)?;
-        let p = CertificateRevocationListParams {
-            this_update: at,
-            next_update: time(next_update)?,
-            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
-            issuing_distribution_point: None,
-            revoked_certs: serials
-                .iter()
-                .map(|s| RevokedCertParams {
-                    serial_number: SerialNumber::from_slice(&s.to_be_bytes()),
-                    revocation_time: at,
-                    reason_code: None,
-                    invalidity_date: None,
-                })
-                .collect(),
-            key_identifier_method: KeyIdMethod::Sha256,
-        };
+        let serials: Vec<[u8; 8]> = serials.iter().map(|s| s.to_be_bytes()).collect();
+        let p = crl_params(
+            number,
+            this_update,
+            next_update,
+            serials.iter().map(|s| &s[..]),
+        )?;
         Ok(p.signed_by(&self.issuer())?.der().clone())
     }
 
