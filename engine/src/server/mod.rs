@@ -33,6 +33,9 @@ pub use auth::{Identity, Role};
 pub const CONNECTIONS_MAX: usize = 20_000;
 /// Requests being executed at once, over all connections; more are answered `BUSY`.
 pub const IN_FLIGHT_MAX: usize = 4096;
+/// Revocation-push bodies received at once (each up to `wire::PUSH_LEN_MAX`); more are
+/// answered `BUSY` before any byte of them is buffered.
+pub const PUSH_BODIES_MAX: usize = 2;
 /// How long a draining server keeps answering `BUSY` to requests that were already on their
 /// way before it closes connections.
 pub const DRAIN_LINGER: Duration = Duration::from_millis(250);
@@ -219,6 +222,8 @@ struct Shared {
     meters: Meters,
     /// Requests per second per certificate; changed by a reload.
     rate: std::sync::atomic::AtomicU32,
+    /// Revocation-push bodies being received (each up to 256 MiB).
+    push_bodies: Semaphore,
 }
 
 /// Pre-registered metric handles (bounded: 256 opcodes × 256 statuses at most).
@@ -283,6 +288,7 @@ impl Server {
             buckets: dashmap::DashMap::new(),
             meters: Meters::default(),
             rate: std::sync::atomic::AtomicU32::new(limits.rate_per_identity),
+            push_bodies: Semaphore::new(PUSH_BODIES_MAX),
         });
         metrics::gauge!(admin::CONNECTIONS_MAX).set(limits.connections_max as f64);
         let task = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
@@ -476,16 +482,44 @@ async fn serve_request(
             return refuse(send, op, &e).await;
         }
     };
-    let mut body = vec![0u8; len as usize];
-    let complete = recv.read_exact(&mut body).await.is_ok()
-        && matches!(recv.read(&mut [0u8; 1]).await, Ok(None));
-    if !complete {
-        let e = WireError {
-            status: Status::BadFrame,
-            message: format!("the stream does not hold exactly one {len}-byte body"),
-        };
+    // Nothing is buffered for a request its certificate may not make, and at most
+    // PUSH_BODIES_MAX large push bodies are buffered at once.
+    if !ident.role.may(op) {
+        let e = forbidden(format!(
+            "a {} certificate may not run {}",
+            ident.role.name(),
+            op.name()
+        ));
+        let _ = recv.stop(quinn::VarInt::from_u32(0));
         return refuse(send, op as u8, &e).await;
     }
+    let _push_permit = if matches!(op, Op::PushCrl | Op::PushSerials) {
+        match shared.push_bodies.try_acquire() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                let e = WireError {
+                    status: Status::Busy,
+                    message: "another revocation push is being received; retry shortly".into(),
+                };
+                let _ = recv.stop(quinn::VarInt::from_u32(0));
+                return refuse(send, op as u8, &e).await;
+            }
+        }
+    } else {
+        None
+    };
+    // The body grows as it arrives (never sized from the header alone) and must end exactly
+    // where the header says.
+    let body = match recv.read_to_end(len as usize + 1).await {
+        Ok(b) if b.len() == len as usize => b,
+        _ => {
+            let e = WireError {
+                status: Status::BadFrame,
+                message: format!("the stream does not hold exactly one {len}-byte body"),
+            };
+            return refuse(send, op as u8, &e).await;
+        }
+    };
     let rate = shared.rate.load(Ordering::Relaxed);
     if !bucket.take(rate) {
         let e = WireError {
