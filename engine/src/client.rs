@@ -97,6 +97,28 @@ impl Client {
         server_name: &str,
         tls: ClientTls,
     ) -> Result<Self, ClientError> {
+        let endpoint = Self::endpoint(addr.is_ipv6())?;
+        Self::connect_on(&endpoint, addr, server_name, tls).await
+    }
+
+    /// A client UDP endpoint (one socket) that many connections can share: thousands of
+    /// terminals multiplexed over a few sockets, as a load generator needs.
+    pub fn endpoint(ipv6: bool) -> Result<Endpoint, ClientError> {
+        let bind: SocketAddr = if ipv6 {
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+        } else {
+            SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+        };
+        Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))
+    }
+
+    /// Connects over an existing endpoint (see [`Client::endpoint`]) with this certificate.
+    pub async fn connect_on(
+        endpoint: &Endpoint,
+        addr: SocketAddr,
+        server_name: &str,
+        tls: ClientTls,
+    ) -> Result<Self, ClientError> {
         let provider = crate::server::crypto_provider();
         let mut roots = rustls::RootCertStore::empty();
         for r in tls.server_roots {
@@ -115,26 +137,17 @@ impl Client {
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         let mut cc = quinn::ClientConfig::new(Arc::new(quic));
         cc.transport_config(Arc::new(crate::server::transport()));
-        let bind: SocketAddr = if addr.is_ipv6() {
-            "[::]:0"
-                .parse()
-                .map_err(|e| ClientError::Connect(format!("{e}")))?
-        } else {
-            "0.0.0.0:0"
-                .parse()
-                .map_err(|e| ClientError::Connect(format!("{e}")))?
-        };
-        let mut endpoint =
-            Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
-        endpoint.set_default_client_config(cc);
         ServerName::try_from(server_name.to_owned())
             .map_err(|e| ClientError::Connect(format!("server name {server_name:?}: {e}")))?;
         let conn = endpoint
-            .connect(addr, server_name)
+            .connect_with(cc, addr, server_name)
             .map_err(|e| ClientError::Connect(e.to_string()))?
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
-        Ok(Self { endpoint, conn })
+        Ok(Self {
+            endpoint: endpoint.clone(),
+            conn,
+        })
     }
 
     /// Sends one raw frame on its own stream and returns the response's status byte, opcode
@@ -433,9 +446,18 @@ impl Client {
         }
     }
 
-    /// Closes the connection and waits until the server has been told.
+    /// Closes the connection without waiting (a shared endpoint carries on).
+    pub fn close_ref(&self) {
+        self.conn.close(quinn::VarInt::from_u32(0), b"bye");
+    }
+
+    /// Closes the connection. When this client owns its endpoint (made by
+    /// [`Client::connect`]), waits until the server has been told.
     pub async fn close(self) {
         self.conn.close(quinn::VarInt::from_u32(0), b"bye");
-        self.endpoint.wait_idle().await;
+        // A shared endpoint serves other connections; only a last holder waits for idle.
+        if self.endpoint.open_connections() == 0 {
+            self.endpoint.wait_idle().await;
+        }
     }
 }

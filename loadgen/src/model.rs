@@ -1,0 +1,145 @@
+//! The traffic model: counters of ~13,000 shopping streets, libraries and facilities, whose
+//! traffic follows the population's link skew (a few big streets, a long tail), with opening
+//! hours and a daily curve, several terminals per provider, and an operation mix. It turns into
+//! a schedule (a trace) of non-homogeneous Poisson arrivals, deterministic for a seed.
+//!
+//! Owns the arithmetic of "who sends what when"; never talks to a server.
+
+use mykey_engine::id::{ProviderId, ServiceId};
+
+use crate::population::PopulationSpec;
+use crate::rng::Rng;
+use crate::trace::{Event, Request};
+
+/// Relative traffic per hour of the day (0–23), local time: counters open 10:00–20:00, with a
+/// lunch and an evening peak. The mean over open hours is 1.
+pub const DAILY_CURVE: [f64; 24] = [
+    0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, // 00–09 closed
+    0.6, 0.9, 1.4, 1.2, 0.9, 0.8, 0.9, 1.2, 1.3, 0.8, // 10–19
+    0.0, 0.0, 0.0, 0.0, // 20–23 closed
+];
+
+/// The operation mix, as shares that sum to 1.
+#[derive(Clone, Copy, Debug)]
+pub struct Mix {
+    /// Lookups of a linked ID (stamp cards, lending).
+    pub lookup: f64,
+    /// First visits: a link of a new service ID.
+    pub link: f64,
+    /// Batched lookups (a terminal syncing its list).
+    pub batch: f64,
+}
+
+impl Default for Mix {
+    fn default() -> Self {
+        Self {
+            lookup: 0.90,
+            link: 0.08,
+            batch: 0.02,
+        }
+    }
+}
+
+/// A traffic model.
+#[derive(Clone, Debug)]
+pub struct Model {
+    /// The population it runs against.
+    pub population: PopulationSpec,
+    /// Requests per second averaged over open hours (scaled by the curve hour by hour).
+    pub rate: f64,
+    /// Simulated seconds to schedule.
+    pub duration_secs: f64,
+    /// Simulated time of day at the start, hours (10.0 = opening).
+    pub start_hour: f64,
+    /// Terminals in all, shared among providers by popularity (at least one each in use).
+    pub terminals: u32,
+    /// The operation mix.
+    pub mix: Mix,
+    /// IDs in a batched lookup.
+    pub batch_size: usize,
+    /// Seed of the schedule (the population has its own).
+    pub seed: u64,
+}
+
+impl Model {
+    /// The arrival rate at simulated second `t` (requests per second).
+    pub fn rate_at(&self, t: f64) -> f64 {
+        let hour = ((self.start_hour + t / 3600.0) % 24.0).floor() as usize;
+        self.rate * DAILY_CURVE[hour.min(23)]
+    }
+
+    /// The terminal of `provider` that sends a request: providers' terminals are contiguous
+    /// ranges, sized by popularity.
+    fn terminal(&self, provider: usize, rng: &mut Rng) -> u32 {
+        // A provider of popularity rank k gets about terminals / (k + 1)^s / H terminals;
+        // the long tail shares one terminal per provider, folded onto the last terminals.
+        let t = self.terminals.max(1);
+        let per = ((f64::from(t) / 8.0) / (provider as f64 + 1.0))
+            .floor()
+            .max(1.0) as u32;
+        let base = (provider as u64 * 2_654_435_761 % u64::from(t)) as u32;
+        (base + rng.below(u64::from(per)) as u32) % t
+    }
+
+    /// The schedule: arrivals by thinning a Poisson process at the day's peak rate.
+    pub fn schedule(&self) -> Vec<Event> {
+        let mut rng = Rng::new(self.seed);
+        let pop = &self.population;
+        let popularity = pop.popularity();
+        let peak = self.rate * DAILY_CURVE.iter().cloned().fold(0.0, f64::max);
+        let mut events = Vec::new();
+        if peak <= 0.0 {
+            return events;
+        }
+        let mut t = 0.0;
+        loop {
+            t += rng.exp(1.0 / peak);
+            if t >= self.duration_secs {
+                break;
+            }
+            if rng.unit() * peak >= self.rate_at(t) {
+                continue;
+            }
+            let at_us = (t * 1e6) as u64;
+            let u = rng.unit();
+            let (request, provider) = if u < self.mix.link {
+                // A first visit: a provider drawn by popularity, any registered ID.
+                let p = popularity.sample(&mut rng);
+                let row = pop.row(rng.below(pop.ids.max(1)), &popularity);
+                let svc = format!("NEW{:010}", rng.below(10_000_000_000));
+                (Request::Link(provider_id(pop, p), row.id, service(&svc)), p)
+            } else {
+                // A returning visitor: an ID with a link, at one of its providers; traffic
+                // follows the link skew.
+                let (row, p) = loop {
+                    let row = pop.row(rng.below(pop.ids.max(1)), &popularity);
+                    if let Some(&(p, _)) = row.links.first() {
+                        break (row, p);
+                    }
+                };
+                if u < self.mix.link + self.mix.batch {
+                    let ids = (0..self.batch_size.max(1))
+                        .map(|_| pop.row(rng.below(pop.ids.max(1)), &popularity).id)
+                        .collect();
+                    (Request::Batch(provider_id(pop, p), ids), p)
+                } else {
+                    (Request::Lookup(provider_id(pop, p), row.id), p)
+                }
+            };
+            events.push(Event {
+                at_us,
+                terminal: self.terminal(provider, &mut rng),
+                request,
+            });
+        }
+        events
+    }
+}
+
+fn provider_id(pop: &PopulationSpec, i: usize) -> ProviderId {
+    ProviderId::parse(pop.provider(i).as_bytes()).expect("generated provider IDs are valid")
+}
+
+fn service(s: &str) -> ServiceId {
+    ServiceId::parse_text(s).expect("generated service IDs are valid")
+}

@@ -1,0 +1,259 @@
+//! Drives a `mykeyd` with a schedule.
+//!
+//! Open loop (the default): every request has a scheduled start, sent on time whether or not
+//! earlier ones have been answered, and its latency counts from the schedule. A stalled server
+//! therefore shows in the percentiles (no coordinated omission). Closed loop (for comparison):
+//! a fixed number of workers send back to back and time each request from its own send.
+//!
+//! One QUIC connection per terminal, each with its own client certificate (role counter, the
+//! providers it serves in the schedule), multiplexed over a few UDP sockets. All terminals
+//! connect at once before the schedule starts (the "morning open"); the time that takes is
+//! reported. Owns the clock of the run; never decides what is sent (that is the schedule).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mykey_engine::client::{Client, ClientError, ClientTls};
+use mykey_engine::id::ProviderId;
+use mykey_engine::server::Role;
+use mykey_engine::server::dev::DevOperatorPki;
+use tokio::sync::{Mutex, Semaphore};
+
+use crate::report::Report;
+use crate::trace::{Event, Request};
+
+/// Most providers one terminal certificate names.
+const PROVIDERS_PER_TERMINAL_MAX: usize = mykey_engine::server::auth::PROVIDERS_PER_CERT_MAX;
+/// Handshakes in progress at once during the morning open.
+const HANDSHAKES_AT_ONCE: usize = 512;
+
+/// Where and how to connect.
+pub struct Target {
+    /// The server's QUIC address.
+    pub addr: SocketAddr,
+    /// The name in its certificate.
+    pub server_name: String,
+    /// The operator CA that issues the terminals' certificates (from `mykeyd init`).
+    pub pki: Arc<DevOperatorPki>,
+}
+
+/// Open or closed loop.
+#[derive(Clone, Copy, Debug)]
+pub enum Mode {
+    /// Scheduled starts; latency from the schedule.
+    Open,
+    /// `workers` back-to-back senders; latency from each send.
+    Closed {
+        /// Concurrent workers.
+        workers: usize,
+    },
+}
+
+/// Options of a run.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Open or closed loop.
+    pub mode: Mode,
+    /// Schedule speed: 10.0 plays a business day in a tenth of the time.
+    pub speed: f64,
+    /// UDP sockets the terminals share.
+    pub sockets: usize,
+    /// A live progress line on stderr (only if it is a terminal).
+    pub progress: bool,
+}
+
+/// The error class of a failed request, for the report.
+pub fn error_class(e: &ClientError) -> String {
+    match e {
+        ClientError::Refused { status, .. } => mykey_engine::wire::Status::from_u8(*status)
+            .map_or_else(|| format!("status {status}"), |s| s.name().to_owned()),
+        ClientError::Connect(_) => "connect".into(),
+        ClientError::Io(_) => "connection".into(),
+        ClientError::Protocol(_) => "protocol".into(),
+        _ => "other".into(),
+    }
+}
+
+async fn send(c: &Client, r: &Request) -> Result<(), ClientError> {
+    match r {
+        Request::Lookup(p, id) => c.lookup(*p, *id).await.map(|_| ()),
+        Request::Link(p, id, s) => c.link(*id, *p, *s, true).await.map(|_| ()),
+        Request::Batch(p, ids) => c.lookup_batch(*p, ids).await.map(|_| ()),
+    }
+}
+
+fn provider_of(r: &Request) -> ProviderId {
+    match r {
+        Request::Lookup(p, _) | Request::Link(p, _, _) | Request::Batch(p, _) => *p,
+    }
+}
+
+/// Connects every terminal of the schedule at once; returns the clients by terminal index.
+async fn connect_all(
+    target: &Target,
+    events: &[Event],
+    sockets: usize,
+) -> Result<(BTreeMap<u32, Arc<Client>>, f64), String> {
+    let mut providers: BTreeMap<u32, BTreeSet<ProviderId>> = BTreeMap::new();
+    for e in events {
+        let set = providers.entry(e.terminal).or_default();
+        if set.len() < PROVIDERS_PER_TERMINAL_MAX {
+            set.insert(provider_of(&e.request));
+        }
+    }
+    let endpoints = (0..sockets.max(1))
+        .map(|_| Client::endpoint(target.addr.is_ipv6()).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Certificates first (ECDSA, fast), so the handshakes really start together.
+    let mut tls: Vec<(u32, ClientTls)> = Vec::with_capacity(providers.len());
+    for (t, ps) in &providers {
+        let ps: Vec<ProviderId> = ps.iter().copied().collect();
+        let term = target
+            .pki
+            .terminal(
+                &format!("load-{t}"),
+                Role::Counter,
+                &ps,
+                1000 + u64::from(*t),
+            )
+            .map_err(|e| e.to_string())?;
+        tls.push((*t, target.pki.client_tls(&term)));
+    }
+    let start = Instant::now();
+    let gate = Arc::new(Semaphore::new(HANDSHAKES_AT_ONCE));
+    let mut tasks = Vec::with_capacity(tls.len());
+    for (i, (t, tls)) in tls.into_iter().enumerate() {
+        let ep = endpoints[i % endpoints.len()].clone();
+        let gate = gate.clone();
+        let (addr, name) = (target.addr, target.server_name.clone());
+        tasks.push(tokio::spawn(async move {
+            let _p = gate.acquire_owned().await;
+            (t, Client::connect_on(&ep, addr, &name, tls).await)
+        }));
+    }
+    let mut clients = BTreeMap::new();
+    for task in tasks {
+        let (t, c) = task.await.map_err(|e| e.to_string())?;
+        clients.insert(t, Arc::new(c.map_err(|e| format!("terminal {t}: {e}"))?));
+    }
+    Ok((clients, start.elapsed().as_secs_f64()))
+}
+
+/// Runs `events` against `target`.
+pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<Report, String> {
+    let speed = opts.speed.max(1e-6);
+    let span = events.last().map_or(0.0, |e| e.at_us as f64 / 1e6 / speed);
+    let mode = match opts.mode {
+        Mode::Open => "open",
+        Mode::Closed { .. } => "closed",
+    };
+    let report = Arc::new(Mutex::new(Report::new(mode, events.len() as u64, span)));
+    let (clients, connect_secs) = connect_all(target, &events, opts.sockets).await?;
+    {
+        let mut r = report.lock().await;
+        r.connect_secs = connect_secs;
+        r.terminals = clients.len() as u64;
+    }
+    let clients = Arc::new(clients);
+    let events = Arc::new(events);
+    let done = Arc::new(AtomicU64::new(0));
+    let progress = opts.progress && std::io::stderr().is_terminal();
+    let ticker = progress.then(|| {
+        let done = done.clone();
+        let total = events.len() as u64;
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let d = done.load(Ordering::Relaxed);
+                eprint!(
+                    "\r{:>6.1} s  {d}/{total} answered  {:.0}/s   ",
+                    t0.elapsed().as_secs_f64(),
+                    d as f64 / t0.elapsed().as_secs_f64()
+                );
+            }
+        })
+    });
+    let start = Instant::now();
+    match opts.mode {
+        Mode::Open => {
+            let mut tasks = Vec::with_capacity(events.len());
+            for i in 0..events.len() {
+                let due = start + Duration::from_secs_f64(events[i].at_us as f64 / 1e6 / speed);
+                tokio::time::sleep_until(due.into()).await;
+                let (clients, events, report, done) = (
+                    clients.clone(),
+                    events.clone(),
+                    report.clone(),
+                    done.clone(),
+                );
+                tasks.push(tokio::spawn(async move {
+                    let e = &events[i];
+                    let r = match clients.get(&e.terminal) {
+                        Some(c) => send(c, &e.request).await.map_err(|x| error_class(&x)),
+                        None => Err("no connection".to_owned()),
+                    };
+                    // Latency from the schedule: a late answer is late however it came about.
+                    let latency = Instant::now().saturating_duration_since(due);
+                    report
+                        .lock()
+                        .await
+                        .record(e.request.name(), latency, r.err());
+                    done.fetch_add(1, Ordering::Relaxed);
+                }));
+            }
+            for t in tasks {
+                t.await.map_err(|e| e.to_string())?;
+            }
+        }
+        Mode::Closed { workers } => {
+            let next = Arc::new(AtomicU64::new(0));
+            let mut tasks = Vec::new();
+            for _ in 0..workers.max(1) {
+                let (clients, events, report, done, next) = (
+                    clients.clone(),
+                    events.clone(),
+                    report.clone(),
+                    done.clone(),
+                    next.clone(),
+                );
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let Some(e) = events.get(i) else { break };
+                        let sent = Instant::now();
+                        let r = match clients.get(&e.terminal) {
+                            Some(c) => send(c, &e.request).await.map_err(|x| error_class(&x)),
+                            None => Err("no connection".to_owned()),
+                        };
+                        report
+                            .lock()
+                            .await
+                            .record(e.request.name(), sent.elapsed(), r.err());
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    if let Some(t) = ticker {
+        t.abort();
+        eprintln!();
+    }
+    for c in clients.values() {
+        c.close_ref();
+    }
+    let mut r = Arc::try_unwrap(report)
+        .map_err(|_| "report still shared".to_owned())?
+        .into_inner();
+    r.elapsed_secs = elapsed;
+    Ok(r)
+}
