@@ -158,3 +158,57 @@ pub fn read(input: impl BufRead) -> Result<Vec<Event>, TraceError> {
     }
     Ok(events)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> MyKeyId {
+        MyKeyId::parse(s.as_bytes()).expect("id")
+    }
+
+    #[test]
+    fn traces_round_trip_and_bad_lines_are_named() {
+        let p = ProviderId::parse("13101-ST-0001".as_bytes()).expect("p");
+        let events = vec![
+            Event {
+                at_us: 0,
+                terminal: 3,
+                request: Request::Lookup(p, id("1C2410DF79DGEL")),
+            },
+            Event {
+                at_us: 1500,
+                terminal: 4,
+                request: Request::Link(
+                    p,
+                    id("1C2410DF79DGEL"),
+                    ServiceId::parse_text("NEW001").expect("s"),
+                ),
+            },
+            Event {
+                at_us: 1500,
+                terminal: 3,
+                request: Request::Batch(p, vec![id("1C2410DF79DGEL"), id("ABCDEFGHIJKLMN")]),
+            },
+        ];
+        let mut buf = Vec::new();
+        write(&mut buf, &events).expect("write");
+        assert_eq!(read(&buf[..]).expect("read"), events);
+        let bad = |text: &str, line: usize| {
+            let e = read(text.as_bytes()).expect_err(text);
+            assert_eq!(e.line, line, "{text}: {e}");
+        };
+        bad("0 1 lookup 13101-ST-0001 1C2410DF79DGEL\n", 1);
+        bad(&format!("{HEADER}\n0 1 lookup 13101-ST-0001 short\n"), 2);
+        bad(
+            &format!("{HEADER}\n5 1 lookup P 1C2410DF79DGEL\n4 1 lookup P 1C2410DF79DGEL\n"),
+            3,
+        );
+        bad(
+            &format!("{HEADER}\n# c\n\nx 1 lookup P 1C2410DF79DGEL\n"),
+            4,
+        );
+        bad(&format!("{HEADER}\n0 1 fly P 1C2410DF79DGEL\n"), 2);
+        bad(&format!("{HEADER}\n0 1 link P 1C2410DF79DGEL\n"), 2);
+    }
+}
