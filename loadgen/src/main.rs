@@ -237,7 +237,7 @@ fn target(r: &RunArgs) -> Result<Target, String> {
     })
 }
 
-fn play(r: &RunArgs, events: Vec<trace::Event>) -> Result<bool, String> {
+fn play(r: &RunArgs, events: Vec<trace::Event>, terminals: u32) -> Result<bool, String> {
     let target = target(r)?;
     let opts = Options {
         mode: r
@@ -246,6 +246,7 @@ fn play(r: &RunArgs, events: Vec<trace::Event>) -> Result<bool, String> {
         speed: r.speed,
         sockets: r.sockets,
         progress: !r.no_progress,
+        terminals,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -326,13 +327,13 @@ fn run(cli: Cli) -> Result<bool, String> {
             if let Some(p) = &record {
                 write_trace(p, &events)?;
             }
-            play(&run, events)
+            play(&run, events, m.terminals)
         }
         Cmd::Replay { trace: path, run } => {
             let f = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let events =
                 trace::read(BufReader::new(f)).map_err(|e| format!("{}: {e}", path.display()))?;
-            play(&run, events)
+            play(&run, events, 0)
         }
     }
 }

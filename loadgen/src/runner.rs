@@ -64,6 +64,9 @@ pub struct Options {
     pub sockets: usize,
     /// A live progress line on stderr (only if it is a terminal).
     pub progress: bool,
+    /// Terminals to connect at the morning open, at least: terminals without a request in the
+    /// schedule connect too (and stay idle), as a real street's quiet terminals do.
+    pub terminals: u32,
 }
 
 /// The error class of a failed request, for the report.
@@ -97,12 +100,20 @@ async fn connect_all(
     target: &Target,
     events: &[Event],
     sockets: usize,
+    terminals: u32,
 ) -> Result<(BTreeMap<u32, Arc<Client>>, f64), String> {
     let mut providers: BTreeMap<u32, BTreeSet<ProviderId>> = BTreeMap::new();
     for e in events {
         let set = providers.entry(e.terminal).or_default();
         if set.len() < PROVIDERS_PER_TERMINAL_MAX {
             set.insert(provider_of(&e.request));
+        }
+    }
+    if let Some(first) = events.first().map(|e| provider_of(&e.request)) {
+        for t in 0..terminals {
+            providers
+                .entry(t)
+                .or_insert_with(|| BTreeSet::from([first]));
         }
     }
     let endpoints = (0..sockets.max(1))
@@ -152,7 +163,8 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
         Mode::Closed { .. } => "closed",
     };
     let report = Arc::new(Mutex::new(Report::new(mode, events.len() as u64, span)));
-    let (clients, connect_secs) = connect_all(target, &events, opts.sockets).await?;
+    let (clients, connect_secs) =
+        connect_all(target, &events, opts.sockets, opts.terminals).await?;
     {
         let mut r = report.lock().await;
         r.connect_secs = connect_secs;
@@ -181,31 +193,55 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
     let start = Instant::now();
     match opts.mode {
         Mode::Open => {
-            let mut tasks = Vec::with_capacity(events.len());
-            for i in 0..events.len() {
-                let due = start + Duration::from_secs_f64(events[i].at_us as f64 / 1e6 / speed);
-                tokio::time::sleep_until(due.into()).await;
+            // The dispatcher is an OS thread: its sleeps are precise to tens of microseconds,
+            // where tokio's timer has a 1 ms granularity, and it never spins a core that the
+            // server and the senders need.
+            let handle = tokio::runtime::Handle::current();
+            let dispatcher = {
                 let (clients, events, report, done) = (
                     clients.clone(),
                     events.clone(),
                     report.clone(),
                     done.clone(),
                 );
-                tasks.push(tokio::spawn(async move {
-                    let e = &events[i];
-                    let r = match clients.get(&e.terminal) {
-                        Some(c) => send(c, &e.request).await.map_err(|x| error_class(&x)),
-                        None => Err("no connection".to_owned()),
-                    };
-                    // Latency from the schedule: a late answer is late however it came about.
-                    let latency = Instant::now().saturating_duration_since(due);
-                    report
-                        .lock()
-                        .await
-                        .record(e.request.name(), latency, r.err());
-                    done.fetch_add(1, Ordering::Relaxed);
-                }));
-            }
+                std::thread::spawn(move || {
+                    let mut tasks = Vec::with_capacity(events.len());
+                    for i in 0..events.len() {
+                        let due =
+                            start + Duration::from_secs_f64(events[i].at_us as f64 / 1e6 / speed);
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        let (clients, events, report, done) = (
+                            clients.clone(),
+                            events.clone(),
+                            report.clone(),
+                            done.clone(),
+                        );
+                        tasks.push(handle.spawn(async move {
+                            let e = &events[i];
+                            let r = match clients.get(&e.terminal) {
+                                Some(c) => send(c, &e.request).await.map_err(|x| error_class(&x)),
+                                None => Err("no connection".to_owned()),
+                            };
+                            // Latency from the schedule: a late answer is late however it
+                            // came about.
+                            let latency = Instant::now().saturating_duration_since(due);
+                            report
+                                .lock()
+                                .await
+                                .record(e.request.name(), latency, r.err());
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }));
+                    }
+                    tasks
+                })
+            };
+            let tasks = tokio::task::spawn_blocking(move || dispatcher.join())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|_| "the dispatcher panicked".to_owned())?;
             for t in tasks {
                 t.await.map_err(|e| e.to_string())?;
             }
