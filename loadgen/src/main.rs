@@ -63,8 +63,8 @@ struct ModelArgs {
     /// Terminals in all.
     #[arg(long, default_value_t = 2000)]
     terminals: u32,
-    /// Operation mix: lookup,link,batch shares.
-    #[arg(long, default_value = "0.90,0.08,0.02")]
+    /// Operation mix: lookup,link,batch,card shares (card: authenticated lookups).
+    #[arg(long, default_value = "0.88,0.08,0.02,0.02")]
     mix: String,
     /// IDs per batched lookup.
     #[arg(long, default_value_t = 50)]
@@ -192,10 +192,12 @@ fn model(p: &PopArgs, m: &ModelArgs) -> Result<Model, String> {
                 .map_err(|_| format!("--mix {:?}: not three numbers", m.mix))
         })
         .collect::<Result<_, _>>()?;
-    let [lookup, link, batch] = shares[..] else {
-        return Err(format!("--mix {:?}: give lookup,link,batch", m.mix));
+    let (lookup, link, batch, card) = match shares[..] {
+        [a, b, c] => (a, b, c, 0.0),
+        [a, b, c, d] => (a, b, c, d),
+        _ => return Err(format!("--mix {:?}: give lookup,link,batch[,card]", m.mix)),
     };
-    let sum = lookup + link + batch;
+    let sum = lookup + link + batch + card;
     if sum.is_nan() || sum <= 0.0 || shares.iter().any(|x| *x < 0.0) {
         return Err("--mix: the shares must be non-negative and add up to more than 0".into());
     }
@@ -209,6 +211,7 @@ fn model(p: &PopArgs, m: &ModelArgs) -> Result<Model, String> {
             lookup: lookup / sum,
             link: link / sum,
             batch: batch / sum,
+            card: card / sum,
         },
         batch_size: m.batch_size.clamp(1, trace::BATCH_MAX),
         seed: m.schedule_seed,
@@ -230,10 +233,24 @@ fn target(r: &RunArgs) -> Result<Target, String> {
     let key = PrivateKeyDer::from_pem_file(pki.join("client-ca.key"))
         .map_err(|e| format!("{}: {e}", pki.join("client-ca.key").display()))?;
     let pki = DevOperatorPki::load(ca, key.secret_der()).map_err(|e| e.to_string())?;
+    // Simulated cards need the development JPKI generation's key (kept by `mykeyd init`).
+    let cards = match (
+        std::fs::read(r.dev.join("jpki-anchors/dev-auth-ca.pem")),
+        PrivateKeyDer::from_pem_file(r.dev.join("jpki-ca.key")),
+    ) {
+        (Ok(pem), Ok(key)) => {
+            let der = CertificateDer::from_pem_slice(&pem).map_err(|e| format!("JPKI CA: {e}"))?;
+            let ca = mykey_engine::jpki::dev::DevCa::load_auth(&der, key.secret_der())
+                .map_err(|e| e.to_string())?;
+            Some(Arc::new(runner::Cards::new(ca)?))
+        }
+        _ => None,
+    };
     Ok(Target {
         addr: r.server,
         server_name: r.server_name.clone(),
         pki: Arc::new(pki),
+        cards,
     })
 }
 

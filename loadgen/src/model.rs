@@ -7,7 +7,7 @@
 
 use mykey_engine::id::{ProviderId, ServiceId};
 
-use crate::population::PopulationSpec;
+use crate::population::{Kind, PopulationSpec};
 use crate::rng::Rng;
 use crate::trace::{Event, Request};
 
@@ -28,14 +28,17 @@ pub struct Mix {
     pub link: f64,
     /// Batched lookups (a terminal syncing its list).
     pub batch: f64,
+    /// Authenticated lookups: the card signs a challenge (point redemption).
+    pub card: f64,
 }
 
 impl Default for Mix {
     fn default() -> Self {
         Self {
-            lookup: 0.90,
+            lookup: 0.88,
             link: 0.08,
             batch: 0.02,
+            card: 0.02,
         }
     }
 }
@@ -117,7 +120,20 @@ impl Model {
                         break (row, p);
                     }
                 };
-                if u < self.mix.link + self.mix.batch {
+                if u < self.mix.link + self.mix.card {
+                    // A card visit: a full registration (its ID is its card's CN) with a link.
+                    let (row, p) = loop {
+                        let n = rng.below(pop.ids.max(1));
+                        let row = pop.row(n, &popularity);
+                        if let (Kind::Full, Some(&(p, _))) = (row.kind, row.links.first()) {
+                            break (row, p);
+                        }
+                    };
+                    (
+                        Request::CardLookup(provider_id(pop, p), row.id, row.serial),
+                        p,
+                    )
+                } else if u < self.mix.link + self.mix.card + self.mix.batch {
                     let ids = (0..self.batch_size.max(1))
                         .map(|_| pop.row(rng.below(pop.ids.max(1)), &popularity).id)
                         .collect();
@@ -206,7 +222,10 @@ mod tests {
         let mut per = std::collections::HashMap::new();
         for e in &ev {
             let p = match &e.request {
-                Request::Lookup(p, _) | Request::Link(p, _, _) | Request::Batch(p, _) => *p,
+                Request::Lookup(p, _)
+                | Request::Link(p, _, _)
+                | Request::Batch(p, _)
+                | Request::CardLookup(p, _, _) => *p,
             };
             *per.entry(p).or_insert(0u64) += 1;
         }

@@ -149,10 +149,10 @@ impl Report {
             self.terminals,
             self.connect_secs
         ));
-        s.push_str("op        count      p50      p90      p99    p99.9      max  (µs)\n");
+        s.push_str("op              count      p50      p90      p99    p99.9      max  (µs)\n");
         for (op, h) in &self.per_op {
             s.push_str(&format!(
-                "{op:<8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+                "{op:<12} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
                 h.len(),
                 h.value_at_quantile(0.5),
                 h.value_at_quantile(0.9),

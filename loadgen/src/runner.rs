@@ -39,6 +39,8 @@ pub struct Target {
     pub server_name: String,
     /// The operator CA that issues the terminals' certificates (from `mykeyd init`).
     pub pki: Arc<DevOperatorPki>,
+    /// Simulated cards for authenticated lookups, if the setup has the JPKI CA's key.
+    pub cards: Option<Arc<Cards>>,
 }
 
 /// Open or closed loop.
@@ -81,18 +83,102 @@ pub fn error_class(e: &ClientError) -> String {
     }
 }
 
-async fn send(c: &Client, r: &Request) -> Result<(), ClientError> {
+async fn send(c: &Client, cards: Option<&Cards>, r: &Request) -> Result<(), String> {
     match r {
         Request::Lookup(p, id) => c.lookup(*p, *id).await.map(|_| ()),
         Request::Link(p, id, s) => c.link(*id, *p, *s, true).await.map(|_| ()),
         Request::Batch(p, ids) => c.lookup_batch(*p, ids).await.map(|_| ()),
+        Request::CardLookup(p, id, serial) => return card_lookup(c, cards, *p, id, *serial).await,
     }
+    .map_err(|e: ClientError| error_class(&e))
 }
 
 fn provider_of(r: &Request) -> ProviderId {
     match r {
-        Request::Lookup(p, _) | Request::Link(p, _, _) | Request::Batch(p, _) => *p,
+        Request::Lookup(p, _)
+        | Request::Link(p, _, _)
+        | Request::Batch(p, _)
+        | Request::CardLookup(p, _, _) => *p,
     }
+}
+
+/// Simulated cards: certificates issued on demand by the development JPKI generation for the
+/// population's full registrations (CN = the ID and a suffix, serial = the row's), all with one
+/// shared key (the server checks the signature with the certificate's key; sharing one is
+/// enough for load).
+pub struct Cards {
+    ca: mykey_engine::jpki::dev::DevCa,
+    key: mykey_engine::jpki::dev::DevKey,
+    certs: std::sync::Mutex<std::collections::HashMap<u64, Arc<Vec<u8>>>>,
+    validity: (mykey_engine::id::Timestamp, mykey_engine::id::Timestamp),
+}
+
+/// Most card certificates kept; beyond it the oldest are issued again when needed.
+const CARDS_CACHED_MAX: usize = 100_000;
+
+impl Cards {
+    /// Cards of `ca` (loaded from `mykeyd init`'s files).
+    pub fn new(ca: mykey_engine::jpki::dev::DevCa) -> Result<Self, String> {
+        let now = mykey_engine::server::system_clock();
+        let from =
+            mykey_engine::id::Timestamp::from_unix_secs(now.unix_secs().saturating_sub(86_400))
+                .map_err(|e| e.to_string())?;
+        Ok(Self {
+            ca,
+            key: mykey_engine::jpki::dev::DevKey::generate(2048).map_err(|e| e.to_string())?,
+            certs: std::sync::Mutex::new(std::collections::HashMap::new()),
+            validity: (from, now.plus_secs(365 * 86_400)),
+        })
+    }
+
+    fn cert(&self, id: &mykey_engine::id::MyKeyId, serial: u64) -> Result<Arc<Vec<u8>>, String> {
+        let mut certs = self.certs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = certs.get(&serial) {
+            return Ok(c.clone());
+        }
+        if certs.len() >= CARDS_CACHED_MAX {
+            certs.clear();
+        }
+        let cn = format!("{id}13101001A");
+        let der = self
+            .ca
+            .issue(
+                &self.key,
+                &cn,
+                &serial.to_be_bytes(),
+                self.validity.0,
+                self.validity.1,
+            )
+            .map_err(|e| e.to_string())?;
+        let c = Arc::new(der);
+        certs.insert(serial, c.clone());
+        Ok(c)
+    }
+}
+
+async fn card_lookup(
+    c: &Client,
+    cards: Option<&Cards>,
+    p: ProviderId,
+    id: &mykey_engine::id::MyKeyId,
+    serial: u64,
+) -> Result<(), String> {
+    let cards = cards.ok_or("no cards (give the development setup's jpki-ca.key)")?;
+    let cert = cards.cert(id, serial).map_err(|e| format!("card: {e}"))?;
+    let ch = c.challenge().await.map_err(|e| error_class(&e))?;
+    let sig = cards
+        .key
+        .sign(&ch.bytes)
+        .map_err(|e| format!("card: {e}"))?;
+    let proof = mykey_engine::jpki::CardProof {
+        cert_der: &cert,
+        challenge: &ch.bytes,
+        signature: &sig,
+    };
+    c.lookup_card(p, proof)
+        .await
+        .map(|_| ())
+        .map_err(|e| error_class(&e))
 }
 
 /// Connects every terminal of the schedule at once; returns the clients by terminal index.
@@ -204,6 +290,7 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
                     report.clone(),
                     done.clone(),
                 );
+                let cards = target.cards.clone();
                 std::thread::spawn(move || {
                     let mut tasks = Vec::with_capacity(events.len());
                     for i in 0..events.len() {
@@ -219,10 +306,11 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
                             report.clone(),
                             done.clone(),
                         );
+                        let cards = cards.clone();
                         tasks.push(handle.spawn(async move {
                             let e = &events[i];
                             let r = match clients.get(&e.terminal) {
-                                Some(c) => send(c, &e.request).await.map_err(|x| error_class(&x)),
+                                Some(c) => send(c, cards.as_deref(), &e.request).await,
                                 None => Err("no connection".to_owned()),
                             };
                             // Latency from the schedule: a late answer is late however it
@@ -250,6 +338,7 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
             let next = Arc::new(AtomicU64::new(0));
             let mut tasks = Vec::new();
             for _ in 0..workers.max(1) {
+                let cards = target.cards.clone();
                 let (clients, events, report, done, next) = (
                     clients.clone(),
                     events.clone(),
@@ -263,7 +352,7 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
                         let Some(e) = events.get(i) else { break };
                         let sent = Instant::now();
                         let r = match clients.get(&e.terminal) {
-                            Some(c) => send(c, &e.request).await.map_err(|x| error_class(&x)),
+                            Some(c) => send(c, cards.as_deref(), &e.request).await,
                             None => Err("no connection".to_owned()),
                         };
                         report

@@ -6,7 +6,12 @@
 //! <start µs> <terminal> lookup <provider> <mykey id>
 //! <start µs> <terminal> link <provider> <mykey id> <service id>
 //! <start µs> <terminal> batch <provider> <mykey id>,<mykey id>,...
+//! <start µs> <terminal> card-lookup <provider> <mykey id> <certificate serial hex>
 //! ```
+//!
+//! A `card-lookup` is an authenticated lookup by the card of a full registration: the runner
+//! asks for a challenge, has the simulated card (certificate serial, CN = the ID + a suffix)
+//! sign it, and looks up the ID bound to the card.
 //!
 //! `start µs` is the request's scheduled start from the beginning of the trace, non-decreasing;
 //! `terminal` is the index of the terminal (one QUIC connection) that sends it. Blank lines and
@@ -30,6 +35,8 @@ pub enum Request {
     Link(ProviderId, MyKeyId, ServiceId),
     /// A batch of lookups.
     Batch(ProviderId, Vec<MyKeyId>),
+    /// An authenticated lookup by the card with this serial (of a full registration).
+    CardLookup(ProviderId, MyKeyId, u64),
 }
 
 impl Request {
@@ -39,6 +46,7 @@ impl Request {
             Request::Lookup(..) => "lookup",
             Request::Link(..) => "link",
             Request::Batch(..) => "batch",
+            Request::CardLookup(..) => "card-lookup",
         }
     }
 }
@@ -66,6 +74,7 @@ pub fn write(out: &mut dyn Write, events: &[Event]) -> io::Result<()> {
                 let ids: Vec<&str> = ids.iter().map(MyKeyId::as_str).collect();
                 writeln!(out, "batch {p} {}", ids.join(","))?
             }
+            Request::CardLookup(p, id, serial) => writeln!(out, "card-lookup {p} {id} {serial:x}")?,
         }
     }
     Ok(())
@@ -144,6 +153,14 @@ pub fn read(input: impl BufRead) -> Result<Vec<Event>, TraceError> {
                 }
                 Request::Batch(provider, ids)
             }
+            ("card-lookup", 6) => Request::CardLookup(
+                provider,
+                id(f[4])?,
+                u64::from_str_radix(f[5], 16)
+                    .ok()
+                    .filter(|&s| s > 0)
+                    .ok_or_else(|| bad(format!("serial {:?} is not positive hex", f[5])))?,
+            ),
             (op, _) => {
                 return Err(bad(format!(
                     "unknown operation or wrong field count: {op:?}"
@@ -190,6 +207,11 @@ mod tests {
                 terminal: 3,
                 request: Request::Batch(p, vec![id("1C2410DF79DGEL"), id("ABCDEFGHIJKLMN")]),
             },
+            Event {
+                at_us: 1600,
+                terminal: 5,
+                request: Request::CardLookup(p, id("1C2410DF79DGEL"), 0x1_0000),
+            },
         ];
         let mut buf = Vec::new();
         write(&mut buf, &events).expect("write");
@@ -210,5 +232,9 @@ mod tests {
         );
         bad(&format!("{HEADER}\n0 1 fly P 1C2410DF79DGEL\n"), 2);
         bad(&format!("{HEADER}\n0 1 link P 1C2410DF79DGEL\n"), 2);
+        bad(
+            &format!("{HEADER}\n0 1 card-lookup P 1C2410DF79DGEL 0\n"),
+            2,
+        );
     }
 }

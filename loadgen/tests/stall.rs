@@ -101,6 +101,7 @@ async fn open_loop_shows_a_stall_that_closed_loop_hides() {
             addr,
             server_name: "localhost".into(),
             pki: pki.clone(),
+            cards: None,
         };
         let opts = Options {
             mode,

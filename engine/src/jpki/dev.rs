@@ -437,6 +437,24 @@ impl DevCa {
         Ok(tlv(0x30, &body))
     }
 
+    /// A user-authentication generation loaded from its certificate and PKCS#8 key (as
+    /// `mykeyd init` keeps them), to issue more simulated cards. Issuing needs the subject and
+    /// the key only; validity and extensions of the loaded certificate are kept as they are.
+    pub fn load_auth(der: &[u8], key_pkcs8: &[u8]) -> Result<Self, DevPkiError> {
+        let key = DevKey::from_pkcs8(key_pkcs8)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = ca_dn(OU_USER_AUTHENTICATION);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.key_identifier_method = KeyIdMethod::Sha256;
+        Ok(Self {
+            key,
+            params,
+            der: der.to_vec(),
+            ou: OU_USER_AUTHENTICATION,
+        })
+    }
+
     /// The key, to sign things this CA should not (tests of forged CRLs).
     pub fn key(&self) -> &DevKey {
         &self.key

@@ -98,6 +98,11 @@ pub fn init(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> Result<
     // A development JPKI generation and three cards it issued.
     let ca = DevCa::auth(0x0d0e_0001, from, until).map_err(|e| e.to_string())?;
     write(&dir.join("jpki-anchors/dev-auth-ca.pem"), ca.pem())?;
+    // Its key stays outside the anchor directory: load generators issue more simulated cards.
+    write(
+        &dir.join("jpki-ca.key"),
+        pem("PRIVATE KEY", &ca.key().pkcs8().map_err(|e| e.to_string())?),
+    )?;
     for n in 1..=3u64 {
         let key = DevKey::generate(2048).map_err(|e| e.to_string())?;
         let cn = format!("DEVCARD{n:07}13101001A");
