@@ -63,8 +63,9 @@ struct ModelArgs {
     /// Terminals in all.
     #[arg(long, default_value_t = 2000)]
     terminals: u32,
-    /// Operation mix: lookup,link,batch,card shares (card: authenticated lookups).
-    #[arg(long, default_value = "0.88,0.08,0.02,0.02")]
+    /// Operation mix: lookup,link,batch,card,register,push shares (card: authenticated
+    /// lookups; register: new cards at the portal; push: partner serial lists).
+    #[arg(long, default_value = "0.875,0.08,0.02,0.02,0.004,0.001")]
     mix: String,
     /// IDs per batched lookup.
     #[arg(long, default_value_t = 50)]
@@ -192,12 +193,18 @@ fn model(p: &PopArgs, m: &ModelArgs) -> Result<Model, String> {
                 .map_err(|_| format!("--mix {:?}: not three numbers", m.mix))
         })
         .collect::<Result<_, _>>()?;
-    let (lookup, link, batch, card) = match shares[..] {
-        [a, b, c] => (a, b, c, 0.0),
-        [a, b, c, d] => (a, b, c, d),
-        _ => return Err(format!("--mix {:?}: give lookup,link,batch[,card]", m.mix)),
+    let (lookup, link, batch, card, register, push) = match shares[..] {
+        [a, b, c] => (a, b, c, 0.0, 0.0, 0.0),
+        [a, b, c, d] => (a, b, c, d, 0.0, 0.0),
+        [a, b, c, d, e, f] => (a, b, c, d, e, f),
+        _ => {
+            return Err(format!(
+                "--mix {:?}: give lookup,link,batch[,card[,register,push]]",
+                m.mix
+            ));
+        }
     };
-    let sum = lookup + link + batch + card;
+    let sum = lookup + link + batch + card + register + push;
     if sum.is_nan() || sum <= 0.0 || shares.iter().any(|x| *x < 0.0) {
         return Err("--mix: the shares must be non-negative and add up to more than 0".into());
     }
@@ -212,6 +219,8 @@ fn model(p: &PopArgs, m: &ModelArgs) -> Result<Model, String> {
             link: link / sum,
             batch: batch / sum,
             card: card / sum,
+            register: register / sum,
+            push: push / sum,
         },
         batch_size: m.batch_size.clamp(1, trace::BATCH_MAX),
         seed: m.schedule_seed,

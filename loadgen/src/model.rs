@@ -30,15 +30,21 @@ pub struct Mix {
     pub batch: f64,
     /// Authenticated lookups: the card signs a challenge (point redemption).
     pub card: f64,
+    /// Full registrations of new cards at the portal.
+    pub register: f64,
+    /// Partner revocation pushes (serial lists of a few lost cards).
+    pub push: f64,
 }
 
 impl Default for Mix {
     fn default() -> Self {
         Self {
-            lookup: 0.88,
+            lookup: 0.875,
             link: 0.08,
             batch: 0.02,
             card: 0.02,
+            register: 0.004,
+            push: 0.001,
         }
     }
 }
@@ -105,6 +111,31 @@ impl Model {
             }
             let at_us = (t * 1e6) as u64;
             let u = rng.unit();
+            let writes = self.mix.register + self.mix.push;
+            if u < writes {
+                // Registrations and pushes go over the portal and partner connections; the
+                // terminal field is 0.
+                let k = events.len() as u64;
+                let request = if u < self.mix.register {
+                    let id = format!("N{:013}", (self.seed % 1000) * 10_000_000_000 + k);
+                    let id = mykey_engine::id::MyKeyId::parse(id.as_bytes())
+                        .expect("generated IDs are 14 characters of A-Z0-9");
+                    // Serials beyond the population's, one per registration.
+                    Request::Register(id, pop.ids + 1 + k)
+                } else {
+                    let serials = (0..1 + rng.below(10))
+                        .map(|_| pop.row(rng.below(pop.ids.max(1)), &popularity).serial)
+                        .collect();
+                    Request::PushSerials(format!("load-{}-{k}", self.seed), serials)
+                };
+                events.push(Event {
+                    at_us,
+                    terminal: 0,
+                    request,
+                });
+                continue;
+            }
+            let u = u - writes;
             let (request, provider) = if u < self.mix.link {
                 // A first visit: a provider drawn by popularity, any registered ID.
                 let p = popularity.sample(&mut rng);
@@ -226,6 +257,7 @@ mod tests {
                 | Request::Link(p, _, _)
                 | Request::Batch(p, _)
                 | Request::CardLookup(p, _, _) => *p,
+                Request::Register(..) | Request::PushSerials(..) => continue,
             };
             *per.entry(p).or_insert(0u64) += 1;
         }

@@ -83,23 +83,82 @@ pub fn error_class(e: &ClientError) -> String {
     }
 }
 
-async fn send(c: &Client, cards: Option<&Cards>, r: &Request) -> Result<(), String> {
+async fn send(c: Option<&Arc<Client>>, ctx: &Ctx, r: &Request) -> Result<(), String> {
+    let cards = ctx.cards.as_deref();
+    match r {
+        Request::Register(id, serial) => return register(ctx, id, *serial).await,
+        Request::PushSerials(push, serials) => return push_serials(ctx, push, serials).await,
+        _ => {}
+    }
+    let c = c.ok_or("no connection")?;
     match r {
         Request::Lookup(p, id) => c.lookup(*p, *id).await.map(|_| ()),
         Request::Link(p, id, s) => c.link(*id, *p, *s, true).await.map(|_| ()),
         Request::Batch(p, ids) => c.lookup_batch(*p, ids).await.map(|_| ()),
         Request::CardLookup(p, id, serial) => return card_lookup(c, cards, *p, id, *serial).await,
+        Request::Register(..) | Request::PushSerials(..) => return Ok(()),
     }
     .map_err(|e: ClientError| error_class(&e))
 }
 
-fn provider_of(r: &Request) -> ProviderId {
+async fn register(ctx: &Ctx, id: &mykey_engine::id::MyKeyId, serial: u64) -> Result<(), String> {
+    let portal = ctx.portal.as_ref().ok_or("no portal connection")?;
+    let cards = ctx
+        .cards
+        .as_deref()
+        .ok_or("no cards (give the development setup's jpki-ca.key)")?;
+    let cert = cards.cert(id, serial).map_err(|e| format!("card: {e}"))?;
+    let ch = portal.challenge().await.map_err(|e| error_class(&e))?;
+    let sig = cards
+        .key
+        .sign(&ch.bytes)
+        .map_err(|e| format!("card: {e}"))?;
+    let proof = mykey_engine::jpki::CardProof {
+        cert_der: &cert,
+        challenge: &ch.bytes,
+        signature: &sig,
+    };
+    portal
+        .register_full(proof)
+        .await
+        .map(|_| ())
+        .map_err(|e| error_class(&e))
+}
+
+async fn push_serials(ctx: &Ctx, push: &str, serials: &[u64]) -> Result<(), String> {
+    let partner = ctx.partner.as_ref().ok_or("no partner connection")?;
+    let cards = ctx
+        .cards
+        .as_deref()
+        .ok_or("no JPKI generation (give jpki-ca.key)")?;
+    let mut list = format!("ca {}\n", cards.key_id_hex);
+    for s in serials {
+        list.push_str(&format!("{s:x}\n"));
+    }
+    let push = mykey_engine::id::PushId::parse(push.as_bytes()).map_err(|e| e.to_string())?;
+    partner
+        .push_serials(push, list.as_bytes())
+        .await
+        .map(|_| ())
+        .map_err(|e| error_class(&e))
+}
+
+fn provider_of(r: &Request) -> Option<ProviderId> {
     match r {
         Request::Lookup(p, _)
         | Request::Link(p, _, _)
         | Request::Batch(p, _)
-        | Request::CardLookup(p, _, _) => *p,
+        | Request::CardLookup(p, _, _) => Some(*p),
+        Request::Register(..) | Request::PushSerials(..) => None,
     }
+}
+
+/// What every request task shares: the simulated cards and the run's portal and partner
+/// connections (registrations and revocation pushes are not a counter's to make).
+struct Ctx {
+    cards: Option<Arc<Cards>>,
+    portal: Option<Client>,
+    partner: Option<Client>,
 }
 
 /// Simulated cards: certificates issued on demand by the development JPKI generation for the
@@ -111,6 +170,7 @@ pub struct Cards {
     key: mykey_engine::jpki::dev::DevKey,
     certs: std::sync::Mutex<std::collections::HashMap<u64, Arc<Vec<u8>>>>,
     validity: (mykey_engine::id::Timestamp, mykey_engine::id::Timestamp),
+    key_id_hex: String,
 }
 
 /// Most card certificates kept; beyond it the oldest are issued again when needed.
@@ -123,7 +183,10 @@ impl Cards {
         let from =
             mykey_engine::id::Timestamp::from_unix_secs(now.unix_secs().saturating_sub(86_400))
                 .map_err(|e| e.to_string())?;
+        let anchor = mykey_engine::jpki::Anchor::parse("dev JPKI CA", ca.der())
+            .map_err(|e| e.to_string())?;
         Ok(Self {
+            key_id_hex: mykey_engine::jpki::hex(anchor.key_id()),
             ca,
             key: mykey_engine::jpki::dev::DevKey::generate(2048).map_err(|e| e.to_string())?,
             certs: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -190,12 +253,15 @@ async fn connect_all(
 ) -> Result<(BTreeMap<u32, Arc<Client>>, f64), String> {
     let mut providers: BTreeMap<u32, BTreeSet<ProviderId>> = BTreeMap::new();
     for e in events {
+        let Some(p) = provider_of(&e.request) else {
+            continue;
+        };
         let set = providers.entry(e.terminal).or_default();
         if set.len() < PROVIDERS_PER_TERMINAL_MAX {
-            set.insert(provider_of(&e.request));
+            set.insert(p);
         }
     }
-    if let Some(first) = events.first().map(|e| provider_of(&e.request)) {
+    if let Some(first) = events.iter().find_map(|e| provider_of(&e.request)) {
         for t in 0..terminals {
             providers
                 .entry(t)
@@ -256,6 +322,33 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
         r.connect_secs = connect_secs;
         r.terminals = clients.len() as u64;
     }
+    // Registrations and pushes go over a portal and a partner connection of their own.
+    let needs = |f: fn(&Request) -> bool| events.iter().any(|e| f(&e.request));
+    let special = async |role: Role, name: &str, serial: u64| -> Result<Option<Client>, String> {
+        let t = target
+            .pki
+            .terminal(name, role, &[], serial)
+            .map_err(|e| e.to_string())?;
+        Client::connect(target.addr, &target.server_name, target.pki.client_tls(&t))
+            .await
+            .map(Some)
+            .map_err(|e| format!("{name}: {e}"))
+    };
+    let portal = if needs(|r| matches!(r, Request::Register(..))) {
+        special(Role::Portal, "load-portal", 900).await?
+    } else {
+        None
+    };
+    let partner = if needs(|r| matches!(r, Request::PushSerials(..))) {
+        special(Role::Partner, "load-partner", 901).await?
+    } else {
+        None
+    };
+    let ctx = Arc::new(Ctx {
+        cards: target.cards.clone(),
+        portal,
+        partner,
+    });
     let clients = Arc::new(clients);
     let events = Arc::new(events);
     let done = Arc::new(AtomicU64::new(0));
@@ -290,7 +383,7 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
                     report.clone(),
                     done.clone(),
                 );
-                let cards = target.cards.clone();
+                let ctx = ctx.clone();
                 std::thread::spawn(move || {
                     let mut tasks = Vec::with_capacity(events.len());
                     for i in 0..events.len() {
@@ -306,13 +399,10 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
                             report.clone(),
                             done.clone(),
                         );
-                        let cards = cards.clone();
+                        let ctx = ctx.clone();
                         tasks.push(handle.spawn(async move {
                             let e = &events[i];
-                            let r = match clients.get(&e.terminal) {
-                                Some(c) => send(c, cards.as_deref(), &e.request).await,
-                                None => Err("no connection".to_owned()),
-                            };
+                            let r = send(clients.get(&e.terminal), &ctx, &e.request).await;
                             // Latency from the schedule: a late answer is late however it
                             // came about.
                             let latency = Instant::now().saturating_duration_since(due);
@@ -338,7 +428,7 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
             let next = Arc::new(AtomicU64::new(0));
             let mut tasks = Vec::new();
             for _ in 0..workers.max(1) {
-                let cards = target.cards.clone();
+                let ctx = ctx.clone();
                 let (clients, events, report, done, next) = (
                     clients.clone(),
                     events.clone(),
@@ -351,10 +441,7 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
                         let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                         let Some(e) = events.get(i) else { break };
                         let sent = Instant::now();
-                        let r = match clients.get(&e.terminal) {
-                            Some(c) => send(c, cards.as_deref(), &e.request).await,
-                            None => Err("no connection".to_owned()),
-                        };
+                        let r = send(clients.get(&e.terminal), &ctx, &e.request).await;
                         report
                             .lock()
                             .await

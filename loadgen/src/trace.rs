@@ -7,11 +7,16 @@
 //! <start µs> <terminal> link <provider> <mykey id> <service id>
 //! <start µs> <terminal> batch <provider> <mykey id>,<mykey id>,...
 //! <start µs> <terminal> card-lookup <provider> <mykey id> <certificate serial hex>
+//! <start µs> <terminal> register <mykey id> <certificate serial hex>
+//! <start µs> <terminal> push-serials <push id> <serial hex>,<serial hex>,...
 //! ```
 //!
 //! A `card-lookup` is an authenticated lookup by the card of a full registration: the runner
 //! asks for a challenge, has the simulated card (certificate serial, CN = the ID + a suffix)
-//! sign it, and looks up the ID bound to the card.
+//! sign it, and looks up the ID bound to the card. A `register` is a full registration at the
+//! portal by a new card (CN = the ID and a suffix); a `push-serials` is a partner's serial list
+//! for the development JPKI generation. Both go over the run's portal and partner connections,
+//! not the counter terminal named on the line.
 //!
 //! `start µs` is the request's scheduled start from the beginning of the trace, non-decreasing;
 //! `terminal` is the index of the terminal (one QUIC connection) that sends it. Blank lines and
@@ -23,6 +28,8 @@ use mykey_engine::id::{MyKeyId, ProviderId, ServiceId};
 
 /// The first line of every trace.
 pub const HEADER: &str = "# mykey-load trace v1";
+/// Most serials in one push line.
+pub const PUSH_SERIALS_MAX: usize = 10_000;
 /// Most IDs in one batch line.
 pub const BATCH_MAX: usize = mykey_engine::wire::BATCH_MAX;
 
@@ -37,6 +44,10 @@ pub enum Request {
     Batch(ProviderId, Vec<MyKeyId>),
     /// An authenticated lookup by the card with this serial (of a full registration).
     CardLookup(ProviderId, MyKeyId, u64),
+    /// A full registration at the portal by a new card: its CN's ID and its serial.
+    Register(MyKeyId, u64),
+    /// A partner's serial list revoking these serials, under this push id.
+    PushSerials(String, Vec<u64>),
 }
 
 impl Request {
@@ -47,6 +58,8 @@ impl Request {
             Request::Link(..) => "link",
             Request::Batch(..) => "batch",
             Request::CardLookup(..) => "card-lookup",
+            Request::Register(..) => "register",
+            Request::PushSerials(..) => "push-serials",
         }
     }
 }
@@ -75,6 +88,11 @@ pub fn write(out: &mut dyn Write, events: &[Event]) -> io::Result<()> {
                 writeln!(out, "batch {p} {}", ids.join(","))?
             }
             Request::CardLookup(p, id, serial) => writeln!(out, "card-lookup {p} {id} {serial:x}")?,
+            Request::Register(id, serial) => writeln!(out, "register {id} {serial:x}")?,
+            Request::PushSerials(push, serials) => {
+                let list: Vec<String> = serials.iter().map(|s| format!("{s:x}")).collect();
+                writeln!(out, "push-serials {push} {}", list.join(","))?
+            }
         }
     }
     Ok(())
@@ -119,9 +137,7 @@ pub fn read(input: impl BufRead) -> Result<Vec<Event>, TraceError> {
         }
         let f: Vec<&str> = l.split_whitespace().collect();
         if f.len() < 5 {
-            return Err(bad(
-                "expected `<start µs> <terminal> <op> <provider> <args>`".into(),
-            ));
+            return Err(bad("expected `<start µs> <terminal> <op> <args>`".into()));
         }
         let at_us: u64 = f[0]
             .parse()
@@ -136,13 +152,19 @@ pub fn read(input: impl BufRead) -> Result<Vec<Event>, TraceError> {
             .parse()
             .map_err(|_| bad(format!("terminal {:?} is not a number", f[1])))?;
         let provider =
-            ProviderId::parse(f[3].as_bytes()).map_err(|e| bad(format!("provider: {e}")))?;
+            || ProviderId::parse(f[3].as_bytes()).map_err(|e| bad(format!("provider: {e}")));
         let id =
             |s: &str| MyKeyId::parse(s.as_bytes()).map_err(|e| bad(format!("MyKey ID {s:?}: {e}")));
+        let serial = |s: &str| {
+            u64::from_str_radix(s, 16)
+                .ok()
+                .filter(|&v| v > 0)
+                .ok_or_else(|| bad(format!("serial {s:?} is not positive hex")))
+        };
         let request = match (f[2], f.len()) {
-            ("lookup", 5) => Request::Lookup(provider, id(f[4])?),
+            ("lookup", 5) => Request::Lookup(provider()?, id(f[4])?),
             ("link", 6) => Request::Link(
-                provider,
+                provider()?,
                 id(f[4])?,
                 ServiceId::parse_text(f[5]).map_err(|e| bad(format!("service ID: {e}")))?,
             ),
@@ -151,16 +173,17 @@ pub fn read(input: impl BufRead) -> Result<Vec<Event>, TraceError> {
                 if ids.is_empty() || ids.len() > BATCH_MAX {
                     return Err(bad(format!("a batch holds 1 to {BATCH_MAX} IDs")));
                 }
-                Request::Batch(provider, ids)
+                Request::Batch(provider()?, ids)
             }
-            ("card-lookup", 6) => Request::CardLookup(
-                provider,
-                id(f[4])?,
-                u64::from_str_radix(f[5], 16)
-                    .ok()
-                    .filter(|&s| s > 0)
-                    .ok_or_else(|| bad(format!("serial {:?} is not positive hex", f[5])))?,
-            ),
+            ("card-lookup", 6) => Request::CardLookup(provider()?, id(f[4])?, serial(f[5])?),
+            ("register", 5) => Request::Register(id(f[3])?, serial(f[4])?),
+            ("push-serials", 5) => {
+                let serials = f[4].split(',').map(serial).collect::<Result<Vec<_>, _>>()?;
+                if serials.is_empty() || serials.len() > PUSH_SERIALS_MAX {
+                    return Err(bad(format!("a push holds 1 to {PUSH_SERIALS_MAX} serials")));
+                }
+                Request::PushSerials(f[3].to_owned(), serials)
+            }
             (op, _) => {
                 return Err(bad(format!(
                     "unknown operation or wrong field count: {op:?}"
@@ -211,6 +234,16 @@ mod tests {
                 at_us: 1600,
                 terminal: 5,
                 request: Request::CardLookup(p, id("1C2410DF79DGEL"), 0x1_0000),
+            },
+            Event {
+                at_us: 1700,
+                terminal: 0,
+                request: Request::Register(id("NEWCARD0000001"), 0x99),
+            },
+            Event {
+                at_us: 1800,
+                terminal: 0,
+                request: Request::PushSerials("push-7".into(), vec![0x2a, 0x2b]),
             },
         ];
         let mut buf = Vec::new();
