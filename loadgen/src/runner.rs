@@ -103,19 +103,10 @@ async fn send(c: Option<&Arc<Client>>, ctx: &Ctx, r: &Request) -> Result<(), Str
 
 async fn register(ctx: &Ctx, id: &mykey_engine::id::MyKeyId, serial: u64) -> Result<(), String> {
     let portal = ctx.portal.as_ref().ok_or("no portal connection")?;
-    let cards = ctx
-        .cards
-        .as_deref()
-        .ok_or("no cards (give the development setup's jpki-ca.key)")?;
-    let cert = cards.cert(id, serial).map_err(|e| format!("card: {e}"))?;
-    let ch = portal.challenge().await.map_err(|e| error_class(&e))?;
-    let sig = cards
-        .key
-        .sign(&ch.bytes)
-        .map_err(|e| format!("card: {e}"))?;
+    let (cert, ch, sig) = card_proof(portal, ctx.cards.as_deref(), id, serial).await?;
     let proof = mykey_engine::jpki::CardProof {
         cert_der: &cert,
-        challenge: &ch.bytes,
+        challenge: &ch,
         signature: &sig,
     };
     portal
@@ -219,13 +210,14 @@ impl Cards {
     }
 }
 
-async fn card_lookup(
+/// What a simulated card presents: its certificate, a challenge asked of the server over `c`,
+/// and its signature over it.
+async fn card_proof(
     c: &Client,
     cards: Option<&Cards>,
-    p: ProviderId,
     id: &mykey_engine::id::MyKeyId,
     serial: u64,
-) -> Result<(), String> {
+) -> Result<(Arc<Vec<u8>>, [u8; 32], Vec<u8>), String> {
     let cards = cards.ok_or("no cards (give the development setup's jpki-ca.key)")?;
     let cert = cards.cert(id, serial).map_err(|e| format!("card: {e}"))?;
     let ch = c.challenge().await.map_err(|e| error_class(&e))?;
@@ -233,9 +225,20 @@ async fn card_lookup(
         .key
         .sign(&ch.bytes)
         .map_err(|e| format!("card: {e}"))?;
+    Ok((cert, ch.bytes, sig))
+}
+
+async fn card_lookup(
+    c: &Client,
+    cards: Option<&Cards>,
+    p: ProviderId,
+    id: &mykey_engine::id::MyKeyId,
+    serial: u64,
+) -> Result<(), String> {
+    let (cert, ch, sig) = card_proof(c, cards, id, serial).await?;
     let proof = mykey_engine::jpki::CardProof {
         cert_der: &cert,
-        challenge: &ch.bytes,
+        challenge: &ch,
         signature: &sig,
     };
     c.lookup_card(p, proof)

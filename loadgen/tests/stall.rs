@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use mykey_engine::id::{MyKeyId, ProviderId, Timestamp};
 use mykey_engine::server::dev::DevOperatorPki;
-use mykey_engine::server::{system_clock, transport};
+use mykey_engine::server::system_clock;
 use mykey_load::runner::{Mode, Options, Target, run};
 use mykey_load::trace::{Event, Request};
 
@@ -18,29 +18,7 @@ const STALL_FOR: Duration = Duration::from_millis(300);
 /// A mykey/1 server that answers every request "not linked", and stalls every answer due in
 /// [first request + 300 ms, + 600 ms) until the end of that window.
 fn stalling_server(pki: &DevOperatorPki) -> (quinn::Endpoint, std::net::SocketAddr) {
-    let tls = pki.server_tls(Vec::new());
-    let provider = mykey_engine::server::crypto_provider();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in tls.client_cas {
-        roots.add(c).expect("root");
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .expect("verifier");
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("tls13")
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(tls.chain, tls.key)
-        .expect("cert");
-    cfg.alpn_protocols = vec![mykey_engine::wire::ALPN.to_vec()];
-    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(
-        quinn::crypto::rustls::QuicServerConfig::try_from(cfg).expect("quic"),
-    ));
-    sc.transport_config(Arc::new(transport()));
+    let sc = mykey_engine::server::server_config(pki.server_tls(Vec::new())).expect("config");
     let ep = quinn::Endpoint::server(sc, "127.0.0.1:0".parse().expect("addr")).expect("bind");
     let addr = ep.local_addr().expect("addr");
     let first: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());

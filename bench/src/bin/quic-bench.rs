@@ -33,29 +33,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// The floor: quinn with the same TLS and transport, answering 100 bytes to any request.
 async fn floor_server(pki: &DevOperatorPki) -> (quinn::Endpoint, SocketAddr) {
-    let tls = pki.server_tls(Vec::new());
-    let provider = mykey_engine::server::crypto_provider();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in tls.client_cas {
-        roots.add(c).expect("root");
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .expect("verifier");
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("tls13")
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(tls.chain, tls.key)
-        .expect("cert");
-    cfg.alpn_protocols = vec![mykey_engine::wire::ALPN.to_vec()];
-    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(
-        quinn::crypto::rustls::QuicServerConfig::try_from(cfg).expect("quic"),
-    ));
-    sc.transport_config(Arc::new(transport()));
+    let sc = mykey_engine::server::server_config(pki.server_tls(Vec::new())).expect("config");
     let ep = quinn::Endpoint::server(sc, "127.0.0.1:0".parse().expect("addr")).expect("bind");
     let addr = ep.local_addr().expect("addr");
     let e = ep.clone();

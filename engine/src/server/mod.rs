@@ -93,7 +93,10 @@ pub fn transport() -> quinn::TransportConfig {
     t
 }
 
-fn server_config(tls: ServerTls) -> Result<quinn::ServerConfig, ServerError> {
+/// The QUIC server configuration `mykeyd` serves with: TLS 1.3, aws-lc-rs, client
+/// certificates required and checked against the client CA and its CRLs, ALPN `mykey/1`, and
+/// the shared transport settings. Benchmarks and test servers use it to match `mykeyd`.
+pub fn server_config(tls: ServerTls) -> Result<quinn::ServerConfig, ServerError> {
     let provider = crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     for ca in tls.client_cas {
