@@ -21,6 +21,10 @@ use mykey_engine::registry::{Lookup, OpKind, Registry, RegistryConfig};
 use mykey_engine::store::fs::{Fs, RealFs};
 use mykey_engine::store::{self, StoreConfig, Table};
 
+#[path = "mykeyd/notify.rs"]
+mod notify;
+#[path = "mykeyd/pki.rs"]
+mod pki;
 #[path = "mykeyd/serve.rs"]
 mod serve;
 
@@ -89,6 +93,28 @@ enum Cmd {
         #[command(flatten)]
         store: StoreArg,
     },
+    /// Copy a store, while it is open and serving, into DIR (new or empty): a consistent
+    /// snapshot plus log that opens as a store, verified before this returns.
+    Backup {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The backup directory (new or empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup into DIR (new or empty): copy, open (replaying the log) and verify.
+    Restore {
+        /// The backup directory (written by `mykeyd backup`).
+        #[arg(long)]
+        from: PathBuf,
+        /// The store directory to create (new or empty).
+        #[arg(long = "store", short = 's')]
+        dir: PathBuf,
+    },
+    /// The operator's client CA: issue terminal and server certificates, revoke them, publish
+    /// the CRL the server reloads on SIGHUP (ops/RUNBOOK.md).
+    #[command(subcommand)]
+    Pki(PkiCmd),
     /// Load a trust-anchor directory and list its JPKI authentication CA generations; exit 1
     /// naming the file that is refused.
     Anchors {
@@ -143,6 +169,95 @@ struct RevokeArgs {
     /// Who is pushing, for the audit trail.
     #[arg(long, default_value = "operator-by-hand")]
     actor: String,
+}
+
+#[derive(Args)]
+struct CaDirArg {
+    /// The CA directory (client-ca.pem, client-ca.key, client-ca.crl, ledger.tsv).
+    #[arg(long = "dir")]
+    dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum PkiCmd {
+    /// Create a new client CA and an empty CRL in DIR.
+    Init {
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// The CA's organisation (O).
+        #[arg(long)]
+        org: String,
+        /// The CA's name (CN).
+        #[arg(long)]
+        name: String,
+        /// Years the CA is valid.
+        #[arg(long, default_value_t = 10)]
+        years: u64,
+        /// Days the first CRL is valid.
+        #[arg(long, default_value_t = 7)]
+        crl_days: u64,
+    },
+    /// Issue a terminal certificate: OUT.pem and OUT.key (mode 0600).
+    Issue {
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// counter, municipal, portal, partner or operator.
+        #[arg(long)]
+        role: String,
+        /// A provider the counter acts for (repeat; counters only, at least one).
+        #[arg(long = "provider")]
+        providers: Vec<String>,
+        /// The certificate's name (CN), e.g. the terminal's asset tag.
+        #[arg(long)]
+        name: String,
+        /// Path prefix of the files written.
+        #[arg(long)]
+        out: PathBuf,
+        /// Days it is valid (never beyond the CA).
+        #[arg(long, default_value_t = 397)]
+        days: u64,
+    },
+    /// Issue (or rotate) the server's certificate: OUT.pem and OUT.key; then SIGHUP the server.
+    Server {
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// A DNS name or IP address clients connect to (repeat).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Path prefix of the files written.
+        #[arg(long)]
+        out: PathBuf,
+        /// Days it is valid (never beyond the CA).
+        #[arg(long, default_value_t = 397)]
+        days: u64,
+    },
+    /// Revoke certificates and publish the new CRL; then SIGHUP the server.
+    Revoke {
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// The serial to revoke (see `list`).
+        #[arg(long, required_unless_present = "name", conflicts_with = "name")]
+        serial: Option<u64>,
+        /// Revoke every valid certificate with this name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Days the CRL is valid.
+        #[arg(long, default_value_t = 7)]
+        crl_days: u64,
+    },
+    /// Publish the CRL again with a fresh nextUpdate (run it well before the last one lapses).
+    Crl {
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// Days the CRL is valid.
+        #[arg(long, default_value_t = 7)]
+        days: u64,
+    },
+    /// List the certificates issued: serial, status, role, expiry, name, providers.
+    List {
+        #[command(flatten)]
+        ca: CaDirArg,
+    },
 }
 
 #[derive(Args)]
@@ -599,6 +714,39 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             serve::serve(&path)
         }
+        Cmd::Pki(cmd) => pki_cmd(cmd),
+        Cmd::Backup { store, out } => {
+            let (src, dest) = (existing_fs(&store.dir)?, new_fs(&out)?);
+            let start = Instant::now();
+            let r = store::backup::backup(&*src, &*dest, &mut copied(start))
+                .map_err(|e| e.to_string())?;
+            println!(
+                "backed up {} to {}: snapshot seq {}, changes 1..={}, {} files, {} bytes, verified, in {:.2} s",
+                store.dir.display(),
+                out.display(),
+                r.snapshot_seq,
+                r.last_seq,
+                r.files,
+                r.bytes,
+                start.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Cmd::Restore { from, dir } => {
+            let (src, dest) = (existing_fs(&from)?, new_fs(&dir)?);
+            let start = Instant::now();
+            let r =
+                store::backup::restore(src, dest, &mut copied(start)).map_err(|e| e.to_string())?;
+            println!(
+                "restored {} into {}: snapshot seq {}, changes 1..={}, opened and verified in {:.2} s",
+                from.display(),
+                dir.display(),
+                r.snapshot_seq,
+                r.last_seq,
+                start.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
         Cmd::Compact { store } => {
             let reg = open_registry(&store.dir)?;
             let start = Instant::now();
@@ -615,6 +763,158 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
+    }
+}
+
+fn pki_cmd(cmd: PkiCmd) -> Result<(), String> {
+    use pki::CaDir;
+    let at = now()?;
+    let show = |e: &pki::Entry| {
+        let status = e
+            .revoked_at
+            .map_or_else(|| "valid".to_owned(), |t| format!("revoked at {t}"));
+        format!(
+            "serial {} {} {} {status}, expires {} ({})",
+            e.serial,
+            e.role,
+            e.name,
+            e.not_after,
+            if e.providers.is_empty() {
+                "no providers".to_owned()
+            } else {
+                e.providers.join(",")
+            }
+        )
+    };
+    match cmd {
+        PkiCmd::Init {
+            ca,
+            org,
+            name,
+            years,
+            crl_days,
+        } => {
+            let v = mykey_engine::server::pki::Validity {
+                not_before: Timestamp::from_unix_secs(at.unix_secs().saturating_sub(60))
+                    .map_err(|e| e.to_string())?,
+                not_after: at.plus_secs(years * 365 * 86_400),
+            };
+            CaDir::init(&ca.dir, &org, &name, v, at, crl_days)?;
+            println!(
+                "created the client CA {}/{} (key {} mode 0600) and CRL 1",
+                ca.dir.display(),
+                pki::CA_CERT,
+                pki::CA_KEY
+            );
+        }
+        PkiCmd::Issue {
+            ca,
+            role,
+            providers,
+            name,
+            out,
+            days,
+        } => {
+            let role = mykey_engine::server::Role::parse(&role).ok_or_else(|| {
+                format!("--role {role:?}: counter, municipal, portal, partner or operator")
+            })?;
+            let e =
+                CaDir::open(&ca.dir)?.issue_terminal(&name, role, &providers, &out, at, days)?;
+            println!(
+                "issued {} -> {}.pem, {}.key",
+                show(&e),
+                out.display(),
+                out.display()
+            );
+        }
+        PkiCmd::Server {
+            ca,
+            hosts,
+            out,
+            days,
+        } => {
+            let e = CaDir::open(&ca.dir)?.issue_server(&hosts, &out, at, days)?;
+            println!(
+                "issued {} -> {}.pem, {}.key; send SIGHUP to load it",
+                show(&e),
+                out.display(),
+                out.display()
+            );
+        }
+        PkiCmd::Revoke {
+            ca,
+            serial,
+            name,
+            crl_days,
+        } => {
+            let mut d = CaDir::open(&ca.dir)?;
+            let serials: Vec<u64> = match (serial, &name) {
+                (Some(s), _) => vec![s],
+                (None, Some(n)) => d
+                    .ledger()
+                    .iter()
+                    .filter(|e| &e.name == n && e.revoked_at.is_none())
+                    .map(|e| e.serial)
+                    .collect(),
+                (None, None) => Vec::new(),
+            };
+            if serials.is_empty() {
+                return Err(format!(
+                    "no valid certificate named {:?}",
+                    name.unwrap_or_default()
+                ));
+            }
+            let number = d.revoke(&serials, at, crl_days)?;
+            println!(
+                "revoked serial {}; published CRL {number} in {}; send SIGHUP to load it",
+                serials
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                ca.dir.join(pki::CA_CRL).display()
+            );
+        }
+        PkiCmd::Crl { ca, days } => {
+            let n = CaDir::open(&ca.dir)?.publish_crl(at, days)?;
+            println!(
+                "published CRL {n} (valid {days} days) in {}; send SIGHUP to load it",
+                ca.dir.join(pki::CA_CRL).display()
+            );
+        }
+        PkiCmd::List { ca } => {
+            for e in CaDir::open(&ca.dir)?.ledger() {
+                println!("{}", show(e));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A store directory that must exist already (`RealFs::new` would create it).
+fn existing_fs(dir: &Path) -> Result<Arc<dyn Fs>, String> {
+    if !dir.is_dir() {
+        return Err(format!("{}: no such directory", dir.display()));
+    }
+    Ok(Arc::new(
+        RealFs::new(dir).map_err(|e| format!("{}: {e}", dir.display()))?,
+    ))
+}
+
+/// A directory to copy a store into, created if missing.
+fn new_fs(dir: &Path) -> Result<Arc<dyn Fs>, String> {
+    Ok(Arc::new(
+        RealFs::new(dir).map_err(|e| format!("{}: {e}", dir.display()))?,
+    ))
+}
+
+/// Progress of a copy: each file as it lands.
+fn copied(start: Instant) -> impl FnMut(&str, u64) {
+    move |name, bytes| {
+        eprintln!(
+            "  copied {name} ({bytes} bytes, {:.1} s)",
+            start.elapsed().as_secs_f64()
+        )
     }
 }
 

@@ -1,10 +1,14 @@
-//! `mykeyd serve` as a process: SIGHUP reloads the client CRL (a revoked terminal is refused at
-//! the handshake while live connections keep working) and the JPKI anchors (a new generation's
-//! cards are accepted), and a broken config is refused without stopping the server; SIGTERM drains a request in flight and exits 0; `kill -9` loses no
-//! acknowledged write.
+//! `mykeyd serve` as a process, as systemd and an operator drive it: READY=1 only once it
+//! serves, RELOADING=1 … READY=1 around each SIGHUP, STOPPING=1 on SIGTERM (`sd_notify`). SIGHUP
+//! reloads the client CRL that `mykeyd pki revoke` publishes (a revoked terminal is refused at
+//! the handshake while live connections keep working), a server certificate rotated with
+//! `mykeyd pki server`, and the JPKI anchors (a new generation's cards are accepted); a broken
+//! config is refused without stopping the server. SIGTERM drains a request in flight and exits
+//! 0; `kill -9` loses no acknowledged write.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -13,9 +17,7 @@ use std::time::{Duration, Instant};
 use mykey_engine::client::{Client, ClientTls};
 use mykey_engine::id::{CertRef, MyKeyId, ProviderId, PushId, ServiceId, Timestamp};
 use mykey_engine::jpki::Anchors;
-use mykey_engine::jpki::dev::pem;
 use mykey_engine::registry::{Lookup, Registry, RegistryConfig};
-use mykey_engine::server::dev::DevOperatorPki;
 use mykey_engine::store::fs::{Fs, RealFs};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -38,6 +40,8 @@ struct Daemon {
     admin: SocketAddr,
     quic: SocketAddr,
     dir: PathBuf,
+    /// Where the server's sd_notify messages arrive (`NOTIFY_SOCKET`), as systemd's would.
+    notify: Option<UnixDatagram>,
 }
 
 impl Drop for Daemon {
@@ -49,14 +53,32 @@ impl Drop for Daemon {
     }
 }
 
-fn ready(admin: SocketAddr) -> bool {
+fn http_get(admin: SocketAddr, path: &str) -> String {
     let Ok(mut s) = TcpStream::connect_timeout(&admin, Duration::from_millis(200)) else {
-        return false;
+        return String::new();
     };
-    let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n");
+    let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes());
     let mut r = String::new();
     let _ = s.read_to_string(&mut r);
-    r.starts_with("HTTP/1.1 200")
+    r
+}
+
+fn ready(admin: SocketAddr) -> bool {
+    http_get(admin, "/readyz").starts_with("HTTP/1.1 200")
+}
+
+/// Runs `mykeyd ARGS`, asserting success; returns its standard output.
+fn mykeyd(args: &[&std::ffi::OsStr]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_mykeyd"))
+        .args(args)
+        .output()
+        .expect("mykeyd");
+    assert!(
+        o.status.success(),
+        "mykeyd {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 impl Daemon {
@@ -80,28 +102,58 @@ impl Daemon {
             admin,
             quic,
             dir: dir.to_owned(),
+            notify: None,
         }
     }
 
+    /// Starts the server and waits for its READY=1, which must come only once it serves.
     fn start(&mut self) {
         let log = std::fs::File::create(self.dir.join("server.log")).expect("log");
+        let sock_path = self.dir.join("notify.sock");
+        let _ = std::fs::remove_file(&sock_path);
+        let sock = UnixDatagram::bind(&sock_path).expect("notify socket");
+        sock.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
         let child = Command::new(env!("CARGO_BIN_EXE_mykeyd"))
             .args(["serve", "--config"])
             .arg(self.dir.join("mykeyd.toml"))
+            .env("NOTIFY_SOCKET", &sock_path)
             .stderr(log)
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn");
         self.child = Some(child);
-        let t = Instant::now();
-        while !ready(self.admin) {
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "not ready: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.notify = Some(sock);
+        let first = self.notification();
+        assert!(
+            first.starts_with("READY=1\nSTATUS=serving"),
+            "{first:?}: {}",
+            self.log()
+        );
+        assert!(ready(self.admin), "READY=1 came before /readyz turned 200");
+    }
+
+    /// The next sd_notify message (waits up to 60 s).
+    fn notification(&self) -> String {
+        let mut buf = [0u8; 4096];
+        let n = self
+            .notify
+            .as_ref()
+            .expect("started")
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no sd_notify message: {e}: {}", self.log()));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// Sends SIGHUP and returns the STATUS the server reports once the reload is done
+    /// (RELOADING=1, then READY=1).
+    fn reload(&self) -> String {
+        self.signal("-HUP");
+        let reloading = self.notification();
+        assert!(reloading.starts_with("RELOADING=1"), "{reloading:?}");
+        let done = self.notification();
+        assert!(done.starts_with("READY=1\nSTATUS="), "{done:?}");
+        done
     }
 
     fn log(&self) -> String {
@@ -191,22 +243,44 @@ fn sighup_reloads_the_client_crl_without_dropping_live_connections() {
                 .expect("lookup"),
             Lookup::Linked(ServiceId::parse(b"ABCDEFGHI").expect("svc"))
         );
-        // The operator revokes the counter terminal (serial 10) and reloads.
+        // The operator issues a second counter terminal with `mykeyd pki`; it connects.
         let pki_dir = daemon.dir.join("pki");
-        let ca = CertificateDer::from_pem_file(pki_dir.join("client-ca.pem")).expect("ca");
-        let key = PrivateKeyDer::from_pem_file(pki_dir.join("client-ca.key")).expect("ca key");
-        let pki = DevOperatorPki::load(ca, key.secret_der()).expect("load CA");
-        let t = now();
-        let crl = pki
-            .crl(
-                2,
-                Timestamp::from_unix_secs(t.unix_secs() - 60).expect("t"),
-                t.plus_secs(86_400),
-                &[10],
-            )
-            .expect("crl");
-        std::fs::write(pki_dir.join("client-ca.crl"), pem("X509 CRL", &crl)).expect("write");
-        daemon.signal("-HUP");
+        let pki_arg = pki_dir.as_os_str();
+        let out = mykeyd(&[
+            "pki".as_ref(),
+            "issue".as_ref(),
+            "--dir".as_ref(),
+            pki_arg,
+            "--role".as_ref(),
+            "counter".as_ref(),
+            "--provider".as_ref(),
+            "A-α1-0001".as_ref(),
+            "--name".as_ref(),
+            "sugamo-2".as_ref(),
+            "--out".as_ref(),
+            pki_dir.join("terminals/sugamo-2").as_os_str(),
+        ]);
+        assert!(out.contains("counter sugamo-2 valid"), "{out}");
+        let second = daemon
+            .client("sugamo-2")
+            .await
+            .expect("a newly issued terminal");
+        second
+            .lookup(p("A-α1-0001"), id("1C2410DF79DGEL"))
+            .await
+            .expect("lookup");
+        // It revokes the first counter terminal by name, and reloads.
+        let out = mykeyd(&[
+            "pki".as_ref(),
+            "revoke".as_ref(),
+            "--dir".as_ref(),
+            pki_arg,
+            "--name".as_ref(),
+            "dev-counter".as_ref(),
+        ]);
+        assert!(out.contains("published CRL 2"), "{out}");
+        let status = daemon.reload();
+        assert!(status.contains("STATUS=serving"), "{status:?}");
         // A new connection of the revoked terminal is refused (once the reload is in).
         let t0 = Instant::now();
         loop {
@@ -230,6 +304,50 @@ fn sighup_reloads_the_client_crl_without_dropping_live_connections() {
             .expect("the live connection survives the reload");
         let op = daemon.client("operator").await.expect("operator connects");
         op.stats().await.expect("stats");
+        daemon
+            .client("sugamo-2")
+            .await
+            .expect("the second counter is not revoked");
+        // The server certificate is rotated: a new one valid 30 days, loaded on SIGHUP, seen by
+        // new connections and in the expiry metric.
+        let expiry = || {
+            let m = http_get(daemon.admin, "/metrics");
+            m.lines()
+                .find_map(|l| {
+                    l.strip_prefix("mykey_certificate_expiry_timestamp_seconds{cert=\"server\"} ")
+                })
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no server expiry in /metrics:\n{m}"))
+        };
+        let before = expiry();
+        mykeyd(&[
+            "pki".as_ref(),
+            "server".as_ref(),
+            "--dir".as_ref(),
+            pki_arg,
+            "--host".as_ref(),
+            "localhost".as_ref(),
+            "--host".as_ref(),
+            "127.0.0.1".as_ref(),
+            "--days".as_ref(),
+            "30".as_ref(),
+            "--out".as_ref(),
+            pki_dir.join("server").as_os_str(),
+        ]);
+        daemon.reload();
+        let after = expiry();
+        let want = (now().unix_secs() + 30 * 86_400) as f64;
+        assert!(
+            (after - want).abs() < 600.0 && after < before,
+            "server expiry {before} -> {after}, want about {want}"
+        );
+        daemon
+            .client("operator")
+            .await
+            .expect("a new connection gets the rotated certificate")
+            .stats()
+            .await
+            .expect("stats");
         // A new JPKI generation: its cards are unknown until the anchors are reloaded.
         let t = now();
         let from = Timestamp::from_unix_secs(t.unix_secs() - 86_400).expect("t");
@@ -269,7 +387,7 @@ fn sighup_reloads_the_client_crl_without_dropping_live_connections() {
             generation.pem(),
         )
         .expect("write");
-        daemon.signal("-HUP");
+        daemon.reload();
         let t0 = Instant::now();
         loop {
             match register(&portal).await {
@@ -290,8 +408,11 @@ fn sighup_reloads_the_client_crl_without_dropping_live_connections() {
         let cfg = daemon.dir.join("mykeyd.toml");
         let good = std::fs::read_to_string(&cfg).expect("config");
         std::fs::write(&cfg, good.replace("[limits]", "[limits]\nbogus_key = 1")).expect("write");
-        daemon.signal("-HUP");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let status = daemon.reload();
+        assert!(
+            status.contains("the last reload was refused") && status.contains("bogus_key"),
+            "{status:?}"
+        );
         let op = daemon.client("operator").await.expect("still serving");
         op.stats().await.expect("stats");
     });
@@ -353,6 +474,8 @@ fn sigterm_drains_a_push_in_flight_and_kill_9_loses_no_acknowledged_write() {
         // build; the log order below checks that the signal came first).
         tokio::time::sleep(Duration::from_millis(700)).await;
         daemon.signal("-TERM");
+        let stopping = daemon.notification();
+        assert!(stopping.starts_with("STOPPING=1"), "{stopping:?}");
         push.await.expect("task")
     });
     let status = daemon.wait();

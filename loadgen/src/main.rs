@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use mykey_engine::server::dev::DevOperatorPki;
+use mykey_engine::server::pki::OperatorCa;
 use mykey_load::model::{Mix, Model};
 use mykey_load::population::PopulationSpec;
 use mykey_load::report::Slo;
@@ -102,9 +102,10 @@ struct RunArgs {
     /// No live progress line.
     #[arg(long)]
     no_progress: bool,
-    /// Fail (exit 1) if any operation's p99 is above this, e.g. 1ms, 500us.
-    #[arg(long, value_parser = parse_duration)]
-    max_p99: Option<Duration>,
+    /// Fail (exit 1) if a p99 is above this: `1ms` for every operation, `lookup=1ms` for one
+    /// (lookup, link, batch, card-lookup, register, push-serials). Repeatable.
+    #[arg(long, value_parser = parse_p99_limit)]
+    max_p99: Vec<(Option<String>, Duration)>,
     /// Fail (exit 1) if more than this share of requests fail, e.g. 0.001.
     #[arg(long)]
     max_error_rate: Option<f64>,
@@ -169,6 +170,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("{s:?}: unit must be us, ms or s")),
     };
     Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_p99_limit(s: &str) -> Result<(Option<String>, Duration), String> {
+    match s.split_once('=') {
+        None => Ok((None, parse_duration(s)?)),
+        Some((op, d)) if trace::OP_NAMES.contains(&op) => {
+            Ok((Some(op.to_owned()), parse_duration(d)?))
+        }
+        Some((op, _)) => Err(format!(
+            "{op:?} is not an operation: give one of {}",
+            trace::OP_NAMES.join(", ")
+        )),
+    }
 }
 
 fn population(p: &PopArgs, ca_key_id: Vec<u8>) -> PopulationSpec {
@@ -241,7 +255,7 @@ fn target(r: &RunArgs) -> Result<Target, String> {
         .map_err(|e| format!("{}: {e}", pki.join("client-ca.pem").display()))?;
     let key = PrivateKeyDer::from_pem_file(pki.join("client-ca.key"))
         .map_err(|e| format!("{}: {e}", pki.join("client-ca.key").display()))?;
-    let pki = DevOperatorPki::load(ca, key.secret_der()).map_err(|e| e.to_string())?;
+    let pki = OperatorCa::load(ca, key.secret_der()).map_err(|e| e.to_string())?;
     // Simulated cards need the development JPKI generation's key (kept by `mykeyd init`).
     let cards = match (
         std::fs::read(r.dev.join("jpki-anchors/dev-auth-ca.pem")),
@@ -289,7 +303,7 @@ fn play(r: &RunArgs, events: Vec<trace::Event>, terminals: u32) -> Result<bool, 
             .map_err(|e| format!("{}: {e}", p.display()))?;
     }
     let broken = report.violations(&Slo {
-        max_p99: r.max_p99,
+        max_p99: r.max_p99.clone(),
         max_error_rate: r.max_error_rate,
     });
     for v in &broken {

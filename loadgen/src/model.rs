@@ -137,9 +137,16 @@ impl Model {
             }
             let u = u - writes;
             let (request, provider) = if u < self.mix.link {
-                // A first visit: a provider drawn by popularity, any registered ID.
+                // A first visit: a provider drawn by popularity, any ID that may be linked (a
+                // provisional ID is refused links until it is confirmed, so no counter would
+                // try one).
                 let p = popularity.sample(&mut rng);
-                let row = pop.row(rng.below(pop.ids.max(1)), &popularity);
+                let row = loop {
+                    let row = pop.row(rng.below(pop.ids.max(1)), &popularity);
+                    if row.kind != Kind::Provisional {
+                        break row;
+                    }
+                };
                 let svc = format!("NEW{:010}", rng.below(10_000_000_000));
                 (Request::Link(provider_id(pop, p), row.id, service(&svc)), p)
             } else {
@@ -237,6 +244,18 @@ mod tests {
             "link share {}",
             links / got
         );
+        // No first visit links a provisional ID (the server would refuse it WRONG_STATE).
+        // Chosen IDs are `MY` and the row index.
+        let popularity = m.population.popularity();
+        let provisional_links = ev
+            .iter()
+            .filter_map(|e| match &e.request {
+                Request::Link(_, id, _) => id.as_str().strip_prefix("MY")?.parse::<u64>().ok(),
+                _ => None,
+            })
+            .filter(|n| m.population.row(*n, &popularity).kind == Kind::Provisional)
+            .count();
+        assert_eq!(provisional_links, 0, "links aimed at provisional IDs");
         // 19:54–20:06: six minutes at 0.8, then closed.
         let ev = model(100.0, 720.0, 19.9).schedule();
         let open = 100.0 * 0.8 * 360.0;

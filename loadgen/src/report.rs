@@ -15,10 +15,12 @@ pub const REPORT_VERSION: u32 = 1;
 const LATENCY_MAX_US: u64 = 3_600_000_000;
 
 /// Service-level objectives that make the exit status non-zero.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Slo {
-    /// Largest acceptable p99, over every operation.
-    pub max_p99: Option<Duration>,
+    /// Largest acceptable p99s: for one operation (`Some("lookup")`), or for every operation
+    /// (`None`). A per-operation limit lets a run hold reads to 1 ms while writes, which wait
+    /// for an fsync, get a budget of their own.
+    pub max_p99: Vec<(Option<String>, Duration)>,
     /// Largest acceptable share of failed requests (0.01 = 1 %).
     pub max_error_rate: Option<f64>,
 }
@@ -93,32 +95,34 @@ impl Report {
         }
     }
 
-    /// The highest p99 over all operations.
-    pub fn worst_p99(&self) -> Duration {
-        let us = self
-            .per_op
-            .values()
-            .map(|h| h.value_at_quantile(0.99))
-            .max()
-            .unwrap_or(0);
-        Duration::from_micros(us)
-    }
-
     /// A percentile of one operation, in microseconds.
     pub fn percentile_us(&self, op: &str, q: f64) -> Option<u64> {
         self.per_op.get(op).map(|h| h.value_at_quantile(q))
     }
 
-    /// The SLOs this run broke, each said plainly.
+    /// The SLOs this run broke, each said plainly. A limit on an operation the run never
+    /// answered is broken too: a run in which every lookup failed must not pass a lookup SLO.
     pub fn violations(&self, slo: &Slo) -> Vec<String> {
         let mut v = Vec::new();
-        if let Some(max) = slo.max_p99
-            && self.worst_p99() > max
-        {
-            v.push(format!(
-                "p99 {:?} is over the limit {max:?}",
-                self.worst_p99()
-            ));
+        for (op, max) in &slo.max_p99 {
+            let max_us = max.as_micros() as u64;
+            match op {
+                None => {
+                    for (op, h) in &self.per_op {
+                        let p99 = h.value_at_quantile(0.99);
+                        if p99 > max_us {
+                            v.push(format!("{op} p99 {p99} µs is over the limit {max:?}"));
+                        }
+                    }
+                }
+                Some(op) => match self.percentile_us(op, 0.99) {
+                    Some(p99) if p99 > max_us => {
+                        v.push(format!("{op} p99 {p99} µs is over the limit {max:?}"));
+                    }
+                    Some(_) => {}
+                    None => v.push(format!("{op}: no request answered, so no p99 to hold")),
+                },
+            }
         }
         if let Some(max) = slo.max_error_rate
             && self.error_rate() > max
@@ -202,5 +206,55 @@ impl Report {
             "ops": ops,
             "errors": self.errors,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        let mut r = Report::new("open", 300, 1.0);
+        for i in 0..100 {
+            r.record("lookup", Duration::from_micros(100 + i), None);
+            r.record("link", Duration::from_micros(2_000 + i), None);
+        }
+        r.record("lookup", Duration::from_micros(50), Some("BUSY".into()));
+        r
+    }
+
+    /// A limit for every operation catches the slow writes; a per-operation limit holds reads
+    /// alone; an operation with no answer breaks its limit; the error rate counts refusals.
+    #[test]
+    fn slo_limits_apply_to_all_or_one_operation() {
+        let r = report();
+        let ms = Duration::from_millis(1);
+        let all = r.violations(&Slo {
+            max_p99: vec![(None, ms)],
+            max_error_rate: None,
+        });
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert!(all[0].starts_with("link p99"), "{all:?}");
+        let reads = Slo {
+            max_p99: vec![(Some("lookup".into()), ms), (Some("link".into()), 3 * ms)],
+            max_error_rate: Some(0.01),
+        };
+        assert!(
+            r.violations(&reads).is_empty(),
+            "{:?}",
+            r.violations(&reads)
+        );
+        let tight = Slo {
+            max_p99: vec![(Some("lookup".into()), Duration::from_micros(150))],
+            max_error_rate: Some(0.001),
+        };
+        let broken = r.violations(&tight);
+        assert_eq!(broken.len(), 2, "{broken:?}");
+        assert!(broken[1].starts_with("error rate 0.0050"), "{broken:?}");
+        let missing = r.violations(&Slo {
+            max_p99: vec![(Some("card-lookup".into()), ms)],
+            max_error_rate: None,
+        });
+        assert_eq!(missing.len(), 1, "{missing:?}");
     }
 }

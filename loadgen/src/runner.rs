@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use mykey_engine::client::{Client, ClientError, ClientTls};
 use mykey_engine::id::ProviderId;
 use mykey_engine::server::Role;
-use mykey_engine::server::dev::DevOperatorPki;
+use mykey_engine::server::pki::OperatorCa;
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::report::Report;
@@ -38,7 +38,7 @@ pub struct Target {
     /// The name in its certificate.
     pub server_name: String,
     /// The operator CA that issues the terminals' certificates (from `mykeyd init`).
-    pub pki: Arc<DevOperatorPki>,
+    pub pki: Arc<OperatorCa>,
     /// Simulated cards for authenticated lookups, if the setup has the JPKI CA's key.
     pub cards: Option<Arc<Cards>>,
 }
@@ -285,6 +285,7 @@ async fn connect_all(
                 Role::Counter,
                 &ps,
                 1000 + u64::from(*t),
+                target.pki.validity(),
             )
             .map_err(|e| e.to_string())?;
         tls.push((*t, target.pki.client_tls(&term)));
@@ -309,6 +310,15 @@ async fn connect_all(
     Ok((clients, start.elapsed().as_secs_f64()))
 }
 
+/// Counts a request as answered when its task ends, however it ends.
+struct Answered(Arc<AtomicU64>);
+
+impl Drop for Answered {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
+}
+
 /// Runs `events` against `target`.
 pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<Report, String> {
     let speed = opts.speed.max(1e-6);
@@ -330,7 +340,7 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
     let special = async |role: Role, name: &str, serial: u64| -> Result<Option<Client>, String> {
         let t = target
             .pki
-            .terminal(name, role, &[], serial)
+            .terminal(name, role, &[], serial, target.pki.validity())
             .map_err(|e| e.to_string())?;
         Client::connect(target.addr, &target.server_name, target.pki.client_tls(&t))
             .await
@@ -388,7 +398,6 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
                 );
                 let ctx = ctx.clone();
                 std::thread::spawn(move || {
-                    let mut tasks = Vec::with_capacity(events.len());
                     for i in 0..events.len() {
                         let due =
                             start + Duration::from_secs_f64(events[i].at_us as f64 / 1e6 / speed);
@@ -396,14 +405,15 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
                         if due > now {
                             std::thread::sleep(due - now);
                         }
-                        let (clients, events, report, done) = (
-                            clients.clone(),
-                            events.clone(),
-                            report.clone(),
-                            done.clone(),
-                        );
+                        let (clients, events, report) =
+                            (clients.clone(), events.clone(), report.clone());
                         let ctx = ctx.clone();
-                        tasks.push(handle.spawn(async move {
+                        // Counted as answered even if the task panics, so the wait below ends.
+                        let answered = Answered(done.clone());
+                        // Not kept: a finished task's memory is freed at once, which a day-long
+                        // trace of millions of requests needs; `done` tells when all are in.
+                        drop(handle.spawn(async move {
+                            let _answered = answered;
                             let e = &events[i];
                             let r = send(clients.get(&e.terminal), &ctx, &e.request).await;
                             // Latency from the schedule: a late answer is late however it
@@ -413,18 +423,16 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
                                 .lock()
                                 .await
                                 .record(e.request.name(), latency, r.err());
-                            done.fetch_add(1, Ordering::Relaxed);
                         }));
                     }
-                    tasks
                 })
             };
-            let tasks = tokio::task::spawn_blocking(move || dispatcher.join())
+            tokio::task::spawn_blocking(move || dispatcher.join())
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|_| "the dispatcher panicked".to_owned())?;
-            for t in tasks {
-                t.await.map_err(|e| e.to_string())?;
+            while done.load(Ordering::Acquire) < events.len() as u64 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
         Mode::Closed { workers } => {

@@ -50,6 +50,16 @@ pub enum Request {
     PushSerials(String, Vec<u64>),
 }
 
+/// Every operation's name, as [`Request::name`] gives it.
+pub const OP_NAMES: [&str; 6] = [
+    "lookup",
+    "link",
+    "batch",
+    "card-lookup",
+    "register",
+    "push-serials",
+];
+
 impl Request {
     /// The operation's name, for reports.
     pub fn name(&self) -> &'static str {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use mykey_engine::id::{MyKeyId, ProviderId, Timestamp};
 use mykey_engine::server::dev::DevOperatorPki;
+use mykey_engine::server::pki::OperatorCa;
 use mykey_engine::server::system_clock;
 use mykey_load::runner::{Mode, Options, Target, run};
 use mykey_load::trace::{Event, Request};
@@ -78,7 +79,9 @@ async fn open_loop_shows_a_stall_that_closed_loop_hides() {
         let target = Target {
             addr,
             server_name: "localhost".into(),
-            pki: pki.clone(),
+            pki: Arc::new(
+                OperatorCa::load(pki.ca().clone(), &pki.operator_ca().key_pkcs8()).expect("ca"),
+            ),
             cards: None,
         };
         let opts = Options {

@@ -1,6 +1,7 @@
 //! The integration suite: one binary, one module per feature.
 
 mod alloc_free;
+mod backup;
 mod compaction;
 mod corruption;
 mod crash_model;

@@ -10,7 +10,8 @@ use mykey_engine::client::{Client, ClientError};
 use mykey_engine::id::{ActorId, MyKeyId, PushId, Timestamp};
 use mykey_engine::jpki::CardProof;
 use mykey_engine::registry::{IdState, LinkOutcome, Lookup, Registry, RegistryConfig};
-use mykey_engine::server::dev::{DevOperatorPki, Terminal};
+use mykey_engine::server::dev::DevOperatorPki;
+use mykey_engine::server::pki::Issued;
 use mykey_engine::server::{Role, Server, Service};
 use mykey_engine::store::StoreConfig;
 use mykey_engine::store::fs::{Fs, RealFs};
@@ -28,7 +29,7 @@ fn real_now() -> Timestamp {
 
 struct Net {
     pki: DevOperatorPki,
-    terminals: Vec<(&'static str, Terminal)>,
+    terminals: Vec<(&'static str, Issued)>,
 }
 
 impl Net {
@@ -73,7 +74,7 @@ impl Net {
         Self { pki, terminals }
     }
 
-    fn terminal(&self, name: &str) -> &Terminal {
+    fn terminal(&self, name: &str) -> &Issued {
         &self
             .terminals
             .iter()

@@ -9,20 +9,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mykey_engine::id::{ActorId, ProviderId, Timestamp};
+use mykey_engine::id::{ActorId, Timestamp};
 use mykey_engine::jpki::dev::{DevCa, DevKey, pem};
 use mykey_engine::jpki::{Anchors, Jpki, JpkiConfig};
 use mykey_engine::population::{self, BuildOptions};
 use mykey_engine::registry::{Registry, RegistryConfig};
 use mykey_engine::server::admin::{self, Readiness};
 use mykey_engine::server::config::{self, Config, LogFormat};
-use mykey_engine::server::dev::DevOperatorPki;
+use mykey_engine::server::dev::{DEV_CA_NAME, DEV_CA_ORG};
+use mykey_engine::server::pki::Validity;
 use mykey_engine::server::{Limits, Role, Server, ServerTls, Service, system_clock};
 use mykey_engine::store::fs::{Fs, RealFs};
 use mykey_engine::store::{self, CompactionPolicy, StoreConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
+use super::notify::{notify, watchdog_period};
+use super::pki::CaDir;
 use super::{SAMPLE_POPULATION, SAMPLE_PROVIDERS};
 
 /// How long SIGTERM waits for requests in flight.
@@ -63,36 +66,36 @@ pub fn init(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> Result<
         .map_err(|e| e.to_string())?;
     let until = now.plus_secs(DEV_YEARS * 365 * 86_400);
     eprintln!("generating the development PKI in {} ...", dir.display());
-    let pki = DevOperatorPki::generate(&["localhost", "127.0.0.1"], from, until)
-        .map_err(|e| e.to_string())?;
+    // The same CA directory an operator keeps with `mykeyd pki`, so `mykeyd pki issue
+    // --dir DIR/pki` and `revoke` work on a development setup too.
     let p = dir.join("pki");
-    write(&p.join("client-ca.pem"), pem("CERTIFICATE", pki.ca()))?;
-    write(
-        &p.join("client-ca.key"),
-        pem("PRIVATE KEY", &pki.ca_key_pkcs8()),
+    let mut ca = CaDir::init(
+        &p,
+        DEV_CA_ORG,
+        DEV_CA_NAME,
+        Validity {
+            not_before: from,
+            not_after: until,
+        },
+        now,
+        DEV_YEARS * 365,
     )?;
-    write(
-        &p.join("server.pem"),
-        pem("CERTIFICATE", &pki.server().cert),
+    let days = DEV_YEARS * 365;
+    ca.issue_server(
+        &["localhost".to_owned(), "127.0.0.1".to_owned()],
+        &p.join("server"),
+        now,
+        days,
     )?;
-    write(&p.join("server.key"), pem("PRIVATE KEY", &pki.server().key))?;
-    let crl = pki.crl(1, from, until, &[]).map_err(|e| e.to_string())?;
-    write(&p.join("client-ca.crl"), pem("X509 CRL", &crl))?;
-    for (serial, (name, role, providers)) in (10u64..).zip(DEV_TERMINALS) {
-        let providers: Vec<ProviderId> = providers
-            .iter()
-            .map(|s| ProviderId::parse(s.as_bytes()).map_err(|e| e.to_string()))
-            .collect::<Result<_, _>>()?;
-        let t = pki
-            .terminal(&format!("dev-{name}"), role, &providers, serial)
-            .map_err(|e| e.to_string())?;
-        write(
-            &p.join(format!("terminals/{name}.pem")),
-            pem("CERTIFICATE", &t.cert),
-        )?;
-        write(
-            &p.join(format!("terminals/{name}.key")),
-            pem("PRIVATE KEY", &t.key),
+    for (name, role, providers) in DEV_TERMINALS {
+        let providers: Vec<String> = providers.iter().map(|s| (*s).to_owned()).collect();
+        ca.issue_terminal(
+            &format!("dev-{name}"),
+            role,
+            &providers,
+            &p.join(format!("terminals/{name}")),
+            now,
+            days,
         )?;
     }
     // A development JPKI generation and three cards it issued.
@@ -264,6 +267,7 @@ async fn run(
         in_flight_max: cfg.limits.in_flight_max,
         rate_per_identity: cfg.limits.rate_per_identity,
     };
+    let expiry = admin::Expiry::of(&tls, &service.jpki.anchors());
     let server = Server::start(cfg.server.listen, tls, service.clone(), limits)
         .map_err(|e| e.to_string())?;
     let stop_compactor = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -277,6 +281,19 @@ async fn run(
     );
     ready.set(true);
     let addr = server.local_addr().map_err(|e| e.to_string())?;
+    expiry.publish();
+    metrics::gauge!(admin::LAST_RELOAD_SECONDS).set(system_clock().unix_secs() as f64);
+    // Only now, with the store open and the certificates loaded, may systemd start the units
+    // ordered after this one.
+    notify(&format!("READY=1\nSTATUS=serving mykey/1 on {addr}"));
+    if let Some(period) = watchdog_period() {
+        tokio::spawn(async move {
+            loop {
+                notify("WATCHDOG=1");
+                tokio::time::sleep(period).await;
+            }
+        });
+    }
     tracing::info!(%addr, admin = %admin_addr, "mykeyd serving");
     eprintln!(
         "mykeyd serving mykey/1 on {addr} (admin http://{admin_addr}/metrics); stop with Ctrl-C"
@@ -286,28 +303,29 @@ async fn run(
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     loop {
         tokio::select! {
-            _ = hup.recv() => match check(&cfg_path) {
-                Ok((new, tls, anchors)) => match server.reload_tls(tls) {
+            _ = hup.recv() => {
+                notify("RELOADING=1\nSTATUS=reloading");
+                let outcome = reload(&cfg_path, &cfg, &server, &service);
+                match &outcome {
                     Ok(()) => {
-                        service.jpki.replace_anchors(anchors);
-                        server.set_rate_per_identity(new.limits.rate_per_identity);
-                        if new.server != cfg.server || new.store != cfg.store
-                            || new.log != cfg.log || new.limits.connections_max != cfg.limits.connections_max
-                            || new.limits.in_flight_max != cfg.limits.in_flight_max
-                        {
-                            tracing::warn!("addresses, store, logging, connections_max and in_flight_max change at the next start");
-                        }
+                        metrics::gauge!(admin::LAST_RELOAD_SECONDS).set(system_clock().unix_secs() as f64);
                         tracing::info!("reloaded: server certificate, client CA and CRL, JPKI anchors, rate_per_identity");
                     }
                     Err(e) => tracing::error!(error = %e, "reload refused; keeping the running configuration"),
-                },
-                Err(e) => tracing::error!(error = %e, "reload refused; keeping the running configuration"),
-            },
+                }
+                let (label, status) = match outcome {
+                    Ok(()) => ("ok", "serving".to_owned()),
+                    Err(e) => ("refused", format!("serving; the last reload was refused: {e}")),
+                };
+                metrics::counter!(admin::RELOADS_TOTAL, "outcome" => label).increment(1);
+                notify(&format!("READY=1\nSTATUS={status}"));
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
     tracing::info!("draining");
+    notify("STOPPING=1\nSTATUS=draining");
     ready.set(false);
     server.drain(DRAIN_GRACE).await;
     stop_compactor.store(true, std::sync::atomic::Ordering::Release);
@@ -317,5 +335,27 @@ async fn run(
         Err(_) => tracing::error!("the compactor panicked"),
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// One SIGHUP: loads and checks everything again and swaps in what can change while running.
+/// On any error nothing is swapped: the running configuration stays whole.
+fn reload(cfg_path: &Path, cfg: &Config, server: &Server, service: &Service) -> Result<(), String> {
+    let (new, tls, anchors) = check(cfg_path)?;
+    let expiry = admin::Expiry::of(&tls, &anchors);
+    server.reload_tls(tls).map_err(|e| e.to_string())?;
+    service.jpki.replace_anchors(anchors);
+    expiry.publish();
+    server.set_rate_per_identity(new.limits.rate_per_identity);
+    if new.server != cfg.server
+        || new.store != cfg.store
+        || new.log != cfg.log
+        || new.limits.connections_max != cfg.limits.connections_max
+        || new.limits.in_flight_max != cfg.limits.in_flight_max
+    {
+        tracing::warn!(
+            "addresses, store, logging, connections_max and in_flight_max change at the next start"
+        );
+    }
     Ok(())
 }

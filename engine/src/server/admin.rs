@@ -29,8 +29,15 @@ pub const PUSHES_TOTAL: &str = "mykey_revocation_pushes_total";
 pub const LAST_PUSH_SECONDS: &str = "mykey_revocation_last_push_timestamp_seconds";
 /// 1 when ready to serve.
 pub const READY: &str = "mykey_ready";
-/// Seconds until the server certificate expires.
-pub const CERT_EXPIRY_SECONDS: &str = "mykey_server_certificate_expiry_timestamp_seconds";
+/// Unix time at which a certificate the node depends on expires, by `cert`: `server` (its
+/// TLS certificate), `client_ca` (the operator's client CA, the earliest if several),
+/// `client_crl` (the client CRL's nextUpdate: a CRL past it must be republished) and
+/// `jpki_anchor` (the newest JPKI generation: cards stop verifying once all have expired).
+pub const CERT_EXPIRY_SECONDS: &str = "mykey_certificate_expiry_timestamp_seconds";
+/// Unix time of the last successful start or reload of the certificates.
+pub const LAST_RELOAD_SECONDS: &str = "mykey_config_last_reload_timestamp_seconds";
+/// Reloads (SIGHUP) by outcome (`ok`, `refused`).
+pub const RELOADS_TOTAL: &str = "mykey_config_reloads_total";
 /// Limit on connections, for alerting on the fraction in use.
 pub const CONNECTIONS_MAX: &str = "mykey_connections_max";
 
@@ -78,6 +85,65 @@ impl Readiness {
     /// Whether ready.
     pub fn get(&self) -> bool {
         self.0.load(Ordering::Acquire)
+    }
+}
+
+/// The expiry times of the TLS material and the JPKI anchors a node runs with, read when they
+/// are loaded and published once they are in use (at start and after a reload that took).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Expiry {
+    server: Option<f64>,
+    client_ca: Option<f64>,
+    client_crl: Option<f64>,
+    jpki_anchor: Option<f64>,
+}
+
+impl Expiry {
+    /// Reads them. A certificate or CRL that cannot be parsed leaves its time unknown (and its
+    /// gauge unset): the server refuses such material before it is used.
+    pub fn of(tls: &super::ServerTls, anchors: &crate::jpki::Anchors) -> Self {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        use x509_parser::revocation_list::CertificateRevocationList;
+        let not_after = |der: &[u8]| {
+            X509Certificate::from_der(der)
+                .ok()
+                .map(|(_, c)| c.validity().not_after.timestamp() as f64)
+        };
+        Self {
+            server: tls.chain.first().and_then(|c| not_after(c)),
+            client_ca: tls
+                .client_cas
+                .iter()
+                .filter_map(|c| not_after(c))
+                .reduce(f64::min),
+            client_crl: tls
+                .client_crls
+                .iter()
+                .filter_map(|c| {
+                    let (_, crl) = CertificateRevocationList::from_der(c).ok()?;
+                    Some(crl.next_update()?.timestamp() as f64)
+                })
+                .reduce(f64::min),
+            jpki_anchor: anchors
+                .all()
+                .iter()
+                .map(|a| a.not_after().unix_secs() as f64)
+                .reduce(f64::max),
+        }
+    }
+
+    /// Sets the `mykey_certificate_expiry_timestamp_seconds` gauges.
+    pub fn publish(&self) {
+        for (cert, at) in [
+            ("server", self.server),
+            ("client_ca", self.client_ca),
+            ("client_crl", self.client_crl),
+            ("jpki_anchor", self.jpki_anchor),
+        ] {
+            if let Some(at) = at {
+                metrics::gauge!(CERT_EXPIRY_SECONDS, "cert" => cert).set(at);
+            }
+        }
     }
 }
 

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod dev;
+pub mod pki;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

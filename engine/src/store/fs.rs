@@ -54,6 +54,13 @@ pub trait Fs: Send + Sync {
     /// Maps a whole file read-only. The file must never change while mapped: the store only maps
     /// snapshot files, which are immutable once installed, and log files before any write.
     fn map(&self, name: &str) -> io::Result<Mapped>;
+    /// Opens a file for reading as a stream, never a mapping: a backup reads a live store's
+    /// files this way, its log while another process appends to it. The handle keeps the file
+    /// readable even if it is removed meanwhile (POSIX unlink semantics).
+    fn open_read(&self, name: &str) -> io::Result<Box<dyn io::Read + Send>> {
+        self.map(name)
+            .map(|m| Box::new(io::Cursor::new(m.to_vec())) as Box<dyn io::Read + Send>)
+    }
     /// Creates (or truncates) a file for appending.
     fn create(&self, name: &str) -> io::Result<Box<dyn WriteFile>>;
     /// Opens an existing file for appending.
@@ -127,6 +134,10 @@ impl Fs for RealFs {
 
     fn exists(&self, name: &str) -> bool {
         self.path(name).exists()
+    }
+
+    fn open_read(&self, name: &str) -> io::Result<Box<dyn io::Read + Send>> {
+        Ok(Box::new(File::open(self.path(name))?))
     }
 
     fn map(&self, name: &str) -> io::Result<Mapped> {

@@ -1,0 +1,213 @@
+//! Online backups: a consistent copy of a store directory taken while the store is open and
+//! serving, and the restore that copies one back (`snapshots/README.md`, "Backups").
+//!
+//! Owns the copy protocol: `MANIFEST`, the files it names, every log segment, `MANIFEST` again,
+//! starting over if a compaction replaced it meanwhile. Never takes the source's `LOCK` and
+//! never writes to the source; never installs a destination `MANIFEST` before every file it
+//! names is durable, so an interrupted copy is never taken for a store.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use super::fs::{Fs, WriteFile};
+use super::{StoreError, Table, inspect, io_err, list_segments, manifest, shard_file_name};
+
+/// Copies started before giving up on a source whose compactions keep replacing the manifest
+/// mid-copy. A compaction folds a million keys (CompactionPolicy's default), so two in the time
+/// of one copy are already rare; five in a row mean something else is wrong.
+pub const BACKUP_ATTEMPTS_MAX: u32 = 5;
+
+/// Why a backup or restore failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackupError {
+    /// The destination directory is not empty.
+    #[error("{path} is not empty; give a new or empty directory")]
+    DestinationNotEmpty {
+        /// The destination directory.
+        path: std::path::PathBuf,
+    },
+    /// Every attempt raced a compaction.
+    #[error("the source's manifest changed during each of {attempts} copies; try again later")]
+    Busy {
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// Reading the source, writing the destination, or checking the copy failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a backup copied.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackupReport {
+    /// The `seq` of the snapshot files copied.
+    pub snapshot_seq: u64,
+    /// The last change in the copied log (the copy holds changes `1..=last_seq`).
+    pub last_seq: u64,
+    /// Files copied (snapshot files, log segments, the manifest).
+    pub files: usize,
+    /// Bytes copied.
+    pub bytes: u64,
+    /// Copies started (1 unless a compaction raced the first).
+    pub attempts: u32,
+}
+
+/// Copies the store in `src` into `dest` (an empty directory), while `src` may be open
+/// and serving; then verifies the copy. `progress` is told each file copied and its size.
+pub fn backup(
+    src: &dyn Fs,
+    dest: &dyn Fs,
+    progress: &mut dyn FnMut(&str, u64),
+) -> Result<BackupReport, BackupError> {
+    // Empty, not merely store-less: a raced attempt clears what it copied, and must never
+    // remove anything else.
+    if !dest.list().map_err(io_err(dest, ""))?.is_empty() {
+        return Err(BackupError::DestinationNotEmpty {
+            path: dest.root().to_owned(),
+        });
+    }
+    for attempt in 1..=BACKUP_ATTEMPTS_MAX {
+        match copy_once(src, dest, progress)? {
+            Some(mut report) => {
+                report.attempts = attempt;
+                let ins = inspect(dest, true, &mut |_| {})?;
+                report.last_seq = ins
+                    .segments
+                    .iter()
+                    .filter(|s| s.changes > 0)
+                    .map(|s| s.first_seq + s.changes - 1)
+                    .max()
+                    .unwrap_or(0)
+                    .max(report.snapshot_seq);
+                return Ok(report);
+            }
+            None => {
+                // Leftovers of the raced attempt are overwritten or, if the new manifest no
+                // longer names them, removed, so the copy holds only what it needs.
+                for name in dest.list().map_err(io_err(dest, ""))? {
+                    dest.remove(&name).map_err(io_err(dest, &name))?;
+                }
+            }
+        }
+    }
+    Err(BackupError::Busy {
+        attempts: BACKUP_ATTEMPTS_MAX,
+    })
+}
+
+/// Restores the backup in `from` into `dest` (an empty directory): the same copy, then
+/// a full open of the result (its torn tail cut, its log replayed), then a verify.
+pub fn restore(
+    from: Arc<dyn Fs>,
+    dest: Arc<dyn Fs>,
+    progress: &mut dyn FnMut(&str, u64),
+) -> Result<BackupReport, BackupError> {
+    let report = backup(&*from, &*dest, progress)?;
+    drop(super::Store::open(dest.clone())?);
+    inspect(&*dest, true, &mut |_| {})?;
+    Ok(report)
+}
+
+/// Bytes moved per read while copying a file.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// One copy. `None` if the source's manifest changed, or a file vanished, while the files were
+/// being opened. Every file is opened before any byte is copied and the manifest is read again
+/// right after: an open handle keeps its file readable when a compaction removes it, so the
+/// window a compaction can spoil is the opening (microseconds), not the copy (minutes for a
+/// national store).
+fn copy_once(
+    src: &dyn Fs,
+    dest: &dyn Fs,
+    progress: &mut dyn FnMut(&str, u64),
+) -> Result<Option<BackupReport>, StoreError> {
+    if !src.exists(manifest::NAME) {
+        return Err(StoreError::NotAStore {
+            path: src.root().to_owned(),
+        });
+    }
+    let manifest_bytes = read_all(src, manifest::NAME)?;
+    let m = manifest::Manifest::decode(
+        src.root().join(manifest::NAME),
+        &manifest_bytes,
+        Table::ALL.len(),
+    )?;
+    let mut names: Vec<String> = Table::ALL
+        .iter()
+        .flat_map(|&t| (0..m.tables[t.index()].len()).map(move |s| (t, s)))
+        .map(|(t, s)| shard_file_name(t, s as u16, m.seq))
+        .collect();
+    // A segment made after this listing holds only changes after every listed one: leaving it
+    // out keeps the copy a prefix.
+    names.extend(list_segments(src)?.into_iter().map(|(n, _)| n));
+    let mut open = Vec::with_capacity(names.len());
+    for name in names {
+        match src.open_read(&name) {
+            Ok(f) => open.push((name, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(src, &name)(e)),
+        }
+    }
+    // Unchanged: no compaction installed a newer manifest, so none removed a file this one
+    // needs before it was opened (removals come only after a newer manifest).
+    if read_all(src, manifest::NAME)? != manifest_bytes {
+        return Ok(None);
+    }
+    let mut report = BackupReport {
+        snapshot_seq: m.seq,
+        ..BackupReport::default()
+    };
+    let mut buf = vec![0u8; COPY_CHUNK];
+    for (name, mut f) in open {
+        let n = install(dest, &name, &mut |out| {
+            let mut n = 0u64;
+            loop {
+                let k = f.read(&mut buf).map_err(io_err(src, &name))?;
+                if k == 0 {
+                    return Ok(n);
+                }
+                out.write_all(&buf[..k]).map_err(io_err(dest, &name))?;
+                n += k as u64;
+            }
+        })?;
+        progress(&name, n);
+        report.files += 1;
+        report.bytes += n;
+    }
+    install(dest, manifest::NAME, &mut |out| {
+        out.write_all(&manifest_bytes)
+            .map_err(io_err(dest, manifest::NAME))?;
+        Ok(manifest_bytes.len() as u64)
+    })?;
+    progress(manifest::NAME, manifest_bytes.len() as u64);
+    report.files += 1;
+    report.bytes += manifest_bytes.len() as u64;
+    Ok(Some(report))
+}
+
+fn read_all(fs: &dyn Fs, name: &str) -> Result<Vec<u8>, StoreError> {
+    let mut v = Vec::new();
+    fs.open_read(name)
+        .and_then(|mut f| f.read_to_end(&mut v))
+        .map_err(io_err(fs, name))?;
+    Ok(v)
+}
+
+/// Writes `name` the way every file of a store is installed: `name.tmp` (filled by `fill`),
+/// fsync, rename, fsync the directory. Returns what `fill` wrote.
+fn install(
+    fs: &dyn Fs,
+    name: &str,
+    fill: &mut dyn FnMut(&mut dyn WriteFile) -> Result<u64, StoreError>,
+) -> Result<u64, StoreError> {
+    let tmp = format!("{name}.tmp");
+    let err = io_err(fs, name);
+    let mut f = fs.create(&tmp).map_err(&err)?;
+    let n = fill(&mut *f)?;
+    f.sync().map_err(&err)?;
+    drop(f);
+    fs.rename(&tmp, name).map_err(&err)?;
+    fs.sync_dir().map_err(&err)?;
+    Ok(n)
+}
