@@ -504,3 +504,73 @@ fn sigterm_drains_a_push_in_flight_and_kill_9_loses_no_acknowledged_write() {
         "SIGTERM must arrive while the push is in flight: {log}"
     );
 }
+
+/// The restore drill of ops/RUNBOOK.md: `mykeyd backup` of the store a server is serving,
+/// `mykeyd restore` into a new directory, and a server started on it answers every write
+/// acknowledged before the backup and none made after it.
+#[test]
+fn restore_drill_a_live_backup_restores_into_a_serving_store() {
+    let d = dir("drill");
+    let mut daemon = Daemon::init(&d.0);
+    daemon.start();
+    let (before, after) = (
+        ServiceId::parse(b"BEFORE-BACKUP").expect("svc"),
+        ServiceId::parse(b"AFTER-BACKUP").expect("svc"),
+    );
+    let counter = |daemon: &Daemon, svc: ServiceId| {
+        rt().block_on(async {
+            let c = daemon.client("counter").await.expect("connect");
+            c.link(id("1C2410DF79DGEL"), p("13101-LIB-0001"), svc, true)
+                .await
+                .expect("acknowledged");
+        })
+    };
+    counter(&daemon, before);
+    let backup = daemon.dir.join("backup");
+    let out = mykeyd(&[
+        "backup".as_ref(),
+        "--store".as_ref(),
+        daemon.dir.join("store").as_os_str(),
+        "--out".as_ref(),
+        backup.as_os_str(),
+    ]);
+    assert!(out.contains("verified"), "{out}");
+    counter(&daemon, after);
+    daemon.signal("-TERM");
+    assert!(daemon.wait().success());
+    let restored = daemon.dir.join("restored");
+    let out = mykeyd(&[
+        "restore".as_ref(),
+        "--from".as_ref(),
+        backup.as_os_str(),
+        "--store".as_ref(),
+        restored.as_os_str(),
+    ]);
+    assert!(out.contains("opened and verified"), "{out}");
+    // A second restore into the same place is refused: it never overwrites a store.
+    let o = Command::new(env!("CARGO_BIN_EXE_mykeyd"))
+        .args(["restore", "--from"])
+        .arg(&backup)
+        .arg("--store")
+        .arg(&restored)
+        .output()
+        .expect("mykeyd");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not empty"));
+    // Serve the restored store (the config's store.dir, overridden as an operator would).
+    let cfg = daemon.dir.join("mykeyd.toml");
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    std::fs::write(&cfg, text.replace("dir = \"store\"", "dir = \"restored\"")).expect("write");
+    daemon.start();
+    let got = rt().block_on(async {
+        let c = daemon.client("counter").await.expect("connect");
+        c.lookup(p("13101-LIB-0001"), id("1C2410DF79DGEL"))
+            .await
+            .expect("lookup")
+    });
+    assert_eq!(
+        got,
+        Lookup::Linked(before),
+        "the restored store is the backup's"
+    );
+}

@@ -9,6 +9,7 @@ mod domain;
 mod golden;
 mod jpki;
 mod jpki_registry;
+mod ops;
 mod population;
 mod process_kill;
 mod server;

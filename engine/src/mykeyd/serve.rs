@@ -282,6 +282,9 @@ async fn run(
     ready.set(true);
     let addr = server.local_addr().map_err(|e| e.to_string())?;
     expiry.publish();
+    for outcome in ["ok", "refused"] {
+        metrics::counter!(admin::RELOADS_TOTAL, "outcome" => outcome).increment(0);
+    }
     metrics::gauge!(admin::LAST_RELOAD_SECONDS).set(system_clock().unix_secs() as f64);
     // Only now, with the store open and the certificates loaded, may systemd start the units
     // ordered after this one.

@@ -41,6 +41,29 @@ pub const RELOADS_TOTAL: &str = "mykey_config_reloads_total";
 /// Limit on connections, for alerting on the fraction in use.
 pub const CONNECTIONS_MAX: &str = "mykey_connections_max";
 
+/// Every metric a node exports, the store's included (ops/ dashboards and alerts may use no
+/// other: `tests/tests/ops.rs` checks both ways).
+pub const ALL_METRICS: [&str; 17] = [
+    REQUESTS_TOTAL,
+    REQUEST_SECONDS,
+    CONNECTIONS,
+    CONNECTIONS_MAX,
+    CONNECTIONS_REFUSED_TOTAL,
+    PUSHES_TOTAL,
+    LAST_PUSH_SECONDS,
+    READY,
+    CERT_EXPIRY_SECONDS,
+    LAST_RELOAD_SECONDS,
+    RELOADS_TOTAL,
+    crate::store::WAL_FSYNC_SECONDS,
+    crate::store::WRITES_FAILED,
+    crate::store::DELTA_KEYS,
+    crate::store::COMPACTIONS_TOTAL,
+    crate::store::COMPACTION_SECONDS,
+    // Prometheus's own, per target.
+    "up",
+];
+
 /// Latency buckets, in seconds: 50 µs to 1 s.
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.000_05, 0.000_1, 0.000_2, 0.000_4, 0.000_8, 0.001_6, 0.003_2, 0.006_4, 0.012_8, 0.025_6,
@@ -65,9 +88,73 @@ pub fn recorder() -> PrometheusHandle {
             // Another recorder may be installed already (a test harness); then this handle
             // renders nothing, which /metrics reports honestly as empty.
             let _ = metrics::set_global_recorder(r);
+            describe();
             handle
         })
         .clone()
+}
+
+/// The HELP text of every metric (Prometheus's linter, `promtool check metrics`, wants one).
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "Requests answered, by operation and status."
+    );
+    describe_histogram!(
+        REQUEST_SECONDS,
+        Unit::Seconds,
+        "Request time by operation, from the first byte read to the last byte queued."
+    );
+    describe_gauge!(CONNECTIONS, "QUIC connections open now.");
+    describe_gauge!(
+        CONNECTIONS_MAX,
+        "The connection limit (limits.connections_max)."
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED_TOTAL,
+        "Connections refused: limit reached, or a client certificate without a valid identity."
+    );
+    describe_counter!(PUSHES_TOTAL, "Revocation pushes by operation and outcome.");
+    describe_gauge!(
+        LAST_PUSH_SECONDS,
+        Unit::Seconds,
+        "Unix time of the last revocation push applied since the start."
+    );
+    describe_gauge!(
+        READY,
+        "1 when the node serves: store open, certificates loaded, not draining."
+    );
+    describe_gauge!(
+        CERT_EXPIRY_SECONDS,
+        Unit::Seconds,
+        "Unix time a certificate (or the client CRL's nextUpdate) the node uses runs out."
+    );
+    describe_gauge!(
+        LAST_RELOAD_SECONDS,
+        Unit::Seconds,
+        "Unix time of the start or of the last reload that took."
+    );
+    describe_counter!(RELOADS_TOTAL, "SIGHUP reloads by outcome.");
+    describe_histogram!(
+        crate::store::WAL_FSYNC_SECONDS,
+        Unit::Seconds,
+        "Time of each group-commit log write and fsync."
+    );
+    describe_gauge!(
+        crate::store::WRITES_FAILED,
+        "1 once a log write or fsync failed: writes are refused until the store is reopened."
+    );
+    describe_gauge!(
+        crate::store::DELTA_KEYS,
+        "Keys in the active delta, folded by the next compaction."
+    );
+    describe_counter!(crate::store::COMPACTIONS_TOTAL, "Compactions by outcome.");
+    describe_histogram!(
+        crate::store::COMPACTION_SECONDS,
+        Unit::Seconds,
+        "Time of each compaction."
+    );
 }
 
 /// Readiness: false until the store is open and certificates are loaded, and again while

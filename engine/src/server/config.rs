@@ -336,6 +336,44 @@ mod tests {
         assert_eq!(c.log.format, LogFormat::Text);
     }
 
+    /// `ops/mykeyd.toml`, the production example, parses, and names every option (a key
+    /// renamed in the code fails the parse; one added must be added to this list and to the
+    /// file).
+    #[test]
+    fn the_production_example_parses_and_names_every_option() {
+        let text = include_str!("../../../ops/mykeyd.toml");
+        let c = parse(text, &[]).expect("ops/mykeyd.toml parses");
+        assert_eq!(c.store.dir, PathBuf::from("/var/lib/mykeyd/store"));
+        assert_eq!(c.tls.cert, PathBuf::from("/etc/mykey/tls/server.pem"));
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.limits, LimitsSection::default());
+        let table: toml::Table = text.parse().expect("toml");
+        for (section, keys) in [
+            ("server", &["listen", "admin_listen"][..]),
+            ("store", &["dir", "compact_delta_keys"]),
+            ("tls", &["cert", "key", "client_ca", "client_crl"]),
+            (
+                "jpki",
+                &["anchors", "leaf_cache_entries", "challenge_ttl_secs"],
+            ),
+            (
+                "limits",
+                &["connections_max", "in_flight_max", "rate_per_identity"],
+            ),
+            ("log", &["format", "level"]),
+        ] {
+            let t = table[section].as_table().expect("section");
+            for k in keys {
+                assert!(t.contains_key(*k), "ops/mykeyd.toml lacks {section}.{k}");
+            }
+            assert_eq!(
+                t.len(),
+                keys.len(),
+                "[{section}] has keys this test does not know"
+            );
+        }
+    }
+
     #[test]
     fn environment_overrides_the_file() {
         let c = parse(

@@ -367,6 +367,10 @@ where
 {
     std::thread::spawn(move || {
         let mut compactions = 0;
+        // Exported from the start, so an alert on errors has a series to watch.
+        for outcome in ["ok", "error"] {
+            metrics::counter!(COMPACTIONS_TOTAL, "outcome" => outcome).increment(0);
+        }
         while !stop.load(Ordering::Acquire) {
             let store = owner.as_ref().as_ref();
             metrics::gauge!(DELTA_KEYS).set(store.delta_keys() as f64);
