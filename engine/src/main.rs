@@ -216,6 +216,9 @@ enum PkiCmd {
         /// Days it is valid (never beyond the CA).
         #[arg(long, default_value_t = 397)]
         days: u64,
+        /// Overwrite OUT.pem and OUT.key if they exist.
+        #[arg(long)]
+        replace: bool,
     },
     /// Issue (or rotate) the server's certificate: OUT.pem and OUT.key; then SIGHUP the server.
     Server {
@@ -230,6 +233,9 @@ enum PkiCmd {
         /// Days it is valid (never beyond the CA).
         #[arg(long, default_value_t = 397)]
         days: u64,
+        /// Overwrite OUT.pem and OUT.key if they exist (rotating in place).
+        #[arg(long)]
+        replace: bool,
     },
     /// Revoke certificates and publish the new CRL; then SIGHUP the server.
     Revoke {
@@ -770,15 +776,17 @@ fn pki_cmd(cmd: PkiCmd) -> Result<(), String> {
     use pki::CaDir;
     let at = now()?;
     let show = |e: &pki::Entry| {
+        let date =
+            |t: u64| Timestamp::from_unix_secs(t).map_or_else(|_| t.to_string(), |t| t.to_string());
         let status = e
             .revoked_at
-            .map_or_else(|| "valid".to_owned(), |t| format!("revoked at {t}"));
+            .map_or_else(|| "valid".to_owned(), |t| format!("revoked at {}", date(t)));
         format!(
             "serial {} {} {} {status}, expires {} ({})",
             e.serial,
             e.role,
             e.name,
-            e.not_after,
+            date(e.not_after),
             if e.providers.is_empty() {
                 "no providers".to_owned()
             } else {
@@ -814,12 +822,13 @@ fn pki_cmd(cmd: PkiCmd) -> Result<(), String> {
             name,
             out,
             days,
+            replace,
         } => {
             let role = mykey_engine::server::Role::parse(&role).ok_or_else(|| {
                 format!("--role {role:?}: counter, municipal, portal, partner or operator")
             })?;
-            let e =
-                CaDir::open(&ca.dir)?.issue_terminal(&name, role, &providers, &out, at, days)?;
+            let e = CaDir::open(&ca.dir)?
+                .issue_terminal(&name, role, &providers, &out, replace, at, days)?;
             println!(
                 "issued {} -> {}.pem, {}.key",
                 show(&e),
@@ -832,8 +841,9 @@ fn pki_cmd(cmd: PkiCmd) -> Result<(), String> {
             hosts,
             out,
             days,
+            replace,
         } => {
-            let e = CaDir::open(&ca.dir)?.issue_server(&hosts, &out, at, days)?;
+            let e = CaDir::open(&ca.dir)?.issue_server(&hosts, &out, replace, at, days)?;
             println!(
                 "issued {} -> {}.pem, {}.key; send SIGHUP to load it",
                 show(&e),

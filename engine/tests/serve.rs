@@ -333,6 +333,7 @@ fn sighup_reloads_the_client_crl_without_dropping_live_connections() {
             "30".as_ref(),
             "--out".as_ref(),
             pki_dir.join("server").as_os_str(),
+            "--replace".as_ref(),
         ]);
         daemon.reload();
         let after = expiry();

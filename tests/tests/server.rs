@@ -387,6 +387,7 @@ async fn a_revoked_client_certificate_is_refused() {
     let t = real_now();
     let crl = net
         .pki
+        .operator_ca()
         .crl(
             1,
             Timestamp::from_unix_secs(t.unix_secs() - 60).expect("t"),

@@ -304,10 +304,17 @@ impl CaDir {
         role: Role,
         providers: &[String],
         out: &Path,
+        replace: bool,
         now: Timestamp,
         days: u64,
     ) -> Result<Entry, String> {
         check_name(name)?;
+        check_out(out, replace)?;
+        if let Some(p) = providers.iter().find(|p| p.contains(',')) {
+            return Err(format!(
+                "provider {p:?}: a provider ID with a comma cannot be recorded in the ledger"
+            ));
+        }
         match (role, providers.is_empty()) {
             (Role::Counter, true) => {
                 return Err("a counter certificate names at least one --provider".into());
@@ -343,9 +350,11 @@ impl CaDir {
         &mut self,
         hosts: &[String],
         out: &Path,
+        replace: bool,
         now: Timestamp,
         days: u64,
     ) -> Result<Entry, String> {
+        check_out(out, replace)?;
         if hosts.is_empty() {
             return Err("give at least one --host (DNS name or IP address)".into());
         }
@@ -431,6 +440,20 @@ impl CaDir {
         write_atomic(&path, pem("X509 CRL", &crl).as_bytes(), 0o644)?;
         Ok(number)
     }
+}
+
+/// A key is never overwritten by accident: a second issue to the same prefix needs `replace`.
+fn check_out(out: &Path, replace: bool) -> Result<(), String> {
+    for ext in ["pem", "key"] {
+        let p = with_ext(out, ext);
+        if !replace && p.exists() {
+            return Err(format!(
+                "{} exists; give another --out or --replace to overwrite it",
+                p.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn with_ext(prefix: &Path, ext: &str) -> PathBuf {

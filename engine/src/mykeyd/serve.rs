@@ -84,6 +84,7 @@ pub fn init(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> Result<
     ca.issue_server(
         &["localhost".to_owned(), "127.0.0.1".to_owned()],
         &p.join("server"),
+        false,
         now,
         days,
     )?;
@@ -94,6 +95,7 @@ pub fn init(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> Result<
             role,
             &providers,
             &p.join(format!("terminals/{name}")),
+            false,
             now,
             days,
         )?;

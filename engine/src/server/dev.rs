@@ -72,17 +72,6 @@ impl DevOperatorPki {
             .terminal(name, role, providers, serial, self.ca.validity())
     }
 
-    /// A CRL of the client CA revoking `serials`, numbered `number`.
-    pub fn crl(
-        &self,
-        number: u64,
-        this_update: Timestamp,
-        next_update: Timestamp,
-        serials: &[u64],
-    ) -> Result<CertificateRevocationListDer<'static>, DevPkiError> {
-        self.ca.crl(number, this_update, next_update, serials)
-    }
-
     /// The server's TLS material, with the client CA and `crls`.
     pub fn server_tls(&self, crls: Vec<CertificateRevocationListDer<'static>>) -> ServerTls {
         ServerTls {

@@ -149,9 +149,10 @@ impl OperatorCa {
         Issuer::from_params(&self.params, &self.key)
     }
 
-    /// Issues a terminal certificate named `name` with `role` for `providers` (a counter names
-    /// at least one and at most `PROVIDERS_PER_CERT_MAX`; other roles none). `serial` must be
-    /// unique for this CA and above [`CA_SERIAL`].
+    /// Issues a terminal certificate named `name` with `role` for `providers` (at most
+    /// `PROVIDERS_PER_CERT_MAX`; the server ignores providers on other roles than counter, and
+    /// `mykeyd pki` refuses them). `serial` must be unique for this CA and above
+    /// [`CA_SERIAL`].
     pub fn terminal(
         &self,
         name: &str,
