@@ -827,8 +827,17 @@ fn pki_cmd(cmd: PkiCmd) -> Result<(), String> {
             let role = mykey_engine::server::Role::parse(&role).ok_or_else(|| {
                 format!("--role {role:?}: counter, municipal, portal, partner or operator")
             })?;
-            let e = CaDir::open(&ca.dir)?
-                .issue_terminal(&name, role, &providers, &out, replace, at, days)?;
+            let e = CaDir::open(&ca.dir)?.issue_terminal(
+                &name,
+                role,
+                &providers,
+                pki::Out {
+                    prefix: &out,
+                    replace,
+                },
+                at,
+                days,
+            )?;
             println!(
                 "issued {} -> {}.pem, {}.key",
                 show(&e),
@@ -843,7 +852,15 @@ fn pki_cmd(cmd: PkiCmd) -> Result<(), String> {
             days,
             replace,
         } => {
-            let e = CaDir::open(&ca.dir)?.issue_server(&hosts, &out, replace, at, days)?;
+            let e = CaDir::open(&ca.dir)?.issue_server(
+                &hosts,
+                pki::Out {
+                    prefix: &out,
+                    replace,
+                },
+                at,
+                days,
+            )?;
             println!(
                 "issued {} -> {}.pem, {}.key; send SIGHUP to load it",
                 show(&e),

@@ -303,13 +303,12 @@ impl CaDir {
         name: &str,
         role: Role,
         providers: &[String],
-        out: &Path,
-        replace: bool,
+        out: Out<'_>,
         now: Timestamp,
         days: u64,
     ) -> Result<Entry, String> {
         check_name(name)?;
-        check_out(out, replace)?;
+        out.check()?;
         if let Some(p) = providers.iter().find(|p| p.contains(',')) {
             return Err(format!(
                 "provider {p:?}: a provider ID with a comma cannot be recorded in the ledger"
@@ -342,19 +341,18 @@ impl CaDir {
                 Self::validity(now, days)?,
             )
             .map_err(|e| e.to_string())?;
-        self.record(issued, role.name(), name, providers, out)
+        self.record(issued, role.name(), name, providers, out.prefix)
     }
 
     /// Issues a server certificate for `hosts` and records it; writes `out.pem`, `out.key`.
     pub fn issue_server(
         &mut self,
         hosts: &[String],
-        out: &Path,
-        replace: bool,
+        out: Out<'_>,
         now: Timestamp,
         days: u64,
     ) -> Result<Entry, String> {
-        check_out(out, replace)?;
+        out.check()?;
         if hosts.is_empty() {
             return Err("give at least one --host (DNS name or IP address)".into());
         }
@@ -363,7 +361,7 @@ impl CaDir {
             .ca
             .server(&names, self.next_serial(), Self::validity(now, days)?)
             .map_err(|e| e.to_string())?;
-        self.record(issued, "server", &hosts.join(","), &[], out)
+        self.record(issued, "server", &hosts.join(","), &[], out.prefix)
     }
 
     fn record(
@@ -442,18 +440,28 @@ impl CaDir {
     }
 }
 
-/// A key is never overwritten by accident: a second issue to the same prefix needs `replace`.
-fn check_out(out: &Path, replace: bool) -> Result<(), String> {
-    for ext in ["pem", "key"] {
-        let p = with_ext(out, ext);
-        if !replace && p.exists() {
-            return Err(format!(
-                "{} exists; give another --out or --replace to overwrite it",
-                p.display()
-            ));
+/// Where an issued certificate goes: `prefix.pem` and `prefix.key`.
+#[derive(Clone, Copy, Debug)]
+pub struct Out<'a> {
+    /// The path prefix.
+    pub prefix: &'a Path,
+    /// Whether existing files may be overwritten. A key is never overwritten by accident.
+    pub replace: bool,
+}
+
+impl Out<'_> {
+    fn check(&self) -> Result<(), String> {
+        for ext in ["pem", "key"] {
+            let p = with_ext(self.prefix, ext);
+            if !self.replace && p.exists() {
+                return Err(format!(
+                    "{} exists; give another --out or --replace to overwrite it",
+                    p.display()
+                ));
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 fn with_ext(prefix: &Path, ext: &str) -> PathBuf {

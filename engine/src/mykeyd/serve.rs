@@ -25,7 +25,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use super::notify::{notify, watchdog_period};
-use super::pki::CaDir;
+use super::pki::{CaDir, Out};
 use super::{SAMPLE_POPULATION, SAMPLE_PROVIDERS};
 
 /// How long SIGTERM waits for requests in flight.
@@ -83,8 +83,10 @@ pub fn init(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> Result<
     let days = DEV_YEARS * 365;
     ca.issue_server(
         &["localhost".to_owned(), "127.0.0.1".to_owned()],
-        &p.join("server"),
-        false,
+        Out {
+            prefix: &p.join("server"),
+            replace: false,
+        },
         now,
         days,
     )?;
@@ -94,8 +96,10 @@ pub fn init(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> Result<
             &format!("dev-{name}"),
             role,
             &providers,
-            &p.join(format!("terminals/{name}")),
-            false,
+            Out {
+                prefix: &p.join(format!("terminals/{name}")),
+                replace: false,
+            },
             now,
             days,
         )?;
