@@ -69,6 +69,7 @@ pub fn init(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> Result<
     // The same CA directory an operator keeps with `mykeyd pki`, so `mykeyd pki issue
     // --dir DIR/pki` and `revoke` work on a development setup too.
     let p = dir.join("pki");
+    let days = DEV_YEARS * 365;
     let mut ca = CaDir::init(
         &p,
         DEV_CA_ORG,
@@ -78,9 +79,8 @@ pub fn init(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> Result<
             not_after: until,
         },
         now,
-        DEV_YEARS * 365,
+        days,
     )?;
-    let days = DEV_YEARS * 365;
     ca.issue_server(
         &["localhost".to_owned(), "127.0.0.1".to_owned()],
         Out {
