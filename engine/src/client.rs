@@ -109,7 +109,9 @@ impl Client {
         } else {
             SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
         };
-        Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))
+        crate::server::endpoint_on(bind, None)
+            .map(|(e, _)| e)
+            .map_err(|e| ClientError::Connect(e.to_string()))
     }
 
     /// Connects over an existing endpoint (see [`Client::endpoint`]) with this certificate.

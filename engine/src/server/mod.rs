@@ -177,6 +177,52 @@ impl Default for Limits {
 /// low enough that one misbehaving terminal cannot take a node.
 pub const RATE_PER_IDENTITY: u32 = 5_000;
 
+/// Receive and send buffer asked for on every QUIC UDP socket, server and client. All of a
+/// node's connections (13,000 terminals) share one socket, so a burst of datagrams lands in one
+/// kernel buffer; at Linux's default (208 KiB) a 13,000-terminal day at 3,000 requests/s lost
+/// 6 % of its datagrams to `RcvbufErrors`, and each loss cost a QUIC retransmission timeout,
+/// seconds at the tail. The kernel caps the request at `net.core.rmem_max` / `wmem_max`
+/// (ops/RUNBOOK.md says how to raise them); what was granted is logged at start.
+pub const UDP_BUFFER_BYTES: usize = 8 << 20;
+
+/// A UDP socket bound to `addr` with [`UDP_BUFFER_BYTES`] asked for both buffers. Returns
+/// the socket and the receive buffer the kernel granted for data.
+pub fn udp_socket(addr: SocketAddr) -> std::io::Result<(std::net::UdpSocket, usize)> {
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // An IPv6 address binds IPv6 only, as std's bind does.
+        sock.set_only_v6(true)?;
+    }
+    // Best effort: a smaller buffer still works, with more loss under bursts.
+    let _ = sock.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = sock.set_send_buffer_size(UDP_BUFFER_BYTES);
+    sock.bind(&addr.into())?;
+    let reported = sock.recv_buffer_size().unwrap_or(0);
+    // Linux reports twice what it grants for data (the rest is its bookkeeping).
+    let granted = if cfg!(target_os = "linux") {
+        reported / 2
+    } else {
+        reported
+    };
+    Ok((sock.into(), granted))
+}
+
+/// A quinn endpoint on a socket from [`udp_socket`].
+pub fn endpoint_on(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<(Endpoint, usize)> {
+    let (socket, granted) = udp_socket(addr)?;
+    let e = Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    Ok((e, granted))
+}
+
 /// A token bucket shared by every connection of one client certificate.
 struct Bucket {
     state: std::sync::Mutex<(f64, std::time::Instant)>,
@@ -280,8 +326,17 @@ impl Server {
         service: Arc<Service>,
         limits: Limits,
     ) -> Result<Self, ServerError> {
-        let endpoint = Endpoint::server(server_config(tls)?, addr)
+        let (endpoint, granted) = endpoint_on(addr, Some(server_config(tls)?))
             .map_err(|source| ServerError::Bind { addr, source })?;
+        if granted < UDP_BUFFER_BYTES {
+            tracing::warn!(
+                granted,
+                wanted = UDP_BUFFER_BYTES,
+                "the kernel granted a smaller UDP receive buffer: raise net.core.rmem_max (ops/RUNBOOK.md) or bursts will drop datagrams"
+            );
+        } else {
+            tracing::info!(granted, "UDP receive buffer");
+        }
         let shared = Arc::new(Shared {
             service,
             in_flight: Semaphore::new(limits.in_flight_max),
