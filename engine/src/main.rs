@@ -2,9 +2,11 @@
 //!
 //! A thin binary: it parses flags, reads the clock once for `now`, calls the library and maps
 //! errors to exit codes (0 success, 1 failure or a check that found a problem, 2 bad usage).
-//! At this stage it builds, inspects, verifies and queries stores, checks trust-anchor
-//! directories and applies revocation pushes by hand; the QUIC server arrives with the network
-//! issue.
+//! It serves (`serve`, with `init` for a development setup), builds, inspects, verifies,
+//! queries, backs up and restores stores, checks trust-anchor directories, applies revocation
+//! pushes by hand, and keeps the operator's client CA (`pki`). The process concerns of `serve`
+//! live in `mykeyd/serve.rs` (and `notify.rs`, systemd's protocol); the CA directory in
+//! `mykeyd/pki.rs`.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -36,7 +38,7 @@ const SAMPLE_POPULATION: &str = include_str!("../../snapshots/sample/population.
 #[command(
     name = "mykeyd",
     version,
-    about = "MyKey engine: build, inspect and query MyKey stores"
+    about = "MyKey engine: serve, build, inspect, back up and query MyKey stores; keep the operator CA"
 )]
 struct Cli {
     #[command(subcommand)]
