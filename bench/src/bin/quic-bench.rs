@@ -31,10 +31,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p) as usize]
 }
 
-/// The floor: quinn with the same TLS and transport, answering 100 bytes to any request.
+/// The floor: quinn with the same TLS, transport and sockets (`server::endpoint_on`, the same
+/// UDP buffers), answering 100 bytes to any request.
 async fn floor_server(pki: &DevOperatorPki) -> (quinn::Endpoint, SocketAddr) {
     let sc = mykey_engine::server::server_config(pki.server_tls(Vec::new())).expect("config");
-    let ep = quinn::Endpoint::server(sc, "127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let (ep, _) = mykey_engine::server::endpoint_on("127.0.0.1:0".parse().expect("addr"), Some(sc))
+        .expect("bind");
     let addr = ep.local_addr().expect("addr");
     let e = ep.clone();
     tokio::spawn(async move {
@@ -81,7 +83,8 @@ async fn floor_client(pki: &DevOperatorPki, addr: SocketAddr) -> quinn::Connecti
         quinn::crypto::rustls::QuicClientConfig::try_from(cfg).expect("quic"),
     ));
     cc.transport_config(Arc::new(transport()));
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+    let (mut ep, _) = mykey_engine::server::endpoint_on("127.0.0.1:0".parse().expect("addr"), None)
+        .expect("client");
     ep.set_default_client_config(cc);
     ep.connect(addr, "localhost")
         .expect("connect")
