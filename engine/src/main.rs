@@ -180,6 +180,29 @@ struct CaDirArg {
     dir: PathBuf,
 }
 
+/// Where and for how long a certificate is issued.
+#[derive(Args)]
+struct IssueOut {
+    /// Path prefix of the files written: OUT.pem and OUT.key.
+    #[arg(long)]
+    out: PathBuf,
+    /// Days it is valid (never beyond the CA).
+    #[arg(long, default_value_t = 397)]
+    days: u64,
+    /// Overwrite OUT.pem and OUT.key if they exist (rotating in place).
+    #[arg(long)]
+    replace: bool,
+}
+
+impl IssueOut {
+    fn out(&self) -> pki::Out<'_> {
+        pki::Out {
+            prefix: &self.out,
+            replace: self.replace,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum PkiCmd {
     /// Create a new client CA and an empty CRL in DIR.
@@ -212,15 +235,8 @@ enum PkiCmd {
         /// The certificate's name (CN), e.g. the terminal's asset tag.
         #[arg(long)]
         name: String,
-        /// Path prefix of the files written.
-        #[arg(long)]
-        out: PathBuf,
-        /// Days it is valid (never beyond the CA).
-        #[arg(long, default_value_t = 397)]
-        days: u64,
-        /// Overwrite OUT.pem and OUT.key if they exist.
-        #[arg(long)]
-        replace: bool,
+        #[command(flatten)]
+        out: IssueOut,
     },
     /// Issue (or rotate) the server's certificate: OUT.pem and OUT.key; then SIGHUP the server.
     Server {
@@ -229,15 +245,8 @@ enum PkiCmd {
         /// A DNS name or IP address clients connect to (repeat).
         #[arg(long = "host")]
         hosts: Vec<String>,
-        /// Path prefix of the files written.
-        #[arg(long)]
-        out: PathBuf,
-        /// Days it is valid (never beyond the CA).
-        #[arg(long, default_value_t = 397)]
-        days: u64,
-        /// Overwrite OUT.pem and OUT.key if they exist (rotating in place).
-        #[arg(long)]
-        replace: bool,
+        #[command(flatten)]
+        out: IssueOut,
     },
     /// Revoke certificates and publish the new CRL; then SIGHUP the server.
     Revoke {
@@ -823,8 +832,6 @@ fn pki_cmd(cmd: PkiCmd) -> Result<(), String> {
             providers,
             name,
             out,
-            days,
-            replace,
         } => {
             let role = mykey_engine::server::Role::parse(&role).ok_or_else(|| {
                 format!("--role {role:?}: counter, municipal, portal, partner or operator")
@@ -833,41 +840,19 @@ fn pki_cmd(cmd: PkiCmd) -> Result<(), String> {
                 &name,
                 role,
                 &providers,
-                pki::Out {
-                    prefix: &out,
-                    replace,
-                },
+                out.out(),
                 at,
-                days,
+                out.days,
             )?;
-            println!(
-                "issued {} -> {}.pem, {}.key",
-                show(&e),
-                out.display(),
-                out.display()
-            );
+            let p = out.out.display();
+            println!("issued {} -> {p}.pem, {p}.key", show(&e));
         }
-        PkiCmd::Server {
-            ca,
-            hosts,
-            out,
-            days,
-            replace,
-        } => {
-            let e = CaDir::open(&ca.dir)?.issue_server(
-                &hosts,
-                pki::Out {
-                    prefix: &out,
-                    replace,
-                },
-                at,
-                days,
-            )?;
+        PkiCmd::Server { ca, hosts, out } => {
+            let e = CaDir::open(&ca.dir)?.issue_server(&hosts, out.out(), at, out.days)?;
+            let p = out.out.display();
             println!(
-                "issued {} -> {}.pem, {}.key; send SIGHUP to load it",
-                show(&e),
-                out.display(),
-                out.display()
+                "issued {} -> {p}.pem, {p}.key; send SIGHUP to load it",
+                show(&e)
             );
         }
         PkiCmd::Revoke {
