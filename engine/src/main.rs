@@ -104,7 +104,7 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Restore a backup into DIR (new or empty): copy, open (replaying the log) and verify.
+    /// Restore a backup into DIR (new or empty): copy and verify, then open (replaying the log).
     Restore {
         /// The backup directory (written by `mykeyd backup`).
         #[arg(long)]

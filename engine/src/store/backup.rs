@@ -60,35 +60,26 @@ pub fn backup(
     dest: &dyn Fs,
     progress: &mut dyn FnMut(&str, u64),
 ) -> Result<BackupReport, BackupError> {
-    // Empty, not merely store-less: a raced attempt clears what it copied, and must never
-    // remove anything else.
+    // Empty, not merely store-less: a backup directory holds one store and nothing else.
     if !dest.list().map_err(io_err(dest, ""))?.is_empty() {
         return Err(BackupError::DestinationNotEmpty {
             path: dest.root().to_owned(),
         });
     }
+    // A raced attempt gives up before writing anything: each try starts from the beginning.
     for attempt in 1..=BACKUP_ATTEMPTS_MAX {
-        match copy_once(src, dest, progress)? {
-            Some(mut report) => {
-                report.attempts = attempt;
-                let ins = inspect(dest, true, &mut |_| {})?;
-                report.last_seq = ins
-                    .segments
-                    .iter()
-                    .filter(|s| s.changes > 0)
-                    .map(|s| s.first_seq + s.changes - 1)
-                    .max()
-                    .unwrap_or(0)
-                    .max(report.snapshot_seq);
-                return Ok(report);
-            }
-            None => {
-                // Leftovers of the raced attempt are overwritten or, if the new manifest no
-                // longer names them, removed, so the copy holds only what it needs.
-                for name in dest.list().map_err(io_err(dest, ""))? {
-                    dest.remove(&name).map_err(io_err(dest, &name))?;
-                }
-            }
+        if let Some(mut report) = copy_once(src, dest, progress)? {
+            report.attempts = attempt;
+            let ins = inspect(dest, true, &mut |_| {})?;
+            report.last_seq = ins
+                .segments
+                .iter()
+                .filter(|s| s.changes > 0)
+                .map(|s| s.first_seq + s.changes - 1)
+                .max()
+                .unwrap_or(0)
+                .max(report.snapshot_seq);
+            return Ok(report);
         }
     }
     Err(BackupError::Busy {
@@ -96,16 +87,16 @@ pub fn backup(
     })
 }
 
-/// Restores the backup in `from` into `dest` (an empty directory): the same copy, then
-/// a full open of the result (its torn tail cut, its log replayed), then a verify.
+/// Restores the backup in `from` into `dest` (an empty directory): the same copy and verify,
+/// then a full open of the result (its torn tail cut, its log replayed), so the store that
+/// `mykeyd serve` opens next is one that has opened already.
 pub fn restore(
     from: Arc<dyn Fs>,
     dest: Arc<dyn Fs>,
     progress: &mut dyn FnMut(&str, u64),
 ) -> Result<BackupReport, BackupError> {
     let report = backup(&*from, &*dest, progress)?;
-    drop(super::Store::open(dest.clone())?);
-    inspect(&*dest, true, &mut |_| {})?;
+    drop(super::Store::open(dest)?);
     Ok(report)
 }
 
