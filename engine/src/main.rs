@@ -546,9 +546,14 @@ fn inspect(dir: &Path, verify: bool) -> Result<(), String> {
     let m = &ins.manifest;
     println!("store {}", dir.display());
     println!(
-        "  format version {} (manifest, snapshots and log), snapshot seq {}",
-        store::manifest::VERSION,
-        m.seq
+        "  MANIFEST format version {}, snapshot seq {}, log {}",
+        m.version,
+        m.seq,
+        if m.log_required {
+            "required from the next seq on"
+        } else {
+            "not started yet"
+        }
     );
     for (t, counts) in &ins.shard_entries {
         let total: u64 = counts.iter().sum();
@@ -567,11 +572,13 @@ fn inspect(dir: &Path, verify: bool) -> Result<(), String> {
     println!("  snapshot files: {} bytes", ins.snapshot_bytes);
     for s in &ins.segments {
         println!(
-            "  log {}: first seq {}, {} changes, {} bytes{}",
+            "  log {} (format version {}): first seq {}, {} changes, {} bytes{}{}",
             s.name,
+            s.version,
             s.first_seq,
             s.changes,
             s.bytes,
+            if s.sealed { ", sealed" } else { "" },
             if s.torn {
                 ", torn tail (cut on next open)"
             } else {
@@ -722,14 +729,20 @@ fn run(cli: Cli) -> Result<(), String> {
                 (None, None) => return Err("give --config FILE or --dev".into()),
             };
             if check_config {
-                serve::check(&path)?;
+                let cfg = serve::check_all(&path)?;
+                for line in &cfg.ignored_env {
+                    eprintln!("warning: {line}");
+                }
                 println!(
-                    "{}: configuration, certificates, anchors and store are usable",
+                    "{}: configuration, TLS key and certificates, anchors, store (opened read-only, lock free) and ports are usable",
                     path.display()
                 );
                 return Ok(());
             }
-            serve::serve(&path)
+            match serve::serve(&path)? {
+                serve::Stopped::Clean => Ok(()),
+                serve::Stopped::FsyncStuck => std::process::exit(serve::EXIT_FSYNC_STUCK),
+            }
         }
         Cmd::Pki(cmd) => pki_cmd(cmd),
         Cmd::Backup { store, out } => {

@@ -362,7 +362,7 @@ pub fn build(
     }
     progress(Progress::Writing);
     let mut written: Vec<String> = Vec::new();
-    let installed = install_snapshot(fs, key, 0, &builders, &mut |name| {
+    let installed = install_snapshot(fs, key, 0, &builders, false, &mut |name| {
         written.push(name.to_owned());
         progress(Progress::Wrote(name))
     });

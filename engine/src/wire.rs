@@ -10,6 +10,7 @@
 use crate::id::{IdError, MYKEY_ID_LEN, MyKeyId, ProviderId, PushId, ServiceId};
 use crate::jpki::{CHALLENGE_LEN, CardProof, JpkiError};
 use crate::registry::{LinkOutcome, Lookup, RegistryError};
+use crate::store::StoreError;
 
 /// The protocol version of every frame.
 pub const VERSION: u8 = 1;
@@ -119,10 +120,13 @@ codes! {
         RateLimited = 6 => "RATE_LIMITED",
         /// Too many requests in flight.
         Busy = 7 => "BUSY",
-        /// The server failed; nothing was acknowledged.
+        /// The server failed; the message says whether anything was applied.
         Internal = 8 => "INTERNAL",
         /// A malformed identifier.
         BadId = 9 => "BAD_ID",
+        /// A write whose outcome the server cannot know (its log fsync failed or did not
+        /// finish in time): it may or may not have been applied; retry the same request.
+        OutcomeUnknown = 10 => "OUTCOME_UNKNOWN",
         /// The provider is not registered.
         UnknownProvider = 16 => "UNKNOWN_PROVIDER",
         /// The MyKey ID is held by another registration.
@@ -852,10 +856,16 @@ pub fn get_challenge(r: &mut Reader<'_>) -> Result<crate::jpki::Challenge, WireE
     Ok(crate::jpki::Challenge { bytes, expires_at })
 }
 
+/// The message of `OUTCOME_UNKNOWN`.
+pub const OUTCOME_UNKNOWN_MESSAGE: &str = "the write may or may not have been applied (the store's log did not confirm it); retry the same request to learn its outcome";
+/// The message of `INTERNAL` for a storage failure other than a read-only store.
+pub const STORE_FAILED_MESSAGE: &str = "the store failed (details in the server's log); this request applied nothing, except that a revocation push split over several changes may have applied its first part: retry it with the same push id";
+
 /// The status and message of a registry refusal. Messages never carry a MyKey ID.
 pub fn refusal(e: &RegistryError) -> WireError {
     use RegistryError as R;
     let status = match e {
+        R::Store(StoreError::OutcomeUnknown { .. }) => Status::OutcomeUnknown,
         R::Store(_) | R::BadRecord { .. } | R::DictionaryFull { .. } => Status::Internal,
         R::Id(_) => Status::BadId,
         R::UnknownProvider { .. } => Status::UnknownProvider,
@@ -873,9 +883,14 @@ pub fn refusal(e: &RegistryError) -> WireError {
         R::PushIdReused { .. } => Status::PushIdReused,
         R::Jpki(j) => jpki_status(j),
     };
+    // Storage details (files, OS errors) stay in the server's log.
     let message = match e {
-        // Storage details stay in the server's log.
-        R::Store(_) => "the store failed; nothing was acknowledged".to_owned(),
+        R::Store(StoreError::OutcomeUnknown { .. }) => OUTCOME_UNKNOWN_MESSAGE.to_owned(),
+        R::Store(StoreError::Failed { .. }) => {
+            "the store is read-only after a storage failure; this write was not applied; retry on another node"
+                .to_owned()
+        }
+        R::Store(_) => STORE_FAILED_MESSAGE.to_owned(),
         e => e.to_string(),
     };
     WireError { status, message }
@@ -1071,6 +1086,6 @@ mod tests {
                 assert!(names.insert(o.name()));
             }
         }
-        assert_eq!(names.len(), 44 + 16);
+        assert_eq!(names.len(), 45 + 16);
     }
 }

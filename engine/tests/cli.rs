@@ -113,7 +113,7 @@ fn build_inspect_verify_and_a_damaged_store() {
     let o = mykeyd(&["snapshot", "inspect", &s]);
     let (out, _) = text(&o);
     assert!(o.status.success());
-    assert!(out.contains("format version 1"), "{out}");
+    assert!(out.contains("MANIFEST format version 2"), "{out}");
     assert!(
         out.contains("ids                 24 records in 2 shard(s)"),
         "{out}"

@@ -97,7 +97,7 @@ fn a_backup_under_writes_and_compactions_restores_a_prefix_with_every_acknowledg
         taken
     });
     stop.store(true, Ordering::Release);
-    let compactions = compactor.join().expect("thread").expect("compactions");
+    let compactions = compactor.join().expect("thread");
     assert!(compactions > 0, "no compaction raced the backups");
 
     for ((acked_at_start, report), b) in taken.iter().zip(&backups) {

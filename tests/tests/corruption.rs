@@ -283,7 +283,7 @@ fn a_store_open_in_one_place_cannot_be_opened_in_another() {
     make_store(&dir);
     let first = open(dir.path()).expect("first open");
     match open(dir.path()) {
-        Err(RegistryError::Store(StoreError::Io { path, source })) => {
+        Err(RegistryError::Store(StoreError::Io { path, source, .. })) => {
             assert_eq!(path.file_name().expect("file"), "LOCK");
             assert_eq!(source.kind(), std::io::ErrorKind::WouldBlock);
         }

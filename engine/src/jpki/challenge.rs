@@ -138,7 +138,8 @@ mod tests {
 
     #[test]
     fn single_use_short_lived_and_bounded() {
-        let c = Challenges::new(SHARDS, 60);
+        // Two per shard: `b` below must not be refused for landing in the shard of `a`.
+        let c = Challenges::new(2 * SHARDS, 60);
         let a = c.issue(t(1000)).expect("issue");
         assert_eq!(a.expires_at, t(1060));
         assert!(matches!(

@@ -190,15 +190,48 @@ pub fn load_tls(cfg: &Config) -> Result<ServerTls, String> {
     })
 }
 
-/// Everything `serve` needs, loaded and checked: what `--check-config` runs.
+/// Everything `serve` and a reload need, loaded and checked: the config, the TLS material
+/// (built into the server configuration, so a key that does not match its certificate is
+/// refused) and the JPKI anchors.
 pub fn check(cfg_path: &Path) -> Result<(Config, ServerTls, Anchors), String> {
     let cfg = Config::load(cfg_path).map_err(|e| e.to_string())?;
     let tls = load_tls(&cfg)?;
+    mykey_engine::server::server_config(tls.clone())
+        .map_err(|e| format!("{}: {e}", cfg.tls.cert.display()))?;
     let anchors = Anchors::load_dir(&cfg.jpki.anchors).map_err(|e| e.to_string())?;
-    if !cfg.store.dir.join(store::manifest::NAME).exists() {
-        return Err(format!("{}: no store here", cfg.store.dir.display()));
-    }
     Ok((cfg, tls, anchors))
+}
+
+/// `serve --check-config`: everything [`check`] does, and everything else `serve` will use,
+/// opened as `serve` would but changing nothing: the store read-only (MANIFEST, every snapshot
+/// header, every log segment scanned, the lock free) and both listening ports bindable.
+/// Returns the first problem.
+pub fn check_all(cfg_path: &Path) -> Result<Config, String> {
+    let (cfg, ..) = check(cfg_path)?;
+    let dir = &cfg.store.dir;
+    if !dir.join(store::manifest::NAME).exists() {
+        return Err(format!(
+            "{}: no store here (no MANIFEST); build one with `mykeyd snapshot build` or `mykeyd init`",
+            dir.display()
+        ));
+    }
+    let fs = RealFs::new(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    store::inspect(&fs, false, &mut |_| {}).map_err(|e| e.to_string())?;
+    drop(fs.lock().map_err(|e| {
+        format!(
+            "{}: {e} (stop the other mykeyd, or the tool holding the store, first)",
+            dir.join(store::fs::LOCK_NAME).display()
+        )
+    })?);
+    std::net::UdpSocket::bind(cfg.server.listen)
+        .map_err(|e| format!("server.listen {}: cannot bind: {e}", cfg.server.listen))?;
+    std::net::TcpListener::bind(cfg.server.admin_listen).map_err(|e| {
+        format!(
+            "server.admin_listen {}: cannot bind: {e}",
+            cfg.server.admin_listen
+        )
+    })?;
+    Ok(cfg)
 }
 
 fn init_logs(cfg: &Config) {
@@ -220,15 +253,36 @@ fn init_logs(cfg: &Config) {
     };
 }
 
+/// Exit status of a `serve` that stopped with a log fsync still stuck: every acknowledged
+/// write is durable, but the writes waiting on that fsync were answered `OUTCOME_UNKNOWN`.
+pub const EXIT_FSYNC_STUCK: i32 = 3;
+/// How long a stop waits for the compactor thread after the drain.
+const COMPACTOR_JOIN_GRACE: Duration = Duration::from_secs(5);
+
+/// How a `serve` ended.
+pub enum Stopped {
+    /// Drained and stopped cleanly.
+    Clean,
+    /// Stopped with a log fsync stuck (the process should exit with [`EXIT_FSYNC_STUCK`]).
+    FsyncStuck,
+}
+
 /// Runs the server until SIGTERM or SIGINT.
-pub fn serve(cfg_path: &Path) -> Result<(), String> {
+pub fn serve(cfg_path: &Path) -> Result<Stopped, String> {
     let (cfg, tls, anchors) = check(cfg_path)?;
     init_logs(&cfg);
+    for line in &cfg.ignored_env {
+        tracing::warn!("{line}");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    rt.block_on(run(cfg_path.to_owned(), cfg, tls, anchors))
+    let stopped = rt.block_on(run(cfg_path.to_owned(), cfg, tls, anchors));
+    // Writes stuck in an fsync hold blocking threads that will not return: do not wait for
+    // them (dropping the runtime would).
+    rt.shutdown_timeout(Duration::from_millis(500));
+    stopped
 }
 
 async fn run(
@@ -236,10 +290,9 @@ async fn run(
     cfg: Config,
     tls: ServerTls,
     anchors: Anchors,
-) -> Result<(), String> {
+) -> Result<Stopped, String> {
     use tokio::signal::unix::{SignalKind, signal};
     let ready = Arc::new(Readiness::default());
-    ready.set(false);
     let (admin_addr, _admin) = admin::serve(cfg.server.admin_listen, ready.clone())
         .await
         .map_err(|e| format!("admin {}: {e}", cfg.server.admin_listen))?;
@@ -247,7 +300,11 @@ async fn run(
         RealFs::new(&cfg.store.dir).map_err(|e| format!("{}: {e}", cfg.store.dir.display()))?,
     );
     let (registry, rec) = Registry::open_with_report(fs, RegistryConfig::default())
-        .map_err(|e| format!("{}: {e}", cfg.store.dir.display()))?;
+        .map_err(|e| {
+            let e = format!("{}: {e}", cfg.store.dir.display());
+            tracing::error!(op = "open", error = %e, "cannot open the store");
+            e
+        })?;
     tracing::info!(
         store = %cfg.store.dir.display(),
         snapshot_seq = rec.snapshot_seq,
@@ -271,6 +328,8 @@ async fn run(
     let limits = Limits {
         connections_max: cfg.limits.connections_max,
         in_flight_max: cfg.limits.in_flight_max,
+        writes_in_flight_max: cfg.limits.writes_in_flight_max,
+        write_timeout: cfg.limits.write_timeout,
         rate_per_identity: cfg.limits.rate_per_identity,
     };
     let expiry = admin::Expiry::of(&tls, &service.jpki.anchors());
@@ -285,7 +344,13 @@ async fn run(
         },
         stop_compactor.clone(),
     );
-    ready.set(true);
+    let probed = service.clone();
+    ready.set_probe(Box::new(move || {
+        let health = probed.registry.store().health();
+        health.publish();
+        health.problems()
+    }));
+    ready.set_phase(None);
     let addr = server.local_addr().map_err(|e| e.to_string())?;
     expiry.publish();
     for outcome in ["ok", "refused"] {
@@ -335,16 +400,38 @@ async fn run(
     }
     tracing::info!("draining");
     notify("STOPPING=1\nSTATUS=draining");
-    ready.set(false);
+    ready.set_phase(Some("draining"));
     server.drain(DRAIN_GRACE).await;
     stop_compactor.store(true, std::sync::atomic::Ordering::Release);
-    match compactor.join() {
-        Ok(Ok(n)) => tracing::info!(compactions = n, "compactor stopped"),
-        Ok(Err(e)) => tracing::error!(error = %e, "the compactor had stopped on an error"),
-        Err(_) => tracing::error!("the compactor panicked"),
+    // A compactor stuck behind a hung fsync never returns: wait a little, then go without it.
+    let deadline = std::time::Instant::now() + COMPACTOR_JOIN_GRACE;
+    while !compactor.is_finished() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if compactor.is_finished() {
+        match compactor.join() {
+            Ok(n) => tracing::info!(compactions = n, "compactor stopped"),
+            Err(_) => tracing::error!("the compactor panicked"),
+        }
+    } else {
+        tracing::error!("the compactor did not stop (it waits on the store's log)");
+    }
+    let health = service.registry.store().health();
+    if let Some((age, file)) = health.log_io {
+        tracing::error!(
+            file = %file,
+            stuck_secs = age.as_secs(),
+            exit_status = EXIT_FSYNC_STUCK,
+            "stopped with a log fsync stuck: every acknowledged write is durable; the writes waiting on it were answered OUTCOME_UNKNOWN"
+        );
+        eprintln!(
+            "mykeyd: stopped with a log fsync stuck for {} s on {file}; exit status {EXIT_FSYNC_STUCK}",
+            age.as_secs()
+        );
+        return Ok(Stopped::FsyncStuck);
     }
     tracing::info!("stopped");
-    Ok(())
+    Ok(Stopped::Clean)
 }
 
 /// One SIGHUP: loads and checks everything again and swaps in what can change while running.
@@ -356,14 +443,17 @@ fn reload(cfg_path: &Path, cfg: &Config, server: &Server, service: &Service) -> 
     service.jpki.replace_anchors(anchors);
     expiry.publish();
     server.set_rate_per_identity(new.limits.rate_per_identity);
+    let limits_but_rate = |l: &config::LimitsSection| config::LimitsSection {
+        rate_per_identity: 0,
+        ..l.clone()
+    };
     if new.server != cfg.server
         || new.store != cfg.store
         || new.log != cfg.log
-        || new.limits.connections_max != cfg.limits.connections_max
-        || new.limits.in_flight_max != cfg.limits.in_flight_max
+        || limits_but_rate(&new.limits) != limits_but_rate(&cfg.limits)
     {
         tracing::warn!(
-            "addresses, store, logging, connections_max and in_flight_max change at the next start"
+            "addresses, store, logging and limits other than rate_per_identity change at the next start"
         );
     }
     Ok(())

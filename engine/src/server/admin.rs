@@ -7,7 +7,6 @@
 //! Never serves anything but these three paths.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -43,7 +42,7 @@ pub const CONNECTIONS_MAX: &str = "mykey_connections_max";
 
 /// Every metric a node exports, the store's included (ops/ dashboards and alerts may use no
 /// other: `tests/tests/ops.rs` checks both ways).
-pub const ALL_METRICS: [&str; 17] = [
+pub const ALL_METRICS: [&str; 21] = [
     REQUESTS_TOTAL,
     REQUEST_SECONDS,
     CONNECTIONS,
@@ -56,7 +55,11 @@ pub const ALL_METRICS: [&str; 17] = [
     LAST_RELOAD_SECONDS,
     RELOADS_TOTAL,
     crate::store::WAL_FSYNC_SECONDS,
-    crate::store::WRITES_FAILED,
+    crate::store::WRITABLE,
+    crate::store::WAL_FSYNC_AGE_SECONDS,
+    crate::store::COMPACTOR_RUNNING,
+    crate::store::RECOVERY_CUT_BYTES,
+    crate::store::CORRUPT_READS_TOTAL,
     crate::store::DELTA_KEYS,
     crate::store::COMPACTIONS_TOTAL,
     crate::store::COMPACTION_SECONDS,
@@ -72,6 +75,8 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
 
 /// Most bytes of an admin request read.
 const ADMIN_REQUEST_MAX: usize = 4096;
+/// Wait after a failed accept (EMFILE) before the next.
+const ADMIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Time an admin client has to send its request.
 const ADMIN_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -142,8 +147,26 @@ fn describe() {
         "Time of each group-commit log write and fsync."
     );
     describe_gauge!(
-        crate::store::WRITES_FAILED,
-        "1 once a log write or fsync failed: writes are refused until the store is reopened."
+        crate::store::WRITABLE,
+        "1 while the store accepts writes; 0 after a log write or fsync failed (lookups go on, writes are refused until restart)."
+    );
+    describe_gauge!(
+        crate::store::WAL_FSYNC_AGE_SECONDS,
+        Unit::Seconds,
+        "Age of the log write and fsync in progress; 0 when none."
+    );
+    describe_gauge!(
+        crate::store::COMPACTOR_RUNNING,
+        "1 while the compactor runs and its last compaction succeeded; 0 while it retries after a failure or has stopped."
+    );
+    describe_gauge!(
+        crate::store::RECOVERY_CUT_BYTES,
+        Unit::Bytes,
+        "Bytes of torn log tail cut by the last open of the store."
+    );
+    describe_counter!(
+        crate::store::CORRUPT_READS_TOTAL,
+        "Reads refused because a snapshot bucket or record failed its checksum."
     );
     describe_gauge!(
         crate::store::DELTA_KEYS,
@@ -157,21 +180,55 @@ fn describe() {
     );
 }
 
-/// Readiness: false until the store is open and certificates are loaded, and again while
-/// draining.
-#[derive(Default)]
-pub struct Readiness(AtomicBool);
+/// Readiness: what `/readyz` and `mykey_ready` say. Not ready while starting and while
+/// draining (the phase), and whenever a probe (the store's health) names a reason the node
+/// cannot do its whole job. Evaluated on every `/readyz` and `/metrics` request, so a stuck
+/// fsync or a dead compactor shows while it lasts.
+pub struct Readiness {
+    phase: std::sync::Mutex<Option<&'static str>>,
+    probe: OnceLock<Probe>,
+}
+
+/// Reads what can fail while serving: returns one line per reason the node is not ready, and
+/// refreshes the gauges it owns.
+pub type Probe = Box<dyn Fn() -> Vec<String> + Send + Sync>;
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self {
+            phase: std::sync::Mutex::new(Some("starting")),
+            probe: OnceLock::new(),
+        }
+    }
+}
 
 impl Readiness {
-    /// Marks ready or not.
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
-        metrics::gauge!(READY).set(if ready { 1.0 } else { 0.0 });
+    /// Sets the phase: `None` once serving, `Some("draining")` on the way out.
+    pub fn set_phase(&self, phase: Option<&'static str>) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
+        let _ = self.check();
     }
 
-    /// Whether ready.
-    pub fn get(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+    /// Installs the probe (once; later calls are ignored).
+    pub fn set_probe(&self, probe: Probe) {
+        let _ = self.probe.set(probe);
+    }
+
+    /// `Ok` when ready, else every reason on one line (joined by `; `). Sets `mykey_ready`.
+    pub fn check(&self) -> Result<(), String> {
+        let mut reasons: Vec<String> = Vec::new();
+        if let Some(p) = *self.phase.lock().unwrap_or_else(|e| e.into_inner()) {
+            reasons.push(p.to_owned());
+        }
+        if let Some(probe) = self.probe.get() {
+            reasons.extend(probe());
+        }
+        metrics::gauge!(READY).set(if reasons.is_empty() { 1.0 } else { 0.0 });
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons.join("; "))
+        }
     }
 }
 
@@ -244,8 +301,14 @@ pub async fn serve(
     let handle = recorder();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                continue;
+            let mut sock = match listener.accept().await {
+                Ok((sock, _)) => sock,
+                Err(e) => {
+                    // Out of file descriptors, typically: wait instead of spinning on it.
+                    tracing::warn!(op = "accept", error = %e, "admin endpoint cannot accept");
+                    tokio::time::sleep(ADMIN_ACCEPT_BACKOFF).await;
+                    continue;
+                }
             };
             let ready = ready.clone();
             let handle = handle.clone();
@@ -298,14 +361,20 @@ fn route(
         return ("405 Method Not Allowed", "text/plain", "GET only\n".into());
     }
     match path {
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4", handle.render()),
+        "/metrics" => {
+            // Refreshes mykey_ready and the store gauges before they are rendered.
+            let _ = ready.check();
+            ("200 OK", "text/plain; version=0.0.4", handle.render())
+        }
         "/livez" => ("200 OK", "text/plain", "ok\n".into()),
-        "/readyz" if ready.get() => ("200 OK", "text/plain", "ready\n".into()),
-        "/readyz" => (
-            "503 Service Unavailable",
-            "text/plain",
-            "not ready\n".into(),
-        ),
+        "/readyz" => match ready.check() {
+            Ok(()) => ("200 OK", "text/plain", "ready\n".into()),
+            Err(reason) => (
+                "503 Service Unavailable",
+                "text/plain",
+                format!("not ready: {reason}\n"),
+            ),
+        },
         _ => ("404 Not Found", "text/plain", "not found\n".into()),
     }
 }

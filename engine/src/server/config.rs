@@ -5,13 +5,64 @@
 //! is refused with the key and the reason; nothing is half-applied. Relative paths are taken
 //! from the config file's directory. Never opens sockets or the store itself.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "MYKEYD_";
+
+/// Every section and its keys, as the file may name them. An environment variable
+/// `MYKEYD_<SECTION>_<KEY>` whose section is here must name one of its keys (anything else is
+/// a typo, refused); one whose section is not here is someone else's variable that happens to
+/// share the prefix (a script's `MYKEYD_BIN`, the `MYKEYD_PORT`, `MYKEYD_SERVICE_HOST` that
+/// Kubernetes injects for a Service named `mykeyd`) and is ignored with a warning.
+pub const SECTIONS: [(&str, &[&str]); 6] = [
+    ("server", &["listen", "admin_listen"]),
+    ("store", &["dir", "compact_delta_keys"]),
+    ("tls", &["cert", "key", "client_ca", "client_crl"]),
+    (
+        "jpki",
+        &["anchors", "leaf_cache_entries", "challenge_ttl_secs"],
+    ),
+    (
+        "limits",
+        &[
+            "connections_max",
+            "in_flight_max",
+            "writes_in_flight_max",
+            "write_timeout",
+            "rate_per_identity",
+        ],
+    ),
+    ("log", &["format", "level"]),
+];
+
+/// Most keys a delta may be allowed to hold before a compaction: a key costs ~100 bytes of
+/// memory, so 100 million is ~10 GB, past what a node should hold outside its snapshots.
+pub const COMPACT_DELTA_KEYS_MAX: usize = 100_000_000;
+/// Most connections a node may be configured for: 5× the 20,000 default, past which the
+/// ~60 KB each costs the server exceeds a node's memory budget.
+pub const CONNECTIONS_MAX_MAX: usize = 100_000;
+/// Most reads in flight: a 16× headroom over the default.
+pub const IN_FLIGHT_MAX_MAX: usize = 65_536;
+/// Most writes in flight: three quarters of tokio's 512 blocking threads, so that card
+/// lookups keep threads of their own even with every write stuck on a disk.
+pub const WRITES_IN_FLIGHT_MAX_MAX: usize = 384;
+/// Most requests per second per certificate (0 turns the limit off).
+pub const RATE_PER_IDENTITY_MAX: u32 = 1_000_000;
+/// The range of `write_timeout`: below 100 ms a busy disk's fsync would time out; above
+/// 25 s a stuck write would outlast the drain grace (30 s).
+pub const WRITE_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(25));
+/// Most verified card certificates cached.
+pub const LEAF_CACHE_ENTRIES_MAX: usize = 16_777_216;
+/// The range of `challenge_ttl_secs`: long enough for a card reader's PIN entry, short
+/// enough that a leaked challenge is soon useless.
+pub const CHALLENGE_TTL_RANGE: (u32, u32) = (10, 3600);
 
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -31,6 +82,10 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
+    /// Environment variables with the `MYKEYD_` prefix that name no section and were ignored,
+    /// each with why: the caller logs them once logging is set up.
+    #[serde(skip)]
+    pub ignored_env: Vec<String>,
 }
 
 /// `[server]`.
@@ -106,8 +161,13 @@ fn default_challenge_ttl() -> u32 {
 pub struct LimitsSection {
     /// Connections served at once.
     pub connections_max: usize,
-    /// Requests executed at once, over all connections.
+    /// Reads executed at once, over all connections.
     pub in_flight_max: usize,
+    /// Writes executed at once (their own budget).
+    pub writes_in_flight_max: usize,
+    /// How long a write may wait for its fsync: `"5s"`, `"500ms"`.
+    #[serde(deserialize_with = "duration")]
+    pub write_timeout: Duration,
     /// Requests per second per client certificate (0: no limit).
     pub rate_per_identity: u32,
 }
@@ -117,9 +177,34 @@ impl Default for LimitsSection {
         Self {
             connections_max: super::CONNECTIONS_MAX,
             in_flight_max: super::IN_FLIGHT_MAX,
+            writes_in_flight_max: super::WRITES_IN_FLIGHT_MAX,
+            write_timeout: super::WRITE_TIMEOUT,
             rate_per_identity: super::RATE_PER_IDENTITY,
         }
     }
+}
+
+/// Reads a duration written as a whole number of `ms` or `s`: `"5s"`, `"250ms"`.
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration: write a whole number of ms or s, such as \"5s\" or \"500ms\""
+        ))
+    })
+}
+
+fn parse_duration(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    let (num, unit_ms) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000)
+    } else {
+        return None;
+    };
+    let n: u64 = num.trim().parse().ok()?;
+    Some(Duration::from_millis(n.checked_mul(unit_ms)?))
 }
 
 /// `[log]`.
@@ -194,17 +279,40 @@ impl Config {
             path: path.to_owned(),
             message,
         };
-        let mut table: toml::Table = text
+        let file: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+        let mut env: Vec<(String, String)> = env.collect();
+        env.sort();
+        let mut ignored = Vec::new();
+        // (section, key) → (variable, value) of every override that names a key of ours.
+        let mut overrides: BTreeMap<(String, String), (String, toml::Value)> = BTreeMap::new();
         for (k, v) in env {
             let Some(rest) = k.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
             let rest = rest.to_ascii_lowercase();
-            let (section, key) = rest
+            let known = rest
                 .split_once('_')
-                .ok_or_else(|| invalid(format!("{k}: expected {ENV_PREFIX}<SECTION>_<KEY>")))?;
+                .and_then(|(section, key)| {
+                    SECTIONS
+                        .iter()
+                        .find(|(s, _)| *s == section)
+                        .map(|(s, keys)| (*s, key, *keys))
+                });
+            let Some((section, key, keys)) = known else {
+                ignored.push(format!(
+                    "{k}: ignored: it names no section of mykeyd.toml ({}), so it is not an override",
+                    SECTIONS.map(|(s, _)| s).join(", ")
+                ));
+                continue;
+            };
+            if !keys.contains(&key) {
+                return Err(invalid(format!(
+                    "environment variable {k}: [{section}] has no key {key:?} (its keys: {}); fix the name or unset it",
+                    keys.join(", ")
+                )));
+            }
             // A value that parses as a TOML integer or boolean is one; anything else is text.
             let value = match format!("v = {v}").parse::<toml::Table>() {
                 Ok(mut t) if !matches!(t.get("v"), Some(toml::Value::Table(_))) => {
@@ -212,19 +320,48 @@ impl Config {
                 }
                 _ => toml::Value::String(v.clone()),
             };
-            let sect = table
-                .entry(section.to_owned())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            match sect {
-                toml::Value::Table(t) => {
-                    t.insert(key.to_owned(), value);
-                }
-                _ => return Err(invalid(format!("{k}: [{section}] is not a section"))),
-            }
+            overrides.insert((section.to_owned(), key.to_owned()), (k, value));
         }
-        let mut cfg: Config = table
-            .try_into()
-            .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+        let merged = |only: Option<&(String, String)>| -> Result<toml::Table, ConfigError> {
+            let mut table = file.clone();
+            for ((section, key), (var, value)) in &overrides {
+                if only.is_some_and(|o| o != &(section.clone(), key.clone())) {
+                    continue;
+                }
+                let sect = table
+                    .entry(section.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                match sect {
+                    toml::Value::Table(t) => {
+                        t.insert(key.clone(), value.clone());
+                    }
+                    _ => return Err(invalid(format!("{var}: [{section}] is not a section"))),
+                }
+            }
+            Ok(table)
+        };
+        let mut cfg: Config = match merged(None)?.try_into() {
+            Ok(c) => c,
+            Err(e) => {
+                let e: toml::de::Error = e;
+                // Name the variable when an override is what does not parse.
+                for (k, (var, _)) in &overrides {
+                    let alone: Result<Config, _> = merged(Some(k))?.try_into();
+                    let file_alone: Result<Config, _> = file.clone().try_into();
+                    if let (Err(oe), true) = (alone, file_alone.is_ok()) {
+                        let oe: toml::de::Error = oe;
+                        return Err(invalid(format!(
+                            "environment variable {var} (overriding {}.{}): {}",
+                            k.0,
+                            k.1,
+                            oe.message()
+                        )));
+                    }
+                }
+                return Err(invalid(e.to_string()));
+            }
+        };
+        cfg.ignored_env = ignored;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
             &mut cfg.store.dir,
@@ -242,16 +379,85 @@ impl Config {
         {
             *p = base.join(&*p);
         }
+        let origins: BTreeMap<(String, String), String> = overrides
+            .into_iter()
+            .map(|(k, (var, _))| (k, var))
+            .collect();
+        cfg.validate(&origins).map_err(invalid)?;
+        Ok(cfg)
+    }
+
+    /// Checks every value against its range; the message names the key, or the environment
+    /// variable it came from, and the valid range.
+    fn validate(&self, origins: &BTreeMap<(String, String), String>) -> Result<(), String> {
+        let name = |section: &str, key: &str| match origins.get(&(section.to_owned(), key.to_owned())) {
+            Some(var) => format!("{section}.{key} (from environment variable {var})"),
+            None => format!("{section}.{key}"),
+        };
+        let range = |section: &str, key: &str, v: usize, lo: usize, hi: usize| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} = {v} is out of range: it must be {lo}..={hi}",
+                    name(section, key)
+                ))
+            }
+        };
+        range("store", "compact_delta_keys", self.store.compact_delta_keys, 1, COMPACT_DELTA_KEYS_MAX)?;
+        let l = &self.limits;
+        range("limits", "connections_max", l.connections_max, 1, CONNECTIONS_MAX_MAX)?;
+        range("limits", "in_flight_max", l.in_flight_max, 1, IN_FLIGHT_MAX_MAX)?;
+        range(
+            "limits",
+            "writes_in_flight_max",
+            l.writes_in_flight_max,
+            1,
+            WRITES_IN_FLIGHT_MAX_MAX,
+        )?;
+        if l.rate_per_identity > RATE_PER_IDENTITY_MAX {
+            return Err(format!(
+                "{} = {} is out of range: it must be 0 (no limit) or 1..={RATE_PER_IDENTITY_MAX}",
+                name("limits", "rate_per_identity"),
+                l.rate_per_identity
+            ));
+        }
+        let (lo, hi) = WRITE_TIMEOUT_RANGE;
+        if l.write_timeout < lo || l.write_timeout > hi {
+            return Err(format!(
+                "{} = {} ms is out of range: it must be {} ms..={} s",
+                name("limits", "write_timeout"),
+                l.write_timeout.as_millis(),
+                lo.as_millis(),
+                hi.as_secs()
+            ));
+        }
+        range(
+            "jpki",
+            "leaf_cache_entries",
+            self.jpki.leaf_cache_entries,
+            1,
+            LEAF_CACHE_ENTRIES_MAX,
+        )?;
+        let (lo, hi) = CHALLENGE_TTL_RANGE;
+        range(
+            "jpki",
+            "challenge_ttl_secs",
+            self.jpki.challenge_ttl_secs as usize,
+            lo as usize,
+            hi as usize,
+        )?;
         if !matches!(
-            cfg.log.level.as_str(),
+            self.log.level.as_str(),
             "error" | "warn" | "info" | "debug" | "trace"
         ) {
-            return Err(invalid(format!(
-                "log.level {:?}: expected error, warn, info, debug or trace",
-                cfg.log.level
-            )));
+            return Err(format!(
+                "{} {:?}: expected error, warn, info, debug or trace",
+                name("log", "level"),
+                self.log.level
+            ));
         }
-        Ok(cfg)
+        Ok(())
     }
 }
 
@@ -294,8 +500,14 @@ challenge_ttl_secs = 120
 [limits]
 # Connections served at once; more are refused at the handshake.
 connections_max = 20000
-# Requests executed at once over all connections; more are answered BUSY.
+# Reads executed at once over all connections; more are answered BUSY.
 in_flight_max = 4096
+# Writes executed at once, a budget of their own so that a stuck disk cannot take reads
+# down; more are answered BUSY.
+writes_in_flight_max = 256
+# How long a write may wait for its fsync; past it the client is answered OUTCOME_UNKNOWN
+# (retry the same request to learn the outcome). 100ms..25s.
+write_timeout = "5s"
 # Requests per second one client certificate may make (all its connections together), with a
 # burst of one second's worth; more are answered RATE_LIMITED. 0 turns the limit off.
 rate_per_identity = 5000
@@ -348,20 +560,8 @@ mod tests {
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.limits, LimitsSection::default());
         let table: toml::Table = text.parse().expect("toml");
-        for (section, keys) in [
-            ("server", &["listen", "admin_listen"][..]),
-            ("store", &["dir", "compact_delta_keys"]),
-            ("tls", &["cert", "key", "client_ca", "client_crl"]),
-            (
-                "jpki",
-                &["anchors", "leaf_cache_entries", "challenge_ttl_secs"],
-            ),
-            (
-                "limits",
-                &["connections_max", "in_flight_max", "rate_per_identity"],
-            ),
-            ("log", &["format", "level"]),
-        ] {
+        assert_eq!(table.len(), SECTIONS.len(), "sections of ops/mykeyd.toml");
+        for (section, keys) in SECTIONS {
             let t = table[section].as_table().expect("section");
             for k in keys {
                 assert!(t.contains_key(*k), "ops/mykeyd.toml lacks {section}.{k}");

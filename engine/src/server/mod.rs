@@ -32,8 +32,17 @@ pub use auth::{Identity, Role};
 
 /// Connections served at once; more are refused at the handshake.
 pub const CONNECTIONS_MAX: usize = 20_000;
-/// Requests being executed at once, over all connections; more are answered `BUSY`.
+/// Requests being executed at once, over all connections; more are answered `BUSY`. Writes
+/// have a budget of their own ([`WRITES_IN_FLIGHT_MAX`]), so a stuck disk cannot use these up.
 pub const IN_FLIGHT_MAX: usize = 4096;
+/// Writes being executed at once (each holds a thread of tokio's blocking pool while it waits
+/// for its fsync); more are answered `BUSY`. Half of the pool's 512 threads, so that card
+/// lookups and exports, which also run there, keep threads even with every write stuck.
+pub const WRITES_IN_FLIGHT_MAX: usize = 256;
+/// How long a write may wait for its fsync before the client is answered `OUTCOME_UNKNOWN`:
+/// a healthy fsync takes milliseconds, and the deadline must stay well inside the drain grace
+/// so that a stop is not held up by a stuck disk.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Revocation-push bodies received at once (each up to `wire::PUSH_LEN_MAX`); more are
 /// answered `BUSY` before any byte of them is buffered.
 pub const PUSH_BODIES_MAX: usize = 2;
@@ -72,6 +81,17 @@ pub struct ServerTls {
     pub client_cas: Vec<CertificateDer<'static>>,
     /// CRLs of the client CA: a revoked client certificate fails the handshake.
     pub client_crls: Vec<CertificateRevocationListDer<'static>>,
+}
+
+impl Clone for ServerTls {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            client_cas: self.client_cas.clone(),
+            client_crls: self.client_crls.clone(),
+        }
+    }
 }
 
 /// The aws-lc-rs crypto provider: the one provider, passed explicitly everywhere.
@@ -156,8 +176,12 @@ pub fn system_clock() -> Timestamp {
 pub struct Limits {
     /// Connections served at once; more are refused at the handshake.
     pub connections_max: usize,
-    /// Requests executed at once over all connections; more are answered `BUSY`.
+    /// Reads executed at once over all connections; more are answered `BUSY`.
     pub in_flight_max: usize,
+    /// Writes executed at once; more are answered `BUSY`.
+    pub writes_in_flight_max: usize,
+    /// How long a write may wait for its fsync before `OUTCOME_UNKNOWN` is answered.
+    pub write_timeout: Duration,
     /// Requests per second one client certificate may make, over all its connections, with a
     /// burst of one second's worth; more are answered `RATE_LIMITED`. 0: no limit.
     pub rate_per_identity: u32,
@@ -168,6 +192,8 @@ impl Default for Limits {
         Self {
             connections_max: CONNECTIONS_MAX,
             in_flight_max: IN_FLIGHT_MAX,
+            writes_in_flight_max: WRITES_IN_FLIGHT_MAX,
+            write_timeout: WRITE_TIMEOUT,
             rate_per_identity: RATE_PER_IDENTITY,
         }
     }
@@ -260,6 +286,8 @@ impl Bucket {
 struct Shared {
     service: Arc<Service>,
     in_flight: Semaphore,
+    /// Writes' own budget; a permit lives as long as the blocking task, not the request.
+    writes_in_flight: Arc<Semaphore>,
     limits: Limits,
     draining: AtomicBool,
     /// Streams being served (from accept to the last byte of the answer), for the drain.
@@ -340,6 +368,7 @@ impl Server {
         let shared = Arc::new(Shared {
             service,
             in_flight: Semaphore::new(limits.in_flight_max),
+            writes_in_flight: Arc::new(Semaphore::new(limits.writes_in_flight_max)),
             limits,
             draining: AtomicBool::new(false),
             active: std::sync::atomic::AtomicUsize::new(0),
@@ -589,12 +618,35 @@ async fn serve_request(
         };
         return refuse(send, op as u8, &e).await;
     }
-    let Ok(_permit) = shared.in_flight.try_acquire() else {
-        let e = WireError {
-            status: Status::Busy,
-            message: "too many requests in flight; retry shortly".into(),
-        };
-        return refuse(send, op as u8, &e).await;
+    // Reads and writes draw on separate budgets: writes waiting on a stuck fsync hold theirs
+    // until the fsync returns, and must not leave lookups without slots.
+    let write_permit = if changes_store(op) {
+        match shared.writes_in_flight.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                let e = WireError {
+                    status: Status::Busy,
+                    message: "too many writes in flight; retry shortly".into(),
+                };
+                return refuse(send, op as u8, &e).await;
+            }
+        }
+    } else {
+        None
+    };
+    let _read_permit = if write_permit.is_none() {
+        match shared.in_flight.try_acquire() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                let e = WireError {
+                    status: Status::Busy,
+                    message: "too many requests in flight; retry shortly".into(),
+                };
+                return refuse(send, op as u8, &e).await;
+            }
+        }
+    } else {
+        None
     };
     let req = match Request::decode(op, &body) {
         Ok(r) => r,
@@ -607,25 +659,53 @@ async fn serve_request(
         let status = export(service, provider, send).await;
         return (op as u8, status);
     }
-    let result = if is_write(op) {
+    let result = if runs_blocking(op) {
         let service = service.clone();
         let ident = ident.clone();
-        tokio::task::spawn_blocking(move || {
+        let task = tokio::task::spawn_blocking(move || {
+            // Held until the write returns, however long after its client was answered.
+            let _write_permit = write_permit;
             let mut out = Vec::new();
             match Request::decode(op, &body) {
                 Ok(req) => execute(&service, &ident, &req, &mut out),
                 Err(e) => Err(e.into()),
             }
             .map(|()| out)
-        })
-        .await
-        .unwrap_or_else(|_| {
-            Err(WireError {
+        });
+        let (timeout, writes) = (shared.limits.write_timeout, changes_store(op));
+        let outcome_unknown = |message: String| {
+            Err(Refusal::from(WireError {
+                status: Status::OutcomeUnknown,
+                message,
+            }))
+        };
+        let finished = if writes {
+            tokio::time::timeout(timeout, task).await
+        } else {
+            Ok(task.await)
+        };
+        match finished {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) if writes => outcome_unknown(
+                "the write failed inside the server after it may have been applied; retry the same request to learn its outcome".into(),
+            ),
+            Ok(Err(_)) => Err(WireError {
                 status: Status::Internal,
-                message: "the request failed inside the server".into(),
+                message: "the request failed inside the server; it changed nothing".into(),
             }
-            .into())
-        })
+            .into()),
+            Err(_) => {
+                tracing::warn!(
+                    op = op.name(),
+                    timeout_ms = timeout.as_millis() as u64,
+                    "a write did not complete within write_timeout: answered OUTCOME_UNKNOWN"
+                );
+                outcome_unknown(format!(
+                    "the write did not complete within {} ms (the store's log is slow or stuck): it may or may not be applied; retry the same request to learn its outcome",
+                    timeout.as_millis()
+                ))
+            }
+        }
     } else {
         execute(service, ident, &req, &mut out).map(|()| std::mem::take(&mut out))
     };
@@ -649,9 +729,16 @@ async fn refuse(send: &mut SendStream, op: u8, e: &WireError) -> (u8, Status) {
     (op, e.status)
 }
 
-/// Operations that wait for an fsync or do heavy work, run off the async workers.
-fn is_write(op: Op) -> bool {
+/// Operations that wait for an fsync or do heavy work (RSA, whole-table walks), run off the
+/// async workers.
+fn runs_blocking(op: Op) -> bool {
     !matches!(op, Op::Lookup | Op::LookupBatch | Op::Challenge | Op::Stats)
+}
+
+/// Operations that change the store: they wait for an fsync, draw on the write budget and
+/// have the write deadline.
+fn changes_store(op: Op) -> bool {
+    runs_blocking(op) && !matches!(op, Op::LookupCard | Op::Export)
 }
 
 fn forbidden(message: String) -> WireError {

@@ -10,7 +10,9 @@ use std::io::Read;
 use std::sync::Arc;
 
 use super::fs::{Fs, WriteFile};
-use super::{StoreError, Table, inspect, io_err, list_segments, manifest, shard_file_name};
+use super::{
+    StoreError, Table, inspect, io_err, list_segments, manifest, read_unmapped, shard_file_name,
+};
 
 /// Copies started before giving up on a source whose compactions keep replacing the manifest
 /// mid-copy. A compaction folds a million keys (CompactionPolicy's default), so two in the time
@@ -61,7 +63,7 @@ pub fn backup(
     progress: &mut dyn FnMut(&str, u64),
 ) -> Result<BackupReport, BackupError> {
     // Empty, not merely store-less: a backup directory holds one store and nothing else.
-    if !dest.list().map_err(io_err(dest, ""))?.is_empty() {
+    if !dest.list().map_err(io_err(dest, "list", ""))?.is_empty() {
         return Err(BackupError::DestinationNotEmpty {
             path: dest.root().to_owned(),
         });
@@ -118,7 +120,7 @@ fn copy_once(
             path: src.root().to_owned(),
         });
     }
-    let manifest_bytes = read_all(src, manifest::NAME)?;
+    let manifest_bytes = read_unmapped(src, manifest::NAME)?;
     let m = manifest::Manifest::decode(
         src.root().join(manifest::NAME),
         &manifest_bytes,
@@ -137,12 +139,12 @@ fn copy_once(
         match src.open_read(&name) {
             Ok(f) => open.push((name, f)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(src, &name)(e)),
+            Err(e) => return Err(io_err(src, "open", &name)(e)),
         }
     }
     // Unchanged: no compaction installed a newer manifest, so none removed a file this one
     // needs before it was opened (removals come only after a newer manifest).
-    if read_all(src, manifest::NAME)? != manifest_bytes {
+    if read_unmapped(src, manifest::NAME)? != manifest_bytes {
         return Ok(None);
     }
     let mut report = BackupReport {
@@ -154,11 +156,11 @@ fn copy_once(
         let n = install(dest, &name, &mut |out| {
             let mut n = 0u64;
             loop {
-                let k = f.read(&mut buf).map_err(io_err(src, &name))?;
+                let k = f.read(&mut buf).map_err(io_err(src, "read", &name))?;
                 if k == 0 {
                     return Ok(n);
                 }
-                out.write_all(&buf[..k]).map_err(io_err(dest, &name))?;
+                out.write_all(&buf[..k]).map_err(io_err(dest, "write", &name))?;
                 n += k as u64;
             }
         })?;
@@ -166,23 +168,26 @@ fn copy_once(
         report.files += 1;
         report.bytes += n;
     }
+    // The last segment listed may have been sealed by a rotation after the listing, its
+    // successor left out above: the copy ends there, so its seal goes (a sealed last segment
+    // means a lost successor to `Store::open`).
+    if let Some((last, _)) = list_segments(dest)?.pop() {
+        let bytes = read_unmapped(dest, &last)?;
+        let scan = super::wal::scan(&dest.root().join(&last), &bytes, true)?;
+        if scan.sealed.is_some() {
+            dest.truncate(&last, scan.valid_len)
+                .map_err(io_err(dest, "truncate", &last))?;
+        }
+    }
     install(dest, manifest::NAME, &mut |out| {
         out.write_all(&manifest_bytes)
-            .map_err(io_err(dest, manifest::NAME))?;
+            .map_err(io_err(dest, "write", manifest::NAME))?;
         Ok(manifest_bytes.len() as u64)
     })?;
     progress(manifest::NAME, manifest_bytes.len() as u64);
     report.files += 1;
     report.bytes += manifest_bytes.len() as u64;
     Ok(Some(report))
-}
-
-fn read_all(fs: &dyn Fs, name: &str) -> Result<Vec<u8>, StoreError> {
-    let mut v = Vec::new();
-    fs.open_read(name)
-        .and_then(|mut f| f.read_to_end(&mut v))
-        .map_err(io_err(fs, name))?;
-    Ok(v)
 }
 
 /// Writes `name` the way every file of a store is installed: `name.tmp` (filled by `fill`),
@@ -193,12 +198,11 @@ fn install(
     fill: &mut dyn FnMut(&mut dyn WriteFile) -> Result<u64, StoreError>,
 ) -> Result<u64, StoreError> {
     let tmp = format!("{name}.tmp");
-    let err = io_err(fs, name);
-    let mut f = fs.create(&tmp).map_err(&err)?;
+    let mut f = fs.create(&tmp).map_err(io_err(fs, "create", &tmp))?;
     let n = fill(&mut *f)?;
-    f.sync().map_err(&err)?;
+    f.sync().map_err(io_err(fs, "fsync", &tmp))?;
     drop(f);
-    fs.rename(&tmp, name).map_err(&err)?;
-    fs.sync_dir().map_err(&err)?;
+    fs.rename(&tmp, name).map_err(io_err(fs, "rename", &tmp))?;
+    fs.sync_dir().map_err(io_err(fs, "fsync-dir", name))?;
     Ok(n)
 }

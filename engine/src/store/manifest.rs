@@ -8,13 +8,19 @@ use std::path::PathBuf;
 use super::StoreError;
 use super::fs::Fs;
 use super::hash::HashKey;
+use super::io_err;
 
 /// File name of the manifest.
 pub const NAME: &str = "MANIFEST";
 /// Magic of the manifest.
 pub const MAGIC: [u8; 8] = *b"MYKEYMAN";
-/// Format version of the manifest.
-pub const VERSION: u16 = 1;
+/// Format version this build writes. Version 2 added the flags word (bytes 40..44); version 1
+/// manifests still open, with no flag set.
+pub const VERSION: u16 = 2;
+/// Flag: the log is required. Some segment holds change `seq + 1` onward (or the log is empty
+/// since `seq`); a store whose log segments went missing refuses to open instead of silently
+/// starting a new log. Unset in a freshly built store, which has no log yet.
+pub const FLAG_LOG_REQUIRED: u32 = 1;
 /// Most shards a table may have. 4096 shards of a 100M-ID table hold ~25K IDs each; more
 /// would only multiply open files.
 pub const SHARDS_MAX: u16 = 4096;
@@ -38,6 +44,10 @@ pub struct Manifest {
     pub hash_key: HashKey,
     /// Per table (index = table id − 1), its shards.
     pub tables: Vec<Vec<ShardEntry>>,
+    /// Whether the log is required ([`FLAG_LOG_REQUIRED`]).
+    pub log_required: bool,
+    /// The format version read (an install always writes [`VERSION`]).
+    pub version: u16,
 }
 
 impl Manifest {
@@ -51,7 +61,13 @@ impl Manifest {
         b.extend_from_slice(&self.seq.to_le_bytes());
         b.extend_from_slice(&self.hash_key.0[0].to_le_bytes());
         b.extend_from_slice(&self.hash_key.0[1].to_le_bytes());
-        b.extend_from_slice(&[0; 8]);
+        let flags = if self.log_required {
+            FLAG_LOG_REQUIRED
+        } else {
+            0
+        };
+        b.extend_from_slice(&flags.to_le_bytes());
+        b.extend_from_slice(&[0; 4]);
         for (i, shards) in self.tables.iter().enumerate() {
             b.push(i as u8 + 1);
             b.push(0);
@@ -103,8 +119,13 @@ impl Manifest {
             w.copy_from_slice(&b[at..at + 8]);
             u64::from_le_bytes(w)
         };
-        if b[12..16].iter().chain(&b[40..48]).any(|&x| x != 0) {
+        if b[12..16].iter().chain(&b[44..48]).any(|&x| x != 0) {
             return Err(corrupt(12, "reserved manifest bytes not zero"));
+        }
+        // Version 1 had no flags: bytes 40..44 were reserved, zero.
+        let flags = u32::from_le_bytes([b[40], b[41], b[42], b[43]]);
+        if flags & !FLAG_LOG_REQUIRED != 0 || (version == 1 && flags != 0) {
+            return Err(corrupt(40, "unknown manifest flags"));
         }
         let count = usize::from(u16::from_le_bytes([b[10], b[11]]));
         // A manifest from before a table was added lists fewer tables; the missing ones are
@@ -156,22 +177,21 @@ impl Manifest {
             seq: u64_at(16),
             hash_key: HashKey([u64_at(24), u64_at(32)]),
             tables: out,
+            log_required: flags & FLAG_LOG_REQUIRED != 0,
+            version,
         })
     }
 
     /// Installs this manifest atomically: temp file, fsync, rename, directory fsync.
     pub fn install(&self, fs: &dyn Fs) -> Result<(), StoreError> {
         let tmp = format!("{NAME}.tmp");
-        let io = |source| StoreError::Io {
-            path: fs.root().join(NAME),
-            source,
-        };
-        let mut f = fs.create(&tmp).map_err(io)?;
-        f.write_all(&self.encode()).map_err(io)?;
-        f.sync().map_err(io)?;
+        let mut f = fs.create(&tmp).map_err(io_err(fs, "create", &tmp))?;
+        f.write_all(&self.encode())
+            .map_err(io_err(fs, "write", &tmp))?;
+        f.sync().map_err(io_err(fs, "fsync", &tmp))?;
         drop(f);
-        fs.rename(&tmp, NAME).map_err(io)?;
-        fs.sync_dir().map_err(io)
+        fs.rename(&tmp, NAME).map_err(io_err(fs, "rename", &tmp))?;
+        fs.sync_dir().map_err(io_err(fs, "fsync-dir", NAME))
     }
 }
 
@@ -197,6 +217,8 @@ mod tests {
                     3
                 ],
             ],
+            log_required: true,
+            version: VERSION,
         };
         let b = m.encode();
         assert_eq!(Manifest::decode("M".into(), &b, 2).expect("decode"), m);

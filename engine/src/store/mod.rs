@@ -45,8 +45,10 @@ pub use wal::{Change, Put};
 #[non_exhaustive]
 pub enum StoreError {
     /// The operating system refused an operation on a file.
-    #[error("{path}: {source}")]
+    #[error("{op} {path}: {source}")]
     Io {
+        /// The operation: `append`, `fsync`, `create`, `rename`, `map`, `read`, `remove`, …
+        op: &'static str,
         /// The file.
         path: PathBuf,
         /// What the OS said.
@@ -87,11 +89,33 @@ pub enum StoreError {
         path: PathBuf,
     },
     /// An earlier log write or fsync failed; the store refuses writes until it is reopened,
-    /// because after a failed fsync the kernel may have dropped the unsynced pages.
-    #[error("the store refuses writes after an I/O failure ({reason}); restart to recover")]
+    /// because after a failed fsync the kernel may have dropped the unsynced pages. Returned
+    /// before a change is queued: the write refused this way was not applied.
+    #[error(
+        "the store is read-only after an I/O failure ({reason}); this write was not applied; restart mykeyd once the cause is fixed"
+    )]
     Failed {
         /// The first failure.
         reason: String,
+    },
+    /// A change was queued for the log, and then the log write or fsync failed: it may or
+    /// may not be durable (the kernel may have written some of it), so after a restart it may
+    /// be there. Never reported as "not applied".
+    #[error(
+        "the write may or may not have been applied: the log failed after it was queued ({reason}); retry the same request to learn its outcome"
+    )]
+    OutcomeUnknown {
+        /// The log failure.
+        reason: String,
+    },
+    /// A log segment that the MANIFEST or a sealed segment says must exist is missing or
+    /// shorter than it was: opening would silently lose the changes it held.
+    #[error("{path}: {what}")]
+    MissingLog {
+        /// The segment expected.
+        path: PathBuf,
+        /// What is missing and how it was detected.
+        what: String,
     },
     /// A size limit was crossed.
     #[error("{what} is {len}, over the limit of {max}")]
@@ -288,6 +312,98 @@ struct Writer {
 struct Log {
     file: Box<dyn WriteFile>,
     first_seq: u64,
+    /// Format version of the segment: only version 2 segments are sealed when rotated.
+    version: u16,
+    /// Bytes in the segment (its header included).
+    len: u64,
+}
+
+/// How long one log write and fsync may run before readiness reports it stuck. A healthy
+/// fsync takes milliseconds; 5 s is far past any disk's hiccup and well inside the 45 s a
+/// systemd unit gives a stop.
+pub const FSYNC_STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+/// Shortest wait before a failed compaction is retried; doubled per failure.
+pub const COMPACTION_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+/// Longest wait between compaction retries.
+pub const COMPACTION_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(300);
+/// Corrupt reads are logged at most once per this many seconds (each is counted): a client
+/// repeating a lookup of a damaged record must not flood the journal.
+const CORRUPT_LOG_EVERY_SECS: u64 = 10;
+
+/// What the compactor of a store is doing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CompactorState {
+    /// No compactor was started (tools, tests).
+    NotStarted,
+    /// Running; its last compaction, if any, succeeded.
+    Running,
+    /// Its last compaction failed; it retries after a backoff.
+    Failing {
+        /// The failure.
+        reason: String,
+        /// Failures in a row.
+        attempts: u32,
+        /// Seconds until the next attempt.
+        retry_in_secs: u64,
+    },
+    /// It stopped (shutdown).
+    Stopped,
+}
+
+/// What a store can do right now: the source of readiness and of the store gauges.
+#[derive(Clone, Debug)]
+pub struct Health {
+    /// Why writes are refused, when they are.
+    pub read_only: Option<String>,
+    /// The log write and fsync in progress, if any: how long it has run and on which file.
+    pub log_io: Option<(std::time::Duration, String)>,
+    /// The compactor.
+    pub compactor: CompactorState,
+    /// The first corrupt record read since the store opened.
+    pub corrupt: Option<String>,
+    /// Keys in the active delta.
+    pub delta_keys: usize,
+}
+
+impl Health {
+    /// The reasons the store cannot do its whole job, one line each; empty when it can.
+    pub fn problems(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if let Some(r) = &self.read_only {
+            v.push(format!("store read-only: {r}"));
+        }
+        if let Some((age, file)) = &self.log_io
+            && *age >= FSYNC_STUCK_AFTER
+        {
+            v.push(format!("fsync stuck for {} s on {file}", age.as_secs()));
+        }
+        if let CompactorState::Failing {
+            reason,
+            attempts,
+            retry_in_secs,
+        } = &self.compactor
+        {
+            v.push(format!(
+                "compactor stopped: {reason} ({attempts} failures in a row; retrying in {retry_in_secs} s)"
+            ));
+        }
+        if let Some(c) = &self.corrupt {
+            v.push(format!("store corrupt: {c}"));
+        }
+        v
+    }
+
+    /// Sets the store gauges (`mykey_store_writable`, `mykey_compactor_running`,
+    /// `mykey_wal_fsync_age_seconds`, `mykey_store_delta_keys`) from this reading.
+    pub fn publish(&self) {
+        metrics::gauge!(WRITABLE).set(if self.read_only.is_none() { 1.0 } else { 0.0 });
+        let running = matches!(self.compactor, CompactorState::Running);
+        metrics::gauge!(COMPACTOR_RUNNING).set(if running { 1.0 } else { 0.0 });
+        let age = self.log_io.as_ref().map_or(0.0, |(a, _)| a.as_secs_f64());
+        metrics::gauge!(WAL_FSYNC_AGE_SECONDS).set(age);
+        metrics::gauge!(DELTA_KEYS).set(self.delta_keys as f64);
+    }
 }
 
 /// A store: open it, read from it, write to it through [`WriteTx`], compact it.
@@ -305,14 +421,36 @@ pub struct Store {
     flushed: std::sync::Condvar,
     failure: Mutex<Option<String>>,
     compacting: Mutex<()>,
+    /// Time base of `log_io_since`.
+    epoch: std::time::Instant,
+    /// When the log write or fsync in progress began (ns since `epoch`, plus 1); 0 when none.
+    /// The log lock serialises them, so there is at most one.
+    log_io_since: AtomicU64,
+    /// First seq of the segment being written, to name it.
+    log_first_seq: AtomicU64,
+    compactor: Mutex<CompactorState>,
+    corrupt: Mutex<Option<String>>,
+    /// Seconds since `epoch` of the last corrupt-read log line, plus 1; 0: none yet.
+    corrupt_logged_at: AtomicU64,
 }
 
 /// Metric: how long each group-commit log write and fsync took (one observation per fsync,
 /// however many writers it served). The store measures it itself because only it knows where
 /// the fsync is; with no recorder installed (tools, tests) the calls cost next to nothing.
 pub const WAL_FSYNC_SECONDS: &str = "mykey_wal_fsync_duration_seconds";
-/// Metric: 1 once a log write or fsync failed and the store refuses writes until reopened.
-pub const WRITES_FAILED: &str = "mykey_store_writes_failed";
+/// Metric: 1 while the store accepts writes, 0 once a log write or fsync failed (writes are
+/// refused until it is reopened; lookups go on).
+pub const WRITABLE: &str = "mykey_store_writable";
+/// Metric: age of the log write and fsync in progress, 0 when none: a stuck fsync shows here
+/// long before it returns (the fsync histogram only hears of it when it does).
+pub const WAL_FSYNC_AGE_SECONDS: &str = "mykey_wal_fsync_age_seconds";
+/// Metric: 1 while the compactor runs and its last compaction succeeded; 0 while it retries
+/// after a failure, and when it has stopped.
+pub const COMPACTOR_RUNNING: &str = "mykey_compactor_running";
+/// Metric: bytes cut from the log's tail by the last open (a torn tail).
+pub const RECOVERY_CUT_BYTES: &str = "mykey_store_recovery_cut_bytes";
+/// Metric: reads that found a corrupt snapshot record or bucket (each was refused).
+pub const CORRUPT_READS_TOTAL: &str = "mykey_store_corrupt_reads_total";
 /// Metric: keys in the active delta (what the next compaction folds; replayed on restart).
 pub const DELTA_KEYS: &str = "mykey_store_delta_keys";
 /// Metric: compactions by outcome (`ok`, `error`).
@@ -326,9 +464,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn io_err(fs: &dyn Fs, name: &str) -> impl Fn(std::io::Error) -> StoreError {
+/// Maps an OS error of operation `op` on file `name` to [`StoreError::Io`].
+pub(crate) fn io_err(
+    fs: &dyn Fs,
+    op: &'static str,
+    name: &str,
+) -> impl Fn(std::io::Error) -> StoreError {
     let path = fs.root().join(name);
     move |source| StoreError::Io {
+        op,
         path: path.clone(),
         source,
     }
@@ -355,41 +499,100 @@ impl Default for CompactionPolicy {
 }
 
 /// Runs compaction in a background thread whenever `policy` says so, until `stop` is set.
-/// The thread ends with the first error (the store then refuses writes if it was an I/O
-/// failure of the log); the caller learns it from the handle.
+/// A failed compaction cleans up after itself (see [`Store::compact`]) and is logged, counted
+/// and retried after a backoff that doubles from [`COMPACTION_BACKOFF_MIN`] to
+/// [`COMPACTION_BACKOFF_MAX`]; meanwhile [`Store::health`] reports the compactor failing.
+/// The thread returns the number of compactions that succeeded.
 pub fn spawn_compactor<S>(
     owner: Arc<S>,
     policy: CompactionPolicy,
     stop: Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<Result<u64, StoreError>>
+) -> std::thread::JoinHandle<u64>
 where
     S: AsRef<Store> + Send + Sync + 'static,
 {
     std::thread::spawn(move || {
-        let mut compactions = 0;
+        let mut compactor = Compactor::new(policy);
         // Exported from the start, so an alert on errors has a series to watch.
         for outcome in ["ok", "error"] {
             metrics::counter!(COMPACTIONS_TOTAL, "outcome" => outcome).increment(0);
         }
+        let store = owner.as_ref().as_ref();
+        store.set_compactor(CompactorState::Running);
         while !stop.load(Ordering::Acquire) {
-            let store = owner.as_ref().as_ref();
-            metrics::gauge!(DELTA_KEYS).set(store.delta_keys() as f64);
-            let started = std::time::Instant::now();
-            match store.compact_if_needed(&policy) {
-                Ok(Some(_)) => {
-                    compactions += 1;
-                    metrics::histogram!(COMPACTION_SECONDS).record(started.elapsed());
-                    metrics::counter!(COMPACTIONS_TOTAL, "outcome" => "ok").increment(1);
-                }
-                Ok(None) => std::thread::sleep(policy.poll),
-                Err(e) => {
-                    metrics::counter!(COMPACTIONS_TOTAL, "outcome" => "error").increment(1);
-                    return Err(e);
-                }
+            let wait = compactor.step(store);
+            // Sleep in short steps so that a stop is seen within a tenth of a second.
+            let until = std::time::Instant::now() + wait;
+            while !stop.load(Ordering::Acquire) && std::time::Instant::now() < until {
+                std::thread::sleep(std::time::Duration::from_millis(100).min(wait));
             }
         }
-        Ok(compactions)
+        store.set_compactor(CompactorState::Stopped);
+        compactor.compactions
     })
+}
+
+/// The compactor's loop body, apart from the thread so that tests can drive it step by step.
+pub struct Compactor {
+    policy: CompactionPolicy,
+    failures: u32,
+    /// Compactions that succeeded.
+    pub compactions: u64,
+}
+
+impl Compactor {
+    /// A compactor that has not run yet.
+    pub fn new(policy: CompactionPolicy) -> Self {
+        Self {
+            policy,
+            failures: 0,
+            compactions: 0,
+        }
+    }
+
+    /// Compacts if the policy says so; returns how long to wait before the next step.
+    pub fn step(&mut self, store: &Store) -> std::time::Duration {
+        let started = std::time::Instant::now();
+        match store.compact_if_needed(&self.policy) {
+            Ok(Some(seq)) => {
+                self.compactions += 1;
+                metrics::histogram!(COMPACTION_SECONDS).record(started.elapsed());
+                metrics::counter!(COMPACTIONS_TOTAL, "outcome" => "ok").increment(1);
+                if self.failures > 0 {
+                    tracing::info!(
+                        seq,
+                        after_failures = self.failures,
+                        "compaction succeeded again"
+                    );
+                }
+                self.failures = 0;
+                store.set_compactor(CompactorState::Running);
+                std::time::Duration::ZERO
+            }
+            Ok(None) => self.policy.poll,
+            Err(e) => {
+                metrics::counter!(COMPACTIONS_TOTAL, "outcome" => "error").increment(1);
+                self.failures += 1;
+                let backoff = COMPACTION_BACKOFF_MIN
+                    .saturating_mul(1 << (self.failures - 1).min(16))
+                    .min(COMPACTION_BACKOFF_MAX);
+                tracing::error!(
+                    op = "compact",
+                    store = %store.fs.root().display(),
+                    error = %e,
+                    attempts = self.failures,
+                    retry_in_secs = backoff.as_secs(),
+                    "compaction failed; its files are removed and writes go on"
+                );
+                store.set_compactor(CompactorState::Failing {
+                    reason: e.to_string(),
+                    attempts: self.failures,
+                    retry_in_secs: backoff.as_secs(),
+                });
+                backoff
+            }
+        }
+    }
 }
 
 impl AsRef<Store> for Store {
@@ -435,7 +638,7 @@ impl Store {
         hash_key: HashKey,
     ) -> Result<Store, StoreError> {
         let counts = config.shard_counts()?;
-        let dir_lock = fs.lock().map_err(io_err(&*fs, fs::LOCK_NAME))?;
+        let dir_lock = fs.lock().map_err(io_err(&*fs, "lock", fs::LOCK_NAME))?;
         if fs.exists(manifest::NAME) {
             return Err(StoreError::Exists {
                 path: fs.root().to_owned(),
@@ -445,7 +648,7 @@ impl Store {
             .iter()
             .map(|&n| (0..n).map(|_| ShardBuilder::default()).collect())
             .collect();
-        install_snapshot(&*fs, hash_key, 0, &builders, &mut |_| {})?;
+        install_snapshot(&*fs, hash_key, 0, &builders, false, &mut |_| {})?;
         // `open` takes the lock again on its own descriptor; hand over.
         drop(dir_lock);
         Self::open(fs)
@@ -459,7 +662,7 @@ impl Store {
 
     /// As [`Store::open`], also saying what recovery did.
     pub fn open_with_report(fs: Arc<dyn Fs>) -> Result<(Store, Recovery), StoreError> {
-        let dir_lock = fs.lock().map_err(io_err(&*fs, fs::LOCK_NAME))?;
+        let dir_lock = fs.lock().map_err(io_err(&*fs, "lock", fs::LOCK_NAME))?;
         let m = add_missing_tables(&*fs, read_manifest(&*fs)?)?;
         let shards = open_shards(&*fs, &m)?;
         // Remove leftovers of interrupted installs: temp files, and shard files the manifest
@@ -470,9 +673,9 @@ impl Store {
                 (0..m.tables[t.index()].len()).map(move |s| shard_file_name(t, s as u16, m.seq))
             })
             .collect();
-        for name in fs.list().map_err(io_err(&*fs, ""))? {
+        for name in fs.list().map_err(io_err(&*fs, "list", ""))? {
             if name.ends_with(".tmp") || (name.ends_with(".snap") && !live.contains(&name)) {
-                fs.remove(&name).map_err(io_err(&*fs, &name))?;
+                fs.remove(&name).map_err(io_err(&*fs, "remove", &name))?;
             }
         }
         let tables: Vec<TableView> = shards
@@ -489,13 +692,29 @@ impl Store {
             ..Recovery::default()
         };
         let segments = list_segments(&*fs)?;
+        let missing = |seq: u64, what: String| StoreError::MissingLog {
+            path: fs.root().join(wal::segment_name(seq)),
+            what,
+        };
+        if m.log_required && segments.first().is_none_or(|(_, f)| *f > m.seq + 1) {
+            return Err(missing(
+                m.seq + 1,
+                format!(
+                    "missing: the MANIFEST (snapshot seq {}) says the log continues from change {} and no log segment holds it; restore the segment or the store from a backup",
+                    m.seq,
+                    m.seq + 1
+                ),
+            ));
+        }
         let mut last_seq = m.seq;
-        let mut prev: Option<u64> = None;
-        let mut keep_last: Option<(String, u64, bool)> = None;
+        // Last seq of the segment before, from its records (its first_seq − 1 when empty).
+        let mut prev_last: Option<u64> = None;
+        let mut keep_last: Option<(String, u64, bool, u16, u64)> = None;
         for (i, (name, first)) in segments.iter().enumerate() {
             let is_last = i + 1 == segments.len();
             let path = fs.root().join(name);
-            let bytes = fs.map(name).map_err(io_err(&*fs, name))?;
+            let bytes = fs.map(name).map_err(io_err(&*fs, "map", name))?;
+            let file_len = bytes.len() as u64;
             let scan = wal::scan(&path, &bytes, is_last)?;
             drop(bytes);
             if scan.first_seq != 0 && scan.first_seq != *first {
@@ -505,8 +724,25 @@ impl Store {
                     what: "segment header seq differs from its name",
                 });
             }
+            // Segments are contiguous by name: a gap that reaches past the snapshot means a
+            // segment was deleted or the one before was cut short.
+            let expected = prev_last.map_or(m.seq + 1, |p| p + 1);
+            if *first > expected && *first > m.seq + 1 {
+                let cause = match i.checked_sub(1) {
+                    Some(j) => format!(
+                        "changes {expected}..={} are missing: the segment that held them was deleted, or {} was cut short",
+                        first - 1,
+                        segments[j].0
+                    ),
+                    None => format!(
+                        "changes {expected}..={} are missing: the segment that held them was deleted",
+                        first - 1
+                    ),
+                };
+                return Err(missing(expected, cause));
+            }
             if let Some(c) = scan.changes.first()
-                && (prev.is_some_and(|p| c.seq != p + 1) || c.seq > m.seq + 1 && prev.is_none())
+                && prev_last.is_some_and(|p| c.seq != p + 1)
             {
                 return Err(StoreError::Corrupt {
                     path,
@@ -519,35 +755,67 @@ impl Store {
                     apply(&tables, c);
                     report.replayed += 1;
                 }
-                prev = Some(c.seq);
                 last_seq = last_seq.max(c.seq);
             }
+            let seg_last = scan.changes.last().map_or(first.saturating_sub(1), |c| c.seq);
+            prev_last = Some(seg_last);
+            if let Some(sealed) = scan.sealed
+                && is_last
+            {
+                return Err(missing(
+                    sealed + 1,
+                    format!(
+                        "missing: {name} is sealed at change {sealed}, so a segment holding change {} was written after it and is gone; restore it or the store from a backup",
+                        sealed + 1
+                    ),
+                ));
+            }
             if scan.torn {
-                report.torn_bytes = bytes_len(&*fs, name)? - scan.valid_len;
+                let cut = file_len - scan.valid_len;
+                tracing::warn!(
+                    op = "recover",
+                    file = %path.display(),
+                    offset = scan.valid_len,
+                    bytes = cut,
+                    last_seq = seg_last,
+                    "cut a torn tail from the log: those bytes held no acknowledged write"
+                );
+                report.torn_bytes += cut;
                 if scan.valid_len == 0 {
-                    fs.remove(name).map_err(io_err(&*fs, name))?;
-                    fs.sync_dir().map_err(io_err(&*fs, name))?;
+                    fs.remove(name).map_err(io_err(&*fs, "remove", name))?;
+                    fs.sync_dir().map_err(io_err(&*fs, "fsync-dir", name))?;
                     continue;
                 }
                 fs.truncate(name, scan.valid_len)
-                    .map_err(io_err(&*fs, name))?;
+                    .map_err(io_err(&*fs, "truncate", name))?;
             }
             if is_last {
-                keep_last = Some((name.clone(), *first, !scan.changes.is_empty()));
+                keep_last = Some((
+                    name.clone(),
+                    *first,
+                    !scan.changes.is_empty(),
+                    scan.version,
+                    scan.valid_len,
+                ));
             }
         }
+        metrics::gauge!(RECOVERY_CUT_BYTES).set(report.torn_bytes as f64);
         // Segments wholly covered by the snapshots are no longer needed.
         for w in segments.windows(2) {
-            if w[1].1 <= m.seq + 1 {
-                fs.remove(&w[0].0).map_err(io_err(&*fs, &w[0].0))?;
+            if w[1].1 <= m.seq + 1 && fs.exists(&w[0].0) {
+                fs.remove(&w[0].0).map_err(io_err(&*fs, "remove", &w[0].0))?;
             }
         }
         let next_seq = last_seq + 1;
         let log = match keep_last {
-            Some((name, first, has_changes)) if has_changes || first == next_seq => Log {
-                file: fs.append(&name).map_err(io_err(&*fs, &name))?,
-                first_seq: first,
-            },
+            Some((name, first, has_changes, version, len)) if has_changes || first == next_seq => {
+                Log {
+                    file: fs.append(&name).map_err(io_err(&*fs, "open", &name))?,
+                    first_seq: first,
+                    version,
+                    len,
+                }
+            }
             Some((name, ..)) => {
                 return Err(StoreError::Corrupt {
                     path: fs.root().join(name),
@@ -557,6 +825,14 @@ impl Store {
             }
             None => new_segment(&*fs, next_seq)?,
         };
+        if !m.log_required {
+            // A freshly built (or version 1) store: from now on its log must be found.
+            Manifest {
+                log_required: true,
+                ..m.clone()
+            }
+            .install(&*fs)?;
+        }
         let store = Store {
             _dir_lock: dir_lock,
             hash_key: m.hash_key,
@@ -572,15 +848,23 @@ impl Store {
                     .map(|_| PendingMap::default())
                     .collect(),
             }),
+            log_first_seq: AtomicU64::new(log.first_seq),
             log: Mutex::new(log),
             durable: AtomicU64::new(last_seq),
             flushing: Mutex::new(false),
             flushed: std::sync::Condvar::new(),
             failure: Mutex::new(None),
             compacting: Mutex::new(()),
+            epoch: std::time::Instant::now(),
+            log_io_since: AtomicU64::new(0),
+            compactor: Mutex::new(CompactorState::NotStarted),
+            corrupt: Mutex::new(None),
+            corrupt_logged_at: AtomicU64::new(0),
             fs,
         };
-        metrics::gauge!(WRITES_FAILED).set(0.0);
+        metrics::gauge!(WRITABLE).set(1.0);
+        // Exported from the start, so that the alert on it has a series to watch.
+        metrics::counter!(CORRUPT_READS_TOTAL).increment(0);
         Ok((store, report))
     }
 
@@ -633,7 +917,13 @@ impl Store {
             return Ok(f(v.as_deref()));
         }
         let shard = &t.shards[shard_of(h, t.shards.len())];
-        Ok(f(shard.get(h, key)?))
+        match shard.get(h, key) {
+            Ok(v) => Ok(f(v)),
+            Err(e) => {
+                self.read_failed(&e);
+                Err(e)
+            }
+        }
     }
 
     /// Looks up a batch of keys of one table, overlapping their memory misses: it prefetches
@@ -666,7 +956,7 @@ impl Store {
             for (i, h) in hashes.iter().enumerate().take(chunk.len()) {
                 if !delta[i] {
                     let shard = &t.shards[shard_of(*h, t.shards.len())];
-                    cand[i] = shard.candidate(*h)?;
+                    cand[i] = shard.candidate(*h).inspect_err(|e| self.read_failed(e))?;
                     if let Some(off) = cand[i] {
                         shard.prefetch_record(off);
                     }
@@ -681,7 +971,9 @@ impl Store {
                 let v = match cand[i] {
                     None => None,
                     Some(off) => {
-                        t.shards[shard_of(hashes[i], t.shards.len())].get_at(off, hashes[i], k)?
+                        t.shards[shard_of(hashes[i], t.shards.len())]
+                            .get_at(off, hashes[i], k)
+                            .inspect_err(|e| self.read_failed(e))?
                     }
                 };
                 f(chunk_start + i, v);
@@ -704,11 +996,13 @@ impl Store {
                 || t.frozen.as_ref().is_some_and(|fz| fz.map.contains_key(k))
         };
         for shard in &t.shards {
-            shard.for_each(|k, v| {
-                if !overridden(k) {
-                    f(k, v)
-                }
-            })?;
+            shard
+                .for_each(|k, v| {
+                    if !overridden(k) {
+                        f(k, v)
+                    }
+                })
+                .inspect_err(|e| self.read_failed(e))?;
         }
         if let Some(fz) = &t.frozen {
             for e in fz.map.iter() {
@@ -766,11 +1060,64 @@ impl Store {
         }
     }
 
+    /// Puts the store in read-only mode after a log failure, logging it (once, at ERROR) with
+    /// the operation, the file and the OS error.
     fn fail(&self, e: &StoreError) -> StoreError {
         let mut f = lock(&self.failure);
-        let reason = f.get_or_insert_with(|| e.to_string()).clone();
-        metrics::gauge!(WRITES_FAILED).set(1.0);
+        let first = f.is_none();
+        let reason = f.get_or_insert_with(|| failure_reason(e)).clone();
+        drop(f);
+        if first {
+            metrics::gauge!(WRITABLE).set(0.0);
+            tracing::error!(
+                error = %e,
+                "store read-only: {reason}; lookups go on, writes are refused until mykeyd is restarted"
+            );
+        }
         StoreError::Failed { reason }
+    }
+
+    /// What the store can do right now (see [`Health::problems`]).
+    pub fn health(&self) -> Health {
+        let since = self.log_io_since.load(Ordering::Acquire);
+        let log_io = (since != 0).then(|| {
+            let began = std::time::Duration::from_nanos(since - 1);
+            (
+                self.epoch.elapsed().saturating_sub(began),
+                wal::segment_name(self.log_first_seq.load(Ordering::Acquire)),
+            )
+        });
+        Health {
+            read_only: lock(&self.failure).clone(),
+            log_io,
+            compactor: lock(&self.compactor).clone(),
+            corrupt: lock(&self.corrupt).clone(),
+            delta_keys: self.delta_keys(),
+        }
+    }
+
+    /// Records what the compactor is doing, for [`Store::health`].
+    pub fn set_compactor(&self, state: CompactorState) {
+        *lock(&self.compactor) = state;
+    }
+
+    /// A read found a corrupt record: remembered for readiness, counted, and logged at ERROR
+    /// (at most once per `CORRUPT_LOG_EVERY_SECS`, naming the file and offset).
+    #[cold]
+    #[inline(never)]
+    fn read_failed(&self, e: &StoreError) {
+        metrics::counter!(CORRUPT_READS_TOTAL).increment(1);
+        lock(&self.corrupt).get_or_insert_with(|| e.to_string());
+        let now = self.epoch.elapsed().as_secs() + 1;
+        let last = self.corrupt_logged_at.load(Ordering::Relaxed);
+        if (last == 0 || now >= last + CORRUPT_LOG_EVERY_SECS)
+            && self
+                .corrupt_logged_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::error!(op = "read", error = %e, "refused a corrupt snapshot read; run `mykeyd snapshot verify` and restore the shard from a backup");
+        }
     }
 
     /// Returns once the change `seq` is durable (fsync'd) and visible. A waiter that finds no
@@ -782,7 +1129,8 @@ impl Store {
             if self.durable_seq() >= seq {
                 return Ok(());
             }
-            self.check_failed()?;
+            // The change is queued: if the log failed, it may be in the file or not.
+            self.check_failed().map_err(unknown_outcome)?;
             if *flushing {
                 // A leader is writing; it wakes everyone when done. Waiting here rather than
                 // on the log lock matters: a writer whose change the leader took must not queue
@@ -799,7 +1147,7 @@ impl Store {
             flushing = lock(&self.flushing);
             *flushing = false;
             self.flushed.notify_all();
-            r?;
+            r.map_err(unknown_outcome)?;
         }
     }
 
@@ -822,13 +1170,44 @@ impl Store {
     fn write_log(&self, log: &mut Log, buf: &[u8]) -> Result<(), StoreError> {
         let name = wal::segment_name(log.first_seq);
         let started = std::time::Instant::now();
-        let r = log
-            .file
-            .write_all(buf)
-            .and_then(|()| log.file.sync())
-            .map_err(io_err(&*self.fs, &name));
+        let r = self.log_io(|| {
+            log.file
+                .write_all(buf)
+                .map_err(io_err(&*self.fs, "append", &name))?;
+            log.file.sync().map_err(io_err(&*self.fs, "fsync", &name))
+        });
         metrics::histogram!(WAL_FSYNC_SECONDS).record(started.elapsed());
+        log.len += buf.len() as u64;
         r.map_err(|e| self.fail(&e))
+    }
+
+    /// Seals a segment the log has rotated away from (its successor is durable): recovery then
+    /// knows that a segment must follow it. A seal that cannot be written leaves a valid,
+    /// unsealed segment, so it is logged and not fatal.
+    fn seal(&self, mut old: Log, last_seq: u64) {
+        if old.version < 2 {
+            return;
+        }
+        let name = wal::segment_name(old.first_seq);
+        let r = self.log_io(|| {
+            old.file
+                .write_all(&wal::seal(last_seq, old.len))
+                .map_err(io_err(&*self.fs, "append", &name))?;
+            old.file.sync().map_err(io_err(&*self.fs, "fsync", &name))
+        });
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "could not seal the previous log segment; it stays valid, unsealed");
+        }
+    }
+
+    /// Runs one write or fsync of the log, marking it in progress for [`Store::health`], so
+    /// that a stuck one is seen while it hangs.
+    fn log_io<R>(&self, f: impl FnOnce() -> R) -> R {
+        let began = self.epoch.elapsed().as_nanos() as u64 + 1;
+        self.log_io_since.store(began, Ordering::Release);
+        let r = f();
+        self.log_io_since.store(0, Ordering::Release);
+        r
     }
 
     /// Makes durable changes visible: applies their puts to the active delta and drops them
@@ -866,7 +1245,8 @@ impl Store {
     /// Compacts when the policy says the delta has grown enough. Returns the new snapshot seq
     /// if it compacted.
     pub fn compact_if_needed(&self, policy: &CompactionPolicy) -> Result<Option<u64>, StoreError> {
-        if self.delta_keys() < policy.delta_keys_max {
+        // An empty delta is never worth a compaction, whatever the policy says.
+        if self.delta_keys() < policy.delta_keys_max.max(1) {
             return Ok(None);
         }
         self.compact().map(Some)
@@ -930,7 +1310,24 @@ impl Store {
             .iter()
             .flat_map(|t| t.shards.iter().map(|s| s.name().to_owned()))
             .collect();
-        install_snapshot(&*self.fs, self.hash_key, seq, &builders, progress)?;
+        // Whether the new MANIFEST's rename is known durable: only then may the files and log
+        // segments it supersedes go.
+        let mut settled = true;
+        if let Err(e) = install_snapshot(&*self.fs, self.hash_key, seq, &builders, true, progress)
+        {
+            match read_manifest(&*self.fs) {
+                Ok(m) if m.seq == seq => {
+                    // The MANIFEST was renamed into place but the directory fsync failed: the
+                    // new snapshot is live, the old one must stay until a restart settles it.
+                    tracing::warn!(error = %e, seq, "compaction installed its MANIFEST but could not sync the directory; the old snapshot files and log stay until the next open");
+                    settled = false;
+                }
+                _ => {
+                    self.remove_unlisted(seq);
+                    return Err(e);
+                }
+            }
+        }
         let m = read_manifest(&*self.fs)?;
         let shards = open_shards(&*self.fs, &m)?;
         {
@@ -951,18 +1348,63 @@ impl Store {
                 snap_seq: seq,
             }));
         }
-        // The old files are no longer named by the manifest; readers still holding the old
-        // view keep their mappings (unlinking a mapped file is safe on POSIX).
-        for name in old {
-            self.fs.remove(&name).map_err(io_err(&*self.fs, &name))?;
+        if !settled {
+            return Ok(seq);
         }
-        for (name, first) in list_segments(&*self.fs)? {
-            if first <= seq {
-                self.fs.remove(&name).map_err(io_err(&*self.fs, &name))?;
+        // The old files are no longer named by the manifest; readers still holding the old
+        // view keep their mappings (unlinking a mapped file is safe on POSIX). A file that
+        // cannot be removed is logged and left for the next open, which removes what the
+        // MANIFEST does not name: the compaction itself has succeeded.
+        let segments = list_segments(&*self.fs).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "compaction could not list the log segments it folded; the next open removes them");
+            Vec::new()
+        });
+        let folded = segments
+            .into_iter()
+            .filter(|(_, first)| *first <= seq)
+            .map(|(n, _)| n);
+        for name in old.into_iter().chain(folded) {
+            if let Err(e) = self.fs.remove(&name).map_err(io_err(&*self.fs, "remove", &name)) {
+                tracing::error!(error = %e, "compaction could not remove a file it superseded; the next open removes it");
             }
         }
-        self.fs.sync_dir().map_err(io_err(&*self.fs, ""))?;
+        if let Err(e) = self.fs.sync_dir().map_err(io_err(&*self.fs, "fsync-dir", "")) {
+            tracing::error!(error = %e, "compaction could not sync the directory after removing superseded files");
+        }
         Ok(seq)
+    }
+
+    /// After a failed compaction to `seq`: removes every file it wrote (its shard files,
+    /// named with `seq`, and every `.tmp`), none of which the MANIFEST names, so that a
+    /// compaction that failed for lack of space gives the space back. Each removal that fails
+    /// is logged; the next open removes what is left.
+    fn remove_unlisted(&self, seq: u64) {
+        let suffix = format!("-{seq:016x}.snap");
+        let names = match self.fs.list() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(op = "list", dir = %self.fs.root().display(), error = %e, "cannot list the store to remove a failed compaction's files");
+                return;
+            }
+        };
+        let mut removed = 0;
+        for name in names {
+            if !(name.ends_with(&suffix) || name.ends_with(".tmp")) {
+                continue;
+            }
+            match self.fs.remove(&name) {
+                Ok(()) => removed += 1,
+                Err(e) => tracing::error!(op = "remove", file = %self.fs.root().join(&name).display(), error = %e, "cannot remove a failed compaction's file"),
+            }
+        }
+        if let Err(e) = self.fs.sync_dir() {
+            tracing::error!(op = "fsync-dir", dir = %self.fs.root().display(), error = %e, "cannot sync the store directory after removing a failed compaction's files");
+        }
+        tracing::info!(
+            seq,
+            removed,
+            "removed the files of the failed compaction"
+        );
     }
 
     /// Undoes a freeze after a failed fold: every frozen entry that no later write has
@@ -1009,8 +1451,34 @@ impl Store {
         if seq == self.view.load().snap_seq {
             return Ok(None);
         }
-        // A failure here leaves the log in an unknown state: stop writes, as for fsync.
-        *log = new_segment(&*self.fs, seq + 1).map_err(|e| self.fail(&e))?;
+        // A retry after a failed compaction finds the log already rotated to `seq + 1`.
+        if log.first_seq != seq + 1 {
+            match self.log_io(|| new_segment(&*self.fs, seq + 1)) {
+                Ok(new) => {
+                    let old = std::mem::replace(&mut *log, new);
+                    self.log_first_seq.store(seq + 1, Ordering::Release);
+                    self.seal(old, seq);
+                }
+                Err(e) => {
+                    // The old segment is intact and still the log, so writes can go on once
+                    // the new segment's remains are gone; if they cannot be removed, a restart
+                    // would misread them, so writes stop.
+                    let name = wal::segment_name(seq + 1);
+                    if self.fs.exists(&name) {
+                        let cleared = self
+                            .fs
+                            .remove(&name)
+                            .and_then(|()| self.fs.sync_dir())
+                            .map_err(io_err(&*self.fs, "remove", &name));
+                        if let Err(e2) = cleared {
+                            tracing::error!(error = %e2, "cannot remove a log segment whose creation failed");
+                            return Err(self.fail(&e));
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
         let cur = self.view.load();
         let tables = cur
             .tables
@@ -1029,8 +1497,26 @@ impl Store {
     }
 }
 
-fn bytes_len(fs: &dyn Fs, name: &str) -> Result<u64, StoreError> {
-    Ok(fs.map(name).map_err(io_err(fs, name))?.len() as u64)
+/// The one-line reason a failure gives readiness: `fsync failed on wal-….log: <OS error>`.
+fn failure_reason(e: &StoreError) -> String {
+    match e {
+        StoreError::Io { op, path, source } => {
+            let file = path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            format!("{op} failed on {file}: {source}")
+        }
+        e => e.to_string(),
+    }
+}
+
+/// A failure met while waiting for a queued change: its outcome is unknown.
+fn unknown_outcome(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Failed { reason } => StoreError::OutcomeUnknown { reason },
+        e => e,
+    }
 }
 
 /// Applies a change's puts to the active deltas.
@@ -1044,19 +1530,23 @@ fn apply(tables: &[TableView], c: &Change) {
 
 fn new_segment(fs: &dyn Fs, first_seq: u64) -> Result<Log, StoreError> {
     let name = wal::segment_name(first_seq);
-    let err = io_err(fs, &name);
-    let mut file = fs.create(&name).map_err(&err)?;
+    let mut file = fs.create(&name).map_err(io_err(fs, "create", &name))?;
     file.write_all(&wal::segment_header(first_seq))
-        .and_then(|()| file.sync())
-        .map_err(&err)?;
-    fs.sync_dir().map_err(&err)?;
-    Ok(Log { file, first_seq })
+        .map_err(io_err(fs, "write", &name))?;
+    file.sync().map_err(io_err(fs, "fsync", &name))?;
+    fs.sync_dir().map_err(io_err(fs, "fsync-dir", &name))?;
+    Ok(Log {
+        file,
+        first_seq,
+        version: wal::VERSION,
+        len: wal::SEGMENT_HEADER_LEN as u64,
+    })
 }
 
 fn list_segments(fs: &dyn Fs) -> Result<Vec<(String, u64)>, StoreError> {
     let mut v: Vec<(String, u64)> = fs
         .list()
-        .map_err(io_err(fs, ""))?
+        .map_err(io_err(fs, "list", ""))?
         .into_iter()
         .filter_map(|n| wal::parse_segment_name(&n).map(|s| (n, s)))
         .collect();
@@ -1071,7 +1561,7 @@ pub fn read_manifest(fs: &dyn Fs) -> Result<Manifest, StoreError> {
             path: fs.root().to_owned(),
         });
     }
-    let bytes = fs.map(manifest::NAME).map_err(io_err(fs, manifest::NAME))?;
+    let bytes = fs.map(manifest::NAME).map_err(io_err(fs, "map", manifest::NAME))?;
     Manifest::decode(fs.root().join(manifest::NAME), &bytes, Table::ALL.len())
 }
 
@@ -1148,6 +1638,7 @@ pub fn install_snapshot(
     hash_key: HashKey,
     seq: u64,
     builders: &[Vec<ShardBuilder>],
+    log_required: bool,
     progress: &mut dyn FnMut(&str),
 ) -> Result<(), StoreError> {
     let mut tables = Vec::with_capacity(builders.len());
@@ -1177,11 +1668,13 @@ pub fn install_snapshot(
         }
         tables.push(entries);
     }
-    fs.sync_dir().map_err(io_err(fs, ""))?;
+    fs.sync_dir().map_err(io_err(fs, "fsync-dir", ""))?;
     Manifest {
         seq,
         hash_key,
         tables,
+        log_required,
+        version: manifest::VERSION,
     }
     .install(fs)
 }
@@ -1304,6 +1797,10 @@ pub struct SegmentInfo {
     pub bytes: u64,
     /// Whether it ends in a torn tail (cut on the next open).
     pub torn: bool,
+    /// Its format version.
+    pub version: u16,
+    /// Whether it is sealed (a later segment continues the log).
+    pub sealed: bool,
 }
 
 /// Reads a store's manifest, shard headers and log without modifying anything. With
@@ -1333,7 +1830,7 @@ pub fn inspect(
     let mut segments = Vec::new();
     let list = list_segments(fs)?;
     for (i, (name, first)) in list.iter().enumerate() {
-        let bytes = fs.map(name).map_err(io_err(fs, name))?;
+        let bytes = read_unmapped(fs, name)?;
         let scan = wal::scan(&fs.root().join(name), &bytes, i + 1 == list.len())?;
         segments.push(SegmentInfo {
             name: name.clone(),
@@ -1341,6 +1838,8 @@ pub fn inspect(
             changes: scan.changes.len() as u64,
             bytes: bytes.len() as u64,
             torn: scan.torn,
+            version: scan.version,
+            sealed: scan.sealed.is_some(),
         });
         progress(name);
     }
@@ -1352,12 +1851,23 @@ pub fn inspect(
     })
 }
 
+/// Reads a whole file with `read()`, never a mapping: the read-only tools read log segments
+/// this way, because a server recovering meanwhile may truncate a segment's torn tail, and a
+/// mapping of the cut bytes would fault (SIGBUS) instead of failing.
+pub(crate) fn read_unmapped(fs: &dyn Fs, name: &str) -> Result<Vec<u8>, StoreError> {
+    let mut bytes = Vec::new();
+    fs.open_read(name)
+        .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut bytes))
+        .map_err(io_err(fs, "read", name))?;
+    Ok(bytes)
+}
+
 /// Calls `f` with every change in the log, oldest first, without modifying anything: the
 /// audit trail of who changed what, and when, since the last compaction.
 pub fn read_log(fs: &dyn Fs, mut f: impl FnMut(&Change)) -> Result<(), StoreError> {
     let list = list_segments(fs)?;
     for (i, (name, _)) in list.iter().enumerate() {
-        let bytes = fs.map(name).map_err(io_err(fs, name))?;
+        let bytes = read_unmapped(fs, name)?;
         let scan = wal::scan(&fs.root().join(name), &bytes, i + 1 == list.len())?;
         scan.changes.iter().for_each(&mut f);
     }

@@ -230,10 +230,7 @@ impl ShardFile {
         expect_header_crc: u32,
     ) -> Result<Self, StoreError> {
         let path = fs.root().join(name);
-        let bytes = fs.map(name).map_err(|source| StoreError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let bytes = fs.map(name).map_err(super::io_err(fs, "map", name))?;
         if bytes.len() as u64 != expect_len {
             return Err(StoreError::Corrupt {
                 path,
@@ -763,18 +760,15 @@ impl ShardBuilder {
         };
         let head = header.encode();
         let tmp = format!("{name}.tmp");
-        let io = |source| StoreError::Io {
-            path: fs.root().join(&tmp),
-            source,
-        };
-        let mut f = fs.create(&tmp).map_err(io)?;
-        f.write_all(&head).map_err(io)?;
+        let io = |op| super::io_err(fs, op, &tmp);
+        let mut f = fs.create(&tmp).map_err(io("create"))?;
+        f.write_all(&head).map_err(io("write"))?;
         for chunk in body.chunks(1 << 20).chain(overflow.chunks(1 << 20)) {
-            f.write_all(chunk).map_err(io)?;
+            f.write_all(chunk).map_err(io("write"))?;
         }
-        f.sync().map_err(io)?;
+        f.sync().map_err(io("fsync"))?;
         drop(f);
-        fs.rename(&tmp, name).map_err(io)?;
+        fs.rename(&tmp, name).map_err(io("rename"))?;
         Ok(Ok(Written {
             len: (HEADER_LEN + area + overflow.len()) as u64,
             header_crc: le_u32(&head, 60),

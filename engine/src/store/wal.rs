@@ -12,8 +12,13 @@ use crate::id::{ActorId, Timestamp};
 
 /// Magic of a log segment.
 pub const MAGIC: [u8; 8] = *b"MYKEYWAL";
-/// Format version of log segments.
-pub const VERSION: u16 = 1;
+/// Format version this build writes. Version 2 segments may end with a seal
+/// ([`seal`]); version 1 segments never do, and still open.
+pub const VERSION: u16 = 2;
+/// Length field that marks a seal instead of a record: above any record's `CHANGE_LEN_MAX`.
+pub const SEAL_MARKER: u32 = u32::MAX;
+/// Seal size: marker u32, CRC u32, last seq u64, segment length before the seal u64.
+pub const SEAL_LEN: usize = 24;
 /// Segment header size.
 pub const SEGMENT_HEADER_LEN: usize = 32;
 /// Record frame: payload length u32, CRC u32, seq u64.
@@ -46,6 +51,19 @@ pub fn segment_header(first_seq: u64) -> [u8; SEGMENT_HEADER_LEN] {
     let crc = crc32c::crc32c(&h[..28]);
     h[28..32].copy_from_slice(&crc.to_le_bytes());
     h
+}
+
+/// The seal that closes a segment once the next one is durable: it says which seq the
+/// segment ends at and how long it is, so a missing successor or a shortened sealed segment is
+/// detected on open instead of silently losing changes.
+pub fn seal(last_seq: u64, len: u64) -> [u8; SEAL_LEN] {
+    let mut b = [0u8; SEAL_LEN];
+    b[0..4].copy_from_slice(&SEAL_MARKER.to_le_bytes());
+    b[8..16].copy_from_slice(&last_seq.to_le_bytes());
+    b[16..24].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32c::crc32c(&b[8..]);
+    b[4..8].copy_from_slice(&crc.to_le_bytes());
+    b
 }
 
 /// One write to one table: `value: None` deletes the key.
@@ -199,6 +217,11 @@ pub struct Scan {
     pub valid_len: u64,
     /// Whether a torn tail was found after `valid_len`.
     pub torn: bool,
+    /// The segment's format version.
+    pub version: u16,
+    /// The last seq its seal names, when the segment is sealed (the seal follows
+    /// `valid_len`).
+    pub sealed: Option<u64>,
 }
 
 /// Scans one segment's bytes. `last` says whether it is the newest segment, the only one
@@ -217,6 +240,8 @@ pub fn scan(path: &Path, bytes: &[u8], last: bool) -> Result<Scan, StoreError> {
                 changes: Vec::new(),
                 valid_len: 0,
                 torn: true,
+                version: VERSION,
+                sealed: None,
             });
         }
         return Err(corrupt(0, "log segment shorter than its header"));
@@ -243,8 +268,30 @@ pub fn scan(path: &Path, bytes: &[u8], last: bool) -> Result<Scan, StoreError> {
     let mut changes: Vec<Change> = Vec::new();
     let mut at = SEGMENT_HEADER_LEN;
     let mut torn = false;
+    let mut sealed = None;
     while at < bytes.len() {
         let rest = &bytes[at..];
+        if version >= 2 && rest.len() <= SEAL_LEN && rest.iter().take(4).all(|&b| b == 0xFF) {
+            let last_seq = changes.last().map_or(first_seq.wrapping_sub(1), |c| c.seq);
+            if rest.len() == SEAL_LEN
+                && crc32c::crc32c(&rest[8..]) == u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]])
+            {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&rest[8..16]);
+                let named = u64::from_le_bytes(w);
+                w.copy_from_slice(&rest[16..24]);
+                if named != last_seq || u64::from_le_bytes(w) != at as u64 {
+                    return Err(corrupt(at, "the seal does not match the records before it"));
+                }
+                sealed = Some(named);
+            } else {
+                // A seal cut short by a crash: it is written only after the next segment is
+                // durable and every record here was fsync'd, so the records stand and the
+                // segment counts as unsealed (its partial seal is cut like a torn tail).
+                torn = true;
+            }
+            break;
+        }
         let bad = |what: &'static str, ends_at_eof: bool| {
             let zero_tail = rest.iter().all(|&b| b == 0);
             if last && (ends_at_eof || zero_tail) {
@@ -259,6 +306,9 @@ pub fn scan(path: &Path, bytes: &[u8], last: bool) -> Result<Scan, StoreError> {
             break;
         }
         let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if len == SEAL_MARKER as usize && version >= 2 {
+            return Err(corrupt(at, "bytes after the seal"));
+        }
         if len > CHANGE_LEN_MAX {
             bad("record length over the limit", false)?;
             torn = true;
@@ -292,6 +342,8 @@ pub fn scan(path: &Path, bytes: &[u8], last: bool) -> Result<Scan, StoreError> {
         changes,
         valid_len: at as u64,
         torn,
+        version,
+        sealed,
     })
 }
 
@@ -390,6 +442,32 @@ mod tests {
             scan(Path::new("x"), &b, false).expect("scan").changes.len(),
             2
         );
+    }
+
+    #[test]
+    fn a_seal_names_the_last_seq_and_a_cut_seal_leaves_the_records() {
+        let mut b = segment(3);
+        let len = b.len() as u64;
+        b.extend_from_slice(&seal(3, len));
+        let s = scan(Path::new("x"), &b, false).expect("sealed");
+        assert_eq!((s.sealed, s.changes.len(), s.torn), (Some(3), 3, false));
+        assert_eq!(s.valid_len, len);
+        // A seal that lies about the last seq, or sits after a cut record, is corruption.
+        let mut lying = segment(3);
+        lying.extend_from_slice(&seal(2, len));
+        assert!(matches!(
+            scan(Path::new("x"), &lying, false),
+            Err(StoreError::Corrupt { .. })
+        ));
+        // A seal cut short by a crash (in any segment) leaves an unsealed segment.
+        for cut in 1..SEAL_LEN {
+            let s = scan(Path::new("x"), &b[..len as usize + cut], false).expect("partial seal");
+            assert_eq!((s.sealed, s.changes.len(), s.torn), (None, 3, true), "cut {cut}");
+        }
+        // Bytes after a seal are corruption.
+        let mut after = b.clone();
+        change(4).encode(&mut after).expect("encode");
+        assert!(scan(Path::new("x"), &after, true).is_err());
     }
 
     #[test]
