@@ -90,9 +90,7 @@ fn compaction_runs_in_the_background_without_blocking_or_losing_anything() {
         std::thread::sleep(Duration::from_millis(5));
     }
     stop.store(true, Ordering::Release);
-    let compactions = compactor
-        .join()
-        .expect("thread");
+    let compactions = compactor.join().expect("thread");
     assert!(compactions >= 1, "no background compaction ran");
     assert!(reg.store().snapshot_seq() > 0);
     drop(reg);

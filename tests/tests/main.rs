@@ -13,3 +13,4 @@ mod ops;
 mod population;
 mod process_kill;
 mod server;
+mod storage_faults;

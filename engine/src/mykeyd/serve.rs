@@ -299,8 +299,8 @@ async fn run(
     let fs: Arc<dyn Fs> = Arc::new(
         RealFs::new(&cfg.store.dir).map_err(|e| format!("{}: {e}", cfg.store.dir.display()))?,
     );
-    let (registry, rec) = Registry::open_with_report(fs, RegistryConfig::default())
-        .map_err(|e| {
+    let (registry, rec) =
+        Registry::open_with_report(fs, RegistryConfig::default()).map_err(|e| {
             let e = format!("{}: {e}", cfg.store.dir.display());
             tracing::error!(op = "open", error = %e, "cannot open the store");
             e

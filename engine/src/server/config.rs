@@ -292,14 +292,12 @@ impl Config {
                 continue;
             };
             let rest = rest.to_ascii_lowercase();
-            let known = rest
-                .split_once('_')
-                .and_then(|(section, key)| {
-                    SECTIONS
-                        .iter()
-                        .find(|(s, _)| *s == section)
-                        .map(|(s, keys)| (*s, key, *keys))
-                });
+            let known = rest.split_once('_').and_then(|(section, key)| {
+                SECTIONS
+                    .iter()
+                    .find(|(s, _)| *s == section)
+                    .map(|(s, keys)| (*s, key, *keys))
+            });
             let Some((section, key, keys)) = known else {
                 ignored.push(format!(
                     "{k}: ignored: it names no section of mykeyd.toml ({}), so it is not an override",
@@ -390,10 +388,11 @@ impl Config {
     /// Checks every value against its range; the message names the key, or the environment
     /// variable it came from, and the valid range.
     fn validate(&self, origins: &BTreeMap<(String, String), String>) -> Result<(), String> {
-        let name = |section: &str, key: &str| match origins.get(&(section.to_owned(), key.to_owned())) {
-            Some(var) => format!("{section}.{key} (from environment variable {var})"),
-            None => format!("{section}.{key}"),
-        };
+        let name =
+            |section: &str, key: &str| match origins.get(&(section.to_owned(), key.to_owned())) {
+                Some(var) => format!("{section}.{key} (from environment variable {var})"),
+                None => format!("{section}.{key}"),
+            };
         let range = |section: &str, key: &str, v: usize, lo: usize, hi: usize| {
             if (lo..=hi).contains(&v) {
                 Ok(())
@@ -404,10 +403,28 @@ impl Config {
                 ))
             }
         };
-        range("store", "compact_delta_keys", self.store.compact_delta_keys, 1, COMPACT_DELTA_KEYS_MAX)?;
+        range(
+            "store",
+            "compact_delta_keys",
+            self.store.compact_delta_keys,
+            1,
+            COMPACT_DELTA_KEYS_MAX,
+        )?;
         let l = &self.limits;
-        range("limits", "connections_max", l.connections_max, 1, CONNECTIONS_MAX_MAX)?;
-        range("limits", "in_flight_max", l.in_flight_max, 1, IN_FLIGHT_MAX_MAX)?;
+        range(
+            "limits",
+            "connections_max",
+            l.connections_max,
+            1,
+            CONNECTIONS_MAX_MAX,
+        )?;
+        range(
+            "limits",
+            "in_flight_max",
+            l.in_flight_max,
+            1,
+            IN_FLIGHT_MAX_MAX,
+        )?;
         range(
             "limits",
             "writes_in_flight_max",
@@ -608,5 +625,145 @@ mod tests {
             .to_string();
         assert!(e.contains("listn"), "{e}");
         assert!(parse("[server", &[]).is_err());
+    }
+
+    #[test]
+    fn values_out_of_range_are_refused_with_their_range() {
+        for (from, to, key, range) in [
+            (
+                "compact_delta_keys = 1000000",
+                "compact_delta_keys = 0",
+                "store.compact_delta_keys",
+                "1..=100000000",
+            ),
+            (
+                "in_flight_max = 4096",
+                "in_flight_max = 0",
+                "limits.in_flight_max",
+                "1..=65536",
+            ),
+            (
+                "connections_max = 20000",
+                "connections_max = 0",
+                "limits.connections_max",
+                "1..=100000",
+            ),
+            (
+                "writes_in_flight_max = 256",
+                "writes_in_flight_max = 1000",
+                "limits.writes_in_flight_max",
+                "1..=384",
+            ),
+            (
+                "rate_per_identity = 5000",
+                "rate_per_identity = 2000000",
+                "limits.rate_per_identity",
+                "0 (no limit) or 1..=1000000",
+            ),
+            (
+                "write_timeout = \"5s\"",
+                "write_timeout = \"30s\"",
+                "limits.write_timeout",
+                "100 ms..=25 s",
+            ),
+            (
+                "write_timeout = \"5s\"",
+                "write_timeout = \"50ms\"",
+                "limits.write_timeout",
+                "100 ms..=25 s",
+            ),
+            (
+                "challenge_ttl_secs = 120",
+                "challenge_ttl_secs = 0",
+                "jpki.challenge_ttl_secs",
+                "10..=3600",
+            ),
+            (
+                "leaf_cache_entries = 65536",
+                "leaf_cache_entries = 0",
+                "jpki.leaf_cache_entries",
+                "1..=16777216",
+            ),
+        ] {
+            let text = example_text();
+            assert!(text.contains(from), "{from}");
+            let e = parse(&text.replace(from, to), &[])
+                .expect_err(to)
+                .to_string();
+            assert!(e.contains(key) && e.contains(range), "{to}: {e}");
+        }
+        let e = parse(&example_text().replace("\"5s\"", "\"soon\""), &[])
+            .expect_err("not a duration")
+            .to_string();
+        assert!(e.contains("not a duration"), "{e}");
+        let c = parse(&example_text().replace("\"5s\"", "\"250ms\""), &[]).expect("250ms");
+        assert_eq!(c.limits.write_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn an_override_is_named_as_the_variable_it_came_from() {
+        // Out of range.
+        let e = parse(&example_text(), &[("MYKEYD_STORE_COMPACT_DELTA_KEYS", "0")])
+            .expect_err("zero")
+            .to_string();
+        assert!(
+            e.contains("MYKEYD_STORE_COMPACT_DELTA_KEYS") && e.contains("1..=100000000"),
+            "{e}"
+        );
+        // Of the wrong type.
+        let e = parse(&example_text(), &[("MYKEYD_LIMITS_IN_FLIGHT_MAX", "many")])
+            .expect_err("text")
+            .to_string();
+        assert!(
+            e.contains("environment variable MYKEYD_LIMITS_IN_FLIGHT_MAX"),
+            "{e}"
+        );
+        // A typo of a key of a known section is refused, naming the variable and the keys.
+        let e = parse(&example_text(), &[("MYKEYD_STORE_COMPACT_DELTA_KEY", "5")])
+            .expect_err("typo")
+            .to_string();
+        assert!(
+            e.contains("environment variable MYKEYD_STORE_COMPACT_DELTA_KEY")
+                && e.contains("compact_delta_keys"),
+            "{e}"
+        );
+        assert!(!e.contains("mykeyd.toml: unknown field"), "{e}");
+    }
+
+    /// A script's `MYKEYD_BIN`, and what Kubernetes injects into every pod of a namespace with
+    /// a Service named `mykeyd` (`MYKEYD_PORT`, `MYKEYD_SERVICE_HOST`, `MYKEYD_PORT_4433_UDP…`),
+    /// name no section: they are not overrides, and the node starts with a warning for each.
+    #[test]
+    fn variables_that_only_share_the_prefix_are_ignored_with_a_warning() {
+        let env = [
+            ("MYKEYD_BIN", "/usr/local/bin/mykeyd"),
+            ("MYKEYD_PORT", "udp://10.0.0.7:4433"),
+            ("MYKEYD_SERVICE_HOST", "10.0.0.7"),
+            ("MYKEYD_SERVICE_PORT", "4433"),
+            ("MYKEYD_PORT_4433_UDP", "udp://10.0.0.7:4433"),
+            ("MYKEYD_PORT_4433_UDP_PROTO", "udp"),
+            ("MYKEYD_LOG_LEVEL", "debug"),
+        ];
+        let c = parse(&example_text(), &env).expect("starts");
+        assert_eq!(c.log.level, "debug");
+        assert_eq!(c.ignored_env.len(), 6, "{:?}", c.ignored_env);
+        for (var, _) in &env[..6] {
+            assert!(
+                c.ignored_env
+                    .iter()
+                    .any(|w| w.starts_with(var) && w.contains("ignored")),
+                "{var}: {:?}",
+                c.ignored_env
+            );
+        }
+        // A Service named `mykeyd-server` would inject MYKEYD_SERVER_PORT: that names the
+        // [server] section, so it is refused as a typo (RUNBOOK: enableServiceLinks: false).
+        let e = parse(
+            &example_text(),
+            &[("MYKEYD_SERVER_PORT", "tcp://10.0.0.7:4433")],
+        )
+        .expect_err("collides with [server]")
+        .to_string();
+        assert!(e.contains("MYKEYD_SERVER_PORT"), "{e}");
     }
 }

@@ -160,7 +160,8 @@ fn copy_once(
                 if k == 0 {
                     return Ok(n);
                 }
-                out.write_all(&buf[..k]).map_err(io_err(dest, "write", &name))?;
+                out.write_all(&buf[..k])
+                    .map_err(io_err(dest, "write", &name))?;
                 n += k as u64;
             }
         })?;

@@ -454,17 +454,98 @@ impl Fs for SimFs {
     }
 }
 
-/// A predicate on file names, for [`TracedFs::fail_create`].
-pub type NameFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
+/// An operation a [`Faults`] can break.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultOp {
+    /// Creating a file.
+    Create,
+    /// Appending to a file.
+    Write,
+    /// Fsyncing a file.
+    Sync,
+    /// Renaming a file (matched on the source name).
+    Rename,
+}
+
+/// Failures and stalls armed on a [`TracedFs`], changeable while the store runs: the seam
+/// through which tests give the store a full disk (ENOSPC), a failing one (EIO) or a hung one
+/// (an fsync that does not return until released).
+#[derive(Default)]
+pub struct Faults {
+    armed: Mutex<Vec<(FaultOp, String, i32)>>,
+    stalled: Mutex<bool>,
+    unstalled: std::sync::Condvar,
+    /// Syncs waiting in a stall now.
+    stalled_now: AtomicU64,
+}
+
+impl Faults {
+    /// From now on `op` on a file whose name ends with `suffix` fails with OS error `errno`.
+    pub fn arm(&self, op: FaultOp, suffix: &str, errno: i32) {
+        self.lock_armed().push((op, suffix.to_owned(), errno));
+    }
+
+    /// Disarms every failure.
+    pub fn clear(&self) {
+        self.lock_armed().clear();
+    }
+
+    /// From now on every file sync blocks until [`Faults::release_syncs`].
+    pub fn stall_syncs(&self) {
+        *self.stalled.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+
+    /// Lets stalled syncs (and later ones) go on.
+    pub fn release_syncs(&self) {
+        *self.stalled.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.unstalled.notify_all();
+    }
+
+    /// How many syncs are blocked in a stall now.
+    pub fn stalled_now(&self) -> u64 {
+        self.stalled_now.load(Ordering::Acquire)
+    }
+
+    fn lock_armed(&self) -> MutexGuard<'_, Vec<(FaultOp, String, i32)>> {
+        // Poisoned only by a test's own panic.
+        self.armed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check(&self, op: FaultOp, name: &str) -> io::Result<()> {
+        match self
+            .lock_armed()
+            .iter()
+            .find(|(o, suffix, _)| *o == op && name.ends_with(suffix.as_str()))
+        {
+            Some((.., errno)) => Err(io::Error::from_raw_os_error(*errno)),
+            None => Ok(()),
+        }
+    }
+
+    fn wait_if_stalled(&self) {
+        let mut stalled = self.stalled.lock().unwrap_or_else(|e| e.into_inner());
+        if !*stalled {
+            return;
+        }
+        self.stalled_now.fetch_add(1, Ordering::AcqRel);
+        while *stalled {
+            stalled = self
+                .unstalled
+                .wait(stalled)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        self.stalled_now.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Forwards every operation to another [`Fs`], so that benchmarks and tests can watch or
-/// break it: it counts file fsyncs, and fails `create` for names `fail_create` picks.
+/// break it: it counts file fsyncs, and fails or stalls the operations [`Faults`] names.
 pub struct TracedFs {
     inner: Arc<dyn Fs>,
     /// File fsyncs so far.
     pub syncs: Arc<AtomicU64>,
-    /// When set, creating a file whose name it accepts fails with an I/O error.
-    pub fail_create: Option<NameFilter>,
+    /// The failures and stalls armed.
+    pub faults: Arc<Faults>,
 }
 
 impl TracedFs {
@@ -473,29 +554,36 @@ impl TracedFs {
         Self {
             inner,
             syncs: Arc::default(),
-            fail_create: None,
+            faults: Arc::default(),
         }
     }
 
-    fn traced(&self, file: Box<dyn WriteFile>) -> Box<dyn WriteFile> {
+    fn traced(&self, name: &str, file: Box<dyn WriteFile>) -> Box<dyn WriteFile> {
         Box::new(TracedFile {
             inner: file,
+            name: name.to_owned(),
             syncs: self.syncs.clone(),
+            faults: self.faults.clone(),
         })
     }
 }
 
 struct TracedFile {
     inner: Box<dyn WriteFile>,
+    name: String,
     syncs: Arc<AtomicU64>,
+    faults: Arc<Faults>,
 }
 
 impl WriteFile for TracedFile {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.faults.check(FaultOp::Write, &self.name)?;
         self.inner.write_all(buf)
     }
     fn sync(&mut self) -> io::Result<()> {
         self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.faults.wait_if_stalled();
+        self.faults.check(FaultOp::Sync, &self.name)?;
         self.inner.sync()
     }
 }
@@ -513,16 +601,18 @@ impl Fs for TracedFs {
     fn map(&self, name: &str) -> io::Result<Mapped> {
         self.inner.map(name)
     }
+    fn open_read(&self, name: &str) -> io::Result<Box<dyn io::Read + Send>> {
+        self.inner.open_read(name)
+    }
     fn create(&self, name: &str) -> io::Result<Box<dyn WriteFile>> {
-        if self.fail_create.as_ref().is_some_and(|f| f(name)) {
-            return Err(io::Error::other("create refused by TracedFs"));
-        }
-        Ok(self.traced(self.inner.create(name)?))
+        self.faults.check(FaultOp::Create, name)?;
+        Ok(self.traced(name, self.inner.create(name)?))
     }
     fn append(&self, name: &str) -> io::Result<Box<dyn WriteFile>> {
-        Ok(self.traced(self.inner.append(name)?))
+        Ok(self.traced(name, self.inner.append(name)?))
     }
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.faults.check(FaultOp::Rename, from)?;
         self.inner.rename(from, to)
     }
     fn remove(&self, name: &str) -> io::Result<()> {

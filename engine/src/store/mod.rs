@@ -369,12 +369,17 @@ pub struct Health {
 impl Health {
     /// The reasons the store cannot do its whole job, one line each; empty when it can.
     pub fn problems(&self) -> Vec<String> {
+        self.problems_with(FSYNC_STUCK_AFTER)
+    }
+
+    /// As [`Health::problems`], calling a log fsync stuck once it has run `stuck_after`.
+    pub fn problems_with(&self, stuck_after: std::time::Duration) -> Vec<String> {
         let mut v = Vec::new();
         if let Some(r) = &self.read_only {
             v.push(format!("store read-only: {r}"));
         }
         if let Some((age, file)) = &self.log_io
-            && *age >= FSYNC_STUCK_AFTER
+            && *age >= stuck_after
         {
             v.push(format!("fsync stuck for {} s on {file}", age.as_secs()));
         }
@@ -757,7 +762,10 @@ impl Store {
                 }
                 last_seq = last_seq.max(c.seq);
             }
-            let seg_last = scan.changes.last().map_or(first.saturating_sub(1), |c| c.seq);
+            let seg_last = scan
+                .changes
+                .last()
+                .map_or(first.saturating_sub(1), |c| c.seq);
             prev_last = Some(seg_last);
             if let Some(sealed) = scan.sealed
                 && is_last
@@ -803,7 +811,8 @@ impl Store {
         // Segments wholly covered by the snapshots are no longer needed.
         for w in segments.windows(2) {
             if w[1].1 <= m.seq + 1 && fs.exists(&w[0].0) {
-                fs.remove(&w[0].0).map_err(io_err(&*fs, "remove", &w[0].0))?;
+                fs.remove(&w[0].0)
+                    .map_err(io_err(&*fs, "remove", &w[0].0))?;
             }
         }
         let next_seq = last_seq + 1;
@@ -970,11 +979,9 @@ impl Store {
                 }
                 let v = match cand[i] {
                     None => None,
-                    Some(off) => {
-                        t.shards[shard_of(hashes[i], t.shards.len())]
-                            .get_at(off, hashes[i], k)
-                            .inspect_err(|e| self.read_failed(e))?
-                    }
+                    Some(off) => t.shards[shard_of(hashes[i], t.shards.len())]
+                        .get_at(off, hashes[i], k)
+                        .inspect_err(|e| self.read_failed(e))?,
                 };
                 f(chunk_start + i, v);
             }
@@ -1313,8 +1320,7 @@ impl Store {
         // Whether the new MANIFEST's rename is known durable: only then may the files and log
         // segments it supersedes go.
         let mut settled = true;
-        if let Err(e) = install_snapshot(&*self.fs, self.hash_key, seq, &builders, true, progress)
-        {
+        if let Err(e) = install_snapshot(&*self.fs, self.hash_key, seq, &builders, true, progress) {
             match read_manifest(&*self.fs) {
                 Ok(m) if m.seq == seq => {
                     // The MANIFEST was renamed into place but the directory fsync failed: the
@@ -1364,11 +1370,19 @@ impl Store {
             .filter(|(_, first)| *first <= seq)
             .map(|(n, _)| n);
         for name in old.into_iter().chain(folded) {
-            if let Err(e) = self.fs.remove(&name).map_err(io_err(&*self.fs, "remove", &name)) {
+            if let Err(e) = self
+                .fs
+                .remove(&name)
+                .map_err(io_err(&*self.fs, "remove", &name))
+            {
                 tracing::error!(error = %e, "compaction could not remove a file it superseded; the next open removes it");
             }
         }
-        if let Err(e) = self.fs.sync_dir().map_err(io_err(&*self.fs, "fsync-dir", "")) {
+        if let Err(e) = self
+            .fs
+            .sync_dir()
+            .map_err(io_err(&*self.fs, "fsync-dir", ""))
+        {
             tracing::error!(error = %e, "compaction could not sync the directory after removing superseded files");
         }
         Ok(seq)
@@ -1394,17 +1408,15 @@ impl Store {
             }
             match self.fs.remove(&name) {
                 Ok(()) => removed += 1,
-                Err(e) => tracing::error!(op = "remove", file = %self.fs.root().join(&name).display(), error = %e, "cannot remove a failed compaction's file"),
+                Err(e) => {
+                    tracing::error!(op = "remove", file = %self.fs.root().join(&name).display(), error = %e, "cannot remove a failed compaction's file")
+                }
             }
         }
         if let Err(e) = self.fs.sync_dir() {
             tracing::error!(op = "fsync-dir", dir = %self.fs.root().display(), error = %e, "cannot sync the store directory after removing a failed compaction's files");
         }
-        tracing::info!(
-            seq,
-            removed,
-            "removed the files of the failed compaction"
-        );
+        tracing::info!(seq, removed, "removed the files of the failed compaction");
     }
 
     /// Undoes a freeze after a failed fold: every frozen entry that no later write has
@@ -1561,7 +1573,9 @@ pub fn read_manifest(fs: &dyn Fs) -> Result<Manifest, StoreError> {
             path: fs.root().to_owned(),
         });
     }
-    let bytes = fs.map(manifest::NAME).map_err(io_err(fs, "map", manifest::NAME))?;
+    let bytes = fs
+        .map(manifest::NAME)
+        .map_err(io_err(fs, "map", manifest::NAME))?;
     Manifest::decode(fs.root().join(manifest::NAME), &bytes, Table::ALL.len())
 }
 
@@ -1879,7 +1893,6 @@ mod tests {
     use super::*;
     use crate::id::{ActorId, Timestamp};
     use fs::{SimFs, TracedFs};
-    use std::sync::atomic::AtomicBool;
 
     fn put(store: &Store, k: &[u8], v: &[u8]) {
         let mut tx = store.write().expect("write");
@@ -1897,26 +1910,21 @@ mod tests {
     #[test]
     fn a_failed_compaction_loses_nothing_and_the_next_one_folds_it_all() {
         let sim = SimFs::new(5);
-        // Creating snapshot files fails while `fail` is set.
-        let fail = Arc::new(AtomicBool::new(false));
-        let mut traced = TracedFs::new(Arc::new(sim.clone()));
-        let flag = fail.clone();
-        traced.fail_create = Some(Box::new(move |name| {
-            flag.load(Ordering::Relaxed) && name.ends_with(".snap.tmp")
-        }));
+        let traced = TracedFs::new(Arc::new(sim.clone()));
+        let faults = traced.faults.clone();
         let store = Store::create(Arc::new(traced), StoreConfig::default()).expect("create");
         put(&store, b"a", b"1");
         put(&store, b"b", b"1");
-        fail.store(true, Ordering::Relaxed);
+        faults.arm(fs::FaultOp::Create, ".snap.tmp", 28);
         assert!(store.compact().is_err());
-        fail.store(false, Ordering::Relaxed);
+        faults.clear();
         put(&store, b"b", b"2");
         put(&store, b"c", b"2");
         // Everything written before the failed compaction is still visible, and a second
         // failed attempt (whose freeze would replace the first frozen delta) loses nothing.
-        fail.store(true, Ordering::Relaxed);
+        faults.arm(fs::FaultOp::Create, ".snap.tmp", 28);
         assert!(store.compact().is_err());
-        fail.store(false, Ordering::Relaxed);
+        faults.clear();
         for (k, v) in [(&b"a"[..], &b"1"[..]), (b"b", b"2"), (b"c", b"2")] {
             assert_eq!(
                 value(&store, k).as_deref(),

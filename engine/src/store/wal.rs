@@ -274,7 +274,8 @@ pub fn scan(path: &Path, bytes: &[u8], last: bool) -> Result<Scan, StoreError> {
         if version >= 2 && rest.len() <= SEAL_LEN && rest.iter().take(4).all(|&b| b == 0xFF) {
             let last_seq = changes.last().map_or(first_seq.wrapping_sub(1), |c| c.seq);
             if rest.len() == SEAL_LEN
-                && crc32c::crc32c(&rest[8..]) == u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]])
+                && crc32c::crc32c(&rest[8..])
+                    == u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]])
             {
                 let mut w = [0u8; 8];
                 w.copy_from_slice(&rest[8..16]);
@@ -462,7 +463,11 @@ mod tests {
         // A seal cut short by a crash (in any segment) leaves an unsealed segment.
         for cut in 1..SEAL_LEN {
             let s = scan(Path::new("x"), &b[..len as usize + cut], false).expect("partial seal");
-            assert_eq!((s.sealed, s.changes.len(), s.torn), (None, 3, true), "cut {cut}");
+            assert_eq!(
+                (s.sealed, s.changes.len(), s.torn),
+                (None, 3, true),
+                "cut {cut}"
+            );
         }
         // Bytes after a seal are corruption.
         let mut after = b.clone();
