@@ -575,3 +575,147 @@ fn restore_drill_a_live_backup_restores_into_a_serving_store() {
         "the restored store is the backup's"
     );
 }
+
+/// Runs `mykeyd serve --config DIR/mykeyd.toml --check-config` with `env`; returns whether it
+/// succeeded and what it wrote to stderr.
+fn check_config(dir: &Path, env: &[(&str, &str)]) -> (bool, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_mykeyd"))
+        .args(["serve", "--check-config", "--config"])
+        .arg(dir.join("mykeyd.toml"))
+        .envs(env.iter().copied())
+        .output()
+        .expect("mykeyd");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// `--check-config` opens what `serve` will use and names the first problem: each damage an
+/// operator met that it used to call usable.
+#[test]
+fn check_config_opens_everything_and_names_the_first_problem() {
+    let base = dir("check-config");
+    let d = Daemon::init(&base.0);
+    // Give the store a log of two changes (a bulk-built store has none yet).
+    {
+        let fs: Arc<dyn Fs> = Arc::new(RealFs::new(d.dir.join("store")).expect("dir"));
+        let r = Registry::open(fs, RegistryConfig::default()).expect("open");
+        for name in ["X-1", "X-2"] {
+            r.register_provider(
+                now(),
+                mykey_engine::id::ActorId::parse(b"t").expect("a"),
+                p(name),
+            )
+            .expect("provider");
+        }
+    }
+    let (ok, err) = check_config(&d.dir, &[]);
+    assert!(ok, "a sound setup: {err}");
+    let copy = |tag: &str| {
+        let c = dir(&format!("check-config-{tag}"));
+        let status = Command::new("cp")
+            .arg("-r")
+            .arg(&d.dir)
+            .arg(&c.0)
+            .status()
+            .expect("cp");
+        assert!(status.success());
+        c
+    };
+    fn flip(path: PathBuf, at: usize) {
+        let mut b = std::fs::read(&path).expect("read");
+        b[at] ^= 0x10;
+        std::fs::write(&path, b).expect("write");
+    }
+    fn file_named(dir: &Path, prefix: &str) -> PathBuf {
+        std::fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(prefix))
+            })
+            .unwrap_or_else(|| panic!("no {prefix}*"))
+    }
+    type Damage = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Damage, &str)> = vec![
+        (
+            "manifest",
+            Box::new(|c| flip(c.join("store/MANIFEST"), 20)),
+            "MANIFEST: corrupt",
+        ),
+        (
+            "snapshot",
+            Box::new(|c| {
+                std::fs::remove_file(file_named(&c.join("store"), "ids-0000-")).expect("rm")
+            }),
+            "ids-0000-",
+        ),
+        (
+            "log",
+            Box::new(|c| flip(file_named(&c.join("store"), "wal-"), 32 + 20)),
+            "corrupt at offset 32",
+        ),
+        (
+            "key",
+            Box::new(|c| {
+                std::fs::copy(
+                    c.join("pki/terminals/counter.key"),
+                    c.join("pki/server.key"),
+                )
+                .expect("cp");
+            }),
+            "server.pem",
+        ),
+    ];
+    for (tag, damage, expect) in cases {
+        let c = copy(tag);
+        damage(&c.0);
+        let (ok, err) = check_config(&c.0, &[]);
+        assert!(!ok, "{tag}: called usable");
+        assert!(err.contains(expect), "{tag}: {err}");
+    }
+    // A held lock: the store is open in this process.
+    {
+        let fs: Arc<dyn Fs> = Arc::new(RealFs::new(d.dir.join("store")).expect("dir"));
+        let _open = Registry::open(fs, RegistryConfig::default()).expect("open");
+        let (ok, err) = check_config(&d.dir, &[]);
+        assert!(
+            !ok && err.contains("LOCK") && err.contains("another process"),
+            "{err}"
+        );
+    }
+    // Ports in use.
+    {
+        let _udp = UdpSocket::bind(d.quic).expect("take the QUIC port");
+        let (ok, err) = check_config(&d.dir, &[]);
+        assert!(!ok && err.contains("server.listen"), "{err}");
+    }
+    {
+        let _tcp = TcpListener::bind(d.admin).expect("take the admin port");
+        let (ok, err) = check_config(&d.dir, &[]);
+        assert!(!ok && err.contains("server.admin_listen"), "{err}");
+    }
+    // Environment: a typo is refused naming the variable; a stranger's variable is ignored.
+    let (ok, err) = check_config(&d.dir, &[("MYKEYD_STORE_COMPACT_DELTA_KEY", "5")]);
+    assert!(
+        !ok && err.contains("MYKEYD_STORE_COMPACT_DELTA_KEY"),
+        "{err}"
+    );
+    let (ok, err) = check_config(&d.dir, &[("MYKEYD_STORE_COMPACT_DELTA_KEYS", "0")]);
+    assert!(!ok && err.contains("1..=100000000"), "{err}");
+    let (ok, err) = check_config(
+        &d.dir,
+        &[
+            ("MYKEYD_BIN", "/usr/local/bin/mykeyd"),
+            ("MYKEYD_PORT", "udp://10.0.0.7:4433"),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("MYKEYD_BIN: ignored") && err.contains("MYKEYD_PORT: ignored"),
+        "{err}"
+    );
+}

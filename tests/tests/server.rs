@@ -505,3 +505,138 @@ async fn one_certificate_over_its_rate_is_refused_and_others_are_not() {
         .expect("another identity is served");
     server.shutdown().await;
 }
+
+/// A disk whose fsync hangs: writes hold only their own budget and are answered
+/// `OUTCOME_UNKNOWN` at the write deadline (one past the budget is `BUSY`), lookups go on being
+/// answered, `/readyz` says why, a drain finishes within its grace, and once the fsync returns a
+/// retry of the same request learns that it was applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_fsync_times_writes_out_as_unknown_and_reads_go_on() {
+    use mykey_engine::server::admin::{self, Readiness};
+    use mykey_engine::store::fs::TracedFs;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let net = Net::new();
+    let dir = TempDir::new("server-stuck-fsync");
+    drop(registry(&dir, true));
+    let traced = TracedFs::new(Arc::new(RealFs::new(dir.path()).expect("dir")));
+    let faults = traced.faults.clone();
+    let reg = Registry::open(Arc::new(traced), RegistryConfig::default()).expect("open");
+    let limits = mykey_engine::server::Limits {
+        in_flight_max: 2,
+        writes_in_flight_max: 2,
+        write_timeout: std::time::Duration::from_millis(300),
+        ..mykey_engine::server::Limits::default()
+    };
+    let service = Arc::new(Service {
+        registry: reg,
+        jpki: pki().jpki(),
+        clock: now,
+    });
+    let server = Server::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        net.pki.server_tls(Vec::new()),
+        service.clone(),
+        limits,
+    )
+    .expect("server starts");
+    let addr = server.local_addr().expect("addr");
+    let ready = Arc::new(Readiness::default());
+    let probed = service.clone();
+    // The production probe calls an fsync stuck after 5 s; this one at once, so that the test
+    // waits on the seam, never on the clock.
+    ready.set_probe(Box::new(move || {
+        probed
+            .registry
+            .store()
+            .health()
+            .problems_with(std::time::Duration::ZERO)
+    }));
+    ready.set_phase(None);
+    let (admin_addr, _admin) = admin::serve("127.0.0.1:0".parse().expect("addr"), ready.clone())
+        .await
+        .expect("admin");
+    let readyz = || async move {
+        let mut s = tokio::net::TcpStream::connect(admin_addr)
+            .await
+            .expect("admin");
+        s.write_all(b"GET /readyz HTTP/1.1\r\n\r\n")
+            .await
+            .expect("ask");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("answer");
+        out
+    };
+    assert!(readyz().await.starts_with("HTTP/1.1 200"));
+
+    let operator = net.client(addr, "operator").await;
+    let counter = net.client(addr, "counter-a").await;
+    faults.stall_syncs();
+    let (o1, o2) = (
+        net.client(addr, "operator").await,
+        net.client(addr, "operator").await,
+    );
+    let first = tokio::spawn(async move { o1.register_provider(provider("C-γ1-0003")).await });
+    let second = tokio::spawn(async move { o2.register_provider(provider("D-δ1-0004")).await });
+    while faults.stalled_now() == 0 {
+        tokio::task::yield_now().await;
+    }
+    // Lookups are answered while the writes wait, more of them than the write budget.
+    for _ in 0..20 {
+        assert_eq!(
+            counter
+                .lookup(
+                    provider("A-α1-0001"),
+                    MyKeyId::parse(b"1C2410DF79DGEL").expect("id")
+                )
+                .await
+                .expect("a lookup is answered"),
+            Lookup::UnknownId
+        );
+    }
+    let r = readyz().await;
+    assert!(
+        r.starts_with("HTTP/1.1 503") && r.contains("not ready: fsync stuck for "),
+        "{r}"
+    );
+    assert_eq!(status(first.await.expect("task")), Status::OutcomeUnknown);
+    assert_eq!(status(second.await.expect("task")), Status::OutcomeUnknown);
+    // Both writes' threads still wait for the fsync and hold the write budget.
+    let e = operator
+        .register_provider(provider("E-ε1-0005"))
+        .await
+        .expect_err("over the write budget");
+    assert_eq!(e.status(), Some(Status::Busy));
+    assert!(e.to_string().contains("writes in flight"), "{e}");
+    // A drain finishes within its grace with the fsync still stuck.
+    let drained = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        server.drain(std::time::Duration::from_secs(2)),
+    )
+    .await;
+    assert!(drained.is_ok(), "the drain waited for the stuck fsync");
+    assert!(service.registry.store().health().log_io.is_some());
+    faults.release_syncs();
+    while service.registry.store().health().log_io.is_some() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // The writes answered OUTCOME_UNKNOWN were applied: a retry of the same request says so.
+    let server = Server::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        net.pki.server_tls(Vec::new()),
+        service,
+        limits,
+    )
+    .expect("server starts again");
+    let operator = net
+        .client(server.local_addr().expect("addr"), "operator")
+        .await;
+    assert!(
+        !operator
+            .register_provider(provider("C-γ1-0003"))
+            .await
+            .expect("retry"),
+        "already registered"
+    );
+    server.shutdown().await;
+}
