@@ -1,9 +1,12 @@
 //! Golden files: a store written by format version 1 is committed under `snapshots/golden/v1/`
-//! (snapshot shards from a bulk build, plus log records from live writes). It must keep opening
-//! and answering the same lookups in every later release.
+//! (snapshot shards from a bulk build, plus log records from live writes), and one written by
+//! version 2 (MANIFEST with the log-required flag, a sealed log segment and its successor)
+//! under `snapshots/golden/v2/`. Each must keep opening and answering the same lookups in every
+//! later release.
 //!
 //! Regenerate only when adding a *new* version's directory, never for an existing one:
-//! `cargo test -p mykey-tests -- --ignored write_golden_v1` writes `snapshots/golden/v1-new/`.
+//! `cargo test -p mykey-tests -- --ignored write_golden` writes `snapshots/golden/v2-new/`
+//! (the v1 directory was written the same way, without the failed compaction).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -91,10 +94,61 @@ fn golden_v1_still_opens_and_answers_the_same() {
     check_expected(&reg);
 }
 
+/// A version 1 store opens, and its first writable open upgrades it: the MANIFEST becomes
+/// version 2 with the log required, so a log segment deleted afterwards is found missing.
+#[test]
+fn golden_v1_is_upgraded_by_its_first_writable_open() {
+    let d = TempDir::new("golden-upgrade");
+    copy_dir(&golden_dir("v1"), d.path());
+    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(d.path()).expect("dir"));
+    let before = inspect(&*fs, false, &mut |_| {}).expect("inspect");
+    assert_eq!(
+        (before.manifest.version, before.manifest.log_required),
+        (1, false)
+    );
+    drop(Registry::open(fs.clone(), RegistryConfig::default()).expect("opens"));
+    let after = inspect(&*fs, false, &mut |_| {}).expect("inspect");
+    assert_eq!(
+        (after.manifest.version, after.manifest.log_required),
+        (2, true)
+    );
+    check_expected(&Registry::open(fs, RegistryConfig::default()).expect("reopens"));
+    std::fs::remove_file(d.path().join("wal-0000000000000001.log")).expect("remove");
+    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(d.path()).expect("dir"));
+    assert!(matches!(
+        Registry::open(fs, RegistryConfig::default()),
+        Err(mykey_engine::registry::RegistryError::Store(
+            mykey_engine::store::StoreError::MissingLog { .. }
+        ))
+    ));
+}
+
+#[test]
+fn golden_v2_still_opens_and_answers_the_same() {
+    let d = TempDir::new("golden-v2");
+    copy_dir(&golden_dir("v2"), d.path());
+    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(d.path()).expect("dir"));
+    let ins = inspect(&*fs, true, &mut |_| {}).expect("golden v2 verifies");
+    assert_eq!(ins.manifest.hash_key, HashKey([0x1234, 0x5678]));
+    assert_eq!((ins.manifest.version, ins.manifest.log_required), (2, true));
+    let shape: Vec<(u16, bool, u64)> = ins
+        .segments
+        .iter()
+        .map(|s| (s.version, s.sealed, s.changes))
+        .collect();
+    assert_eq!(
+        shape,
+        vec![(2, true, 1), (2, false, 4)],
+        "a sealed segment and its successor"
+    );
+    let reg = Registry::open(fs, RegistryConfig::default()).expect("golden v2 opens");
+    check_expected(&reg);
+}
+
 #[test]
 #[ignore = "writes a new golden directory; run by hand for a new format version"]
-fn write_golden_v1() {
-    let out = golden_dir("v1-new");
+fn write_golden() {
+    let out = golden_dir("v2-new");
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).expect("dir");
     let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../snapshots/sample");
@@ -118,7 +172,9 @@ fn write_golden_v1() {
         &mut |_| {},
     )
     .expect("build");
-    let reg = Registry::open(fs, RegistryConfig::default()).expect("open");
+    let traced = mykey_engine::store::fs::TracedFs::new(fs);
+    let faults = traced.faults.clone();
+    let reg = Registry::open(Arc::new(traced), RegistryConfig::default()).expect("open");
     reg.link(
         at(10),
         actor("lib-terminal-1"),
@@ -128,6 +184,10 @@ fn write_golden_v1() {
         false,
     )
     .expect("link");
+    // A compaction that fails after rotating the log: the first segment is sealed.
+    faults.arm(mykey_engine::store::fs::FaultOp::Create, ".snap.tmp", 28);
+    assert!(reg.store().compact().is_err());
+    faults.clear();
     let c = reg
         .describe(&id("997794E9AGCIEG"))
         .expect("ok")
