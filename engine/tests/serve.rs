@@ -42,6 +42,8 @@ struct Daemon {
     dir: PathBuf,
     /// Where the server's sd_notify messages arrive (`NOTIFY_SOCKET`), as systemd's would.
     notify: Option<UnixDatagram>,
+    /// Environment overrides the server starts with.
+    env: Vec<(String, String)>,
 }
 
 impl Drop for Daemon {
@@ -103,6 +105,7 @@ impl Daemon {
             quic,
             dir: dir.to_owned(),
             notify: None,
+            env: Vec::new(),
         }
     }
 
@@ -118,6 +121,7 @@ impl Daemon {
             .args(["serve", "--config"])
             .arg(self.dir.join("mykeyd.toml"))
             .env("NOTIFY_SOCKET", &sock_path)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stderr(log)
             .stdout(Stdio::null())
             .spawn()
@@ -718,4 +722,157 @@ fn check_config_opens_everything_and_names_the_first_problem() {
         err.contains("MYKEYD_BIN: ignored") && err.contains("MYKEYD_PORT: ignored"),
         "{err}"
     );
+}
+
+/// A file system frozen under a serving node (`fsfreeze`, the way an operator's snapshot tool
+/// or a hung volume stops every write): a write is answered `OUTCOME_UNKNOWN` at its deadline,
+/// lookups go on, `/readyz` says the fsync is stuck, and SIGTERM reaches its exit within the
+/// drain grace with exit status 3, losing no acknowledged write. Needs root and a loop device
+/// (CI has both); skipped with a message otherwise.
+#[test]
+fn sigterm_with_a_frozen_store_exits_3_within_the_grace_and_loses_nothing() {
+    let base = dir("frozen");
+    std::fs::create_dir_all(&base.0).expect("dir");
+    let img = base.0.join("store.img");
+    let mnt = base.0.join("mnt");
+    std::fs::create_dir_all(&mnt).expect("mnt");
+    let run = |cmd: &str, args: &[&std::ffi::OsStr]| {
+        Command::new(cmd)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let made = std::fs::File::create(&img)
+        .and_then(|f| f.set_len(64 << 20))
+        .is_ok()
+        && run("mkfs.ext4", &["-q".as_ref(), img.as_os_str()])
+        && run(
+            "mount",
+            &[
+                "-o".as_ref(),
+                "loop".as_ref(),
+                img.as_os_str(),
+                mnt.as_os_str(),
+            ],
+        );
+    if !made {
+        eprintln!("SKIPPED: cannot mount a loop file system here (needs root and mkfs.ext4)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    struct Thaw(PathBuf);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            let _ = Command::new("fsfreeze").arg("-u").arg(&self.0).status();
+        }
+    }
+    let mut d = Daemon::init(&base.0.join("dev"));
+    // Declared after the daemon, so dropped before it: on a failure the file system thaws
+    // before the daemon's drop waits for the killed process.
+    let thaw = Thaw(mnt.clone());
+    let store = mnt.join("store");
+    assert!(run(
+        "cp",
+        &[
+            "-r".as_ref(),
+            d.dir.join("store").as_os_str(),
+            store.as_os_str()
+        ]
+    ));
+    d.env = vec![
+        ("MYKEYD_STORE_DIR".into(), store.display().to_string()),
+        ("MYKEYD_LIMITS_WRITE_TIMEOUT".into(), "500ms".into()),
+    ];
+    d.start();
+    let rt = rt();
+    let operator = rt.block_on(d.client("operator")).expect("connect");
+    let counter = rt.block_on(d.client("counter")).expect("connect");
+    assert!(
+        rt.block_on(operator.register_provider(p("FROZEN-1")))
+            .expect("acknowledged")
+    );
+    assert!(
+        Command::new("fsfreeze")
+            .arg("-f")
+            .arg(&mnt)
+            .status()
+            .expect("fsfreeze")
+            .success()
+    );
+    let e = rt
+        .block_on(operator.register_provider(p("FROZEN-2")))
+        .expect_err("no answer but an unknown outcome");
+    assert_eq!(
+        e.status(),
+        Some(mykey_engine::wire::Status::OutcomeUnknown),
+        "{e}"
+    );
+    assert_eq!(
+        rt.block_on(counter.lookup(p("A-α1-0001"), id("1C2410DF79DGEL")))
+            .expect("a lookup is answered"),
+        Lookup::Linked(ServiceId::parse(b"ABCDEFGHI").expect("service"))
+    );
+    // The write stays stuck: /readyz turns to "fsync stuck" once it is past 5 s.
+    let t = Instant::now();
+    let readyz = loop {
+        let r = http_get(d.admin, "/readyz");
+        if r.contains("fsync stuck for") || t.elapsed() > Duration::from_secs(60) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        readyz.starts_with("HTTP/1.1 503") && readyz.contains("fsync stuck for"),
+        "{readyz}"
+    );
+    let metrics = http_get(d.admin, "/metrics");
+    assert!(metrics.contains("\nmykey_ready 0"), "{metrics}");
+    assert!(
+        !metrics.contains("\nmykey_wal_fsync_age_seconds 0\n"),
+        "{metrics}"
+    );
+    d.signal("-TERM");
+    let t = Instant::now();
+    while !d.log().contains("stopped with a log fsync stuck") {
+        assert!(
+            t.elapsed() < Duration::from_secs(45),
+            "no exit within the unit's 45 s: {}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The stuck thread sits in the kernel until the file system thaws; then the process ends.
+    assert!(
+        Command::new("fsfreeze")
+            .arg("-u")
+            .arg(&mnt)
+            .status()
+            .expect("fsfreeze")
+            .success()
+    );
+    let status = d.wait();
+    assert_eq!(status.code(), Some(3), "{}", d.log());
+    // Nothing acknowledged is lost.
+    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(&store).expect("dir"));
+    let r = Registry::open(fs, RegistryConfig::default()).expect("reopens");
+    assert!(
+        !r.register_provider(
+            now(),
+            mykey_engine::id::ActorId::parse(b"t").expect("a"),
+            p("FROZEN-1")
+        )
+        .map(|o| o == mykey_engine::registry::ProviderOutcome::Registered)
+        .expect("answer"),
+        "the acknowledged write is there"
+    );
+    drop(r);
+    drop(thaw);
 }
