@@ -51,11 +51,12 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Encodes the manifest.
+    /// Encodes the manifest as its `version` (what was decoded re-encodes to the same bytes;
+    /// [`Manifest::install`] writes [`VERSION`]).
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(256);
         b.extend_from_slice(&MAGIC);
-        b.extend_from_slice(&VERSION.to_le_bytes());
+        b.extend_from_slice(&self.version.to_le_bytes());
         b.extend_from_slice(&(self.tables.len() as u16).to_le_bytes());
         b.extend_from_slice(&[0; 4]);
         b.extend_from_slice(&self.seq.to_le_bytes());
@@ -185,9 +186,13 @@ impl Manifest {
     /// Installs this manifest atomically: temp file, fsync, rename, directory fsync.
     pub fn install(&self, fs: &dyn Fs) -> Result<(), StoreError> {
         let tmp = format!("{NAME}.tmp");
+        let bytes = Manifest {
+            version: VERSION,
+            ..self.clone()
+        }
+        .encode();
         let mut f = fs.create(&tmp).map_err(io_err(fs, "create", &tmp))?;
-        f.write_all(&self.encode())
-            .map_err(io_err(fs, "write", &tmp))?;
+        f.write_all(&bytes).map_err(io_err(fs, "write", &tmp))?;
         f.sync().map_err(io_err(fs, "fsync", &tmp))?;
         drop(f);
         fs.rename(&tmp, NAME).map_err(io_err(fs, "rename", &tmp))?;
@@ -222,6 +227,27 @@ mod tests {
         };
         let b = m.encode();
         assert_eq!(Manifest::decode("M".into(), &b, 2).expect("decode"), m);
+        // A version 1 manifest (no flags) decodes as one and re-encodes to the same bytes.
+        let v1 = Manifest {
+            version: 1,
+            log_required: false,
+            ..m.clone()
+        };
+        let b1 = v1.encode();
+        assert_eq!(u16::from_le_bytes([b1[8], b1[9]]), 1);
+        assert_eq!(Manifest::decode("M".into(), &b1, 2).expect("decode v1"), v1);
+        // Flags in a version 1 manifest, or unknown flags, are refused.
+        let mut bad = b1.clone();
+        bad[40] = 1;
+        let n = bad.len() - 4;
+        let crc = crc32c::crc32c(&bad[..n]);
+        bad[n..].copy_from_slice(&crc.to_le_bytes());
+        assert!(Manifest::decode("M".into(), &bad, 2).is_err());
+        let mut bad = b.clone();
+        bad[40] |= 2;
+        let crc = crc32c::crc32c(&bad[..n]);
+        bad[n..].copy_from_slice(&crc.to_le_bytes());
+        assert!(Manifest::decode("M".into(), &bad, 2).is_err());
         for cut in 0..b.len() {
             assert!(Manifest::decode("M".into(), &b[..cut], 2).is_err());
         }
