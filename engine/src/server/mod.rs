@@ -285,8 +285,10 @@ impl Bucket {
 /// State shared by the accept loop and every stream.
 struct Shared {
     service: Arc<Service>,
-    in_flight: Semaphore,
-    /// Writes' own budget; a permit lives as long as the blocking task, not the request.
+    /// Reads' budget. A permit taken for work on the blocking pool lives as long as that
+    /// work, not as long as the request.
+    in_flight: Arc<Semaphore>,
+    /// Writes' own budget.
     writes_in_flight: Arc<Semaphore>,
     limits: Limits,
     draining: AtomicBool,
@@ -367,7 +369,7 @@ impl Server {
         }
         let shared = Arc::new(Shared {
             service,
-            in_flight: Semaphore::new(limits.in_flight_max),
+            in_flight: Arc::new(Semaphore::new(limits.in_flight_max)),
             writes_in_flight: Arc::new(Semaphore::new(limits.writes_in_flight_max)),
             limits,
             draining: AtomicBool::new(false),
@@ -620,33 +622,17 @@ async fn serve_request(
     }
     // Reads and writes draw on separate budgets: writes waiting on a stuck fsync hold theirs
     // until the fsync returns, and must not leave lookups without slots.
-    let write_permit = if changes_store(op) {
-        match shared.writes_in_flight.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                let e = WireError {
-                    status: Status::Busy,
-                    message: "too many writes in flight; retry shortly".into(),
-                };
-                return refuse(send, op as u8, &e).await;
-            }
-        }
+    let (budget, what) = if changes_store(op) {
+        (&shared.writes_in_flight, "writes")
     } else {
-        None
+        (&shared.in_flight, "requests")
     };
-    let _read_permit = if write_permit.is_none() {
-        match shared.in_flight.try_acquire() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                let e = WireError {
-                    status: Status::Busy,
-                    message: "too many requests in flight; retry shortly".into(),
-                };
-                return refuse(send, op as u8, &e).await;
-            }
-        }
-    } else {
-        None
+    let Ok(permit) = budget.clone().try_acquire_owned() else {
+        let e = WireError {
+            status: Status::Busy,
+            message: format!("too many {what} in flight; retry shortly"),
+        };
+        return refuse(send, op as u8, &e).await;
     };
     let req = match Request::decode(op, &body) {
         Ok(r) => r,
@@ -663,8 +649,8 @@ async fn serve_request(
         let service = service.clone();
         let ident = ident.clone();
         let task = tokio::task::spawn_blocking(move || {
-            // Held until the write returns, however long after its client was answered.
-            let _write_permit = write_permit;
+            // Held until the work returns, however long after its client was answered.
+            let _permit = permit;
             let mut out = Vec::new();
             match Request::decode(op, &body) {
                 Ok(req) => execute(&service, &ident, &req, &mut out),
@@ -707,7 +693,9 @@ async fn serve_request(
             }
         }
     } else {
-        execute(service, ident, &req, &mut out).map(|()| std::mem::take(&mut out))
+        let r = execute(service, ident, &req, &mut out).map(|()| std::mem::take(&mut out));
+        drop(permit);
+        r
     };
     match result {
         Ok(frame) => {

@@ -1,7 +1,9 @@
 //! The storage I/O seam: every byte the store reads or writes goes through [`Fs`].
 //!
 //! Owns the two implementations: [`RealFs`] (one directory on disk, snapshot files mapped with
-//! memmap2) and [`SimFs`] (in memory, for crash tests). `SimFs` models what a power cut does to a
+//! memmap2) and [`SimFs`] (in memory, for crash tests), and [`TracedFs`], which wraps either to
+//! count fsyncs and to fail (ENOSPC, EIO) or stall (a hung fsync) the operations its
+//! [`Faults`] name. `SimFs` models what a power cut does to a
 //! file system, as SQLite's crash-test VFS does: data written but not fsync'd, and directory
 //! entries created or renamed but not fsync'd, may be lost; a crash keeps a random prefix of each
 //! file's unsynced appends. This module must never interpret file contents; it moves bytes.

@@ -14,6 +14,15 @@
 //! the frozen delta, installs a new manifest, and swaps the view, all while readers and writers
 //! go on. Recovery maps the manifest's shards and replays the log after the manifest's `seq`.
 //!
+//! Failures are told, not hidden: a failed log write or fsync makes the store read-only (reads
+//! go on) and is logged at ERROR once, naming the operation, the file and the OS error; a write
+//! it caught is `OutcomeUnknown`, never "not applied". [`Store::health`] says what the store can
+//! do right now (read-only, a log fsync in progress and for how long, a failing compactor, a
+//! corrupt read), which readiness and the store gauges report. A failed compaction removes
+//! every file it wrote. Recovery logs what it cuts and refuses to open when a log segment is
+//! missing or shortened (sealed segments and the MANIFEST's log-required flag say what must be
+//! there).
+//!
 //! The store never knows what keys and values mean: no certificates, no domain rules, no network.
 //! Bytes from files never cause a panic: every offset is checked and every failure is a
 //! [`StoreError`] naming the file and the offset.
