@@ -175,6 +175,8 @@ codes! {
         TooManyChallenges = 43 => "TOO_MANY_CHALLENGES",
         /// The card's signature does not verify.
         BadSignature = 44 => "BAD_SIGNATURE",
+        /// The card certificate's keyUsage does not allow digitalSignature.
+        BadKeyUsage = 45 => "BAD_KEY_USAGE",
         /// The CRL is malformed or of a kind not accepted.
         CrlMalformed = 48 => "CRL_MALFORMED",
         /// The CRL's issuer is not a configured CA generation.
@@ -903,6 +905,7 @@ fn jpki_status(e: &JpkiError) -> Status {
         J::SignatureCertificate => Status::SignatureCertificate,
         J::BadCn(_) => Status::BadCn,
         J::BadKey { .. } => Status::BadKey,
+        J::KeyUsage { .. } => Status::BadKeyUsage,
         J::Expired { .. } => Status::CertExpired,
         J::NotYetValid { .. } => Status::CertNotYetValid,
         J::UnknownIssuer => Status::UnknownIssuer,
@@ -1086,6 +1089,6 @@ mod tests {
                 assert!(names.insert(o.name()));
             }
         }
-        assert_eq!(names.len(), 45 + 16);
+        assert_eq!(names.len(), 46 + 16);
     }
 }

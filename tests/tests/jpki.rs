@@ -486,3 +486,150 @@ fn wycheproof_rsa_pkcs1_sha256() {
     }
     assert_eq!(counts, [24, 749, 3], "every vector was run");
 }
+
+/// RFC 5280 rules the engine enforces beyond rustls-webpki, each refused with its own error and
+/// a message a partner can act on: a keyUsage without digitalSignature (or none), the same
+/// extension twice, a CA generation not valid yet; and malformed inputs said in words.
+#[test]
+fn rfc_5280_strictness_on_cards() {
+    use mykey_engine::jpki::dev::LeafVariant;
+    let p = pki();
+    let jpki = p.jpki();
+    let issue = |n: u64, v| {
+        p.gen2023
+            .issue_with(
+                &p.cards[0],
+                &cn(n),
+                &[0x60, n as u8],
+                date(2024, 1, 1),
+                date(2029, 1, 1),
+                v,
+            )
+            .expect("issue")
+    };
+    for (n, v, want) in [
+        (
+            1,
+            LeafVariant::KeyCertSignOnly,
+            "keyCertSign without digitalSignature",
+        ),
+        (
+            2,
+            LeafVariant::NonRepudiationOnly,
+            "nonRepudiation without digitalSignature",
+        ),
+        (
+            3,
+            LeafVariant::KeyEnciphermentOnly,
+            "keyEncipherment without digitalSignature",
+        ),
+        (4, LeafVariant::NoKeyUsage, "no keyUsage extension"),
+    ] {
+        match jpki.verify_cert(now(), &issue(n, v)) {
+            Err(e @ JpkiError::KeyUsage { .. }) => {
+                assert!(e.to_string().contains(want), "{v:?}: {e}")
+            }
+            other => panic!("{v:?}: {other:?}"),
+        }
+    }
+    match jpki.verify_cert(now(), &issue(5, LeafVariant::DuplicateExtension)) {
+        Err(e @ JpkiError::CertMalformed { .. }) => assert!(
+            e.to_string()
+                .contains("extension 1.3.6.1.4.1.99999.1 appears twice"),
+            "{e}"
+        ),
+        other => panic!("duplicate extension: {other:?}"),
+    }
+    // A card of a generation that is not valid yet (the card's own validity has begun).
+    let early = p
+        .gen2023
+        .issue(
+            &p.cards[0],
+            &cn(6),
+            &[0x60, 6],
+            date(2023, 1, 1),
+            date(2029, 1, 1),
+        )
+        .expect("issue");
+    match jpki.verify_cert(date(2023, 3, 1), &early) {
+        Err(JpkiError::NotYetValid { not_before }) => assert_eq!(not_before, date(2023, 7, 16)),
+        other => panic!("a generation not valid yet: {other:?}"),
+    }
+    // Malformed inputs, each said in words.
+    let good = card(&p.gen2023, &p.cards[0], 7);
+    let mut ber = vec![0x30, 0x82, 0x00];
+    ber.extend_from_slice(&good[2..]);
+    let mut indefinite = vec![0x30, 0x80];
+    indefinite.extend_from_slice(&good[4..]);
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(&[0, 0, 0]);
+    for (bytes, want) in [
+        (&[][..], "the certificate is empty"),
+        (&good[..good.len() - 10], "truncated: its header says"),
+        (b"garbage", "does not start with a DER SEQUENCE"),
+        (b"-----BEGIN CERTIFICATE-----", "PEM text"),
+        (&ber[..], "not in DER's shortest form (BER)"),
+        (&indefinite[..], "BER's indefinite length"),
+        (&trailing[..], "followed by 3 bytes"),
+    ] {
+        match jpki.verify_cert(now(), bytes) {
+            Err(e @ JpkiError::CertMalformed { .. }) => {
+                let m = e.to_string();
+                assert!(
+                    m.contains(want) && !m.contains("TrailingData"),
+                    "{want}: {m}"
+                )
+            }
+            other => panic!("{want}: {other:?}"),
+        }
+    }
+}
+
+/// A CRL with two CRL Number extensions (1018 then 1019) is refused, so a forged "newer" number
+/// cannot freeze revocation; so is an entry with one extension twice; a truncated CRL is said in
+/// words.
+#[test]
+fn rfc_5280_strictness_on_crls() {
+    let p = pki();
+    let jpki = p.jpki();
+    let (from, to) = (now(), now().plus_secs(86_400));
+    let crl_number = |n: u8| {
+        vec![
+            0x30, 0x0a, 0x06, 0x03, 0x55, 0x1d, 0x14, 0x04, 0x03, 0x02, 0x01, n,
+        ]
+    };
+    let twice = p
+        .gen2023
+        .crl_with_extensions(250, from, to, &[], &|mut exts| {
+            exts.push(crl_number(251));
+            exts
+        })
+        .expect("crl");
+    match jpki.parse_crl(now(), &twice) {
+        Err(e @ JpkiError::CrlMalformed { .. }) => {
+            assert!(
+                e.to_string().contains("extension 2.5.29.20 appears twice"),
+                "{e}"
+            )
+        }
+        other => panic!(
+            "two CRL numbers: {:?}",
+            other.map(|l| l.crl.map(|c| c.number))
+        ),
+    }
+    let good = p.gen2023.crl(250, from, to, &[]).expect("crl");
+    jpki.parse_crl(now(), &good)
+        .expect("the same CRL with one number");
+    for (bytes, want) in [
+        (&good[..good.len() / 2], "the CRL is truncated"),
+        (&[][..], "the CRL is empty"),
+    ] {
+        match jpki.parse_crl(now(), bytes) {
+            Err(e @ JpkiError::CrlMalformed { .. }) => {
+                let m = e.to_string();
+                assert!(m.contains(want) && !m.contains("NomError"), "{want}: {m}")
+            }
+            other => panic!("{want}: {:?}", other.map(|_| ())),
+        }
+    }
+}

@@ -137,8 +137,14 @@ pub fn parse_crl(
             max: CRL_ENTRIES_MAX,
         });
     }
-    let (rest, crl) =
-        CertificateRevocationList::from_der(der).map_err(|e| refuse(e.to_string()))?;
+    if let Some(problem) = super::outer_der_problem(der, "the CRL") {
+        return Err(refuse(problem));
+    }
+    let (rest, crl) = CertificateRevocationList::from_der(der).map_err(|e| {
+        refuse(format!(
+            "a field inside it is not valid DER (RFC 5280 requires DER; x509-parser: {e})"
+        ))
+    })?;
     if !rest.is_empty() {
         return Err(refuse(format!("{} bytes after the CRL", rest.len())));
     }
@@ -148,6 +154,7 @@ pub fn parse_crl(
     {
         return Err(refuse("not signed with sha256WithRSAEncryption"));
     }
+    unique_extensions(tbs.extensions(), "", "§5.2")?;
     let mut number = None;
     let mut aki: Option<&[u8]> = None;
     for ext in tbs.extensions() {
@@ -233,6 +240,7 @@ pub fn parse_crl(
 
     let mut serials = Vec::with_capacity(tbs.revoked_certificates.len());
     for (i, entry) in tbs.revoked_certificates.iter().enumerate() {
+        unique_extensions(entry.extensions(), &format!("entry {}: ", i + 1), "§5.3")?;
         for ext in entry.extensions() {
             let oid = ext.oid.to_id_string();
             if oid == OID_CERTIFICATE_ISSUER {
@@ -265,6 +273,36 @@ pub fn parse_crl(
         }),
         serials,
     })
+}
+
+/// Extensions a CRL, or one of its entries, may carry: a CRL has a handful and an entry one or
+/// two; the cap keeps the duplicate check (quadratic) bounded whatever a partner sends.
+pub const CRL_EXTENSIONS_MAX: usize = 32;
+
+/// Refuses a list with more than [`CRL_EXTENSIONS_MAX`] extensions or one OID twice (RFC 5280
+/// `section`: at most one instance of an extension). `at` prefixes the message ("entry 7: ").
+fn unique_extensions(
+    exts: &[x509_parser::extensions::X509Extension<'_>],
+    at: &str,
+    section: &str,
+) -> Result<(), JpkiError> {
+    if exts.len() > CRL_EXTENSIONS_MAX {
+        return Err(refuse(format!(
+            "{at}{} extensions, more than the {CRL_EXTENSIONS_MAX} accepted",
+            exts.len()
+        )));
+    }
+    match exts
+        .iter()
+        .enumerate()
+        .find(|(i, e)| exts[..*i].iter().any(|p| p.oid == e.oid))
+    {
+        Some((_, e)) => Err(refuse(format!(
+            "{at}extension {} appears twice (RFC 5280 {section}: at most one of each)",
+            e.oid.to_id_string()
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn verify(key: &ParsedPublicKey, msg: &[u8], sig: &[u8]) -> bool {

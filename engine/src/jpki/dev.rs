@@ -218,6 +218,16 @@ pub enum LeafVariant {
     ServerAuthEku,
     /// Marked as a CA (RFC 5280 forbids using it as an end entity).
     Ca,
+    /// keyUsage keyCertSign only: the key may not sign a challenge (RFC 5280 §4.2.1.3).
+    KeyCertSignOnly,
+    /// keyUsage nonRepudiation (contentCommitment) only.
+    NonRepudiationOnly,
+    /// keyUsage keyEncipherment only.
+    KeyEnciphermentOnly,
+    /// No keyUsage extension at all.
+    NoKeyUsage,
+    /// The same unknown, non-critical extension twice (RFC 5280 §4.2 allows one of each).
+    DuplicateExtension,
 }
 
 /// A JPKI-like CA generation.
@@ -351,6 +361,22 @@ impl DevCa {
                     KeyUsagePurpose::DigitalSignature,
                 ];
             }
+            LeafVariant::KeyCertSignOnly => p.key_usages = vec![KeyUsagePurpose::KeyCertSign],
+            LeafVariant::NonRepudiationOnly => {
+                p.key_usages = vec![KeyUsagePurpose::ContentCommitment]
+            }
+            LeafVariant::KeyEnciphermentOnly => {
+                p.key_usages = vec![KeyUsagePurpose::KeyEncipherment]
+            }
+            LeafVariant::NoKeyUsage => p.key_usages = Vec::new(),
+            LeafVariant::DuplicateExtension => {
+                // A private-arc OID no verifier knows, with an empty value, twice.
+                let oid = [1, 3, 6, 1, 4, 1, 99999, 1];
+                p.custom_extensions
+                    .push(CustomExtension::from_oid_content(&oid, vec![0x05, 0x00]));
+                p.custom_extensions
+                    .push(CustomExtension::from_oid_content(&oid, vec![0x05, 0x00]));
+            }
         }
         Ok(p.signed_by(&card.rcgen, &self.issuer())?.der().to_vec())
     }
@@ -380,6 +406,28 @@ impl DevCa {
         this_update: Timestamp,
         next_update: Timestamp,
         serials: &[SerialNo],
+    ) -> Result<Vec<u8>, DevPkiError> {
+        // Extension ::= SEQUENCE { OID 2.5.29.35 = 06 03 55 1d 23, ... }
+        self.crl_with_extensions(number, this_update, next_update, serials, &|exts| {
+            exts.into_iter()
+                .filter(|e| {
+                    !e.windows(5)
+                        .take(4)
+                        .any(|w| w == [0x06, 0x03, 0x55, 0x1d, 0x23])
+                })
+                .collect()
+        })
+    }
+
+    /// As [`DevCa::crl`], with its list of extensions (each a whole `Extension` TLV) replaced
+    /// by what `edit` makes of it, and re-signed: CRLs no conforming CA would issue, for tests.
+    pub fn crl_with_extensions(
+        &self,
+        number: u64,
+        this_update: Timestamp,
+        next_update: Timestamp,
+        serials: &[SerialNo],
+        edit: &dyn Fn(Vec<Vec<u8>>) -> Vec<Vec<u8>>,
     ) -> Result<Vec<u8>, DevPkiError> {
         let der = self.crl(number, this_update, next_update, serials)?;
         let bad = || DevPkiError::Crypto("unexpected CRL structure".into());
@@ -414,18 +462,11 @@ impl DevCa {
                 continue;
             }
             let exts = content(&content(el)?)?;
-            let mut kept = Vec::new();
-            for (x, y) in elements(&exts)? {
-                // Extension ::= SEQUENCE { OID 2.5.29.35 = 06 03 55 1d 23, ... }
-                if !exts[x..y]
-                    .windows(5)
-                    .take(4)
-                    .any(|w| w == [0x06, 0x03, 0x55, 0x1d, 0x23])
-                {
-                    kept.extend_from_slice(&exts[x..y]);
-                }
-            }
-            new_tbs.extend(tlv(0xa0, &tlv(0x30, &kept)));
+            let list = elements(&exts)?
+                .into_iter()
+                .map(|(x, y)| exts[x..y].to_vec())
+                .collect();
+            new_tbs.extend(tlv(0xa0, &tlv(0x30, &edit(list).concat())));
         }
         let new_tbs = tlv(0x30, &new_tbs);
         let sig = self.key.sign(&new_tbs)?;

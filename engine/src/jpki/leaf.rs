@@ -201,6 +201,7 @@ fn read_fields<'a>(
     let subject_at = issuer_end + validity.len();
     let subject = tlv_at(der, subject_at).ok_or_else(|| malformed("no subject"))?;
     let spki = tlv_at(der, subject_at + subject.len()).ok_or_else(|| malformed("no public key"))?;
+    check_extensions(der, subject_at + subject.len() + spki.len())?;
     let (_, validity) =
         Validity::from_der(validity).map_err(|e| malformed(format!("validity: {e}")))?;
     let (_, subject) =
@@ -259,6 +260,122 @@ fn read_fields<'a>(
     })
 }
 
+/// DER of the keyUsage extension's OID, 2.5.29.15.
+const OID_KEY_USAGE: [u8; 3] = [0x55, 0x1d, 0x0f];
+/// Extensions an end-entity certificate may carry: the JPKI profile has four; a certificate
+/// with more is refused before any is compared (the duplicate check is quadratic).
+const EXTENSIONS_MAX: usize = 32;
+/// RFC 5280 §4.2.1.3 names of the keyUsage bits, bit 0 first.
+const KEY_USAGE_BITS: [&str; 9] = [
+    "digitalSignature",
+    "nonRepudiation",
+    "keyEncipherment",
+    "dataEncipherment",
+    "keyAgreement",
+    "keyCertSign",
+    "cRLSign",
+    "encipherOnly",
+    "decipherOnly",
+];
+
+/// The extensions of the TBSCertificate, which follow the subjectPublicKeyInfo ending at
+/// `spki_end`: none may appear twice (RFC 5280 §4.2), and the keyUsage must be present with
+/// digitalSignature set (§4.2.1.3: the card's key signs the challenge; the JPKI profile always
+/// carries a keyUsage). rustls-webpki has checked the certificate's DER already; this walk
+/// still checks every length against the bytes.
+fn check_extensions(der: &[u8], spki_end: usize) -> Result<(), JpkiError> {
+    let bad = || malformed("the extensions are not valid DER");
+    let tlv = |at: usize| -> Result<(u8, usize, usize), JpkiError> {
+        let (tag, start, len) = super::der_header(der, at).ok_or_else(bad)?;
+        let end = start
+            .checked_add(len)
+            .filter(|&e| e <= der.len())
+            .ok_or_else(bad)?;
+        Ok((tag, start, end))
+    };
+    let (_, cert_start, _) = tlv(0)?;
+    let (_, _, tbs_end) = tlv(cert_start)?;
+    let mut seen: Vec<&[u8]> = Vec::new();
+    let mut key_usage: Option<&[u8]> = None;
+    let mut at = spki_end;
+    while at < tbs_end {
+        let (tag, start, end) = tlv(at)?;
+        // [1] issuerUniqueID and [2] subjectUniqueID are skipped; [3] holds the extensions.
+        if tag == 0xa3 {
+            let (seq, mut e, ext_end) = tlv(start)?;
+            if seq != 0x30 || ext_end != end {
+                return Err(bad());
+            }
+            while e < ext_end {
+                let (t, es, ee) = tlv(e)?;
+                let (ot, os, oe) = tlv(es)?;
+                if t != 0x30 || ot != 0x06 || ee > ext_end {
+                    return Err(bad());
+                }
+                let oid = &der[os..oe];
+                if seen.len() == EXTENSIONS_MAX {
+                    return Err(malformed(format!("more than {EXTENSIONS_MAX} extensions")));
+                }
+                if seen.contains(&oid) {
+                    return Err(malformed(format!(
+                        "extension {} appears twice (RFC 5280 §4.2: at most one of each)",
+                        oid_text(oid)
+                    )));
+                }
+                seen.push(oid);
+                if oid == OID_KEY_USAGE {
+                    // critical BOOLEAN (optional), then the OCTET STRING holding a BIT STRING.
+                    let (mut vt, mut vs, mut ve) = tlv(oe)?;
+                    if vt == 0x01 {
+                        (vt, vs, ve) = tlv(ve)?;
+                    }
+                    let (bt, bs, be) = tlv(vs)?;
+                    if vt != 0x04 || bt != 0x03 || be != ve || ve != ee || bs == be {
+                        return Err(malformed("the keyUsage extension is not a BIT STRING"));
+                    }
+                    key_usage = Some(&der[bs + 1..be]);
+                }
+                e = ee;
+            }
+        }
+        at = end;
+    }
+    let Some(bits) = key_usage else {
+        return Err(JpkiError::KeyUsage {
+            found:
+                "it has no keyUsage extension (the JPKI profile carries one with digitalSignature)"
+                    .into(),
+        });
+    };
+    let set: Vec<&str> = KEY_USAGE_BITS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits.get(i / 8).is_some_and(|b| b & (0x80 >> (i % 8)) != 0))
+        .map(|(_, n)| *n)
+        .collect();
+    if set.first() != Some(&"digitalSignature") {
+        return Err(JpkiError::KeyUsage {
+            found: format!(
+                "its keyUsage is {} without digitalSignature (RFC 5280 §4.2.1.3)",
+                if set.is_empty() {
+                    "empty".to_owned()
+                } else {
+                    set.join(", ")
+                }
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// An OID's dotted text, or its hex if it does not decode.
+fn oid_text(der: &[u8]) -> String {
+    match x509_parser::der_parser::oid::Oid::new(der.into()).to_id_string() {
+        s if !s.is_empty() => s,
+        _ => crate::jpki::hex(der),
+    }
+}
+
 /// Maps a rustls-webpki refusal to the typed error a caller can act on.
 fn chain_error(e: webpki::Error, f: &Fields<'_>) -> JpkiError {
     match e {
@@ -271,9 +388,16 @@ fn chain_error(e: webpki::Error, f: &Fields<'_>) -> JpkiError {
         webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
             JpkiError::UnknownIssuer
         }
-        webpki::Error::BadDer | webpki::Error::TrailingData(_) => malformed(format!("{e:?}")),
+        webpki::Error::BadDer | webpki::Error::TrailingData(_) => inner_der(e),
         e => JpkiError::Chain(e),
     }
+}
+
+/// A DER error inside a certificate whose outer structure is sound.
+fn inner_der(e: webpki::Error) -> JpkiError {
+    malformed(format!(
+        "a field inside it is not valid DER (RFC 5280 requires DER; rustls-webpki: {e:?})"
+    ))
 }
 
 /// Validates `der` at `now` against the anchors and returns what the cache keeps. The issuer
@@ -286,9 +410,12 @@ pub fn verify_chain(
     fingerprint: [u8; 32],
     now: Timestamp,
 ) -> Result<VerifiedLeaf, JpkiError> {
+    if let Some(problem) = super::outer_der_problem(der, "the certificate") {
+        return Err(malformed(problem));
+    }
     let cert_der = CertificateDer::from(der);
     let ee = EndEntityCert::try_from(&cert_der).map_err(|e| match e {
-        webpki::Error::BadDer | webpki::Error::TrailingData(_) => malformed(format!("{e:?}")),
+        webpki::Error::BadDer | webpki::Error::TrailingData(_) => inner_der(e),
         e => JpkiError::Chain(e),
     })?;
     let f = read_fields(anchors, &ee, der)?;
@@ -314,9 +441,14 @@ pub fn verify_chain(
         );
         match verified {
             Ok(_) => {
-                if now < anchor.not_before() || now > anchor.not_after() {
-                    // rustls-webpki does not check an anchor's own validity; we do: every
-                    // certificate of the chain must be valid at `now`.
+                // rustls-webpki does not check an anchor's own validity; we do: every
+                // certificate of the chain must be valid at `now`.
+                if now < anchor.not_before() {
+                    return Err(JpkiError::NotYetValid {
+                        not_before: anchor.not_before().max(f.not_before),
+                    });
+                }
+                if now > anchor.not_after() {
                     return Err(JpkiError::Expired {
                         not_after: anchor.not_after().min(f.not_after),
                     });

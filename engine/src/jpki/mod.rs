@@ -75,6 +75,13 @@ pub enum JpkiError {
         /// Largest modulus accepted.
         max: usize,
     },
+    /// The certificate's keyUsage does not allow its key to sign the challenge (RFC 5280
+    /// §4.2.1.3: digitalSignature), or it has none (the JPKI profile always carries one).
+    #[error("the certificate's key may not sign: {found}")]
+    KeyUsage {
+        /// What the certificate's keyUsage says.
+        found: String,
+    },
     /// The certificate's validity ended before `now`.
     #[error("the certificate expired at {not_after}")]
     Expired {
@@ -352,6 +359,62 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// Reads a DER header at `at`: (tag, content start, content length).
+/// Says in words what is wrong with the outer structure of a DER object (`what`: "the
+/// certificate", "the CRL"), or `None` if its outer TLV is sound: one SEQUENCE, in DER's length
+/// form, exactly filling the bytes. Parsers report these cases as `TrailingData` or `Eof`; a
+/// partner needs to know which of them it sent.
+pub(crate) fn outer_der_problem(der: &[u8], what: &str) -> Option<String> {
+    let Some(&tag) = der.first() else {
+        return Some(format!("{what} is empty"));
+    };
+    if tag != 0x30 {
+        return Some(if der.starts_with(b"-----BEGIN") {
+            format!("{what} is PEM text; send the DER bytes")
+        } else {
+            format!(
+                "{what} does not start with a DER SEQUENCE (first byte 0x{tag:02x}): not X.509 DER"
+            )
+        });
+    }
+    let Some(&first) = der.get(1) else {
+        return Some(format!("{what} is truncated inside its first header"));
+    };
+    if first == 0x80 {
+        return Some(format!(
+            "{what} uses BER's indefinite length; DER (RFC 5280) is required"
+        ));
+    }
+    let Some((_, start, len)) = der_header(der, 0) else {
+        return Some(format!(
+            "{what} is truncated inside its first header, or its length field is over 4 bytes"
+        ));
+    };
+    let minimal = match first {
+        0x81 => len >= 0x80,
+        0x82..=0x84 => der.get(2).is_some_and(|&b| b != 0),
+        _ => true,
+    };
+    if !minimal {
+        return Some(format!(
+            "{what}'s length is not in DER's shortest form (BER); DER (RFC 5280) is required"
+        ));
+    }
+    let end = start.saturating_add(len);
+    if end > der.len() {
+        return Some(format!(
+            "{what} is truncated: its header says {end} bytes, {} are present",
+            der.len()
+        ));
+    }
+    if end < der.len() {
+        return Some(format!(
+            "{what} is followed by {} bytes that are not part of it",
+            der.len() - end
+        ));
+    }
+    None
+}
+
 pub(crate) fn der_header(b: &[u8], at: usize) -> Option<(u8, usize, usize)> {
     let tag = *b.get(at)?;
     let first = *b.get(at + 1)?;
