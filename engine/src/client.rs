@@ -152,6 +152,12 @@ impl Client {
         })
     }
 
+    /// The QUIC connection, for tests and diagnostics that drive streams by hand (a client that
+    /// stops reading mid-answer, a request sent in pieces).
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
     /// Sends one raw frame on its own stream and returns the response's status byte, opcode
     /// byte and body (for tests and diagnostics of malformed frames).
     pub async fn raw(&self, frame: &[u8]) -> Result<(u8, u8, Vec<u8>), ClientError> {

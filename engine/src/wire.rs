@@ -254,7 +254,7 @@ pub fn request_header(h: &[u8; HEADER_LEN]) -> Result<(Op, u32), (u8, WireError)
         ));
     }
     let op = Op::from_u8(h[1]).ok_or((
-        0,
+        h[1],
         WireError::new(
             Status::UnknownOpcode,
             format!("unknown opcode 0x{:02x}", h[1]),

@@ -364,11 +364,14 @@ async fn malformed_frames_get_a_status_and_the_connection_keeps_serving() {
         ("malformed MyKey ID", bad_id, Status::BadId),
     ];
     for (what, frame, want) in cases {
-        let (st, _, body) = c
+        let (st, op, body) = c
             .raw(&frame)
             .await
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(Status::from_u8(st), Some(want), "{what}");
+        // The request's opcode is echoed whenever its header could be read.
+        let echoed = if frame.len() >= mykey_engine::wire::HEADER_LEN { frame[1] } else { 0 };
+        assert_eq!(op, echoed, "{what}: opcode byte of the answer");
         assert!(body.len() >= 2, "{what}: an error body carries a message");
         // The connection still serves.
         assert_eq!(
@@ -638,5 +641,72 @@ async fn a_stuck_fsync_times_writes_out_as_unknown_and_reads_go_on() {
             .expect("retry"),
         "already registered"
     );
+    server.shutdown().await;
+}
+
+/// An `EXPORT` whose client stops reading before the end is not counted `OK`: the server's
+/// metric says `CUT_OFF`, the export's only honest outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_cut_off_by_the_client_is_counted_cut_off() {
+    use mykey_engine::population::{BuildOptions, build};
+    let metrics = mykey_engine::server::admin::recorder();
+    let net = Net::new();
+    let dir = TempDir::new("server-export-cut");
+    // 60,000 links: more than the client's receive window holds, so the server is still
+    // writing when the client goes.
+    let mut population = String::from("mykey_id,state,cert,links\n");
+    for n in 0..60_000u64 {
+        population.push_str(&format!(
+            "{},active,{}:{:08X},A-α1-0001=S{n}\n",
+            mykey_tests::mykey(n),
+            "A1".repeat(20),
+            n + 1
+        ));
+    }
+    let fs = RealFs::new(dir.path()).expect("dir");
+    build(
+        &fs,
+        "A-α1-0001\nB-β1-0002\n".as_bytes(),
+        population.as_bytes(),
+        &BuildOptions {
+            at: now(),
+            actor: ActorId::parse(b"bulk").expect("actor"),
+            store: StoreConfig::default(),
+            hash_key: None,
+        },
+        &mut |_| {},
+    )
+    .expect("bulk load");
+    let server = start(&net, registry(&dir, false), Vec::new());
+    let c = net.client(server.local_addr().expect("addr"), "counter-a").await;
+    let mut frame = Vec::new();
+    mykey_engine::wire::Request::Export {
+        provider: provider("A-α1-0001"),
+    }
+    .encode(&mut frame)
+    .expect("frame");
+    let (mut send, mut recv) = c.connection().open_bi().await.expect("stream");
+    send.write_all(&frame).await.expect("send");
+    send.finish().expect("finish");
+    let mut some = [0u8; 4096];
+    recv.read_exact(&mut some).await.expect("the first rows");
+    recv.stop(quinn::VarInt::from_u32(0)).expect("stop");
+    // The server notices at its next write.
+    let line = "mykey_requests_total{op=\"EXPORT\",status=\"CUT_OFF\"} 1";
+    let t = std::time::Instant::now();
+    while !metrics.render().contains(line) {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "{}",
+            metrics
+                .render()
+                .lines()
+                .filter(|l| l.contains("EXPORT"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!metrics.render().contains("mykey_requests_total{op=\"EXPORT\",status=\"OK\"}"));
     server.shutdown().await;
 }

@@ -306,6 +306,12 @@ struct Shared {
     push_bodies: Semaphore,
 }
 
+/// The `status` label of an answer the peer cut off before it was delivered. Not a wire
+/// status: nothing is sent.
+pub const CUT_OFF: &str = "CUT_OFF";
+/// Its key in the metric handles; no wire status has this code.
+const CUT_OFF_CODE: u8 = 0xFF;
+
 /// Pre-registered metric handles (bounded: 256 opcodes × 256 statuses at most).
 #[derive(Default)]
 struct Meters {
@@ -314,16 +320,23 @@ struct Meters {
 }
 
 impl Meters {
-    fn record(&self, op: u8, status: Status, seconds: f64) {
+    /// Counts one answer: by its status, or as `CUT_OFF` when the peer went away before all of
+    /// it was written (an export it stopped reading, say), which is not an answer delivered.
+    fn record(&self, op: u8, status: Status, delivered: bool, seconds: f64) {
+        let (code, label) = if delivered {
+            (status as u8, status.name())
+        } else {
+            (CUT_OFF_CODE, CUT_OFF)
+        };
         // Read locks on the hot path; the write lock only the first time a pair is seen.
-        match self.requests.get(&(op, status as u8)) {
+        match self.requests.get(&(op, code)) {
             Some(c) => c.increment(1),
             None => {
                 let op_name = Op::from_u8(op).map_or("UNKNOWN", Op::name);
                 self.requests
-                    .entry((op, status as u8))
+                    .entry((op, code))
                     .or_insert_with(|| {
-                        metrics::counter!(admin::REQUESTS_TOTAL, "op" => op_name, "status" => status.name())
+                        metrics::counter!(admin::REQUESTS_TOTAL, "op" => op_name, "status" => label)
                     })
                     .increment(1);
             }
@@ -500,10 +513,10 @@ fn peer_identity(conn: &quinn::Connection) -> Result<(Identity, [u8; 32]), Strin
     Ok((auth::identity(leaf)?, crate::jpki::sha256(leaf)))
 }
 
-async fn respond(send: &mut SendStream, frame: &[u8]) {
-    // A client that went away cannot be answered; nothing else to do.
-    let _ = send.write_all(frame).await;
-    let _ = send.finish();
+/// Writes a whole answer and finishes the stream; false when the peer went away first (it
+/// cannot be answered, and the metrics count it `CUT_OFF`).
+async fn respond(send: &mut SendStream, frame: &[u8]) -> bool {
+    send.write_all(frame).await.is_ok() && send.finish().is_ok()
 }
 
 async fn serve_stream(
@@ -514,7 +527,7 @@ async fn serve_stream(
     recv: RecvStream,
 ) {
     let start = std::time::Instant::now();
-    let (op, status) = serve_request(shared, ident, bucket, &mut send, recv).await;
+    let (op, status, delivered) = serve_request(shared, ident, bucket, &mut send, recv).await;
     if shared.draining.load(Ordering::Acquire) {
         // While draining, a stream counts as active until its answer is delivered, so the
         // close that ends the drain cannot discard it.
@@ -522,7 +535,7 @@ async fn serve_stream(
     }
     shared
         .meters
-        .record(op, status, start.elapsed().as_secs_f64());
+        .record(op, status, delivered, start.elapsed().as_secs_f64());
     let op_name = Op::from_u8(op).map_or("UNKNOWN", Op::name);
     if matches!(Op::from_u8(op), Some(Op::PushCrl | Op::PushSerials)) {
         let outcome = if status == Status::Ok {
@@ -545,7 +558,7 @@ async fn serve_request(
     bucket: &Bucket,
     send: &mut SendStream,
     mut recv: RecvStream,
-) -> (u8, Status) {
+) -> (u8, Status, bool) {
     let service = &shared.service;
     // Room for any single answer but a batch's, so the common case never reallocates.
     let mut out = Vec::with_capacity(256);
@@ -642,8 +655,8 @@ async fn serve_request(
         return refuse(send, op as u8, &e).await;
     }
     if let Request::Export { provider } = req {
-        let status = export(service, provider, send).await;
-        return (op as u8, status);
+        let (status, delivered) = export(service, provider, send).await;
+        return (op as u8, status, delivered);
     }
     let result = if runs_blocking(op) {
         let service = service.clone();
@@ -699,22 +712,22 @@ async fn serve_request(
     };
     match result {
         Ok(frame) => {
-            respond(send, &frame).await;
-            (op as u8, Status::Ok)
+            let delivered = respond(send, &frame).await;
+            (op as u8, Status::Ok, delivered)
         }
         Err(Refusal(e, existing)) => {
             wire::error_response(&mut out, op as u8, &e, existing.as_ref());
-            respond(send, &out).await;
-            (op as u8, e.status)
+            let delivered = respond(send, &out).await;
+            (op as u8, e.status, delivered)
         }
     }
 }
 
-async fn refuse(send: &mut SendStream, op: u8, e: &WireError) -> (u8, Status) {
+async fn refuse(send: &mut SendStream, op: u8, e: &WireError) -> (u8, Status, bool) {
     let mut out = Vec::new();
     wire::error_response(&mut out, op, e, None);
-    respond(send, &out).await;
-    (op, e.status)
+    let delivered = respond(send, &out).await;
+    (op, e.status, delivered)
 }
 
 /// Operations that wait for an fsync or do heavy work (RSA, whole-table walks), run off the
@@ -958,7 +971,7 @@ async fn export(
     service: &Arc<Service>,
     provider: crate::id::ProviderId,
     send: &mut SendStream,
-) -> Status {
+) -> (Status, bool) {
     // Rows are gathered on the blocking pool (the export walks the whole table), then streamed
     // in chunks of at most EXPORT_CHUNK_MAX rows.
     let svc = service.clone();
@@ -972,13 +985,17 @@ async fn export(
     let mut out = Vec::new();
     let rows = match rows {
         Ok(Ok(rows)) => rows,
-        Ok(Err(e)) => return refuse(send, Op::Export as u8, &wire::refusal(&e)).await.1,
+        Ok(Err(e)) => {
+            let (_, status, delivered) = refuse(send, Op::Export as u8, &wire::refusal(&e)).await;
+            return (status, delivered);
+        }
         Err(_) => {
             let e = WireError {
                 status: Status::Internal,
                 message: "the export failed inside the server".into(),
             };
-            return refuse(send, Op::Export as u8, &e).await.1;
+            let (_, status, delivered) = refuse(send, Op::Export as u8, &e).await;
+            return (status, delivered);
         }
     };
     wire::begin_response(&mut out, Op::Export as u8, Status::Ok);
@@ -997,14 +1014,14 @@ async fn export(
             out.extend_from_slice(r.service.as_bytes());
         }
         if send.write_all(&out).await.is_err() {
-            return Status::Ok;
+            // The peer stopped reading: the export was not delivered.
+            return (Status::Ok, false);
         }
         out.clear();
     }
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&(rows.len() as u64).to_le_bytes());
-    respond(send, &out).await;
-    Status::Ok
+    (Status::Ok, respond(send, &out).await)
 }
 
 #[cfg(test)]
