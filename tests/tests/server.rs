@@ -710,3 +710,45 @@ async fn an_export_cut_off_by_the_client_is_counted_cut_off() {
     assert!(!metrics.render().contains("mykey_requests_total{op=\"EXPORT\",status=\"OK\"}"));
     server.shutdown().await;
 }
+
+/// A request sent in part and then left hanging is answered at the read deadline and its stream
+/// dropped, so a client cannot pin the server's receive buffers; the connection goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_does_not_arrive_whole_is_refused_at_the_deadline() {
+    let net = Net::new();
+    let dir = TempDir::new("server-read-deadline");
+    let limits = mykey_engine::server::Limits {
+        read_timeout: std::time::Duration::from_millis(300),
+        ..mykey_engine::server::Limits::default()
+    };
+    let server = start_with(&net, registry(&dir, true), Vec::new(), limits);
+    let c = net.client(server.local_addr().expect("addr"), "counter-a").await;
+    for (what, sent) in [
+        ("half a header", vec![1u8, 1, 0]),
+        // A LOOKUP header announcing 1,000 bytes, then 10 of them.
+        ("part of a body", [&[1u8, 1, 0, 0, 0xe8, 0x03, 0, 0][..], &[0u8; 10]].concat()),
+    ] {
+        let (mut send, mut recv) = c.connection().open_bi().await.expect("stream");
+        send.write_all(&sent).await.expect("send");
+        // No FIN: the stream stays open, as a slow or hostile client would leave it.
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(20), recv.read_to_end(4096))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no answer at the deadline"))
+            .expect("answer");
+        assert_eq!(Status::from_u8(answer[1]), Some(Status::BadFrame), "{what}");
+        let message = String::from_utf8_lossy(&answer[10..]);
+        assert!(message.contains("did not arrive within 300 ms"), "{what}: {message}");
+        // The server stopped the stream: it reads no more of it.
+        let stopped = tokio::time::timeout(std::time::Duration::from_secs(20), send.stopped())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: the stream was not stopped"));
+        assert!(stopped.is_ok(), "{what}: {stopped:?}");
+    }
+    assert_eq!(
+        c.lookup(provider("A-α1-0001"), MyKeyId::parse(b"1C2410DF79DGEL").expect("id"))
+            .await
+            .expect("the connection still serves"),
+        Lookup::UnknownId
+    );
+    server.shutdown().await;
+}

@@ -142,7 +142,12 @@ pub fn server_config(tls: ServerTls) -> Result<quinn::ServerConfig, ServerError>
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg)
         .map_err(|e| ServerError::Tls(e.to_string()))?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    sc.transport_config(Arc::new(transport()));
+    let mut t = transport();
+    // What a client may send ahead of the server: bounded per stream and per connection,
+    // so that half-sent requests cannot pin more than this per connection.
+    t.stream_receive_window(quinn::VarInt::from_u32(STREAM_RECEIVE_WINDOW))
+        .receive_window(quinn::VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
+    sc.transport_config(Arc::new(t));
     Ok(sc)
 }
 
@@ -185,6 +190,10 @@ pub struct Limits {
     /// Requests per second one client certificate may make, over all its connections, with a
     /// burst of one second's worth; more are answered `RATE_LIMITED`. 0: no limit.
     pub rate_per_identity: u32,
+    /// How long a request (header and body) may take to arrive.
+    pub read_timeout: Duration,
+    /// How long a revocation push may take to arrive.
+    pub push_read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -195,9 +204,26 @@ impl Default for Limits {
             writes_in_flight_max: WRITES_IN_FLIGHT_MAX,
             write_timeout: WRITE_TIMEOUT,
             rate_per_identity: RATE_PER_IDENTITY,
+            read_timeout: READ_TIMEOUT,
+            push_read_timeout: PUSH_READ_TIMEOUT,
         }
     }
 }
+
+/// How long a request may take to arrive, header and body: a lookup is one datagram, a card
+/// registration a few kilobytes; 10 s covers a terminal on a bad mobile link.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a revocation push (up to `wire::PUSH_LEN_MAX`) may take to arrive: 256 MiB
+/// through a [`STREAM_RECEIVE_WINDOW`] per round trip of 100 ms takes about 100 s.
+pub const PUSH_READ_TIMEOUT: Duration = Duration::from_secs(300);
+/// Bytes a client may send on one stream ahead of the server reading them: four of the
+/// largest requests (`wire::REQUEST_LEN_MAX`, 64 KiB), so requests arrive in one round trip,
+/// and a push streams at 256 KiB per round trip.
+pub const STREAM_RECEIVE_WINDOW: u32 = 256 * 1024;
+/// Bytes a client may send on all its streams of a connection ahead of the server reading
+/// them: what one connection can pin in the server's receive buffers (it was 16 MiB with
+/// 256 streams at quinn's defaults).
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 256 * 1024;
 
 /// Default requests per second per client certificate: far above a counter terminal's needs,
 /// low enough that one misbehaving terminal cannot take a node.
@@ -570,13 +596,28 @@ async fn serve_request(
         let _ = recv.stop(quinn::VarInt::from_u32(0));
         return refuse(send, 0, &e).await;
     }
+    // The whole request must arrive within its deadline, or the stream is answered and
+    // dropped (which stops it), so a client cannot pin receive buffers by sending slowly.
+    let started = tokio::time::Instant::now();
+    let late = |what: &str, limit: Duration| WireError {
+        status: Status::BadFrame,
+        message: format!(
+            "the {what} did not arrive within {} ms; send a request whole",
+            limit.as_millis()
+        ),
+    };
+    let read_timeout = shared.limits.read_timeout;
     let mut header = [0u8; HEADER_LEN];
-    if recv.read_exact(&mut header).await.is_err() {
-        let e = WireError {
-            status: Status::BadFrame,
-            message: "the stream ended inside the frame header".into(),
-        };
-        return refuse(send, 0, &e).await;
+    match tokio::time::timeout(read_timeout, recv.read_exact(&mut header)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => {
+            let e = WireError {
+                status: Status::BadFrame,
+                message: "the stream ended inside the frame header".into(),
+            };
+            return refuse(send, 0, &e).await;
+        }
+        Err(_) => return refuse(send, 0, &late("frame header", read_timeout)).await,
     }
     let (op, len) = match wire::request_header(&header) {
         Ok(v) => v,
@@ -613,9 +654,17 @@ async fn serve_request(
     };
     // The body grows as it arrives (never sized from the header alone) and must end exactly
     // where the header says.
-    let body = match recv.read_to_end(len as usize + 1).await {
-        Ok(b) if b.len() == len as usize => b,
-        _ => {
+    let limit = if matches!(op, Op::PushCrl | Op::PushSerials) {
+        shared.limits.push_read_timeout
+    } else {
+        read_timeout
+    };
+    let body = match tokio::time::timeout_at(started + limit, recv.read_to_end(len as usize + 1))
+        .await
+    {
+        Ok(Ok(b)) if b.len() == len as usize => b,
+        Err(_) => return refuse(send, op as u8, &late("request", limit)).await,
+        Ok(_) => {
             let e = WireError {
                 status: Status::BadFrame,
                 message: format!("the stream does not hold exactly one {len}-byte body"),
