@@ -370,7 +370,11 @@ async fn malformed_frames_get_a_status_and_the_connection_keeps_serving() {
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(Status::from_u8(st), Some(want), "{what}");
         // The request's opcode is echoed whenever its header could be read.
-        let echoed = if frame.len() >= mykey_engine::wire::HEADER_LEN { frame[1] } else { 0 };
+        let echoed = if frame.len() >= mykey_engine::wire::HEADER_LEN {
+            frame[1]
+        } else {
+            0
+        };
         assert_eq!(op, echoed, "{what}: opcode byte of the answer");
         assert!(body.len() >= 2, "{what}: an error body carries a message");
         // The connection still serves.
@@ -678,7 +682,9 @@ async fn an_export_cut_off_by_the_client_is_counted_cut_off() {
     )
     .expect("bulk load");
     let server = start(&net, registry(&dir, false), Vec::new());
-    let c = net.client(server.local_addr().expect("addr"), "counter-a").await;
+    let c = net
+        .client(server.local_addr().expect("addr"), "counter-a")
+        .await;
     let mut frame = Vec::new();
     mykey_engine::wire::Request::Export {
         provider: provider("A-α1-0001"),
@@ -707,7 +713,11 @@ async fn an_export_cut_off_by_the_client_is_counted_cut_off() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert!(!metrics.render().contains("mykey_requests_total{op=\"EXPORT\",status=\"OK\"}"));
+    assert!(
+        !metrics
+            .render()
+            .contains("mykey_requests_total{op=\"EXPORT\",status=\"OK\"}")
+    );
     server.shutdown().await;
 }
 
@@ -722,22 +732,31 @@ async fn a_request_that_does_not_arrive_whole_is_refused_at_the_deadline() {
         ..mykey_engine::server::Limits::default()
     };
     let server = start_with(&net, registry(&dir, true), Vec::new(), limits);
-    let c = net.client(server.local_addr().expect("addr"), "counter-a").await;
+    let c = net
+        .client(server.local_addr().expect("addr"), "counter-a")
+        .await;
     for (what, sent) in [
         ("half a header", vec![1u8, 1, 0]),
         // A LOOKUP header announcing 1,000 bytes, then 10 of them.
-        ("part of a body", [&[1u8, 1, 0, 0, 0xe8, 0x03, 0, 0][..], &[0u8; 10]].concat()),
+        (
+            "part of a body",
+            [&[1u8, 1, 0, 0, 0xe8, 0x03, 0, 0][..], &[0u8; 10]].concat(),
+        ),
     ] {
         let (mut send, mut recv) = c.connection().open_bi().await.expect("stream");
         send.write_all(&sent).await.expect("send");
         // No FIN: the stream stays open, as a slow or hostile client would leave it.
-        let answer = tokio::time::timeout(std::time::Duration::from_secs(20), recv.read_to_end(4096))
-            .await
-            .unwrap_or_else(|_| panic!("{what}: no answer at the deadline"))
-            .expect("answer");
+        let answer =
+            tokio::time::timeout(std::time::Duration::from_secs(20), recv.read_to_end(4096))
+                .await
+                .unwrap_or_else(|_| panic!("{what}: no answer at the deadline"))
+                .expect("answer");
         assert_eq!(Status::from_u8(answer[1]), Some(Status::BadFrame), "{what}");
         let message = String::from_utf8_lossy(&answer[10..]);
-        assert!(message.contains("did not arrive within 300 ms"), "{what}: {message}");
+        assert!(
+            message.contains("did not arrive within 300 ms"),
+            "{what}: {message}"
+        );
         // The server stopped the stream: it reads no more of it.
         let stopped = tokio::time::timeout(std::time::Duration::from_secs(20), send.stopped())
             .await
@@ -745,9 +764,51 @@ async fn a_request_that_does_not_arrive_whole_is_refused_at_the_deadline() {
         assert!(stopped.is_ok(), "{what}: {stopped:?}");
     }
     assert_eq!(
-        c.lookup(provider("A-α1-0001"), MyKeyId::parse(b"1C2410DF79DGEL").expect("id"))
+        c.lookup(
+            provider("A-α1-0001"),
+            MyKeyId::parse(b"1C2410DF79DGEL").expect("id")
+        )
+        .await
+        .expect("the connection still serves"),
+        Lookup::UnknownId
+    );
+    server.shutdown().await;
+}
+
+/// Handshakes beyond `handshakes_per_second` are refused at once (QUIC CONNECTION_REFUSED) and
+/// counted; the connections already made go on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_over_the_rate_are_refused_and_counted() {
+    let metrics = mykey_engine::server::admin::recorder();
+    let net = Net::new();
+    let dir = TempDir::new("server-handshake-rate");
+    let limits = mykey_engine::server::Limits {
+        handshakes_per_second: 1,
+        ..mykey_engine::server::Limits::default()
+    };
+    let server = start_with(&net, registry(&dir, true), Vec::new(), limits);
+    let addr = server.local_addr().expect("addr");
+    let first = net.client(addr, "counter-a").await;
+    let second = Client::connect(
+        addr,
+        "localhost",
+        net.pki.client_tls(net.terminal("counter-a")),
+    )
+    .await;
+    assert!(
+        second.is_err(),
+        "a second handshake within the second was accepted"
+    );
+    let line = "mykey_connections_refused_total{reason=\"handshake_rate\"} 1";
+    assert!(metrics.render().contains(line), "{}", metrics.render());
+    assert_eq!(
+        first
+            .lookup(
+                provider("A-α1-0001"),
+                MyKeyId::parse(b"1C2410DF79DGEL").expect("id")
+            )
             .await
-            .expect("the connection still serves"),
+            .expect("the first connection serves"),
         Lookup::UnknownId
     );
     server.shutdown().await;

@@ -331,6 +331,7 @@ async fn run(
         writes_in_flight_max: cfg.limits.writes_in_flight_max,
         write_timeout: cfg.limits.write_timeout,
         rate_per_identity: cfg.limits.rate_per_identity,
+        handshakes_per_second: cfg.limits.handshakes_per_second,
         ..Limits::default()
     };
     let expiry = admin::Expiry::of(&tls, &service.jpki.anchors());

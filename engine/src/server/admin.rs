@@ -75,6 +75,9 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
 
 /// Most bytes of an admin request read.
 const ADMIN_REQUEST_MAX: usize = 4096;
+/// Admin connections served at once: Prometheus, a health checker and an operator's curl
+/// need a handful; more are closed on accept.
+const ADMIN_CONNECTIONS_MAX: usize = 32;
 /// Wait after a failed accept (EMFILE) before the next.
 const ADMIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Time an admin client has to send its request.
@@ -300,6 +303,7 @@ pub async fn serve(
     let local = listener.local_addr()?;
     let handle = recorder();
     let task = tokio::spawn(async move {
+        let open = Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS_MAX));
         loop {
             let mut sock = match listener.accept().await {
                 Ok((sock, _)) => sock,
@@ -310,9 +314,16 @@ pub async fn serve(
                     continue;
                 }
             };
+            // Beyond the cap the connection is closed at once: a scraper or a health check
+            // never needs more, and each one holds a task and a 4 KiB buffer.
+            let Ok(permit) = open.clone().try_acquire_owned() else {
+                drop(sock);
+                continue;
+            };
             let ready = ready.clone();
             let handle = handle.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let mut buf = vec![0u8; ADMIN_REQUEST_MAX];
                 let mut n = 0;
                 // Read until the end of the request head, the size limit, or the timeout.

@@ -36,6 +36,7 @@ pub const SECTIONS: [(&str, &[&str]); 6] = [
             "writes_in_flight_max",
             "write_timeout",
             "rate_per_identity",
+            "handshakes_per_second",
         ],
     ),
     ("log", &["format", "level"]),
@@ -52,6 +53,9 @@ pub const IN_FLIGHT_MAX_MAX: usize = 65_536;
 /// Most writes in flight: three quarters of tokio's 512 blocking threads, so that card
 /// lookups keep threads of their own even with every write stuck on a disk.
 pub const WRITES_IN_FLIGHT_MAX_MAX: usize = 384;
+/// Most handshakes per second a node may be configured to accept: past what two cores can
+/// complete, so a higher value would only mean no limit.
+pub const HANDSHAKES_PER_SECOND_MAX: u32 = 100_000;
 /// Most requests per second per certificate (0 turns the limit off).
 pub const RATE_PER_IDENTITY_MAX: u32 = 1_000_000;
 /// The range of `write_timeout`: below 100 ms a busy disk's fsync would time out; above
@@ -170,6 +174,8 @@ pub struct LimitsSection {
     pub write_timeout: Duration,
     /// Requests per second per client certificate (0: no limit).
     pub rate_per_identity: u32,
+    /// New connections accepted per second.
+    pub handshakes_per_second: u32,
 }
 
 impl Default for LimitsSection {
@@ -180,6 +186,7 @@ impl Default for LimitsSection {
             writes_in_flight_max: super::WRITES_IN_FLIGHT_MAX,
             write_timeout: super::WRITE_TIMEOUT,
             rate_per_identity: super::RATE_PER_IDENTITY,
+            handshakes_per_second: super::HANDSHAKES_PER_SECOND,
         }
     }
 }
@@ -439,6 +446,13 @@ impl Config {
                 l.rate_per_identity
             ));
         }
+        range(
+            "limits",
+            "handshakes_per_second",
+            l.handshakes_per_second as usize,
+            1,
+            HANDSHAKES_PER_SECOND_MAX as usize,
+        )?;
         let (lo, hi) = WRITE_TIMEOUT_RANGE;
         if l.write_timeout < lo || l.write_timeout > hi {
             return Err(format!(
@@ -528,6 +542,9 @@ write_timeout = "5s"
 # Requests per second one client certificate may make (all its connections together), with a
 # burst of one second's worth; more are answered RATE_LIMITED. 0 turns the limit off.
 rate_per_identity = 5000
+# New connections accepted per second (a burst of as many); more are refused at once with
+# QUIC's CONNECTION_REFUSED and counted in mykey_connections_refused_total{{reason="handshake_rate"}}.
+handshakes_per_second = 5000
 
 [log]
 # text or json.

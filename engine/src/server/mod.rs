@@ -190,6 +190,9 @@ pub struct Limits {
     /// Requests per second one client certificate may make, over all its connections, with a
     /// burst of one second's worth; more are answered `RATE_LIMITED`. 0: no limit.
     pub rate_per_identity: u32,
+    /// New connections (handshakes) accepted per second, with a burst of one second's worth;
+    /// more are refused with QUIC's CONNECTION_REFUSED.
+    pub handshakes_per_second: u32,
     /// How long a request (header and body) may take to arrive.
     pub read_timeout: Duration,
     /// How long a revocation push may take to arrive.
@@ -204,11 +207,18 @@ impl Default for Limits {
             writes_in_flight_max: WRITES_IN_FLIGHT_MAX,
             write_timeout: WRITE_TIMEOUT,
             rate_per_identity: RATE_PER_IDENTITY,
+            handshakes_per_second: HANDSHAKES_PER_SECOND,
             read_timeout: READ_TIMEOUT,
             push_read_timeout: PUSH_READ_TIMEOUT,
         }
     }
 }
+
+/// Default handshakes accepted per second: each costs the server a TLS handshake with an RSA
+/// or ECDSA signature and a client-certificate chain check (~1 ms of a core), so an
+/// unthrottled reconnect storm of 13,000 terminals would take the node's CPU from lookups;
+/// 5,000 per second lets them all in within about three seconds.
+pub const HANDSHAKES_PER_SECOND: u32 = 5_000;
 
 /// How long a request may take to arrive, header and body: a lookup is one datagram, a card
 /// registration a few kilobytes; 10 s covers a terminal on a bad mobile link.
@@ -478,7 +488,17 @@ impl Server {
 
 async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
     let connections = Arc::new(Semaphore::new(shared.limits.connections_max));
+    let handshakes = Bucket::new(shared.limits.handshakes_per_second);
+    for reason in ["limit", "identity", "handshake_rate"] {
+        metrics::counter!(admin::CONNECTIONS_REFUSED_TOTAL, "reason" => reason).increment(0);
+    }
     while let Some(incoming) = endpoint.accept().await {
+        if !handshakes.take(shared.limits.handshakes_per_second) {
+            metrics::counter!(admin::CONNECTIONS_REFUSED_TOTAL, "reason" => "handshake_rate")
+                .increment(1);
+            incoming.refuse();
+            continue;
+        }
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             metrics::counter!(admin::CONNECTIONS_REFUSED_TOTAL, "reason" => "limit").increment(1);
             incoming.refuse();
@@ -659,19 +679,18 @@ async fn serve_request(
     } else {
         read_timeout
     };
-    let body = match tokio::time::timeout_at(started + limit, recv.read_to_end(len as usize + 1))
-        .await
-    {
-        Ok(Ok(b)) if b.len() == len as usize => b,
-        Err(_) => return refuse(send, op as u8, &late("request", limit)).await,
-        Ok(_) => {
-            let e = WireError {
-                status: Status::BadFrame,
-                message: format!("the stream does not hold exactly one {len}-byte body"),
-            };
-            return refuse(send, op as u8, &e).await;
-        }
-    };
+    let body =
+        match tokio::time::timeout_at(started + limit, recv.read_to_end(len as usize + 1)).await {
+            Ok(Ok(b)) if b.len() == len as usize => b,
+            Err(_) => return refuse(send, op as u8, &late("request", limit)).await,
+            Ok(_) => {
+                let e = WireError {
+                    status: Status::BadFrame,
+                    message: format!("the stream does not hold exactly one {len}-byte body"),
+                };
+                return refuse(send, op as u8, &e).await;
+            }
+        };
     let rate = shared.rate.load(Ordering::Relaxed);
     if !bucket.take(rate) {
         let e = WireError {
