@@ -813,3 +813,91 @@ async fn handshakes_over_the_rate_are_refused_and_counted() {
     );
     server.shutdown().await;
 }
+
+/// The admin endpoint holds at most 32 connections: one more is closed at once, and the
+/// endpoint serves again once they go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_endpoint_caps_its_connections() {
+    use mykey_engine::server::admin::{self, Readiness};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, _task) = admin::serve(
+        "127.0.0.1:0".parse().expect("addr"),
+        Arc::new(Readiness::default()),
+    )
+    .await
+    .expect("admin");
+    let mut idle = Vec::new();
+    for _ in 0..32 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    let get = || async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let _ = s.write_all(b"GET /livez HTTP/1.1\r\n\r\n").await;
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out).await;
+        out
+    };
+    assert_eq!(
+        get().await,
+        "",
+        "a 33rd connection is closed without an answer"
+    );
+    drop(idle);
+    let t = std::time::Instant::now();
+    loop {
+        if get().await.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "the endpoint did not recover"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A client certificate of the client CA without a usable MyKey identity completes the
+/// handshake and is then closed with the application code of its refusal (PROTOCOL.md,
+/// "Connection close codes"), its reason in words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_refused_identity_closes_with_its_own_code() {
+    let net = Net::new();
+    let dir = TempDir::new("server-close-codes");
+    let server = start(&net, registry(&dir, true), Vec::new());
+    let addr = server.local_addr().expect("addr");
+    let ca = net.pki.operator_ca();
+    let role = |r: &str| format!("urn:mykey:role:{r}");
+    for (n, uris, code, words) in [
+        (30u64, vec![], 3u32, "names no MyKey role"),
+        (
+            31,
+            vec![role("operator"), role("partner")],
+            4,
+            "more than one role",
+        ),
+        (32, vec![role("root")], 5, "unknown role"),
+        (
+            33,
+            vec![role("counter"), "urn:mykey:provider:%ZZ".into()],
+            6,
+            "malformed provider",
+        ),
+        (34, vec![role("counter")], 8, "names no provider"),
+    ] {
+        let t = ca
+            .terminal_with_uris(&format!("bad-{n}"), &uris, n, ca.validity())
+            .expect("issue");
+        let c = Client::connect(addr, "localhost", net.pki.client_tls(&t))
+            .await
+            .expect("the handshake completes");
+        match c.connection().closed().await {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.error_code, quinn::VarInt::from_u32(code), "{uris:?}");
+                let reason = String::from_utf8_lossy(&close.reason);
+                assert!(reason.contains(words), "{uris:?}: {reason}");
+            }
+            other => panic!("{uris:?}: {other:?}"),
+        }
+    }
+    server.shutdown().await;
+}

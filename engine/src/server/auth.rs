@@ -107,10 +107,58 @@ impl Identity {
     }
 }
 
+/// Why a client certificate that chains to the client CA carries no usable MyKey identity.
+/// The connection is closed with [`IdentityError::close_code`] as its QUIC application error
+/// code and the message as its reason (`engine/PROTOCOL.md`, "Connection close codes").
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// The connection carries no client certificate.
+    #[error("no client certificate")]
+    NoCertificate,
+    /// The certificate or its subjectAltName cannot be read.
+    #[error("the client certificate cannot be read: {0}")]
+    Unreadable(String),
+    /// No `urn:mykey:role:` URI.
+    #[error("the client certificate names no MyKey role")]
+    NoRole,
+    /// More than one role URI.
+    #[error("the client certificate names more than one role")]
+    SeveralRoles,
+    /// A role that is not one of the five.
+    #[error("unknown role {0:?}")]
+    UnknownRole(String),
+    /// A provider URI that does not decode to a provider ID.
+    #[error("malformed provider URI {0}")]
+    BadProvider(String),
+    /// More than [`PROVIDERS_PER_CERT_MAX`] providers.
+    #[error("more than {PROVIDERS_PER_CERT_MAX} providers in one certificate")]
+    TooManyProviders,
+    /// A counter certificate without a provider.
+    #[error("a counter certificate names no provider")]
+    CounterWithoutProvider,
+}
+
+impl IdentityError {
+    /// The QUIC application close code of this refusal (0 is the server's shutdown).
+    pub fn close_code(&self) -> u32 {
+        match self {
+            IdentityError::NoCertificate => 1,
+            IdentityError::Unreadable(_) => 2,
+            IdentityError::NoRole => 3,
+            IdentityError::SeveralRoles => 4,
+            IdentityError::UnknownRole(_) => 5,
+            IdentityError::BadProvider(_) => 6,
+            IdentityError::TooManyProviders => 7,
+            IdentityError::CounterWithoutProvider => 8,
+        }
+    }
+}
+
 /// Reads the identity of a client certificate (already verified by rustls).
-pub fn identity(cert_der: &[u8]) -> Result<Identity, String> {
-    let (_, cert) =
-        X509Certificate::from_der(cert_der).map_err(|e| format!("client certificate: {e}"))?;
+pub fn identity(cert_der: &[u8]) -> Result<Identity, IdentityError> {
+    let (_, cert) = X509Certificate::from_der(cert_der)
+        .map_err(|e| IdentityError::Unreadable(e.to_string()))?;
     let name = cert
         .subject()
         .iter_common_name()
@@ -129,7 +177,7 @@ pub fn identity(cert_der: &[u8]) -> Result<Identity, String> {
             })
             .collect(),
         Ok(None) => Vec::new(),
-        Err(e) => return Err(format!("client certificate subjectAltName: {e}")),
+        Err(e) => return Err(IdentityError::Unreadable(format!("subjectAltName: {e}"))),
     };
     let (role, providers) = decode_uris(&uris)?;
     Ok(Identity {
@@ -156,28 +204,30 @@ pub fn authorisation_uris(role: Role, providers: &[ProviderId]) -> Vec<String> {
     out
 }
 
-fn decode_uris(uris: &[&str]) -> Result<(Role, Vec<ProviderId>), String> {
+fn decode_uris(uris: &[&str]) -> Result<(Role, Vec<ProviderId>), IdentityError> {
     let mut role = None;
     let mut providers = Vec::new();
     for u in uris {
         if let Some(r) = u.strip_prefix(ROLE_URI) {
             if role.is_some() {
-                return Err("the client certificate names more than one role".into());
+                return Err(IdentityError::SeveralRoles);
             }
-            role = Some(Role::parse(r).ok_or_else(|| format!("unknown role {r:?}"))?);
+            role = Some(Role::parse(r).ok_or_else(|| IdentityError::UnknownRole(r.to_owned()))?);
         } else if let Some(p) = u.strip_prefix(PROVIDER_URI) {
             if providers.len() == PROVIDERS_PER_CERT_MAX {
-                return Err(format!(
-                    "more than {PROVIDERS_PER_CERT_MAX} providers in one certificate"
-                ));
+                return Err(IdentityError::TooManyProviders);
             }
-            let bytes = percent_decode(p).ok_or_else(|| format!("malformed provider URI {u:?}"))?;
-            providers.push(ProviderId::parse(&bytes).map_err(|e| format!("{u:?}: {e}"))?);
+            let bytes =
+                percent_decode(p).ok_or_else(|| IdentityError::BadProvider(format!("{u:?}")))?;
+            providers.push(
+                ProviderId::parse(&bytes)
+                    .map_err(|e| IdentityError::BadProvider(format!("{u:?}: {e}")))?,
+            );
         }
     }
-    let role = role.ok_or("the client certificate names no MyKey role")?;
+    let role = role.ok_or(IdentityError::NoRole)?;
     if role == Role::Counter && providers.is_empty() {
-        return Err("a counter certificate names no provider".into());
+        return Err(IdentityError::CounterWithoutProvider);
     }
     Ok((role, providers))
 }

@@ -515,8 +515,11 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
                 Err(reason) => {
                     metrics::counter!(admin::CONNECTIONS_REFUSED_TOTAL, "reason" => "identity")
                         .increment(1);
-                    tracing::warn!(%reason, "client certificate without a valid MyKey identity");
-                    conn.close(quinn::VarInt::from_u32(1), reason.as_bytes());
+                    tracing::warn!(%reason, code = reason.close_code(), "client certificate without a valid MyKey identity");
+                    conn.close(
+                        quinn::VarInt::from_u32(reason.close_code()),
+                        reason.to_string().as_bytes(),
+                    );
                     return;
                 }
             };
@@ -550,12 +553,12 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
     }
 }
 
-fn peer_identity(conn: &quinn::Connection) -> Result<(Identity, [u8; 32]), String> {
+fn peer_identity(conn: &quinn::Connection) -> Result<(Identity, [u8; 32]), auth::IdentityError> {
     let certs = conn
         .peer_identity()
         .and_then(|a| a.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .ok_or("no client certificate")?;
-    let leaf = certs.first().ok_or("no client certificate")?;
+        .ok_or(auth::IdentityError::NoCertificate)?;
+    let leaf = certs.first().ok_or(auth::IdentityError::NoCertificate)?;
     Ok((auth::identity(leaf)?, crate::jpki::sha256(leaf)))
 }
 

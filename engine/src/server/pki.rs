@@ -167,12 +167,24 @@ impl OperatorCa {
                 providers.len()
             )));
         }
+        self.terminal_with_uris(name, &authorisation_uris(role, providers), serial, validity)
+    }
+
+    /// As [`OperatorCa::terminal`], with the subjectAltName URIs given as they are: for tests
+    /// of certificates whose authorisation the server must refuse.
+    pub fn terminal_with_uris(
+        &self,
+        name: &str,
+        uris: &[String],
+        serial: u64,
+        validity: Validity,
+    ) -> Result<Issued, DevPkiError> {
         let k = new_key()?;
         let mut p = CertificateParams::default();
         p.distinguished_name.push(DnType::CommonName, name);
-        p.subject_alt_names = authorisation_uris(role, providers)
-            .into_iter()
-            .map(|u| Ok(SanType::URI(u.try_into()?)))
+        p.subject_alt_names = uris
+            .iter()
+            .map(|u| Ok(SanType::URI(u.clone().try_into()?)))
             .collect::<Result<_, rcgen::Error>>()?;
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.sign(p, k, serial, validity)
