@@ -1076,6 +1076,63 @@ mod tests {
         assert_eq!(st(Op::Link, &l), Err(Status::BadFrame));
     }
 
+    /// The status and opcode tables of PROTOCOL.md and the codec agree both ways: no code
+    /// without a row, no row without a code, and each row's name is the code's.
+    #[test]
+    fn protocol_md_tables_match_the_codec() {
+        let spec = include_str!("../PROTOCOL.md");
+        let section = |title: &str| {
+            let start = spec.find(title).unwrap_or_else(|| panic!("no {title}"));
+            let rest = &spec[start + title.len()..];
+            &rest[..rest.find("\n## ").unwrap_or(rest.len())]
+        };
+        let rows = |text: &str| -> Vec<(u8, String)> {
+            text.lines()
+                .filter_map(|l| {
+                    let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                    let code = cells.get(1)?;
+                    let code = match code.strip_prefix("0x") {
+                        Some(hex) => u8::from_str_radix(hex, 16).ok()?,
+                        None => code.parse().ok()?,
+                    };
+                    Some((code, cells.get(2)?.trim_matches('`').to_owned()))
+                })
+                .collect()
+        };
+        let statuses = rows(section("## Status codes"));
+        let ops = rows(section("## Operations"));
+        assert!(
+            statuses.len() > 40 && ops.len() == 16,
+            "{statuses:?} {ops:?}"
+        );
+        for (code, name) in &statuses {
+            let s = Status::from_u8(*code)
+                .unwrap_or_else(|| panic!("row {code} {name}: no such status"));
+            assert_eq!(s.name(), name, "status {code}");
+        }
+        for (code, name) in &ops {
+            let o = Op::from_u8(*code)
+                .unwrap_or_else(|| panic!("row {code:#04x} {name}: no such opcode"));
+            assert_eq!(o.name(), name, "opcode {code:#04x}");
+        }
+        for b in 0..=255u8 {
+            if let Some(s) = Status::from_u8(b) {
+                assert!(
+                    statuses.iter().any(|(c, _)| *c == b),
+                    "status {} has no row",
+                    s.name()
+                );
+            }
+            if let Some(o) = Op::from_u8(b) {
+                assert!(
+                    ops.iter().any(|(c, _)| *c == b),
+                    "opcode {} has no row",
+                    o.name()
+                );
+            }
+        }
+    }
+
     #[test]
     fn every_status_and_op_has_one_code_and_name() {
         let mut names = std::collections::HashSet::new();
