@@ -910,7 +910,7 @@ fn jpki_status(e: &JpkiError) -> Status {
         J::NotYetValid { .. } => Status::CertNotYetValid,
         J::UnknownIssuer => Status::UnknownIssuer,
         J::Chain(_) => Status::ChainInvalid,
-        J::ChallengeUnknown => Status::ChallengeUnknown,
+        J::ChallengeUnknown | J::ChallengeNotYours => Status::ChallengeUnknown,
         J::ChallengeReused => Status::ChallengeReused,
         J::ChallengeExpired { .. } => Status::ChallengeExpired,
         J::TooManyChallenges { .. } => Status::TooManyChallenges,

@@ -901,3 +901,39 @@ async fn each_refused_identity_closes_with_its_own_code() {
     }
     server.shutdown().await;
 }
+
+/// A challenge is bound to the client certificate that asked for it: presented by another
+/// terminal (another role here) it is refused and burnt; the asker then needs a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenge_is_redeemed_only_by_the_certificate_that_asked() {
+    let net = Net::new();
+    let dir = TempDir::new("server-challenge-owner");
+    let server = start(&net, registry(&dir, true), Vec::new());
+    let addr = server.local_addr().expect("addr");
+    let portal = net.client(addr, "portal").await;
+    let municipal = net.client(addr, "municipal").await;
+    let p = pki();
+    let cert = card(&p.gen2023, &p.cards[0], 4343);
+    let pr = proof(&portal, &cert, &p.cards[0]).await;
+    let e = municipal
+        .register_full(as_card(&pr))
+        .await
+        .expect_err("another certificate's challenge");
+    assert_eq!(e.status(), Some(Status::ChallengeUnknown));
+    assert!(
+        e.to_string()
+            .contains("issued to another client certificate"),
+        "{e}"
+    );
+    // Burnt: not even its owner can use it now.
+    assert_eq!(
+        status(portal.register_full(as_card(&pr)).await),
+        Status::ChallengeUnknown
+    );
+    // A second connection of the same certificate is the same client.
+    let portal2 = net.client(addr, "portal").await;
+    let pr = proof(&portal, &cert, &p.cards[0]).await;
+    let id = portal2.register_full(as_card(&pr)).await.expect("register");
+    assert_eq!(id.as_str(), "T0000000004343");
+    server.shutdown().await;
+}

@@ -38,6 +38,9 @@ pub struct Challenge {
 struct Entry {
     expires_at: Timestamp,
     used: bool,
+    /// The SHA-256 of the client certificate that asked for it, when known: only that client
+    /// may present it.
+    owner: Option<[u8; 32]>,
 }
 
 type Map = HashMap<[u8; CHALLENGE_LEN], Entry, ahash::RandomState>;
@@ -72,6 +75,15 @@ impl Challenges {
 
     /// Issues a challenge at `now`.
     pub fn issue(&self, now: Timestamp) -> Result<Challenge, JpkiError> {
+        self.issue_for(now, None)
+    }
+
+    /// Issues a challenge at `now` to the client certificate whose SHA-256 is `owner`.
+    pub fn issue_for(
+        &self,
+        now: Timestamp,
+        owner: Option<[u8; 32]>,
+    ) -> Result<Challenge, JpkiError> {
         let mut bytes = [0u8; CHALLENGE_LEN];
         self.rng
             .fill(&mut bytes)
@@ -89,6 +101,7 @@ impl Challenges {
             Entry {
                 expires_at,
                 used: false,
+                owner,
             },
         );
         Ok(Challenge { bytes, expires_at })
@@ -111,6 +124,24 @@ impl Challenges {
             return Err(JpkiError::ChallengeExpired { expired_at });
         }
         e.used = true;
+        Ok(())
+    }
+
+    /// Refuses a challenge presented by another client certificate than the one it was issued
+    /// to (`presenter`, a SHA-256), burning it: defence in depth, since a challenge travels to
+    /// a card and back through one terminal only. A challenge issued without an owner, or not
+    /// held here, passes (consuming it says what is wrong with it).
+    pub fn check_owner(&self, challenge: &[u8], presenter: &[u8; 32]) -> Result<(), JpkiError> {
+        let Ok(key) = <&[u8; CHALLENGE_LEN]>::try_from(challenge) else {
+            return Ok(());
+        };
+        let mut m = self.shard(key);
+        if m.get(key)
+            .is_some_and(|e| e.owner.is_some_and(|o| &o != presenter))
+        {
+            m.remove(key);
+            return Err(JpkiError::ChallengeNotYours);
+        }
         Ok(())
     }
 

@@ -101,6 +101,11 @@ pub enum JpkiError {
     /// rustls-webpki refused the chain for another reason.
     #[error("the certificate chain is invalid: {0}")]
     Chain(webpki::Error),
+    /// The challenge was issued to another client certificate (it is burnt).
+    #[error(
+        "the challenge was issued to another client certificate; ask for a challenge on this connection"
+    )]
+    ChallengeNotYours,
     /// The challenge was never issued here (or was dropped to keep the table bounded).
     #[error("the challenge is unknown: it was not issued by this engine")]
     ChallengeUnknown,
@@ -266,6 +271,26 @@ impl Jpki {
     /// Issues a fresh, random, single-use challenge, usable until `now` plus its lifetime.
     pub fn issue_challenge(&self, now: Timestamp) -> Result<Challenge, JpkiError> {
         self.challenges.issue(now)
+    }
+
+    /// As [`Jpki::issue_challenge`], for the client certificate whose SHA-256 is `owner`: only
+    /// that certificate may present it ([`Jpki::check_challenge_owner`]).
+    pub fn issue_challenge_for(
+        &self,
+        now: Timestamp,
+        owner: [u8; 32],
+    ) -> Result<Challenge, JpkiError> {
+        self.challenges.issue_for(now, Some(owner))
+    }
+
+    /// Refuses (and burns) a challenge presented by another client certificate than the one
+    /// it was issued to.
+    pub fn check_challenge_owner(
+        &self,
+        challenge: &[u8],
+        presenter: &[u8; 32],
+    ) -> Result<(), JpkiError> {
+        self.challenges.check_owner(challenge, presenter)
     }
 
     /// Verifies a certificate at `now`: from the cache when it was verified before (its

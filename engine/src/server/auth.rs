@@ -94,6 +94,8 @@ pub struct Identity {
     pub providers: Vec<ProviderId>,
     /// The certificate's subject CN, for logs and the audit trail.
     pub name: String,
+    /// SHA-256 of the certificate: challenges are bound to it, rate buckets keyed by it.
+    pub fingerprint: [u8; 32],
 }
 
 impl Identity {
@@ -184,6 +186,7 @@ pub fn identity(cert_der: &[u8]) -> Result<Identity, IdentityError> {
         role,
         providers,
         name,
+        fingerprint: crate::jpki::sha256(cert_der),
     })
 }
 

@@ -559,7 +559,9 @@ fn peer_identity(conn: &quinn::Connection) -> Result<(Identity, [u8; 32]), auth:
         .and_then(|a| a.downcast::<Vec<CertificateDer<'static>>>().ok())
         .ok_or(auth::IdentityError::NoCertificate)?;
     let leaf = certs.first().ok_or(auth::IdentityError::NoCertificate)?;
-    Ok((auth::identity(leaf)?, crate::jpki::sha256(leaf)))
+    let ident = auth::identity(leaf)?;
+    let fingerprint = ident.fingerprint;
+    Ok((ident, fingerprint))
 }
 
 /// Writes a whole answer and finishes the stream; false when the peer went away first (it
@@ -907,6 +909,18 @@ fn execute(
     let now = (service.clock)();
     let reg = &service.registry;
     let op = req.op() as u8;
+    // A card's challenge must come back over a connection of the certificate that asked.
+    if let Request::LookupCard { card, .. }
+    | Request::RegisterFull { card }
+    | Request::RegisterProvisional { card, .. }
+    | Request::Confirm { card, .. }
+    | Request::Rebind { card, .. } = req
+    {
+        service
+            .jpki
+            .check_challenge_owner(card.challenge, &ident.fingerprint)
+            .map_err(|e| refused(e.into()))?;
+    }
     wire::begin_response(out, op, Status::Ok);
     match *req {
         Request::Lookup { provider, id } => {
@@ -924,7 +938,7 @@ fn execute(
         Request::Challenge => {
             let c = service
                 .jpki
-                .issue_challenge(now)
+                .issue_challenge_for(now, ident.fingerprint)
                 .map_err(|e| refused(e.into()))?;
             wire::put_challenge(out, &c);
         }
