@@ -937,3 +937,91 @@ async fn a_challenge_is_redeemed_only_by_the_certificate_that_asked() {
     assert_eq!(id.as_str(), "T0000000004343");
     server.shutdown().await;
 }
+
+/// The provisional lifetime (`[registry] provisional_expiry_days`) through the protocol: a
+/// provisional ID confirmed in time becomes active; one left past its lifetime is
+/// `PROVISIONAL_EXPIRED` for `CONFIRM`, unknown to lookups, and free to register again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisional_registrations_expire_after_their_lifetime() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CLOCK: AtomicU64 = AtomicU64::new(0);
+    fn clock() -> Timestamp {
+        Timestamp::from_unix_secs(CLOCK.load(Ordering::Relaxed)).expect("time")
+    }
+    CLOCK.store(now().unix_secs(), Ordering::Relaxed);
+    let net = Net::new();
+    let dir = TempDir::new("server-provisional-expiry");
+    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
+    let config = mykey_engine::server::config::RegistrySection {
+        provisional_expiry_days: 1,
+    }
+    .registry_config();
+    let reg = Registry::create(fs, StoreConfig::default(), config).expect("create");
+    reg.register_provider(
+        now(),
+        ActorId::parse(b"setup").expect("actor"),
+        provider("A-α1-0001"),
+    )
+    .expect("provider");
+    let service = Arc::new(Service {
+        registry: reg,
+        jpki: pki().jpki(),
+        clock,
+    });
+    let server = Server::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        net.pki.server_tls(Vec::new()),
+        service,
+        mykey_engine::server::Limits::default(),
+    )
+    .expect("server");
+    let addr = server.local_addr().expect("addr");
+    let portal = net.client(addr, "portal").await;
+    let municipal = net.client(addr, "municipal").await;
+    let counter = net.client(addr, "counter-a").await;
+    let p = pki();
+    let (kept, lapsed) = (
+        MyKeyId::parse(b"KEPTPROVISION1").expect("id"),
+        MyKeyId::parse(b"LAPSEDPROVISN1").expect("id"),
+    );
+    for (id, n) in [(kept, 4401u64), (lapsed, 4402)] {
+        let cert = card(&p.gen2023, &p.cards[0], n);
+        let pr = proof(&portal, &cert, &p.cards[0]).await;
+        portal
+            .register_provisional(id, as_card(&pr))
+            .await
+            .expect("provisional");
+    }
+    // Within the day: confirmed.
+    CLOCK.fetch_add(3_600, Ordering::Relaxed);
+    let cert = card(&p.gen2023, &p.cards[0], 4401);
+    let pr = proof(&municipal, &cert, &p.cards[0]).await;
+    municipal
+        .confirm(kept, as_card(&pr))
+        .await
+        .expect("confirmed in time");
+    // Past the day: expired.
+    CLOCK.fetch_add(86_400, Ordering::Relaxed);
+    let cert = card(&p.gen2023, &p.cards[0], 4402);
+    let pr = proof(&municipal, &cert, &p.cards[0]).await;
+    assert_eq!(
+        status(municipal.confirm(lapsed, as_card(&pr)).await),
+        Status::ProvisionalExpired
+    );
+    let a = provider("A-α1-0001");
+    assert_eq!(
+        counter.lookup(a, lapsed).await.expect("lookup"),
+        Lookup::UnknownId
+    );
+    assert_eq!(
+        counter.lookup(a, kept).await.expect("lookup"),
+        Lookup::NotLinked
+    );
+    let other = card(&p.gen2023, &p.cards[0], 4403);
+    let pr = proof(&portal, &other, &p.cards[0]).await;
+    portal
+        .register_provisional(lapsed, as_card(&pr))
+        .await
+        .expect("the lapsed ID is free again");
+    server.shutdown().await;
+}

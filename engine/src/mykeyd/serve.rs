@@ -13,7 +13,7 @@ use mykey_engine::id::{ActorId, Timestamp};
 use mykey_engine::jpki::dev::{DevCa, DevKey, pem};
 use mykey_engine::jpki::{Anchors, Jpki, JpkiConfig};
 use mykey_engine::population::{self, BuildOptions};
-use mykey_engine::registry::{Registry, RegistryConfig};
+use mykey_engine::registry::Registry;
 use mykey_engine::server::admin::{self, Readiness};
 use mykey_engine::server::config::{self, Config, LogFormat};
 use mykey_engine::server::dev::{DEV_CA_NAME, DEV_CA_ORG};
@@ -300,7 +300,7 @@ async fn run(
         RealFs::new(&cfg.store.dir).map_err(|e| format!("{}: {e}", cfg.store.dir.display()))?,
     );
     let (registry, rec) =
-        Registry::open_with_report(fs, RegistryConfig::default()).map_err(|e| {
+        Registry::open_with_report(fs, cfg.registry.registry_config()).map_err(|e| {
             let e = format!("{}: {e}", cfg.store.dir.display());
             tracing::error!(op = "open", error = %e, "cannot open the store");
             e
@@ -451,11 +451,12 @@ fn reload(cfg_path: &Path, cfg: &Config, server: &Server, service: &Service) -> 
     };
     if new.server != cfg.server
         || new.store != cfg.store
+        || new.registry != cfg.registry
         || new.log != cfg.log
         || limits_but_rate(&new.limits) != limits_but_rate(&cfg.limits)
     {
         tracing::warn!(
-            "addresses, store, logging and limits other than rate_per_identity change at the next start"
+            "addresses, store, registry, logging and limits other than rate_per_identity change at the next start"
         );
     }
     Ok(())

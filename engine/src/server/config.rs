@@ -20,7 +20,7 @@ pub const ENV_PREFIX: &str = "MYKEYD_";
 /// a typo, refused); one whose section is not here is someone else's variable that happens to
 /// share the prefix (a script's `MYKEYD_BIN`, the `MYKEYD_PORT`, `MYKEYD_SERVICE_HOST` that
 /// Kubernetes injects for a Service named `mykeyd`) and is ignored with a warning.
-pub const SECTIONS: [(&str, &[&str]); 6] = [
+pub const SECTIONS: [(&str, &[&str]); 7] = [
     ("server", &["listen", "admin_listen"]),
     ("store", &["dir", "compact_delta_keys"]),
     ("tls", &["cert", "key", "client_ca", "client_crl"]),
@@ -39,8 +39,13 @@ pub const SECTIONS: [(&str, &[&str]); 6] = [
             "handshakes_per_second",
         ],
     ),
+    ("registry", &["provisional_expiry_days"]),
     ("log", &["format", "level"]),
 ];
+
+/// The range of `provisional_expiry_days`: DESIGN §3's default is 30; a year is the longest a
+/// chosen ID may be held without the card being shown at a counter.
+pub const PROVISIONAL_EXPIRY_DAYS_RANGE: (u32, u32) = (1, 365);
 
 /// Most keys a delta may be allowed to hold before a compaction: a key costs ~100 bytes of
 /// memory, so 100 million is ~10 GB, past what a node should hold outside its snapshots.
@@ -83,6 +88,9 @@ pub struct Config {
     /// Limits.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// Domain settings.
+    #[serde(default)]
+    pub registry: RegistrySection,
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
@@ -212,6 +220,32 @@ fn parse_duration(text: &str) -> Option<Duration> {
     };
     let n: u64 = num.trim().parse().ok()?;
     Some(Duration::from_millis(n.checked_mul(unit_ms)?))
+}
+
+/// `[registry]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySection {
+    /// Days an unconfirmed provisional registration lives before its ID is freed.
+    pub provisional_expiry_days: u32,
+}
+
+impl Default for RegistrySection {
+    fn default() -> Self {
+        Self {
+            provisional_expiry_days: (crate::registry::PROVISIONAL_EXPIRY_SECS_DEFAULT / 86_400)
+                as u32,
+        }
+    }
+}
+
+impl RegistrySection {
+    /// The registry's configuration.
+    pub fn registry_config(&self) -> crate::registry::RegistryConfig {
+        crate::registry::RegistryConfig {
+            provisional_expiry_secs: u64::from(self.provisional_expiry_days) * 86_400,
+        }
+    }
 }
 
 /// `[log]`.
@@ -478,6 +512,14 @@ impl Config {
             lo as usize,
             hi as usize,
         )?;
+        let (lo, hi) = PROVISIONAL_EXPIRY_DAYS_RANGE;
+        range(
+            "registry",
+            "provisional_expiry_days",
+            self.registry.provisional_expiry_days as usize,
+            lo as usize,
+            hi as usize,
+        )?;
         if !matches!(
             self.log.level.as_str(),
             "error" | "warn" | "info" | "debug" | "trace"
@@ -545,6 +587,11 @@ rate_per_identity = 5000
 # New connections accepted per second (a burst of as many); more are refused at once with
 # QUIC's CONNECTION_REFUSED and counted in mykey_connections_refused_total{{reason="handshake_rate"}}.
 handshakes_per_second = 5000
+
+[registry]
+# Days an unconfirmed provisional registration lives; then CONFIRM answers PROVISIONAL_EXPIRED,
+# lookups answer unknown MyKey ID and the ID may be registered again. 1..365.
+provisional_expiry_days = 30
 
 [log]
 # text or json.
