@@ -12,5 +12,6 @@ mod jpki_registry;
 mod ops;
 mod population;
 mod process_kill;
+mod protocol_states;
 mod server;
 mod storage_faults;
