@@ -228,6 +228,8 @@ pub enum LeafVariant {
     NoKeyUsage,
     /// The same unknown, non-critical extension twice (RFC 5280 §4.2 allows one of each).
     DuplicateExtension,
+    /// An unknown extension marked critical (RFC 5280 §4.2: must be refused).
+    UnknownCriticalExtension,
 }
 
 /// A JPKI-like CA generation.
@@ -376,6 +378,12 @@ impl DevCa {
                     .push(CustomExtension::from_oid_content(&oid, vec![0x05, 0x00]));
                 p.custom_extensions
                     .push(CustomExtension::from_oid_content(&oid, vec![0x05, 0x00]));
+            }
+            LeafVariant::UnknownCriticalExtension => {
+                let oid = [1, 3, 6, 1, 4, 1, 99999, 2];
+                let mut e = CustomExtension::from_oid_content(&oid, vec![0x05, 0x00]);
+                e.set_criticality(true);
+                p.custom_extensions.push(e);
             }
         }
         Ok(p.signed_by(&card.rcgen, &self.issuer())?.der().to_vec())
