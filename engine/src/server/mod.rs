@@ -214,6 +214,9 @@ impl Default for Limits {
     }
 }
 
+/// How often a push waiting on the store looks whether the store's log is stuck.
+const PUSH_STUCK_POLL: Duration = Duration::from_millis(100);
+
 /// Default handshakes accepted per second: each costs the server a TLS handshake with an RSA
 /// or ECDSA signature and a client-certificate chain check (~1 ms of a core), so an
 /// unthrottled reconnect storm of 13,000 terminals would take the node's CPU from lookups;
@@ -751,10 +754,26 @@ async fn serve_request(
                 message,
             }))
         };
-        let finished = if writes {
-            tokio::time::timeout(timeout, task).await
-        } else {
+        let finished = if !writes {
             Ok(task.await)
+        } else if matches!(op, Op::PushCrl | Op::PushSerials) {
+            // A push applies up to millions of revocations in many changes and may take
+            // minutes on a healthy disk: its deadline is a log write or fsync stuck for
+            // `write_timeout`, not its own length.
+            let store = shared.service.registry.store();
+            let mut task = std::pin::pin!(task);
+            loop {
+                match tokio::time::timeout(PUSH_STUCK_POLL, &mut task).await {
+                    Ok(r) => break Ok(r),
+                    Err(_) => {
+                        if store.health().log_io.is_some_and(|(age, _)| age >= timeout) {
+                            break Err(());
+                        }
+                    }
+                }
+            }
+        } else {
+            tokio::time::timeout(timeout, task).await.map_err(|_| ())
         };
         match finished {
             Ok(Ok(r)) => r,
