@@ -300,6 +300,9 @@ fn check_extensions(der: &[u8], spki_end: usize) -> Result<(), JpkiError> {
     let mut at = spki_end;
     while at < tbs_end {
         let (tag, start, end) = tlv(at)?;
+        if end > tbs_end {
+            return Err(bad());
+        }
         // [1] issuerUniqueID and [2] subjectUniqueID are skipped; [3] holds the extensions.
         if tag == 0xa3 {
             let (seq, mut e, ext_end) = tlv(start)?;
@@ -309,7 +312,7 @@ fn check_extensions(der: &[u8], spki_end: usize) -> Result<(), JpkiError> {
             while e < ext_end {
                 let (t, es, ee) = tlv(e)?;
                 let (ot, os, oe) = tlv(es)?;
-                if t != 0x30 || ot != 0x06 || ee > ext_end {
+                if t != 0x30 || ot != 0x06 || ee > ext_end || oe > ee {
                     return Err(bad());
                 }
                 let oid = &der[os..oe];
