@@ -289,6 +289,22 @@ fn test_pki_mimics_the_real_profile() {
     assert_eq!(cn.map(str::len), Some(23));
 }
 
+/// A card of the 2023 generation, valid 2024–2029, serial `serial`, CN number `n`, departing
+/// from the JPKI profile as `v` says.
+fn variant_card(serial: &[u8], n: u64, v: mykey_engine::jpki::dev::LeafVariant) -> Vec<u8> {
+    let p = pki();
+    p.gen2023
+        .issue_with(
+            &p.cards[0],
+            &cn(n),
+            serial,
+            date(2024, 1, 1),
+            date(2029, 1, 1),
+            v,
+        )
+        .expect("issue")
+}
+
 /// The end-entity profile is not public: accept what RFC 5280 allows (an AKI, a clientAuth EKU,
 /// or neither), refuse what it forbids (an EKU without clientAuth, a CA certificate used as an
 /// end entity).
@@ -297,18 +313,7 @@ fn end_entity_extensions_follow_rfc_5280() {
     use mykey_engine::jpki::dev::LeafVariant;
     let p = pki();
     let jpki = p.jpki();
-    let issue = |n: u64, v| {
-        p.gen2023
-            .issue_with(
-                &p.cards[0],
-                &cn(n),
-                &[0x50, n as u8],
-                date(2024, 1, 1),
-                date(2029, 1, 1),
-                v,
-            )
-            .expect("issue")
-    };
+    let issue = |n: u64, v| variant_card(&[0x50, n as u8], n, v);
     for (n, v) in [
         (1, LeafVariant::Jpki),
         (2, LeafVariant::Aki),
@@ -495,18 +500,7 @@ fn rfc_5280_strictness_on_cards() {
     use mykey_engine::jpki::dev::LeafVariant;
     let p = pki();
     let jpki = p.jpki();
-    let issue = |n: u64, v| {
-        p.gen2023
-            .issue_with(
-                &p.cards[0],
-                &cn(n),
-                &[0x60, n as u8],
-                date(2024, 1, 1),
-                date(2029, 1, 1),
-                v,
-            )
-            .expect("issue")
-    };
+    let issue = |n: u64, v| variant_card(&[0x60, n as u8], n, v);
     for (n, v, want) in [
         (
             1,
