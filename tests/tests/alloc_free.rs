@@ -82,6 +82,10 @@ fn lookups_allocate_nothing() {
     let mut out = Vec::with_capacity(64);
     // Warm up thread-locals (arc-swap's debt list) before counting.
     let _ = reg.lookup(at(1), &ids[0], &p);
+    let linked_p = ids
+        .iter()
+        .filter(|id| matches!(reg.lookup(at(1), id, &p), Ok(Lookup::Linked(_))))
+        .count();
     let before = allocations();
     let mut linked = 0;
     for id in &ids {
@@ -94,7 +98,16 @@ fn lookups_allocate_nothing() {
     }
     reg.lookup_batch(at(1), &p, &ids[..64], &mut out)
         .expect("batch");
+    // The path the server answers LOOKUP_BATCH through: IDs streamed in, answers out.
+    let mut answered = 0;
+    reg.lookup_batch_each(at(1), pref, ids.iter().copied(), |l| {
+        if let Ok(Lookup::Linked(_)) = l {
+            answered += 1;
+        }
+    })
+    .expect("batch");
     let spent = allocations() - before;
+    assert_eq!(answered, linked_p);
     // The counter is live: one allocation shows.
     let live = allocations();
     std::hint::black_box(vec![0u8; 10]);

@@ -932,19 +932,47 @@ impl Registry {
         ids: &[MyKeyId],
         out: &mut Vec<Result<Lookup, RegistryError>>,
     ) -> Result<(), RegistryError> {
-        let p = self.provider_index(provider)?;
+        let p = self.provider_ref(provider)?;
         out.clear();
-        let mut keys = [&[][..]; crate::store::BATCH_WINDOW];
-        for chunk in ids.chunks(crate::store::BATCH_WINDOW) {
-            for (k, id) in keys.iter_mut().zip(chunk) {
-                *k = id.as_bytes();
+        self.lookup_batch_each(now, p, ids.iter().copied(), |r| out.push(r))
+    }
+
+    /// Answers a batch of lookups for a provider resolved by [`Registry::provider_ref`],
+    /// calling `f` with each answer in order, without allocating: the IDs are read
+    /// [`crate::store::BATCH_WINDOW`] at a time and the store overlaps each window's memory
+    /// misses ([`Store::get_batch`]). The server answers `LOOKUP_BATCH` through it.
+    pub fn lookup_batch_each(
+        &self,
+        now: Timestamp,
+        provider: ProviderRef,
+        ids: impl IntoIterator<Item = MyKeyId>,
+        mut f: impl FnMut(Result<Lookup, RegistryError>),
+    ) -> Result<(), RegistryError> {
+        const W: usize = crate::store::BATCH_WINDOW;
+        let p = provider.0;
+        let mut window = [[0u8; crate::id::MYKEY_ID_LEN]; W];
+        let mut n = 0;
+        let mut ids = ids.into_iter();
+        loop {
+            let next = ids.next();
+            if let Some(id) = next {
+                window[n] = *id.as_bytes();
+                n += 1;
             }
-            self.store
-                .get_batch(Table::Ids, &keys[..chunk.len()], |_, v| {
-                    out.push(self.answer(now, v.map(|b| find_link(b, p))));
+            if n == W || (next.is_none() && n > 0) {
+                let mut keys = [&[][..]; W];
+                for (k, id) in keys.iter_mut().zip(&window[..n]) {
+                    *k = id;
+                }
+                self.store.get_batch(Table::Ids, &keys[..n], |_, v| {
+                    f(self.answer(now, v.map(|b| find_link(b, p))));
                 })?;
+                n = 0;
+            }
+            if next.is_none() {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
     /// Revokes certificates and suspends the IDs bound to them, each certificate in the same
