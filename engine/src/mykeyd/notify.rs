@@ -37,10 +37,19 @@ fn send(path: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
     let sock = UnixDatagram::unbound()?;
     let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path);
     match bytes.strip_prefix(b"@") {
+        // Abstract socket names exist on Linux only (systemd runs nowhere else).
+        #[cfg(target_os = "linux")]
         Some(name) => {
             use std::os::linux::net::SocketAddrExt;
             let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
             sock.send_to_addr(state.as_bytes(), &addr)?;
+        }
+        #[cfg(not(target_os = "linux"))]
+        Some(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "abstract notification sockets exist on Linux only",
+            ));
         }
         None => {
             sock.send_to(state.as_bytes(), path)?;

@@ -879,8 +879,11 @@ pub fn id_tag(id: &crate::id::MyKeyId) -> String {
     static KEY: OnceLock<hmac::Key> = OnceLock::new();
     let key = KEY.get_or_init(|| {
         let rng = aws_lc_rs::rand::SystemRandom::new();
+        // Without the system's randomness the tags could be reversed (the clock is not a
+        // secret), and logs would then carry MyKey IDs in effect: stop rather than log.
         hmac::Key::generate(hmac::HMAC_SHA256, &rng).unwrap_or_else(|_| {
-            hmac::Key::new(hmac::HMAC_SHA256, &system_clock().raw().to_le_bytes())
+            tracing::error!("no randomness for the log-tag key; stopping rather than logging MyKey IDs weakly hidden");
+            std::process::abort()
         })
     });
     let tag = hmac::sign(key, id.as_bytes());
