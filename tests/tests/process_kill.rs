@@ -18,7 +18,13 @@ const THREADS: u64 = 4;
 fn sigkill_never_loses_an_acknowledged_write() {
     let dir = TempDir::new("sigkill");
     let exe = env!("CARGO_BIN_EXE_crash-writer");
-    let mut rng = std::process::id() as u64 | 1;
+    // The kill times come from this seed; MYKEY_TEST_SEED replays a failed run's.
+    let seed = std::env::var("MYKEY_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(std::process::id() as u64 | 1);
+    eprintln!("sigkill test seed {seed} (replay with MYKEY_TEST_SEED={seed})");
+    let mut rng = seed;
     let mut total_acks = 0;
     for round in 0..ROUNDS {
         let mut child = Command::new(exe)
@@ -63,7 +69,7 @@ fn sigkill_never_loses_an_acknowledged_write() {
 
         let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
         let reg = Registry::open(fs, RegistryConfig::default())
-            .unwrap_or_else(|e| panic!("round {round}: recovery failed: {e}"));
+            .unwrap_or_else(|e| panic!("seed {seed} round {round}: recovery failed: {e}"));
         let p = provider("A-α1-0001");
         let acks = acks.lock().expect("lock").clone();
         for &(linked, n) in &acks {
@@ -72,7 +78,7 @@ fn sigkill_never_loses_an_acknowledged_write() {
                 assert_eq!(
                     got,
                     Lookup::Linked(service(&n.to_string())),
-                    "round {round}: link {n} lost"
+                    "seed {seed} round {round}: link {n} lost"
                 );
             } else {
                 assert_ne!(
