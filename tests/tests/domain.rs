@@ -564,14 +564,42 @@ fn batched_lookups_answer_like_single_ones() {
         }
     }
     r.store().compact().expect("compact");
+    // After the compaction: links that override snapshot records (IDs 1, 4, 7 …, and a
+    // replaced one, 0), new IDs only in the delta (40–44), and IDs nowhere (45–49): the batch
+    // reads the snapshot, the delta and the misses in one call.
+    for n in (1..40).step_by(3) {
+        r.link(at(1), actor("shop"), mykey(n), p, service("NEW"), false)
+            .expect("link");
+    }
+    r.link(at(1), actor("shop"), mykey(0), p, service("REPLACED"), true)
+        .expect("replace");
+    for n in 40..45 {
+        r.register_full(at(1), actor("portal"), mykey(n), cert(1, n))
+            .expect("register");
+    }
+    assert!(
+        r.store().delta_keys() > 0,
+        "the delta holds the later writes"
+    );
     let ids: Vec<_> = (0..50).map(mykey).collect();
     let mut out = Vec::new();
-    r.lookup_batch(at(1), &p, &ids, &mut out).expect("batch");
+    r.lookup_batch(at(2), &p, &ids, &mut out).expect("batch");
     assert_eq!(out.len(), 50);
     for (id, got) in ids.iter().zip(&out) {
         assert_eq!(
             got.as_ref().expect("ok"),
-            &r.lookup(at(1), id, &p).expect("ok")
+            &r.lookup(at(2), id, &p).expect("ok")
         );
     }
+    assert_eq!(
+        out[0].as_ref().expect("ok"),
+        &Lookup::Linked(service("REPLACED"))
+    );
+    assert_eq!(
+        out[1].as_ref().expect("ok"),
+        &Lookup::Linked(service("NEW"))
+    );
+    assert_eq!(out[3].as_ref().expect("ok"), &Lookup::Linked(service("3")));
+    assert_eq!(out[42].as_ref().expect("ok"), &Lookup::NotLinked);
+    assert_eq!(out[47].as_ref().expect("ok"), &Lookup::UnknownId);
 }
