@@ -881,3 +881,60 @@ fn sigterm_with_a_frozen_store_exits_3_within_the_grace_and_loses_nothing() {
     drop(r);
     drop(thaw);
 }
+
+/// What a serving `mykeyd` exports is `admin::ALL_METRICS`, both ways (the list the ops/
+/// dashboards and alerts are checked against): every `mykey_` series on `/metrics` is in the
+/// list, and every name of the list is exported once the node has served a lookup and a
+/// write, but for the few that need an event this test does not cause.
+#[test]
+fn the_exported_metrics_are_all_metrics() {
+    use mykey_engine::server::admin::ALL_METRICS;
+    let base = dir("metrics");
+    let mut d = Daemon::init(&base.0);
+    d.start();
+    let rt = rt();
+    rt.block_on(async {
+        let c = d.client("counter").await.expect("connect");
+        c.lookup(p("A-α1-0001"), id("1C2410DF79DGEL"))
+            .await
+            .expect("lookup");
+        let o = d.client("operator").await.expect("connect");
+        o.register_provider(p("METRICS-1")).await.expect("a write");
+    });
+    let body = http_get(d.admin, "/metrics");
+    let mut exported = std::collections::BTreeSet::new();
+    for line in body.lines().filter(|l| l.starts_with("mykey_")) {
+        let name = line.split(['{', ' ']).next().unwrap_or("");
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        exported.insert(base.to_owned());
+    }
+    let listed: std::collections::BTreeSet<String> = ALL_METRICS
+        .iter()
+        .filter(|m| m.starts_with("mykey_"))
+        .map(|m| (*m).to_owned())
+        .collect();
+    let unlisted: Vec<_> = exported.difference(&listed).collect();
+    assert!(
+        unlisted.is_empty(),
+        "exported but not in ALL_METRICS: {unlisted:?}"
+    );
+    // Exported only after an event this test does not cause.
+    let later = [
+        mykey_engine::store::COMPACTION_SECONDS,
+        mykey_engine::server::admin::PUSHES_TOTAL,
+        mykey_engine::server::admin::LAST_PUSH_SECONDS,
+    ];
+    let missing: Vec<_> = listed
+        .iter()
+        .filter(|m| !exported.contains(*m) && !later.contains(&m.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "in ALL_METRICS but not exported: {missing:?}\n{body}"
+    );
+    d.signal("-TERM");
+    assert!(d.wait().success(), "{}", d.log());
+}

@@ -1,7 +1,9 @@
 //! The operator's kit in `ops/` names only metrics the engine exports, and its dashboard covers
 //! every one of them: a renamed metric breaks this test instead of silently emptying a panel or
 //! an alert. (`promtool check rules`, `promtool test rules`, `promtool check metrics` on a live
-//! scrape and `systemd-analyze verify` run in `.ci/run`.)
+//! scrape and `systemd-analyze verify` run in `.ci/run`.) The list itself, `ALL_METRICS`, is
+//! checked both ways against a serving node's `/metrics` by `engine/tests/serve.rs`
+//! (`the_exported_metrics_are_all_metrics`).
 
 use std::collections::BTreeSet;
 
