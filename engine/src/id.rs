@@ -318,8 +318,25 @@ impl fmt::Debug for ServiceId {
     }
 }
 
+/// Bytes shown as hex: `{}` uppercase (certificate references, CA key identifiers, the
+/// population format), `{:x}` lowercase (log tags, fingerprints). The one hex encoder.
+#[derive(Clone, Copy)]
+pub struct Hex<'a>(pub &'a [u8]);
+
+impl fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02X}"))
+    }
+}
+
+impl fmt::LowerHex for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
 fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
-    bytes.iter().try_for_each(|b| write!(f, "{b:02X}"))
+    fmt::Display::fmt(&Hex(bytes), f)
 }
 
 /// Decodes pairs of hex digits into `out`, returning the number of bytes written.
@@ -469,6 +486,14 @@ impl fmt::Display for Timestamp {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn hex_is_uppercase_by_default_and_lowercase_on_request() {
+        assert_eq!(Hex(&[0x0a, 0xbc, 0x00]).to_string(), "0ABC00");
+        assert_eq!(format!("{:x}", Hex(&[0x0a, 0xbc, 0x00])), "0abc00");
+        assert_eq!(Hex(&[]).to_string(), "");
+    }
+
     use super::*;
 
     #[test]

@@ -693,7 +693,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Anchors { dir } => {
             let anchors = load_anchors(&dir)?;
             for a in anchors.all() {
-                let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02X}")).collect::<String>();
+                let hex = |b: &[u8]| mykey_engine::id::Hex(b).to_string();
                 println!(
                     "{}: key id {}, valid {} to {}, SHA-256 {}",
                     a.name(),

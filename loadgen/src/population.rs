@@ -171,7 +171,7 @@ impl PopulationSpec {
             writeln!(providers, "{}", self.provider(i))?;
         }
         let popularity = self.popularity();
-        let ca: String = self.ca_key_id.iter().map(|b| format!("{b:02X}")).collect();
+        let ca = mykey_engine::id::Hex(&self.ca_key_id).to_string();
         writeln!(population, "mykey_id,state,cert,links")?;
         let mut sum = Summary::default();
         for n in 0..self.ids {

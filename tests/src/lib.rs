@@ -144,11 +144,7 @@ pub mod pki {
 
         /// The 2023 generation's key identifier in hex (for serial lists).
         pub fn gen2023_key_id_hex(&self) -> String {
-            self.anchors().all()[2]
-                .key_id()
-                .iter()
-                .map(|b| format!("{b:02X}"))
-                .collect()
+            mykey_engine::id::Hex(self.anchors().all()[2].key_id()).to_string()
         }
 
         /// A JPKI layer over the three generations.

@@ -376,11 +376,7 @@ pub(crate) fn modulus_bits(modulus: &[u8]) -> usize {
 
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    format!("{:x}", crate::id::Hex(bytes))
 }
 
 /// Reads a DER header at `at`: (tag, content start, content length).
