@@ -162,6 +162,12 @@ const OWN_AUDIT: u8 = 0x80;
 impl IdRecord {
     /// Encodes the record.
     pub fn encode(&self) -> Vec<u8> {
+        // The format keeps links in ascending provider order, one per provider.
+        debug_assert!(
+            self.links.windows(2).all(|w| w[0].provider < w[1].provider),
+            "links out of provider order"
+        );
+        debug_assert!(self.links.len() <= LINKS_PER_ID_MAX);
         let mut b = Vec::with_capacity(24 + self.links.len() * 16);
         b.push(self.state as u8);
         b.extend_from_slice(&self.state_at.raw().to_le_bytes());

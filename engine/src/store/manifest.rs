@@ -25,6 +25,7 @@ pub const FLAG_LOG_REQUIRED: u32 = 1;
 /// would only multiply open files.
 pub const SHARDS_MAX: u16 = 4096;
 const FIXED_LEN: usize = 48;
+const _: () = assert!(FIXED_LEN == 8 + 2 + 2 + 4 + 8 + 16 + 4 + 4);
 
 /// One shard file as the manifest pins it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

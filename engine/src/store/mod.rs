@@ -1232,6 +1232,14 @@ impl Store {
         let Some(upto) = changes.last().map(|c| c.seq) else {
             return;
         };
+        // Published in log order, each seq one past the last durable one.
+        debug_assert!(
+            changes
+                .iter()
+                .zip(self.durable_seq() + 1..)
+                .all(|(c, want)| c.seq == want),
+            "changes published out of seq order"
+        );
         let view = self.view.load();
         for c in &changes {
             apply(&view.tables, c);

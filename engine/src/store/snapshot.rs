@@ -53,6 +53,15 @@ pub const VALUE_LEN_MAX: usize = 65_535;
 /// Offsets in a slot have 40 bits, so a shard's heap is at most 1 TiB.
 const OFFSET_MASK: u64 = (1 << 40) - 1;
 
+// The layout of `snapshots/README.md`, checked when this compiles: a bucket is one cache line
+// of 7 slots and its CRC, a slot's offset bits and 24-bit tag fill a u64, a stride stays a
+// multiple of the line, and a reader's probe window covers the longest chain a writer builds.
+const _: () = assert!(HEADER_LEN == 64 && BUCKET_LEN == 64);
+const _: () = assert!(SLOTS_PER_BUCKET * 8 + 4 + 4 == BUCKET_LEN);
+const _: () = assert!(OFFSET_MASK.count_ones() + 24 == 64);
+const _: () = assert!(STRIDE_MAX.is_multiple_of(BUCKET_LEN as u64));
+const _: () = assert!(LOAD_NUM < LOAD_DEN && PROBE_BUCKETS_MAX > 1);
+
 /// The home bucket of a hash among `buckets`: a multiply-shift range reduction of the low 32
 /// bits, so any bucket count works and tables are sized to their load, not to a power of two.
 #[inline]

@@ -28,6 +28,10 @@ pub const RECORD_HEADER_LEN: usize = 16;
 /// memory a corrupt length field can make recovery ask for.
 pub const CHANGE_LEN_MAX: usize = 1 << 20;
 
+// The layout of `snapshots/README.md`: a seal's marker is a length no record may have.
+const _: () = assert!(SEGMENT_HEADER_LEN == 32 && RECORD_HEADER_LEN == 16 && SEAL_LEN == 24);
+const _: () = assert!(CHANGE_LEN_MAX < SEAL_MARKER as usize);
+
 /// The file name of the segment whose first change is `first_seq`.
 pub fn segment_name(first_seq: u64) -> String {
     format!("wal-{first_seq:016x}.log")
