@@ -58,9 +58,22 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
-    /// The TLS material was refused.
-    #[error("TLS: {0}")]
-    Tls(String),
+    /// A client CA certificate was refused as a trust anchor.
+    #[error("TLS: client CA: {0}")]
+    ClientCa(rustls::Error),
+    /// The client-certificate verifier could not be built (no client CA, a bad CRL).
+    #[error("TLS: client verifier: {0}")]
+    ClientVerifier(rustls::server::VerifierBuilderError),
+    /// The server's certificate chain or key was refused (a key that does not match its
+    /// certificate, an unsupported key type).
+    #[error("TLS: server certificate: {0}")]
+    ServerCert(rustls::Error),
+    /// TLS 1.3 could not be chosen with the provider.
+    #[error("TLS: protocol version: {0}")]
+    Protocol(rustls::Error),
+    /// The provider has no cipher suite QUIC can start with.
+    #[error("TLS: QUIC: {0}")]
+    Quic(quinn::crypto::rustls::NoInitialCipherSuite),
     /// The socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -121,9 +134,7 @@ pub fn server_config(tls: ServerTls) -> Result<quinn::ServerConfig, ServerError>
     let provider = crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     for ca in tls.client_cas {
-        roots
-            .add(ca)
-            .map_err(|e| ServerError::Tls(format!("client CA: {e}")))?;
+        roots.add(ca).map_err(ServerError::ClientCa)?;
     }
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
@@ -131,16 +142,15 @@ pub fn server_config(tls: ServerTls) -> Result<quinn::ServerConfig, ServerError>
     )
     .with_crls(tls.client_crls)
     .build()
-    .map_err(|e| ServerError::Tls(format!("client verifier: {e}")))?;
+    .map_err(ServerError::ClientVerifier)?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .map_err(ServerError::Protocol)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(tls.chain, tls.key)
-        .map_err(|e| ServerError::Tls(format!("server certificate: {e}")))?;
+        .map_err(ServerError::ServerCert)?;
     cfg.alpn_protocols = vec![wire::ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg)
-        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(ServerError::Quic)?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
     let mut t = transport();
     // What a client may send ahead of the server: bounded per stream and per connection,
