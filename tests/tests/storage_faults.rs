@@ -578,3 +578,44 @@ fn a_corrupt_snapshot_read_is_refused_logged_once_and_named_by_readiness() {
         "{problems:?}"
     );
 }
+
+/// Group commit, held with the stall seam rather than left to timing: while one writer's fsync
+/// is stalled, seven more queue their changes; once it returns, a single fsync makes all seven
+/// durable. Two log fsyncs for eight writes.
+#[test]
+fn writers_queued_behind_an_fsync_share_the_next_one() {
+    let dir = TempDir::new("group-commit");
+    let t = TracedFs::new(Arc::new(RealFs::new(dir.path()).expect("dir")));
+    let (faults, syncs) = (t.faults.clone(), t.syncs.clone());
+    let store = Arc::new(Store::create(Arc::new(t), small()).expect("create"));
+    let before = store.submitted_seq();
+    faults.stall_syncs();
+    let syncs_before = syncs.load(std::sync::atomic::Ordering::Acquire);
+    let first = {
+        let store = store.clone();
+        std::thread::spawn(move || put(&store, b"first", b"1"))
+    };
+    while faults.stalled_now() == 0 {
+        std::thread::yield_now();
+    }
+    let rest: Vec<_> = (0..7u8)
+        .map(|n| {
+            let store = store.clone();
+            std::thread::spawn(move || put(&store, &[b'w', n], b"1"))
+        })
+        .collect();
+    while store.submitted_seq() < before + 8 {
+        std::thread::yield_now();
+    }
+    faults.release_syncs();
+    first.join().expect("thread").expect("durable");
+    for w in rest {
+        w.join().expect("thread").expect("durable");
+    }
+    let spent = syncs.load(std::sync::atomic::Ordering::Acquire) - syncs_before;
+    assert_eq!(
+        spent, 2,
+        "eight writes, one fsync held and one shared by the seven behind it"
+    );
+    assert_eq!(store.durable_seq(), before + 8);
+}

@@ -897,6 +897,11 @@ impl Store {
         self.durable.load(Ordering::Acquire)
     }
 
+    /// The highest seq submitted (queued for the log, durable or not yet).
+    pub fn submitted_seq(&self) -> u64 {
+        lock(&self.writer).next_seq - 1
+    }
+
     /// The seq the mapped snapshots include.
     pub fn snapshot_seq(&self) -> u64 {
         self.view.load().snap_seq
