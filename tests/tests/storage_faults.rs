@@ -7,12 +7,12 @@
 
 use std::io::Write as _;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mykey_engine::id::ActorId;
 use mykey_engine::server::admin::Readiness;
-use mykey_engine::store::fs::{FaultOp, Faults, Fs, Mapped, RealFs, TracedFs, WriteFile};
+use mykey_engine::store::fs::{FaultOp, Faults, RealFs, TracedFs};
 use mykey_engine::store::{
     CompactionPolicy, Compactor, CompactorState, Store, StoreConfig, StoreError, Table,
 };
@@ -21,33 +21,42 @@ use mykey_tests::TempDir;
 const EIO: i32 = 5;
 const ENOSPC: i32 = 28;
 
-/// Log lines written while `f` runs on this thread.
+/// Log lines written while `f` runs on this thread. One global subscriber writes each event
+/// into the buffer of the thread that logs it, if that thread is capturing: a per-test
+/// `with_default` subscriber races with the other tests' over tracing's per-callsite interest
+/// cache, and an event could then go unseen (it did, one run in five).
 fn capture<R>(f: impl FnOnce() -> R) -> (R, String) {
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
+    use std::cell::RefCell;
+    thread_local! {
+        static CAPTURED: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+    }
+    struct ThisThread;
+    impl std::io::Write for ThisThread {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend_from_slice(b);
+            CAPTURED.with(|c| {
+                if let Some(v) = c.borrow_mut().as_mut() {
+                    v.extend_from_slice(b);
+                }
+            });
             Ok(b.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
     }
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let sub = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let r = tracing::subscriber::with_default(sub, f);
-    let text =
-        String::from_utf8_lossy(&buf.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
-    (r, text)
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let sub = tracing_subscriber::fmt()
+            .with_writer(|| ThisThread)
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::set_global_default(sub).expect("the only subscriber of this binary");
+    });
+    CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+    let r = f();
+    let bytes = CAPTURED.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    (r, String::from_utf8_lossy(&bytes).into_owned())
 }
 
 fn small() -> StoreConfig {
@@ -63,6 +72,11 @@ fn traced(dir: &TempDir) -> (Store, Arc<Faults>) {
     let t = TracedFs::new(Arc::new(RealFs::new(dir.path()).expect("dir")));
     let faults = t.faults.clone();
     (Store::create(Arc::new(t), small()).expect("create"), faults)
+}
+
+/// A new store in `dir` on the real file system.
+fn plain(dir: &TempDir) -> Store {
+    Store::create(Arc::new(RealFs::new(dir.path()).expect("dir")), small()).expect("create")
 }
 
 fn reopen(dir: &Path) -> Result<Store, StoreError> {
@@ -375,8 +389,7 @@ fn a_stuck_fsync_shows_while_it_hangs_and_blocks_no_read() {
 #[test]
 fn a_torn_tail_is_cut_with_a_warning_naming_segment_offset_and_bytes() {
     let dir = TempDir::new("fault-torn");
-    let store =
-        Store::create(Arc::new(RealFs::new(dir.path()).expect("dir")), small()).expect("create");
+    let store = plain(&dir);
     for n in 0..3u8 {
         put(&store, &[n], b"v").expect("write");
     }
@@ -424,8 +437,7 @@ fn missing(r: Result<Store, StoreError>) -> (String, String) {
 fn a_deleted_or_shortened_log_segment_refuses_to_open_naming_it() {
     // The only segment, deleted: the MANIFEST says the log continues from change 1.
     let dir = TempDir::new("missing-only");
-    let store =
-        Store::create(Arc::new(RealFs::new(dir.path()).expect("dir")), small()).expect("create");
+    let store = plain(&dir);
     put(&store, b"K1", b"v1").expect("write");
     drop(store);
     std::fs::remove_file(dir.path().join(WAL1)).expect("remove");
@@ -465,61 +477,16 @@ fn a_deleted_or_shortened_log_segment_refuses_to_open_naming_it() {
     );
 }
 
-/// An `Fs` that refuses to map a log segment: the read-only tools must read them.
-struct NoLogMaps(RealFs);
-
-impl Fs for NoLogMaps {
-    fn root(&self) -> &Path {
-        self.0.root()
-    }
-    fn list(&self) -> std::io::Result<Vec<String>> {
-        self.0.list()
-    }
-    fn exists(&self, name: &str) -> bool {
-        self.0.exists(name)
-    }
-    fn map(&self, name: &str) -> std::io::Result<Mapped> {
-        if name.ends_with(".log") {
-            return Err(std::io::Error::other("a live log segment was mapped"));
-        }
-        self.0.map(name)
-    }
-    fn open_read(&self, name: &str) -> std::io::Result<Box<dyn std::io::Read + Send>> {
-        self.0.open_read(name)
-    }
-    fn create(&self, name: &str) -> std::io::Result<Box<dyn WriteFile>> {
-        self.0.create(name)
-    }
-    fn append(&self, name: &str) -> std::io::Result<Box<dyn WriteFile>> {
-        self.0.append(name)
-    }
-    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
-        self.0.rename(from, to)
-    }
-    fn remove(&self, name: &str) -> std::io::Result<()> {
-        self.0.remove(name)
-    }
-    fn truncate(&self, name: &str, len: u64) -> std::io::Result<()> {
-        self.0.truncate(name, len)
-    }
-    fn sync_dir(&self) -> std::io::Result<()> {
-        self.0.sync_dir()
-    }
-    fn lock(&self) -> std::io::Result<mykey_engine::store::fs::DirLock> {
-        self.0.lock()
-    }
-}
-
 #[test]
 fn inspect_verify_and_log_read_live_segments_without_mapping_them() {
     let dir = TempDir::new("no-map");
-    let store =
-        Store::create(Arc::new(RealFs::new(dir.path()).expect("dir")), small()).expect("create");
+    let store = plain(&dir);
     for n in 0..5u8 {
         put(&store, &[n], b"v").expect("write");
     }
-    // While the store is open and serving.
-    let fs = NoLogMaps(RealFs::new(dir.path()).expect("dir"));
+    // While the store is open and serving, through a view that refuses to map a log segment.
+    let fs = TracedFs::new(Arc::new(RealFs::new(dir.path()).expect("dir")));
+    fs.faults.arm(FaultOp::Map, ".log", EIO);
     let ins = mykey_engine::store::inspect(&fs, true, &mut |_| {}).expect("inspect");
     assert_eq!(ins.segments.iter().map(|s| s.changes).sum::<u64>(), 5);
     let mut seen = 0;
@@ -531,8 +498,7 @@ fn inspect_verify_and_log_read_live_segments_without_mapping_them() {
 #[test]
 fn a_corrupt_snapshot_read_is_refused_logged_once_and_named_by_readiness() {
     let dir = TempDir::new("fault-corrupt");
-    let store =
-        Store::create(Arc::new(RealFs::new(dir.path()).expect("dir")), small()).expect("create");
+    let store = plain(&dir);
     put(&store, b"K1", b"v1").expect("write");
     let seq = store.compact().expect("compact");
     drop(store);

@@ -467,6 +467,8 @@ pub enum FaultOp {
     Sync,
     /// Renaming a file (matched on the source name).
     Rename,
+    /// Mapping a file (a read-only tool must never map a live log segment).
+    Map,
 }
 
 /// Failures and stalls armed on a [`TracedFs`], changeable while the store runs: the seam
@@ -601,6 +603,7 @@ impl Fs for TracedFs {
         self.inner.exists(name)
     }
     fn map(&self, name: &str) -> io::Result<Mapped> {
+        self.faults.check(FaultOp::Map, name)?;
         self.inner.map(name)
     }
     fn open_read(&self, name: &str) -> io::Result<Box<dyn io::Read + Send>> {
