@@ -11,10 +11,13 @@ use std::sync::Arc;
 use quinn::Endpoint;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
+use crate::answer::{LinkOutcome, Lookup, ProviderOutcome, PushSummary, UnlinkOutcome};
 use crate::id::{MyKeyId, ProviderId, PushId, ServiceId};
 use crate::jpki::{CardProof, Challenge};
-use crate::registry::{IdState, LinkOutcome, Lookup, PushSummary};
-use crate::wire::{self, HEADER_LEN, IdList, Op, Reader, Request, Status};
+use crate::wire::{
+    self, ExportDecoder, ExportStep, HEADER_LEN, IdList, Op, Refused, Request, Response,
+    ResponseHeader, Status, WireError,
+};
 
 /// Largest response a client reads (an `EXPORT` is read chunk by chunk instead).
 const RESPONSE_READ_MAX: usize = wire::RESPONSE_LEN_MAX as usize + HEADER_LEN;
@@ -35,10 +38,10 @@ pub struct ClientTls {
 pub enum ClientError {
     /// The TLS material was refused, or the connection could not be set up.
     #[error("cannot connect: {0}")]
-    Connect(String),
-    /// The connection or stream failed.
+    Connect(#[from] ConnectError),
+    /// The connection or a stream failed.
     #[error("connection: {0}")]
-    Io(String),
+    Io(#[from] StreamError),
     /// The server answered with a refusal.
     #[error("{name} ({status}): {message}", name = Status::from_u8(*status).map_or("UNKNOWN_STATUS", Status::name))]
     Refused {
@@ -51,7 +54,66 @@ pub enum ClientError {
     },
     /// The server's answer did not follow the protocol.
     #[error("protocol: {0}")]
-    Protocol(String),
+    Protocol(#[from] WireError),
+    /// A request field is too long for its length prefix (a card certificate over 64 KiB).
+    #[error("a {op} request field is too long for its length prefix")]
+    RequestTooLarge {
+        /// The operation.
+        op: &'static str,
+    },
+}
+
+/// Why a connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The client's UDP endpoint could not be made.
+    #[error("client endpoint: {0}")]
+    Endpoint(std::io::Error),
+    /// A server root certificate was refused as a trust anchor.
+    #[error("server root: {0}")]
+    ServerRoot(rustls::Error),
+    /// TLS 1.3 could not be chosen with the provider.
+    #[error("TLS 1.3: {0}")]
+    Tls(rustls::Error),
+    /// The client certificate or its key was refused.
+    #[error("client certificate: {0}")]
+    ClientCert(rustls::Error),
+    /// The provider has no cipher suite QUIC can start with.
+    #[error("QUIC: {0}")]
+    Quic(quinn::crypto::rustls::NoInitialCipherSuite),
+    /// The server name is not a DNS name or IP address.
+    #[error("server name {name:?}: {source}")]
+    ServerName {
+        /// The name given.
+        name: String,
+        /// Why it is not one.
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    /// The connection could not be started.
+    #[error("{0}")]
+    Start(quinn::ConnectError),
+    /// The handshake failed (the server refused the certificate, or did not answer).
+    #[error("{0}")]
+    Handshake(quinn::ConnectionError),
+}
+
+/// Why a request's stream failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// No stream could be opened: the connection is gone.
+    #[error("{0}")]
+    Open(quinn::ConnectionError),
+    /// The request could not be written.
+    #[error("write: {0}")]
+    Write(quinn::WriteError),
+    /// The answer could not be read.
+    #[error("read: {0}")]
+    Read(quinn::ReadToEndError),
+    /// Part of a streamed answer could not be read.
+    #[error("read: {0}")]
+    ReadExact(quinn::ReadExactError),
 }
 
 impl ClientError {
@@ -62,26 +124,19 @@ impl ClientError {
             _ => None,
         }
     }
-}
 
-fn io(e: impl std::fmt::Display) -> ClientError {
-    ClientError::Io(e.to_string())
-}
-
-fn proto(e: impl std::fmt::Display) -> ClientError {
-    ClientError::Protocol(e.to_string())
+    fn refused(status: u8, body: &[u8]) -> Self {
+        let r = Refused::decode(status, body);
+        ClientError::Refused {
+            status,
+            message: r.message.into_owned(),
+            existing: r.existing,
+        }
+    }
 }
 
 /// One row of an export.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExportedLink {
-    /// The MyKey ID.
-    pub id: MyKeyId,
-    /// Its state.
-    pub state: IdState,
-    /// The provider's service ID.
-    pub service: ServiceId,
-}
+pub use crate::wire::ExportedLink;
 
 /// A connection to a `mykeyd`.
 pub struct Client {
@@ -111,7 +166,7 @@ impl Client {
         };
         crate::server::endpoint_on(bind, None)
             .map(|(e, _)| e)
-            .map_err(|e| ClientError::Connect(e.to_string()))
+            .map_err(|e| ConnectError::Endpoint(e).into())
     }
 
     /// Connects over an existing endpoint (see [`Client::endpoint`]) with this certificate.
@@ -124,28 +179,30 @@ impl Client {
         let provider = crate::server::crypto_provider();
         let mut roots = rustls::RootCertStore::empty();
         for r in tls.server_roots {
-            roots
-                .add(r)
-                .map_err(|e| ClientError::Connect(format!("server root: {e}")))?;
+            roots.add(r).map_err(ConnectError::ServerRoot)?;
         }
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| ClientError::Connect(e.to_string()))?
+            .map_err(ConnectError::Tls)?
             .with_root_certificates(roots)
             .with_client_auth_cert(tls.chain, tls.key)
-            .map_err(|e| ClientError::Connect(format!("client certificate: {e}")))?;
+            .map_err(ConnectError::ClientCert)?;
         cfg.alpn_protocols = vec![wire::ALPN.to_vec()];
-        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg)
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let quic =
+            quinn::crypto::rustls::QuicClientConfig::try_from(cfg).map_err(ConnectError::Quic)?;
         let mut cc = quinn::ClientConfig::new(Arc::new(quic));
         cc.transport_config(Arc::new(crate::server::transport()));
-        ServerName::try_from(server_name.to_owned())
-            .map_err(|e| ClientError::Connect(format!("server name {server_name:?}: {e}")))?;
+        ServerName::try_from(server_name.to_owned()).map_err(|source| {
+            ConnectError::ServerName {
+                name: server_name.to_owned(),
+                source,
+            }
+        })?;
         let conn = endpoint
             .connect_with(cc, addr, server_name)
-            .map_err(|e| ClientError::Connect(e.to_string()))?
+            .map_err(ConnectError::Start)?
             .await
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
+            .map_err(ConnectError::Handshake)?;
         Ok(Self {
             endpoint: endpoint.clone(),
             conn,
@@ -158,63 +215,58 @@ impl Client {
         &self.conn
     }
 
-    /// Sends one raw frame on its own stream and returns the response's status byte, opcode
-    /// byte and body (for tests and diagnostics of malformed frames).
-    pub async fn raw(&self, frame: &[u8]) -> Result<(u8, u8, Vec<u8>), ClientError> {
-        let (mut send, mut recv) = self.conn.open_bi().await.map_err(io)?;
-        send.write_all(frame).await.map_err(io)?;
+    /// Sends one raw frame on its own stream and returns the response's header and body (for
+    /// tests and diagnostics of malformed frames).
+    pub async fn raw(&self, frame: &[u8]) -> Result<(ResponseHeader, Vec<u8>), ClientError> {
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(StreamError::Open)?;
+        send.write_all(frame).await.map_err(StreamError::Write)?;
         // The server may stop reading early (a refused header); that is not an error here.
         let _ = send.finish();
-        let mut resp = recv.read_to_end(RESPONSE_READ_MAX).await.map_err(io)?;
-        if resp.len() < HEADER_LEN || resp[0] != wire::VERSION {
-            return Err(proto(
-                "response shorter than a header or of another version",
-            ));
-        }
-        let len = u32::from_le_bytes([resp[4], resp[5], resp[6], resp[7]]) as usize;
-        if resp.len() != HEADER_LEN + len {
-            return Err(proto("response length does not match its header"));
-        }
-        let (status, op) = (resp[1], resp[2]);
-        resp.drain(..HEADER_LEN);
-        Ok((status, op, resp))
+        let mut resp = recv
+            .read_to_end(RESPONSE_READ_MAX)
+            .await
+            .map_err(StreamError::Read)?;
+        let (header, body) = wire::split_response(&resp)?;
+        let len = body.len();
+        resp.drain(..resp.len() - len);
+        Ok((header, resp))
     }
 
-    async fn call(&self, req: &Request<'_>) -> Result<Vec<u8>, ClientError> {
+    /// Sends `req` and decodes its success body into `read`'s answer.
+    async fn call<T>(
+        &self,
+        req: &Request<'_>,
+        read: impl FnOnce(Response<'_>) -> Option<T>,
+    ) -> Result<T, ClientError> {
+        let op = req.op();
         let mut frame = Vec::with_capacity(64);
         req.encode(&mut frame)
-            .ok_or_else(|| proto("a field is too long for its length prefix"))?;
-        let (status, op, body) = self.raw(&frame).await?;
-        if status != Status::Ok as u8 {
-            let mut r = Reader::new(&body);
-            let message = r
-                .bytes16()
-                .map(|m| String::from_utf8_lossy(m).into_owned())
-                .unwrap_or_default();
-            let existing = if status == Status::LinkConflict as u8 {
-                r.service().ok()
-            } else {
-                None
-            };
-            return Err(ClientError::Refused {
-                status,
-                message,
-                existing,
-            });
+            .ok_or(ClientError::RequestTooLarge { op: op.name() })?;
+        let (header, body) = self.raw(&frame).await?;
+        if !header.is_ok() {
+            return Err(ClientError::refused(header.status, &body));
         }
-        if op != req.op() as u8 {
-            return Err(proto("response for another operation"));
+        if header.op != op as u8 {
+            return Err(WireError::bad(format!(
+                "an answer for opcode {:#04x} to a {} request",
+                header.op,
+                op.name()
+            ))
+            .into());
         }
-        Ok(body)
+        let resp = Response::decode(op, &body)?;
+        read(resp).ok_or_else(|| {
+            WireError::bad(format!("an answer of another kind to {}", op.name())).into()
+        })
     }
 
     /// `LOOKUP`.
     pub async fn lookup(&self, provider: ProviderId, id: MyKeyId) -> Result<Lookup, ClientError> {
-        let b = self.call(&Request::Lookup { provider, id }).await?;
-        let mut r = Reader::new(&b);
-        let l = wire::get_answer(&mut r).map_err(proto)?;
-        r.finish().map_err(proto)?;
-        Ok(l)
+        self.call(&Request::Lookup { provider, id }, |r| match r {
+            Response::Lookup(l) => Some(l),
+            _ => None,
+        })
+        .await
     }
 
     /// `LOOKUP_BATCH`: answers in the order of `ids`.
@@ -224,33 +276,37 @@ impl Client {
         ids: &[MyKeyId],
     ) -> Result<Vec<Lookup>, ClientError> {
         let raw = wire::id_list_bytes(ids);
-        let list = IdList::from_bytes(&raw).map_err(proto)?;
-        let b = self
-            .call(&Request::LookupBatch {
-                provider,
-                ids: list,
-            })
+        let list = IdList::from_bytes(&raw)?;
+        let answers = self
+            .call(
+                &Request::LookupBatch {
+                    provider,
+                    ids: list,
+                },
+                |r| match r {
+                    Response::LookupBatch(a) => Some(a.iter().collect::<Vec<_>>()),
+                    _ => None,
+                },
+            )
             .await?;
-        let mut r = Reader::new(&b);
-        let n = usize::from(r.u16().map_err(proto)?);
-        if n != ids.len() {
-            return Err(proto("batch answer count differs from the request"));
+        if answers.len() != ids.len() {
+            return Err(WireError::bad(format!(
+                "{} answers to a batch of {} IDs",
+                answers.len(),
+                ids.len()
+            ))
+            .into());
         }
-        let out = (0..n)
-            .map(|_| wire::get_answer(&mut r))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(proto)?;
-        r.finish().map_err(proto)?;
-        Ok(out)
+        Ok(answers)
     }
 
     /// `CHALLENGE`.
     pub async fn challenge(&self) -> Result<Challenge, ClientError> {
-        let b = self.call(&Request::Challenge).await?;
-        let mut r = Reader::new(&b);
-        let c = wire::get_challenge(&mut r).map_err(proto)?;
-        r.finish().map_err(proto)?;
-        Ok(c)
+        self.call(&Request::Challenge, |r| match r {
+            Response::Challenge(c) => Some(c),
+            _ => None,
+        })
+        .await
     }
 
     /// `LOOKUP_CARD`: the ID bound to the card (if any) and the answer for `provider`.
@@ -259,30 +315,25 @@ impl Client {
         provider: ProviderId,
         card: CardProof<'_>,
     ) -> Result<(Option<MyKeyId>, Lookup), ClientError> {
-        let b = self.call(&Request::LookupCard { provider, card }).await?;
-        let mut r = Reader::new(&b);
-        let id = match r.u8().map_err(proto)? {
-            0 => None,
-            1 => Some(r.id().map_err(proto)?),
-            x => return Err(proto(format!("bound flag {x}"))),
-        };
-        let l = wire::get_answer(&mut r).map_err(proto)?;
-        r.finish().map_err(proto)?;
-        Ok((id, l))
+        self.call(&Request::LookupCard { provider, card }, |r| match r {
+            Response::LookupCard { id, answer } => Some((id, answer)),
+            _ => None,
+        })
+        .await
     }
 
     async fn done(&self, req: &Request<'_>) -> Result<(), ClientError> {
-        let b = self.call(req).await?;
-        Reader::new(&b).finish().map_err(proto)
+        self.call(req, |r| matches!(r, Response::Done).then_some(()))
+            .await
     }
 
     /// `REGISTER_FULL`: returns the new MyKey ID.
     pub async fn register_full(&self, card: CardProof<'_>) -> Result<MyKeyId, ClientError> {
-        let b = self.call(&Request::RegisterFull { card }).await?;
-        let mut r = Reader::new(&b);
-        let id = r.id().map_err(proto)?;
-        r.finish().map_err(proto)?;
-        Ok(id)
+        self.call(&Request::RegisterFull { card }, |r| match r {
+            Response::Registered(id) => Some(id),
+            _ => None,
+        })
+        .await
     }
 
     /// `REGISTER_PROVISIONAL`.
@@ -307,28 +358,26 @@ impl Client {
         service: ServiceId,
         replace: bool,
     ) -> Result<LinkOutcome, ClientError> {
-        let b = self
-            .call(&Request::Link {
-                id,
-                provider,
-                service,
-                replace,
-            })
-            .await?;
-        let mut r = Reader::new(&b);
-        let o = wire::get_link_outcome(&mut r).map_err(proto)?;
-        r.finish().map_err(proto)?;
-        Ok(o)
+        let req = Request::Link {
+            id,
+            provider,
+            service,
+            replace,
+        };
+        self.call(&req, |r| match r {
+            Response::Link(o) => Some(o),
+            _ => None,
+        })
+        .await
     }
 
     /// `UNLINK`: true if a link was removed.
     pub async fn unlink(&self, id: MyKeyId, provider: ProviderId) -> Result<bool, ClientError> {
-        let b = self.call(&Request::Unlink { id, provider }).await?;
-        match b[..] {
-            [0] => Ok(true),
-            [1] => Ok(false),
-            _ => Err(proto("unlink outcome")),
-        }
+        self.call(&Request::Unlink { id, provider }, |r| match r {
+            Response::Unlink(o) => Some(o == UnlinkOutcome::Unlinked),
+            _ => None,
+        })
+        .await
     }
 
     /// `REBIND`.
@@ -342,11 +391,11 @@ impl Client {
     }
 
     async fn summary(&self, req: &Request<'_>) -> Result<PushSummary, ClientError> {
-        let b = self.call(req).await?;
-        let mut r = Reader::new(&b);
-        let s = wire::get_push_summary(&mut r).map_err(proto)?;
-        r.finish().map_err(proto)?;
-        Ok(s)
+        self.call(req, |r| match r {
+            Response::Push(s) => Some(s),
+            _ => None,
+        })
+        .await
     }
 
     /// `PUSH_CRL`.
@@ -365,26 +414,20 @@ impl Client {
 
     /// `STATS`.
     pub async fn stats(&self) -> Result<Vec<(String, u64)>, ClientError> {
-        let b = self.call(&Request::Stats).await?;
-        let mut r = Reader::new(&b);
-        let n = r.u16().map_err(proto)?;
-        let mut out = Vec::with_capacity(usize::from(n));
-        for _ in 0..n {
-            let name = String::from_utf8_lossy(r.bytes8().map_err(proto)?).into_owned();
-            out.push((name, r.u64().map_err(proto)?));
-        }
-        r.finish().map_err(proto)?;
-        Ok(out)
+        self.call(&Request::Stats, |r| match r {
+            Response::Stats(s) => Some(s.iter().map(|(n, v)| (n.to_owned(), v)).collect()),
+            _ => None,
+        })
+        .await
     }
 
     /// `REGISTER_PROVIDER`: true if newly registered.
     pub async fn register_provider(&self, provider: ProviderId) -> Result<bool, ClientError> {
-        let b = self.call(&Request::RegisterProvider { provider }).await?;
-        match b[..] {
-            [0] => Ok(true),
-            [1] => Ok(false),
-            _ => Err(proto("register-provider outcome")),
-        }
+        self.call(&Request::RegisterProvider { provider }, |r| match r {
+            Response::RegisterProvider(o) => Some(o == ProviderOutcome::Registered),
+            _ => None,
+        })
+        .await
     }
 
     /// `EXPORT`: calls `row` for every link of `provider`, and returns how many there were.
@@ -396,60 +439,38 @@ impl Client {
         let mut frame = Vec::new();
         Request::Export { provider }
             .encode(&mut frame)
-            .ok_or_else(|| proto("provider too long"))?;
-        let (mut send, mut recv) = self.conn.open_bi().await.map_err(io)?;
-        send.write_all(&frame).await.map_err(io)?;
+            .ok_or(ClientError::RequestTooLarge {
+                op: Op::Export.name(),
+            })?;
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(StreamError::Open)?;
+        send.write_all(&frame).await.map_err(StreamError::Write)?;
         let _ = send.finish();
         let mut header = [0u8; HEADER_LEN];
-        recv.read_exact(&mut header).await.map_err(io)?;
-        let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if header[1] != Status::Ok as u8 {
+        recv.read_exact(&mut header)
+            .await
+            .map_err(StreamError::ReadExact)?;
+        let header = ResponseHeader::decode(&header)?;
+        if !header.is_ok() {
             let body = recv
-                .read_to_end(len.min(wire::RESPONSE_LEN_MAX) as usize)
+                .read_to_end(header.len.min(wire::RESPONSE_LEN_MAX) as usize)
                 .await
-                .map_err(io)?;
-            let message = Reader::new(&body)
-                .bytes16()
-                .map(|m| String::from_utf8_lossy(m).into_owned())
-                .unwrap_or_default();
-            return Err(ClientError::Refused {
-                status: header[1],
-                message,
-                existing: None,
-            });
+                .map_err(StreamError::Read)?;
+            return Err(ClientError::refused(header.status, &body));
         }
-        if len != wire::STREAMED || header[2] != Op::Export as u8 {
-            return Err(proto("an export is streamed"));
+        if header.len != wire::STREAMED || header.op != Op::Export as u8 {
+            return Err(WireError::bad("an export answer that is not streamed").into());
         }
-        let mut n = 0u64;
+        let mut decoder = ExportDecoder::new();
+        let mut buf = [0u8; u8::MAX as usize + wire::EXPORT_ROW_FIXED];
         loop {
-            let mut count = [0u8; 2];
-            recv.read_exact(&mut count).await.map_err(io)?;
-            let count = u16::from_le_bytes(count);
-            if count == 0 {
-                let mut total = [0u8; 8];
-                recv.read_exact(&mut total).await.map_err(io)?;
-                if u64::from_le_bytes(total) != n {
-                    return Err(proto("export total differs from the rows received"));
-                }
-                return Ok(n);
-            }
-            for _ in 0..count {
-                let mut fixed = [0u8; wire::EXPORT_ROW_FIXED];
-                recv.read_exact(&mut fixed).await.map_err(io)?;
-                let id = MyKeyId::parse(&fixed[..14]).map_err(proto)?;
-                let state = match fixed[14] {
-                    0 => IdState::Active,
-                    1 => IdState::Provisional,
-                    2 => IdState::Suspended,
-                    3 => IdState::Deleted,
-                    s => return Err(proto(format!("state {s}"))),
-                };
-                let mut svc = vec![0u8; usize::from(fixed[15])];
-                recv.read_exact(&mut svc).await.map_err(io)?;
-                let service = ServiceId::parse(&svc).map_err(proto)?;
-                row(ExportedLink { id, state, service });
-                n += 1;
+            let part = &mut buf[..decoder.need()];
+            recv.read_exact(part)
+                .await
+                .map_err(StreamError::ReadExact)?;
+            match decoder.step(part)? {
+                ExportStep::More => {}
+                ExportStep::Row(r) => row(r),
+                ExportStep::End(total) => return Ok(total),
             }
         }
     }

@@ -10,9 +10,10 @@
 use std::collections::HashMap;
 use std::io::{BufRead, Read};
 
+use crate::answer::IdState;
 use crate::id::{ActorId, CertRef, IdError, MyKeyId, ProviderId, ServiceId, Timestamp};
 use crate::registry::LINKS_PER_ID_MAX;
-use crate::registry::record::{BoundCert, DictEntry, IdRecord, IdState, Link};
+use crate::registry::record::{BoundCert, DictEntry, IdRecord, Link};
 use crate::store::fs::Fs;
 use crate::store::hash::{HashKey, shard_of};
 use crate::store::snapshot::ShardBuilder;

@@ -170,3 +170,75 @@ fn a_cached_card_check_allocates_nothing() {
     }
     assert_eq!(allocations() - before, 0);
 }
+
+/// The path the server answers LOOKUP and LOOKUP_BATCH through, frame in and frame out: the
+/// sans-IO handler with a reused output buffer allocates nothing.
+#[test]
+fn served_lookups_allocate_nothing() {
+    use mykey_engine::server::{self, Handled, Identity, Role, Service};
+    use mykey_engine::wire::{self, IdList, Request, Status};
+    let dir = TempDir::new("alloc-served");
+    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
+    let reg =
+        Registry::create(fs, StoreConfig::default(), RegistryConfig::default()).expect("create");
+    let p = provider("A-α1-0001");
+    reg.register_provider(at(0), actor("op"), p)
+        .expect("provider");
+    for n in 0..200 {
+        reg.register_full(at(0), actor("portal"), mykey(n), cert(1, n))
+            .expect("register");
+        reg.link(at(0), actor("shop"), mykey(n), p, service("LIB-1"), false)
+            .expect("link");
+    }
+    reg.store().compact().expect("compact");
+    for n in 200..250 {
+        reg.register_full(at(0), actor("portal"), mykey(n), cert(1, n))
+            .expect("register");
+    }
+    let svc = Service {
+        registry: reg,
+        jpki: mykey_tests::pki::pki().jpki(),
+        clock: mykey_tests::pki::now,
+    };
+    let who = Identity {
+        role: Role::Counter,
+        providers: vec![p],
+        name: "shop-1".into(),
+        fingerprint: [1; 32],
+    };
+    let ids: Vec<_> = (0..1000).map(|n| mykey(n % 300)).collect();
+    let mut frames = Vec::new();
+    for id in &ids[..300] {
+        let mut f = Vec::new();
+        Request::Lookup {
+            provider: p,
+            id: *id,
+        }
+        .encode(&mut f)
+        .expect("fits");
+        frames.push(f);
+    }
+    let raw = wire::id_list_bytes(&ids);
+    let mut batch = Vec::new();
+    Request::LookupBatch {
+        provider: p,
+        ids: IdList::from_bytes(&raw).expect("ids"),
+    }
+    .encode(&mut batch)
+    .expect("fits");
+    frames.push(batch);
+    let mut out = Vec::with_capacity(16 * 1024);
+    // Warm up thread-locals before counting.
+    for f in &frames {
+        let _ = server::handle(&svc, &who, at(1), f, &mut out);
+    }
+    let before = allocations();
+    for f in &frames {
+        assert_eq!(
+            server::handle(&svc, &who, at(1), f, &mut out),
+            Handled::Answered(Status::Ok)
+        );
+    }
+    let spent = allocations() - before;
+    assert_eq!(spent, 0, "the served lookup path allocated {spent} times");
+}

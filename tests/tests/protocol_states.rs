@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use mykey_engine::registry::{Lookup, Registry, RegistryConfig, RegistryError};
+use mykey_engine::server;
 use mykey_engine::store::StoreConfig;
 use mykey_engine::store::fs::{Fs, SimFs};
-use mykey_engine::wire;
 use mykey_tests::*;
 
 const STATES: [&str; 6] = [
@@ -32,7 +32,7 @@ const OPS: [&str; 8] = [
 fn name(r: Result<(), RegistryError>) -> String {
     match r {
         Ok(()) => "OK".into(),
-        Err(e) => wire::refusal(&e).status.name().into(),
+        Err(e) => server::refusal(&e).status.name().into(),
     }
 }
 

@@ -364,11 +364,12 @@ async fn malformed_frames_get_a_status_and_the_connection_keeps_serving() {
         ("malformed MyKey ID", bad_id, Status::BadId),
     ];
     for (what, frame, want) in cases {
-        let (st, op, body) = c
+        let (head, body) = c
             .raw(&frame)
             .await
             .unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert_eq!(Status::from_u8(st), Some(want), "{what}");
+        let op = head.op;
+        assert_eq!(Status::from_u8(head.status), Some(want), "{what}");
         // The request's opcode is echoed whenever its header could be read.
         let echoed = if frame.len() >= mykey_engine::wire::HEADER_LEN {
             frame[1]

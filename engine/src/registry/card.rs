@@ -19,7 +19,7 @@
 
 use std::sync::PoisonError;
 
-use super::{Lookup, Registry, RegistryError, RevokeSummary, Tx};
+use super::{Lookup, PushSummary, Registry, RegistryError, RevokeSummary, Tx};
 use crate::id::{ActorId, CertRef, MyKeyId, ProviderId, PushId, Timestamp};
 use crate::jpki::crl::{RevocationList, cmp_number};
 use crate::jpki::{Card, CardProof, Jpki, hex};
@@ -28,18 +28,6 @@ use crate::store::Table;
 const KIND_CRL: u8 = 1;
 const KIND_SERIALS: u8 = 2;
 const PUSH_RECORD_LEN: usize = 1 + 32 + 8 * 4 + 4 + 4;
-
-/// What a revocation push did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PushSummary {
-    /// Certificates newly revoked, already known, and IDs suspended.
-    pub revoke: RevokeSummary,
-    /// Entries in the list.
-    pub entries: u64,
-    /// True when this push id was applied before with the same content: nothing changed now,
-    /// and the summary is the first one's.
-    pub replayed: bool,
-}
 
 /// What an authenticated lookup found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -25,12 +25,15 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwap;
 
+pub use crate::answer::{
+    IdState, LinkOutcome, Lookup, ProviderOutcome, PushSummary, RevokeSummary, UnlinkOutcome,
+};
 use crate::id::{ActorId, CertRef, IdError, MyKeyId, ProviderId, ServiceId, Timestamp};
 use crate::store::fs::Fs;
 use crate::store::{Store, StoreConfig, StoreError, Table, WriteTx};
-pub use card::{CardLookup, PushSummary};
+pub use card::CardLookup;
 use record::{BoundCert, DictEntry, Link, encode_revocation, find_link};
-pub use record::{IdRecord, IdState, LINKS_PER_ID_MAX};
+pub use record::{IdRecord, LINKS_PER_ID_MAX};
 
 /// Default lifetime of an unconfirmed provisional registration (DESIGN §3: 30 days).
 pub const PROVISIONAL_EXPIRY_SECS_DEFAULT: u64 = 30 * 86_400;
@@ -213,69 +216,9 @@ pub enum RegistryError {
     },
 }
 
-/// What a lookup of `(MyKey ID, provider)` answers: exactly one of these.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lookup {
-    /// The service ID linked for the provider.
-    Linked(ServiceId),
-    /// The ID is active but has no link for this provider.
-    NotLinked,
-    /// No registration holds the ID (or its provisional registration expired).
-    UnknownId,
-    /// Provisionally registered, not yet confirmed: not usable.
-    Provisional,
-    /// Its certificate was revoked.
-    Suspended,
-    /// Deleted.
-    Deleted,
-}
-
 /// A registered provider resolved to its dense index by [`Registry::provider_ref`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProviderRef(u32);
-
-/// What registering a provider did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProviderOutcome {
-    /// Newly registered.
-    Registered,
-    /// It was registered already; nothing changed.
-    AlreadyRegistered,
-}
-
-/// What a link did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LinkOutcome {
-    /// Newly linked.
-    Linked,
-    /// The same service ID was linked already ("service ID already registered").
-    AlreadyLinked,
-    /// A different service ID was replaced, as the request asked.
-    Replaced {
-        /// The service ID that was linked before.
-        previous: ServiceId,
-    },
-}
-
-/// What an unlink did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UnlinkOutcome {
-    /// The link was removed.
-    Unlinked,
-    /// There was no link for this provider.
-    NotLinked,
-}
-
-/// What a revocation batch changed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RevokeSummary {
-    /// Certificates not known as revoked before.
-    pub newly_revoked: u64,
-    /// Certificates already known as revoked (or repeated in the batch).
-    pub already_known: u64,
-    /// MyKey IDs suspended because their certificate was revoked.
-    pub suspended: u64,
-}
 
 /// One row of a provider's export.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,46 +4,32 @@
 //! allocation-free [`find_link`] that the lookup path runs on raw record bytes. Decoding never
 //! panics: malformed bytes give `None`, which the registry reports as a corrupt record.
 
+use crate::answer::IdState;
 use crate::id::{ServiceId, Timestamp};
 
 /// Most links one MyKey ID may hold. The seed counts 15 card types in Kagoshima and 22 in
 /// Toshima ward; 256 is ten times that, and bounds a record to about 20 KB.
 pub const LINKS_PER_ID_MAX: usize = 256;
 
-/// The state of a MyKey ID.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum IdState {
-    /// Registered and usable.
-    Active = 1,
-    /// Provisionally registered; usable once a municipal counter confirms it.
-    Provisional = 2,
-    /// Its certificate was revoked; a municipal counter can re-bind it to a new certificate.
-    Suspended = 3,
-    /// Deleted; the ID is never issued again.
-    Deleted = 4,
+/// The on-disk byte of an ID's state (`snapshots/README.md`, "Values"); not the wire byte.
+fn state_byte(s: IdState) -> u8 {
+    match s {
+        IdState::Active => 1,
+        IdState::Provisional => 2,
+        IdState::Suspended => 3,
+        IdState::Deleted => 4,
+    }
 }
 
-impl IdState {
-    fn from_u8(b: u8) -> Option<Self> {
-        Some(match b {
-            1 => Self::Active,
-            2 => Self::Provisional,
-            3 => Self::Suspended,
-            4 => Self::Deleted,
-            _ => return None,
-        })
-    }
-
-    /// Lower-case name, as the population file and the CLI write it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Provisional => "provisional",
-            Self::Suspended => "suspended",
-            Self::Deleted => "deleted",
-        }
-    }
+/// The state of an on-disk state byte; `None` for any other byte.
+fn state_from_byte(b: u8) -> Option<IdState> {
+    Some(match b {
+        1 => IdState::Active,
+        2 => IdState::Provisional,
+        3 => IdState::Suspended,
+        4 => IdState::Deleted,
+        _ => return None,
+    })
 }
 
 /// One service link: provider (dictionary index), service ID, when and by whom.
@@ -169,7 +155,7 @@ impl IdRecord {
         );
         debug_assert!(self.links.len() <= LINKS_PER_ID_MAX);
         let mut b = Vec::with_capacity(24 + self.links.len() * 16);
-        b.push(self.state as u8);
+        b.push(state_byte(self.state));
         b.extend_from_slice(&self.state_at.raw().to_le_bytes());
         put_varint(&mut b, self.state_actor);
         b.extend_from_slice(&self.registered_at.raw().to_le_bytes());
@@ -201,7 +187,7 @@ impl IdRecord {
 
     /// Decodes a record; `None` if malformed.
     pub fn decode(b: &[u8]) -> Option<Self> {
-        let state = IdState::from_u8(*b.first()?)?;
+        let state = state_from_byte(*b.first()?)?;
         let state_at = Timestamp::from_raw(u32_at(b, 1)?);
         let mut at = 5;
         let state_actor = varint(b, &mut at)?;
@@ -279,7 +265,7 @@ impl IdRecord {
 /// bytes, without decoding or allocating. `None` if the bytes are malformed.
 #[inline]
 pub fn find_link(b: &[u8], provider: u32) -> Option<(IdState, Timestamp, Option<ServiceId>)> {
-    let state = IdState::from_u8(*b.first()?)?;
+    let state = state_from_byte(*b.first()?)?;
     let state_at = Timestamp::from_raw(u32_at(b, 1)?);
     let mut at = 5;
     varint(b, &mut at)?;

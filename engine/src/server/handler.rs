@@ -1,0 +1,458 @@
+//! The sans-IO request handler: from a request's bytes and the identity of the certificate
+//! that sent it to the whole response frame, synchronously, without a socket. The QUIC stream
+//! task (`stream`) calls it, and so do tests that need no network.
+//!
+//! Owns the order of the checks every request passes, each made once: the header (version,
+//! opcode, length) and the role in [`admit`], before any body is buffered; then in
+//! [`handle_body`] the body decoded once, the counter's providers, a card's challenge owner,
+//! and the registry call; and the mapping from domain refusals to statuses ([`refusal`]).
+//! Owns no limits, timeouts or threads (those are the stream task's), and never writes a byte
+//! of the protocol itself: `wire` encodes every answer.
+
+use crate::answer::Lookup;
+use crate::id::{ActorId, MyKeyId, ProviderId, ServiceId, Timestamp};
+use crate::jpki::JpkiError;
+use crate::registry::RegistryError;
+use crate::store::StoreError;
+use crate::wire::{self, BatchFrame, HEADER_LEN, Op, Request, Response, Status, WireError};
+
+use super::{Identity, Service};
+
+/// The message of `OUTCOME_UNKNOWN`.
+pub const OUTCOME_UNKNOWN_MESSAGE: &str = "the write may or may not have been applied (the store's log did not confirm it); retry the same request to learn its outcome";
+/// The message of `INTERNAL` for a storage failure other than a read-only store.
+pub const STORE_FAILED_MESSAGE: &str = "the store failed (details in the server's log); this request applied nothing, except that a revocation push split over several changes may have applied its first part: retry it with the same push id";
+
+/// A request header that passed [`admit`]: its version, opcode and length are served, and the
+/// certificate's role may run the operation. Only [`admit`] makes one, so a body never reaches
+/// [`handle_body`] without its role checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Admitted {
+    op: Op,
+    len: u32,
+}
+
+impl Admitted {
+    /// The operation.
+    pub fn op(&self) -> Op {
+        self.op
+    }
+
+    /// The body length the header announced.
+    pub fn body_len(&self) -> u32 {
+        self.len
+    }
+}
+
+/// A request refused before its body was read: the opcode byte to echo and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    /// The opcode byte of the request (echoed in the answer, even when unknown).
+    pub op: u8,
+    /// The status and message.
+    pub error: WireError,
+}
+
+impl Rejected {
+    /// Writes the refusal frame into `out`.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        wire::error_response(out, self.op, self.error.status, &self.error.message, None);
+    }
+}
+
+/// What [`handle_body`] left in its output buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// A whole response frame with this status (`OK` or a refusal).
+    Answered(Status),
+    /// An authorised `EXPORT` of this provider: nothing is written; the transport streams the
+    /// rows (see [`export_rows`]).
+    Export(ProviderId),
+}
+
+/// Checks a request header against what is served and against the certificate's role. Nothing
+/// of a request its certificate may not make is ever buffered.
+pub fn admit(ident: &Identity, header: &[u8; HEADER_LEN]) -> Result<Admitted, Rejected> {
+    let (op, len) = wire::request_header(header).map_err(|(op, error)| Rejected { op, error })?;
+    if !ident.role.may(op) {
+        return Err(Rejected {
+            op: op as u8,
+            error: forbidden(format!(
+                "a {} certificate may not run {}",
+                ident.role.name(),
+                op.name()
+            )),
+        });
+    }
+    Ok(Admitted { op, len })
+}
+
+/// Handles one whole request frame (header and body) from `ident` at `now`, writing the
+/// response frame into `out`. The QUIC task runs the same two steps ([`admit`] when the header
+/// arrives, [`handle_body`] when the body has), with its limits and deadlines between them.
+pub fn handle(
+    service: &Service,
+    ident: &Identity,
+    now: Timestamp,
+    request: &[u8],
+    out: &mut Vec<u8>,
+) -> Handled {
+    let Some(header) = request.get(..HEADER_LEN).and_then(|h| h.try_into().ok()) else {
+        wire::error_response(
+            out,
+            0,
+            Status::BadFrame,
+            "the stream ended inside the frame header",
+            None,
+        );
+        return Handled::Answered(Status::BadFrame);
+    };
+    let admitted = match admit(ident, header) {
+        Ok(a) => a,
+        Err(r) => {
+            r.write(out);
+            return Handled::Answered(r.error.status);
+        }
+    };
+    let body = &request[HEADER_LEN..];
+    if body.len() != admitted.len as usize {
+        let message = format!(
+            "the stream does not hold exactly one {}-byte body",
+            admitted.len
+        );
+        wire::error_response(out, admitted.op as u8, Status::BadFrame, &message, None);
+        return Handled::Answered(Status::BadFrame);
+    }
+    handle_body(service, ident, now, admitted, body, out)
+}
+
+/// Handles the body of an admitted request: decodes it (once), checks the counter's
+/// providers, runs it, and writes the response frame into `out`.
+pub fn handle_body(
+    service: &Service,
+    ident: &Identity,
+    now: Timestamp,
+    admitted: Admitted,
+    body: &[u8],
+    out: &mut Vec<u8>,
+) -> Handled {
+    let op = admitted.op;
+    let result = Request::decode(op, body)
+        .map_err(Refusal::from)
+        .and_then(|req| {
+            authorise_providers(ident, &req)?;
+            if let Request::Export { provider } = req {
+                return Ok(Some(provider));
+            }
+            execute(service, ident, now, &req, out).map(|()| None)
+        });
+    match result {
+        Ok(None) => Handled::Answered(Status::Ok),
+        Ok(Some(provider)) => Handled::Export(provider),
+        Err(Refusal(e, existing)) => {
+            wire::error_response(out, op as u8, e.status, &e.message, existing.as_ref());
+            Handled::Answered(e.status)
+        }
+    }
+}
+
+fn forbidden(message: String) -> WireError {
+    WireError::new(Status::Forbidden, message)
+}
+
+/// Checks that a counter acts only for the providers its certificate names.
+fn authorise_providers(ident: &Identity, req: &Request<'_>) -> Result<(), WireError> {
+    let provider = match req {
+        Request::Lookup { provider, .. }
+        | Request::LookupBatch { provider, .. }
+        | Request::LookupCard { provider, .. }
+        | Request::Link { provider, .. }
+        | Request::Unlink { provider, .. }
+        | Request::Export { provider } => Some(provider),
+        _ => None,
+    };
+    if let Some(p) = provider
+        && !ident.may_act_for(p)
+    {
+        return Err(forbidden(format!(
+            "this certificate does not act for provider {p}"
+        )));
+    }
+    Ok(())
+}
+
+/// A MyKey ID as logs may show it: the first 8 bytes of HMAC-SHA256 under a key drawn at
+/// process start, in hex. The same ID gives the same tag within one process, so an operator
+/// can follow it through the logs, and the ID itself never reaches them.
+pub fn id_tag(id: &MyKeyId) -> String {
+    use aws_lc_rs::hmac;
+    use std::sync::OnceLock;
+    static KEY: OnceLock<hmac::Key> = OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        // Without the system's randomness the tags could be reversed (the clock is not a
+        // secret), and logs would then carry MyKey IDs in effect: stop rather than log.
+        hmac::Key::generate(hmac::HMAC_SHA256, &rng).unwrap_or_else(|_| {
+            tracing::error!("no randomness for the log-tag key; stopping rather than logging MyKey IDs weakly hidden");
+            std::process::abort()
+        })
+    });
+    let tag = hmac::sign(key, id.as_bytes());
+    crate::jpki::hex(&tag.as_ref()[..8])
+}
+
+/// The actor recorded in the audit trail: `<role>:<certificate CN>`, cut to 64 bytes; the
+/// role alone if the CN cannot be part of an actor id.
+fn actor(ident: &Identity) -> Result<ActorId, Refusal> {
+    let name = format!("{}:{}", ident.role.name(), ident.name);
+    let mut cut = name.len().min(crate::id::ACTOR_ID_LEN_MAX);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    ActorId::parse(&name.as_bytes()[..cut])
+        .or_else(|_| ActorId::parse(ident.role.name().as_bytes()))
+        .map_err(|e| Refusal::from(WireError::from(e)))
+}
+
+/// A refused request: its status and message, and for `LINK_CONFLICT` the existing service ID.
+#[derive(Debug)]
+struct Refusal(WireError, Option<ServiceId>);
+
+impl From<WireError> for Refusal {
+    fn from(e: WireError) -> Self {
+        Self(e, None)
+    }
+}
+
+impl From<RegistryError> for Refusal {
+    fn from(e: RegistryError) -> Self {
+        let existing = match &e {
+            RegistryError::LinkConflict { existing, .. } => Some(*existing),
+            _ => None,
+        };
+        Refusal(refusal(&e), existing)
+    }
+}
+
+impl From<JpkiError> for Refusal {
+    fn from(e: JpkiError) -> Self {
+        RegistryError::from(e).into()
+    }
+}
+
+/// Runs a decoded, authorised request and writes the success frame into `out`.
+fn execute(
+    service: &Service,
+    ident: &Identity,
+    now: Timestamp,
+    req: &Request<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), Refusal> {
+    let reg = &service.registry;
+    let jpki = &service.jpki;
+    // A card's challenge must come back over a connection of the certificate that asked.
+    if let Request::LookupCard { card, .. }
+    | Request::RegisterFull { card }
+    | Request::RegisterProvisional { card, .. }
+    | Request::Confirm { card, .. }
+    | Request::Rebind { card, .. } = req
+    {
+        jpki.check_challenge_owner(card.challenge, &ident.fingerprint)?;
+    }
+    let response = match *req {
+        Request::Lookup { provider, id } => Response::Lookup(reg.lookup(now, &id, &provider)?),
+        Request::LookupBatch { provider, ids } => {
+            let p = reg.provider_ref(&provider)?;
+            // Through the store's batched path, which overlaps the IDs' memory misses; the
+            // answers go straight into the frame.
+            let mut frame = BatchFrame::begin(out, ids.len() as u16);
+            let mut failed = None;
+            reg.lookup_batch_each(now, p, ids.iter(), |l: Result<Lookup, _>| match l {
+                Ok(l) => frame.push(&l),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            })?;
+            let whole = frame.finish();
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
+            debug_assert!(whole, "a batch answered with fewer answers than IDs");
+            return Ok(());
+        }
+        Request::Challenge => {
+            Response::Challenge(jpki.issue_challenge_for(now, ident.fingerprint)?)
+        }
+        Request::LookupCard { provider, card } => {
+            let l = reg.lookup_card(now, jpki, &card, &provider)?;
+            Response::LookupCard {
+                id: l.id,
+                answer: l.lookup,
+            }
+        }
+        Request::RegisterFull { card } => {
+            let id = reg.register_card(now, actor(ident)?, jpki, &card)?;
+            tracing::info!(id = %id_tag(&id), by = %ident.name, "full registration");
+            Response::Registered(id)
+        }
+        Request::RegisterProvisional { id, card } => {
+            reg.register_provisional_card(now, actor(ident)?, jpki, id, &card)?;
+            Response::Done
+        }
+        Request::Confirm { id, card } => {
+            reg.confirm_card(now, actor(ident)?, jpki, id, &card)?;
+            Response::Done
+        }
+        Request::Link {
+            id,
+            provider,
+            service: svc,
+            replace,
+        } => Response::Link(reg.link(now, actor(ident)?, id, provider, svc, replace)?),
+        Request::Unlink { id, provider } => {
+            Response::Unlink(reg.unlink(now, actor(ident)?, id, provider)?)
+        }
+        Request::Rebind { id, card } => {
+            reg.rebind_card(now, actor(ident)?, jpki, id, &card)?;
+            Response::Done
+        }
+        Request::Delete { id } => {
+            reg.delete(now, actor(ident)?, id)?;
+            tracing::info!(id = %id_tag(&id), by = %ident.name, "deleted");
+            Response::Done
+        }
+        Request::PushCrl { push, crl } => {
+            Response::Push(reg.push_crl(now, actor(ident)?, jpki, push, crl)?)
+        }
+        Request::PushSerials { push, list } => {
+            Response::Push(reg.push_serials(now, actor(ident)?, jpki, push, list)?)
+        }
+        Request::Stats => {
+            wire::stats_frame(out, &stats(service));
+            return Ok(());
+        }
+        Request::RegisterProvider { provider } => {
+            Response::RegisterProvider(reg.register_provider(now, actor(ident)?, provider)?)
+        }
+        Request::Export { .. } => {
+            return Err(WireError::new(Status::Internal, "EXPORT is streamed").into());
+        }
+    };
+    response.encode(req.op(), out);
+    Ok(())
+}
+
+/// The `STATS` names and values.
+pub fn stats(service: &Service) -> Vec<(&'static str, u64)> {
+    let store = service.registry.store();
+    let mut v = vec![
+        ("durable_seq", store.durable_seq()),
+        ("delta_keys", store.delta_keys() as u64),
+        ("cached_leaves", service.jpki.cached_leaves() as u64),
+    ];
+    for t in store.stats() {
+        let n = t.shard_entries.iter().sum::<u64>() + t.delta_keys as u64;
+        v.push((t.table.name(), n));
+    }
+    v
+}
+
+/// The rows of an authorised `EXPORT` (see [`Handled::Export`]); walks the whole table, so the
+/// transport runs it off its async workers.
+pub fn export_rows(
+    service: &Service,
+    provider: &ProviderId,
+) -> Result<Vec<wire::ExportedLink>, WireError> {
+    let mut rows = Vec::new();
+    service
+        .registry
+        .export(provider, |r| {
+            rows.push(wire::ExportedLink {
+                id: r.id,
+                state: r.state,
+                service: r.service,
+            })
+        })
+        .map_err(|e| refusal(&e))?;
+    Ok(rows)
+}
+
+/// The status and message of a registry refusal. Messages never carry a MyKey ID.
+pub fn refusal(e: &RegistryError) -> WireError {
+    use RegistryError as R;
+    let status = match e {
+        R::Store(StoreError::OutcomeUnknown { .. }) => Status::OutcomeUnknown,
+        R::Store(_) | R::BadRecord { .. } | R::DictionaryFull { .. } => Status::Internal,
+        R::Id(_) => Status::BadId,
+        R::UnknownProvider { .. } => Status::UnknownProvider,
+        R::IdTaken { .. } => Status::IdTaken,
+        R::IdDeleted => Status::IdDeleted,
+        R::CertBound { .. } => Status::CertBound,
+        R::CertRevoked { .. } => Status::CertRevoked,
+        R::UnknownId => Status::UnknownId,
+        R::WrongState { .. } => Status::WrongState,
+        R::ProvisionalExpired { .. } => Status::ProvisionalExpired,
+        R::CertMismatch => Status::CertMismatch,
+        R::LinkConflict { .. } => Status::LinkConflict,
+        R::TooManyLinks { .. } => Status::TooManyLinks,
+        R::CrlNotNewer { .. } => Status::CrlNotNewer,
+        R::PushIdReused { .. } => Status::PushIdReused,
+        R::Jpki(j) => jpki_status(j),
+    };
+    // Storage details (files, OS errors) stay in the server's log.
+    let message = match e {
+        R::Store(StoreError::OutcomeUnknown { .. }) => OUTCOME_UNKNOWN_MESSAGE.to_owned(),
+        R::Store(StoreError::Failed { .. }) => {
+            "the store is read-only after a storage failure; this write was not applied; retry on another node"
+                .to_owned()
+        }
+        R::Store(_) => STORE_FAILED_MESSAGE.to_owned(),
+        e => e.to_string(),
+    };
+    WireError::new(status, message)
+}
+
+fn jpki_status(e: &JpkiError) -> Status {
+    use JpkiError as J;
+    match e {
+        J::CertTooLarge { .. } | J::CertMalformed { .. } => Status::CertMalformed,
+        J::SignatureCertificate => Status::SignatureCertificate,
+        J::BadCn(_) => Status::BadCn,
+        J::BadKey { .. } => Status::BadKey,
+        J::KeyUsage { .. } => Status::BadKeyUsage,
+        J::Expired { .. } => Status::CertExpired,
+        J::NotYetValid { .. } => Status::CertNotYetValid,
+        J::UnknownIssuer => Status::UnknownIssuer,
+        J::Chain(_) => Status::ChainInvalid,
+        J::ChallengeUnknown | J::ChallengeNotYours => Status::ChallengeUnknown,
+        J::ChallengeReused => Status::ChallengeReused,
+        J::ChallengeExpired { .. } => Status::ChallengeExpired,
+        J::TooManyChallenges { .. } => Status::TooManyChallenges,
+        J::BadSignature => Status::BadSignature,
+        J::PushTooLarge { .. } => Status::FrameTooLarge,
+        J::CrlMalformed { .. } => Status::CrlMalformed,
+        J::CrlUnknownIssuer => Status::CrlUnknownIssuer,
+        J::CrlBadSignature => Status::CrlBadSignature,
+        J::CrlNotYetValid { .. } => Status::CrlNotYetValid,
+        J::CrlStale { .. } => Status::CrlStale,
+        J::TooManyEntries { .. } => Status::TooManyEntries,
+        J::SerialList { .. } => Status::SerialListMalformed,
+        J::UnknownCa { .. } => Status::UnknownCa,
+        J::Id(_) => Status::BadId,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_tags_are_stable_distinct_and_hide_the_id() {
+        let a = MyKeyId::parse(b"1C2410DF79DGEL").expect("id");
+        let b = MyKeyId::parse(b"1C2410DF79DGEM").expect("id");
+        assert_eq!(id_tag(&a), id_tag(&a));
+        assert_ne!(id_tag(&a), id_tag(&b));
+        assert_eq!(id_tag(&a).len(), 16);
+        assert!(!id_tag(&a).to_uppercase().contains("1C2410"));
+    }
+}

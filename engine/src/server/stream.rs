@@ -1,0 +1,463 @@
+//! The QUIC side of serving: the accept loop (handshake rate, connection limit, the peer's
+//! identity, its rate bucket) and one task per stream, which reads a request within its
+//! deadline, applies the limits (push bodies, rate, read and write budgets), hands the bytes to
+//! the sans-IO handler (`handler`), on the blocking pool when the work waits for an fsync or
+//! RSA, and writes the answer, streaming an `EXPORT`. Counts every answer in the metrics.
+//!
+//! Owns sockets, deadlines and threads; never decides what a request means.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use quinn::{Endpoint, RecvStream, SendStream};
+use rustls::pki_types::CertificateDer;
+use tokio::sync::Semaphore;
+
+use super::handler::{self, Handled};
+use super::limits::{Bucket, Limits};
+use super::{DRAIN_FLUSH, Identity, Service, admin, auth, system_clock};
+use crate::id::ProviderId;
+use crate::wire::{self, HEADER_LEN, Op, Status, WireError};
+
+/// How often a push waiting on the store looks whether the store's log is stuck.
+const PUSH_STUCK_POLL: Duration = Duration::from_millis(100);
+
+/// The `status` label of an answer the peer cut off before it was delivered. Not a wire
+/// status: nothing is sent.
+pub const CUT_OFF: &str = "CUT_OFF";
+/// Its key in the metric handles; no wire status has this code.
+const CUT_OFF_CODE: u8 = 0xFF;
+
+/// State shared by the accept loop and every stream.
+pub(super) struct Shared {
+    pub(super) service: Arc<Service>,
+    /// Reads' budget. A permit taken for work on the blocking pool lives as long as that
+    /// work, not as long as the request.
+    pub(super) in_flight: Arc<Semaphore>,
+    /// Writes' own budget.
+    pub(super) writes_in_flight: Arc<Semaphore>,
+    pub(super) limits: Limits,
+    pub(super) draining: AtomicBool,
+    /// Streams being served (from accept to the last byte of the answer), for the drain.
+    pub(super) active: std::sync::atomic::AtomicUsize,
+    pub(super) idle: tokio::sync::Notify,
+    /// Rate buckets by client certificate fingerprint; an entry lives while a connection of
+    /// that certificate does, so the map is bounded by the connection limit.
+    pub(super) buckets: dashmap::DashMap<[u8; 32], Arc<Bucket>>,
+    /// Metric handles, registered once per (operation, status) instead of per request.
+    pub(super) meters: Meters,
+    /// Requests per second per certificate; changed by a reload.
+    pub(super) rate: std::sync::atomic::AtomicU32,
+    /// Revocation-push bodies being received (each up to 256 MiB).
+    pub(super) push_bodies: Semaphore,
+}
+
+/// Pre-registered metric handles (bounded: 256 opcodes × 256 statuses at most).
+#[derive(Default)]
+pub(super) struct Meters {
+    requests: dashmap::DashMap<(u8, u8), metrics::Counter>,
+    latency: dashmap::DashMap<u8, metrics::Histogram>,
+}
+
+impl Meters {
+    /// Counts one answer: by its status, or as `CUT_OFF` when the peer went away before all of
+    /// it was written (an export it stopped reading, say), which is not an answer delivered.
+    fn record(&self, op: u8, status: Status, delivered: bool, seconds: f64) {
+        let (code, label) = if delivered {
+            (status as u8, status.name())
+        } else {
+            (CUT_OFF_CODE, CUT_OFF)
+        };
+        // Read locks on the hot path; the write lock only the first time a pair is seen.
+        match self.requests.get(&(op, code)) {
+            Some(c) => c.increment(1),
+            None => {
+                let op_name = Op::from_u8(op).map_or("UNKNOWN", Op::name);
+                self.requests
+                    .entry((op, code))
+                    .or_insert_with(|| {
+                        metrics::counter!(admin::REQUESTS_TOTAL, "op" => op_name, "status" => label)
+                    })
+                    .increment(1);
+            }
+        }
+        match self.latency.get(&op) {
+            Some(h) => h.record(seconds),
+            None => {
+                let op_name = Op::from_u8(op).map_or("UNKNOWN", Op::name);
+                self.latency
+                    .entry(op)
+                    .or_insert_with(|| metrics::histogram!(admin::REQUEST_SECONDS, "op" => op_name))
+                    .record(seconds);
+            }
+        }
+    }
+}
+
+pub(super) async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
+    let connections = Arc::new(Semaphore::new(shared.limits.connections_max));
+    let handshakes = Bucket::new(shared.limits.handshakes_per_second);
+    for reason in ["limit", "identity", "handshake_rate"] {
+        metrics::counter!(admin::CONNECTIONS_REFUSED_TOTAL, "reason" => reason).increment(0);
+    }
+    while let Some(incoming) = endpoint.accept().await {
+        if !handshakes.take(shared.limits.handshakes_per_second) {
+            metrics::counter!(admin::CONNECTIONS_REFUSED_TOTAL, "reason" => "handshake_rate")
+                .increment(1);
+            incoming.refuse();
+            continue;
+        }
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            metrics::counter!(admin::CONNECTIONS_REFUSED_TOTAL, "reason" => "limit").increment(1);
+            incoming.refuse();
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let Ok(conn) = incoming.await else {
+                return;
+            };
+            let (ident, fingerprint) = match peer_identity(&conn) {
+                Ok((i, f)) => (Arc::new(i), f),
+                Err(reason) => {
+                    metrics::counter!(admin::CONNECTIONS_REFUSED_TOTAL, "reason" => "identity")
+                        .increment(1);
+                    tracing::warn!(%reason, code = reason.close_code(), "client certificate without a valid MyKey identity");
+                    conn.close(
+                        quinn::VarInt::from_u32(reason.close_code()),
+                        reason.to_string().as_bytes(),
+                    );
+                    return;
+                }
+            };
+            let bucket = shared
+                .buckets
+                .entry(fingerprint)
+                .or_insert_with(|| Arc::new(Bucket::new(shared.limits.rate_per_identity)))
+                .clone();
+            let gauge = metrics::gauge!(admin::CONNECTIONS);
+            gauge.increment(1.0);
+            tracing::debug!(role = ident.role.name(), name = %ident.name, "connection");
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                let shared = shared.clone();
+                let ident = ident.clone();
+                let bucket = bucket.clone();
+                shared.active.fetch_add(1, Ordering::AcqRel);
+                tokio::spawn(async move {
+                    serve_stream(&shared, &ident, &bucket, send, recv).await;
+                    if shared.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        shared.idle.notify_waiters();
+                    }
+                });
+            }
+            gauge.decrement(1.0);
+            // The last connection of this certificate takes its bucket away.
+            drop(bucket);
+            shared
+                .buckets
+                .remove_if(&fingerprint, |_, b| Arc::strong_count(b) == 1);
+        });
+    }
+}
+
+fn peer_identity(conn: &quinn::Connection) -> Result<(Identity, [u8; 32]), auth::IdentityError> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|a| a.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or(auth::IdentityError::NoCertificate)?;
+    let leaf = certs.first().ok_or(auth::IdentityError::NoCertificate)?;
+    let ident = auth::identity(leaf)?;
+    let fingerprint = ident.fingerprint;
+    Ok((ident, fingerprint))
+}
+
+/// Writes a whole answer and finishes the stream; false when the peer went away first (it
+/// cannot be answered, and the metrics count it `CUT_OFF`).
+async fn respond(send: &mut SendStream, frame: &[u8]) -> bool {
+    send.write_all(frame).await.is_ok() && send.finish().is_ok()
+}
+
+async fn serve_stream(
+    shared: &Arc<Shared>,
+    ident: &Arc<Identity>,
+    bucket: &Bucket,
+    mut send: SendStream,
+    recv: RecvStream,
+) {
+    let start = std::time::Instant::now();
+    let (op, status, delivered) = serve_request(shared, ident, bucket, &mut send, recv).await;
+    if shared.draining.load(Ordering::Acquire) {
+        // While draining, a stream counts as active until its answer is delivered, so the
+        // close that ends the drain cannot discard it.
+        let _ = tokio::time::timeout(DRAIN_FLUSH, send.stopped()).await;
+    }
+    shared
+        .meters
+        .record(op, status, delivered, start.elapsed().as_secs_f64());
+    let op_name = Op::from_u8(op).map_or("UNKNOWN", Op::name);
+    if matches!(Op::from_u8(op), Some(Op::PushCrl | Op::PushSerials)) {
+        let outcome = if status == Status::Ok {
+            "applied"
+        } else {
+            "refused"
+        };
+        metrics::counter!(admin::PUSHES_TOTAL, "op" => op_name, "outcome" => outcome).increment(1);
+        if status == Status::Ok {
+            metrics::gauge!(admin::LAST_PUSH_SECONDS).set(system_clock().unix_secs() as f64);
+        }
+        tracing::info!(op = op_name, status = status.name(), actor = %ident.name, "revocation push");
+    }
+}
+
+/// Serves one stream; returns the opcode byte, the status answered and whether the answer was
+/// delivered.
+async fn serve_request(
+    shared: &Arc<Shared>,
+    ident: &Arc<Identity>,
+    bucket: &Bucket,
+    send: &mut SendStream,
+    mut recv: RecvStream,
+) -> (u8, Status, bool) {
+    let service = &shared.service;
+    if shared.draining.load(Ordering::Acquire) {
+        let _ = recv.stop(quinn::VarInt::from_u32(0));
+        let e = WireError::new(
+            Status::Busy,
+            "the server is draining; retry on another node",
+        );
+        return refuse(send, 0, &e).await;
+    }
+    // The whole request must arrive within its deadline, or the stream is answered and
+    // dropped (which stops it), so a client cannot pin receive buffers by sending slowly.
+    let started = tokio::time::Instant::now();
+    let late = |what: &str, limit: Duration| {
+        WireError::bad(format!(
+            "the {what} did not arrive within {} ms; send a request whole",
+            limit.as_millis()
+        ))
+    };
+    let read_timeout = shared.limits.read_timeout;
+    let mut header = [0u8; HEADER_LEN];
+    match tokio::time::timeout(read_timeout, recv.read_exact(&mut header)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => {
+            let e = WireError::bad("the stream ended inside the frame header");
+            return refuse(send, 0, &e).await;
+        }
+        Err(_) => return refuse(send, 0, &late("frame header", read_timeout)).await,
+    }
+    // Nothing is buffered for a request its certificate may not make, and at most
+    // PUSH_BODIES_MAX large push bodies are buffered at once.
+    let admitted = match handler::admit(ident, &header) {
+        Ok(a) => a,
+        Err(r) => {
+            let _ = recv.stop(quinn::VarInt::from_u32(0));
+            return refuse(send, r.op, &r.error).await;
+        }
+    };
+    let op = admitted.op();
+    let len = admitted.body_len() as usize;
+    let pushes = matches!(op, Op::PushCrl | Op::PushSerials);
+    let _push_permit = if pushes {
+        match shared.push_bodies.try_acquire() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                let _ = recv.stop(quinn::VarInt::from_u32(0));
+                let e = WireError::new(
+                    Status::Busy,
+                    "another revocation push is being received; retry shortly",
+                );
+                return refuse(send, op as u8, &e).await;
+            }
+        }
+    } else {
+        None
+    };
+    // The body grows as it arrives (never sized from the header alone) and must end exactly
+    // where the header says.
+    let limit = if pushes {
+        shared.limits.push_read_timeout
+    } else {
+        read_timeout
+    };
+    let body = match tokio::time::timeout_at(started + limit, recv.read_to_end(len + 1)).await {
+        Ok(Ok(b)) if b.len() == len => b,
+        Err(_) => return refuse(send, op as u8, &late("request", limit)).await,
+        Ok(_) => {
+            let e = WireError::bad(format!(
+                "the stream does not hold exactly one {len}-byte body"
+            ));
+            return refuse(send, op as u8, &e).await;
+        }
+    };
+    let rate = shared.rate.load(Ordering::Relaxed);
+    if !bucket.take(rate) {
+        let e = WireError::new(
+            Status::RateLimited,
+            format!("this certificate is over its {rate} requests per second; retry shortly"),
+        );
+        return refuse(send, op as u8, &e).await;
+    }
+    // Reads and writes draw on separate budgets: writes waiting on a stuck fsync hold theirs
+    // until the fsync returns, and must not leave lookups without slots.
+    let writes = changes_store(op);
+    let (budget, what) = if writes {
+        (&shared.writes_in_flight, "writes")
+    } else {
+        (&shared.in_flight, "requests")
+    };
+    let Ok(permit) = budget.clone().try_acquire_owned() else {
+        let e = WireError::new(
+            Status::Busy,
+            format!("too many {what} in flight; retry shortly"),
+        );
+        return refuse(send, op as u8, &e).await;
+    };
+    let (handled, out) = if runs_blocking(op) {
+        let service = service.clone();
+        let ident = ident.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            // Held until the work returns, however long after its client was answered.
+            let _permit = permit;
+            let mut out = Vec::new();
+            let now = (service.clock)();
+            let h = handler::handle_body(&service, &ident, now, admitted, &body, &mut out);
+            (h, out)
+        });
+        match wait_for_work(shared, op, writes, task).await {
+            Ok(done) => done,
+            Err(e) => return refuse(send, op as u8, &e).await,
+        }
+    } else {
+        // Room for any single answer but a batch's, so the common case never reallocates.
+        let mut out = Vec::with_capacity(256);
+        let now = (service.clock)();
+        let h = handler::handle_body(service, ident, now, admitted, &body, &mut out);
+        drop(permit);
+        (h, out)
+    };
+    match handled {
+        Handled::Answered(status) => (op as u8, status, respond(send, &out).await),
+        Handled::Export(provider) => {
+            let (status, delivered) = export(service, provider, send).await;
+            (op as u8, status, delivered)
+        }
+    }
+}
+
+/// Waits for work running on the blocking pool. A write gets `write_timeout` (a push: until
+/// its log write or fsync has been stuck that long), then `OUTCOME_UNKNOWN`; the work goes on
+/// and keeps its permit.
+async fn wait_for_work(
+    shared: &Shared,
+    op: Op,
+    writes: bool,
+    task: tokio::task::JoinHandle<(Handled, Vec<u8>)>,
+) -> Result<(Handled, Vec<u8>), WireError> {
+    let timeout = shared.limits.write_timeout;
+    let finished = if !writes {
+        Ok(task.await)
+    } else if matches!(op, Op::PushCrl | Op::PushSerials) {
+        // A push applies up to millions of revocations in many changes and may take minutes
+        // on a healthy disk: its deadline is a log write or fsync stuck for `write_timeout`,
+        // not its own length.
+        let store = shared.service.registry.store();
+        let mut task = std::pin::pin!(task);
+        loop {
+            match tokio::time::timeout(PUSH_STUCK_POLL, &mut task).await {
+                Ok(r) => break Ok(r),
+                Err(_) => {
+                    if store.health().log_io.is_some_and(|(age, _)| age >= timeout) {
+                        break Err(());
+                    }
+                }
+            }
+        }
+    } else {
+        tokio::time::timeout(timeout, task).await.map_err(|_| ())
+    };
+    match finished {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(_)) if writes => Err(WireError::new(
+            Status::OutcomeUnknown,
+            "the write failed inside the server after it may have been applied; retry the same request to learn its outcome",
+        )),
+        Ok(Err(_)) => Err(WireError::new(
+            Status::Internal,
+            "the request failed inside the server; it changed nothing",
+        )),
+        Err(()) => {
+            tracing::warn!(
+                op = op.name(),
+                timeout_ms = timeout.as_millis() as u64,
+                "a write did not complete within write_timeout: answered OUTCOME_UNKNOWN"
+            );
+            Err(WireError::new(
+                Status::OutcomeUnknown,
+                format!(
+                    "the write did not complete within {} ms (the store's log is slow or stuck): it may or may not be applied; retry the same request to learn its outcome",
+                    timeout.as_millis()
+                ),
+            ))
+        }
+    }
+}
+
+async fn refuse(send: &mut SendStream, op: u8, e: &WireError) -> (u8, Status, bool) {
+    let mut out = Vec::new();
+    wire::error_response(&mut out, op, e.status, &e.message, None);
+    let delivered = respond(send, &out).await;
+    (op, e.status, delivered)
+}
+
+/// Operations that wait for an fsync or do heavy work (RSA), run off the async workers.
+/// (`EXPORT` gathers its rows there too, after it is authorised.)
+fn runs_blocking(op: Op) -> bool {
+    !matches!(
+        op,
+        Op::Lookup | Op::LookupBatch | Op::Challenge | Op::Stats | Op::Export
+    )
+}
+
+/// Operations that change the store: they wait for an fsync, draw on the write budget and
+/// have the write deadline.
+fn changes_store(op: Op) -> bool {
+    runs_blocking(op) && op != Op::LookupCard
+}
+
+async fn export(
+    service: &Arc<Service>,
+    provider: ProviderId,
+    send: &mut SendStream,
+) -> (Status, bool) {
+    // Rows are gathered on the blocking pool (the export walks the whole table), then streamed
+    // in chunks of at most EXPORT_CHUNK_MAX rows.
+    let svc = service.clone();
+    let rows = tokio::task::spawn_blocking(move || handler::export_rows(&svc, &provider)).await;
+    let rows = match rows {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(e)) => {
+            let (_, status, delivered) = refuse(send, Op::Export as u8, &e).await;
+            return (status, delivered);
+        }
+        Err(_) => {
+            let e = WireError::new(Status::Internal, "the export failed inside the server");
+            let (_, status, delivered) = refuse(send, Op::Export as u8, &e).await;
+            return (status, delivered);
+        }
+    };
+    let mut out = Vec::new();
+    wire::begin_export(&mut out);
+    for chunk in rows.chunks(wire::EXPORT_CHUNK_MAX) {
+        wire::export_chunk(&mut out, chunk);
+        if send.write_all(&out).await.is_err() {
+            // The peer stopped reading: the export was not delivered.
+            return (Status::Ok, false);
+        }
+        out.clear();
+    }
+    wire::export_end(&mut out, rows.len() as u64);
+    (Status::Ok, respond(send, &out).await)
+}

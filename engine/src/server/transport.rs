@@ -1,0 +1,151 @@
+//! The QUIC transport of the server and the client: the one TLS provider, the TLS 1.3
+//! configuration with mandatory client certificates, the transport settings both ends share,
+//! receive windows, and the UDP sockets under them.
+//!
+//! Owns how bytes reach a stream; never reads a request or decides what to answer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::Endpoint;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+
+use super::ServerError;
+use crate::wire;
+
+/// Idle time after which a connection is closed (keep-alives every 15 s keep a terminal's
+/// connection open).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Bytes a client may send on one stream ahead of the server reading them: four of the
+/// largest requests (`wire::REQUEST_LEN_MAX`, 64 KiB), so requests arrive in one round trip,
+/// and a push streams at 256 KiB per round trip.
+pub const STREAM_RECEIVE_WINDOW: u32 = 256 * 1024;
+/// Bytes a client may send on all its streams of a connection ahead of the server reading
+/// them: what one connection can pin in the server's receive buffers (it was 16 MiB with
+/// 256 streams at quinn's defaults).
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 256 * 1024;
+
+/// The server's TLS material.
+pub struct ServerTls {
+    /// The server's certificate chain, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Its private key.
+    pub key: PrivateKeyDer<'static>,
+    /// The operator's client CA certificates.
+    pub client_cas: Vec<CertificateDer<'static>>,
+    /// CRLs of the client CA: a revoked client certificate fails the handshake.
+    pub client_crls: Vec<CertificateRevocationListDer<'static>>,
+}
+
+impl Clone for ServerTls {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            client_cas: self.client_cas.clone(),
+            client_crls: self.client_crls.clone(),
+        }
+    }
+}
+
+/// The aws-lc-rs crypto provider: the one provider, passed explicitly everywhere.
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The transport settings both ends use. ACKs are asked for at once (threshold 0), so a lone
+/// request's response is not held back by QUIC's 25 ms delayed ACK.
+pub fn transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(wire::STREAMS_PER_CONNECTION_MAX))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
+        .max_idle_timeout(IDLE_TIMEOUT.try_into().ok())
+        .keep_alive_interval(Some(Duration::from_secs(15)));
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(quinn::VarInt::from_u32(0))
+        .max_ack_delay(Some(Duration::from_millis(1)));
+    t.ack_frequency_config(Some(ack));
+    t
+}
+
+/// The QUIC server configuration `mykeyd` serves with: TLS 1.3, aws-lc-rs, client
+/// certificates required and checked against the client CA and its CRLs, ALPN `mykey/1`, and
+/// the shared transport settings. Benchmarks and test servers use it to match `mykeyd`.
+pub fn server_config(tls: ServerTls) -> Result<quinn::ServerConfig, ServerError> {
+    let provider = crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in tls.client_cas {
+        roots.add(ca).map_err(ServerError::ClientCa)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .with_crls(tls.client_crls)
+    .build()
+    .map_err(ServerError::ClientVerifier)?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(ServerError::Protocol)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(tls.chain, tls.key)
+        .map_err(ServerError::ServerCert)?;
+    cfg.alpn_protocols = vec![wire::ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(ServerError::Quic)?;
+    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let mut t = transport();
+    // What a client may send ahead of the server: bounded per stream and per connection,
+    // so that half-sent requests cannot pin more than this per connection.
+    t.stream_receive_window(quinn::VarInt::from_u32(STREAM_RECEIVE_WINDOW))
+        .receive_window(quinn::VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
+    sc.transport_config(Arc::new(t));
+    Ok(sc)
+}
+
+/// Receive and send buffer asked for on every QUIC UDP socket, server and client. All of a
+/// node's connections (13,000 terminals) share one socket, so a burst of datagrams lands in one
+/// kernel buffer; at Linux's default (208 KiB) a 13,000-terminal day at 3,000 requests/s lost
+/// 6 % of its datagrams to `RcvbufErrors`, and each loss cost a QUIC retransmission timeout,
+/// seconds at the tail. The kernel caps the request at `net.core.rmem_max` / `wmem_max`
+/// (ops/RUNBOOK.md says how to raise them); what was granted is logged at start.
+pub const UDP_BUFFER_BYTES: usize = 8 << 20;
+
+/// A UDP socket bound to `addr` with [`UDP_BUFFER_BYTES`] asked for both buffers. Returns
+/// the socket and the receive buffer the kernel granted for data.
+pub fn udp_socket(addr: SocketAddr) -> std::io::Result<(std::net::UdpSocket, usize)> {
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // An IPv6 address binds IPv6 only, as std's bind does.
+        sock.set_only_v6(true)?;
+    }
+    // Best effort: a smaller buffer still works, with more loss under bursts.
+    let _ = sock.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = sock.set_send_buffer_size(UDP_BUFFER_BYTES);
+    sock.bind(&addr.into())?;
+    let reported = sock.recv_buffer_size().unwrap_or(0);
+    // Linux reports twice what it grants for data (the rest is its bookkeeping).
+    let granted = if cfg!(target_os = "linux") {
+        reported / 2
+    } else {
+        reported
+    };
+    Ok((sock.into(), granted))
+}
+
+/// A quinn endpoint on a socket from [`udp_socket`].
+pub fn endpoint_on(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<(Endpoint, usize)> {
+    let (socket, granted) = udp_socket(addr)?;
+    let e = Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    Ok((e, granted))
+}

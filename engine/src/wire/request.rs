@@ -1,0 +1,318 @@
+//! The request bodies of `mykey/1` (`engine/PROTOCOL.md`, "Operations"): one [`Request`]
+//! variant per operation, decoded from a frame's body without copying and encoded into a whole
+//! frame. Owns the byte layout of every request; never checks who may send one.
+
+use super::{
+    BATCH_MAX, HEADER_LEN, Op, Reader, Status, VERSION, WireError, put_bytes8, put_bytes32,
+    put_card, put_service,
+};
+use crate::id::{MYKEY_ID_LEN, MyKeyId, ProviderId, PushId, ServiceId};
+use crate::jpki::CardProof;
+
+/// A decoded request, borrowing its bytes from the frame.
+#[derive(Clone, Copy, Debug)]
+pub enum Request<'a> {
+    /// `LOOKUP`.
+    Lookup {
+        /// The provider.
+        provider: ProviderId,
+        /// The MyKey ID.
+        id: MyKeyId,
+    },
+    /// `LOOKUP_BATCH`.
+    LookupBatch {
+        /// The provider.
+        provider: ProviderId,
+        /// The IDs, checked well-formed.
+        ids: IdList<'a>,
+    },
+    /// `CHALLENGE`.
+    Challenge,
+    /// `LOOKUP_CARD`.
+    LookupCard {
+        /// The provider.
+        provider: ProviderId,
+        /// The card.
+        card: CardProof<'a>,
+    },
+    /// `REGISTER_FULL`.
+    RegisterFull {
+        /// The card.
+        card: CardProof<'a>,
+    },
+    /// `REGISTER_PROVISIONAL`.
+    RegisterProvisional {
+        /// The chosen ID.
+        id: MyKeyId,
+        /// The card.
+        card: CardProof<'a>,
+    },
+    /// `CONFIRM`.
+    Confirm {
+        /// The provisional ID.
+        id: MyKeyId,
+        /// The card.
+        card: CardProof<'a>,
+    },
+    /// `LINK`.
+    Link {
+        /// The MyKey ID.
+        id: MyKeyId,
+        /// The provider.
+        provider: ProviderId,
+        /// The service ID.
+        service: ServiceId,
+        /// Whether a different service ID may be replaced.
+        replace: bool,
+    },
+    /// `UNLINK`.
+    Unlink {
+        /// The MyKey ID.
+        id: MyKeyId,
+        /// The provider.
+        provider: ProviderId,
+    },
+    /// `REBIND`.
+    Rebind {
+        /// The MyKey ID.
+        id: MyKeyId,
+        /// The holder's new card.
+        card: CardProof<'a>,
+    },
+    /// `DELETE`.
+    Delete {
+        /// The MyKey ID.
+        id: MyKeyId,
+    },
+    /// `PUSH_CRL`.
+    PushCrl {
+        /// The push id.
+        push: PushId,
+        /// The DER CRL.
+        crl: &'a [u8],
+    },
+    /// `PUSH_SERIALS`.
+    PushSerials {
+        /// The push id.
+        push: PushId,
+        /// The serial list.
+        list: &'a [u8],
+    },
+    /// `EXPORT`.
+    Export {
+        /// The provider.
+        provider: ProviderId,
+    },
+    /// `STATS`.
+    Stats,
+    /// `REGISTER_PROVIDER`.
+    RegisterProvider {
+        /// The provider.
+        provider: ProviderId,
+    },
+}
+
+/// The IDs of a batch: `count` × 14 bytes, each checked well-formed when decoded.
+#[derive(Clone, Copy, Debug)]
+pub struct IdList<'a>(&'a [u8]);
+
+impl<'a> IdList<'a> {
+    /// How many IDs.
+    pub fn len(&self) -> usize {
+        self.0.len() / MYKEY_ID_LEN
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The IDs, in order.
+    pub fn iter(&self) -> impl Iterator<Item = MyKeyId> + 'a {
+        self.0
+            .chunks_exact(MYKEY_ID_LEN)
+            .filter_map(|c| MyKeyId::parse(c).ok())
+    }
+}
+
+impl<'a> Request<'a> {
+    /// The operation.
+    pub fn op(&self) -> Op {
+        match self {
+            Request::Lookup { .. } => Op::Lookup,
+            Request::LookupBatch { .. } => Op::LookupBatch,
+            Request::Challenge => Op::Challenge,
+            Request::LookupCard { .. } => Op::LookupCard,
+            Request::RegisterFull { .. } => Op::RegisterFull,
+            Request::RegisterProvisional { .. } => Op::RegisterProvisional,
+            Request::Confirm { .. } => Op::Confirm,
+            Request::Link { .. } => Op::Link,
+            Request::Unlink { .. } => Op::Unlink,
+            Request::Rebind { .. } => Op::Rebind,
+            Request::Delete { .. } => Op::Delete,
+            Request::PushCrl { .. } => Op::PushCrl,
+            Request::PushSerials { .. } => Op::PushSerials,
+            Request::Export { .. } => Op::Export,
+            Request::Stats => Op::Stats,
+            Request::RegisterProvider { .. } => Op::RegisterProvider,
+        }
+    }
+
+    /// Decodes the body of `op`.
+    pub fn decode(op: Op, body: &'a [u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(body);
+        let req = match op {
+            Op::Lookup => Request::Lookup {
+                provider: r.provider()?,
+                id: r.id()?,
+            },
+            Op::LookupBatch => {
+                let provider = r.provider()?;
+                let count = usize::from(r.u16()?);
+                if count == 0 || count > BATCH_MAX {
+                    return Err(WireError::bad(format!(
+                        "a batch holds 1 to {BATCH_MAX} IDs, not {count}"
+                    )));
+                }
+                let raw = r.take(count * MYKEY_ID_LEN)?;
+                for (i, c) in raw.chunks_exact(MYKEY_ID_LEN).enumerate() {
+                    MyKeyId::parse(c).map_err(|e| {
+                        WireError::new(Status::BadId, format!("ID {} of the batch: {e}", i + 1))
+                    })?;
+                }
+                Request::LookupBatch {
+                    provider,
+                    ids: IdList(raw),
+                }
+            }
+            Op::Challenge => Request::Challenge,
+            Op::LookupCard => Request::LookupCard {
+                provider: r.provider()?,
+                card: r.card()?,
+            },
+            Op::RegisterFull => Request::RegisterFull { card: r.card()? },
+            Op::RegisterProvisional => Request::RegisterProvisional {
+                id: r.id()?,
+                card: r.card()?,
+            },
+            Op::Confirm => Request::Confirm {
+                id: r.id()?,
+                card: r.card()?,
+            },
+            Op::Link => {
+                let id = r.id()?;
+                let provider = r.provider()?;
+                let service = r.service()?;
+                let replace = r.flag("replace")?;
+                Request::Link {
+                    id,
+                    provider,
+                    service,
+                    replace,
+                }
+            }
+            Op::Unlink => Request::Unlink {
+                id: r.id()?,
+                provider: r.provider()?,
+            },
+            Op::Rebind => Request::Rebind {
+                id: r.id()?,
+                card: r.card()?,
+            },
+            Op::Delete => Request::Delete { id: r.id()? },
+            Op::PushCrl => Request::PushCrl {
+                push: PushId::parse(r.bytes8()?)?,
+                crl: r.bytes32()?,
+            },
+            Op::PushSerials => Request::PushSerials {
+                push: PushId::parse(r.bytes8()?)?,
+                list: r.bytes32()?,
+            },
+            Op::Export => Request::Export {
+                provider: r.provider()?,
+            },
+            Op::Stats => Request::Stats,
+            Op::RegisterProvider => Request::RegisterProvider {
+                provider: r.provider()?,
+            },
+        };
+        r.finish()?;
+        Ok(req)
+    }
+
+    /// Appends the whole request frame (header and body) to `out`. `None` if a field does not
+    /// fit its length prefix (a card certificate over 64 KiB, say).
+    pub fn encode(&self, out: &mut Vec<u8>) -> Option<()> {
+        let start = out.len();
+        out.extend_from_slice(&[VERSION, self.op() as u8, 0, 0, 0, 0, 0, 0]);
+        match self {
+            Request::Lookup { provider, id } => {
+                put_bytes8(out, provider.as_bytes())?;
+                out.extend_from_slice(id.as_bytes());
+            }
+            Request::LookupBatch { provider, ids } => {
+                put_bytes8(out, provider.as_bytes())?;
+                out.extend_from_slice(&u16::try_from(ids.len()).ok()?.to_le_bytes());
+                out.extend_from_slice(ids.0);
+            }
+            Request::Challenge | Request::Stats => {}
+            Request::LookupCard { provider, card } => {
+                put_bytes8(out, provider.as_bytes())?;
+                put_card(out, card)?;
+            }
+            Request::RegisterFull { card } => put_card(out, card)?,
+            Request::RegisterProvisional { id, card }
+            | Request::Confirm { id, card }
+            | Request::Rebind { id, card } => {
+                out.extend_from_slice(id.as_bytes());
+                put_card(out, card)?;
+            }
+            Request::Link {
+                id,
+                provider,
+                service,
+                replace,
+            } => {
+                out.extend_from_slice(id.as_bytes());
+                put_bytes8(out, provider.as_bytes())?;
+                put_service(out, service);
+                out.push(u8::from(*replace));
+            }
+            Request::Unlink { id, provider } => {
+                out.extend_from_slice(id.as_bytes());
+                put_bytes8(out, provider.as_bytes())?;
+            }
+            Request::Delete { id } => out.extend_from_slice(id.as_bytes()),
+            Request::PushCrl { push, crl: body } | Request::PushSerials { push, list: body } => {
+                put_bytes8(out, push.as_bytes())?;
+                put_bytes32(out, body)?;
+            }
+            Request::Export { provider } | Request::RegisterProvider { provider } => {
+                put_bytes8(out, provider.as_bytes())?;
+            }
+        }
+        let len = u32::try_from(out.len() - start - HEADER_LEN).ok()?;
+        out[start + 4..start + 8].copy_from_slice(&len.to_le_bytes());
+        Some(())
+    }
+}
+
+/// Builds the IDs of a batch request from parsed IDs (client side).
+pub fn id_list_bytes(ids: &[MyKeyId]) -> Vec<u8> {
+    ids.iter()
+        .flat_map(|i| i.as_bytes().iter().copied())
+        .collect()
+}
+
+impl<'a> IdList<'a> {
+    /// An ID list over `count` × 14 bytes of well-formed IDs (see [`id_list_bytes`]).
+    pub fn from_bytes(b: &'a [u8]) -> Result<Self, WireError> {
+        if !b.len().is_multiple_of(MYKEY_ID_LEN) {
+            return Err(WireError::bad("an ID list is a multiple of 14 bytes"));
+        }
+        for c in b.chunks_exact(MYKEY_ID_LEN) {
+            MyKeyId::parse(c)?;
+        }
+        Ok(Self(b))
+    }
+}

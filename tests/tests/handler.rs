@@ -1,0 +1,455 @@
+//! The sans-IO request handler, without sockets: every role against every operation as the
+//! roles column of `engine/PROTOCOL.md` gives it, a counter kept to its own providers, a
+//! challenge redeemed only by the certificate that asked, and the domain operations answered
+//! frame in, frame out.
+
+use std::sync::Arc;
+
+use mykey_engine::answer::{IdState, LinkOutcome, Lookup, ProviderOutcome, UnlinkOutcome};
+use mykey_engine::id::{ActorId, MyKeyId, ProviderId, PushId};
+use mykey_engine::jpki::CardProof;
+use mykey_engine::registry::{Registry, RegistryConfig};
+use mykey_engine::server::{self, Handled, Identity, Role, Service};
+use mykey_engine::store::StoreConfig;
+use mykey_engine::store::fs::{Fs, RealFs};
+use mykey_engine::wire::{self, IdList, Op, Refused, Request, Response, Status};
+use mykey_tests::pki::{card, now, pki};
+use mykey_tests::{TempDir, provider, service};
+
+const ROLES: [(Role, char); 5] = [
+    (Role::Counter, 'C'),
+    (Role::Municipal, 'M'),
+    (Role::Portal, 'P'),
+    (Role::Partner, 'R'),
+    (Role::Operator, 'O'),
+];
+
+fn ident(role: Role, providers: &[ProviderId], fingerprint: u8) -> Identity {
+    Identity {
+        role,
+        providers: providers.to_vec(),
+        name: format!("{}-1", role.name()),
+        fingerprint: [fingerprint; 32],
+    }
+}
+
+fn service_in(dir: &TempDir) -> Service {
+    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
+    let reg =
+        Registry::create(fs, StoreConfig::default(), RegistryConfig::default()).expect("create");
+    for p in ["A-α1-0001", "B-β1-0002"] {
+        reg.register_provider(now(), ActorId::parse(b"setup").expect("actor"), provider(p))
+            .expect("provider");
+    }
+    Service {
+        registry: reg,
+        jpki: pki().jpki(),
+        clock: now,
+    }
+}
+
+/// Sends `req` through the handler and returns the status and the frame.
+fn send(svc: &Service, who: &Identity, req: &Request<'_>) -> (Status, Vec<u8>) {
+    let mut frame = Vec::new();
+    req.encode(&mut frame).expect("fits");
+    let mut out = Vec::new();
+    match server::handle(svc, who, now(), &frame, &mut out) {
+        Handled::Answered(status) => {
+            let (head, _) = wire::split_response(&out).expect("a whole frame");
+            assert_eq!(
+                head.status, status as u8,
+                "the frame says the status returned"
+            );
+            assert_eq!(head.op, req.op() as u8);
+            (status, out)
+        }
+        Handled::Export(p) => {
+            assert!(out.is_empty(), "an export writes nothing itself");
+            assert_eq!(req.op(), Op::Export);
+            let _ = p;
+            (Status::Ok, out)
+        }
+    }
+}
+
+/// The success body of `req`, decoded; panics on a refusal.
+fn ok<'a>(svc: &Service, who: &Identity, req: &Request<'_>, keep: &'a mut Vec<u8>) -> Response<'a> {
+    let (status, frame) = send(svc, who, req);
+    assert_eq!(
+        status,
+        Status::Ok,
+        "{}: {:?}",
+        req.op().name(),
+        refused(&frame)
+    );
+    *keep = frame;
+    let (_, body) = wire::split_response(keep).expect("frame");
+    Response::decode(req.op(), body).expect("a success body")
+}
+
+fn refused(frame: &[u8]) -> Option<Refused<'_>> {
+    let (head, body) = wire::split_response(frame).ok()?;
+    (!head.is_ok()).then(|| Refused::decode(head.status, body))
+}
+
+fn status(svc: &Service, who: &Identity, req: &Request<'_>) -> Status {
+    send(svc, who, req).0
+}
+
+fn as_card(pr: &(Vec<u8>, [u8; 32], Vec<u8>)) -> CardProof<'_> {
+    CardProof {
+        cert_der: &pr.0,
+        challenge: &pr.1,
+        signature: &pr.2,
+    }
+}
+
+/// The roles column of PROTOCOL.md's operations table, by opcode.
+fn spec_roles() -> Vec<(u8, String)> {
+    let spec = include_str!("../../engine/PROTOCOL.md");
+    let start = spec.find("## Operations").expect("operations section");
+    spec[start..]
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let code = u8::from_str_radix(cells.get(1)?.strip_prefix("0x")?, 16).ok()?;
+            Some((code, cells.get(3)?.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn every_role_is_admitted_to_exactly_the_operations_protocol_md_gives_it() {
+    let roles = spec_roles();
+    assert_eq!(roles.len(), 16, "{roles:?}");
+    for (code, allowed) in roles {
+        let op = Op::from_u8(code).expect("opcode");
+        for (role, letter) in ROLES {
+            let who = ident(role, &[provider("A")], 1);
+            let header = [wire::VERSION, code, 0, 0, 0, 0, 0, 0];
+            let got = server::admit(&who, &header);
+            let may = allowed.split_whitespace().any(|r| r == letter.to_string());
+            match got {
+                Ok(a) => {
+                    assert!(may, "{} admitted to {}", role.name(), op.name());
+                    assert_eq!(a.op(), op);
+                }
+                Err(r) => {
+                    assert!(!may, "{} refused {}: {:?}", role.name(), op.name(), r);
+                    assert_eq!(r.error.status, Status::Forbidden);
+                    assert_eq!(r.op, code);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_counter_acts_only_for_its_own_providers() {
+    let dir = TempDir::new("handler-providers");
+    let svc = service_in(&dir);
+    let (a, b) = (provider("A-α1-0001"), provider("B-β1-0002"));
+    let counter_a = ident(Role::Counter, &[a], 1);
+    let operator = ident(Role::Operator, &[], 2);
+    let id = MyKeyId::parse(b"1C2410DF79DGEL").expect("id");
+    let ids = wire::id_list_bytes(&[id]);
+    let for_b = |p: ProviderId| {
+        [
+            Request::Lookup { provider: p, id },
+            Request::LookupBatch {
+                provider: p,
+                ids: IdList::from_bytes(&ids).expect("ids"),
+            },
+            Request::Link {
+                id,
+                provider: p,
+                service: service("S"),
+                replace: false,
+            },
+            Request::Unlink { id, provider: p },
+            Request::Export { provider: p },
+        ]
+    };
+    for req in for_b(b) {
+        assert_eq!(
+            status(&svc, &counter_a, &req),
+            Status::Forbidden,
+            "{}",
+            req.op().name()
+        );
+        // The operator acts for every provider: the same request is not refused as forbidden.
+        assert_ne!(status(&svc, &operator, &req), Status::Forbidden);
+    }
+    for req in for_b(a) {
+        assert_ne!(status(&svc, &counter_a, &req), Status::Forbidden);
+    }
+    // A card lookup names a provider too.
+    let card_req = Request::LookupCard {
+        provider: b,
+        card: CardProof {
+            cert_der: &[0x30],
+            challenge: &[0; 32],
+            signature: &[0],
+        },
+    };
+    assert_eq!(status(&svc, &counter_a, &card_req), Status::Forbidden);
+}
+
+#[test]
+fn bad_frames_are_refused_with_their_status_before_anything_runs() {
+    let dir = TempDir::new("handler-frames");
+    let svc = service_in(&dir);
+    let operator = ident(Role::Operator, &[], 2);
+    let mut good = Vec::new();
+    Request::RegisterProvider {
+        provider: provider("C-γ1-0003"),
+    }
+    .encode(&mut good)
+    .expect("fits");
+    let mut out = Vec::new();
+    let mut st = |frame: &[u8]| match server::handle(&svc, &operator, now(), frame, &mut out) {
+        Handled::Answered(s) => s,
+        Handled::Export(_) => panic!("not an export"),
+    };
+    assert_eq!(st(&good[..5]), Status::BadFrame, "short header");
+    assert_eq!(st(&good[..good.len() - 1]), Status::BadFrame, "short body");
+    assert_eq!(
+        st(&[&good[..], &[0]].concat()),
+        Status::BadFrame,
+        "long body"
+    );
+    let mut v2 = good.clone();
+    v2[0] = 2;
+    assert_eq!(st(&v2), Status::UnsupportedVersion);
+    // None of these registered the provider: the whole request does, once.
+    let mut keep = Vec::new();
+    let req = Request::RegisterProvider {
+        provider: provider("C-γ1-0003"),
+    };
+    assert_eq!(
+        ok(&svc, &operator, &req, &mut keep),
+        Response::RegisterProvider(ProviderOutcome::Registered)
+    );
+}
+
+#[test]
+fn the_domain_operations_answer_frame_in_frame_out() {
+    let dir = TempDir::new("handler-domain");
+    let svc = service_in(&dir);
+    let a = provider("A-α1-0001");
+    let portal = ident(Role::Portal, &[], 1);
+    let counter = ident(Role::Counter, &[a], 2);
+    let other_counter = ident(Role::Counter, &[a], 3);
+    let partner = ident(Role::Partner, &[], 4);
+    let operator = ident(Role::Operator, &[], 5);
+    let municipal = ident(Role::Municipal, &[], 6);
+    let p = pki();
+    let cert = card(&p.gen2023, &p.cards[0], 4242);
+    let mut keep = Vec::new();
+
+    // A card proof over a challenge issued to `who`.
+    let proof = |who: &Identity, cert: &[u8]| {
+        let mut keep = Vec::new();
+        let Response::Challenge(c) = ok(&svc, who, &Request::Challenge, &mut keep) else {
+            panic!("a challenge")
+        };
+        (
+            cert.to_vec(),
+            c.bytes,
+            p.cards[0].sign(&c.bytes).expect("sign"),
+        )
+    };
+
+    let pr = proof(&portal, &cert);
+    let Response::Registered(id) = ok(
+        &svc,
+        &portal,
+        &Request::RegisterFull { card: as_card(&pr) },
+        &mut keep,
+    ) else {
+        panic!("registered")
+    };
+    assert_eq!(id.as_str(), "T0000000004242");
+    assert_eq!(
+        status(&svc, &portal, &Request::RegisterFull { card: as_card(&pr) }),
+        Status::ChallengeReused
+    );
+
+    let link = |s: &str, replace| Request::Link {
+        id,
+        provider: a,
+        service: service(s),
+        replace,
+    };
+    assert_eq!(
+        ok(&svc, &counter, &link("LIB-0001", false), &mut keep),
+        Response::Link(LinkOutcome::Linked)
+    );
+    assert_eq!(
+        ok(&svc, &counter, &link("LIB-0001", false), &mut keep),
+        Response::Link(LinkOutcome::AlreadyLinked)
+    );
+    // A conflicting link says what is linked now.
+    let (st, frame) = send(&svc, &counter, &link("LIB-9999", false));
+    assert_eq!(st, Status::LinkConflict);
+    assert_eq!(
+        refused(&frame).expect("refusal").existing,
+        Some(service("LIB-0001"))
+    );
+    assert_eq!(
+        ok(
+            &svc,
+            &counter,
+            &Request::Lookup { provider: a, id },
+            &mut keep
+        ),
+        Response::Lookup(Lookup::Linked(service("LIB-0001")))
+    );
+    // A batch, in order, with an unknown ID in it.
+    let unknown = MyKeyId::parse(b"ZZZZZZZZZZZZZZ").expect("id");
+    let ids = wire::id_list_bytes(&[id, unknown, id]);
+    let batch = Request::LookupBatch {
+        provider: a,
+        ids: IdList::from_bytes(&ids).expect("ids"),
+    };
+    let Response::LookupBatch(answers) = ok(&svc, &counter, &batch, &mut keep) else {
+        panic!("answers")
+    };
+    assert_eq!(
+        answers.iter().collect::<Vec<_>>(),
+        [
+            Lookup::Linked(service("LIB-0001")),
+            Lookup::UnknownId,
+            Lookup::Linked(service("LIB-0001"))
+        ]
+    );
+
+    // A challenge is redeemed only by the certificate that asked for it.
+    let pr = proof(&counter, &cert);
+    let card_lookup = Request::LookupCard {
+        provider: a,
+        card: as_card(&pr),
+    };
+    assert_eq!(
+        status(&svc, &other_counter, &card_lookup),
+        Status::ChallengeUnknown
+    );
+    // ... and presenting it from another certificate burnt it.
+    assert_eq!(
+        status(&svc, &counter, &card_lookup),
+        Status::ChallengeUnknown
+    );
+    let pr = proof(&counter, &cert);
+    let card_lookup = Request::LookupCard {
+        provider: a,
+        card: as_card(&pr),
+    };
+    assert_eq!(
+        ok(&svc, &counter, &card_lookup, &mut keep),
+        Response::LookupCard {
+            id: Some(id),
+            answer: Lookup::Linked(service("LIB-0001"))
+        }
+    );
+
+    // The partner revokes the card: the ID is suspended.
+    let list = format!(
+        "ca {}\n{:X}\n",
+        p.gen2023_key_id_hex(),
+        0x1000_0000u64 + 4242
+    );
+    let push = Request::PushSerials {
+        push: PushId::parse(b"lost-4242").expect("push"),
+        list: list.as_bytes(),
+    };
+    let Response::Push(s) = ok(&svc, &partner, &push, &mut keep) else {
+        panic!("summary")
+    };
+    assert_eq!(
+        (s.entries, s.revoke.newly_revoked, s.revoke.suspended),
+        (1, 1, 1)
+    );
+    assert_eq!(
+        ok(
+            &svc,
+            &counter,
+            &Request::Lookup { provider: a, id },
+            &mut keep
+        ),
+        Response::Lookup(Lookup::Suspended)
+    );
+
+    // The operator's export is handed to the transport, whose rows say the state.
+    let export = Request::Export { provider: a };
+    let mut frame = Vec::new();
+    export.encode(&mut frame).expect("fits");
+    let mut out = Vec::new();
+    assert_eq!(
+        server::handle(&svc, &operator, now(), &frame, &mut out),
+        Handled::Export(a)
+    );
+    let rows = server::handler::export_rows(&svc, &a).expect("rows");
+    assert_eq!(
+        rows.iter()
+            .map(|r| (r.id, r.state, r.service))
+            .collect::<Vec<_>>(),
+        [(id, IdState::Suspended, service("LIB-0001"))]
+    );
+    let Response::Stats(stats) = ok(&svc, &operator, &Request::Stats, &mut keep) else {
+        panic!("stats")
+    };
+    assert!(stats.iter().any(|(n, v)| n == "ids" && v >= 1));
+    assert_eq!(
+        ok(
+            &svc,
+            &operator,
+            &Request::RegisterProvider {
+                provider: provider("C-γ1-0003")
+            },
+            &mut keep
+        ),
+        Response::RegisterProvider(ProviderOutcome::Registered)
+    );
+
+    // The municipal counter re-binds the holder's new card; the link answers again.
+    let renewed = card(&p.gen2023, &p.cards[0], 4343);
+    let pr = proof(&municipal, &renewed);
+    assert_eq!(
+        ok(
+            &svc,
+            &municipal,
+            &Request::Rebind {
+                id,
+                card: as_card(&pr)
+            },
+            &mut keep
+        ),
+        Response::Done
+    );
+    assert_eq!(
+        ok(
+            &svc,
+            &counter,
+            &Request::Unlink { id, provider: a },
+            &mut keep
+        ),
+        Response::Unlink(UnlinkOutcome::Unlinked)
+    );
+    assert_eq!(
+        ok(&svc, &operator, &Request::Delete { id }, &mut keep),
+        Response::Done
+    );
+    assert_eq!(
+        status(&svc, &counter, &link("LIB-0002", false)),
+        Status::WrongState
+    );
+    assert_eq!(
+        ok(
+            &svc,
+            &counter,
+            &Request::Lookup { provider: a, id },
+            &mut keep
+        ),
+        Response::Lookup(Lookup::Deleted)
+    );
+}
