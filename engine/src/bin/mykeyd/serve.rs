@@ -26,7 +26,7 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 
 use super::notify::{notify, watchdog_period};
 use super::pki::{CaDir, Out};
-use super::{SAMPLE_POPULATION, SAMPLE_PROVIDERS};
+use super::common::{SAMPLE_POPULATION, SAMPLE_PROVIDERS};
 
 /// How long SIGTERM waits for requests in flight.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
@@ -460,4 +460,40 @@ fn reload(cfg_path: &Path, cfg: &Config, server: &Server, service: &Service) -> 
         );
     }
     Ok(())
+}
+
+/// `mykeyd serve`: the configuration given, or the development setup (created first if
+/// missing); with `check_config`, everything is loaded and checked, and nothing served.
+pub fn command(config: Option<PathBuf>, dev: Option<PathBuf>, check_config: bool) -> Result<(), String> {
+        let path = match (config, dev) {
+            (Some(c), _) => c,
+            (None, Some(dir)) => {
+                let c = dir.join("mykeyd.toml");
+                if !c.exists() {
+                    init(
+                        &dir,
+                        "127.0.0.1:4433".parse().map_err(|e| format!("{e}"))?,
+                        "127.0.0.1:9464".parse().map_err(|e| format!("{e}"))?,
+                    )?;
+                }
+                c
+            }
+            (None, None) => return Err("give --config FILE or --dev".into()),
+        };
+        if check_config {
+            let cfg = check_all(&path)?;
+            for line in &cfg.ignored_env {
+                eprintln!("warning: {line}");
+            }
+            println!(
+                "{}: configuration, TLS key and certificates, anchors, store (opened read-only, lock free) and ports are usable",
+                path.display()
+            );
+            return Ok(());
+        }
+        match serve(&path)? {
+            Stopped::Clean => Ok(()),
+            Stopped::FsyncStuck => std::process::exit(EXIT_FSYNC_STUCK),
+        }
+    
 }
