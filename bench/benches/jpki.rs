@@ -20,8 +20,8 @@ use mykey_bench::BenchDir;
 use mykey_engine::id::{ActorId, PushId, Timestamp};
 use mykey_engine::jpki::dev::{DevCa, DevKey};
 use mykey_engine::jpki::{Anchors, CardProof, Jpki, JpkiConfig, SerialNo, sha256};
+use mykey_engine::registry::StoreConfig;
 use mykey_engine::registry::{Registry, RegistryConfig};
-use mykey_engine::store::StoreConfig;
 use mykey_engine::store::fs::{Fs, RealFs};
 use rustls_pki_types::{CertificateDer, UnixTime};
 

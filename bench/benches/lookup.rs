@@ -16,8 +16,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mykey_bench::*;
 use mykey_engine::id::{ActorId, MyKeyId, ProviderId, Timestamp};
 use mykey_engine::population::{BuildOptions, build};
+use mykey_engine::registry::StoreConfig;
 use mykey_engine::registry::{Lookup, Registry, RegistryConfig};
-use mykey_engine::store::StoreConfig;
 use mykey_engine::store::fs::{Fs, RealFs};
 
 /// Query keys per benchmark: enough that at 10M mappings every probe misses the CPU caches.

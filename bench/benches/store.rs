@@ -16,9 +16,10 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mykey_bench::*;
 use mykey_engine::id::{ActorId, Timestamp};
 use mykey_engine::population::{BuildOptions, build};
+use mykey_engine::registry::StoreConfig;
 use mykey_engine::registry::{LinkOutcome, Registry, RegistryConfig};
+use mykey_engine::store::Store;
 use mykey_engine::store::fs::{Fs, RealFs, TracedFs};
-use mykey_engine::store::{Store, StoreConfig};
 
 const ROWS: u64 = 400_000;
 
@@ -117,7 +118,7 @@ fn open_and_compact(c: &mut Criterion) {
         b.iter(|| std::fs::read(dir.path().join("MANIFEST")).expect("read"))
     });
     g.bench_function("Store::open 1M mappings", |b| {
-        b.iter(|| Store::open(fs.clone()).expect("open"))
+        b.iter(|| Store::open(fs.clone(), &mykey_engine::registry::SCHEMA).expect("open"))
     });
     g.finish();
 

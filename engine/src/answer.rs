@@ -77,15 +77,15 @@ impl Lookup {
     }
 }
 
-/// The words both CLIs print for an answer, e.g. `linked: <service ID>` or `not linked for this
-/// provider`.
+/// The words both CLIs print for an answer, e.g. `linked: service ID <service ID>` or `not
+/// linked for this provider`.
 impl fmt::Display for Lookup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Lookup::Linked(s) => write!(f, "linked: {s}"),
+            Lookup::Linked(s) => write!(f, "linked: service ID {s}"),
             Lookup::NotLinked => f.write_str("not linked for this provider"),
             Lookup::UnknownId => f.write_str("unknown MyKey ID"),
-            Lookup::Provisional => f.write_str("provisional (not usable until confirmed)"),
+            Lookup::Provisional => f.write_str("provisional (not usable until a municipal counter confirms it)"),
             Lookup::Suspended => f.write_str("suspended (certificate revoked)"),
             Lookup::Deleted => f.write_str("deleted"),
         }

@@ -14,10 +14,11 @@ use crate::answer::IdState;
 use crate::id::{ActorId, CertRef, IdError, MyKeyId, ProviderId, ServiceId, Timestamp};
 use crate::registry::LINKS_PER_ID_MAX;
 use crate::registry::record::{BoundCert, DictEntry, IdRecord, Link};
+use crate::registry::{SCHEMA, StoreConfig, Table};
 use crate::store::fs::Fs;
 use crate::store::hash::{HashKey, shard_of};
 use crate::store::snapshot::ShardBuilder;
-use crate::store::{StoreConfig, StoreError, Table, install_snapshot};
+use crate::store::{StoreError, install_snapshot};
 
 /// The header line every population file starts with.
 pub const HEADER: &str = "mykey_id,state,cert,links";
@@ -243,7 +244,7 @@ pub fn build(
         }
         .into());
     }
-    let counts = opts.store.shard_counts()?;
+    let counts = opts.store.layout()?.shards;
     let key = opts.hash_key.unwrap_or_else(HashKey::random);
     let providers = read_providers(providers)?;
     let provider_index: HashMap<ProviderId, u32, ahash::RandomState> = providers
@@ -363,7 +364,7 @@ pub fn build(
     }
     progress(Progress::Writing);
     let mut written: Vec<String> = Vec::new();
-    let installed = install_snapshot(fs, key, 0, &builders, false, &mut |name| {
+    let installed = install_snapshot(fs, &SCHEMA, key, 0, &builders, false, &mut |name| {
         written.push(name.to_owned());
         progress(Progress::Wrote(name))
     });

@@ -9,8 +9,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Arc;
 
+use mykey_engine::registry::StoreConfig;
 use mykey_engine::registry::{Lookup, Registry, RegistryConfig};
-use mykey_engine::store::StoreConfig;
 use mykey_engine::store::fs::{Fs, RealFs};
 use mykey_tests::*;
 

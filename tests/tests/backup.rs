@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use mykey_engine::registry::StoreConfig;
 use mykey_engine::registry::{Lookup, Registry, RegistryConfig};
 use mykey_engine::store::backup::{self, BackupError};
 use mykey_engine::store::fs::{Fs, RealFs};
-use mykey_engine::store::{CompactionPolicy, StoreConfig, spawn_compactor};
+use mykey_engine::store::{CompactionPolicy, spawn_compactor};
 use mykey_tests::*;
 
 /// IDs the writer cycles over; write `n` links ID `n % IDS` to service `n`.
@@ -87,8 +88,13 @@ fn a_backup_under_writes_and_compactions_restores_a_prefix_with_every_acknowledg
                 std::thread::sleep(Duration::from_millis(1));
             }
             let acked_at_start = acked.load(Ordering::Acquire);
-            let r = backup::backup(&*fs(dir.path()), &*fs(b.path()), &mut |_, _| {})
-                .expect("an online backup succeeds");
+            let r = backup::backup(
+                &*fs(dir.path()),
+                &*fs(b.path()),
+                &mykey_engine::registry::SCHEMA,
+                &mut |_, _| {},
+            )
+            .expect("an online backup succeeds");
             eprintln!("backup {}: {r:?}", taken.len());
             taken.push((acked_at_start, r));
         }
@@ -102,8 +108,13 @@ fn a_backup_under_writes_and_compactions_restores_a_prefix_with_every_acknowledg
 
     for ((acked_at_start, report), b) in taken.iter().zip(&backups) {
         let restored = TempDir::new("restored");
-        let r =
-            backup::restore(fs(b.path()), fs(restored.path()), &mut |_, _| {}).expect("restore");
+        let r = backup::restore(
+            fs(b.path()),
+            fs(restored.path()),
+            &mykey_engine::registry::SCHEMA,
+            &mut |_, _| {},
+        )
+        .expect("restore");
         assert_eq!(r.snapshot_seq, report.snapshot_seq);
         let reg = Registry::open(fs(restored.path()), RegistryConfig::default()).expect("open");
         // The index of the write each ID shows.
@@ -146,8 +157,13 @@ fn a_backup_refuses_a_directory_that_is_not_empty_and_restore_needs_a_store() {
     );
     let dest = TempDir::new("backup-busy-dest");
     std::fs::write(dest.path().join("notes.txt"), "keep me").expect("write");
-    let e = backup::backup(&*fs(dir.path()), &*fs(dest.path()), &mut |_, _| {})
-        .expect_err("a non-empty destination is refused");
+    let e = backup::backup(
+        &*fs(dir.path()),
+        &*fs(dest.path()),
+        &mykey_engine::registry::SCHEMA,
+        &mut |_, _| {},
+    )
+    .expect_err("a non-empty destination is refused");
     assert!(matches!(e, BackupError::DestinationNotEmpty { .. }), "{e}");
     assert_eq!(
         std::fs::read_to_string(dest.path().join("notes.txt")).expect("kept"),
@@ -157,6 +173,7 @@ fn a_backup_refuses_a_directory_that_is_not_empty_and_restore_needs_a_store() {
     let e = backup::restore(
         fs(nothing.path()),
         fs(TempDir::new("x").path()),
+        &mykey_engine::registry::SCHEMA,
         &mut |_, _| {},
     )
     .expect_err("no store to restore");

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use mykey_engine::registry::StoreConfig;
 use mykey_engine::registry::{Lookup, Registry, RegistryConfig};
 use mykey_engine::store::fs::{Fs, RealFs};
-use mykey_engine::store::{CompactionPolicy, StoreConfig, inspect, spawn_compactor};
+use mykey_engine::store::{CompactionPolicy, inspect, spawn_compactor};
 use mykey_tests::*;
 
 #[test]
@@ -95,7 +96,8 @@ fn compaction_runs_in_the_background_without_blocking_or_losing_anything() {
     assert!(reg.store().snapshot_seq() > 0);
     drop(reg);
     let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
-    let ins = inspect(&*fs, true, &mut |_| {}).expect("verify after compactions");
+    let ins = inspect(&*fs, &mykey_engine::registry::SCHEMA, true, &mut |_| {})
+        .expect("verify after compactions");
     assert_eq!(
         ins.segments.len(),
         1,

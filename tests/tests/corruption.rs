@@ -5,9 +5,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use mykey_engine::registry::StoreConfig;
 use mykey_engine::registry::{Lookup, Registry, RegistryConfig, RegistryError};
 use mykey_engine::store::fs::{Fs, RealFs};
-use mykey_engine::store::{StoreConfig, StoreError, inspect};
+use mykey_engine::store::{StoreError, inspect};
 use mykey_tests::*;
 
 const N: u64 = 40;
@@ -124,7 +125,13 @@ fn a_log_cut_anywhere_recovers_the_prefix_and_cuts_the_tail() {
         drop(r);
         // The torn tail was cut: the log now holds only whole records, and a second open
         // finds nothing to cut.
-        let ins = inspect(&RealFs::new(d.path()).expect("dir"), true, &mut |_| {}).expect("verify");
+        let ins = inspect(
+            &RealFs::new(d.path()).expect("dir"),
+            &mykey_engine::registry::SCHEMA,
+            true,
+            &mut |_| {},
+        )
+        .expect("verify");
         assert!(
             ins.segments.iter().all(|s| !s.torn),
             "cut at {cut}: tail left behind"
@@ -179,7 +186,12 @@ fn flipped_bits_in_snapshots_are_detected_and_never_served() {
             }
             Err(e) => panic!("offset {offset}: unexpected error {e}"),
             Ok(r) => {
-                let v = inspect(&RealFs::new(d.path()).expect("dir"), true, &mut |_| {});
+                let v = inspect(
+                    &RealFs::new(d.path()).expect("dir"),
+                    &mykey_engine::registry::SCHEMA,
+                    true,
+                    &mut |_| {},
+                );
                 match v {
                     Err(StoreError::Corrupt { path, .. }) => {
                         assert_eq!(path.file_name(), s.file_name(), "offset {offset}")

@@ -10,12 +10,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use mykey_engine::id::{MyKeyId, ProviderId, ServiceId};
+use mykey_engine::registry::StoreConfig;
 use mykey_engine::registry::{
     IdState, LinkOutcome, Lookup, ProviderOutcome, Registry, RegistryConfig, RegistryError,
     UnlinkOutcome,
 };
+use mykey_engine::store::StoreError;
 use mykey_engine::store::fs::{Fs, SimFs};
-use mykey_engine::store::{StoreConfig, StoreError};
 use mykey_tests::*;
 use proptest::prelude::*;
 

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
+use mykey_engine::registry::StoreConfig;
 use mykey_engine::registry::{
     IdState, LinkOutcome, Lookup, ProviderOutcome, Registry, RegistryConfig, RegistryError,
     RevokeSummary, UnlinkOutcome,
 };
-use mykey_engine::store::StoreConfig;
 use mykey_engine::store::fs::{Fs, RealFs};
 use mykey_tests::*;
 

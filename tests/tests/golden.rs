@@ -13,10 +13,11 @@ use std::sync::Arc;
 
 use mykey_engine::id::{MyKeyId, Timestamp};
 use mykey_engine::population::{BuildOptions, build};
+use mykey_engine::registry::StoreConfig;
 use mykey_engine::registry::{Lookup, Registry, RegistryConfig};
 use mykey_engine::store::fs::{Fs, RealFs};
 use mykey_engine::store::hash::HashKey;
-use mykey_engine::store::{StoreConfig, inspect};
+use mykey_engine::store::inspect;
 use mykey_tests::*;
 
 fn golden_dir(name: &str) -> PathBuf {
@@ -83,7 +84,8 @@ fn golden_v1_still_opens_and_answers_the_same() {
     let d = TempDir::new("golden");
     copy_dir(&src, d.path());
     let fs: Arc<dyn Fs> = Arc::new(RealFs::new(d.path()).expect("dir"));
-    let ins = inspect(&*fs, true, &mut |_| {}).expect("golden v1 verifies");
+    let ins = inspect(&*fs, &mykey_engine::registry::SCHEMA, true, &mut |_| {})
+        .expect("golden v1 verifies");
     assert_eq!(ins.manifest.hash_key, HashKey([0x1234, 0x5678]));
     assert_eq!(
         ins.segments.iter().map(|s| s.changes).sum::<u64>(),
@@ -101,13 +103,15 @@ fn golden_v1_is_upgraded_by_its_first_writable_open() {
     let d = TempDir::new("golden-upgrade");
     copy_dir(&golden_dir("v1"), d.path());
     let fs: Arc<dyn Fs> = Arc::new(RealFs::new(d.path()).expect("dir"));
-    let before = inspect(&*fs, false, &mut |_| {}).expect("inspect");
+    let before =
+        inspect(&*fs, &mykey_engine::registry::SCHEMA, false, &mut |_| {}).expect("inspect");
     assert_eq!(
         (before.manifest.version, before.manifest.log_required),
         (1, false)
     );
     drop(Registry::open(fs.clone(), RegistryConfig::default()).expect("opens"));
-    let after = inspect(&*fs, false, &mut |_| {}).expect("inspect");
+    let after =
+        inspect(&*fs, &mykey_engine::registry::SCHEMA, false, &mut |_| {}).expect("inspect");
     assert_eq!(
         (after.manifest.version, after.manifest.log_required),
         (2, true)
@@ -128,7 +132,8 @@ fn golden_v2_still_opens_and_answers_the_same() {
     let d = TempDir::new("golden-v2");
     copy_dir(&golden_dir("v2"), d.path());
     let fs: Arc<dyn Fs> = Arc::new(RealFs::new(d.path()).expect("dir"));
-    let ins = inspect(&*fs, true, &mut |_| {}).expect("golden v2 verifies");
+    let ins = inspect(&*fs, &mykey_engine::registry::SCHEMA, true, &mut |_| {})
+        .expect("golden v2 verifies");
     assert_eq!(ins.manifest.hash_key, HashKey([0x1234, 0x5678]));
     assert_eq!((ins.manifest.version, ins.manifest.log_required), (2, true));
     let shape: Vec<(u16, bool, u64)> = ins

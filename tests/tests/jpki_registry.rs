@@ -8,10 +8,10 @@ use std::sync::Arc;
 use mykey_engine::id::{ActorId, MyKeyId, PushId};
 use mykey_engine::jpki::dev::DevCa;
 use mykey_engine::jpki::{Jpki, JpkiError, SerialNo};
+use mykey_engine::registry::StoreConfig;
 use mykey_engine::registry::{
     IdState, Lookup, PushSummary, Registry, RegistryConfig, RegistryError, RevokeSummary,
 };
-use mykey_engine::store::StoreConfig;
 use mykey_engine::store::fs::{Fs, RealFs};
 use mykey_tests::pki::{Proof, card, cn, date, now, pki};
 use mykey_tests::{TempDir, provider, service};

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use mykey_engine::id::Timestamp;
 use mykey_engine::population::{BuildOptions, PopulationError, build};
+use mykey_engine::registry::StoreConfig;
 use mykey_engine::registry::{Lookup, Registry, RegistryConfig};
 use mykey_engine::store::fs::{Fs, RealFs};
-use mykey_engine::store::{StoreConfig, inspect};
+use mykey_engine::store::inspect;
 use mykey_tests::*;
 
 const PROVIDERS: &str = "# providers\nA-α1-0001\nA-β1-0001\nL-1\n";
@@ -55,7 +56,7 @@ fn builds_a_store_that_answers_lookups_and_takes_writes() {
     let (d, r) = try_build(pop);
     assert_eq!(r.expect("build"), 3);
     let fs: Arc<dyn Fs> = Arc::new(RealFs::new(d.path()).expect("dir"));
-    inspect(&*fs, true, &mut |_| {}).expect("verify");
+    inspect(&*fs, &mykey_engine::registry::SCHEMA, true, &mut |_| {}).expect("verify");
     let reg = Registry::open(fs.clone(), RegistryConfig::default()).expect("open");
     let id = |s: &str| s.parse().expect("id");
     let p = provider("A-β1-0001");

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
+use mykey_engine::registry::StoreConfig;
 use mykey_engine::registry::{Lookup, Registry, RegistryConfig, RegistryError};
 use mykey_engine::server;
-use mykey_engine::store::StoreConfig;
 use mykey_engine::store::fs::{Fs, SimFs};
 use mykey_tests::*;
 

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mykey_engine::id::ActorId;
+use mykey_engine::registry::{SCHEMA, StoreConfig, Table};
 use mykey_engine::server::admin::Readiness;
+use mykey_engine::store::Layout;
 use mykey_engine::store::fs::{FaultOp, Faults, RealFs, TracedFs};
-use mykey_engine::store::{
-    CompactionPolicy, Compactor, CompactorState, Store, StoreConfig, StoreError, Table,
-};
+use mykey_engine::store::{CompactionPolicy, Compactor, CompactorState, Store, StoreError};
 use mykey_tests::TempDir;
 
 const EIO: i32 = 5;
@@ -59,12 +59,14 @@ fn capture<R>(f: impl FnOnce() -> R) -> (R, String) {
     (r, String::from_utf8_lossy(&bytes).into_owned())
 }
 
-fn small() -> StoreConfig {
+fn small() -> Layout {
     StoreConfig {
         ids_shards: 1,
         certs_shards: 1,
         revoked_shards: 1,
     }
+    .layout()
+    .expect("layout")
 }
 
 /// A new store in `dir` behind a `TracedFs`, and its faults.
@@ -80,7 +82,7 @@ fn plain(dir: &TempDir) -> Store {
 }
 
 fn reopen(dir: &Path) -> Result<Store, StoreError> {
-    Store::open(Arc::new(RealFs::new(dir).expect("dir")))
+    Store::open(Arc::new(RealFs::new(dir).expect("dir")), &SCHEMA)
 }
 
 fn put(store: &Store, k: &[u8], v: &[u8]) -> Result<u64, StoreError> {
@@ -401,8 +403,9 @@ fn a_torn_tail_is_cut_with_a_warning_naming_segment_offset_and_bytes() {
         .open(&wal)
         .and_then(|mut f| f.write_all(&[9, 0, 0, 0, 1, 2, 3]))
         .expect("a torn record");
-    let (r, logs) =
-        capture(|| Store::open_with_report(Arc::new(RealFs::new(dir.path()).expect("dir"))));
+    let (r, logs) = capture(|| {
+        Store::open_with_report(Arc::new(RealFs::new(dir.path()).expect("dir")), &SCHEMA)
+    });
     let (store, report) = r.expect("opens");
     assert_eq!(report.torn_bytes, 7);
     let line = logs
@@ -487,7 +490,8 @@ fn inspect_verify_and_log_read_live_segments_without_mapping_them() {
     // While the store is open and serving, through a view that refuses to map a log segment.
     let fs = TracedFs::new(Arc::new(RealFs::new(dir.path()).expect("dir")));
     fs.faults.arm(FaultOp::Map, ".log", EIO);
-    let ins = mykey_engine::store::inspect(&fs, true, &mut |_| {}).expect("inspect");
+    let ins = mykey_engine::store::inspect(&fs, &mykey_engine::registry::SCHEMA, true, &mut |_| {})
+        .expect("inspect");
     assert_eq!(ins.segments.iter().map(|s| s.changes).sum::<u64>(), 5);
     let mut seen = 0;
     mykey_engine::store::read_log(&fs, |_| seen += 1).expect("read the log");
@@ -503,9 +507,11 @@ fn a_corrupt_snapshot_read_is_refused_logged_once_and_named_by_readiness() {
     let seq = store.compact().expect("compact");
     drop(store);
     // Flip a bit in every bucket's checksum of the ids shard, so any probe meets one.
-    let shard = dir
-        .path()
-        .join(mykey_engine::store::shard_file_name(Table::Ids, 0, seq));
+    let shard = dir.path().join(mykey_engine::store::shard_file_name(
+        Table::Ids.name(),
+        0,
+        seq,
+    ));
     let mut b = std::fs::read(&shard).expect("read");
     let u32_at =
         |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as usize;

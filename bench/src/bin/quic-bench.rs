@@ -17,10 +17,10 @@ use mykey_engine::id::{ActorId, MyKeyId, ProviderId, Timestamp};
 use mykey_engine::jpki::dev::DevCa;
 use mykey_engine::jpki::{Anchors, Jpki, JpkiConfig};
 use mykey_engine::population::{self, BuildOptions};
+use mykey_engine::registry::StoreConfig;
 use mykey_engine::registry::{Lookup, Registry, RegistryConfig};
 use mykey_engine::server::dev::DevOperatorPki;
 use mykey_engine::server::{Limits, Role, Server, Service, system_clock, transport};
-use mykey_engine::store::StoreConfig;
 use mykey_engine::store::fs::{Fs, RealFs};
 
 fn id(n: u64) -> MyKeyId {

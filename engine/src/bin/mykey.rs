@@ -183,25 +183,11 @@ fn tls(cli: &Cli) -> Result<ClientTls, String> {
     })
 }
 
-fn answer_text(l: &Lookup) -> String {
-    match l {
-        Lookup::Linked(s) => format!("linked: {s}"),
-        Lookup::NotLinked => "not linked for this provider".into(),
-        Lookup::UnknownId => "unknown MyKey ID".into(),
-        Lookup::Provisional => "provisional (not usable until confirmed)".into(),
-        Lookup::Suspended => "suspended (certificate revoked)".into(),
-        Lookup::Deleted => "deleted".into(),
-    }
-}
-
+/// The answer as JSON: its kind and, when linked, the service ID.
 fn answer_json(l: &Lookup) -> serde_json::Value {
     match l {
-        Lookup::Linked(s) => json!({"answer": "linked", "service_id": s.to_string()}),
-        Lookup::NotLinked => json!({"answer": "not_linked"}),
-        Lookup::UnknownId => json!({"answer": "unknown_id"}),
-        Lookup::Provisional => json!({"answer": "provisional"}),
-        Lookup::Suspended => json!({"answer": "suspended"}),
-        Lookup::Deleted => json!({"answer": "deleted"}),
+        Lookup::Linked(s) => json!({"answer": l.kind(), "service_id": s.to_string()}),
+        _ => json!({"answer": l.kind()}),
     }
 }
 
@@ -274,7 +260,7 @@ async fn run(cli: Cli) -> Result<Done, String> {
         Cmd::Lookup { provider: p, id: i } => {
             let (p, i) = (provider(p)?, id(i)?);
             let l = c.lookup(p, i).await.map_err(e)?;
-            out.show(format!("{i} @ {p}: {}", answer_text(&l)), answer_json(&l));
+            out.show(format!("{i} @ {p}: {}", l), answer_json(&l));
             found(&l)
         }
         Cmd::Batch { provider: p, ids } => {
@@ -284,7 +270,7 @@ async fn run(cli: Cli) -> Result<Done, String> {
             let text = ids
                 .iter()
                 .zip(&ls)
-                .map(|(i, l)| format!("{i} @ {p}: {}", answer_text(l)))
+                .map(|(i, l)| format!("{i} @ {p}: {}", l))
                 .collect::<Vec<_>>()
                 .join("\n");
             let value = json!(
@@ -377,7 +363,7 @@ async fn run(cli: Cli) -> Result<Done, String> {
             let who = bound.map_or("no MyKey ID bound to this card".to_owned(), |b| {
                 b.to_string()
             });
-            out.show(format!("{who} @ {p}: {}", answer_text(&l)), v);
+            out.show(format!("{who} @ {p}: {}", l), v);
             found(&l)
         }
         Cmd::Delete { id: i } => {

@@ -19,11 +19,11 @@
 
 use std::sync::PoisonError;
 
+use super::Table;
 use super::{Lookup, PushSummary, Registry, RegistryError, RevokeSummary, Tx};
 use crate::id::{ActorId, CertRef, MyKeyId, ProviderId, PushId, Timestamp};
 use crate::jpki::crl::{RevocationList, cmp_number};
 use crate::jpki::{Card, CardProof, Jpki, hex};
-use crate::store::Table;
 
 const KIND_CRL: u8 = 1;
 const KIND_SERIALS: u8 = 2;

@@ -18,6 +18,7 @@
 
 mod card;
 pub mod record;
+mod schema;
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -30,10 +31,11 @@ pub use crate::answer::{
 };
 use crate::id::{ActorId, CertRef, IdError, MyKeyId, ProviderId, ServiceId, Timestamp};
 use crate::store::fs::Fs;
-use crate::store::{Store, StoreConfig, StoreError, Table, WriteTx};
+use crate::store::{Store, StoreError, WriteTx};
 pub use card::CardLookup;
 use record::{BoundCert, DictEntry, Link, encode_revocation, find_link};
 pub use record::{IdRecord, LINKS_PER_ID_MAX};
+pub use schema::{SCHEMA, StoreConfig, Table, concerns};
 
 /// Default lifetime of an unconfirmed provisional registration (DESIGN §3: 30 days).
 pub const PROVISIONAL_EXPIRY_SECS_DEFAULT: u64 = 30 * 86_400;
@@ -341,12 +343,12 @@ impl Registry {
         store: StoreConfig,
         config: RegistryConfig,
     ) -> Result<Self, RegistryError> {
-        Self::over(Store::create(fs, store)?, config)
+        Self::over(Store::create(fs, store.layout()?)?, config)
     }
 
     /// Opens (and recovers) the store in `fs`.
     pub fn open(fs: Arc<dyn Fs>, config: RegistryConfig) -> Result<Self, RegistryError> {
-        Self::over(Store::open(fs)?, config)
+        Self::over(Store::open(fs, &SCHEMA)?, config)
     }
 
     /// As [`Registry::open`], also saying what recovery did (changes replayed, torn bytes cut).
@@ -354,7 +356,7 @@ impl Registry {
         fs: Arc<dyn Fs>,
         config: RegistryConfig,
     ) -> Result<(Self, crate::store::Recovery), RegistryError> {
-        let (store, report) = Store::open_with_report(fs)?;
+        let (store, report) = Store::open_with_report(fs, &SCHEMA)?;
         Ok((Self::over(store, config)?, report))
     }
 

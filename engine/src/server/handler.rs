@@ -352,7 +352,7 @@ pub fn stats(service: &Service) -> Vec<(&'static str, u64)> {
     ];
     for t in store.stats() {
         let n = t.shard_entries.iter().sum::<u64>() + t.delta_keys as u64;
-        v.push((t.table.name(), n));
+        v.push((t.name, n));
     }
     v
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use super::fs::{Fs, WriteFile};
 use super::{
-    StoreError, Table, inspect, io_err, list_segments, manifest, read_unmapped, shard_file_name,
+    Schema, StoreError, inspect, io_err, list_segments, manifest, read_unmapped, shard_file_name,
 };
 
 /// Copies started before giving up on a source whose compactions keep replacing the manifest
@@ -60,6 +60,7 @@ pub struct BackupReport {
 pub fn backup(
     src: &dyn Fs,
     dest: &dyn Fs,
+    schema: &Schema,
     progress: &mut dyn FnMut(&str, u64),
 ) -> Result<BackupReport, BackupError> {
     // Empty, not merely store-less: a backup directory holds one store and nothing else.
@@ -70,9 +71,9 @@ pub fn backup(
     }
     // A raced attempt gives up before writing anything: each try starts from the beginning.
     for attempt in 1..=BACKUP_ATTEMPTS_MAX {
-        if let Some(mut report) = copy_once(src, dest, progress)? {
+        if let Some(mut report) = copy_once(src, dest, schema, progress)? {
             report.attempts = attempt;
-            let ins = inspect(dest, true, &mut |_| {})?;
+            let ins = inspect(dest, schema, true, &mut |_| {})?;
             report.last_seq = ins
                 .segments
                 .iter()
@@ -95,10 +96,11 @@ pub fn backup(
 pub fn restore(
     from: Arc<dyn Fs>,
     dest: Arc<dyn Fs>,
+    schema: &'static Schema,
     progress: &mut dyn FnMut(&str, u64),
 ) -> Result<BackupReport, BackupError> {
-    let report = backup(&*from, &*dest, progress)?;
-    drop(super::Store::open(dest)?);
+    let report = backup(&*from, &*dest, schema, progress)?;
+    drop(super::Store::open(dest, schema)?);
     Ok(report)
 }
 
@@ -113,6 +115,7 @@ const COPY_CHUNK: usize = 1 << 20;
 fn copy_once(
     src: &dyn Fs,
     dest: &dyn Fs,
+    schema: &Schema,
     progress: &mut dyn FnMut(&str, u64),
 ) -> Result<Option<BackupReport>, StoreError> {
     if !src.exists(manifest::NAME) {
@@ -124,12 +127,12 @@ fn copy_once(
     let m = manifest::Manifest::decode(
         src.root().join(manifest::NAME),
         &manifest_bytes,
-        Table::ALL.len(),
+        schema.len(),
     )?;
-    let mut names: Vec<String> = Table::ALL
-        .iter()
-        .flat_map(|&t| (0..m.tables[t.index()].len()).map(move |s| (t, s)))
-        .map(|(t, s)| shard_file_name(t, s as u16, m.seq))
+    let mut names: Vec<String> = schema
+        .ids()
+        .flat_map(|t| (0..m.tables[t.index()].len()).map(move |s| (t, s)))
+        .map(|(t, s)| shard_file_name(schema.name(t), s as u16, m.seq))
         .collect();
     // A segment made after this listing holds only changes after every listed one: leaving it
     // out keeps the copy a prefix.

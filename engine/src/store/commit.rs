@@ -32,7 +32,6 @@ pub(super) struct Log {
 }
 
 impl Store {
-
     /// Starts a write. Writers are serialised from here until [`WriteTx::submit`]; the fsync
     /// that follows is shared.
     pub fn write(&self) -> Result<WriteTx<'_>, StoreError> {
@@ -41,7 +40,7 @@ impl Store {
             store: self,
             w: lock(&self.writer),
             puts: Vec::new(),
-            own: std::array::from_fn(|_| OwnMap::default()),
+            own: (0..self.schema.len()).map(|_| OwnMap::default()).collect(),
             approx_len: 0,
         })
     }
@@ -71,7 +70,6 @@ impl Store {
         }
         StoreError::Failed { reason }
     }
-
 
     /// Returns once the change `seq` is durable (fsync'd) and visible. A waiter that finds no
     /// flush in progress leads one: it writes and fsyncs every change submitted so far. The
@@ -194,7 +192,6 @@ impl Store {
     }
 }
 
-
 /// The one-line reason a failure gives readiness: `fsync failed on wal-….log: <OS error>`.
 pub(super) fn failure_reason(e: &StoreError) -> String {
     match e {
@@ -232,14 +229,13 @@ pub(super) fn new_segment(fs: &dyn Fs, first_seq: u64) -> Result<Log, StoreError
     })
 }
 
-
 /// A write in progress: holds the writer lock, collects puts, reads its own and pending writes.
 pub struct WriteTx<'a> {
     store: &'a Store,
     w: MutexGuard<'a, Writer>,
     puts: Vec<Put>,
     /// Per table: key → index of this write's latest put of it (looked up without allocating).
-    own: [OwnMap; Table::ALL.len()],
+    own: Vec<OwnMap>,
     /// Bytes this change will take in the log, roughly (keys, values and framing).
     approx_len: usize,
 }
@@ -247,7 +243,12 @@ pub struct WriteTx<'a> {
 impl WriteTx<'_> {
     /// The value of `key` as this write would see it: its own puts, then changes submitted but
     /// not yet durable, then the visible store.
-    pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn get(
+        &self,
+        table: impl Into<TableId>,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let table = table.into();
         if let Some(&i) = self.own[table.index()].get(key) {
             return Ok(self.puts[i].value.clone());
         }
@@ -258,11 +259,12 @@ impl WriteTx<'_> {
     }
 
     /// Records a put (`None` deletes).
-    pub fn put(&mut self, table: Table, key: &[u8], value: Option<Vec<u8>>) {
+    pub fn put(&mut self, table: impl Into<TableId>, key: &[u8], value: Option<Vec<u8>>) {
+        let table = table.into();
         self.approx_len += 6 + key.len() + value.as_ref().map_or(0, Vec::len);
         self.own[table.index()].insert(key.into(), self.puts.len());
         self.puts.push(Put {
-            table: table as u8,
+            table: table.id(),
             key: key.to_vec(),
             value,
         });

@@ -128,9 +128,7 @@ impl Compactor {
     }
 }
 
-
 impl Store {
-
     /// Compacts when the policy says the delta has grown enough. Returns the new snapshot seq
     /// if it compacted.
     pub fn compact_if_needed(&self, policy: &CompactionPolicy) -> Result<Option<u64>, StoreError> {
@@ -168,9 +166,8 @@ impl Store {
     /// one, installs it, and swaps it in.
     pub(super) fn fold(&self, seq: u64, progress: &mut dyn FnMut(&str)) -> Result<u64, StoreError> {
         let view = self.view.load_full();
-        let mut builders = Vec::with_capacity(Table::ALL.len());
-        for &table in &Table::ALL {
-            let t = &view.tables[table.index()];
+        let mut builders = Vec::with_capacity(view.tables.len());
+        for t in &view.tables {
             let frozen = t
                 .frozen
                 .as_ref()
@@ -202,8 +199,16 @@ impl Store {
         // Whether the new MANIFEST's rename is known durable: only then may the files and log
         // segments it supersedes go.
         let mut settled = true;
-        if let Err(e) = install_snapshot(&*self.fs, self.hash_key, seq, &builders, true, progress) {
-            match read_manifest(&*self.fs) {
+        if let Err(e) = install_snapshot(
+            &*self.fs,
+            self.schema,
+            self.hash_key,
+            seq,
+            &builders,
+            true,
+            progress,
+        ) {
+            match read_manifest(&*self.fs, self.schema) {
                 Ok(m) if m.seq == seq => {
                     // The MANIFEST was renamed into place but the directory fsync failed: the
                     // new snapshot is live, the old one must stay until a restart settles it.
@@ -216,8 +221,8 @@ impl Store {
                 }
             }
         }
-        let m = read_manifest(&*self.fs)?;
-        let shards = open_shards(&*self.fs, &m)?;
+        let m = read_manifest(&*self.fs, self.schema)?;
+        let shards = open_shards(&*self.fs, self.schema, &m)?;
         {
             let _w = lock(&self.writer);
             let cur = self.view.load();
@@ -397,17 +402,24 @@ mod tests {
     use crate::id::{ActorId, Timestamp};
     use fs::{SimFs, TracedFs};
 
+    /// A one-table store: the store knows no table of its own.
+    static ONE: Schema = Schema {
+        tables: &[TableSpec {
+            name: "t",
+            inline_records: true,
+        }],
+    };
+    const T: TableId = TableId::new(1);
+
     fn put(store: &Store, k: &[u8], v: &[u8]) {
         let mut tx = store.write().expect("write");
-        tx.put(Table::Ids, k, Some(v.to_vec()));
+        tx.put(T, k, Some(v.to_vec()));
         let actor = ActorId::parse(b"t").expect("actor");
         tx.commit(Timestamp::from_raw(1), actor, 0).expect("commit");
     }
 
     fn value(store: &Store, k: &[u8]) -> Option<Vec<u8>> {
-        store
-            .get(Table::Ids, k, |v| v.map(<[u8]>::to_vec))
-            .expect("get")
+        store.get(T, k, |v| v.map(<[u8]>::to_vec)).expect("get")
     }
 
     #[test]
@@ -415,7 +427,11 @@ mod tests {
         let sim = SimFs::new(5);
         let traced = TracedFs::new(Arc::new(sim.clone()));
         let faults = traced.faults.clone();
-        let store = Store::create(Arc::new(traced), StoreConfig::default()).expect("create");
+        let layout = Layout {
+            schema: &ONE,
+            shards: vec![2],
+        };
+        let store = Store::create(Arc::new(traced), layout).expect("create");
         put(&store, b"a", b"1");
         put(&store, b"b", b"1");
         faults.arm(fs::FaultOp::Create, ".snap.tmp", 28);
@@ -438,10 +454,9 @@ mod tests {
         let seq = store.compact().expect("compact");
         assert_eq!(seq, 4);
         drop(store);
-        let store = Store::open(Arc::new(sim) as Arc<dyn Fs>).expect("reopen");
+        let store = Store::open(Arc::new(sim) as Arc<dyn Fs>, &ONE).expect("reopen");
         for (k, v) in [(&b"a"[..], &b"1"[..]), (b"b", b"2"), (b"c", b"2")] {
             assert_eq!(value(&store, k).as_deref(), Some(v), "{k:?} after reopen");
         }
     }
 }
-

@@ -5,7 +5,6 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
-
 /// How long one log write and fsync may run before readiness reports it stuck. A healthy
 /// fsync takes milliseconds; 5 s is far past any disk's hiccup and well inside the 45 s a
 /// systemd unit gives a stop.
@@ -120,7 +119,6 @@ pub const COMPACTIONS_TOTAL: &str = "mykey_store_compactions_total";
 pub const COMPACTION_SECONDS: &str = "mykey_store_compaction_duration_seconds";
 
 impl Store {
-
     /// What the store can do right now (see [`Health::problems`]).
     pub fn health(&self) -> Health {
         let since = self.log_io_since.load(Ordering::Acquire);

@@ -11,7 +11,7 @@ pub struct Inspection {
     /// The manifest.
     pub manifest: Manifest,
     /// Per table: records per shard.
-    pub shard_entries: Vec<(Table, Vec<u64>)>,
+    pub shard_entries: Vec<(&'static str, Vec<u64>)>,
     /// Bytes of all snapshot files.
     pub snapshot_bytes: u64,
     /// Log segments, oldest first.
@@ -42,14 +42,15 @@ pub struct SegmentInfo {
 /// invariants) and every log record.
 pub fn inspect(
     fs: &dyn Fs,
+    schema: &Schema,
     verify: bool,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Inspection, StoreError> {
-    let manifest = read_manifest(fs)?;
-    let shards = open_shards(fs, &manifest)?;
+    let manifest = read_manifest(fs, schema)?;
+    let shards = open_shards(fs, schema, &manifest)?;
     let mut shard_entries = Vec::new();
     let mut snapshot_bytes = 0;
-    for (&t, files) in Table::ALL.iter().zip(&shards) {
+    for (t, files) in schema.ids().zip(&shards) {
         let mut v = Vec::new();
         for f in files {
             if verify {
@@ -59,7 +60,7 @@ pub fn inspect(
             v.push(f.header().entries);
             snapshot_bytes += f.file_len();
         }
-        shard_entries.push((t, v));
+        shard_entries.push((schema.name(t), v));
     }
     let mut segments = Vec::new();
     let list = list_segments(fs)?;
@@ -107,4 +108,3 @@ pub fn read_log(fs: &dyn Fs, mut f: impl FnMut(&Change)) -> Result<(), StoreErro
     }
     Ok(())
 }
-

@@ -49,22 +49,22 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 
 use crate::id::{ActorId, Timestamp};
-use fs::{Fs, WriteFile};
-use hash::{HashKey, shard_of};
-use manifest::{Manifest, ShardEntry};
-use snapshot::{ShardBuilder, ShardFile, ShardId};
 pub use commit::WriteTx;
+use commit::{Log, PendingMap, Writer, new_segment};
 pub use compaction::{
     COMPACTION_BACKOFF_MAX, COMPACTION_BACKOFF_MIN, CompactionPolicy, Compactor, spawn_compactor,
 };
+use fs::{Fs, WriteFile};
+use hash::{HashKey, shard_of};
 pub use health::*;
+pub(crate) use inspect::read_unmapped;
 pub use inspect::{Inspection, SegmentInfo, inspect, read_log};
+use manifest::{Manifest, ShardEntry};
+use recovery::list_segments;
 pub use recovery::{Recovery, install_snapshot, open_shards, read_manifest};
 pub use schema::*;
+use snapshot::{ShardBuilder, ShardFile, ShardId};
 pub use wal::{Change, Put};
-use commit::{Log, PendingMap, Writer, new_segment};
-pub(crate) use inspect::read_unmapped;
-use recovery::list_segments;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +160,7 @@ pub enum StoreError {
     #[error("duplicate key in table {table:?} shard {shard} (records {first} and {second})")]
     Duplicate {
         /// The table.
-        table: Table,
+        table: TableId,
         /// The shard.
         shard: u16,
         /// Push index of the first record.
@@ -209,12 +209,12 @@ struct View {
 /// (10–16 line-fill buffers on current x86 cores).
 pub const BATCH_WINDOW: usize = 16;
 
-
 /// A store: open it, read from it, write to it through [`WriteTx`], compact it.
 pub struct Store {
     /// Held for the store's life: one writer per directory.
     _dir_lock: fs::DirLock,
     fs: Arc<dyn Fs>,
+    schema: &'static Schema,
     hash_key: HashKey,
     view: ArcSwap<View>,
     writer: Mutex<Writer>,
@@ -237,10 +237,6 @@ pub struct Store {
     /// Seconds since `epoch` of the last corrupt-read log line, plus 1; 0: none yet.
     corrupt_logged_at: AtomicU64,
 }
-
-/// Metric: how long each group-commit log write and fsync took (one observation per fsync,
-/// however many writers it served). The store measures it itself because only it knows where
-/// the fsync is; with no recorder installed (tools, tests) the calls cost next to nothing.
 
 /// Locks a mutex, ignoring poisoning: every critical section here leaves its data consistent
 /// before any call that could panic, and a poisoned store would otherwise stop serving reads.
@@ -272,7 +268,9 @@ impl AsRef<Store> for Store {
 #[derive(Clone, Debug)]
 pub struct TableStats {
     /// The table.
-    pub table: Table,
+    pub table: TableId,
+    /// Its name.
+    pub name: &'static str,
     /// Records per shard file.
     pub shard_entries: Vec<u64>,
     /// Bytes of all shard files.
@@ -282,7 +280,6 @@ pub struct TableStats {
 }
 
 impl Store {
-
     /// Hashes a key for [`Store::get_hashed`].
     #[inline]
     pub fn hash(&self, key: &[u8]) -> u64 {
@@ -308,7 +305,7 @@ impl Store {
     #[inline]
     pub fn get<R>(
         &self,
-        table: Table,
+        table: impl Into<TableId>,
         key: &[u8],
         f: impl FnOnce(Option<&[u8]>) -> R,
     ) -> Result<R, StoreError> {
@@ -319,13 +316,13 @@ impl Store {
     #[inline]
     pub fn get_hashed<R>(
         &self,
-        table: Table,
+        table: impl Into<TableId>,
         h: u64,
         key: &[u8],
         f: impl FnOnce(Option<&[u8]>) -> R,
     ) -> Result<R, StoreError> {
         let view = self.view.load();
-        let t = &view.tables[table.index()];
+        let t = &view.tables[table.into().index()];
         if !t.active.is_empty()
             && let Some(v) = t.active.map.get(key)
         {
@@ -351,10 +348,11 @@ impl Store {
     /// at, then reads the records. `f(i, value)` is called for every key, in order.
     pub fn get_batch(
         &self,
-        table: Table,
+        table: impl Into<TableId>,
         keys: &[&[u8]],
         mut f: impl FnMut(usize, Option<&[u8]>),
     ) -> Result<(), StoreError> {
+        let table = table.into();
         let view = self.view.load();
         let t = &view.tables[table.index()];
         let in_delta = |k: &[u8]| {
@@ -404,11 +402,11 @@ impl Store {
     /// delta, then the delta's values. Concurrent writes may or may not be seen.
     pub fn for_each(
         &self,
-        table: Table,
+        table: impl Into<TableId>,
         mut f: impl FnMut(&[u8], &[u8]),
     ) -> Result<(), StoreError> {
         let view = self.view.load_full();
-        let t = &view.tables[table.index()];
+        let t = &view.tables[table.into().index()];
         let overridden = |k: &[u8]| {
             t.active.map.contains_key(k)
                 || t.frozen.as_ref().is_some_and(|fz| fz.map.contains_key(k))
@@ -442,12 +440,13 @@ impl Store {
     /// Counts per table: records per shard file, file bytes, delta keys.
     pub fn stats(&self) -> Vec<TableStats> {
         let view = self.view.load();
-        Table::ALL
-            .iter()
-            .map(|&table| {
+        self.schema
+            .ids()
+            .map(|table| {
                 let t = &view.tables[table.index()];
                 TableStats {
                     table,
+                    name: self.schema.name(table),
                     shard_entries: t.shards.iter().map(|s| s.header().entries).collect(),
                     file_bytes: t.shards.iter().map(|s| s.file_len()).sum(),
                     delta_keys: t.active.map.len() + t.frozen.as_ref().map_or(0, |f| f.map.len()),
@@ -455,7 +454,6 @@ impl Store {
             })
             .collect()
     }
-
 
     /// Keys in the active delta (written since the last compaction began).
     pub fn delta_keys(&self) -> usize {
@@ -468,12 +466,12 @@ impl Store {
     }
 }
 
-
 /// Applies a change's puts to the active deltas.
 fn apply(tables: &[TableView], c: &Change) {
     for p in &c.puts {
-        if let Some(t) = Table::from_id(p.table) {
-            tables[t.index()].active.insert(&p.key, p.value.as_deref());
+        // A table id outside the schema cannot be in a log this store wrote.
+        if let Some(t) = tables.get(usize::from(p.table).wrapping_sub(1)) {
+            t.active.insert(&p.key, p.value.as_deref());
         }
     }
 }

@@ -17,20 +17,20 @@ pub struct Recovery {
     pub torn_bytes: u64,
 }
 
-
 impl Store {
     /// Creates an empty store in `fs`: empty shards at seq 0, a manifest, a first log segment.
-    pub fn create(fs: Arc<dyn Fs>, config: StoreConfig) -> Result<Store, StoreError> {
-        Self::create_with_key(fs, config, HashKey::random())
+    pub fn create(fs: Arc<dyn Fs>, layout: Layout) -> Result<Store, StoreError> {
+        Self::create_with_key(fs, layout, HashKey::random())
     }
 
     /// As [`Store::create`], with a given hash key (golden files and tests need a fixed one).
     pub fn create_with_key(
         fs: Arc<dyn Fs>,
-        config: StoreConfig,
+        layout: Layout,
         hash_key: HashKey,
     ) -> Result<Store, StoreError> {
-        let counts = config.shard_counts()?;
+        layout.check()?;
+        let counts = &layout.shards;
         let dir_lock = fs.lock().map_err(io_err(&*fs, "lock", fs::LOCK_NAME))?;
         if fs.exists(manifest::NAME) {
             return Err(StoreError::Exists {
@@ -41,29 +41,41 @@ impl Store {
             .iter()
             .map(|&n| (0..n).map(|_| ShardBuilder::default()).collect())
             .collect();
-        install_snapshot(&*fs, hash_key, 0, &builders, false, &mut |_| {})?;
+        install_snapshot(
+            &*fs,
+            layout.schema,
+            hash_key,
+            0,
+            &builders,
+            false,
+            &mut |_| {},
+        )?;
         // `open` takes the lock again on its own descriptor; hand over.
         drop(dir_lock);
-        Self::open(fs)
+        Self::open(fs, layout.schema)
     }
 
     /// Opens the store in `fs`: maps the manifest's shards, cuts a torn log tail, replays the
-    /// log after the manifest's seq.
-    pub fn open(fs: Arc<dyn Fs>) -> Result<Store, StoreError> {
-        Self::open_with_report(fs).map(|(s, _)| s)
+    /// log after the manifest's seq. `schema` names the tables the store was created with.
+    pub fn open(fs: Arc<dyn Fs>, schema: &'static Schema) -> Result<Store, StoreError> {
+        Self::open_with_report(fs, schema).map(|(s, _)| s)
     }
 
     /// As [`Store::open`], also saying what recovery did.
-    pub fn open_with_report(fs: Arc<dyn Fs>) -> Result<(Store, Recovery), StoreError> {
+    pub fn open_with_report(
+        fs: Arc<dyn Fs>,
+        schema: &'static Schema,
+    ) -> Result<(Store, Recovery), StoreError> {
         let dir_lock = fs.lock().map_err(io_err(&*fs, "lock", fs::LOCK_NAME))?;
-        let m = add_missing_tables(&*fs, read_manifest(&*fs)?)?;
-        let shards = open_shards(&*fs, &m)?;
+        let m = add_missing_tables(&*fs, schema, read_manifest(&*fs, schema)?)?;
+        let shards = open_shards(&*fs, schema, &m)?;
         // Remove leftovers of interrupted installs: temp files, and shard files the manifest
         // does not name (written by a compaction that crashed before its manifest landed).
-        let live: std::collections::HashSet<String> = Table::ALL
-            .iter()
-            .flat_map(|&t| {
-                (0..m.tables[t.index()].len()).map(move |s| shard_file_name(t, s as u16, m.seq))
+        let live: std::collections::HashSet<String> = schema
+            .ids()
+            .flat_map(|t| {
+                (0..m.tables[t.index()].len())
+                    .map(move |s| shard_file_name(schema.name(t), s as u16, m.seq))
             })
             .collect();
         for name in fs.list().map_err(io_err(&*fs, "list", ""))? {
@@ -232,6 +244,7 @@ impl Store {
         }
         let store = Store {
             _dir_lock: dir_lock,
+            schema,
             hash_key: m.hash_key,
             view: ArcSwap::from_pointee(View {
                 tables,
@@ -241,9 +254,7 @@ impl Store {
                 next_seq,
                 buf: Vec::new(),
                 changes: Vec::new(),
-                pending: (0..Table::ALL.len())
-                    .map(|_| PendingMap::default())
-                    .collect(),
+                pending: (0..schema.len()).map(|_| PendingMap::default()).collect(),
             }),
             log_first_seq: AtomicU64::new(log.first_seq),
             log: Mutex::new(log),
@@ -266,7 +277,6 @@ impl Store {
     }
 }
 
-
 pub(super) fn list_segments(fs: &dyn Fs) -> Result<Vec<(String, u64)>, StoreError> {
     let mut v: Vec<(String, u64)> = fs
         .list()
@@ -279,7 +289,7 @@ pub(super) fn list_segments(fs: &dyn Fs) -> Result<Vec<(String, u64)>, StoreErro
 }
 
 /// Reads and decodes the manifest.
-pub fn read_manifest(fs: &dyn Fs) -> Result<Manifest, StoreError> {
+pub fn read_manifest(fs: &dyn Fs, schema: &Schema) -> Result<Manifest, StoreError> {
     if !fs.exists(manifest::NAME) {
         return Err(StoreError::NotAStore {
             path: fs.root().to_owned(),
@@ -288,27 +298,31 @@ pub fn read_manifest(fs: &dyn Fs) -> Result<Manifest, StoreError> {
     let bytes = fs
         .map(manifest::NAME)
         .map_err(io_err(fs, "map", manifest::NAME))?;
-    Manifest::decode(fs.root().join(manifest::NAME), &bytes, Table::ALL.len())
+    Manifest::decode(fs.root().join(manifest::NAME), &bytes, schema.len())
 }
 
 /// Upgrades a store written before some tables existed: each table its manifest does not list
 /// gets one empty shard file at the manifest's seq, and a new manifest names them. Runs only
 /// under the store lock; read-only tools see such a table as empty.
-pub(super) fn add_missing_tables(fs: &dyn Fs, mut m: Manifest) -> Result<Manifest, StoreError> {
+pub(super) fn add_missing_tables(
+    fs: &dyn Fs,
+    schema: &Schema,
+    mut m: Manifest,
+) -> Result<Manifest, StoreError> {
     let mut changed = false;
-    for &t in &Table::ALL {
+    for t in schema.ids() {
         if !m.tables[t.index()].is_empty() {
             continue;
         }
-        let name = shard_file_name(t, 0, m.seq);
+        let name = shard_file_name(schema.name(t), 0, m.seq);
         let id = ShardId {
-            table: t as u8,
+            table: t.id(),
             shard: 0,
             shard_count: 1,
             seq: m.seq,
         };
         let w = ShardBuilder::default()
-            .write(fs, &name, id, t.inline_records())?
+            .write(fs, &name, id, schema.spec(t).inline_records)?
             .map_err(|d| StoreError::Duplicate {
                 table: t,
                 shard: 0,
@@ -328,24 +342,28 @@ pub(super) fn add_missing_tables(fs: &dyn Fs, mut m: Manifest) -> Result<Manifes
 }
 
 /// Maps every shard file the manifest names, checking each header against it.
-pub fn open_shards(fs: &dyn Fs, m: &Manifest) -> Result<Vec<Vec<Arc<ShardFile>>>, StoreError> {
-    Table::ALL
-        .iter()
-        .map(|&t| {
+pub fn open_shards(
+    fs: &dyn Fs,
+    schema: &Schema,
+    m: &Manifest,
+) -> Result<Vec<Vec<Arc<ShardFile>>>, StoreError> {
+    schema
+        .ids()
+        .map(|t| {
             let entries = &m.tables[t.index()];
             entries
                 .iter()
                 .enumerate()
                 .map(|(s, e)| {
                     let id = ShardId {
-                        table: t as u8,
+                        table: t.id(),
                         shard: s as u16,
                         shard_count: entries.len() as u16,
                         seq: m.seq,
                     };
                     ShardFile::open(
                         fs,
-                        &shard_file_name(t, s as u16, m.seq),
+                        &shard_file_name(schema.name(t), s as u16, m.seq),
                         id,
                         e.len,
                         e.header_crc,
@@ -361,6 +379,7 @@ pub fn open_shards(fs: &dyn Fs, m: &Manifest) -> Result<Vec<Vec<Arc<ShardFile>>>
 /// each file name as it is installed.
 pub fn install_snapshot(
     fs: &dyn Fs,
+    schema: &Schema,
     hash_key: HashKey,
     seq: u64,
     builders: &[Vec<ShardBuilder>],
@@ -368,18 +387,18 @@ pub fn install_snapshot(
     progress: &mut dyn FnMut(&str),
 ) -> Result<(), StoreError> {
     let mut tables = Vec::with_capacity(builders.len());
-    for (&table, shards) in Table::ALL.iter().zip(builders) {
+    for (table, shards) in schema.ids().zip(builders) {
         let mut entries = Vec::with_capacity(shards.len());
         for (s, b) in shards.iter().enumerate() {
-            let name = shard_file_name(table, s as u16, seq);
+            let name = shard_file_name(schema.name(table), s as u16, seq);
             let id = ShardId {
-                table: table as u8,
+                table: table.id(),
                 shard: s as u16,
                 shard_count: shards.len() as u16,
                 seq,
             };
             let w = b
-                .write(fs, &name, id, table.inline_records())?
+                .write(fs, &name, id, schema.spec(table).inline_records)?
                 .map_err(|d| StoreError::Duplicate {
                     table,
                     shard: s as u16,

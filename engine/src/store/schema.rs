@@ -1,117 +1,152 @@
-//! The store's tables: which exist, their on-disk ids and file names, how their snapshot files
-//! lay records out, and how many shards each has.
+//! The store's tables as its user declares them: a [`Schema`] lists each table's file name and
+//! record layout in on-disk id order, and a [`Layout`] adds each table's shard count for a new
+//! store. The store keeps keys and values as bytes in whichever tables it is given; it names no
+//! table itself (the registry declares the domain's).
 
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use super::{StoreError, manifest};
 
+/// A table of a store: its on-disk id, the 1-based position of its spec in the [`Schema`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableId(u8);
 
-/// The tables of a store (ids are the on-disk table ids).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Table {
-    /// MyKey ID → ID record.
-    Ids = 1,
-    /// Certificate reference → MyKey ID bound to it.
-    Certs = 2,
-    /// Certificate reference → revocation record.
-    Revoked = 3,
-    /// Provider ID → dictionary entry.
-    Providers = 4,
-    /// Actor id → dictionary entry.
-    Actors = 5,
-    /// CA key identifier → dictionary entry.
-    Cas = 6,
-    /// Partner revocation pushes by push id, and the last CRL number applied per CA.
-    /// Added after format version 1; an older manifest without it is upgraded on open.
-    Pushes = 7,
-}
-
-impl Table {
-    /// Every table, in id order.
-    pub const ALL: [Table; 7] = [
-        Table::Ids,
-        Table::Certs,
-        Table::Revoked,
-        Table::Providers,
-        Table::Actors,
-        Table::Cas,
-        Table::Pushes,
-    ];
-
-    /// The table's file-name prefix.
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::Ids => "ids",
-            Table::Certs => "certs",
-            Table::Revoked => "revoked",
-            Table::Providers => "providers",
-            Table::Actors => "actors",
-            Table::Cas => "cas",
-            Table::Pushes => "pushes",
-        }
+impl TableId {
+    /// The table with on-disk id `id` (1-based; 0 is no table and is refused at compile time
+    /// in a `const`).
+    pub const fn new(id: u8) -> Self {
+        assert!(id >= 1, "table ids start at 1");
+        Self(id)
     }
 
-    /// Whether the table's snapshot files keep records inline with their buckets: only `ids`,
-    /// the table every counter lookup reads; the others are read on the write path and stay
-    /// compact.
-    pub fn inline_records(self) -> bool {
-        self == Table::Ids
+    /// The on-disk id.
+    pub fn id(self) -> u8 {
+        self.0
     }
 
-    /// Zero-based index.
+    /// The zero-based position in the schema.
     pub fn index(self) -> usize {
-        self as usize - 1
-    }
-
-    /// The table with this on-disk id.
-    pub fn from_id(id: u8) -> Option<Table> {
-        Table::ALL.get(usize::from(id).wrapping_sub(1)).copied()
+        usize::from(self.0) - 1
     }
 }
 
-/// Name of the shard file of `table`, `shard`, as of `seq`.
-pub fn shard_file_name(table: Table, shard: u16, seq: u64) -> String {
-    format!("{}-{shard:04}-{seq:016x}.snap", table.name())
+/// How one table's snapshot files are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableSpec {
+    /// The table's file-name prefix (`<name>-<shard>-<seq>.snap`); never changes once written.
+    pub name: &'static str,
+    /// Whether records sit inline with their buckets (one memory round trip per hit, for the
+    /// table lookups read) or in a separate record area (compact, for the write path's tables).
+    pub inline_records: bool,
 }
 
-/// Shard counts of a new store.
-#[derive(Clone, Copy, Debug)]
-pub struct StoreConfig {
-    /// Shards of the `ids` table.
-    pub ids_shards: u16,
-    /// Shards of the `certs` table.
-    pub certs_shards: u16,
-    /// Shards of the `revoked` table.
-    pub revoked_shards: u16,
+/// The tables of a store in on-disk id order: `tables[i]` has id `i + 1`. A table may be added
+/// at the end (a store written without it gets it, empty, when opened); none is ever removed,
+/// renamed or renumbered.
+#[derive(Debug)]
+pub struct Schema {
+    /// The tables.
+    pub tables: &'static [TableSpec],
 }
 
-impl Default for StoreConfig {
-    fn default() -> Self {
-        // 16 shards keep a 100M-ID shard file near 400 MB, small enough to rewrite in seconds.
-        Self {
-            ids_shards: 16,
-            certs_shards: 16,
-            revoked_shards: 4,
+impl Schema {
+    /// How many tables.
+    pub fn len(&self) -> usize {
+        self.tables.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+
+    /// Every table, in id order.
+    pub fn ids(&self) -> impl Iterator<Item = TableId> + '_ {
+        (1..=self.tables.len()).map(|i| TableId(i as u8))
+    }
+
+    /// The table with on-disk id `id`, if the schema has one.
+    pub fn table(&self, id: u8) -> Option<TableId> {
+        (id >= 1 && usize::from(id) <= self.tables.len()).then_some(TableId(id))
+    }
+
+    /// A table's spec. A [`TableId`] not of this schema is a caller's bug: it panics.
+    pub fn spec(&self, t: TableId) -> &TableSpec {
+        &self.tables[t.index()]
+    }
+
+    /// A table's name.
+    pub fn name(&self, t: TableId) -> &'static str {
+        self.spec(t).name
+    }
+}
+
+/// How a new store is laid out: its schema and each table's shard count, in schema order.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// The tables.
+    pub schema: &'static Schema,
+    /// Shards per table (1..=4096 each).
+    pub shards: Vec<u16>,
+}
+
+impl Layout {
+    /// Checks that every table has a shard count in range.
+    pub fn check(&self) -> Result<(), StoreError> {
+        if self.shards.len() != self.schema.len() {
+            return Err(StoreError::Config("one shard count per table"));
         }
-    }
-}
-
-impl StoreConfig {
-    /// Shard count per table, in table order.
-    pub fn shard_counts(&self) -> Result<[u16; Table::ALL.len()], StoreError> {
-        let c = [
-            self.ids_shards,
-            self.certs_shards,
-            self.revoked_shards,
-            1,
-            1,
-            1,
-            1,
-        ];
-        if c.iter().any(|&n| n == 0 || n > manifest::SHARDS_MAX) {
+        if self
+            .shards
+            .iter()
+            .any(|&n| n == 0 || n > manifest::SHARDS_MAX)
+        {
             return Err(StoreError::Config("shard counts must be 1..=4096"));
         }
-        Ok(c)
+        Ok(())
     }
 }
 
+/// The file name of a table's shard written at `seq`.
+pub fn shard_file_name(table: &str, shard: u16, seq: u64) -> String {
+    format!("{table}-{shard:04}-{seq:016x}.snap")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static TWO: Schema = Schema {
+        tables: &[
+            TableSpec {
+                name: "a",
+                inline_records: true,
+            },
+            TableSpec {
+                name: "b",
+                inline_records: false,
+            },
+        ],
+    };
+
+    #[test]
+    fn ids_are_one_based_positions() {
+        assert_eq!(TWO.ids().map(TableId::id).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(TWO.table(0), None);
+        assert_eq!(TWO.table(3), None);
+        assert_eq!(TWO.table(2).map(|t| TWO.name(t)), Some("b"));
+        let ok = Layout {
+            schema: &TWO,
+            shards: vec![4, 1],
+        };
+        assert!(ok.check().is_ok());
+        for bad in [vec![4], vec![0, 1], vec![1, 4097]] {
+            assert!(
+                Layout {
+                    schema: &TWO,
+                    shards: bad
+                }
+                .check()
+                .is_err()
+            );
+        }
+    }
+}

@@ -6,8 +6,8 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mykey_engine::registry::StoreConfig;
 use mykey_engine::registry::{Registry, RegistryConfig};
-use mykey_engine::store::StoreConfig;
 use mykey_engine::store::fs::{Fs, RealFs};
 use mykey_tests::{actor, at, cert, mykey, provider, service};
 

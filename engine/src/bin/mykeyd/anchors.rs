@@ -12,19 +12,18 @@ pub fn load(dir: &Path) -> Result<Anchors, String> {
 
 /// `mykeyd anchors`.
 pub fn list(dir: &Path) -> Result<(), String> {
-        let anchors = load(dir)?;
-        for a in anchors.all() {
-            let hex = |b: &[u8]| mykey_engine::id::Hex(b).to_string();
-            println!(
-                "{}: key id {}, valid {} to {}, SHA-256 {}",
-                a.name(),
-                hex(a.key_id()),
-                a.not_before(),
-                a.not_after(),
-                hex(a.fingerprint())
-            );
-        }
-        println!("{} user-authentication CA generations", anchors.all().len());
-        Ok(())
-    
+    let anchors = load(dir)?;
+    for a in anchors.all() {
+        let hex = |b: &[u8]| mykey_engine::id::Hex(b).to_string();
+        println!(
+            "{}: key id {}, valid {} to {}, SHA-256 {}",
+            a.name(),
+            hex(a.key_id()),
+            a.not_before(),
+            a.not_after(),
+            hex(a.fingerprint())
+        );
+    }
+    println!("{} user-authentication CA generations", anchors.all().len());
+    Ok(())
 }

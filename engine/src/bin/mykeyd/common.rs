@@ -25,7 +25,7 @@ pub fn now() -> Timestamp {
 /// A directory that must exist already (`RealFs::new` would create it).
 pub fn existing_fs(dir: &Path) -> Result<Arc<dyn Fs>, String> {
     if !dir.is_dir() {
-        return Err(format!("{}: no such directory", dir.display()));
+        return Err(format!("{}: no such store directory", dir.display()));
     }
     new_fs(dir)
 }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use mykey_engine::id::ActorId;
 use mykey_engine::population::{self, BuildOptions};
-use mykey_engine::registry::{Registry, RegistryConfig};
+use mykey_engine::registry::{Registry, RegistryConfig, StoreConfig, Table};
+use mykey_engine::store;
 use mykey_engine::store::fs::{Fs, RealFs};
-use mykey_engine::store::{self, StoreConfig, Table};
 
 use crate::common::{SAMPLE_POPULATION, SAMPLE_PROVIDERS, now};
 use crate::query::lookup_line;

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use mykey_engine::store::StoreConfig;
+use mykey_engine::registry::StoreConfig;
 
 mod anchors;
 mod backup;

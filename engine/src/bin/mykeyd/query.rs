@@ -10,7 +10,12 @@ use crate::common::{now, open_registry};
 
 /// One lookup line: `<id> @ <provider>: <answer>`, the answer worded as the `mykey` CLI words
 /// it.
-pub fn lookup_line(reg: &Registry, at: Timestamp, id: &str, provider: &str) -> Result<String, String> {
+pub fn lookup_line(
+    reg: &Registry,
+    at: Timestamp,
+    id: &str,
+    provider: &str,
+) -> Result<String, String> {
     let id = MyKeyId::parse(id.as_bytes()).map_err(|e| format!("{id:?}: {e}"))?;
     let p = ProviderId::parse(provider.as_bytes()).map_err(|e| format!("{provider:?}: {e}"))?;
     let l = reg.lookup(at, &id, &p).map_err(|e| e.to_string())?;

@@ -14,19 +14,20 @@ use mykey_engine::jpki::dev::{DevCa, DevKey, pem};
 use mykey_engine::jpki::{Anchors, Jpki, JpkiConfig};
 use mykey_engine::population::{self, BuildOptions};
 use mykey_engine::registry::Registry;
+use mykey_engine::registry::StoreConfig;
 use mykey_engine::server::admin::{self, Readiness};
 use mykey_engine::server::config::{self, Config, LogFormat};
 use mykey_engine::server::dev::{DEV_CA_NAME, DEV_CA_ORG};
 use mykey_engine::server::pki::Validity;
 use mykey_engine::server::{Limits, Role, Server, ServerTls, Service, system_clock};
 use mykey_engine::store::fs::{Fs, RealFs};
-use mykey_engine::store::{self, CompactionPolicy, StoreConfig};
+use mykey_engine::store::{self, CompactionPolicy};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
+use super::common::{SAMPLE_POPULATION, SAMPLE_PROVIDERS};
 use super::notify::{notify, watchdog_period};
 use super::pki::{CaDir, Out};
-use super::common::{SAMPLE_POPULATION, SAMPLE_PROVIDERS};
 
 /// How long SIGTERM waits for requests in flight.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
@@ -216,7 +217,8 @@ pub fn check_all(cfg_path: &Path) -> Result<Config, String> {
         ));
     }
     let fs = RealFs::new(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    store::inspect(&fs, false, &mut |_| {}).map_err(|e| e.to_string())?;
+    store::inspect(&fs, &mykey_engine::registry::SCHEMA, false, &mut |_| {})
+        .map_err(|e| e.to_string())?;
     drop(fs.lock().map_err(|e| {
         format!(
             "{}: {e} (stop the other mykeyd, or the tool holding the store, first)",
@@ -464,36 +466,39 @@ fn reload(cfg_path: &Path, cfg: &Config, server: &Server, service: &Service) -> 
 
 /// `mykeyd serve`: the configuration given, or the development setup (created first if
 /// missing); with `check_config`, everything is loaded and checked, and nothing served.
-pub fn command(config: Option<PathBuf>, dev: Option<PathBuf>, check_config: bool) -> Result<(), String> {
-        let path = match (config, dev) {
-            (Some(c), _) => c,
-            (None, Some(dir)) => {
-                let c = dir.join("mykeyd.toml");
-                if !c.exists() {
-                    init(
-                        &dir,
-                        "127.0.0.1:4433".parse().map_err(|e| format!("{e}"))?,
-                        "127.0.0.1:9464".parse().map_err(|e| format!("{e}"))?,
-                    )?;
-                }
-                c
+pub fn command(
+    config: Option<PathBuf>,
+    dev: Option<PathBuf>,
+    check_config: bool,
+) -> Result<(), String> {
+    let path = match (config, dev) {
+        (Some(c), _) => c,
+        (None, Some(dir)) => {
+            let c = dir.join("mykeyd.toml");
+            if !c.exists() {
+                init(
+                    &dir,
+                    "127.0.0.1:4433".parse().map_err(|e| format!("{e}"))?,
+                    "127.0.0.1:9464".parse().map_err(|e| format!("{e}"))?,
+                )?;
             }
-            (None, None) => return Err("give --config FILE or --dev".into()),
-        };
-        if check_config {
-            let cfg = check_all(&path)?;
-            for line in &cfg.ignored_env {
-                eprintln!("warning: {line}");
-            }
-            println!(
-                "{}: configuration, TLS key and certificates, anchors, store (opened read-only, lock free) and ports are usable",
-                path.display()
-            );
-            return Ok(());
+            c
         }
-        match serve(&path)? {
-            Stopped::Clean => Ok(()),
-            Stopped::FsyncStuck => std::process::exit(EXIT_FSYNC_STUCK),
+        (None, None) => return Err("give --config FILE or --dev".into()),
+    };
+    if check_config {
+        let cfg = check_all(&path)?;
+        for line in &cfg.ignored_env {
+            eprintln!("warning: {line}");
         }
-    
+        println!(
+            "{}: configuration, TLS key and certificates, anchors, store (opened read-only, lock free) and ports are usable",
+            path.display()
+        );
+        return Ok(());
+    }
+    match serve(&path)? {
+        Stopped::Clean => Ok(()),
+        Stopped::FsyncStuck => std::process::exit(EXIT_FSYNC_STUCK),
+    }
 }

@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use mykey_engine::id::{ActorId, Timestamp};
 use mykey_engine::population::{self, BuildOptions, Progress};
+use mykey_engine::registry::{SCHEMA, StoreConfig};
+use mykey_engine::store;
 use mykey_engine::store::fs::RealFs;
-use mykey_engine::store::{self, StoreConfig};
 
 use crate::BuildArgs;
 use crate::common::{existing_fs, now, open_input};
@@ -28,7 +29,7 @@ pub fn build(a: &BuildArgs) -> Result<(), String> {
         },
         hash_key: None,
     };
-    opts.store.shard_counts().map_err(|e| e.to_string())?;
+    opts.store.layout().map_err(|e| e.to_string())?;
     let providers = open_input(&a.providers)?;
     let population = open_input(&a.population)?;
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
@@ -64,7 +65,7 @@ pub fn build(a: &BuildArgs) -> Result<(), String> {
 pub fn inspect(dir: &Path, verify: bool) -> Result<(), String> {
     let fs = existing_fs(dir)?;
     let start = Instant::now();
-    let ins = store::inspect(&*fs, verify, &mut |name| {
+    let ins = store::inspect(&*fs, &SCHEMA, verify, &mut |name| {
         if verify {
             eprintln!("  verified {name}");
         }
@@ -86,7 +87,7 @@ pub fn inspect(dir: &Path, verify: bool) -> Result<(), String> {
         let total: u64 = counts.iter().sum();
         println!(
             "  {:<9} {:>12} records in {} shard(s): {}",
-            t.name(),
+            t,
             total,
             counts.len(),
             counts
