@@ -85,7 +85,9 @@ impl fmt::Display for Lookup {
             Lookup::Linked(s) => write!(f, "linked: service ID {s}"),
             Lookup::NotLinked => f.write_str("not linked for this provider"),
             Lookup::UnknownId => f.write_str("unknown MyKey ID"),
-            Lookup::Provisional => f.write_str("provisional (not usable until a municipal counter confirms it)"),
+            Lookup::Provisional => {
+                f.write_str("provisional (not usable until a municipal counter confirms it)")
+            }
             Lookup::Suspended => f.write_str("suspended (certificate revoked)"),
             Lookup::Deleted => f.write_str("deleted"),
         }
