@@ -176,8 +176,55 @@ pub struct Row {
     pub links: Vec<(ProviderId, ServiceId)>,
 }
 
+/// Why a population row is refused, by column.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RowError {
+    /// Not exactly four comma-separated columns.
+    #[error("expected 4 comma-separated columns ({HEADER}), got {found}")]
+    Columns {
+        /// Columns found.
+        found: usize,
+    },
+    /// The MyKey ID column.
+    #[error("{0}")]
+    Id(IdError),
+    /// The state column is not `active`, `provisional` or `suspended`.
+    #[error("state must be active, provisional or suspended, got {found:?}")]
+    State {
+        /// The state found.
+        found: String,
+    },
+    /// The certificate column.
+    #[error("cert: {0}")]
+    Cert(IdError),
+    /// A link that is not `provider=service_id`.
+    #[error("link {link} must be provider=service_id")]
+    LinkForm {
+        /// 1-based position of the link in the column.
+        link: usize,
+    },
+    /// A link's provider or service ID.
+    #[error("link {link}: {source}")]
+    Link {
+        /// 1-based position of the link in the column.
+        link: usize,
+        /// What is wrong with it.
+        source: IdError,
+    },
+    /// A provisional ID with links.
+    #[error("a provisional ID cannot have links before confirmation")]
+    ProvisionalLinks,
+    /// More links than an ID may hold.
+    #[error("{found} links, more than {LINKS_PER_ID_MAX}")]
+    TooManyLinks {
+        /// Links found.
+        found: usize,
+    },
+}
+
 /// Parses one data line of a population file.
-pub fn parse_row(text: &str) -> Result<Row, String> {
+pub fn parse_row(text: &str) -> Result<Row, RowError> {
     let mut cols = text.split(',');
     let (Some(id), Some(state), Some(cert), Some(links), None) = (
         cols.next(),
@@ -186,40 +233,38 @@ pub fn parse_row(text: &str) -> Result<Row, String> {
         cols.next(),
         cols.next(),
     ) else {
-        return Err(format!(
-            "expected 4 comma-separated columns ({HEADER}), got {}",
-            text.split(',').count()
-        ));
+        return Err(RowError::Columns {
+            found: text.split(',').count(),
+        });
     };
-    let id = MyKeyId::parse(id.as_bytes()).map_err(|e| e.to_string())?;
+    let id = MyKeyId::parse(id.as_bytes()).map_err(RowError::Id)?;
     let state = match state {
         "active" => IdState::Active,
         "provisional" => IdState::Provisional,
         "suspended" => IdState::Suspended,
         other => {
-            return Err(format!(
-                "state must be active, provisional or suspended, got {other:?}"
-            ));
+            return Err(RowError::State {
+                found: other.to_owned(),
+            });
         }
     };
-    let cert = CertRef::parse_text(cert).map_err(|e| format!("cert: {e}"))?;
+    let cert = CertRef::parse_text(cert).map_err(RowError::Cert)?;
     let mut out = Vec::new();
     if !links.is_empty() {
         for (i, pair) in links.split(';').enumerate() {
-            let (p, s) = pair
-                .split_once('=')
-                .ok_or_else(|| format!("link {} must be provider=service_id", i + 1))?;
-            let p = ProviderId::parse(p.as_bytes())
-                .map_err(|e: IdError| format!("link {}: {e}", i + 1))?;
-            let s = ServiceId::parse_text(s).map_err(|e| format!("link {}: {e}", i + 1))?;
+            let link = i + 1;
+            let (p, s) = pair.split_once('=').ok_or(RowError::LinkForm { link })?;
+            let bad = |source| RowError::Link { link, source };
+            let p = ProviderId::parse(p.as_bytes()).map_err(bad)?;
+            let s = ServiceId::parse_text(s).map_err(bad)?;
             out.push((p, s));
         }
     }
     if state == IdState::Provisional && !out.is_empty() {
-        return Err("a provisional ID cannot have links before confirmation".into());
+        return Err(RowError::ProvisionalLinks);
     }
     if out.len() > LINKS_PER_ID_MAX {
-        return Err(format!("{} links, more than {LINKS_PER_ID_MAX}", out.len()));
+        return Err(RowError::TooManyLinks { found: out.len() });
     }
     Ok(Row {
         id,
@@ -413,14 +458,25 @@ mod tests {
                 .is_empty()
         );
         let e = parse_row("1C2410DF79DGEL,active,AB:01").expect_err("3 columns");
-        assert!(e.contains("4 comma-separated columns"), "{e}");
+        assert_eq!(e, RowError::Columns { found: 3 });
+        assert!(e.to_string().contains("4 comma-separated columns"), "{e}");
         let e = parse_row("1C2410df79DGEL,active,AB:01,").expect_err("lower case");
-        assert!(e.contains("A-Z and 0-9"), "{e}");
+        assert!(matches!(e, RowError::Id(_)), "{e:?}");
+        assert!(e.to_string().contains("A-Z and 0-9"), "{e}");
         let e = parse_row("1C2410DF79DGEL,gone,AB:01,").expect_err("state");
-        assert!(e.contains("state must be"), "{e}");
+        assert_eq!(
+            e,
+            RowError::State {
+                found: "gone".into()
+            }
+        );
         let e = parse_row("1C2410DF79DGEL,provisional,AB:01,P=1").expect_err("links");
-        assert!(e.contains("provisional"), "{e}");
+        assert_eq!(e, RowError::ProvisionalLinks);
         let e = parse_row("1C2410DF79DGEL,active,AB:01,P1").expect_err("pair");
-        assert!(e.contains("provider=service_id"), "{e}");
+        assert_eq!(e, RowError::LinkForm { link: 1 });
+        let e = parse_row("1C2410DF79DGEL,active,ZZ:01,").expect_err("cert");
+        assert!(matches!(e, RowError::Cert(_)), "{e:?}");
+        let e = parse_row("1C2410DF79DGEL,active,AB:01,P=1;Q=").expect_err("empty service");
+        assert!(matches!(e, RowError::Link { link: 2, .. }), "{e:?}");
     }
 }

@@ -38,16 +38,28 @@ pub enum DevPkiError {
     /// rcgen refused.
     #[error("rcgen: {0}")]
     Rcgen(#[from] rcgen::Error),
-    /// Key generation or signing failed.
-    #[error("aws-lc-rs: {0}")]
-    Crypto(String),
+    /// Key generation, key parsing or signing failed in aws-lc-rs (which says no more).
+    #[error("aws-lc-rs could not {op}")]
+    Crypto {
+        /// What was being done: `generate an RSA key`, `sign`, …
+        op: &'static str,
+    },
+    /// An RSA size other than 2048, 3072 or 4096.
+    #[error("unsupported RSA size {bits}")]
+    RsaSize {
+        /// The size asked for.
+        bits: usize,
+    },
+    /// A CRL that rcgen wrote has a structure the editor does not expect.
+    #[error("unexpected CRL structure")]
+    CrlStructure,
     /// A time out of range.
     #[error("time out of range")]
     Time,
 }
 
-fn crypto(e: impl std::fmt::Display) -> DevPkiError {
-    DevPkiError::Crypto(e.to_string())
+fn crypto<E>(op: &'static str) -> impl Fn(E) -> DevPkiError {
+    move |_| DevPkiError::Crypto { op }
 }
 
 /// A [`Timestamp`] as rcgen's time type.
@@ -69,10 +81,10 @@ impl DevKey {
             2048 => KeySize::Rsa2048,
             3072 => KeySize::Rsa3072,
             4096 => KeySize::Rsa4096,
-            _ => return Err(DevPkiError::Crypto(format!("unsupported RSA size {bits}"))),
+            _ => return Err(DevPkiError::RsaSize { bits }),
         };
-        let rsa = RsaKeyPair::generate(size).map_err(crypto)?;
-        Self::from_pkcs8(rsa.as_der().map_err(crypto)?.as_ref())
+        let rsa = RsaKeyPair::generate(size).map_err(crypto("generate an RSA key"))?;
+        Self::from_pkcs8(rsa.as_der().map_err(crypto("encode a key"))?.as_ref())
     }
 
     /// Signs `msg` with RSA PKCS#1 v1.5 and SHA-256, as a card signs a challenge.
@@ -85,18 +97,23 @@ impl DevKey {
                 msg,
                 &mut sig,
             )
-            .map_err(crypto)?;
+            .map_err(crypto("sign"))?;
         Ok(sig)
     }
 
     /// The private key as PKCS#8 DER (to keep a simulated card in a file).
     pub fn pkcs8(&self) -> Result<Vec<u8>, DevPkiError> {
-        Ok(self.rsa.as_der().map_err(crypto)?.as_ref().to_vec())
+        Ok(self
+            .rsa
+            .as_der()
+            .map_err(crypto("encode a key"))?
+            .as_ref()
+            .to_vec())
     }
 
     /// A key from PKCS#8 DER, as written by [`DevKey::pkcs8`].
     pub fn from_pkcs8(der: &[u8]) -> Result<Self, DevPkiError> {
-        let rsa = RsaKeyPair::from_pkcs8(der).map_err(crypto)?;
+        let rsa = RsaKeyPair::from_pkcs8(der).map_err(crypto("read a PKCS#8 key"))?;
         let rcgen = KeyPair::from_pkcs8_der_and_sign_algo(
             &rustls_pki_types::PrivatePkcs8KeyDer::from(der),
             &rcgen::PKCS_RSA_SHA256,
@@ -438,7 +455,7 @@ impl DevCa {
         edit: &dyn Fn(Vec<Vec<u8>>) -> Vec<Vec<u8>>,
     ) -> Result<Vec<u8>, DevPkiError> {
         let der = self.crl(number, this_update, next_update, serials)?;
-        let bad = || DevPkiError::Crypto("unexpected CRL structure".into());
+        let bad = || DevPkiError::CrlStructure;
         let elements = |b: &[u8]| -> Result<Vec<(usize, usize)>, DevPkiError> {
             // (start, end) of each TLV in `b`.
             let mut out = Vec::new();

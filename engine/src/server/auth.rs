@@ -7,7 +7,7 @@
 
 use x509_parser::prelude::*;
 
-use crate::id::ProviderId;
+use crate::id::{IdError, ProviderId};
 use crate::wire::Op;
 
 /// Prefix of the subjectAltName URI naming a certificate's role.
@@ -112,15 +112,20 @@ impl Identity {
 /// Why a client certificate that chains to the client CA carries no usable MyKey identity.
 /// The connection is closed with [`IdentityError::close_code`] as its QUIC application error
 /// code and the message as its reason (`engine/PROTOCOL.md`, "Connection close codes").
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum IdentityError {
     /// The connection carries no client certificate.
     #[error("no client certificate")]
     NoCertificate,
     /// The certificate or its subjectAltName cannot be read.
-    #[error("the client certificate cannot be read: {0}")]
-    Unreadable(String),
+    #[error("the client certificate's {part} cannot be read: {source}")]
+    Unreadable {
+        /// Which part: `certificate` or `subjectAltName`.
+        part: &'static str,
+        /// What the X.509 parser said.
+        source: X509Error,
+    },
     /// No `urn:mykey:role:` URI.
     #[error("the client certificate names no MyKey role")]
     NoRole,
@@ -128,11 +133,20 @@ pub enum IdentityError {
     #[error("the client certificate names more than one role")]
     SeveralRoles,
     /// A role that is not one of the five.
-    #[error("unknown role {0:?}")]
-    UnknownRole(String),
+    #[error("unknown role {role:?}")]
+    UnknownRole {
+        /// The role the certificate names.
+        role: String,
+    },
     /// A provider URI that does not decode to a provider ID.
-    #[error("malformed provider URI {0}")]
-    BadProvider(String),
+    #[error("malformed provider URI {uri:?}: {}", source.as_ref().map_or_else(|| "bad percent-encoding".to_owned(), ToString::to_string))]
+    BadProvider {
+        /// The URI.
+        uri: String,
+        /// Why the decoded bytes are not a provider ID; `None` when the percent-encoding
+        /// itself is broken.
+        source: Option<IdError>,
+    },
     /// More than [`PROVIDERS_PER_CERT_MAX`] providers.
     #[error("more than {PROVIDERS_PER_CERT_MAX} providers in one certificate")]
     TooManyProviders,
@@ -146,11 +160,11 @@ impl IdentityError {
     pub fn close_code(&self) -> u32 {
         match self {
             IdentityError::NoCertificate => 1,
-            IdentityError::Unreadable(_) => 2,
+            IdentityError::Unreadable { .. } => 2,
             IdentityError::NoRole => 3,
             IdentityError::SeveralRoles => 4,
-            IdentityError::UnknownRole(_) => 5,
-            IdentityError::BadProvider(_) => 6,
+            IdentityError::UnknownRole { .. } => 5,
+            IdentityError::BadProvider { .. } => 6,
             IdentityError::TooManyProviders => 7,
             IdentityError::CounterWithoutProvider => 8,
         }
@@ -159,8 +173,13 @@ impl IdentityError {
 
 /// Reads the identity of a client certificate (already verified by rustls).
 pub fn identity(cert_der: &[u8]) -> Result<Identity, IdentityError> {
-    let (_, cert) = X509Certificate::from_der(cert_der)
-        .map_err(|e| IdentityError::Unreadable(e.to_string()))?;
+    let (_, cert) = X509Certificate::from_der(cert_der).map_err(|e| IdentityError::Unreadable {
+        part: "certificate",
+        source: match e {
+            nom::Err::Error(e) | nom::Err::Failure(e) => e,
+            nom::Err::Incomplete(_) => X509Error::InvalidCertificate,
+        },
+    })?;
     let name = cert
         .subject()
         .iter_common_name()
@@ -179,7 +198,12 @@ pub fn identity(cert_der: &[u8]) -> Result<Identity, IdentityError> {
             })
             .collect(),
         Ok(None) => Vec::new(),
-        Err(e) => return Err(IdentityError::Unreadable(format!("subjectAltName: {e}"))),
+        Err(source) => {
+            return Err(IdentityError::Unreadable {
+                part: "subjectAltName",
+                source,
+            });
+        }
     };
     let (role, providers) = decode_uris(&uris)?;
     Ok(Identity {
@@ -215,17 +239,19 @@ fn decode_uris(uris: &[&str]) -> Result<(Role, Vec<ProviderId>), IdentityError> 
             if role.is_some() {
                 return Err(IdentityError::SeveralRoles);
             }
-            role = Some(Role::parse(r).ok_or_else(|| IdentityError::UnknownRole(r.to_owned()))?);
+            role = Some(
+                Role::parse(r).ok_or_else(|| IdentityError::UnknownRole { role: r.to_owned() })?,
+            );
         } else if let Some(p) = u.strip_prefix(PROVIDER_URI) {
             if providers.len() == PROVIDERS_PER_CERT_MAX {
                 return Err(IdentityError::TooManyProviders);
             }
-            let bytes =
-                percent_decode(p).ok_or_else(|| IdentityError::BadProvider(format!("{u:?}")))?;
-            providers.push(
-                ProviderId::parse(&bytes)
-                    .map_err(|e| IdentityError::BadProvider(format!("{u:?}: {e}")))?,
-            );
+            let bad = |source| IdentityError::BadProvider {
+                uri: (*u).to_owned(),
+                source,
+            };
+            let bytes = percent_decode(p).ok_or_else(|| bad(None))?;
+            providers.push(ProviderId::parse(&bytes).map_err(|e| bad(Some(e)))?);
         }
     }
     let role = role.ok_or(IdentityError::NoRole)?;

@@ -12,7 +12,6 @@ use super::auth::Role;
 use super::pki::{Issued, OperatorCa, Validity};
 use crate::client::ClientTls;
 use crate::id::{ProviderId, Timestamp};
-use crate::jpki::dev::DevPkiError;
 
 /// The organisation of the development client CA's subject.
 pub const DEV_CA_ORG: &str = "MyKey operator (development)";
@@ -34,7 +33,7 @@ impl DevOperatorPki {
         server_names: &[&str],
         not_before: Timestamp,
         not_after: Timestamp,
-    ) -> Result<Self, DevPkiError> {
+    ) -> Result<Self, super::pki::CaError> {
         let validity = Validity {
             not_before,
             not_after,
@@ -67,7 +66,7 @@ impl DevOperatorPki {
         role: Role,
         providers: &[ProviderId],
         serial: u64,
-    ) -> Result<Issued, DevPkiError> {
+    ) -> Result<Issued, super::pki::CaError> {
         self.ca
             .terminal(name, role, providers, serial, self.ca.validity())
     }

@@ -21,7 +21,64 @@ use x509_parser::prelude::FromDer;
 use super::auth::{PROVIDERS_PER_CERT_MAX, Role, authorisation_uris};
 use crate::client::ClientTls;
 use crate::id::{ProviderId, Timestamp};
-use crate::jpki::dev::{DevPkiError, crl_params, time};
+use crate::jpki::dev::{crl_params, time};
+
+/// Why the operator CA could not load, issue or sign.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaError {
+    /// rcgen refused the parameters, the key or the signature.
+    #[error("rcgen: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    /// The CA certificate is not DER X.509.
+    #[error("the CA certificate cannot be read: {0}")]
+    Unreadable(x509_parser::error::X509Error),
+    /// The key given is not the CA certificate's.
+    #[error("the key is not the CA certificate's key")]
+    KeyMismatch,
+    /// The CA certificate's subject lacks an O or a CN.
+    #[error("the CA certificate's subject needs an O and a CN")]
+    Subject,
+    /// The CA certificate's subject is encoded otherwise than `mykeyd pki init` writes it, so
+    /// certificates issued now would not chain to it.
+    #[error(
+        "the CA certificate's subject is not one `mykeyd pki init` writes (O and CN, UTF8String)"
+    )]
+    SubjectForm,
+    /// More providers than a certificate may name.
+    #[error("{found} providers: a certificate names at most {max}")]
+    TooManyProviders {
+        /// Providers asked for.
+        found: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A serial in the CA's own range.
+    #[error("serial {serial} is the CA's own range")]
+    SerialInCaRange {
+        /// The serial asked for.
+        serial: u64,
+    },
+    /// A time outside what a certificate can carry.
+    #[error("a time out of range")]
+    Time,
+}
+
+fn unreadable(e: x509_parser::nom::Err<x509_parser::error::X509Error>) -> CaError {
+    match e {
+        x509_parser::nom::Err::Error(e) | x509_parser::nom::Err::Failure(e) => {
+            CaError::Unreadable(e)
+        }
+        x509_parser::nom::Err::Incomplete(_) => {
+            CaError::Unreadable(x509_parser::error::X509Error::InvalidCertificate)
+        }
+    }
+}
+
+/// A time as a certificate carries it.
+fn at(t: Timestamp) -> Result<time::OffsetDateTime, CaError> {
+    time(t).map_err(|_| CaError::Time)
+}
 
 /// The CA certificate's own serial; issued serials start above it.
 pub const CA_SERIAL: u64 = 1;
@@ -53,30 +110,26 @@ pub struct OperatorCa {
     validity: Validity,
 }
 
-fn ca_params(org: &str, name: &str, v: Validity) -> Result<CertificateParams, DevPkiError> {
+fn ca_params(org: &str, name: &str, v: Validity) -> Result<CertificateParams, CaError> {
     let mut p = CertificateParams::default();
     p.distinguished_name.push(DnType::OrganizationName, org);
     p.distinguished_name.push(DnType::CommonName, name);
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     p.key_identifier_method = KeyIdMethod::Sha256;
-    p.not_before = time(v.not_before)?;
-    p.not_after = time(v.not_after)?;
+    p.not_before = at(v.not_before)?;
+    p.not_after = at(v.not_after)?;
     p.serial_number = Some(SerialNumber::from_slice(&CA_SERIAL.to_be_bytes()));
     Ok(p)
 }
 
-fn new_key() -> Result<KeyPair, DevPkiError> {
+fn new_key() -> Result<KeyPair, CaError> {
     Ok(KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?)
-}
-
-fn bad_ca(what: impl std::fmt::Display) -> DevPkiError {
-    DevPkiError::Crypto(format!("CA certificate: {what}"))
 }
 
 impl OperatorCa {
     /// A new CA `O=org, CN=name`.
-    pub fn generate(org: &str, name: &str, validity: Validity) -> Result<Self, DevPkiError> {
+    pub fn generate(org: &str, name: &str, validity: Validity) -> Result<Self, CaError> {
         let key = new_key()?;
         let params = ca_params(org, name, validity)?;
         let der = params.self_signed(&key)?.der().clone();
@@ -91,24 +144,22 @@ impl OperatorCa {
     /// Loads a CA from its certificate and PKCS#8 key (as written by `mykeyd pki init` or
     /// `mykeyd init`). Refuses a key that is not the certificate's, and a subject this module
     /// would not reproduce exactly (so issued certificates always chain to it).
-    pub fn load(der: CertificateDer<'static>, key_pkcs8: &[u8]) -> Result<Self, DevPkiError> {
+    pub fn load(der: CertificateDer<'static>, key_pkcs8: &[u8]) -> Result<Self, CaError> {
         let key = KeyPair::try_from(key_pkcs8)?;
-        let (_, cert) = x509_parser::prelude::X509Certificate::from_der(&der).map_err(bad_ca)?;
+        let (_, cert) =
+            x509_parser::prelude::X509Certificate::from_der(&der).map_err(unreadable)?;
         if cert.public_key().raw != key.subject_public_key_info().as_slice() {
-            return Err(DevPkiError::Crypto(
-                "the key is not the CA certificate's key".into(),
-            ));
+            return Err(CaError::KeyMismatch);
         }
         let attr = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue>| {
             it.next()
                 .and_then(|a| a.as_str().ok())
                 .map(str::to_owned)
-                .ok_or_else(|| bad_ca("its subject needs an O and a CN"))
+                .ok_or(CaError::Subject)
         };
         let org = attr(&mut cert.subject().iter_organization())?;
         let name = attr(&mut cert.subject().iter_common_name())?;
-        let clamp =
-            |t: i64| Timestamp::from_unix_secs(t.max(0) as u64).map_err(|_| DevPkiError::Time);
+        let clamp = |t: i64| Timestamp::from_unix_secs(t.max(0) as u64).map_err(|_| CaError::Time);
         let validity = Validity {
             not_before: clamp(cert.validity().not_before.timestamp())?,
             not_after: clamp(cert.validity().not_after.timestamp())?,
@@ -116,11 +167,9 @@ impl OperatorCa {
         let params = ca_params(&org, &name, validity)?;
         let rebuilt = params.self_signed(&key)?;
         let (_, again) =
-            x509_parser::prelude::X509Certificate::from_der(rebuilt.der()).map_err(bad_ca)?;
+            x509_parser::prelude::X509Certificate::from_der(rebuilt.der()).map_err(unreadable)?;
         if again.subject().as_raw() != cert.subject().as_raw() {
-            return Err(bad_ca(
-                "its subject is not one `mykeyd pki init` writes (O and CN, UTF8String)",
-            ));
+            return Err(CaError::SubjectForm);
         }
         Ok(Self {
             key,
@@ -160,12 +209,12 @@ impl OperatorCa {
         providers: &[ProviderId],
         serial: u64,
         validity: Validity,
-    ) -> Result<Issued, DevPkiError> {
+    ) -> Result<Issued, CaError> {
         if providers.len() > PROVIDERS_PER_CERT_MAX {
-            return Err(DevPkiError::Crypto(format!(
-                "{} providers: a certificate names at most {PROVIDERS_PER_CERT_MAX}",
-                providers.len()
-            )));
+            return Err(CaError::TooManyProviders {
+                found: providers.len(),
+                max: PROVIDERS_PER_CERT_MAX,
+            });
         }
         self.terminal_with_uris(name, &authorisation_uris(role, providers), serial, validity)
     }
@@ -178,7 +227,7 @@ impl OperatorCa {
         uris: &[String],
         serial: u64,
         validity: Validity,
-    ) -> Result<Issued, DevPkiError> {
+    ) -> Result<Issued, CaError> {
         let k = new_key()?;
         let mut p = CertificateParams::default();
         p.distinguished_name.push(DnType::CommonName, name);
@@ -196,7 +245,7 @@ impl OperatorCa {
         names: &[&str],
         serial: u64,
         validity: Validity,
-    ) -> Result<Issued, DevPkiError> {
+    ) -> Result<Issued, CaError> {
         let k = new_key()?;
         let mut p =
             CertificateParams::new(names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())?;
@@ -211,16 +260,14 @@ impl OperatorCa {
         k: KeyPair,
         serial: u64,
         validity: Validity,
-    ) -> Result<Issued, DevPkiError> {
+    ) -> Result<Issued, CaError> {
         if serial <= CA_SERIAL {
-            return Err(DevPkiError::Crypto(format!(
-                "serial {serial} is the CA's own range"
-            )));
+            return Err(CaError::SerialInCaRange { serial });
         }
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         // Never beyond the CA: a certificate outliving its issuer fails at the CA's expiry.
-        p.not_before = time(validity.not_before.max(self.validity.not_before))?;
-        p.not_after = time(validity.not_after.min(self.validity.not_after))?;
+        p.not_before = at(validity.not_before.max(self.validity.not_before))?;
+        p.not_after = at(validity.not_after.min(self.validity.not_after))?;
         p.serial_number = Some(SerialNumber::from_slice(&serial.to_be_bytes()));
         p.use_authority_key_identifier_extension = true;
         let cert = p.signed_by(&k, &self.issuer())?.der().clone();
@@ -238,14 +285,16 @@ impl OperatorCa {
         this_update: Timestamp,
         next_update: Timestamp,
         serials: &[u64],
-    ) -> Result<CertificateRevocationListDer<'static>, DevPkiError> {
+    ) -> Result<CertificateRevocationListDer<'static>, CaError> {
         let serials: Vec<[u8; 8]> = serials.iter().map(|s| s.to_be_bytes()).collect();
         let p = crl_params(
             number,
             this_update,
             next_update,
             serials.iter().map(|s| &s[..]),
-        )?;
+        )
+        // Its one failure is a time a CRL cannot carry.
+        .map_err(|_| CaError::Time)?;
         Ok(p.signed_by(&self.issuer())?.der().clone())
     }
 
