@@ -19,6 +19,7 @@ use mykey_engine::id::{CertRef, MyKeyId, ProviderId, PushId, ServiceId, Timestam
 use mykey_engine::jpki::Anchors;
 use mykey_engine::registry::{Lookup, Registry, RegistryConfig};
 use mykey_engine::store::fs::{Fs, RealFs};
+use mykey_engine::wire::{self, Op, Request, Response};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -465,23 +466,41 @@ fn sigterm_drains_a_push_in_flight_and_kill_9_loses_no_acknowledged_write() {
             Lookup::Linked(svc),
             "the acknowledged link survived kill -9"
         );
-        let partner = Arc::new(daemon.client("partner").await.expect("partner"));
-        let push = {
-            let partner = partner.clone();
-            let list = list.clone();
-            tokio::spawn(async move {
-                partner
-                    .push_serials(PushId::parse(b"drain-test").expect("push"), list.as_bytes())
-                    .await
-            })
-        };
-        // SIGTERM while the push is being applied (300,000 serials take seconds in a debug
-        // build; the log order below checks that the signal came first).
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        let partner = daemon.client("partner").await.expect("partner");
+        let mut frame = Vec::new();
+        Request::PushSerials {
+            push: PushId::parse(b"drain-test").expect("push"),
+            list: list.as_bytes(),
+        }
+        .encode(&mut frame)
+        .expect("fits");
+        // The push is held in flight by its sender: the first part of its body goes out, and
+        // QUIC's flow control lets `write_all` return only once the server has read all but
+        // one receive window of it, so the server is inside the request when SIGTERM comes.
+        let (mut send, mut recv) = partner.connection().open_bi().await.expect("stream");
+        let first = frame.len() - 200_000;
+        assert!(
+            first > 4 * 256 * 1024,
+            "more than a receive window goes first"
+        );
+        send.write_all(&frame[..first]).await.expect("first part");
         daemon.signal("-TERM");
         let stopping = daemon.notification();
         assert!(stopping.starts_with("STOPPING=1"), "{stopping:?}");
-        push.await.expect("task")
+        // Draining now: the rest of the body arrives, and the push is applied and answered.
+        send.write_all(&frame[first..]).await.expect("rest");
+        send.finish().expect("finish");
+        let answer = recv.read_to_end(1 << 16).await.expect("answer");
+        let (head, body) = wire::split_response(&answer).expect("a whole answer");
+        if !head.is_ok() {
+            return Err(wire::Refused::decode(head.status, body)
+                .message
+                .into_owned());
+        }
+        match Response::decode(Op::PushSerials, body) {
+            Ok(Response::Push(s)) => Ok(s),
+            other => Err(format!("{other:?}")),
+        }
     });
     let status = daemon.wait();
     assert!(status.success(), "exit {status:?}: {}", daemon.log());

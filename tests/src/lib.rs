@@ -2,6 +2,8 @@
 //! numbers, fixed clocks. Nothing here decides a test's verdict; each test asserts its own.
 #![allow(missing_docs)]
 
+pub mod fuzz;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 

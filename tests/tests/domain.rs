@@ -503,7 +503,7 @@ fn export_lists_one_providers_pairs_with_audit() {
 }
 
 #[test]
-fn concurrent_writers_share_fsyncs_and_all_survive() {
+fn concurrent_writers_are_all_durable_across_a_reopen() {
     let dir = TempDir::new("group");
     let r = with_providers(&dir);
     let p = provider("A-α1-0001");

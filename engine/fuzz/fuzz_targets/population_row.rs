@@ -2,10 +2,4 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = mykey_engine::population::parse_row(text);
-        let _ = mykey_engine::id::CertRef::parse_text(text);
-    }
-    let _ = mykey_engine::population::read_providers(data);
-});
+fuzz_target!(|data: &[u8]| mykey_tests::fuzz::population_row(data));
