@@ -335,8 +335,6 @@ pub fn build(
         let row = parse_row(text).map_err(|r| line_err("population", line, r))?;
         let next_ca = cas.len() as u32;
         let ca = *cas.entry(row.cert.ca_key_id().to_vec()).or_insert(next_ca);
-        let mut serial = [0u8; crate::id::SERIAL_LEN_MAX];
-        serial[..row.cert.serial().len()].copy_from_slice(row.cert.serial());
         let mut links = Vec::with_capacity(row.links.len());
         for (p, s) in &row.links {
             let provider = *provider_index.get(p).ok_or_else(|| {
@@ -362,11 +360,7 @@ pub fn build(
                 format!("provider {p} linked twice"),
             ));
         }
-        let bound = BoundCert {
-            ca,
-            serial_len: row.cert.serial().len() as u8,
-            serial,
-        };
+        let bound = BoundCert::of(ca, &row.cert);
         let rec = IdRecord {
             state: row.state,
             state_at: opts.at,

@@ -5,9 +5,12 @@
 pub mod fuzz;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use mykey_engine::id::{ActorId, CertRef, MyKeyId, ProviderId, ServiceId, Timestamp};
+use mykey_engine::registry::{Registry, RegistryConfig, StoreConfig};
+use mykey_engine::store::fs::{Fs, RealFs};
 
 /// A directory under the system temp dir, removed on drop.
 pub struct TempDir(PathBuf);
@@ -80,6 +83,18 @@ pub fn provider(s: &str) -> ProviderId {
 
 pub fn service(s: &str) -> ServiceId {
     ServiceId::parse(s.as_bytes()).expect("valid service")
+}
+
+/// A new registry with the default layout in `dir`, with `providers` registered at `at(0)`.
+pub fn registry_with(dir: &TempDir, providers: &[&str]) -> Registry {
+    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
+    let r =
+        Registry::create(fs, StoreConfig::default(), RegistryConfig::default()).expect("create");
+    for p in providers {
+        r.register_provider(at(0), actor("operator"), provider(p))
+            .expect("register provider");
+    }
+    r
 }
 
 /// The test JPKI: three user-authentication CA generations sharing one DN (dates of the real

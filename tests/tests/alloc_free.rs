@@ -7,11 +7,8 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::Arc;
 
-use mykey_engine::registry::StoreConfig;
-use mykey_engine::registry::{Lookup, Registry, RegistryConfig};
-use mykey_engine::store::fs::{Fs, RealFs};
+use mykey_engine::registry::Lookup;
 use mykey_tests::*;
 
 struct Counting;
@@ -49,15 +46,9 @@ fn allocations() -> u64 {
 #[test]
 fn lookups_allocate_nothing() {
     let dir = TempDir::new("alloc");
-    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
-    let reg =
-        Registry::create(fs, StoreConfig::default(), RegistryConfig::default()).expect("create");
+    let reg = registry_with(&dir, &["A-α1-0001", "A-β1-0001"]);
     let p = provider("A-α1-0001");
     let q = provider("A-β1-0001");
-    reg.register_provider(at(0), actor("op"), p)
-        .expect("provider");
-    reg.register_provider(at(0), actor("op"), q)
-        .expect("provider");
     for n in 0..100 {
         reg.register_full(at(0), actor("portal"), mykey(n), cert(1, n))
             .expect("register");
@@ -126,9 +117,7 @@ fn a_cached_card_check_allocates_nothing() {
     let p = pki();
     let jpki = p.jpki();
     let dir = TempDir::new("alloc-card");
-    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
-    let reg =
-        Registry::create(fs, StoreConfig::default(), RegistryConfig::default()).expect("create");
+    let reg = registry_with(&dir, &[]);
     let cert = card(&p.gen2023, &p.cards[0], 900);
     // Signing happens on the card, before the check; prepare a few proofs.
     let proofs: Vec<([u8; 32], Vec<u8>)> = (0..5)
@@ -178,12 +167,8 @@ fn served_lookups_allocate_nothing() {
     use mykey_engine::server::{self, Handled, Identity, Role, Service};
     use mykey_engine::wire::{self, IdList, Request, Status};
     let dir = TempDir::new("alloc-served");
-    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
-    let reg =
-        Registry::create(fs, StoreConfig::default(), RegistryConfig::default()).expect("create");
+    let reg = registry_with(&dir, &["A-α1-0001"]);
     let p = provider("A-α1-0001");
-    reg.register_provider(at(0), actor("op"), p)
-        .expect("provider");
     for n in 0..200 {
         reg.register_full(at(0), actor("portal"), mykey(n), cert(1, n))
             .expect("register");

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use mykey_engine::registry::SCHEMA;
 use mykey_engine::registry::StoreConfig;
 use mykey_engine::registry::{Lookup, Registry, RegistryConfig};
 use mykey_engine::store::backup::{self, BackupError};
@@ -19,6 +20,19 @@ const BACKUPS: usize = 4;
 
 fn fs(dir: &std::path::Path) -> Arc<dyn Fs> {
     Arc::new(RealFs::new(dir).expect("dir"))
+}
+
+/// `mykeyd backup` of the store in `src` into `dest`, without progress.
+fn copy(src: &TempDir, dest: &TempDir) -> Result<backup::BackupReport, BackupError> {
+    backup::backup(&*fs(src.path()), &*fs(dest.path()), &SCHEMA, &mut |_, _| {})
+}
+
+/// `mykeyd restore` of the backup in `from` into `dest`, without progress.
+fn restore_into(
+    from: &TempDir,
+    dest: &std::path::Path,
+) -> Result<backup::BackupReport, BackupError> {
+    backup::restore(fs(from.path()), fs(dest), &SCHEMA, &mut |_, _| {})
 }
 
 #[test]
@@ -88,13 +102,7 @@ fn a_backup_under_writes_and_compactions_restores_a_prefix_with_every_acknowledg
                 std::thread::sleep(Duration::from_millis(1));
             }
             let acked_at_start = acked.load(Ordering::Acquire);
-            let r = backup::backup(
-                &*fs(dir.path()),
-                &*fs(b.path()),
-                &mykey_engine::registry::SCHEMA,
-                &mut |_, _| {},
-            )
-            .expect("an online backup succeeds");
+            let r = copy(&dir, b).expect("an online backup succeeds");
             eprintln!("backup {}: {r:?}", taken.len());
             taken.push((acked_at_start, r));
         }
@@ -108,13 +116,7 @@ fn a_backup_under_writes_and_compactions_restores_a_prefix_with_every_acknowledg
 
     for ((acked_at_start, report), b) in taken.iter().zip(&backups) {
         let restored = TempDir::new("restored");
-        let r = backup::restore(
-            fs(b.path()),
-            fs(restored.path()),
-            &mykey_engine::registry::SCHEMA,
-            &mut |_, _| {},
-        )
-        .expect("restore");
+        let r = restore_into(b, restored.path()).expect("restore");
         assert_eq!(r.snapshot_seq, report.snapshot_seq);
         let reg = Registry::open(fs(restored.path()), RegistryConfig::default()).expect("open");
         // The index of the write each ID shows.
@@ -157,25 +159,13 @@ fn a_backup_refuses_a_directory_that_is_not_empty_and_restore_needs_a_store() {
     );
     let dest = TempDir::new("backup-busy-dest");
     std::fs::write(dest.path().join("notes.txt"), "keep me").expect("write");
-    let e = backup::backup(
-        &*fs(dir.path()),
-        &*fs(dest.path()),
-        &mykey_engine::registry::SCHEMA,
-        &mut |_, _| {},
-    )
-    .expect_err("a non-empty destination is refused");
+    let e = copy(&dir, &dest).expect_err("a non-empty destination is refused");
     assert!(matches!(e, BackupError::DestinationNotEmpty { .. }), "{e}");
     assert_eq!(
         std::fs::read_to_string(dest.path().join("notes.txt")).expect("kept"),
         "keep me"
     );
     let nothing = TempDir::new("backup-nothing");
-    let e = backup::restore(
-        fs(nothing.path()),
-        fs(TempDir::new("x").path()),
-        &mykey_engine::registry::SCHEMA,
-        &mut |_, _| {},
-    )
-    .expect_err("no store to restore");
+    let e = restore_into(&nothing, TempDir::new("x").path()).expect_err("no store to restore");
     assert!(e.to_string().contains("store"), "{e}");
 }

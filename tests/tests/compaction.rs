@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use mykey_engine::registry::StoreConfig;
 use mykey_engine::registry::{Lookup, Registry, RegistryConfig};
 use mykey_engine::store::fs::{Fs, RealFs};
 use mykey_engine::store::{CompactionPolicy, inspect, spawn_compactor};
@@ -15,13 +14,8 @@ use mykey_tests::*;
 #[test]
 fn compaction_runs_in_the_background_without_blocking_or_losing_anything() {
     let dir = TempDir::new("bg-compaction");
-    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
-    let reg = Arc::new(
-        Registry::create(fs, StoreConfig::default(), RegistryConfig::default()).expect("create"),
-    );
+    let reg = Arc::new(registry_with(&dir, &["A-α1-0001"]));
     let p = provider("A-α1-0001");
-    reg.register_provider(at(0), actor("op"), p)
-        .expect("provider");
     for n in 0..200 {
         reg.register_full(at(0), actor("portal"), mykey(n), cert(1, n))
             .expect("register");

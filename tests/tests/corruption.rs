@@ -61,6 +61,14 @@ fn file(dir: &Path, prefix: &str) -> std::path::PathBuf {
     v.pop().unwrap_or_else(|| panic!("no file {prefix}*"))
 }
 
+/// A new store under `tag`, and a copy of it to damage.
+fn fresh_copy(tag: &str) -> (TempDir, TempDir) {
+    let src = TempDir::new(tag);
+    make_store(&src);
+    let d = copy_of(&src);
+    (src, d)
+}
+
 fn copy_of(src: &TempDir) -> TempDir {
     let d = TempDir::new("corrupt-copy");
     copy_dir(src.path(), d.path());
@@ -149,9 +157,7 @@ fn a_log_cut_anywhere_recovers_the_prefix_and_cuts_the_tail() {
 
 #[test]
 fn a_flipped_bit_before_the_log_tail_refuses_to_open_naming_file_and_offset() {
-    let src = TempDir::new("wal-flip");
-    make_store(&src);
-    let d = copy_of(&src);
+    let (src, d) = fresh_copy("wal-flip");
     let wal = file(d.path(), "wal-");
     flip(&wal, 32 + 20);
     let e = open(d.path()).err().expect("must refuse");
@@ -214,9 +220,7 @@ fn flipped_bits_in_snapshots_are_detected_and_never_served() {
 
 #[test]
 fn a_truncated_snapshot_refuses_to_open() {
-    let src = TempDir::new("snap-cut");
-    make_store(&src);
-    let d = copy_of(&src);
+    let (_src, d) = fresh_copy("snap-cut");
     let s = file(d.path(), "certs-0000");
     let len = std::fs::metadata(&s).expect("meta").len();
     std::fs::OpenOptions::new()

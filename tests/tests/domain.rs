@@ -22,12 +22,7 @@ fn reopen(dir: &TempDir) -> Registry {
 }
 
 fn with_providers(dir: &TempDir) -> Registry {
-    let r = fresh(dir);
-    for p in ["A-α1-0001", "A-β1-0001"] {
-        r.register_provider(at(0), actor("operator"), provider(p))
-            .expect("register provider");
-    }
-    r
+    registry_with(dir, &["A-α1-0001", "A-β1-0001"])
 }
 
 #[test]

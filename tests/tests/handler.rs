@@ -3,18 +3,13 @@
 //! challenge redeemed only by the certificate that asked, and the domain operations answered
 //! frame in, frame out.
 
-use std::sync::Arc;
-
 use mykey_engine::answer::{IdState, LinkOutcome, Lookup, ProviderOutcome, UnlinkOutcome};
-use mykey_engine::id::{ActorId, MyKeyId, ProviderId, PushId};
+use mykey_engine::id::{MyKeyId, ProviderId, PushId};
 use mykey_engine::jpki::CardProof;
-use mykey_engine::registry::StoreConfig;
-use mykey_engine::registry::{Registry, RegistryConfig};
 use mykey_engine::server::{self, Handled, Identity, Role, Service};
-use mykey_engine::store::fs::{Fs, RealFs};
 use mykey_engine::wire::{self, IdList, Op, Refused, Request, Response, Status};
 use mykey_tests::pki::{card, now, pki};
-use mykey_tests::{TempDir, provider, service};
+use mykey_tests::{TempDir, provider, registry_with, service};
 
 const ROLES: [(Role, char); 5] = [
     (Role::Counter, 'C'),
@@ -34,15 +29,8 @@ fn ident(role: Role, providers: &[ProviderId], fingerprint: u8) -> Identity {
 }
 
 fn service_in(dir: &TempDir) -> Service {
-    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
-    let reg =
-        Registry::create(fs, StoreConfig::default(), RegistryConfig::default()).expect("create");
-    for p in ["A-α1-0001", "B-β1-0002"] {
-        reg.register_provider(now(), ActorId::parse(b"setup").expect("actor"), provider(p))
-            .expect("provider");
-    }
     Service {
-        registry: reg,
+        registry: registry_with(dir, &["A-α1-0001", "B-β1-0002"]),
         jpki: pki().jpki(),
         clock: now,
     }
@@ -85,6 +73,15 @@ fn ok<'a>(svc: &Service, who: &Identity, req: &Request<'_>, keep: &'a mut Vec<u8
     *keep = frame;
     let (_, body) = wire::split_response(keep).expect("frame");
     Response::decode(req.op(), body).expect("a success body")
+}
+
+/// What `who` looks up for `id` at `provider`.
+fn lookup(svc: &Service, who: &Identity, provider: ProviderId, id: MyKeyId) -> Lookup {
+    let mut keep = Vec::new();
+    match ok(svc, who, &Request::Lookup { provider, id }, &mut keep) {
+        Response::Lookup(l) => l,
+        other => panic!("{other:?}"),
+    }
 }
 
 fn refused(frame: &[u8]) -> Option<Refused<'_>> {
@@ -297,13 +294,8 @@ fn the_domain_operations_answer_frame_in_frame_out() {
         Some(service("LIB-0001"))
     );
     assert_eq!(
-        ok(
-            &svc,
-            &counter,
-            &Request::Lookup { provider: a, id },
-            &mut keep
-        ),
-        Response::Lookup(Lookup::Linked(service("LIB-0001")))
+        lookup(&svc, &counter, a, id),
+        Lookup::Linked(service("LIB-0001"))
     );
     // A batch, in order, with an unknown ID in it.
     let unknown = MyKeyId::parse(b"ZZZZZZZZZZZZZZ").expect("id");
@@ -369,15 +361,7 @@ fn the_domain_operations_answer_frame_in_frame_out() {
         (s.entries, s.revoke.newly_revoked, s.revoke.suspended),
         (1, 1, 1)
     );
-    assert_eq!(
-        ok(
-            &svc,
-            &counter,
-            &Request::Lookup { provider: a, id },
-            &mut keep
-        ),
-        Response::Lookup(Lookup::Suspended)
-    );
+    assert_eq!(lookup(&svc, &counter, a, id), Lookup::Suspended);
 
     // The operator's export is handed to the transport, whose rows say the state.
     let export = Request::Export { provider: a };
@@ -443,13 +427,5 @@ fn the_domain_operations_answer_frame_in_frame_out() {
         status(&svc, &counter, &link("LIB-0002", false)),
         Status::WrongState
     );
-    assert_eq!(
-        ok(
-            &svc,
-            &counter,
-            &Request::Lookup { provider: a, id },
-            &mut keep
-        ),
-        Response::Lookup(Lookup::Deleted)
-    );
+    assert_eq!(lookup(&svc, &counter, a, id), Lookup::Deleted);
 }

@@ -116,7 +116,8 @@ fn card_operations_run_every_check_and_a_revocation_bites_the_next_check() {
     let b = card(&p.gen2023, other, 53);
     let sign_cert = card(&p.sign, other, 54);
     is_jpki(
-        r.register_provisional_card(
+        r.with_card(
+            mykey_engine::registry::CardWrite::RegisterProvisional,
             now,
             op(),
             &jpki,
@@ -126,7 +127,8 @@ fn card_operations_run_every_check_and_a_revocation_bites_the_next_check() {
         |e| matches!(e, JpkiError::SignatureCertificate),
     );
     assert_eq!(r.describe(&chosen).expect("describe"), None);
-    r.register_provisional_card(
+    r.with_card(
+        mykey_engine::registry::CardWrite::RegisterProvisional,
         now,
         op(),
         &jpki,
@@ -136,7 +138,8 @@ fn card_operations_run_every_check_and_a_revocation_bites_the_next_check() {
     .expect("provisional");
     let rogue = DevCa::auth(77, date(2023, 1, 1), date(2033, 1, 1)).expect("rogue");
     is_jpki(
-        r.confirm_card(
+        r.with_card(
+            mykey_engine::registry::CardWrite::Confirm,
             now,
             op(),
             &jpki,
@@ -146,7 +149,8 @@ fn card_operations_run_every_check_and_a_revocation_bites_the_next_check() {
         |e| matches!(e, JpkiError::UnknownIssuer),
     );
     assert!(matches!(
-        r.confirm_card(
+        r.with_card(
+            mykey_engine::registry::CardWrite::Confirm,
             now,
             op(),
             &jpki,
@@ -155,7 +159,8 @@ fn card_operations_run_every_check_and_a_revocation_bites_the_next_check() {
         ),
         Err(RegistryError::CertMismatch)
     ));
-    r.confirm_card(
+    r.with_card(
+        mykey_engine::registry::CardWrite::Confirm,
         now,
         op(),
         &jpki,
@@ -203,7 +208,8 @@ fn card_operations_run_every_check_and_a_revocation_bites_the_next_check() {
 
     // Re-binding to the renewed card restores the ID with its links.
     let renewed = card(&p.gen2023, key, 60);
-    r.rebind_card(
+    r.with_card(
+        mykey_engine::registry::CardWrite::Rebind,
         now,
         op(),
         &jpki,

@@ -336,8 +336,7 @@ async fn malformed_frames_get_a_status_and_the_connection_keeps_serving() {
     mykey_engine::wire::Request::Lookup { provider: a, id }
         .encode(&mut good)
         .expect("encode");
-    let mut oversized = vec![1, 0x01, 0, 0];
-    oversized.extend_from_slice(&(64 * 1024 + 1u32).to_le_bytes());
+    let oversized = mykey_engine::wire::request_header_bytes(0x01, 64 * 1024 + 1).to_vec();
     let mut truncated = good.clone();
     truncated.truncate(good.len() - 3);
     let mut trailing = good.clone();

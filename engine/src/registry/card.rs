@@ -29,6 +29,17 @@ const KIND_CRL: u8 = 1;
 const KIND_SERIALS: u8 = 2;
 const PUSH_RECORD_LEN: usize = 1 + 32 + 8 * 4 + 4 + 4;
 
+/// The writes on a chosen ID that need the holder's card ([`Registry::with_card`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CardWrite {
+    /// Provisional registration of the chosen ID.
+    RegisterProvisional,
+    /// Confirmation of a provisional ID.
+    Confirm,
+    /// Re-binding to the holder's new card.
+    Rebind,
+}
+
 /// What an authenticated lookup found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CardLookup {
@@ -68,43 +79,24 @@ impl Registry {
         Ok(card.cn_id)
     }
 
-    /// Provisional registration (仮登録) of a chosen ID, bound to an authenticated card.
-    pub fn register_provisional_card(
+    /// A write on a chosen ID with the holder's card present, authenticated first:
+    /// provisional registration (仮登録), confirmation at a municipal counter, or re-binding
+    /// to a new card (renewal, reissue; the links are kept).
+    pub fn with_card(
         &self,
+        write: CardWrite,
         now: Timestamp,
         actor: ActorId,
         jpki: &Jpki,
         id: MyKeyId,
         proof: &CardProof<'_>,
     ) -> Result<(), RegistryError> {
-        let card = self.authenticate(now, jpki, proof)?;
-        self.register_provisional(now, actor, id, card.cert)
-    }
-
-    /// Confirmation of a provisional ID at a municipal counter with the card present.
-    pub fn confirm_card(
-        &self,
-        now: Timestamp,
-        actor: ActorId,
-        jpki: &Jpki,
-        id: MyKeyId,
-        proof: &CardProof<'_>,
-    ) -> Result<(), RegistryError> {
-        let card = self.authenticate(now, jpki, proof)?;
-        self.confirm(now, actor, id, card.cert)
-    }
-
-    /// Re-binds an ID to the holder's new card (renewal, reissue), keeping its links.
-    pub fn rebind_card(
-        &self,
-        now: Timestamp,
-        actor: ActorId,
-        jpki: &Jpki,
-        id: MyKeyId,
-        proof: &CardProof<'_>,
-    ) -> Result<(), RegistryError> {
-        let card = self.authenticate(now, jpki, proof)?;
-        self.rebind(now, actor, id, card.cert)
+        let cert = self.authenticate(now, jpki, proof)?.cert;
+        match write {
+            CardWrite::RegisterProvisional => self.register_provisional(now, actor, id, cert),
+            CardWrite::Confirm => self.confirm(now, actor, id, cert),
+            CardWrite::Rebind => self.rebind(now, actor, id, cert),
+        }
     }
 
     /// Authenticated lookup: the service ID of `provider` for the MyKey ID bound to the card.

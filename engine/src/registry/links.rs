@@ -17,10 +17,7 @@ impl Registry {
         service: ServiceId,
         replace: bool,
     ) -> Result<LinkOutcome, RegistryError> {
-        let p = self.provider_index(&provider)?;
-        let mut t = self.begin(now, actor)?;
-        let mut rec = Self::record(&t.tx, &id)?.ok_or(RegistryError::UnknownId)?;
-        self.check_usable(&rec, now)?;
+        let (p, mut t, mut rec) = self.begin_on_usable(now, actor, &provider, &id)?;
         let link = Link {
             provider: p,
             service,
@@ -62,10 +59,7 @@ impl Registry {
         id: MyKeyId,
         provider: ProviderId,
     ) -> Result<UnlinkOutcome, RegistryError> {
-        let p = self.provider_index(&provider)?;
-        let mut t = self.begin(now, actor)?;
-        let mut rec = Self::record(&t.tx, &id)?.ok_or(RegistryError::UnknownId)?;
-        self.check_usable(&rec, now)?;
+        let (p, mut t, mut rec) = self.begin_on_usable(now, actor, &provider, &id)?;
         let Ok(i) = rec.links.binary_search_by_key(&p, |l| l.provider) else {
             return Ok(UnlinkOutcome::NotLinked);
         };
@@ -73,6 +67,22 @@ impl Registry {
         t.tx.put(Table::Ids, id.as_bytes(), Some(rec.encode()));
         self.finish(t, OpKind::Unlink)?;
         Ok(UnlinkOutcome::Unlinked)
+    }
+
+    /// Starts a link change: the provider's index, the write, and the ID's record, checked
+    /// usable.
+    fn begin_on_usable(
+        &self,
+        now: Timestamp,
+        actor: ActorId,
+        provider: &ProviderId,
+        id: &MyKeyId,
+    ) -> Result<(u32, Tx<'_>, IdRecord), RegistryError> {
+        let p = self.provider_index(provider)?;
+        let t = self.begin(now, actor)?;
+        let rec = Self::record(&t.tx, id)?.ok_or(RegistryError::UnknownId)?;
+        self.check_usable(&rec, now)?;
+        Ok((p, t, rec))
     }
 
     /// An ID can take links only when active.

@@ -41,7 +41,7 @@ pub use crate::answer::{
 use crate::id::{ActorId, CertRef, IdError, MyKeyId, ProviderId, ServiceId, Timestamp};
 use crate::store::fs::Fs;
 use crate::store::{Store, StoreError, WriteTx};
-pub use card::CardLookup;
+pub use card::{CardLookup, CardWrite};
 use record::{BoundCert, DictEntry, Link, encode_revocation, find_link};
 pub use record::{IdRecord, LINKS_PER_ID_MAX};
 pub use schema::{SCHEMA, StoreConfig, Table, concerns};
@@ -508,14 +508,7 @@ impl Registry {
     }
 
     fn bound(&self, t: &mut Tx<'_>, cert: &CertRef) -> Result<BoundCert, RegistryError> {
-        let ca = self.ca_index(t, cert.ca_key_id())?;
-        let mut serial = [0u8; crate::id::SERIAL_LEN_MAX];
-        serial[..cert.serial().len()].copy_from_slice(cert.serial());
-        Ok(BoundCert {
-            ca,
-            serial_len: cert.serial().len() as u8,
-            serial,
-        })
+        Ok(BoundCert::of(self.ca_index(t, cert.ca_key_id())?, cert))
     }
 
     fn cert_of(&self, b: &BoundCert) -> Result<CertRef, RegistryError> {

@@ -57,6 +57,17 @@ pub struct BoundCert {
 }
 
 impl BoundCert {
+    /// The certificate `cert` with its CA at dictionary index `ca`.
+    pub fn of(ca: u32, cert: &crate::id::CertRef) -> Self {
+        let mut serial = [0u8; crate::id::SERIAL_LEN_MAX];
+        serial[..cert.serial().len()].copy_from_slice(cert.serial());
+        Self {
+            ca,
+            serial_len: cert.serial().len() as u8,
+            serial,
+        }
+    }
+
     /// The serial bytes.
     pub fn serial(&self) -> &[u8] {
         &self.serial[..usize::from(self.serial_len)]

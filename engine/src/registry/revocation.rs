@@ -108,12 +108,6 @@ impl Registry {
     /// The certificate in store form, if its CA is in the dictionary.
     pub(super) fn known_cert(&self, cert: &CertRef) -> Option<BoundCert> {
         let ca = *read(&self.cas).by_name.get(cert.ca_key_id())?;
-        let mut serial = [0u8; crate::id::SERIAL_LEN_MAX];
-        serial[..cert.serial().len()].copy_from_slice(cert.serial());
-        Some(BoundCert {
-            ca,
-            serial_len: cert.serial().len() as u8,
-            serial,
-        })
+        Some(BoundCert::of(ca, cert))
     }
 }

@@ -296,11 +296,25 @@ fn execute(
             Response::Registered(id)
         }
         Request::RegisterProvisional { id, card } => {
-            reg.register_provisional_card(now, actor(ident)?, jpki, id, &card)?;
+            reg.with_card(
+                crate::registry::CardWrite::RegisterProvisional,
+                now,
+                actor(ident)?,
+                jpki,
+                id,
+                &card,
+            )?;
             Response::Done
         }
         Request::Confirm { id, card } => {
-            reg.confirm_card(now, actor(ident)?, jpki, id, &card)?;
+            reg.with_card(
+                crate::registry::CardWrite::Confirm,
+                now,
+                actor(ident)?,
+                jpki,
+                id,
+                &card,
+            )?;
             Response::Done
         }
         Request::Link {
@@ -313,7 +327,14 @@ fn execute(
             Response::Unlink(reg.unlink(now, actor(ident)?, id, provider)?)
         }
         Request::Rebind { id, card } => {
-            reg.rebind_card(now, actor(ident)?, jpki, id, &card)?;
+            reg.with_card(
+                crate::registry::CardWrite::Rebind,
+                now,
+                actor(ident)?,
+                jpki,
+                id,
+                &card,
+            )?;
             Response::Done
         }
         Request::Delete { id } => {

@@ -22,8 +22,8 @@ mod response;
 pub use codes::{Op, Status};
 pub use request::{IdList, Request, id_list_bytes};
 pub use response::{
-    Answers, BatchFrame, ExportDecoder, ExportStep, ExportedLink, Refused, Response, StatList,
-    begin_export, error_response, export_chunk, export_end, stats_frame,
+    Answers, BatchFrame, Counted, ExportDecoder, ExportStep, ExportedLink, Refused, Response,
+    StatList, begin_export, error_response, export_chunk, export_end, stats_frame,
 };
 
 use crate::id::{IdError, MYKEY_ID_LEN, MyKeyId, ProviderId, ServiceId};
@@ -131,6 +131,13 @@ pub fn request_header(h: &[u8; HEADER_LEN]) -> Result<(Op, u32), (u8, WireError)
         ));
     }
     Ok((op, len))
+}
+
+/// The header of a request frame for opcode byte `op` with a body of `len` bytes (any byte and
+/// any length: tests build refused frames with it too).
+pub fn request_header_bytes(op: u8, len: u32) -> [u8; HEADER_LEN] {
+    let l = len.to_le_bytes();
+    [VERSION, op, 0, 0, l[0], l[1], l[2], l[3]]
 }
 
 /// A response header as a client reads it.

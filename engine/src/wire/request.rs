@@ -3,8 +3,8 @@
 //! frame. Owns the byte layout of every request; never checks who may send one.
 
 use super::{
-    BATCH_MAX, HEADER_LEN, Op, Reader, Status, VERSION, WireError, put_bytes8, put_bytes32,
-    put_card, put_service,
+    BATCH_MAX, HEADER_LEN, Op, Reader, Status, WireError, put_bytes8, put_bytes32, put_card,
+    put_service, request_header_bytes,
 };
 use crate::id::{MYKEY_ID_LEN, MyKeyId, ProviderId, PushId, ServiceId};
 use crate::jpki::CardProof;
@@ -244,7 +244,7 @@ impl<'a> Request<'a> {
     /// fit its length prefix (a card certificate over 64 KiB, say).
     pub fn encode(&self, out: &mut Vec<u8>) -> Option<()> {
         let start = out.len();
-        out.extend_from_slice(&[VERSION, self.op() as u8, 0, 0, 0, 0, 0, 0]);
+        out.extend_from_slice(&request_header_bytes(self.op() as u8, 0));
         match self {
             Request::Lookup { provider, id } => {
                 put_bytes8(out, provider.as_bytes())?;

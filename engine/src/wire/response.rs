@@ -8,6 +8,7 @@
 //! not its on-disk byte). Never decides what to answer.
 
 use std::borrow::Cow;
+use std::marker::PhantomData;
 
 use super::{
     EXPORT_CHUNK_MAX, EXPORT_ROW_FIXED, HEADER_LEN, Op, Reader, STREAMED, Status, WireError,
@@ -85,10 +86,7 @@ impl<'a> Response<'a> {
                 for _ in 0..count {
                     get_answer(&mut r)?;
                 }
-                Response::LookupBatch(Answers {
-                    count,
-                    raw: &body[start..r.at],
-                })
+                Response::LookupBatch(Answers::new(count, &body[start..r.at]))
             }
             Op::Challenge => {
                 let bytes = r.array::<CHALLENGE_LEN>()?;
@@ -142,10 +140,7 @@ impl<'a> Response<'a> {
                         .map_err(|_| WireError::bad("a statistic's name is not UTF-8"))?;
                     r.u64()?;
                 }
-                Response::Stats(StatList {
-                    count,
-                    raw: &body[start..r.at],
-                })
+                Response::Stats(StatList::new(count, &body[start..r.at]))
             }
             Op::RegisterProvider => Response::RegisterProvider(match r.u8()? {
                 0 => ProviderOutcome::Registered,
@@ -250,15 +245,25 @@ fn get_answer(r: &mut Reader<'_>) -> Result<Lookup, WireError> {
     })
 }
 
-/// The answers of a `LOOKUP_BATCH`, checked well-formed when decoded.
+/// `count` items of a decoded body, checked well-formed when it was decoded and read lazily:
+/// [`Answers`] and [`StatList`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Answers<'a> {
+pub struct Counted<'a, T> {
     count: u16,
     raw: &'a [u8],
+    item: PhantomData<fn() -> T>,
 }
 
-impl<'a> Answers<'a> {
-    /// How many answers.
+impl<'a, T> Counted<'a, T> {
+    fn new(count: u16, raw: &'a [u8]) -> Self {
+        Self {
+            count,
+            raw,
+            item: PhantomData,
+        }
+    }
+
+    /// How many items.
     pub fn len(&self) -> usize {
         usize::from(self.count)
     }
@@ -267,7 +272,12 @@ impl<'a> Answers<'a> {
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
+}
 
+/// The answers of a `LOOKUP_BATCH`.
+pub type Answers<'a> = Counted<'a, Lookup>;
+
+impl<'a> Answers<'a> {
     /// The answers, in order.
     pub fn iter(&self) -> impl Iterator<Item = Lookup> + 'a {
         let mut r = Reader::new(self.raw);
@@ -314,25 +324,11 @@ impl<'o> BatchFrame<'o> {
     }
 }
 
-/// The counters of a `STATS` answer, checked well-formed when decoded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StatList<'a> {
-    count: u16,
-    raw: &'a [u8],
-}
+/// The counters of a `STATS` answer: name and value.
+pub type StatList<'a> = Counted<'a, (&'a str, u64)>;
 
 impl<'a> StatList<'a> {
-    /// How many counters.
-    pub fn len(&self) -> usize {
-        usize::from(self.count)
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    /// The counters: name and value, in the server's order.
+    /// The counters, in the server's order.
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, u64)> + 'a {
         let mut r = Reader::new(self.raw);
         (0..self.count).map_while(move |_| {
