@@ -30,6 +30,23 @@ fn dir(tag: &str) -> Dir {
     Dir(p)
 }
 
+/// `mykeyd snapshot build` of the sample providers and `population` into `out`.
+fn build_args(population: &str, out: &str) -> Vec<String> {
+    let providers = sample("providers.txt");
+    [
+        "snapshot",
+        "build",
+        "--providers",
+        &providers,
+        "--population",
+        population,
+        "--out",
+        out,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 fn sample(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../snapshots/sample")
@@ -90,20 +107,9 @@ fn demo_builds_once_and_answers() {
 fn build_inspect_verify_and_a_damaged_store() {
     let d = dir("build");
     let s = d.0.to_string_lossy().into_owned();
-    let o = mykeyd(&[
-        "snapshot",
-        "build",
-        "--providers",
-        &sample("providers.txt"),
-        "--population",
-        &sample("population.csv"),
-        "--out",
-        &s,
-        "--shards",
-        "2",
-        "--at",
-        "1764028800",
-    ]);
+    let mut args = build_args(&sample("population.csv"), &s);
+    args.extend(["--shards", "2", "--at", "1764028800"].map(String::from));
+    let o = mykeyd(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", text(&o).1);
     assert!(
         text(&o).0.contains("24 IDs, 39 links, 6 providers"),
@@ -177,16 +183,8 @@ fn bad_input_is_named() {
         "mykey_id,state,cert,links\n1C2410DF79DGEL,active,AB:01,\nSHORT,active,AB:02,\n",
     )
     .expect("write");
-    let o = mykeyd(&[
-        "snapshot",
-        "build",
-        "--providers",
-        &sample("providers.txt"),
-        "--population",
-        &bad.to_string_lossy(),
-        "--out",
-        &s,
-    ]);
+    let args = build_args(&bad.to_string_lossy(), &s);
+    let o = mykeyd(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let _ = std::fs::remove_file(&bad);
     assert_eq!(o.status.code(), Some(1));
     let (_, err) = text(&o);

@@ -228,11 +228,7 @@ fn id(s: &str) -> MyKeyId {
 }
 
 fn now() -> Timestamp {
-    let s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    Timestamp::from_unix_secs(s).expect("time")
+    mykey_engine::server::system_clock()
 }
 
 #[test]

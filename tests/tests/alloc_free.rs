@@ -52,15 +52,9 @@ fn lookups_allocate_nothing() {
     for n in 0..100 {
         reg.register_full(at(0), actor("portal"), mykey(n), cert(1, n))
             .expect("register");
-        reg.link(
-            at(0),
-            actor("shop"),
-            mykey(n),
-            p,
-            service(&format!("S{n}")),
-            false,
-        )
-        .expect("link");
+        let s = service(&format!("S{n}"));
+        reg.link(at(0), actor("shop"), mykey(n), p, s, false)
+            .expect("link");
     }
     reg.store().compact().expect("compact");
     // Some answers from the delta too.

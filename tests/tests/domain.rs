@@ -21,6 +21,18 @@ fn reopen(dir: &TempDir) -> Registry {
     Registry::open(fs, RegistryConfig::default()).expect("reopen")
 }
 
+/// What `r` answers at `at(t)` for ID `n` and `provider`.
+fn look(r: &Registry, t: u64, n: u64, provider: &mykey_engine::id::ProviderId) -> Lookup {
+    r.lookup(at(t), &mykey(n), provider).expect("lookup")
+}
+
+/// A registry with both providers in a new directory under `tag`, and the first provider.
+fn setup(tag: &str) -> (TempDir, Registry, mykey_engine::id::ProviderId) {
+    let dir = TempDir::new(tag);
+    let r = with_providers(&dir);
+    (dir, r, provider("A-α1-0001"))
+}
+
 fn with_providers(dir: &TempDir) -> Registry {
     registry_with(dir, &["A-α1-0001", "A-β1-0001"])
 }
@@ -58,10 +70,7 @@ fn providers_must_be_registered_before_links_name_them() {
     drop(r);
     let r = reopen(&dir);
     assert_eq!(r.providers(), vec![p]);
-    assert_eq!(
-        r.lookup(at(5), &mykey(1), &p).expect("lookup"),
-        Lookup::Linked(service("S1"))
-    );
+    assert_eq!(look(&r, 5, 1, &p), Lookup::Linked(service("S1")));
 }
 
 #[test]
@@ -71,10 +80,7 @@ fn full_registration_and_its_refusals() {
     let a = actor("portal");
     r.register_full(at(0), a, mykey(1), cert(1, 1)).expect("ok");
     let p = provider("A-α1-0001");
-    assert_eq!(
-        r.lookup(at(0), &mykey(1), &p).expect("ok"),
-        Lookup::NotLinked
-    );
+    assert_eq!(look(&r, 0, 1, &p), Lookup::NotLinked);
     let seq = r.store().durable_seq();
     assert!(matches!(
         r.register_full(at(1), a, mykey(1), cert(1, 2)),
@@ -96,29 +102,18 @@ fn full_registration_and_its_refusals() {
     // Refusals wrote nothing.
     assert_eq!(seq + 1, seq_after_revoke);
     assert_eq!(r.store().durable_seq(), seq_after_revoke);
-    assert_eq!(
-        r.lookup(at(2), &mykey(2), &p).expect("ok"),
-        Lookup::UnknownId
-    );
-    assert_eq!(
-        r.lookup(at(2), &mykey(3), &p).expect("ok"),
-        Lookup::UnknownId
-    );
+    assert_eq!(look(&r, 2, 2, &p), Lookup::UnknownId);
+    assert_eq!(look(&r, 2, 3, &p), Lookup::UnknownId);
 }
 
 #[test]
 fn provisional_registration_confirmation_and_expiry() {
-    let dir = TempDir::new("provisional");
-    let r = with_providers(&dir);
-    let p = provider("A-α1-0001");
+    let (dir, r, p) = setup("provisional");
     let portal = actor("portal");
     let counter = actor("municipal-13101");
     r.register_provisional(at(0), portal, mykey(10), cert(1, 10))
         .expect("provisional");
-    assert_eq!(
-        r.lookup(at(0), &mykey(10), &p).expect("ok"),
-        Lookup::Provisional
-    );
+    assert_eq!(look(&r, 0, 10, &p), Lookup::Provisional);
     // Taken by a provisional registration, then by an active one.
     assert!(matches!(
         r.register_provisional(at(1), portal, mykey(10), cert(1, 11)),
@@ -155,10 +150,7 @@ fn provisional_registration_confirmation_and_expiry() {
     ));
     r.confirm(at(3), counter, mykey(10), cert(1, 10))
         .expect("confirm");
-    assert_eq!(
-        r.lookup(at(3), &mykey(10), &p).expect("ok"),
-        Lookup::NotLinked
-    );
+    assert_eq!(look(&r, 3, 10, &p), Lookup::NotLinked);
     let v = r.describe(&mykey(10)).expect("ok").expect("exists");
     assert_eq!((v.state, v.state_by), (IdState::Active, counter));
 
@@ -256,10 +248,7 @@ fn link_unlink_replace() {
         }
         other => panic!("expected a conflict, got {other:?}"),
     }
-    assert_eq!(
-        r.lookup(at(6), &mykey(1), &pa).expect("ok"),
-        Lookup::Linked(service("ABCDEFGHI"))
-    );
+    assert_eq!(look(&r, 6, 1, &pa), Lookup::Linked(service("ABCDEFGHI")));
     assert_eq!(
         link("OTHER", true).expect("ok"),
         LinkOutcome::Replaced {
@@ -268,10 +257,7 @@ fn link_unlink_replace() {
     );
     r.link(at(7), shop, mykey(1), pb, service("2802121234"), false)
         .expect("second provider");
-    assert_eq!(
-        r.lookup(at(8), &mykey(1), &pa).expect("ok"),
-        Lookup::Linked(service("OTHER"))
-    );
+    assert_eq!(look(&r, 8, 1, &pa), Lookup::Linked(service("OTHER")));
     assert_eq!(
         r.unlink(at(9), shop, mykey(1), pa).expect("ok"),
         UnlinkOutcome::Unlinked
@@ -286,14 +272,8 @@ fn link_unlink_replace() {
     ));
     drop(r);
     let r = reopen(&dir);
-    assert_eq!(
-        r.lookup(at(10), &mykey(1), &pa).expect("ok"),
-        Lookup::NotLinked
-    );
-    assert_eq!(
-        r.lookup(at(10), &mykey(1), &pb).expect("ok"),
-        Lookup::Linked(service("2802121234"))
-    );
+    assert_eq!(look(&r, 10, 1, &pa), Lookup::NotLinked);
+    assert_eq!(look(&r, 10, 1, &pb), Lookup::Linked(service("2802121234")));
     // Who changed this link, and when.
     let v = r.describe(&mykey(1)).expect("ok").expect("exists");
     assert_eq!(v.links, vec![(pb, service("2802121234"), at(7), shop)]);
@@ -301,9 +281,7 @@ fn link_unlink_replace() {
 
 #[test]
 fn revocation_suspends_and_rebind_restores_with_links() {
-    let dir = TempDir::new("revoke");
-    let r = with_providers(&dir);
-    let p = provider("A-α1-0001");
+    let (dir, r, p) = setup("revoke");
     let partner = actor("verifier-partner-1");
     r.register_full(at(0), actor("portal"), mykey(1), cert(1, 1))
         .expect("ok");
@@ -335,14 +313,8 @@ fn revocation_suspends_and_rebind_restores_with_links() {
             suspended: 0
         }
     );
-    assert_eq!(
-        r.lookup(at(3), &mykey(1), &p).expect("ok"),
-        Lookup::Suspended
-    );
-    assert_eq!(
-        r.lookup(at(3), &mykey(2), &p).expect("ok"),
-        Lookup::Suspended
-    );
+    assert_eq!(look(&r, 3, 1, &p), Lookup::Suspended);
+    assert_eq!(look(&r, 3, 2, &p), Lookup::Suspended);
     assert!(r.is_revoked(&cert(1, 3)).expect("ok"));
     assert!(matches!(
         r.link(at(3), actor("shop"), mykey(1), p, service("T"), true),
@@ -364,10 +336,7 @@ fn revocation_suspends_and_rebind_restores_with_links() {
     ));
     r.rebind(at(5), counter, mykey(1), cert(2, 1))
         .expect("rebind");
-    assert_eq!(
-        r.lookup(at(5), &mykey(1), &p).expect("ok"),
-        Lookup::Linked(service("S"))
-    );
+    assert_eq!(look(&r, 5, 1, &p), Lookup::Linked(service("S")));
     drop(r);
     let r = reopen(&dir);
     let v = r.describe(&mykey(1)).expect("ok").expect("exists");
@@ -379,24 +348,19 @@ fn revocation_suspends_and_rebind_restores_with_links() {
     r.store().compact().expect("compact");
     drop(r);
     let r = reopen(&dir);
-    assert_eq!(
-        r.lookup(at(7), &mykey(1), &p).expect("ok"),
-        Lookup::Suspended
-    );
+    assert_eq!(look(&r, 7, 1, &p), Lookup::Suspended);
 }
 
 #[test]
 fn deletion_is_final() {
-    let dir = TempDir::new("delete");
-    let r = with_providers(&dir);
-    let p = provider("A-α1-0001");
+    let (_dir, r, p) = setup("delete");
     r.register_full(at(0), actor("portal"), mykey(1), cert(1, 1))
         .expect("ok");
     r.link(at(1), actor("shop"), mykey(1), p, service("S"), false)
         .expect("link");
     r.delete(at(2), actor("municipal"), mykey(1))
         .expect("delete");
-    assert_eq!(r.lookup(at(3), &mykey(1), &p).expect("ok"), Lookup::Deleted);
+    assert_eq!(look(&r, 3, 1, &p), Lookup::Deleted);
     assert!(matches!(
         r.delete(at(3), actor("municipal"), mykey(1)),
         Err(RegistryError::WrongState {
@@ -499,9 +463,7 @@ fn export_lists_one_providers_pairs_with_audit() {
 
 #[test]
 fn concurrent_writers_are_all_durable_across_a_reopen() {
-    let dir = TempDir::new("group");
-    let r = with_providers(&dir);
-    let p = provider("A-α1-0001");
+    let (dir, r, p) = setup("group");
     let before = r.store().durable_seq();
     std::thread::scope(|s| {
         for t in 0..8u64 {
@@ -530,19 +492,14 @@ fn concurrent_writers_are_all_durable_across_a_reopen() {
     for t in 0..8u64 {
         for i in 0..50u64 {
             let n = t * 1000 + i;
-            assert_eq!(
-                r.lookup(at(2), &mykey(n), &p).expect("ok"),
-                Lookup::Linked(service(&n.to_string()))
-            );
+            assert_eq!(look(&r, 2, n, &p), Lookup::Linked(service(&n.to_string())));
         }
     }
 }
 
 #[test]
 fn batched_lookups_answer_like_single_ones() {
-    let dir = TempDir::new("batch");
-    let r = with_providers(&dir);
-    let p = provider("A-α1-0001");
+    let (_dir, r, p) = setup("batch");
     for n in 0..40 {
         r.register_full(at(0), actor("portal"), mykey(n), cert(1, n))
             .expect("ok");

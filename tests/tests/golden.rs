@@ -32,28 +32,13 @@ fn id(s: &str) -> MyKeyId {
 
 /// The lookups the golden store must answer, at T0 + 1 day.
 fn expected() -> Vec<(&'static str, &'static str, Lookup)> {
+    let linked = |s| Lookup::Linked(service(s));
     vec![
-        (
-            "1C2410DF79DGEL",
-            "A-α1-0001",
-            Lookup::Linked(service("ABCDEFGHI")),
-        ),
-        (
-            "1C2410DF79DGEL",
-            "A-β1-0001",
-            Lookup::Linked(service("2802121234")),
-        ),
-        (
-            "1C2410DF79DGEL",
-            "A-γ1-0001",
-            Lookup::Linked(service("1111358665")),
-        ),
+        ("1C2410DF79DGEL", "A-α1-0001", linked("ABCDEFGHI")),
+        ("1C2410DF79DGEL", "A-β1-0001", linked("2802121234")),
+        ("1C2410DF79DGEL", "A-γ1-0001", linked("1111358665")),
         // Linked through the log after the bulk load.
-        (
-            "1C2410DF79DGEL",
-            "13101-LIB-0001",
-            Lookup::Linked(service("LIB-0042")),
-        ),
+        ("1C2410DF79DGEL", "13101-LIB-0001", linked("LIB-0042")),
         // Revoked through the log.
         ("997794E9AGCIEG", "13101-LIB-0001", Lookup::Suspended),
         // Provisional in the bulk load.

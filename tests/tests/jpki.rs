@@ -343,23 +343,15 @@ fn cn_rule() {
     assert_eq!(id.as_str(), "997794E9AGCIEG");
     assert_eq!(&suffix, b"13221003A");
     parse_cn("1C2410DF79DGEL07202002B").expect("seed CN");
-    assert_eq!(parse_cn(""), Err(CnError::Length { len: 0 }));
-    assert_eq!(
-        parse_cn("997794E9AGCIEG13221003AB"),
-        Err(CnError::Length { len: 24 })
-    );
-    assert_eq!(
-        parse_cn("997794e9AGCIEG13221003A"),
-        Err(CnError::Char { pos: 6 })
-    );
-    assert_eq!(
-        parse_cn("997794E9AGCIEG1322100-A"),
-        Err(CnError::Char { pos: 21 })
-    );
-    assert_eq!(
-        parse_cn("997794E9AGCIEG13221003あ"),
-        Err(CnError::Char { pos: 22 })
-    );
+    for (cn, want) in [
+        ("", CnError::Length { len: 0 }),
+        ("997794E9AGCIEG13221003AB", CnError::Length { len: 24 }),
+        ("997794e9AGCIEG13221003A", CnError::Char { pos: 6 }),
+        ("997794E9AGCIEG1322100-A", CnError::Char { pos: 21 }),
+        ("997794E9AGCIEG13221003あ", CnError::Char { pos: 22 }),
+    ] {
+        assert_eq!(parse_cn(cn), Err(want), "{cn:?}");
+    }
 }
 
 #[test]

@@ -6,15 +6,23 @@
 use std::sync::Arc;
 
 use mykey_engine::id::{ActorId, MyKeyId, PushId};
-use mykey_engine::jpki::dev::DevCa;
+use mykey_engine::jpki::dev::{DevCa, DevKey};
 use mykey_engine::jpki::{Jpki, JpkiError, SerialNo};
-use mykey_engine::registry::StoreConfig;
+use mykey_engine::registry::{CardWrite, StoreConfig};
 use mykey_engine::registry::{
     IdState, Lookup, PushSummary, Registry, RegistryConfig, RegistryError, RevokeSummary,
 };
 use mykey_engine::store::fs::{Fs, RealFs};
-use mykey_tests::pki::{Proof, card, cn, date, now, pki};
+use mykey_tests::pki::{Proof, TestPki, card, cn, date, now, pki};
 use mykey_tests::{TempDir, provider, service};
+
+/// The test PKI, its JPKI layer, and a fresh registry in a new directory under `tag`.
+fn setup(tag: &str) -> (&'static TestPki, Jpki, TempDir, Registry) {
+    let p = pki();
+    let dir = TempDir::new(tag);
+    let r = fresh(&dir);
+    (p, p.jpki(), dir, r)
+}
 
 fn fresh(dir: &TempDir) -> Registry {
     let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
@@ -56,26 +64,45 @@ fn is_jpki(r: Result<impl std::fmt::Debug, RegistryError>, want: Want) {
     }
 }
 
+/// A full registration with `key`'s card `cert`, over a fresh challenge.
+fn register(
+    r: &Registry,
+    jpki: &Jpki,
+    key: &DevKey,
+    cert: Vec<u8>,
+) -> Result<MyKeyId, RegistryError> {
+    r.register_card(now(), op(), jpki, &Proof::new(jpki, now(), key, cert).get())
+}
+
+/// A card-present write on `id` with `key`'s card `cert`, over a fresh challenge.
+fn with_card(
+    r: &Registry,
+    jpki: &Jpki,
+    write: CardWrite,
+    id: MyKeyId,
+    key: &DevKey,
+    cert: Vec<u8>,
+) -> Result<(), RegistryError> {
+    r.with_card(
+        write,
+        now(),
+        op(),
+        jpki,
+        id,
+        &Proof::new(jpki, now(), key, cert).get(),
+    )
+}
+
 #[test]
 fn card_operations_run_every_check_and_a_revocation_bites_the_next_check() {
-    let p = pki();
-    let jpki = p.jpki();
-    let dir = TempDir::new("card-ops");
-    let r = fresh(&dir);
+    let (p, jpki, dir, r) = setup("card-ops");
     let now = now();
     let shop = provider("A-α1-0001");
     let (key, other) = (&p.cards[0], &p.cards[1]);
     let a = card(&p.gen2023, key, 50);
 
     // Full registration: the ID is the CN's random string.
-    let id = r
-        .register_card(
-            now,
-            op(),
-            &jpki,
-            &Proof::new(&jpki, now, key, a.clone()).get(),
-        )
-        .expect("register");
+    let id = register(&r, &jpki, key, a.clone()).expect("register");
     assert_eq!(id, id_of(50));
     let l = r
         .lookup_card(
@@ -94,15 +121,9 @@ fn card_operations_run_every_check_and_a_revocation_bites_the_next_check() {
         .gen2023
         .issue(key, &cn(51), &[0x51], date(2020, 1, 1), date(2024, 1, 1))
         .expect("issue");
-    is_jpki(
-        r.register_card(
-            now,
-            op(),
-            &jpki,
-            &Proof::new(&jpki, now, key, expired).get(),
-        ),
-        |e| matches!(e, JpkiError::Expired { .. }),
-    );
+    is_jpki(register(&r, &jpki, key, expired), |e| {
+        matches!(e, JpkiError::Expired { .. })
+    });
     let mut forged = Proof::new(&jpki, now, key, card(&p.gen2023, key, 52));
     forged.signature = other.sign(&forged.challenge).expect("sign");
     is_jpki(r.register_card(now, op(), &jpki, &forged.get()), |e| {
@@ -115,59 +136,38 @@ fn card_operations_run_every_check_and_a_revocation_bites_the_next_check() {
     let chosen = MyKeyId::parse(b"MYCHOSENID0001").expect("id");
     let b = card(&p.gen2023, other, 53);
     let sign_cert = card(&p.sign, other, 54);
-    is_jpki(
-        r.with_card(
-            mykey_engine::registry::CardWrite::RegisterProvisional,
-            now,
-            op(),
+    let provisional = |cert| {
+        with_card(
+            &r,
             &jpki,
+            CardWrite::RegisterProvisional,
             chosen,
-            &Proof::new(&jpki, now, other, sign_cert).get(),
-        ),
-        |e| matches!(e, JpkiError::SignatureCertificate),
-    );
+            other,
+            cert,
+        )
+    };
+    is_jpki(provisional(sign_cert), |e| {
+        matches!(e, JpkiError::SignatureCertificate)
+    });
     assert_eq!(r.describe(&chosen).expect("describe"), None);
-    r.with_card(
-        mykey_engine::registry::CardWrite::RegisterProvisional,
-        now,
-        op(),
-        &jpki,
-        chosen,
-        &Proof::new(&jpki, now, other, b.clone()).get(),
-    )
-    .expect("provisional");
+    provisional(b.clone()).expect("provisional");
     let rogue = DevCa::auth(77, date(2023, 1, 1), date(2033, 1, 1)).expect("rogue");
     is_jpki(
-        r.with_card(
-            mykey_engine::registry::CardWrite::Confirm,
-            now,
-            op(),
+        with_card(
+            &r,
             &jpki,
+            CardWrite::Confirm,
             chosen,
-            &Proof::new(&jpki, now, other, card(&rogue, other, 53)).get(),
+            other,
+            card(&rogue, other, 53),
         ),
         |e| matches!(e, JpkiError::UnknownIssuer),
     );
     assert!(matches!(
-        r.with_card(
-            mykey_engine::registry::CardWrite::Confirm,
-            now,
-            op(),
-            &jpki,
-            chosen,
-            &Proof::new(&jpki, now, key, a.clone()).get()
-        ),
+        with_card(&r, &jpki, CardWrite::Confirm, chosen, key, a.clone()),
         Err(RegistryError::CertMismatch)
     ));
-    r.with_card(
-        mykey_engine::registry::CardWrite::Confirm,
-        now,
-        op(),
-        &jpki,
-        chosen,
-        &Proof::new(&jpki, now, other, b).get(),
-    )
-    .expect("confirm");
+    with_card(&r, &jpki, CardWrite::Confirm, chosen, other, b).expect("confirm");
     assert_eq!(
         r.describe(&chosen).expect("describe").map(|v| v.state),
         Some(IdState::Active)
@@ -208,15 +208,7 @@ fn card_operations_run_every_check_and_a_revocation_bites_the_next_check() {
 
     // Re-binding to the renewed card restores the ID with its links.
     let renewed = card(&p.gen2023, key, 60);
-    r.with_card(
-        mykey_engine::registry::CardWrite::Rebind,
-        now,
-        op(),
-        &jpki,
-        id,
-        &Proof::new(&jpki, now, key, renewed.clone()).get(),
-    )
-    .expect("rebind");
+    with_card(&r, &jpki, CardWrite::Rebind, id, key, renewed.clone()).expect("rebind");
     drop(r);
     let r = reopen(&dir);
     let l = r
@@ -247,23 +239,13 @@ fn hex(b: &[u8]) -> String {
 
 #[test]
 fn crl_pushes_are_checked_idempotent_monotonic_and_durable() {
-    let p = pki();
-    let jpki: Jpki = p.jpki();
-    let dir = TempDir::new("crl-push");
-    let r = fresh(&dir);
+    let (p, jpki, dir, r) = setup("crl-push");
     let now = now();
     let key = &p.cards[2];
     let shop = provider("A-α1-0001");
     // Two cards of two generations with the same serial (and distinct CNs), both registered.
     let c2019 = card(&p.gen2019, key, 70);
-    let id2019 = r
-        .register_card(
-            now,
-            op(),
-            &jpki,
-            &Proof::new(&jpki, now, key, c2019.clone()).get(),
-        )
-        .expect("register 2019");
+    let id2019 = register(&r, &jpki, key, c2019.clone()).expect("register 2019");
     let c2023b = p
         .gen2023
         .issue(
@@ -274,14 +256,7 @@ fn crl_pushes_are_checked_idempotent_monotonic_and_durable() {
             date(2029, 1, 1),
         )
         .expect("issue");
-    let id2023 = r
-        .register_card(
-            now,
-            op(),
-            &jpki,
-            &Proof::new(&jpki, now, key, c2023b.clone()).get(),
-        )
-        .expect("register 2023");
+    let id2023 = register(&r, &jpki, key, c2023b.clone()).expect("register 2023");
 
     let day = 86_400;
     let crl = |ca: &DevCa, n: u64, serials: &[SerialNo]| {
@@ -410,10 +385,7 @@ fn cert_ref(jpki: &Jpki, anchor: usize, n: u64) -> mykey_engine::id::CertRef {
 
 #[test]
 fn bad_pushes_are_refused_whole_with_their_own_error_and_change_nothing() {
-    let p = pki();
-    let jpki = p.jpki();
-    let dir = TempDir::new("bad-push");
-    let r = fresh(&dir);
+    let (p, jpki, _dir, r) = setup("bad-push");
     let now = now();
     let day = 86_400;
     let good = p

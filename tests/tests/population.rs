@@ -139,6 +139,18 @@ fn every_bad_row_is_refused_with_its_line_and_nothing_is_installed() {
     assert!(line_of(r.expect_err("empty")).1.contains("empty"));
 }
 
+/// Asserts that a build was refused for a repeated `what` on lines `first` and `second`.
+fn assert_duplicate<T: std::fmt::Debug>(r: Result<T, PopulationError>, want: (&str, u64, u64)) {
+    match r.expect_err("a duplicate") {
+        PopulationError::Duplicate {
+            what,
+            first,
+            second,
+        } => assert_eq!((what, first, second), want),
+        other => panic!("{other}"),
+    }
+}
+
 #[test]
 fn duplicates_name_both_lines() {
     let pop = "mykey_id,state,cert,links\n\
@@ -146,31 +158,13 @@ fn duplicates_name_both_lines() {
         2C2410DF79DGEL,active,AB:02,\n\
         1C2410DF79DGEL,active,AB:03,\n";
     let (d, r) = try_build(pop);
-    match r.expect_err("duplicate ID") {
-        PopulationError::Duplicate {
-            what,
-            first,
-            second,
-        } => {
-            assert_eq!((what, first, second), ("MyKey ID", 2, 4))
-        }
-        other => panic!("{other}"),
-    }
+    assert_duplicate(r, ("MyKey ID", 2, 4));
     assert!(!d.path().join("MANIFEST").exists());
     let pop = "mykey_id,state,cert,links\n\
         1C2410DF79DGEL,active,AB:01,\n\
         2C2410DF79DGEL,active,AB:0001,\n";
     let (d, r) = try_build(pop);
-    match r.expect_err("duplicate cert") {
-        PopulationError::Duplicate {
-            what,
-            first,
-            second,
-        } => {
-            assert_eq!((what, first, second), ("certificate", 2, 3))
-        }
-        other => panic!("{other}"),
-    }
+    assert_duplicate(r, ("certificate", 2, 3));
     // The ids shards were written before the certs duplicate showed; they are removed again.
     let left: Vec<_> = std::fs::read_dir(d.path()).expect("dir").collect();
     assert!(

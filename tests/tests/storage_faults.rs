@@ -59,6 +59,17 @@ fn capture<R>(f: impl FnOnce() -> R) -> (R, String) {
     (r, String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// Asserts that the store reports a problem starting with `kind` and naming `detail`.
+fn assert_problem(store: &Store, kind: &str, detail: &str) {
+    let problems = store.health().problems();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with(kind) && p.contains(detail)),
+        "{problems:?}"
+    );
+}
+
 fn small() -> Layout {
     StoreConfig {
         ids_shards: 1,
@@ -242,13 +253,7 @@ fn a_failed_compaction_cleans_up_keeps_writes_and_retries() {
                 "{left:?}"
             );
         }
-        let problems = store.health().problems();
-        assert!(
-            problems
-                .iter()
-                .any(|p| p.starts_with("compactor stopped: ") && p.contains("retrying in 1 s")),
-            "{problems:?}"
-        );
+        assert_problem(&store, "compactor stopped: ", "retrying in 1 s");
         // Writes go on, and a second failure waits twice as long.
         put(&store, b"after", b"1").expect("writes go on after a failed compaction");
         assert_eq!(compactor.step(&store), Duration::from_secs(2));
@@ -542,13 +547,7 @@ fn a_corrupt_snapshot_read_is_refused_logged_once_and_named_by_readiness() {
         "{}",
         errors[0]
     );
-    let problems = store.health().problems();
-    assert!(
-        problems
-            .iter()
-            .any(|p| p.starts_with("store corrupt: ") && p.contains("ids-0000-")),
-        "{problems:?}"
-    );
+    assert_problem(&store, "store corrupt: ", "ids-0000-");
 }
 
 /// Group commit, held with the stall seam rather than left to timing: while one writer's fsync

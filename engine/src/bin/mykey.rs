@@ -14,7 +14,7 @@ use mykey_engine::client::{Client, ClientError, ClientTls};
 use mykey_engine::id::{MyKeyId, ProviderId, PushId, ServiceId};
 use mykey_engine::jpki::CardProof;
 use mykey_engine::jpki::dev::DevKey;
-use mykey_engine::registry::{IdState, LinkOutcome, Lookup, PushSummary};
+use mykey_engine::registry::{CardWrite, IdState, LinkOutcome, Lookup, PushSummary};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
@@ -248,6 +248,26 @@ async fn with_card<T>(
     .map_err(|e| e.to_string())
 }
 
+/// A card-present write on ID `i`, reported as `<id> <did>`.
+async fn card_write(
+    c: &Client,
+    out: &Out,
+    card: &CardArgs,
+    i: &str,
+    write: CardWrite,
+    did: &str,
+) -> Result<Done, String> {
+    let i = arg("MyKey ID", i, MyKeyId::parse)?;
+    with_card(c, card, async |p| match write {
+        CardWrite::RegisterProvisional => c.register_provisional(i, p).await,
+        CardWrite::Confirm => c.confirm(i, p).await,
+        CardWrite::Rebind => c.rebind(i, p).await,
+    })
+    .await?;
+    out.show(format!("{i} {did}"), json!({"mykey_id": i.as_str()}));
+    Ok(Done::Ok)
+}
+
 async fn run(cli: Cli) -> Result<Done, String> {
     let out = Out { json: cli.json };
     let c = Client::connect(cli.server, &cli.server_name, tls(&cli)?)
@@ -331,28 +351,15 @@ async fn run(cli: Cli) -> Result<Done, String> {
             Done::Ok
         }
         Cmd::Provisional { id: i, card } => {
-            let i = id(i)?;
-            with_card(&c, card, async |p| c.register_provisional(i, p).await).await?;
-            out.show(
-                format!("{i} registered provisionally"),
-                json!({"mykey_id": i.as_str()}),
-            );
-            Done::Ok
+            let did = "registered provisionally";
+            card_write(&c, &out, card, i, CardWrite::RegisterProvisional, did).await?
         }
         Cmd::Confirm { id: i, card } => {
-            let i = id(i)?;
-            with_card(&c, card, async |p| c.confirm(i, p).await).await?;
-            out.show(format!("{i} confirmed"), json!({"mykey_id": i.as_str()}));
-            Done::Ok
+            card_write(&c, &out, card, i, CardWrite::Confirm, "confirmed").await?
         }
         Cmd::Rebind { id: i, card } => {
-            let i = id(i)?;
-            with_card(&c, card, async |p| c.rebind(i, p).await).await?;
-            out.show(
-                format!("{i} re-bound to the new card"),
-                json!({"mykey_id": i.as_str()}),
-            );
-            Done::Ok
+            let did = "re-bound to the new card";
+            card_write(&c, &out, card, i, CardWrite::Rebind, did).await?
         }
         Cmd::CardLookup { provider: p, card } => {
             let p = provider(p)?;

@@ -58,6 +58,9 @@ pub enum DevPkiError {
     Time,
 }
 
+/// A result of the development PKI.
+pub type DevResult<T> = Result<T, DevPkiError>;
+
 fn crypto<E>(op: &'static str) -> impl Fn(E) -> DevPkiError {
     move |_| DevPkiError::Crypto { op }
 }
@@ -259,20 +262,12 @@ pub struct DevCa {
 
 impl DevCa {
     /// A user-authentication CA generation valid from `not_before` to `not_after`.
-    pub fn auth(
-        serial: u64,
-        not_before: Timestamp,
-        not_after: Timestamp,
-    ) -> Result<Self, DevPkiError> {
+    pub fn auth(serial: u64, not_before: Timestamp, not_after: Timestamp) -> DevResult<Self> {
         Self::generate(OU_USER_AUTHENTICATION, serial, not_before, not_after)
     }
 
     /// A digital-signature CA generation (which must never be accepted for authentication).
-    pub fn signature(
-        serial: u64,
-        not_before: Timestamp,
-        not_after: Timestamp,
-    ) -> Result<Self, DevPkiError> {
+    pub fn signature(serial: u64, not_before: Timestamp, not_after: Timestamp) -> DevResult<Self> {
         Self::generate(OU_DIGITAL_SIGNATURE, serial, not_before, not_after)
     }
 

@@ -444,35 +444,7 @@ impl Config {
                 ))
             }
         };
-        range(
-            "store",
-            "compact_delta_keys",
-            self.store.compact_delta_keys,
-            1,
-            COMPACT_DELTA_KEYS_MAX,
-        )?;
         let l = &self.limits;
-        range(
-            "limits",
-            "connections_max",
-            l.connections_max,
-            1,
-            CONNECTIONS_MAX_MAX,
-        )?;
-        range(
-            "limits",
-            "in_flight_max",
-            l.in_flight_max,
-            1,
-            IN_FLIGHT_MAX_MAX,
-        )?;
-        range(
-            "limits",
-            "writes_in_flight_max",
-            l.writes_in_flight_max,
-            1,
-            WRITES_IN_FLIGHT_MAX_MAX,
-        )?;
         if l.rate_per_identity > RATE_PER_IDENTITY_MAX {
             return Err(format!(
                 "{} = {} is out of range: it must be 0 (no limit) or 1..={RATE_PER_IDENTITY_MAX}",
@@ -480,13 +452,6 @@ impl Config {
                 l.rate_per_identity
             ));
         }
-        range(
-            "limits",
-            "handshakes_per_second",
-            l.handshakes_per_second as usize,
-            1,
-            HANDSHAKES_PER_SECOND_MAX as usize,
-        )?;
         let (lo, hi) = WRITE_TIMEOUT_RANGE;
         if l.write_timeout < lo || l.write_timeout > hi {
             return Err(format!(
@@ -497,29 +462,22 @@ impl Config {
                 hi.as_secs()
             ));
         }
-        range(
-            "jpki",
-            "leaf_cache_entries",
-            self.jpki.leaf_cache_entries,
-            1,
-            LEAF_CACHE_ENTRIES_MAX,
-        )?;
-        let (lo, hi) = CHALLENGE_TTL_RANGE;
-        range(
-            "jpki",
-            "challenge_ttl_secs",
-            self.jpki.challenge_ttl_secs as usize,
-            lo as usize,
-            hi as usize,
-        )?;
-        let (lo, hi) = PROVISIONAL_EXPIRY_DAYS_RANGE;
-        range(
-            "registry",
-            "provisional_expiry_days",
-            self.registry.provisional_expiry_days as usize,
-            lo as usize,
-            hi as usize,
-        )?;
+        let u = |n: u32| n as usize;
+        let (ttl, days) = (CHALLENGE_TTL_RANGE, PROVISIONAL_EXPIRY_DAYS_RANGE);
+        #[rustfmt::skip]
+        let ranges = [
+            ("store", "compact_delta_keys", self.store.compact_delta_keys, 1, COMPACT_DELTA_KEYS_MAX),
+            ("limits", "connections_max", l.connections_max, 1, CONNECTIONS_MAX_MAX),
+            ("limits", "in_flight_max", l.in_flight_max, 1, IN_FLIGHT_MAX_MAX),
+            ("limits", "writes_in_flight_max", l.writes_in_flight_max, 1, WRITES_IN_FLIGHT_MAX_MAX),
+            ("limits", "handshakes_per_second", u(l.handshakes_per_second), 1, u(HANDSHAKES_PER_SECOND_MAX)),
+            ("jpki", "leaf_cache_entries", self.jpki.leaf_cache_entries, 1, LEAF_CACHE_ENTRIES_MAX),
+            ("jpki", "challenge_ttl_secs", u(self.jpki.challenge_ttl_secs), u(ttl.0), u(ttl.1)),
+            ("registry", "provisional_expiry_days", u(self.registry.provisional_expiry_days), u(days.0), u(days.1)),
+        ];
+        for (section, key, v, lo, hi) in ranges {
+            range(section, key, v, lo, hi)?;
+        }
         if !matches!(
             self.log.level.as_str(),
             "error" | "warn" | "info" | "debug" | "trace"

@@ -12,7 +12,7 @@
 use crate::answer::Lookup;
 use crate::id::{ActorId, MyKeyId, ProviderId, ServiceId, Timestamp};
 use crate::jpki::JpkiError;
-use crate::registry::RegistryError;
+use crate::registry::{CardWrite, RegistryError};
 use crate::store::StoreError;
 use crate::wire::{self, BatchFrame, HEADER_LEN, Op, Request, Response, Status, WireError};
 
@@ -295,26 +295,15 @@ fn execute(
             tracing::info!(id = %id_tag(&id), by = %ident.name, "full registration");
             Response::Registered(id)
         }
-        Request::RegisterProvisional { id, card } => {
-            reg.with_card(
-                crate::registry::CardWrite::RegisterProvisional,
-                now,
-                actor(ident)?,
-                jpki,
-                id,
-                &card,
-            )?;
-            Response::Done
-        }
-        Request::Confirm { id, card } => {
-            reg.with_card(
-                crate::registry::CardWrite::Confirm,
-                now,
-                actor(ident)?,
-                jpki,
-                id,
-                &card,
-            )?;
+        Request::RegisterProvisional { id, card }
+        | Request::Confirm { id, card }
+        | Request::Rebind { id, card } => {
+            let write = match req {
+                Request::RegisterProvisional { .. } => CardWrite::RegisterProvisional,
+                Request::Confirm { .. } => CardWrite::Confirm,
+                _ => CardWrite::Rebind,
+            };
+            reg.with_card(write, now, actor(ident)?, jpki, id, &card)?;
             Response::Done
         }
         Request::Link {
@@ -325,17 +314,6 @@ fn execute(
         } => Response::Link(reg.link(now, actor(ident)?, id, provider, svc, replace)?),
         Request::Unlink { id, provider } => {
             Response::Unlink(reg.unlink(now, actor(ident)?, id, provider)?)
-        }
-        Request::Rebind { id, card } => {
-            reg.with_card(
-                crate::registry::CardWrite::Rebind,
-                now,
-                actor(ident)?,
-                jpki,
-                id,
-                &card,
-            )?;
-            Response::Done
         }
         Request::Delete { id } => {
             reg.delete(now, actor(ident)?, id)?;

@@ -341,6 +341,9 @@ impl ShardFile {
     ) -> Result<Option<R>, StoreError> {
         let tag = tag_of(h);
         let mut b = home_bucket(h, self.buckets);
+        // The probe stays inside the bucket array the header declares (opening checked that
+        // the file holds it), so every bucket read below is in bounds.
+        debug_assert!(b < self.buckets, "home bucket {b} past {}", self.buckets);
         if whole_stride {
             self.prefetch_stride(b);
         }
@@ -361,6 +364,7 @@ impl ShardFile {
             if b == self.buckets {
                 b = 0;
             }
+            debug_assert!(b < self.buckets);
         }
         Ok(None)
     }
