@@ -13,6 +13,7 @@
 
 pub mod answer;
 pub mod client;
+pub mod cluster;
 pub mod id;
 pub mod jpki;
 pub mod population;

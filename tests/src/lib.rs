@@ -3,6 +3,7 @@
 #![allow(missing_docs)]
 
 pub mod fuzz;
+pub mod pg;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

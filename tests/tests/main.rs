@@ -2,6 +2,7 @@
 
 mod alloc_free;
 mod backup;
+mod cluster;
 mod compaction;
 mod corruption;
 mod crash_model;

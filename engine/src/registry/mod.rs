@@ -24,6 +24,7 @@
 mod card;
 mod links;
 mod lookups;
+mod mirror;
 pub mod record;
 mod registration;
 mod revocation;
@@ -42,6 +43,7 @@ use crate::id::{ActorId, CertRef, IdError, MyKeyId, ProviderId, ServiceId, Times
 use crate::store::fs::Fs;
 use crate::store::{Store, StoreError, WriteTx};
 pub use card::{CardLookup, CardWrite};
+pub use mirror::MirrorOp;
 use record::{BoundCert, DictEntry, Link, encode_revocation, find_link};
 pub use record::{IdRecord, LINKS_PER_ID_MAX};
 pub use schema::{SCHEMA, StoreConfig, Table, concerns};

@@ -159,6 +159,15 @@ impl Change {
         Ok(())
     }
 
+    /// The change's payload: its log record without the record header (length, CRC, seq), as
+    /// the cluster's `change_log` stores it and [`Change::decode`] reads it back.
+    pub fn payload(&self) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        self.encode(&mut out)?;
+        out.drain(..RECORD_HEADER_LEN);
+        Ok(out)
+    }
+
     /// Decodes a payload (already checked by its CRC). `None` if it is malformed.
     pub fn decode(seq: u64, p: &[u8]) -> Option<Self> {
         let mut r = Reader { b: p, at: 0 };

@@ -16,6 +16,7 @@ use mykey_engine::registry::StoreConfig;
 
 mod anchors;
 mod backup;
+mod cluster;
 mod common;
 mod compact;
 mod demo;
@@ -133,6 +134,18 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:9464")]
         admin: std::net::SocketAddr,
     },
+    /// The cluster's system of record in PostgreSQL (engine/CLUSTER.md).
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Who changed what and when for one MyKey ID, from the cluster's PostgreSQL, each change
+    /// with its seq and chain hash.
+    History {
+        /// The MyKey ID.
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        pg: PgArgs,
+    },
     /// Serve mykey/1 over QUIC until SIGTERM (SIGHUP reloads certificates and the client CRL).
     Serve {
         /// The configuration file (see `mykeyd init` for an example with every option).
@@ -144,6 +157,37 @@ enum Cmd {
         /// Load and check everything (config, certificates, anchors, store), then exit.
         #[arg(long)]
         check_config: bool,
+    },
+}
+
+#[derive(Args)]
+struct PgArgs {
+    /// The PostgreSQL connection string or URL (libpq syntax).
+    #[arg(long = "pg")]
+    url: String,
+    /// CA certificates (PEM) to check the server's certificate against; connects over TLS 1.3
+    /// when given, without TLS otherwise (loopback and Unix sockets only).
+    #[arg(long = "pg-ca")]
+    ca: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Create the cluster schema, or migrate it to this build's version; refused on a newer one.
+    Init {
+        #[command(flatten)]
+        pg: PgArgs,
+    },
+    /// Recompute the chain hash over change_log; exit 1 naming the first row that breaks it.
+    Verify {
+        #[command(flatten)]
+        pg: PgArgs,
+        /// The first seq to check (the hash before it is taken as stored).
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// The last seq to check (default: the head).
+        #[arg(long)]
+        to: Option<u64>,
     },
 }
 
@@ -343,6 +387,11 @@ fn run(cli: Cli) -> Result<(), String> {
             dev,
             check_config,
         } => serve::command(config, dev, check_config),
+        Cmd::Cluster(ClusterCmd::Init { pg }) => cluster::init(&pg.url, pg.ca.as_deref()),
+        Cmd::Cluster(ClusterCmd::Verify { pg, from, to }) => {
+            cluster::verify(&pg.url, pg.ca.as_deref(), from, to)
+        }
+        Cmd::History { id, pg } => cluster::history(&pg.url, pg.ca.as_deref(), &id),
     }
 }
 

@@ -1,0 +1,199 @@
+//! The cluster's system of record in PostgreSQL (`engine/CLUSTER.md`): the schema and its
+//! migrations (`schema`), the writer's batched, fenced commit of changes with their chain hash
+//! (`writer`), and the chain's verification and per-ID history (`history`).
+//!
+//! Owns every SQL statement and the chain hash. Never decides a domain rule (the registry does,
+//! before a change reaches here) and never acknowledges a write itself: it reports whether
+//! PostgreSQL committed, refused, fenced, or left the outcome unknown, and the caller answers.
+
+pub mod history;
+pub mod schema;
+pub mod writer;
+
+use std::time::Duration;
+
+use crate::store::Change;
+
+/// A connection to PostgreSQL (the driver's client).
+pub type PgClient = tokio_postgres::Client;
+
+/// The chain hash before the first change.
+pub const GENESIS: [u8; 32] = [0; 32];
+/// How long a connection attempt may take before PostgreSQL counts as unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The advisory lock a writer holds for as long as its session lives ("mykey" in ASCII).
+pub const WRITER_LOCK: i64 = 0x6D_796B_6579;
+/// The transaction-level advisory lock a migration holds, so that nodes migrating at once run
+/// each migration once.
+pub const MIGRATE_LOCK: i64 = WRITER_LOCK + 1;
+/// Rows read from `change_log` per query by verification and history.
+pub const ROWS_PER_QUERY: i64 = 1000;
+
+/// Why a cluster operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// PostgreSQL could not be reached, or the connection failed.
+    #[error("postgres {op}: {source}")]
+    Postgres {
+        /// What was being done: `connect`, `migrate`, `commit`, …
+        op: &'static str,
+        /// What the driver said.
+        source: tokio_postgres::Error,
+    },
+    /// TLS 1.3 could not be set up with the provider.
+    #[error("postgres TLS: {0}")]
+    Tls(rustls::Error),
+    /// Connecting took longer than [`CONNECT_TIMEOUT`].
+    #[error("postgres connect: no answer within {} s", CONNECT_TIMEOUT.as_secs())]
+    ConnectTimeout,
+    /// The database holds a schema newer than this build knows.
+    #[error(
+        "the cluster schema is version {found}; this build knows up to {supported}: upgrade mykeyd first"
+    )]
+    Version {
+        /// The version found.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
+    /// The database holds no cluster schema (run `mykeyd cluster init`).
+    #[error("the database holds no mykey cluster schema: run `mykeyd cluster init --pg URL`")]
+    NoSchema,
+    /// The `head` update matched no row: another writer took over (a newer epoch) or moved the
+    /// head. Nothing was committed.
+    #[error(
+        "fenced: head is no longer at seq {expected_seq} in epoch {epoch}; another writer took over"
+    )]
+    Fenced {
+        /// The seq this writer expected the head at.
+        expected_seq: u64,
+        /// This writer's epoch.
+        epoch: u64,
+    },
+    /// The commit was sent and its result not received (or its synchronous replication wait
+    /// was cancelled): the batch may or may not be durable.
+    #[error("the commit of seqs {first}..={last} may or may not have been applied: {reason}")]
+    OutcomeUnknown {
+        /// The batch's first seq.
+        first: u64,
+        /// Its last seq.
+        last: u64,
+        /// What happened.
+        reason: String,
+    },
+    /// Another session holds the writer lock.
+    #[error("another node holds the writer lock")]
+    NotWriter,
+    /// A batch whose seqs do not continue the head.
+    #[error("change seq {got} does not follow seq {after}")]
+    OutOfOrder {
+        /// The head's seq.
+        after: u64,
+        /// The change's seq.
+        got: u64,
+    },
+    /// A change that cannot be encoded (over a log limit).
+    #[error("change {seq}: {source}")]
+    Encode {
+        /// The change.
+        seq: u64,
+        /// Why.
+        source: crate::store::StoreError,
+    },
+    /// A `change_log` row that breaks the log: a gap, a payload that does not decode, or a
+    /// chain hash that does not match the recomputed one.
+    #[error("change_log seq {seq}: {what}")]
+    BadRow {
+        /// The row's seq (or the one expected, for a gap).
+        seq: u64,
+        /// What is wrong.
+        what: &'static str,
+    },
+}
+
+/// `SHA-256(prev ‖ payload)`: the chain hash of a change whose payload is `payload`, after the
+/// change whose chain hash is `prev`.
+pub fn chain_hash(prev: &[u8; 32], payload: &[u8]) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(prev);
+    ctx.update(payload);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// A change's payload as `change_log` stores it.
+pub fn payload(c: &Change) -> Result<Vec<u8>, ClusterError> {
+    c.payload()
+        .map_err(|source| ClusterError::Encode { seq: c.seq, source })
+}
+
+/// Connects to PostgreSQL at `url` (a libpq connection string or URL) without TLS, for a
+/// database on loopback or a Unix socket; the connection task runs on the current runtime.
+pub async fn connect_plain(url: &str) -> Result<tokio_postgres::Client, ClusterError> {
+    let pg = |source| ClusterError::Postgres {
+        op: "connect",
+        source,
+    };
+    let (client, conn) = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio_postgres::connect(url, tokio_postgres::NoTls),
+    )
+    .await
+    .map_err(|_| ClusterError::ConnectTimeout)?
+    .map_err(pg)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(op = "postgres connection", error = %e, "the postgres connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Connects to PostgreSQL at `url` over TLS 1.3 (rustls, the aws-lc-rs provider), checking the
+/// server's certificate against `roots`.
+pub async fn connect_tls(
+    url: &str,
+    roots: rustls::RootCertStore,
+) -> Result<tokio_postgres::Client, ClusterError> {
+    let pg = |source| ClusterError::Postgres {
+        op: "connect",
+        source,
+    };
+    let cfg = rustls::ClientConfig::builder_with_provider(crate::server::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(ClusterError::Tls)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(cfg);
+    let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(url, tls))
+        .await
+        .map_err(|_| ClusterError::ConnectTimeout)?
+        .map_err(pg)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(op = "postgres connection", error = %e, "the postgres connection ended");
+        }
+    });
+    Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chain_hash_is_sha256_of_the_previous_hash_and_the_payload() {
+        // SHA-256 of 32 zero bytes followed by "abc", computed independently.
+        let h = chain_hash(&GENESIS, b"abc");
+        let again = chain_hash(&GENESIS, b"abc");
+        assert_eq!(h, again);
+        assert_ne!(h, chain_hash(&GENESIS, b"abd"));
+        assert_ne!(h, chain_hash(&h, b"abc"), "the previous hash is part of it");
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(&[0u8; 32]);
+        ctx.update(b"abc");
+        assert_eq!(&h[..], ctx.finish().as_ref());
+    }
+}

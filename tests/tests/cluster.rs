@@ -1,0 +1,338 @@
+//! The cluster's system of record on a real PostgreSQL (`engine/CLUSTER.md`), started by the
+//! test and skipped with a loud message where PostgreSQL cannot run: the schema created and
+//! migrated once and a newer one refused; a single node's log committed in batches with its
+//! chain hash and relational mirror; two writers of which exactly one commits; the mirror's
+//! constraints refusing an impossible change whole; and `verify` naming the first row changed or
+//! missing.
+
+use mykey_engine::cluster::history::{history, verify};
+use mykey_engine::cluster::writer::{Writer, head};
+use mykey_engine::cluster::{ClusterError, GENESIS, PgClient, chain_hash, connect_plain, schema};
+use mykey_engine::id::MyKeyId;
+use mykey_engine::registry::{MirrorOp, Registry};
+use mykey_engine::store::Change;
+use mykey_engine::store::fs::{Fs, RealFs};
+use mykey_tests::pg::Postgres;
+use mykey_tests::*;
+
+/// A single node's history: providers, registrations, links, a replacement, a re-bind, a
+/// revocation and a deletion; its log's changes with their mirrors.
+fn local_history(dir: &TempDir) -> (Registry, Vec<(Change, Vec<MirrorOp>)>) {
+    let r = registry_with(dir, &["A-α1-0001", "B-β1-0002"]);
+    let (a, b) = (provider("A-α1-0001"), provider("B-β1-0002"));
+    for n in 0..6 {
+        r.register_full(at(n), actor("portal"), mykey(n), cert(1, n))
+            .expect("register");
+        r.link(
+            at(n),
+            actor("shop"),
+            mykey(n),
+            a,
+            service(&format!("A{n}")),
+            false,
+        )
+        .expect("link");
+    }
+    r.link(at(10), actor("shop"), mykey(1), b, service("B1"), false)
+        .expect("link");
+    r.link(at(11), actor("shop"), mykey(1), a, service("A1-NEW"), true)
+        .expect("replace");
+    r.unlink(at(12), actor("shop"), mykey(2), a)
+        .expect("unlink");
+    r.rebind(at(13), actor("municipal"), mykey(3), cert(1, 103))
+        .expect("rebind");
+    r.revoke(at(14), actor("partner"), &[cert(1, 4)])
+        .expect("revoke");
+    r.delete(at(15), actor("municipal"), mykey(5))
+        .expect("delete");
+    let fs: std::sync::Arc<dyn Fs> = std::sync::Arc::new(RealFs::new(dir.path()).expect("dir"));
+    let mut changes = Vec::new();
+    mykey_engine::store::read_log(&*fs, |c| changes.push(c.clone())).expect("read the log");
+    let batch = changes
+        .into_iter()
+        .map(|c| {
+            let m = r.mirror(&c).expect("mirror");
+            (c, m)
+        })
+        .collect();
+    (r, batch)
+}
+
+async fn client(pg: &Postgres) -> PgClient {
+    connect_plain(&pg.url()).await.expect("connect")
+}
+
+async fn count(c: &PgClient, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_is_created_once_migrated_again_harmlessly_and_a_newer_one_refused() {
+    let Some(pg) = Postgres::start("schema") else {
+        return;
+    };
+    let mut c = client(&pg).await;
+    assert!(matches!(
+        schema::check(&c).await,
+        Err(ClusterError::NoSchema)
+    ));
+    assert_eq!(schema::migrate(&mut c).await.expect("create"), 0);
+    assert_eq!(
+        schema::migrate(&mut c).await.expect("again"),
+        schema::VERSION
+    );
+    schema::check(&c).await.expect("this build's schema");
+    assert_eq!(count(&c, "SELECT count(*) FROM head").await, 1);
+    c.execute(
+        "UPDATE mykey_meta SET value = '99' WHERE key = 'schema_version'",
+        &[],
+    )
+    .await
+    .expect("a newer schema");
+    match schema::migrate(&mut c).await {
+        Err(ClusterError::Version { found, supported }) => {
+            assert_eq!((found, supported), (99, schema::VERSION))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        schema::check(&c).await,
+        Err(ClusterError::Version { found: 99, .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_log_commits_in_batches_with_its_chain_mirror_and_history() {
+    let Some(pg) = Postgres::start("replicate") else {
+        return;
+    };
+    let dir = TempDir::new("cluster-local");
+    let (r, batch) = local_history(&dir);
+    let mut admin = client(&pg).await;
+    schema::migrate(&mut admin).await.expect("schema");
+    let mut w = Writer::take_over(client(&pg).await, "node-a")
+        .await
+        .expect("writer");
+    assert_eq!(w.head().epoch, 1);
+    assert_eq!((w.head().seq, w.head().hash), (0, GENESIS));
+    let mut want = GENESIS;
+    for part in batch.chunks(3) {
+        let h = w.commit(part).await.expect("commit");
+        for (c, _) in part {
+            want = chain_hash(&want, &c.payload().expect("payload"));
+        }
+        assert_eq!((h.seq, h.hash), (part.last().expect("one").0.seq, want));
+    }
+    let last = batch.last().expect("changes").0.seq;
+    assert_eq!(r.store().durable_seq(), last);
+    let h = head(&admin).await.expect("head");
+    assert_eq!((h.seq, h.epoch, h.hash), (last, 1, want));
+    let v = verify(&admin, 1, None).await.expect("the chain verifies");
+    assert_eq!((v.from, v.to, v.hash), (1, last, want));
+    // The mirror holds what the engine holds.
+    assert_eq!(count(&admin, "SELECT count(*) FROM providers").await, 2);
+    assert_eq!(count(&admin, "SELECT count(*) FROM ids").await, 6);
+    assert_eq!(
+        count(&admin, "SELECT count(*) FROM ids WHERE state = 3").await,
+        1,
+        "the revoked certificate's ID is suspended"
+    );
+    assert_eq!(
+        count(&admin, "SELECT count(*) FROM ids WHERE state = 4").await,
+        1
+    );
+    // Links: 6, minus the unlinked one, minus the deleted ID's, plus B1.
+    assert_eq!(count(&admin, "SELECT count(*) FROM links").await, 5);
+    let svc: String = admin
+        .query_one(
+            "SELECT service FROM links WHERE mykey_id = $1 AND provider = 'A-α1-0001'",
+            &[&mykey(1).as_str()],
+        )
+        .await
+        .expect("link")
+        .get(0);
+    assert_eq!(svc, "A1-NEW");
+    // One live binding per ID, the re-bound one to its new certificate, none for the deleted.
+    assert_eq!(count(&admin, "SELECT count(*) FROM cert_bindings").await, 5);
+    // The history of one ID: its registration, its links, its replacement.
+    let hist = history(&admin, &mykey(1)).await.expect("history");
+    assert_eq!(hist.len(), 4, "{hist:?}");
+    assert!(hist.windows(2).all(|w| w[0].seq < w[1].seq));
+    for e in &hist {
+        let stored: Vec<u8> = admin
+            .query_one(
+                "SELECT hash FROM change_log WHERE seq = $1",
+                &[&(e.seq as i64)],
+            )
+            .await
+            .expect("row")
+            .get(0);
+        assert_eq!(&stored[..], &e.hash[..]);
+        assert!(mykey_engine::registry::concerns(&e.change, &mykey(1)));
+    }
+    assert!(
+        history(&admin, &MyKeyId::parse(b"ZZZZZZZZZZZZZZ").expect("id"))
+            .await
+            .expect("history")
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_writers_exactly_one_commits_and_the_other_is_fenced() {
+    let Some(pg) = Postgres::start("fence") else {
+        return;
+    };
+    let dir = TempDir::new("cluster-fence");
+    let (_r, batch) = local_history(&dir);
+    let mut admin = client(&pg).await;
+    schema::migrate(&mut admin).await.expect("schema");
+    let mut a = Writer::take_over(client(&pg).await, "node-a")
+        .await
+        .expect("a");
+    // While a's session holds the lock, nobody else becomes the writer.
+    assert!(matches!(
+        Writer::take_over(client(&pg).await, "node-b").await,
+        Err(ClusterError::NotWriter)
+    ));
+    a.commit(&batch[..2]).await.expect("a commits");
+    // a's session ends (a crash, a partition): its lock goes with it, and b takes over.
+    end_other_sessions(&admin).await;
+    let mut b = Writer::take_over(client(&pg).await, "node-b")
+        .await
+        .expect("b");
+    assert_eq!((b.head().seq, b.head().epoch), (2, 2));
+    b.commit(&batch[2..4]).await.expect("b commits");
+    // b's session ends too; a, not knowing it was replaced, reconnects and sends its next batch.
+    end_other_sessions(&admin).await;
+    a.reconnect(client(&pg).await)
+        .await
+        .expect("the lock is free again");
+    match a.commit(&batch[2..4]).await {
+        Err(ClusterError::Fenced {
+            expected_seq,
+            epoch,
+        }) => assert_eq!((expected_seq, epoch), (2, 1)),
+        other => panic!("a stale writer must be fenced: {other:?}"),
+    }
+    let h = head(&admin).await.expect("head");
+    assert_eq!(
+        (h.seq, h.epoch),
+        (4, 2),
+        "b's commit stands, a's did not land"
+    );
+    assert_eq!(count(&admin, "SELECT count(*) FROM change_log").await, 4);
+    verify(&admin, 1, None).await.expect("one history");
+}
+
+/// Ends every session but `admin`'s, as a crash or a partition would: their advisory locks go
+/// with them.
+async fn end_other_sessions(admin: &PgClient) {
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
+            &[],
+        )
+        .await
+        .expect("terminate");
+    // pg_terminate_backend signals; wait until the sessions are gone.
+    for _ in 0..100 {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
+                &[],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        if left == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("sessions did not end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mirror_refuses_an_impossible_change_whole() {
+    let Some(pg) = Postgres::start("mirror") else {
+        return;
+    };
+    let dir = TempDir::new("cluster-mirror");
+    let (_r, batch) = local_history(&dir);
+    let mut admin = client(&pg).await;
+    schema::migrate(&mut admin).await.expect("schema");
+    let mut w = Writer::take_over(client(&pg).await, "node-a")
+        .await
+        .expect("writer");
+    w.commit(&batch[..4]).await.expect("first changes");
+    // An engine bug: the next change also binds ID 0's certificate to ID 1.
+    let (c, mut ops) = batch[4].clone();
+    let cert0 = batch[..4]
+        .iter()
+        .flat_map(|(_, m)| m)
+        .find_map(|op| match op {
+            MirrorOp::Bind { cert, id } if *id == mykey(0) => Some(cert.clone()),
+            _ => None,
+        })
+        .expect("ID 0's binding");
+    ops.push(MirrorOp::Bind {
+        cert: cert0,
+        id: mykey(1),
+    });
+    let before = head(&admin).await.expect("head");
+    match w.commit(&[(c, ops)]).await {
+        Err(ClusterError::Postgres { op, .. }) => assert_eq!(op, "write the mirror"),
+        other => panic!("the unique binding must refuse it: {other:?}"),
+    }
+    assert_eq!(
+        head(&admin).await.expect("head"),
+        before,
+        "nothing was committed"
+    );
+    assert_eq!(count(&admin, "SELECT count(*) FROM change_log").await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_the_first_row_changed_or_missing() {
+    let Some(pg) = Postgres::start("verify") else {
+        return;
+    };
+    let dir = TempDir::new("cluster-verify");
+    let (_r, batch) = local_history(&dir);
+    let mut admin = client(&pg).await;
+    schema::migrate(&mut admin).await.expect("schema");
+    let mut w = Writer::take_over(client(&pg).await, "node-a")
+        .await
+        .expect("writer");
+    w.commit(&batch).await.expect("commit");
+    verify(&admin, 1, None).await.expect("intact");
+    // A hand edit of one row's payload (its actor's first byte), leaving its hash.
+    admin
+        .execute(
+            "UPDATE change_log SET payload = overlay(payload placing '\\x5a'::bytea from 6 for 1)
+             WHERE seq = 5",
+            &[],
+        )
+        .await
+        .expect("edit");
+    match verify(&admin, 1, None).await {
+        Err(ClusterError::BadRow { seq, .. }) => assert_eq!(seq, 5),
+        other => panic!("{other:?}"),
+    }
+    // The rows before it still verify, and a range after it starts from the stored hash.
+    verify(&admin, 1, Some(4)).await.expect("before the edit");
+    verify(&admin, 6, None)
+        .await
+        .expect("after the edit, from its stored hash");
+    admin
+        .execute("DELETE FROM change_log WHERE seq = 8", &[])
+        .await
+        .expect("delete");
+    match verify(&admin, 6, None).await {
+        Err(ClusterError::BadRow { seq, .. }) => assert_eq!(seq, 8),
+        other => panic!("{other:?}"),
+    }
+}
