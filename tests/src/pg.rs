@@ -38,15 +38,10 @@ fn bin_dir() -> Option<PathBuf> {
 }
 
 fn is_root() -> bool {
-    // The effective uid, from the kernel's view of this process.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
 /// A command running `program` from `bin`, as the `postgres` user when this process is root.

@@ -58,6 +58,29 @@ fn local_history(dir: &TempDir) -> (Registry, Vec<(Change, Vec<MirrorOp>)>) {
     (r, batch)
 }
 
+/// What a cluster test starts from: a PostgreSQL with the schema, a node's local history to
+/// commit (its directory, registry and changes), an admin connection, and `node-a` as writer.
+type Cluster = (
+    Postgres,
+    TempDir,
+    Registry,
+    Vec<(Change, Vec<MirrorOp>)>,
+    PgClient,
+    Writer,
+);
+
+async fn cluster(tag: &str) -> Option<Cluster> {
+    let pg = Postgres::start(tag)?;
+    let dir = TempDir::new(&format!("cluster-{tag}"));
+    let (registry, batch) = local_history(&dir);
+    let mut admin = client(&pg).await;
+    schema::migrate(&mut admin).await.expect("schema");
+    let writer = Writer::take_over(client(&pg).await, "node-a")
+        .await
+        .expect("writer");
+    Some((pg, dir, registry, batch, admin, writer))
+}
+
 async fn client(pg: &Postgres) -> PgClient {
     connect_plain(&pg.url()).await.expect("connect")
 }
@@ -103,16 +126,9 @@ async fn the_schema_is_created_once_migrated_again_harmlessly_and_a_newer_one_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nodes_log_commits_in_batches_with_its_chain_mirror_and_history() {
-    let Some(pg) = Postgres::start("replicate") else {
+    let Some((_pg, _dir, r, batch, admin, mut w)) = cluster("replicate").await else {
         return;
     };
-    let dir = TempDir::new("cluster-local");
-    let (r, batch) = local_history(&dir);
-    let mut admin = client(&pg).await;
-    schema::migrate(&mut admin).await.expect("schema");
-    let mut w = Writer::take_over(client(&pg).await, "node-a")
-        .await
-        .expect("writer");
     assert_eq!(w.head().epoch, 1);
     assert_eq!((w.head().seq, w.head().hash), (0, GENESIS));
     let mut want = GENESIS;
@@ -180,16 +196,9 @@ async fn a_nodes_log_commits_in_batches_with_its_chain_mirror_and_history() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_writers_exactly_one_commits_and_the_other_is_fenced() {
-    let Some(pg) = Postgres::start("fence") else {
+    let Some((pg, _dir, _r, batch, admin, mut a)) = cluster("fence").await else {
         return;
     };
-    let dir = TempDir::new("cluster-fence");
-    let (_r, batch) = local_history(&dir);
-    let mut admin = client(&pg).await;
-    schema::migrate(&mut admin).await.expect("schema");
-    let mut a = Writer::take_over(client(&pg).await, "node-a")
-        .await
-        .expect("a");
     // While a's session holds the lock, nobody else becomes the writer.
     assert!(matches!(
         Writer::take_over(client(&pg).await, "node-b").await,
@@ -257,16 +266,9 @@ async fn end_other_sessions(admin: &PgClient) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mirror_refuses_an_impossible_change_whole() {
-    let Some(pg) = Postgres::start("mirror") else {
+    let Some((_pg, _dir, _r, batch, admin, mut w)) = cluster("mirror").await else {
         return;
     };
-    let dir = TempDir::new("cluster-mirror");
-    let (_r, batch) = local_history(&dir);
-    let mut admin = client(&pg).await;
-    schema::migrate(&mut admin).await.expect("schema");
-    let mut w = Writer::take_over(client(&pg).await, "node-a")
-        .await
-        .expect("writer");
     w.commit(&batch[..4]).await.expect("first changes");
     // An engine bug: the next change also binds ID 0's certificate to ID 1.
     let (c, mut ops) = batch[4].clone();
@@ -297,16 +299,9 @@ async fn the_mirror_refuses_an_impossible_change_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_names_the_first_row_changed_or_missing() {
-    let Some(pg) = Postgres::start("verify") else {
+    let Some((_pg, _dir, _r, batch, admin, mut w)) = cluster("verify").await else {
         return;
     };
-    let dir = TempDir::new("cluster-verify");
-    let (_r, batch) = local_history(&dir);
-    let mut admin = client(&pg).await;
-    schema::migrate(&mut admin).await.expect("schema");
-    let mut w = Writer::take_over(client(&pg).await, "node-a")
-        .await
-        .expect("writer");
     w.commit(&batch).await.expect("commit");
     verify(&admin, 1, None).await.expect("intact");
     // A hand edit of one row's payload (its actor's first byte), leaving its hash.

@@ -143,11 +143,7 @@ pub async fn connect_plain(url: &str) -> Result<tokio_postgres::Client, ClusterE
     .await
     .map_err(|_| ClusterError::ConnectTimeout)?
     .map_err(pg)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!(op = "postgres connection", error = %e, "the postgres connection ended");
-        }
-    });
+    drive(conn);
     Ok(client)
 }
 
@@ -171,12 +167,17 @@ pub async fn connect_tls(
         .await
         .map_err(|_| ClusterError::ConnectTimeout)?
         .map_err(pg)?;
+    drive(conn);
+    Ok(client)
+}
+
+/// Runs a connection's I/O on the current runtime until it ends, logging how it ended.
+fn drive(conn: impl Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static) {
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::warn!(op = "postgres connection", error = %e, "the postgres connection ended");
         }
     });
-    Ok(client)
 }
 
 #[cfg(test)]

@@ -49,6 +49,20 @@ pub async fn head(c: &Client) -> Result<Head, ClusterError> {
     })
 }
 
+/// Takes the writer lock for `client`'s session; `NotWriter` if another session holds it.
+async fn try_lock(client: &Client) -> Result<(), ClusterError> {
+    let got: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK])
+        .await
+        .map_err(pg("take the writer lock"))?
+        .get(0);
+    if got {
+        Ok(())
+    } else {
+        Err(ClusterError::NotWriter)
+    }
+}
+
 /// The writer: the node holding the writer lock, on its own dedicated connection.
 pub struct Writer {
     client: Client,
@@ -62,14 +76,7 @@ impl Writer {
     /// up to [`Writer::head`] before it commits anything.
     pub async fn take_over(client: Client, node: &str) -> Result<Self, ClusterError> {
         schema::check(&client).await?;
-        let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK])
-            .await
-            .map_err(pg("take the writer lock"))?
-            .get(0);
-        if !got {
-            return Err(ClusterError::NotWriter);
-        }
+        try_lock(&client).await?;
         let r = client
             .query_one(
                 "UPDATE head SET epoch = epoch + 1, writer = $1 RETURNING seq, epoch, hash",
@@ -109,14 +116,7 @@ impl Writer {
     /// what a writer that does not know it was replaced would do. `NotWriter` if another
     /// session holds the lock now; a commit after a takeover elsewhere is `Fenced`.
     pub async fn reconnect(&mut self, client: Client) -> Result<(), ClusterError> {
-        let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK])
-            .await
-            .map_err(pg("take the writer lock"))?
-            .get(0);
-        if !got {
-            return Err(ClusterError::NotWriter);
-        }
+        try_lock(&client).await?;
         self.client = client;
         Ok(())
     }
