@@ -6,6 +6,7 @@
 //! missing.
 
 use mykey_engine::cluster::history::{history, verify};
+use mykey_engine::cluster::tail::Tail;
 use mykey_engine::cluster::writer::{Writer, head};
 use mykey_engine::cluster::{ClusterError, GENESIS, PgClient, chain_hash, connect_plain, schema};
 use mykey_engine::id::MyKeyId;
@@ -328,6 +329,83 @@ async fn verify_names_the_first_row_changed_or_missing() {
         .expect("delete");
     match verify(&admin, 6, None).await {
         Err(ClusterError::BadRow { seq, .. }) => assert_eq!(seq, 8),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Everything a registry's store holds, table by table, in key order.
+fn contents(r: &Registry) -> Vec<std::collections::BTreeMap<Vec<u8>, Vec<u8>>> {
+    mykey_engine::registry::Table::ALL
+        .iter()
+        .map(|&t| {
+            let mut m = std::collections::BTreeMap::new();
+            r.store()
+                .for_each(t, |k, v| {
+                    m.insert(k.to_vec(), v.to_vec());
+                })
+                .expect("walk");
+            m
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_applies_the_writers_rows_and_stops_at_one_it_cannot_check() {
+    let Some((_pg, _dir, r, batch, admin, mut w)) = cluster("follow").await else {
+        return;
+    };
+    let head_now = w.commit(&batch).await.expect("commit");
+    // A new node: an empty store, following from seq 0.
+    let fdir = TempDir::new("cluster-follower");
+    let f = registry_with(&fdir, &[]);
+    let mut t = Tail::new();
+    while t.step(&admin, &f).await.expect("step") > 0 {}
+    assert_eq!((t.applied(), t.hash()), (head_now.seq, head_now.hash));
+    assert_eq!(f.store().durable_seq(), head_now.seq);
+    assert_eq!(
+        contents(&f),
+        contents(&r),
+        "the follower holds what the writer's node holds"
+    );
+    for n in 0..6 {
+        for p in ["A-α1-0001", "B-β1-0002"] {
+            assert_eq!(
+                f.lookup(at(20), &mykey(n), &provider(p)).expect("lookup"),
+                r.lookup(at(20), &mykey(n), &provider(p)).expect("lookup"),
+            );
+        }
+    }
+    t.recheck(&admin).await.expect("unchanged");
+    // A row added by hand (a standby given an extra change): its hash cannot match this node's
+    // chain, and nothing of it is applied.
+    let extra = batch[0].0.payload().expect("payload");
+    admin
+        .execute(
+            "INSERT INTO change_log (seq, epoch, at, actor, kind, payload, hash)
+             VALUES ($1, 1, now(), 'by-hand', 6, $2, $3)",
+            &[&((head_now.seq + 1) as i64), &extra, &&[7u8; 32][..]],
+        )
+        .await
+        .expect("insert");
+    match t.step(&admin, &f).await {
+        Err(ClusterError::BadRow { seq, .. }) => assert_eq!(seq, head_now.seq + 1),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        f.store().durable_seq(),
+        head_now.seq,
+        "nothing of it was applied"
+    );
+    // A row changed after the node applied it: the recheck finds it.
+    admin
+        .execute(
+            "UPDATE change_log SET hash = $1 WHERE seq = $2",
+            &[&&[9u8; 32][..], &(head_now.seq as i64)],
+        )
+        .await
+        .expect("update");
+    match t.recheck(&admin).await {
+        Err(ClusterError::BadRow { seq, .. }) => assert_eq!(seq, head_now.seq),
         other => panic!("{other:?}"),
     }
 }

@@ -1,6 +1,7 @@
 //! The cluster's system of record in PostgreSQL (`engine/CLUSTER.md`): the schema and its
 //! migrations (`schema`), the writer's batched, fenced commit of changes with their chain hash
-//! (`writer`), and the chain's verification and per-ID history (`history`).
+//! (`writer`), a follower checking and applying the rows (`tail`), and the chain's verification
+//! and per-ID history (`history`).
 //!
 //! Owns every SQL statement and the chain hash. Never decides a domain rule (the registry does,
 //! before a change reaches here) and never acknowledges a write itself: it reports whether
@@ -8,6 +9,7 @@
 
 pub mod history;
 pub mod schema;
+pub mod tail;
 pub mod writer;
 
 use std::time::Duration;
@@ -92,6 +94,14 @@ pub enum ClusterError {
         after: u64,
         /// The change's seq.
         got: u64,
+    },
+    /// A row checked and then refused by the local store or registry.
+    #[error("applying change_log seq {seq}: {source}")]
+    Apply {
+        /// The row's seq.
+        seq: u64,
+        /// What the registry said.
+        source: Box<crate::registry::RegistryError>,
     },
     /// A change that cannot be encoded (over a log limit).
     #[error("change {seq}: {source}")]

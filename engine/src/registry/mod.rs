@@ -27,6 +27,7 @@ mod lookups;
 mod mirror;
 pub mod record;
 mod registration;
+mod replica;
 mod revocation;
 mod schema;
 

@@ -287,6 +287,36 @@ impl WriteTx<'_> {
         self.submit_with(at, actor, kind, || {})
     }
 
+    /// Queues `c`, a change made elsewhere (the cluster's writer), under its own seq, which must
+    /// be this store's next; `on_submitted` as in [`WriteTx::submit_with`]. The puts of this
+    /// transaction are replaced by the change's. Wait with [`Store::wait_durable`].
+    pub fn submit_replicated(
+        mut self,
+        c: &Change,
+        on_submitted: impl FnOnce(),
+    ) -> Result<u64, StoreError> {
+        if c.seq != self.w.next_seq {
+            return Err(StoreError::OutOfOrder {
+                expected: self.w.next_seq,
+                got: c.seq,
+            });
+        }
+        self.puts.clear();
+        for p in &c.puts {
+            let t = self
+                .store
+                .schema
+                .table(p.table)
+                .ok_or(StoreError::Corrupt {
+                    path: std::path::PathBuf::from(format!("change {}", c.seq)),
+                    offset: 0,
+                    what: "a put to a table outside the schema",
+                })?;
+            self.put(t, &p.key, p.value.clone());
+        }
+        self.submit_with(c.at, c.actor, c.kind, on_submitted)
+    }
+
     /// As [`WriteTx::submit`], calling `on_submitted` after the change is queued and before
     /// the writer lock is released, so that in-memory state derived from it (the registry's
     /// dictionaries) is updated in seq order with the log.

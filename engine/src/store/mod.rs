@@ -153,6 +153,14 @@ pub enum StoreError {
         /// The limit.
         max: usize,
     },
+    /// A replicated change whose seq is not the store's next.
+    #[error("change seq {got} cannot follow seq {}: changes apply in seq order, without gaps", expected - 1)]
+    OutOfOrder {
+        /// The seq the store takes next.
+        expected: u64,
+        /// The change's seq.
+        got: u64,
+    },
     /// A bad setting.
     #[error("invalid store configuration: {0}")]
     Config(&'static str),

@@ -1,0 +1,128 @@
+//! A node following the system of record (`engine/CLUSTER.md`, "Followers and tailing"): it
+//! reads the `change_log` rows after its applied seq, from the primary or a hot standby, checks
+//! that each continues its seq and its own chain hash, and applies it through the registry's
+//! replicated-change path. On a gap, a payload that is not a change, or a hash that differs, it
+//! stops and says which seq; it never applies a row it could not check.
+
+use std::time::Duration;
+
+use super::{ClusterError, GENESIS, PgClient, chain_hash};
+use crate::registry::Registry;
+use crate::store::Change;
+
+/// How often a follower polls for new rows.
+pub const TAIL_POLL: Duration = Duration::from_millis(10);
+/// Rows read per poll.
+pub const TAIL_BATCH: i64 = 1000;
+
+/// Where a follower stands: its applied seq and its chain hash there.
+pub struct Tail {
+    applied: u64,
+    hash: [u8; 32],
+}
+
+impl Tail {
+    /// A follower of a node that has applied nothing yet.
+    pub fn new() -> Self {
+        Self::at(0, GENESIS)
+    }
+
+    /// A follower whose store holds every change up to `applied`, whose chain hash is `hash`.
+    pub fn at(applied: u64, hash: [u8; 32]) -> Self {
+        Self { applied, hash }
+    }
+
+    /// The applied seq.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// The chain hash at the applied seq.
+    pub fn hash(&self) -> [u8; 32] {
+        self.hash
+    }
+
+    /// Reads and applies the rows after the applied seq, up to [`TAIL_BATCH`] of them; returns
+    /// how many were applied. Nothing past the first row that fails a check is applied. Blocks
+    /// on the local log's fsync of each change: a node runs its tail on a thread of its own.
+    pub async fn step(&mut self, c: &PgClient, reg: &Registry) -> Result<usize, ClusterError> {
+        let rows = c
+            .query(
+                "SELECT seq, payload, hash FROM change_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[&(self.applied as i64), &TAIL_BATCH],
+            )
+            .await
+            .map_err(|source| ClusterError::Postgres {
+                op: "tail change_log",
+                source,
+            })?;
+        let mut n = 0;
+        for r in rows {
+            let seq = r.get::<_, i64>(0) as u64;
+            let want = self.applied + 1;
+            if seq != want {
+                return Err(ClusterError::BadRow {
+                    seq: want,
+                    what: "missing: the log has a gap here",
+                });
+            }
+            let payload: &[u8] = r.get(1);
+            let change = Change::decode(seq, payload).ok_or(ClusterError::BadRow {
+                seq,
+                what: "its payload is not a change",
+            })?;
+            let hash = chain_hash(&self.hash, payload);
+            if r.get::<_, &[u8]>(2) != hash {
+                return Err(ClusterError::BadRow {
+                    seq,
+                    what: "its chain hash differs from this node's: PostgreSQL holds another history than this node applied",
+                });
+            }
+            reg.apply_replicated(&change)
+                .map_err(|e| ClusterError::Apply {
+                    seq,
+                    source: Box::new(e),
+                })?;
+            self.applied = seq;
+            self.hash = hash;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Checks that the row at the applied seq still carries this node's hash: a history
+    /// rewritten under the node (a row changed by hand, the wrong backup restored) is found even
+    /// when no new row comes.
+    pub async fn recheck(&self, c: &PgClient) -> Result<(), ClusterError> {
+        if self.applied == 0 {
+            return Ok(());
+        }
+        let r = c
+            .query_opt(
+                "SELECT hash FROM change_log WHERE seq = $1",
+                &[&(self.applied as i64)],
+            )
+            .await
+            .map_err(|source| ClusterError::Postgres {
+                op: "recheck change_log",
+                source,
+            })?;
+        match r {
+            Some(r) if r.get::<_, &[u8]>(0) == self.hash => Ok(()),
+            Some(_) => Err(ClusterError::BadRow {
+                seq: self.applied,
+                what: "its chain hash changed after this node applied it",
+            }),
+            None => Err(ClusterError::BadRow {
+                seq: self.applied,
+                what: "gone from change_log after this node applied it",
+            }),
+        }
+    }
+}
+
+impl Default for Tail {
+    fn default() -> Self {
+        Self::new()
+    }
+}
