@@ -409,3 +409,88 @@ async fn a_follower_applies_the_writers_rows_and_stops_at_one_it_cannot_check() 
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_writing_through_postgres_logs_only_what_postgres_committed() {
+    use mykey_engine::cluster::record::PgRecord;
+    use std::sync::Arc;
+    let Some((pg, _dir, _r, _batch, admin, w)) = cluster("through").await else {
+        return;
+    };
+    // The writer node: an empty store whose group commit goes through PostgreSQL.
+    let ndir = TempDir::new("cluster-writer-node");
+    let node = Arc::new(registry_with(&ndir, &[]));
+    let record = PgRecord::spawn(w, node.mirror_handle()).expect("writer thread");
+    node.store()
+        .set_system_of_record(Arc::new(record))
+        .expect("set once");
+    let n = node.clone();
+    tokio::task::spawn_blocking(move || {
+        let p = provider("A-α1-0001");
+        n.register_provider(at(0), actor("operator"), p)
+            .expect("provider");
+        for i in 0..20u64 {
+            let (id, c, s) = (mykey(i), cert(1, i), service("S"));
+            n.register_full(at(i), actor("portal"), id, c)
+                .expect("register");
+            n.link(at(i), actor("shop"), id, p, s, false).expect("link");
+        }
+    })
+    .await
+    .expect("writes");
+    let h = head(&admin).await.expect("head");
+    assert_eq!(
+        h.seq,
+        node.store().durable_seq(),
+        "every acknowledged write is committed"
+    );
+    assert_eq!(count(&admin, "SELECT count(*) FROM links").await, 20);
+    verify(&admin, 1, None).await.expect("chain");
+    // A follower reaches the writer node's state from PostgreSQL alone.
+    let fdir = TempDir::new("cluster-through-follower");
+    let f = registry_with(&fdir, &[]);
+    let mut t = Tail::new();
+    while t.step(&admin, &f).await.expect("step") > 0 {}
+    assert_eq!(contents(&f), contents(&node));
+    // The writer is replaced behind its back: its next write is not acknowledged, nothing of
+    // it reaches PostgreSQL or its own log, and its store stops taking writes.
+    end_other_sessions(&admin).await;
+    let _b = Writer::take_over(client(&pg).await, "node-b")
+        .await
+        .expect("b");
+    let before = node.store().durable_seq();
+    let n = node.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        n.link(
+            at(50),
+            actor("shop"),
+            mykey(1),
+            provider("A-α1-0001"),
+            service("T"),
+            true,
+        )
+    })
+    .await
+    .expect("write");
+    assert!(
+        matches!(
+            r,
+            Err(mykey_engine::registry::RegistryError::Store(
+                mykey_engine::store::StoreError::OutcomeUnknown { .. }
+            ))
+        ),
+        "{r:?}"
+    );
+    assert_eq!(node.store().durable_seq(), before);
+    assert!(
+        node.store().health().read_only.is_some(),
+        "the node stepped down"
+    );
+    assert_eq!(head(&admin).await.expect("head").seq, before);
+    assert_eq!(
+        node.lookup(at(51), &mykey(1), &provider("A-α1-0001"))
+            .expect("lookup"),
+        mykey_engine::registry::Lookup::Linked(service("S")),
+        "the unacknowledged write is not visible"
+    );
+}

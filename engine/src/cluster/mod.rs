@@ -1,13 +1,14 @@
 //! The cluster's system of record in PostgreSQL (`engine/CLUSTER.md`): the schema and its
 //! migrations (`schema`), the writer's batched, fenced commit of changes with their chain hash
-//! (`writer`), a follower checking and applying the rows (`tail`), and the chain's verification
-//! and per-ID history (`history`).
+//! (`writer`) and that writer behind a store's group commit (`record`), a follower checking and
+//! applying the rows (`tail`), and the chain's verification and per-ID history (`history`).
 //!
 //! Owns every SQL statement and the chain hash. Never decides a domain rule (the registry does,
 //! before a change reaches here) and never acknowledges a write itself: it reports whether
 //! PostgreSQL committed, refused, fenced, or left the outcome unknown, and the caller answers.
 
 pub mod history;
+pub mod record;
 pub mod schema;
 pub mod tail;
 pub mod writer;

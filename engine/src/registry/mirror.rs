@@ -56,10 +56,27 @@ impl MirrorOp {
 
 impl Registry {
     /// What `change` does to the mirror. Providers it names must be in this registry's
-    /// dictionary (they are, once the change has been applied here).
+    /// dictionary (they are, once the change has been submitted here).
     pub fn mirror(&self, change: &Change) -> Result<Vec<MirrorOp>, RegistryError> {
+        self.mirror_handle().ops(change)
+    }
+
+    /// A handle that computes mirrors from this registry's provider dictionary as it grows,
+    /// for the cluster writer's thread.
+    pub fn mirror_handle(&self) -> Mirror {
+        Mirror(self.providers.clone())
+    }
+}
+
+/// Computes a change's mirror ([`Registry::mirror`]) from a registry's live provider dictionary.
+#[derive(Clone)]
+pub struct Mirror(Arc<ArcSwap<Dict<ProviderId>>>);
+
+impl Mirror {
+    /// What `change` does to the mirror.
+    pub fn ops(&self, change: &Change) -> Result<Vec<MirrorOp>, RegistryError> {
         let mut ops = Vec::new();
-        let providers = self.providers.load();
+        let providers = self.0.load();
         for p in &change.puts {
             match Table::from_id(p.table) {
                 Some(Table::Providers) if p.value.is_some() => {

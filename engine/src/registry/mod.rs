@@ -44,7 +44,7 @@ use crate::id::{ActorId, CertRef, IdError, MyKeyId, ProviderId, ServiceId, Times
 use crate::store::fs::Fs;
 use crate::store::{Store, StoreError, WriteTx};
 pub use card::{CardLookup, CardWrite};
-pub use mirror::MirrorOp;
+pub use mirror::{Mirror, MirrorOp};
 use record::{BoundCert, DictEntry, Link, encode_revocation, find_link};
 pub use record::{IdRecord, LINKS_PER_ID_MAX};
 pub use schema::{SCHEMA, StoreConfig, Table, concerns};
@@ -324,7 +324,7 @@ struct NewNames {
 pub struct Registry {
     store: Store,
     config: RegistryConfig,
-    providers: ArcSwap<Dict<ProviderId>>,
+    providers: Arc<ArcSwap<Dict<ProviderId>>>,
     actors: RwLock<Dict<ActorId>>,
     cas: RwLock<Dict<Vec<u8>>>,
     /// Serialises revocation pushes, so a CRL number is compared and recorded atomically.
@@ -400,7 +400,7 @@ impl Registry {
         Ok(Self {
             store,
             config,
-            providers: ArcSwap::from_pointee(providers),
+            providers: Arc::new(ArcSwap::from_pointee(providers)),
             actors: RwLock::new(actors),
             cas: RwLock::new(cas),
             pushing: Mutex::new(()),

@@ -102,7 +102,9 @@ impl Store {
         }
     }
 
-    /// Writes and fsyncs every change submitted so far, then publishes them.
+    /// Writes and fsyncs every change submitted so far, then publishes them. With a system of
+    /// record, the batch is committed there first: nothing is logged or shown here that it
+    /// does not hold.
     pub(super) fn flush(&self) -> Result<(), StoreError> {
         let mut log = lock(&self.log);
         let (buf, changes) = {
@@ -111,6 +113,16 @@ impl Store {
         };
         if changes.is_empty() {
             return Ok(());
+        }
+        if let Some(record) = self.record.get()
+            && let Err(e) = record.commit(&changes)
+        {
+            let (first, last) = (changes[0].seq, changes[changes.len() - 1].seq);
+            return Err(self.fail(&StoreError::Record {
+                first,
+                last,
+                reason: e.to_string(),
+            }));
         }
         self.write_log(&mut log, &buf)?;
         let mut w = lock(&self.writer);
@@ -229,6 +241,25 @@ pub(super) fn new_segment(fs: &dyn Fs, first_seq: u64) -> Result<Log, StoreError
     })
 }
 
+/// Where a batch of changes must be durable before a store logs it: the cluster's system of
+/// record (engine/CLUSTER.md). Called by the group-commit leader with consecutive changes; an
+/// error means none of them may be acknowledged, and the store turns read-only (the node steps
+/// down). The store never calls it for changes that came from it (`submit_replicated`).
+pub trait SystemOfRecord: Send + Sync {
+    /// Makes `changes` durable, or says why not.
+    fn commit(&self, changes: &[Change]) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+}
+
+impl Store {
+    /// Sends every later batch through `record` before the local log (a cluster's writer, once
+    /// its store has caught up). Set once; a second call is refused.
+    pub fn set_system_of_record(&self, record: Arc<dyn SystemOfRecord>) -> Result<(), StoreError> {
+        self.record
+            .set(record)
+            .map_err(|_| StoreError::Config("the system of record is set already"))
+    }
+}
+
 /// A write in progress: holds the writer lock, collects puts, reads its own and pending writes.
 pub struct WriteTx<'a> {
     store: &'a Store,
@@ -295,6 +326,11 @@ impl WriteTx<'_> {
         c: &Change,
         on_submitted: impl FnOnce(),
     ) -> Result<u64, StoreError> {
+        if self.store.record.get().is_some() {
+            return Err(StoreError::Config(
+                "a store that writes through a system of record takes no replicated change",
+            ));
+        }
         if c.seq != self.w.next_seq {
             return Err(StoreError::OutOfOrder {
                 expected: self.w.next_seq,

@@ -49,8 +49,8 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 
 use crate::id::{ActorId, Timestamp};
-pub use commit::WriteTx;
 use commit::{Log, PendingMap, Writer, new_segment};
+pub use commit::{SystemOfRecord, WriteTx};
 pub use compaction::{
     COMPACTION_BACKOFF_MAX, COMPACTION_BACKOFF_MIN, CompactionPolicy, Compactor, spawn_compactor,
 };
@@ -153,6 +153,17 @@ pub enum StoreError {
         /// The limit.
         max: usize,
     },
+    /// The system of record did not commit a batch (it refused it, was unreachable, or fenced
+    /// this writer); nothing of it was logged here, and the store takes no more writes.
+    #[error("the system of record did not commit changes {first}..={last}: {reason}")]
+    Record {
+        /// The batch's first seq.
+        first: u64,
+        /// Its last seq.
+        last: u64,
+        /// What it said.
+        reason: String,
+    },
     /// A replicated change whose seq is not the store's next.
     #[error("change seq {got} cannot follow seq {}: changes apply in seq order, without gaps", expected - 1)]
     OutOfOrder {
@@ -244,6 +255,9 @@ pub struct Store {
     corrupt: Mutex<Option<String>>,
     /// Seconds since `epoch` of the last corrupt-read log line, plus 1; 0: none yet.
     corrupt_logged_at: AtomicU64,
+    /// Where every batch must be durable before this store logs it (a cluster's writer); unset
+    /// on a single node.
+    record: std::sync::OnceLock<Arc<dyn SystemOfRecord>>,
 }
 
 /// Locks a mutex, ignoring poisoning: every critical section here leaves its data consistent

@@ -268,6 +268,7 @@ impl Store {
             compactor: Mutex::new(CompactorState::NotStarted),
             corrupt: Mutex::new(None),
             corrupt_logged_at: AtomicU64::new(0),
+            record: std::sync::OnceLock::new(),
             fs,
         };
         metrics::gauge!(WRITABLE).set(1.0);
