@@ -8,7 +8,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::TempDir;
+use std::sync::Arc;
+
+use mykey_engine::cluster::record::PgRecord;
+use mykey_engine::cluster::writer::Writer;
+use mykey_engine::registry::Registry;
+
+use crate::{TempDir, registry_with};
+
+/// A new, empty registry in `dir` whose group commit goes through `writer` to PostgreSQL.
+pub fn registry_through(dir: &TempDir, writer: Writer) -> Arc<Registry> {
+    let node = Arc::new(registry_with(dir, &[]));
+    let record = PgRecord::spawn(writer, node.mirror_handle()).expect("writer thread");
+    node.store()
+        .set_system_of_record(Arc::new(record))
+        .expect("set once");
+    node
+}
 
 /// How long the server may take to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(60);

@@ -412,18 +412,12 @@ async fn a_follower_applies_the_writers_rows_and_stops_at_one_it_cannot_check() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_writing_through_postgres_logs_only_what_postgres_committed() {
-    use mykey_engine::cluster::record::PgRecord;
-    use std::sync::Arc;
     let Some((pg, _dir, _r, _batch, admin, w)) = cluster("through").await else {
         return;
     };
     // The writer node: an empty store whose group commit goes through PostgreSQL.
     let ndir = TempDir::new("cluster-writer-node");
-    let node = Arc::new(registry_with(&ndir, &[]));
-    let record = PgRecord::spawn(w, node.mirror_handle()).expect("writer thread");
-    node.store()
-        .set_system_of_record(Arc::new(record))
-        .expect("set once");
+    let node = mykey_tests::pg::registry_through(&ndir, w);
     let n = node.clone();
     tokio::task::spawn_blocking(move || {
         let p = provider("A-α1-0001");

@@ -8,7 +8,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
 
 use super::{ClusterError, WRITER_LOCK, chain_hash, payload, schema};
 use crate::registry::MirrorOp;
@@ -63,9 +64,70 @@ async fn try_lock(client: &Client) -> Result<(), ClusterError> {
     }
 }
 
+/// The writer's statements, prepared once per connection, so that a batch's statements go
+/// out together in one round trip, in order.
+struct Stmts {
+    head: Statement,
+    log: Statement,
+    providers: Statement,
+    unbind: Statement,
+    unlink: Statement,
+    forget: Statement,
+    ids: Statement,
+    links: Statement,
+    bind: Statement,
+    index: Statement,
+}
+
+impl Stmts {
+    async fn prepare(c: &Client) -> Result<Self, ClusterError> {
+        let prep = async |sql: &str| c.prepare(sql).await.map_err(pg("prepare"));
+        Ok(Self {
+            head: prep("UPDATE head SET seq = $1, hash = $2 WHERE seq = $3 AND epoch = $4").await?,
+            log: prep(
+                "INSERT INTO change_log (seq, epoch, at, actor, kind, payload, hash)
+                 SELECT s, $2, a, w, k, p, h
+                 FROM unnest($1::bigint[], $3::timestamptz[], $4::text[], $5::smallint[],
+                             $6::bytea[], $7::bytea[]) AS t(s, a, w, k, p, h)",
+            )
+            .await?,
+            providers: prep(
+                "INSERT INTO providers (provider, seq)
+                 SELECT * FROM unnest($1::text[], $2::bigint[]) ON CONFLICT DO NOTHING",
+            )
+            .await?,
+            unbind: prep("DELETE FROM cert_bindings WHERE cert = ANY($1::bytea[])").await?,
+            unlink: prep("DELETE FROM links WHERE mykey_id = ANY($1::text[])").await?,
+            forget: prep("DELETE FROM ids WHERE mykey_id = ANY($1::text[])").await?,
+            ids: prep(
+                "INSERT INTO ids (mykey_id, state, seq)
+                 SELECT * FROM unnest($1::text[], $2::smallint[], $3::bigint[])
+                 ON CONFLICT (mykey_id) DO UPDATE SET state = EXCLUDED.state, seq = EXCLUDED.seq",
+            )
+            .await?,
+            links: prep(
+                "INSERT INTO links (mykey_id, provider, service, seq)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])",
+            )
+            .await?,
+            bind: prep(
+                "INSERT INTO cert_bindings (cert, mykey_id, seq)
+                 SELECT * FROM unnest($1::bytea[], $2::text[], $3::bigint[])",
+            )
+            .await?,
+            index: prep(
+                "INSERT INTO id_changes (mykey_id, seq)
+                 SELECT * FROM unnest($1::text[], $2::bigint[]) ON CONFLICT DO NOTHING",
+            )
+            .await?,
+        })
+    }
+}
+
 /// The writer: the node holding the writer lock, on its own dedicated connection.
 pub struct Writer {
     client: Client,
+    stmts: Stmts,
     node: String,
     head: Head,
 }
@@ -96,6 +158,7 @@ impl Writer {
             "took over as the cluster writer"
         );
         Ok(Self {
+            stmts: Stmts::prepare(&client).await?,
             client,
             node: node.to_owned(),
             head,
@@ -117,6 +180,7 @@ impl Writer {
     /// session holds the lock now; a commit after a takeover elsewhere is `Fenced`.
     pub async fn reconnect(&mut self, client: Client) -> Result<(), ClusterError> {
         try_lock(&client).await?;
+        self.stmts = Stmts::prepare(&client).await?;
         self.client = client;
         Ok(())
     }
@@ -146,22 +210,39 @@ impl Writer {
             rows.push((p, hash));
         }
         let epoch = self.head.epoch;
+        let net = Net::of(batch)?;
+        let mut seqs = Vec::with_capacity(batch.len());
+        let mut ats = Vec::with_capacity(batch.len());
+        let mut actors = Vec::with_capacity(batch.len());
+        let mut kinds = Vec::with_capacity(batch.len());
+        for (c, _) in batch {
+            seqs.push(c.seq as i64);
+            ats.push(SystemTime::UNIX_EPOCH + Duration::from_secs(c.at.unix_secs()));
+            actors.push(c.actor.as_str());
+            kinds.push(i16::from(c.kind));
+        }
+        let payloads: Vec<&[u8]> = rows.iter().map(|(p, _)| &p[..]).collect();
+        let hashes: Vec<&[u8]> = rows.iter().map(|(_, h)| &h[..]).collect();
+        let (last_i, seq_i, epoch_i, hash_s) =
+            (last as i64, self.head.seq as i64, epoch as i64, &hash[..]);
+        let head_params: [&(dyn ToSql + Sync); 4] = [&last_i, &hash_s, &seq_i, &epoch_i];
+        let log_params: [&(dyn ToSql + Sync); 7] =
+            [&seqs, &epoch_i, &ats, &actors, &kinds, &payloads, &hashes];
+        let st = &self.stmts;
         let tx = self.client.transaction().await.map_err(pg("begin"))?;
-        // First: the head row's lock is held to the commit, so a second writer's transaction
-        // waits here and then matches no row; and a stale epoch matches none at once.
-        let moved = tx
-            .execute(
-                "UPDATE head SET seq = $1, hash = $2 WHERE seq = $3 AND epoch = $4",
-                &[
-                    &(last as i64),
-                    &&hash[..],
-                    &(self.head.seq as i64),
-                    &(epoch as i64),
-                ],
-            )
-            .await
-            .map_err(pg("move the head"))?;
-        if moved != 1 {
+        // The statements are sent together (pipelined on the connection) and run in order.
+        // First the head: its row lock is held to the commit, so a second writer's transaction
+        // waits there and then matches no row; a stale epoch matches none at once. One
+        // statement per table follows for the whole batch, whatever its size.
+        let (moved, logged, mirrored) = tokio::join!(
+            biased;
+            tx.execute(&st.head, &head_params),
+            tx.execute(&st.log, &log_params),
+            net.write(&tx, st),
+        );
+        // A fenced head explains whatever failed after it (the other writer's rows hold these
+        // seqs): report the fence.
+        if moved.as_ref().is_ok_and(|&n| n != 1) {
             let _ = tx.rollback().await;
             tracing::warn!(node = %self.node, epoch, seq = self.head.seq, "fenced: another writer took over");
             return Err(ClusterError::Fenced {
@@ -169,32 +250,9 @@ impl Writer {
                 epoch,
             });
         }
-        let insert = tx
-            .prepare(
-                "INSERT INTO change_log (seq, epoch, at, actor, kind, payload, hash)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .await
-            .map_err(pg("prepare"))?;
-        for ((c, ops), (p, h)) in batch.iter().zip(&rows) {
-            let at = SystemTime::UNIX_EPOCH + Duration::from_secs(c.at.unix_secs());
-            let seq = c.seq as i64;
-            tx.execute(
-                &insert,
-                &[
-                    &seq,
-                    &(epoch as i64),
-                    &at,
-                    &c.actor.as_str(),
-                    &i16::from(c.kind),
-                    &&p[..],
-                    &&h[..],
-                ],
-            )
-            .await
-            .map_err(pg("write change_log"))?;
-            mirror(&tx, seq, ops).await?;
-        }
+        moved.map_err(pg("move the head"))?;
+        logged.map_err(pg("write change_log"))?;
+        mirrored?;
         match tx.commit().await {
             Ok(()) => {}
             // The commit was sent: whether it took cannot be known from here.
@@ -216,93 +274,147 @@ impl Writer {
     }
 }
 
-/// Writes one change's mirror rows: providers first, bindings removed, IDs (with their links)
-/// written, bindings made, so that every foreign key and unique constraint holds at each step.
-async fn mirror(
-    tx: &tokio_postgres::Transaction<'_>,
-    seq: i64,
-    ops: &[MirrorOp],
-) -> Result<(), ClusterError> {
-    let m = pg("write the mirror");
-    for op in ops {
-        if let MirrorOp::Provider(p) = op {
-            tx.execute(
-                "INSERT INTO providers (provider, seq) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&p.as_str(), &seq],
-            )
-            .await
-            .map_err(&m)?;
-        }
-    }
-    for op in ops {
-        if let MirrorOp::Unbind { cert } = op {
-            tx.execute("DELETE FROM cert_bindings WHERE cert = $1", &[cert])
-                .await
-                .map_err(&m)?;
-        }
-    }
-    for op in ops {
-        match op {
-            MirrorOp::Id { id, state, links } => {
-                let id = id.as_str();
-                tx.execute(
-                    "INSERT INTO ids (mykey_id, state, seq) VALUES ($1, $2, $3)
-                     ON CONFLICT (mykey_id) DO UPDATE SET state = EXCLUDED.state, seq = EXCLUDED.seq",
-                    &[&id, &MirrorOp::state_code(*state), &seq],
-                )
-                .await
-                .map_err(&m)?;
-                tx.execute("DELETE FROM links WHERE mykey_id = $1", &[&id])
-                    .await
-                    .map_err(&m)?;
-                for (p, s) in links {
-                    tx.execute(
-                        "INSERT INTO links (mykey_id, provider, service, seq) VALUES ($1, $2, $3, $4)",
-                        &[&id, &p.as_str(), &s.to_string(), &seq],
-                    )
-                    .await
-                    .map_err(&m)?;
-                }
-                index(tx, id, seq).await?;
-            }
-            MirrorOp::Forget { id } => {
-                let id = id.as_str();
-                tx.execute("DELETE FROM links WHERE mykey_id = $1", &[&id])
-                    .await
-                    .map_err(&m)?;
-                tx.execute("DELETE FROM ids WHERE mykey_id = $1", &[&id])
-                    .await
-                    .map_err(&m)?;
-                index(tx, id, seq).await?;
-            }
-            _ => {}
-        }
-    }
-    for op in ops {
-        if let MirrorOp::Bind { cert, id } = op {
-            tx.execute(
-                "INSERT INTO cert_bindings (cert, mykey_id, seq) VALUES ($1, $2, $3)",
-                &[cert, &id.as_str(), &seq],
-            )
-            .await
-            .map_err(&m)?;
-            index(tx, id.as_str(), seq).await?;
-        }
-    }
-    Ok(())
+/// An ID's mirror row as a batch leaves it: state code, seq, links (provider, service ID).
+type IdRow = (i16, i64, Vec<(String, String)>);
+
+/// What a batch does to the mirror, net: each key's last state in the batch, so that the
+/// whole batch is a handful of statements. A certificate bound twice without being unbound in
+/// between is an engine bug, refused here; every other impossible state (a certificate still
+/// bound elsewhere, an ID holding two certificates, a link to an unknown provider) is refused
+/// by the tables' constraints.
+#[derive(Default)]
+struct Net {
+    providers: Vec<(String, i64)>,
+    /// ID → its last record (state, seq, links), or `None` when the batch removed it.
+    ids: std::collections::BTreeMap<String, Option<IdRow>>,
+    /// Certificate → its last binding (ID, seq), or `None` when the batch unbound it.
+    certs: std::collections::BTreeMap<Vec<u8>, Option<(String, i64)>>,
+    /// Certificates the batch unbound at some point: their old rows go first.
+    unbound: std::collections::BTreeSet<Vec<u8>>,
+    id_changes: std::collections::BTreeSet<(String, i64)>,
 }
 
-/// Records that change `seq` concerns `id`, for `history`.
-async fn index(
-    tx: &tokio_postgres::Transaction<'_>,
-    id: &str,
-    seq: i64,
-) -> Result<(), ClusterError> {
-    tx.execute(
-        "INSERT INTO id_changes (mykey_id, seq) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        &[&id, &seq],
-    )
-    .await
-    .map_err(pg("write the mirror"))?;
-    Ok(())
+impl Net {
+    fn of(batch: &[(Change, Vec<MirrorOp>)]) -> Result<Self, ClusterError> {
+        let mut n = Net::default();
+        for (c, ops) in batch {
+            let seq = c.seq as i64;
+            for op in ops {
+                match op {
+                    MirrorOp::Provider(p) => n.providers.push((p.as_str().to_owned(), seq)),
+                    MirrorOp::Id { id, state, links } => {
+                        let links = links
+                            .iter()
+                            .map(|(p, s)| (p.as_str().to_owned(), s.to_string()))
+                            .collect();
+                        n.ids.insert(
+                            id.as_str().to_owned(),
+                            Some((MirrorOp::state_code(*state), seq, links)),
+                        );
+                        n.id_changes.insert((id.as_str().to_owned(), seq));
+                    }
+                    MirrorOp::Forget { id } => {
+                        n.ids.insert(id.as_str().to_owned(), None);
+                        n.id_changes.insert((id.as_str().to_owned(), seq));
+                    }
+                    MirrorOp::Bind { cert, id } => {
+                        if let Some(Some(_)) = n.certs.get(cert) {
+                            return Err(ClusterError::BadRow {
+                                seq: c.seq,
+                                what: "it binds a certificate the batch bound already",
+                            });
+                        }
+                        n.certs
+                            .insert(cert.clone(), Some((id.as_str().to_owned(), seq)));
+                        n.id_changes.insert((id.as_str().to_owned(), seq));
+                    }
+                    MirrorOp::Unbind { cert } => {
+                        n.certs.insert(cert.clone(), None);
+                        n.unbound.insert(cert.clone());
+                    }
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Writes the net effect: providers, old bindings removed, IDs and their links replaced,
+    /// bindings made, the per-ID index; each foreign key and unique constraint holds at each step.
+    async fn write(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        st: &Stmts,
+    ) -> Result<(), ClusterError> {
+        let (pnames, pseqs): (Vec<&str>, Vec<i64>) =
+            self.providers.iter().map(|(p, s)| (p.as_str(), *s)).unzip();
+        let unbound: Vec<&[u8]> = self.unbound.iter().map(Vec::as_slice).collect();
+        let touched: Vec<&str> = self.ids.keys().map(String::as_str).collect();
+        let forgotten: Vec<&str> = self
+            .ids
+            .iter()
+            .filter(|(_, r)| r.is_none())
+            .map(|(id, _)| id.as_str())
+            .collect();
+        let (mut ids, mut states, mut seqs) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut lids, mut lprov, mut lsvc, mut lseq) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (id, r) in &self.ids {
+            let Some((state, seq, links)) = r else {
+                continue;
+            };
+            ids.push(id.as_str());
+            states.push(*state);
+            seqs.push(*seq);
+            for (p, s) in links {
+                lids.push(id.as_str());
+                lprov.push(p.as_str());
+                lsvc.push(s.as_str());
+                lseq.push(*seq);
+            }
+        }
+        let (mut certs, mut cids, mut cseqs) = (Vec::new(), Vec::new(), Vec::new());
+        for (cert, b) in &self.certs {
+            if let Some((id, seq)) = b {
+                certs.push(cert.as_slice());
+                cids.push(id.as_str());
+                cseqs.push(*seq);
+            }
+        }
+        let (iids, iseqs): (Vec<&str>, Vec<i64>) = self
+            .id_changes
+            .iter()
+            .map(|(i, s)| (i.as_str(), *s))
+            .unzip();
+        let p_a: [&(dyn ToSql + Sync); 2] = [&pnames, &pseqs];
+        let p_b: [&(dyn ToSql + Sync); 1] = [&unbound];
+        let p_c: [&(dyn ToSql + Sync); 1] = [&touched];
+        let p_d: [&(dyn ToSql + Sync); 1] = [&forgotten];
+        let p_e: [&(dyn ToSql + Sync); 3] = [&ids, &states, &seqs];
+        let p_f: [&(dyn ToSql + Sync); 4] = [&lids, &lprov, &lsvc, &lseq];
+        let p_g: [&(dyn ToSql + Sync); 3] = [&certs, &cids, &cseqs];
+        let p_h: [&(dyn ToSql + Sync); 2] = [&iids, &iseqs];
+        // Sent together, run in this order: each foreign key and unique constraint holds at
+        // each step; the first statement to fail is the error.
+        let results = tokio::join!(
+            biased;
+            tx.execute(&st.providers, &p_a),
+            tx.execute(&st.unbind, &p_b),
+            tx.execute(&st.unlink, &p_c),
+            tx.execute(&st.forget, &p_d),
+            tx.execute(&st.ids, &p_e),
+            tx.execute(&st.links, &p_f),
+            tx.execute(&st.bind, &p_g),
+            tx.execute(&st.index, &p_h),
+        );
+        let m = pg("write the mirror");
+        results.0.map_err(&m)?;
+        results.1.map_err(&m)?;
+        results.2.map_err(&m)?;
+        results.3.map_err(&m)?;
+        results.4.map_err(&m)?;
+        results.5.map_err(&m)?;
+        results.6.map_err(&m)?;
+        results.7.map_err(&m)?;
+        Ok(())
+    }
 }
