@@ -335,11 +335,18 @@ async fn serve_request(
         let mut out = Vec::with_capacity(256);
         let now = (service.clock)();
         let h = handler::handle_body(service, ident, now, admitted, &body, &mut out);
+        if let Handled::Export(provider) = h {
+            // An export holds its slot of the read budget while it walks and streams.
+            let (status, delivered) = export(service, provider, send).await;
+            drop(permit);
+            return (op as u8, status, delivered);
+        }
         drop(permit);
         (h, out)
     };
     match handled {
         Handled::Answered(status) => (op as u8, status, respond(send, &out).await),
+        // Exports are answered above; the blocking pool never sees one.
         Handled::Export(provider) => {
             let (status, delivered) = export(service, provider, send).await;
             (op as u8, status, delivered)
