@@ -488,3 +488,43 @@ async fn a_store_writing_through_postgres_logs_only_what_postgres_committed() {
         "the unacknowledged write is not visible"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_resumes_after_a_restart_from_its_store_and_chain_file() {
+    use mykey_engine::cluster::chain;
+    let Some((_pg, _dir, r, batch, admin, mut w)) = cluster("resume").await else {
+        return;
+    };
+    w.commit(&batch[..10]).await.expect("first part");
+    let fdir = TempDir::new("cluster-resume-follower");
+    let fs = RealFs::new(fdir.path()).expect("dir");
+    let f = registry_with(&fdir, &[]);
+    let mut t = chain::resume(&admin, &fs, &f).await.expect("a new node");
+    assert_eq!(t.applied(), 0);
+    assert_eq!(t.step(&admin, &f).await.expect("step"), 10);
+    chain::write(&fs, &t).expect("chain");
+    let at10 = t.hash();
+    // A crash after five more applied changes, before the CHAIN file was written again.
+    w.commit(&batch[10..]).await.expect("the rest");
+    for c in &batch[10..15] {
+        f.apply_replicated(&c.0).expect("apply");
+    }
+    drop(f);
+    let f = Registry::open(
+        std::sync::Arc::new(RealFs::new(fdir.path()).expect("dir")),
+        mykey_engine::registry::RegistryConfig::default(),
+    )
+    .expect("reopen");
+    let mut t = chain::resume(&admin, &fs, &f).await.expect("resume");
+    assert_eq!(t.applied(), 15, "it resumes at its store's seq");
+    assert_eq!(chain::read(&fs).expect("read"), Some((15, t.hash())));
+    while t.step(&admin, &f).await.expect("step") > 0 {}
+    assert_eq!(contents(&f), contents(&r));
+    // A CHAIN file that does not hold this node's history is refused, not trusted.
+    assert_ne!(at10, [1; 32]);
+    chain::write(&fs, &Tail::at(10, [1; 32])).expect("write");
+    match chain::resume(&admin, &fs, &f).await {
+        Err(ClusterError::BadRow { seq, .. }) => assert_eq!(seq, 11),
+        other => panic!("{other:?}"),
+    }
+}

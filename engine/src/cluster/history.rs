@@ -4,7 +4,7 @@
 
 use tokio_postgres::Client;
 
-use super::{ClusterError, GENESIS, ROWS_PER_QUERY, chain_hash};
+use super::{ClusterError, GENESIS, ROWS_PER_QUERY, check_row};
 use crate::id::MyKeyId;
 use crate::store::Change;
 
@@ -69,27 +69,7 @@ pub async fn verify(c: &Client, from: u64, to: Option<u64>) -> Result<Verified, 
             });
         }
         for r in rows {
-            let seq = r.get::<_, i64>(0) as u64;
-            if seq != next {
-                return Err(ClusterError::BadRow {
-                    seq: next,
-                    what: "missing (a gap in change_log)",
-                });
-            }
-            let payload: &[u8] = r.get(1);
-            if Change::decode(seq, payload).is_none() {
-                return Err(ClusterError::BadRow {
-                    seq,
-                    what: "its payload is not a change",
-                });
-            }
-            hash = chain_hash(&hash, payload);
-            if stored_hash(seq, r.get(2))? != hash {
-                return Err(ClusterError::BadRow {
-                    seq,
-                    what: "its chain hash does not match the one recomputed from the rows before",
-                });
-            }
+            hash = check_row(&r, next, &hash)?.2;
             next += 1;
         }
     }

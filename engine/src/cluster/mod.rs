@@ -7,6 +7,7 @@
 //! before a change reaches here) and never acknowledges a write itself: it reports whether
 //! PostgreSQL committed, refused, fenced, or left the outcome unknown, and the caller answers.
 
+pub mod chain;
 pub mod history;
 pub mod record;
 pub mod schema;
@@ -104,6 +105,9 @@ pub enum ClusterError {
         /// What the registry said.
         source: Box<crate::registry::RegistryError>,
     },
+    /// The node's own files (its `CHAIN` file, its local log) failed.
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
     /// A change that cannot be encoded (over a log limit).
     #[error("change {seq}: {source}")]
     Encode {
@@ -132,6 +136,37 @@ pub fn chain_hash(prev: &[u8; 32], payload: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());
     out
+}
+
+/// Checks one `change_log` row (columns `seq, payload, hash`) read in seq order: it is seq
+/// `expected`, its payload is a change, and its stored hash is `SHA-256(prev ‖ payload)`.
+/// Returns the change, its payload and its hash. Verification, tailing and resuming all read
+/// rows through this.
+pub(crate) fn check_row<'r>(
+    row: &'r tokio_postgres::Row,
+    expected: u64,
+    prev: &[u8; 32],
+) -> Result<(Change, &'r [u8], [u8; 32]), ClusterError> {
+    let seq = row.get::<_, i64>(0) as u64;
+    if seq != expected {
+        return Err(ClusterError::BadRow {
+            seq: expected,
+            what: "missing: change_log has a gap here",
+        });
+    }
+    let payload: &[u8] = row.get(1);
+    let change = Change::decode(seq, payload).ok_or(ClusterError::BadRow {
+        seq,
+        what: "its payload is not a change",
+    })?;
+    let hash = chain_hash(prev, payload);
+    if row.get::<_, &[u8]>(2) != hash {
+        return Err(ClusterError::BadRow {
+            seq,
+            what: "its chain hash is not SHA-256 of the hash before it and its payload: another history than the one checked up to here",
+        });
+    }
+    Ok((change, payload, hash))
 }
 
 /// A change's payload as `change_log` stores it.

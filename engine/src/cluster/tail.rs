@@ -6,9 +6,8 @@
 
 use std::time::Duration;
 
-use super::{ClusterError, GENESIS, PgClient, chain_hash};
+use super::{ClusterError, GENESIS, PgClient, check_row};
 use crate::registry::Registry;
-use crate::store::Change;
 
 /// How often a follower polls for new rows.
 pub const TAIL_POLL: Duration = Duration::from_millis(10);
@@ -16,6 +15,7 @@ pub const TAIL_POLL: Duration = Duration::from_millis(10);
 pub const TAIL_BATCH: i64 = 1000;
 
 /// Where a follower stands: its applied seq and its chain hash there.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tail {
     applied: u64,
     hash: [u8; 32],
@@ -58,26 +58,8 @@ impl Tail {
             })?;
         let mut n = 0;
         for r in rows {
-            let seq = r.get::<_, i64>(0) as u64;
-            let want = self.applied + 1;
-            if seq != want {
-                return Err(ClusterError::BadRow {
-                    seq: want,
-                    what: "missing: the log has a gap here",
-                });
-            }
-            let payload: &[u8] = r.get(1);
-            let change = Change::decode(seq, payload).ok_or(ClusterError::BadRow {
-                seq,
-                what: "its payload is not a change",
-            })?;
-            let hash = chain_hash(&self.hash, payload);
-            if r.get::<_, &[u8]>(2) != hash {
-                return Err(ClusterError::BadRow {
-                    seq,
-                    what: "its chain hash differs from this node's: PostgreSQL holds another history than this node applied",
-                });
-            }
+            let (change, _, hash) = check_row(&r, self.applied + 1, &self.hash)?;
+            let seq = change.seq;
             reg.apply_replicated(&change)
                 .map_err(|e| ClusterError::Apply {
                     seq,

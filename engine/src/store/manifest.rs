@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use super::StoreError;
 use super::fs::Fs;
 use super::hash::HashKey;
-use super::io_err;
 
 /// File name of the manifest.
 pub const NAME: &str = "MANIFEST";
@@ -186,18 +185,12 @@ impl Manifest {
 
     /// Installs this manifest atomically: temp file, fsync, rename, directory fsync.
     pub fn install(&self, fs: &dyn Fs) -> Result<(), StoreError> {
-        let tmp = format!("{NAME}.tmp");
         let bytes = Manifest {
             version: VERSION,
             ..self.clone()
         }
         .encode();
-        let mut f = fs.create(&tmp).map_err(io_err(fs, "create", &tmp))?;
-        f.write_all(&bytes).map_err(io_err(fs, "write", &tmp))?;
-        f.sync().map_err(io_err(fs, "fsync", &tmp))?;
-        drop(f);
-        fs.rename(&tmp, NAME).map_err(io_err(fs, "rename", &tmp))?;
-        fs.sync_dir().map_err(io_err(fs, "fsync-dir", NAME))
+        super::replace_file(fs, NAME, &bytes)
     }
 }
 

@@ -266,6 +266,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Replaces the file `name` with `bytes` atomically: written to `<name>.tmp`, fsync'd, renamed
+/// over it, and the directory fsync'd. A crash leaves the old file or the new one, never a
+/// mix; a leftover `.tmp` is removed when the store next opens.
+pub fn replace_file(fs: &dyn Fs, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = format!("{name}.tmp");
+    let mut f = fs.create(&tmp).map_err(io_err(fs, "create", &tmp))?;
+    f.write_all(bytes).map_err(io_err(fs, "write", &tmp))?;
+    f.sync().map_err(io_err(fs, "fsync", &tmp))?;
+    drop(f);
+    fs.rename(&tmp, name).map_err(io_err(fs, "rename", &tmp))?;
+    fs.sync_dir().map_err(io_err(fs, "fsync-dir", name))
+}
+
 /// Maps an OS error of operation `op` on file `name` to [`StoreError::Io`].
 pub(crate) fn io_err(
     fs: &dyn Fs,
