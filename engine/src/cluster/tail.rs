@@ -44,7 +44,7 @@ impl Tail {
 
     /// Reads and applies the rows after the applied seq, up to [`TAIL_BATCH`] of them; returns
     /// how many were applied. Nothing past the first row that fails a check is applied. Blocks
-    /// on the local log's fsync of each change: a node runs its tail on a thread of its own.
+    /// on the local log's fsync (one per step): a node runs its tail on a thread of its own.
     pub async fn step(&mut self, c: &PgClient, reg: &Registry) -> Result<usize, ClusterError> {
         let rows = c
             .query(
@@ -56,18 +56,36 @@ impl Tail {
                 op: "tail change_log",
                 source,
             })?;
-        let mut n = 0;
-        for r in rows {
-            let (change, _, hash) = check_row(&r, self.applied + 1, &self.hash)?;
-            let seq = change.seq;
-            reg.apply_replicated(&change)
+        // Every row is checked before any is applied; the ones before a failing row are
+        // applied together (one local fsync), and then the failure is told.
+        let mut checked = Vec::with_capacity(rows.len());
+        let mut failed = None;
+        let (mut seq, mut hash) = (self.applied, self.hash);
+        for r in &rows {
+            match check_row(r, seq + 1, &hash) {
+                Ok((change, _, h)) => {
+                    seq = change.seq;
+                    hash = h;
+                    checked.push(change);
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let n = checked.len();
+        if n > 0 {
+            reg.apply_replicated_batch(&checked)
                 .map_err(|e| ClusterError::Apply {
-                    seq,
+                    seq: checked[0].seq,
                     source: Box::new(e),
                 })?;
             self.applied = seq;
             self.hash = hash;
-            n += 1;
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         Ok(n)
     }

@@ -11,6 +11,26 @@ impl Registry {
     /// Applies `change`, whose seq must be the store's next, and returns once it is durable in
     /// the local log and visible.
     pub fn apply_replicated(&self, change: &Change) -> Result<(), RegistryError> {
+        self.apply_replicated_batch(std::slice::from_ref(change))
+    }
+
+    /// Applies consecutive `changes` (the first one's seq the store's next) and returns once
+    /// all are durable and visible: one local fsync for the batch, as a group commit. An error
+    /// part-way leaves the changes queued before it to the next flush: the node must stop
+    /// following (its tail no longer knows its store's seq) until it is reopened.
+    pub fn apply_replicated_batch(&self, changes: &[Change]) -> Result<(), RegistryError> {
+        let mut last = None;
+        for c in changes {
+            last = Some(self.submit_replicated(c)?);
+        }
+        if let Some(seq) = last {
+            self.store.wait_durable(seq)?;
+        }
+        Ok(())
+    }
+
+    /// Queues one replicated change, its dictionary entries published with it.
+    fn submit_replicated(&self, change: &Change) -> Result<u64, RegistryError> {
         let mut providers = Vec::new();
         let mut actors = Vec::new();
         let mut cas = Vec::new();
@@ -30,7 +50,7 @@ impl Registry {
                 _ => {}
             }
         }
-        let seq = self.store.write()?.submit_replicated(change, || {
+        Ok(self.store.write()?.submit_replicated(change, || {
             for (a, i) in actors {
                 write(&self.actors).insert(a, i);
             }
@@ -46,8 +66,6 @@ impl Registry {
                     d
                 });
             }
-        })?;
-        self.store.wait_durable(seq)?;
-        Ok(())
+        })?)
     }
 }
