@@ -315,7 +315,7 @@ async fn serve_request(
         );
         return refuse(send, op as u8, &e).await;
     };
-    let (handled, out) = if runs_blocking(op) {
+    let (handled, out, _export_permit) = if runs_blocking(op) {
         let service = service.clone();
         let ident = ident.clone();
         let task = tokio::task::spawn_blocking(move || {
@@ -327,7 +327,7 @@ async fn serve_request(
             (h, out)
         });
         match wait_for_work(shared, op, writes, task).await {
-            Ok(done) => done,
+            Ok((h, out)) => (h, out, None),
             Err(e) => return refuse(send, op as u8, &e).await,
         }
     } else {
@@ -335,18 +335,13 @@ async fn serve_request(
         let mut out = Vec::with_capacity(256);
         let now = (service.clock)();
         let h = handler::handle_body(service, ident, now, admitted, &body, &mut out);
-        if let Handled::Export(provider) = h {
-            // An export holds its slot of the read budget while it walks and streams.
-            let (status, delivered) = export(service, provider, send).await;
-            drop(permit);
-            return (op as u8, status, delivered);
-        }
-        drop(permit);
-        (h, out)
+        // An export holds its slot of the read budget while it walks and streams; any other
+        // answer gives it back before it is sent.
+        let keep = matches!(h, Handled::Export(_)).then_some(permit);
+        (h, out, keep)
     };
     match handled {
         Handled::Answered(status) => (op as u8, status, respond(send, &out).await),
-        // Exports are answered above; the blocking pool never sees one.
         Handled::Export(provider) => {
             let (status, delivered) = export(service, provider, send).await;
             (op as u8, status, delivered)
