@@ -1,12 +1,5 @@
-//! A throwaway PostgreSQL server for the cluster tests: `initdb` into a temporary directory
-//! and `postgres` on 127.0.0.1 and a free port, both run as the unprivileged `postgres` user
-//! when the tests run as root (PostgreSQL refuses root). Where PostgreSQL is not installed or
-//! cannot start, [`Postgres::start`] says so loudly on stderr and returns `None`, and the test
-//! skips.
-
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+//! PostgreSQL for the cluster tests: the throwaway server (`postgres.rs`, shared with the
+//! engine's process tests) and a registry writing through it.
 
 use std::sync::Arc;
 
@@ -16,6 +9,10 @@ use mykey_engine::registry::Registry;
 
 use crate::{TempDir, registry_with};
 
+#[path = "postgres.rs"]
+mod postgres;
+pub use postgres::Postgres;
+
 /// A new, empty registry in `dir` whose group commit goes through `writer` to PostgreSQL.
 pub fn registry_through(dir: &TempDir, writer: Writer) -> Arc<Registry> {
     let node = Arc::new(registry_with(dir, &[]));
@@ -24,166 +21,4 @@ pub fn registry_through(dir: &TempDir, writer: Writer) -> Arc<Registry> {
         .set_system_of_record(Arc::new(record))
         .expect("set once");
     node
-}
-
-/// How long the server may take to accept connections.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A running PostgreSQL, stopped (immediate shutdown) and removed on drop.
-pub struct Postgres {
-    dir: TempDir,
-    port: u16,
-    child: Child,
-}
-
-/// The directory of PostgreSQL's server programs: on the PATH, or Debian's versioned one.
-fn bin_dir() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .find(|d| d.join("initdb").is_file() && d.join("postgres").is_file())
-    });
-    on_path.or_else(|| {
-        let mut v: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()?
-            .filter_map(|e| Some(e.ok()?.path().join("bin")))
-            .filter(|d| d.join("initdb").is_file())
-            .collect();
-        v.sort();
-        v.pop()
-    })
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
-}
-
-/// A command running `program` from `bin`, as the `postgres` user when this process is root.
-fn pg_command(bin: &Path, program: &str) -> Command {
-    if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(bin.join(program));
-        c
-    } else {
-        Command::new(bin.join(program))
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn skip(why: &str) -> Option<Postgres> {
-    eprintln!(
-        "\n*** SKIPPED: PostgreSQL cannot run here: {why} ***\n*** (.ci/run installs Debian's postgresql; install it to run the cluster tests) ***\n"
-    );
-    None
-}
-
-impl Postgres {
-    /// Starts a new server, or says why not and returns `None`.
-    pub fn start(tag: &str) -> Option<Self> {
-        let Some(bin) = bin_dir() else {
-            return skip("no initdb and postgres on the PATH or under /usr/lib/postgresql");
-        };
-        let dir = TempDir::new(&format!("pg-{tag}"));
-        let data = dir.path().join("data");
-        if is_root() {
-            // The postgres user must own its data directory and reach it.
-            let ok = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                return skip("cannot hand the data directory to the postgres user");
-            }
-            let _ = Command::new("chmod").arg("0755").arg(dir.path()).status();
-        }
-        let init = pg_command(&bin, "initdb")
-            .args(["-D"])
-            .arg(&data)
-            .args([
-                "-U",
-                "mykey",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-instructions",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output();
-        match init {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => return skip(&format!("initdb: {}", String::from_utf8_lossy(&o.stderr))),
-            Err(e) => return skip(&format!("initdb: {e}")),
-        }
-        let port = free_port();
-        let log = std::fs::File::create(dir.path().join("postgres.log")).expect("log file");
-        let child = pg_command(&bin, "postgres")
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
-            .arg(dir.path())
-            .args(["-c", "max_connections=40", "-c", "shared_buffers=16MB"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn();
-        let child = match child {
-            Ok(c) => c,
-            Err(e) => return skip(&format!("postgres: {e}")),
-        };
-        let pg = Postgres { dir, port, child };
-        let start = Instant::now();
-        loop {
-            // The server says so in its log once it accepts connections.
-            if pg
-                .log()
-                .contains("database system is ready to accept connections")
-            {
-                return Some(pg);
-            }
-            if start.elapsed() > START_TIMEOUT {
-                panic!(
-                    "postgres did not accept connections within {START_TIMEOUT:?}:\n{}",
-                    pg.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The connection string of the `postgres` database as the superuser `mykey`.
-    pub fn url(&self) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=mykey dbname=postgres",
-            self.port
-        )
-    }
-
-    /// The server's log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        // An immediate shutdown of the postmaster (its pid is the data directory's lock file's
-        // first line; the child may be `runuser`, which does not pass signals on); the
-        // directory goes with the TempDir.
-        let pid = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid"))
-            .ok()
-            .and_then(|s| s.lines().next().map(str::to_owned));
-        if let Some(pid) = pid {
-            let _ = Command::new("kill").args(["-QUIT", &pid]).status();
-        }
-        let _ = self.child.wait();
-    }
 }

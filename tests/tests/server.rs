@@ -548,11 +548,13 @@ async fn a_stuck_fsync_times_writes_out_as_unknown_and_reads_go_on() {
     // The production probe calls an fsync stuck after 5 s; this one at once, so that the test
     // waits on the seam, never on the clock.
     ready.set_probe(Box::new(move || {
-        probed
-            .registry
-            .store()
-            .health()
-            .problems_with(std::time::Duration::ZERO)
+        mykey_engine::server::admin::Finding::not_ready(
+            probed
+                .registry
+                .store()
+                .health()
+                .problems_with(std::time::Duration::ZERO),
+        )
     }));
     ready.set_phase(None);
     let (admin_addr, _admin) = admin::serve("127.0.0.1:0".parse().expect("addr"), ready.clone())

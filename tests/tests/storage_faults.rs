@@ -155,7 +155,9 @@ fn a_failed_fsync_is_logged_the_store_goes_read_only_and_reads_go_on() {
     let ready = Readiness::default();
     let probed = Arc::new(store);
     let store = probed.clone();
-    ready.set_probe(Box::new(move || probed.health().problems()));
+    ready.set_probe(Box::new(move || {
+        mykey_engine::server::admin::Finding::not_ready(probed.health().problems())
+    }));
     ready.set_phase(None);
     let reason = ready.check().expect_err("not ready");
     assert!(

@@ -1,7 +1,8 @@
 //! The cluster's system of record in PostgreSQL (`engine/CLUSTER.md`): the schema and its
 //! migrations (`schema`), the writer's batched, fenced commit of changes with their chain hash
 //! (`writer`) and that writer behind a store's group commit (`record`), a follower checking and
-//! applying the rows (`tail`), and the chain's verification and per-ID history (`history`).
+//! applying the rows (`tail`), a serving node's loop of following, election and leading
+//! (`node`), and the chain's verification and per-ID history (`history`).
 //!
 //! Owns every SQL statement and the chain hash. Never decides a domain rule (the registry does,
 //! before a change reaches here) and never acknowledges a write itself: it reports whether
@@ -9,6 +10,7 @@
 
 pub mod chain;
 pub mod history;
+pub mod node;
 pub mod record;
 pub mod schema;
 pub mod tail;

@@ -4,7 +4,7 @@
 //! Owns the thread and its runtime; never retries a batch (a failed one makes the store stop
 //! writing, and the node steps down).
 
-use std::sync::{Mutex, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 
 use super::ClusterError;
 use super::writer::{Head, Writer};
@@ -20,6 +20,8 @@ struct Job {
 pub struct PgRecord {
     jobs: Mutex<mpsc::Sender<Job>>,
     mirror: Mirror,
+    /// The head after the last commit (or the takeover).
+    head: Arc<Mutex<Head>>,
 }
 
 impl PgRecord {
@@ -30,14 +32,17 @@ impl PgRecord {
             .enable_all()
             .build()?;
         let (jobs, rx) = mpsc::channel::<Job>();
+        let head = Arc::new(Mutex::new(writer.head()));
+        let shown = head.clone();
         std::thread::Builder::new()
             .name("mykey-cluster-writer".into())
             .spawn(move || {
                 let mut writer = writer;
                 for job in rx {
                     let r = rt.block_on(writer.commit(&job.batch));
-                    if let Err(e) = &r {
-                        tracing::error!(op = "cluster commit", error = %e, "the batch was not committed; this node stops writing");
+                    match &r {
+                        Ok(h) => *shown.lock().unwrap_or_else(|e| e.into_inner()) = *h,
+                        Err(e) => tracing::error!(op = "cluster commit", error = %e, "the batch was not committed; this node stops writing"),
                     }
                     let _ = job.reply.send(r);
                 }
@@ -45,7 +50,14 @@ impl PgRecord {
         Ok(Self {
             jobs: Mutex::new(jobs),
             mirror,
+            head,
         })
+    }
+
+    /// The head after the last batch PostgreSQL committed (the store may not have logged it
+    /// yet).
+    pub fn head(&self) -> Head {
+        *self.head.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -42,7 +42,7 @@ pub const CONNECTIONS_MAX: &str = "mykey_connections_max";
 
 /// Every metric a node exports, the store's included (ops/ dashboards and alerts may use no
 /// other: `tests/tests/ops.rs` checks both ways).
-pub const ALL_METRICS: [&str; 21] = [
+pub const ALL_METRICS: [&str; 25] = [
     REQUESTS_TOTAL,
     REQUEST_SECONDS,
     CONNECTIONS,
@@ -63,6 +63,11 @@ pub const ALL_METRICS: [&str; 21] = [
     crate::store::DELTA_KEYS,
     crate::store::COMPACTIONS_TOTAL,
     crate::store::COMPACTION_SECONDS,
+    // A cluster node's only (engine/CLUSTER.md).
+    crate::cluster::node::ROLE,
+    crate::cluster::node::EPOCH,
+    crate::cluster::node::APPLIED_SEQ,
+    crate::cluster::node::LAG_SECONDS,
     // Prometheus's own, per target.
     "up",
 ];
@@ -181,26 +186,61 @@ fn describe() {
         Unit::Seconds,
         "Time of each compaction."
     );
+    use crate::cluster::node;
+    describe_gauge!(
+        node::ROLE,
+        "Cluster nodes only: 0 follower, 1 writer, 2 stopped (a gap, a chain mismatch or a local failure; /readyz says which)."
+    );
+    describe_gauge!(
+        node::EPOCH,
+        "Cluster nodes only: the writer epoch this node last saw."
+    );
+    describe_gauge!(
+        node::APPLIED_SEQ,
+        "Cluster nodes only: the last change seq this node's store holds."
+    );
+    describe_gauge!(
+        node::LAG_SECONDS,
+        Unit::Seconds,
+        "Cluster nodes only: seconds since this node last knew it held every committed change (0 while it does)."
+    );
 }
 
 /// Readiness: what `/readyz` and `mykey_ready` say. Not ready while starting and while
-/// draining (the phase), and whenever a probe (the store's health) names a reason the node
-/// cannot do its whole job. Evaluated on every `/readyz` and `/metrics` request, so a stuck
-/// fsync or a dead compactor shows while it lasts.
+/// draining (the phase), and whenever a probe (the store's health, the cluster's state) names
+/// a reason the node cannot do its whole job; ready but **degraded** while a probe names
+/// something the node works around (a cluster follower serving reads while PostgreSQL is
+/// unreachable). Evaluated on every `/readyz` and `/metrics` request, so a stuck fsync or a
+/// dead compactor shows while it lasts.
 pub struct Readiness {
     phase: std::sync::Mutex<Option<&'static str>>,
-    probe: OnceLock<Probe>,
+    probe: std::sync::Mutex<Option<Probe>>,
 }
 
-/// Reads what can fail while serving: returns one line per reason the node is not ready, and
-/// refreshes the gauges it owns.
-pub type Probe = Box<dyn Fn() -> Vec<String> + Send + Sync>;
+/// One thing a probe found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finding {
+    /// The node cannot do its whole job: `/readyz` answers 503 with this reason.
+    NotReady(String),
+    /// The node serves, with this limitation: `/readyz` answers 200 and names it.
+    Degraded(String),
+}
+
+impl Finding {
+    /// Each reason of `reasons` (a store's health problems) as a reason not to be ready.
+    pub fn not_ready(reasons: Vec<String>) -> Vec<Self> {
+        reasons.into_iter().map(Self::NotReady).collect()
+    }
+}
+
+/// Reads what can fail while serving: returns what it found, and refreshes the gauges it owns.
+pub type Probe = Box<dyn Fn() -> Vec<Finding> + Send + Sync>;
 
 impl Default for Readiness {
     fn default() -> Self {
         Self {
             phase: std::sync::Mutex::new(Some("starting")),
-            probe: OnceLock::new(),
+            probe: std::sync::Mutex::new(None),
         }
     }
 }
@@ -212,23 +252,31 @@ impl Readiness {
         let _ = self.check();
     }
 
-    /// Installs the probe (once; later calls are ignored).
+    /// Installs the probe, replacing any earlier one (a node that reopened its store probes
+    /// the new one).
     pub fn set_probe(&self, probe: Probe) {
-        let _ = self.probe.set(probe);
+        *self.probe.lock().unwrap_or_else(|e| e.into_inner()) = Some(probe);
     }
 
-    /// `Ok` when ready, else every reason on one line (joined by `; `). Sets `mykey_ready`.
-    pub fn check(&self) -> Result<(), String> {
+    /// `Ok` with the degradations (none when all is well) when ready, else every reason not
+    /// to be on one line (joined by `; `). Sets `mykey_ready`.
+    pub fn check(&self) -> Result<Vec<String>, String> {
         let mut reasons: Vec<String> = Vec::new();
+        let mut degraded = Vec::new();
         if let Some(p) = *self.phase.lock().unwrap_or_else(|e| e.into_inner()) {
             reasons.push(p.to_owned());
         }
-        if let Some(probe) = self.probe.get() {
-            reasons.extend(probe());
+        if let Some(probe) = &*self.probe.lock().unwrap_or_else(|e| e.into_inner()) {
+            for f in probe() {
+                match f {
+                    Finding::NotReady(r) => reasons.push(r),
+                    Finding::Degraded(d) => degraded.push(d),
+                }
+            }
         }
         metrics::gauge!(READY).set(if reasons.is_empty() { 1.0 } else { 0.0 });
         if reasons.is_empty() {
-            Ok(())
+            Ok(degraded)
         } else {
             Err(reasons.join("; "))
         }
@@ -379,7 +427,12 @@ fn route(
         }
         "/livez" => ("200 OK", "text/plain", "ok\n".into()),
         "/readyz" => match ready.check() {
-            Ok(()) => ("200 OK", "text/plain", "ready\n".into()),
+            Ok(d) if d.is_empty() => ("200 OK", "text/plain", "ready\n".into()),
+            Ok(d) => (
+                "200 OK",
+                "text/plain",
+                format!("ready, degraded: {}\n", d.join("; ")),
+            ),
             Err(reason) => (
                 "503 Service Unavailable",
                 "text/plain",

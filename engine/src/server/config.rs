@@ -20,7 +20,7 @@ pub const ENV_PREFIX: &str = "MYKEYD_";
 /// a typo, refused); one whose section is not here is someone else's variable that happens to
 /// share the prefix (a script's `MYKEYD_BIN`, the `MYKEYD_PORT`, `MYKEYD_SERVICE_HOST` that
 /// Kubernetes injects for a Service named `mykeyd`) and is ignored with a warning.
-pub const SECTIONS: [(&str, &[&str]); 7] = [
+pub const SECTIONS: [(&str, &[&str]); 8] = [
     ("server", &["listen", "admin_listen"]),
     ("store", &["dir", "compact_delta_keys"]),
     ("tls", &["cert", "key", "client_ca", "client_crl"]),
@@ -41,7 +41,11 @@ pub const SECTIONS: [(&str, &[&str]); 7] = [
     ),
     ("registry", &["provisional_expiry_days"]),
     ("log", &["format", "level"]),
+    ("cluster", &["node", "pg", "tail_pg", "pg_ca"]),
 ];
+
+/// Most bytes of a cluster node's name (it is stored in `head.writer` and logged).
+pub const NODE_NAME_MAX: usize = 63;
 
 /// The range of `provisional_expiry_days`: DESIGN §3's default is 30; a year is the longest a
 /// chosen ID may be held without the card being shown at a counter.
@@ -94,6 +98,10 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
+    /// Cluster membership (`engine/CLUSTER.md`); absent: a single node, its local log the
+    /// system of record.
+    #[serde(default)]
+    pub cluster: Option<ClusterSection>,
     /// Environment variables with the `MYKEYD_` prefix that name no section and were ignored,
     /// each with why: the caller logs them once logging is set up.
     #[serde(skip)]
@@ -246,6 +254,25 @@ impl RegistrySection {
             provisional_expiry_secs: u64::from(self.provisional_expiry_days) * 86_400,
         }
     }
+}
+
+/// `[cluster]`: this node is one of several sharing PostgreSQL as the system of record.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// This node's name, unique in the cluster: 1 to [`NODE_NAME_MAX`] bytes of A–Z, a–z,
+    /// 0–9, `.`, `_`, `-`.
+    pub node: String,
+    /// The PostgreSQL primary (a libpq connection string or URL): the writer commits there and
+    /// every node takes part in the election there.
+    pub pg: String,
+    /// The PostgreSQL this node tails (the primary or a hot standby); absent: `pg`.
+    #[serde(default)]
+    pub tail_pg: Option<String>,
+    /// CA certificates (PEM) that PostgreSQL's server certificate must chain to; present: TLS
+    /// 1.3 to PostgreSQL, absent: no TLS (a database on loopback only).
+    #[serde(default)]
+    pub pg_ca: Option<PathBuf>,
 }
 
 /// `[log]`.
@@ -413,10 +440,16 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
-        if let Some(p) = &mut cfg.tls.client_crl
-            && p.is_relative()
+        for p in [
+            cfg.tls.client_crl.as_mut(),
+            cfg.cluster.as_mut().and_then(|c| c.pg_ca.as_mut()),
+        ]
+        .into_iter()
+        .flatten()
         {
-            *p = base.join(&*p);
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
         }
         let origins: BTreeMap<(String, String), String> = overrides
             .into_iter()
@@ -477,6 +510,16 @@ impl Config {
         ];
         for (section, key, v, lo, hi) in ranges {
             range(section, key, v, lo, hi)?;
+        }
+        if let Some(c) = &self.cluster {
+            let ok = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
+            if c.node.is_empty() || c.node.len() > NODE_NAME_MAX || !c.node.bytes().all(ok) {
+                return Err(format!(
+                    "{} {:?}: a node name is 1..={NODE_NAME_MAX} bytes of A-Z, a-z, 0-9, '.', '_', '-'",
+                    name("cluster", "node"),
+                    c.node
+                ));
+            }
         }
         if !matches!(
             self.log.level.as_str(),

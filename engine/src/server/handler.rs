@@ -18,6 +18,8 @@ use crate::wire::{self, BatchFrame, HEADER_LEN, Op, Request, Response, Status, W
 
 use super::{Identity, Service};
 
+/// The message of `NO_WRITER`.
+pub const NO_WRITER_MESSAGE: &str = "this node is a cluster follower and does not take writes; nothing was applied; send the write to the cluster's writer (see /readyz or mykey_cluster_role), or retry once a writer is elected";
 /// The message of `OUTCOME_UNKNOWN`.
 pub const OUTCOME_UNKNOWN_MESSAGE: &str = "the write may or may not have been applied (the store's log did not confirm it); retry the same request to learn its outcome";
 /// The message of `INTERNAL` for a storage failure other than a read-only store.
@@ -381,6 +383,7 @@ pub fn refusal(e: &RegistryError) -> WireError {
     use RegistryError as R;
     let status = match e {
         R::Store(StoreError::OutcomeUnknown { .. }) => Status::OutcomeUnknown,
+        R::Store(StoreError::NotWriter) => Status::NoWriter,
         R::Store(_) | R::BadRecord { .. } | R::DictionaryFull { .. } => Status::Internal,
         R::Id(_) => Status::BadId,
         R::UnknownProvider { .. } => Status::UnknownProvider,
@@ -401,6 +404,7 @@ pub fn refusal(e: &RegistryError) -> WireError {
     // Storage details (files, OS errors) stay in the server's log.
     let message = match e {
         R::Store(StoreError::OutcomeUnknown { .. }) => OUTCOME_UNKNOWN_MESSAGE.to_owned(),
+        R::Store(StoreError::NotWriter) => NO_WRITER_MESSAGE.to_owned(),
         R::Store(StoreError::Failed { .. }) => {
             "the store is read-only after a storage failure; this write was not applied; retry on another node"
                 .to_owned()

@@ -85,6 +85,12 @@ pub struct Service {
     pub clock: fn() -> Timestamp,
 }
 
+impl AsRef<Registry> for Service {
+    fn as_ref(&self) -> &Registry {
+        &self.registry
+    }
+}
+
 impl AsRef<crate::store::Store> for Service {
     fn as_ref(&self) -> &crate::store::Store {
         self.registry.store()

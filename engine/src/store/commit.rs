@@ -252,11 +252,26 @@ pub trait SystemOfRecord: Send + Sync {
 
 impl Store {
     /// Sends every later batch through `record` before the local log (a cluster's writer, once
-    /// its store has caught up). Set once; a second call is refused.
+    /// its store has caught up), and ends follower mode: from here on the store takes local
+    /// writes and refuses replicated ones. Set once; a second call is refused.
     pub fn set_system_of_record(&self, record: Arc<dyn SystemOfRecord>) -> Result<(), StoreError> {
         self.record
             .set(record)
-            .map_err(|_| StoreError::Config("the system of record is set already"))
+            .map_err(|_| StoreError::Config("the system of record is set already"))?;
+        self.follower.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Makes this a cluster follower's store: local writes are refused with
+    /// [`StoreError::NotWriter`] (nothing applied) and only replicated changes are taken, until
+    /// [`Store::set_system_of_record`] makes the node the writer.
+    pub fn follow(&self) {
+        self.follower.store(true, Ordering::Release);
+    }
+
+    /// Whether local writes are refused because this is a follower's store.
+    pub fn is_follower(&self) -> bool {
+        self.follower.load(Ordering::Acquire)
     }
 }
 
@@ -350,13 +365,26 @@ impl WriteTx<'_> {
                 })?;
             self.put(t, &p.key, p.value.clone());
         }
-        self.submit_with(c.at, c.actor, c.kind, on_submitted)
+        self.queue(c.at, c.actor, c.kind, on_submitted)
     }
 
     /// As [`WriteTx::submit`], calling `on_submitted` after the change is queued and before
     /// the writer lock is released, so that in-memory state derived from it (the registry's
     /// dictionaries) is updated in seq order with the log.
     pub fn submit_with(
+        self,
+        at: Timestamp,
+        actor: ActorId,
+        kind: u8,
+        on_submitted: impl FnOnce(),
+    ) -> Result<u64, StoreError> {
+        if self.store.is_follower() {
+            return Err(StoreError::NotWriter);
+        }
+        self.queue(at, actor, kind, on_submitted)
+    }
+
+    fn queue(
         mut self,
         at: Timestamp,
         actor: ActorId,

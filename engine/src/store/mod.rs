@@ -164,6 +164,10 @@ pub enum StoreError {
         /// What it said.
         reason: String,
     },
+    /// A local write to a cluster follower's store: only the cluster's writer takes writes.
+    /// Nothing was applied.
+    #[error("this node is a cluster follower: only the cluster's writer takes writes")]
+    NotWriter,
     /// A replicated change whose seq is not the store's next.
     #[error("change seq {got} cannot follow seq {}: changes apply in seq order, without gaps", expected - 1)]
     OutOfOrder {
@@ -258,6 +262,8 @@ pub struct Store {
     /// Where every batch must be durable before this store logs it (a cluster's writer); unset
     /// on a single node.
     record: std::sync::OnceLock<Arc<dyn SystemOfRecord>>,
+    /// A cluster follower's store: it takes replicated changes only (see [`Store::follow`]).
+    follower: std::sync::atomic::AtomicBool,
 }
 
 /// Locks a mutex, ignoring poisoning: every critical section here leaves its data consistent

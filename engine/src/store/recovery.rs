@@ -269,6 +269,7 @@ impl Store {
             corrupt: Mutex::new(None),
             corrupt_logged_at: AtomicU64::new(0),
             record: std::sync::OnceLock::new(),
+            follower: std::sync::atomic::AtomicBool::new(false),
             fs,
         };
         metrics::gauge!(WRITABLE).set(1.0);

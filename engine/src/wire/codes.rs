@@ -94,6 +94,9 @@ codes! {
         /// A write whose outcome the server cannot know (its log fsync failed or did not
         /// finish in time): it may or may not have been applied; retry the same request.
         OutcomeUnknown = 10 => "OUTCOME_UNKNOWN",
+        /// A write to a cluster node that is not the writer, or while no writer can commit:
+        /// nothing was applied; retry, on the writer or later.
+        NoWriter = 11 => "NO_WRITER",
         /// The provider is not registered.
         UnknownProvider = 16 => "UNKNOWN_PROVIDER",
         /// The MyKey ID is held by another registration.

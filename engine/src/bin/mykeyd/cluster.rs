@@ -11,20 +11,24 @@ use mykey_engine::registry::OpKind;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
+/// The CA certificates (PEM) in `ca`, which PostgreSQL's server certificate must chain to.
+pub fn roots(ca: &Path) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
+        let c = c.map_err(|e| format!("{}: {e}", ca.display()))?;
+        roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{}: no CERTIFICATE", ca.display()));
+    }
+    Ok(roots)
+}
+
 /// Connects to `url`, over TLS checked against the CA certificates in `ca` when given.
 async fn connect(url: &str, ca: Option<&Path>) -> Result<PgClient, String> {
     match ca {
         None => cluster::connect_plain(url).await,
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in
-                CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?
-            {
-                let c = c.map_err(|e| format!("{}: {e}", ca.display()))?;
-                roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
-            }
-            cluster::connect_tls(url, roots).await
-        }
+        Some(ca) => cluster::connect_tls(url, roots(ca)?).await,
     }
     .map_err(|e| e.to_string())
 }

@@ -9,13 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mykey_engine::cluster;
 use mykey_engine::id::{ActorId, Timestamp};
 use mykey_engine::jpki::dev::{DevCa, DevKey, pem};
 use mykey_engine::jpki::{Anchors, Jpki, JpkiConfig};
 use mykey_engine::population::{self, BuildOptions};
 use mykey_engine::registry::Registry;
 use mykey_engine::registry::StoreConfig;
-use mykey_engine::server::admin::{self, Readiness};
+use mykey_engine::server::admin::{self, Finding, Readiness};
 use mykey_engine::server::config::{self, Config, LogFormat};
 use mykey_engine::server::dev::{DEV_CA_NAME, DEV_CA_ORG};
 use mykey_engine::server::pki::Validity;
@@ -267,6 +268,8 @@ pub enum Stopped {
     Clean,
     /// Stopped with a log fsync stuck (the process should exit with [`EXIT_FSYNC_STUCK`]).
     FsyncStuck,
+    /// A cluster node that had stopped serving (exit with [`EXIT_CLUSTER_STOPPED`]).
+    Cluster,
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -287,6 +290,30 @@ pub fn serve(cfg_path: &Path) -> Result<Stopped, String> {
     stopped
 }
 
+/// Exit status of a cluster node that stopped serving (a gap, a chain mismatch, a local
+/// failure: the reason is logged and was on `/readyz` until the stop).
+pub const EXIT_CLUSTER_STOPPED: i32 = 4;
+/// How long a writer stepping down waits for requests in flight before it reopens its store.
+const STEP_DOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a stop waits for the cluster thread.
+const CLUSTER_JOIN_GRACE: Duration = Duration::from_secs(5);
+
+/// The process's signals, set up once for every life of the store.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+/// How one life of the store ended.
+enum Life {
+    /// The process stops.
+    Stop(Stopped),
+    /// The node stepped down as the cluster's writer: open the store again, as a follower,
+    /// serving on the same address.
+    Reopen(SocketAddr),
+}
+
 async fn run(
     cfg_path: PathBuf,
     cfg: Config,
@@ -298,11 +325,73 @@ async fn run(
     let (admin_addr, _admin) = admin::serve(cfg.server.admin_listen, ready.clone())
         .await
         .map_err(|e| format!("admin {}: {e}", cfg.server.admin_listen))?;
+    let mut sig = Signals {
+        hup: signal(SignalKind::hangup()).map_err(|e| e.to_string())?,
+        term: signal(SignalKind::terminate()).map_err(|e| e.to_string())?,
+        int: signal(SignalKind::interrupt()).map_err(|e| e.to_string())?,
+    };
+    if let Some(period) = watchdog_period() {
+        tokio::spawn(async move {
+            loop {
+                notify("WATCHDOG=1");
+                tokio::time::sleep(period).await;
+            }
+        });
+    }
+    let mut loaded = Some((cfg, tls, anchors));
+    let mut listen = None;
+    loop {
+        // A reopen reads the configuration again, as a restart would.
+        let (cfg, tls, anchors) = match loaded.take() {
+            Some(l) => l,
+            None => check(&cfg_path)?,
+        };
+        match life(
+            &cfg_path, cfg, tls, anchors, listen, admin_addr, &ready, &mut sig,
+        )
+        .await?
+        {
+            Life::Stop(s) => return Ok(s),
+            Life::Reopen(addr) => listen = Some(addr),
+        }
+    }
+}
+
+/// The cluster's part of a node, while it serves.
+struct Clustered {
+    state: Arc<cluster::node::State>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+fn membership(c: &config::ClusterSection) -> Result<cluster::node::Membership, String> {
+    Ok(cluster::node::Membership {
+        node: c.node.clone(),
+        pg: c.pg.clone(),
+        tail_pg: c.tail_pg.clone().unwrap_or_else(|| c.pg.clone()),
+        roots: c.pg_ca.as_deref().map(super::cluster::roots).transpose()?,
+    })
+}
+
+/// One life of the store: opened, served until a signal stops the process or the node steps
+/// down as the cluster's writer.
+#[allow(clippy::too_many_arguments)]
+async fn life(
+    cfg_path: &Path,
+    cfg: Config,
+    tls: ServerTls,
+    anchors: Anchors,
+    listen: Option<SocketAddr>,
+    admin_addr: SocketAddr,
+    ready: &Readiness,
+    sig: &mut Signals,
+) -> Result<Life, String> {
+    ready.set_phase(Some("starting"));
     let fs: Arc<dyn Fs> = Arc::new(
         RealFs::new(&cfg.store.dir).map_err(|e| format!("{}: {e}", cfg.store.dir.display()))?,
     );
-    let (registry, rec) =
-        Registry::open_with_report(fs, cfg.registry.registry_config()).map_err(|e| {
+    let (registry, rec) = Registry::open_with_report(fs.clone(), cfg.registry.registry_config())
+        .map_err(|e| {
             let e = format!("{}: {e}", cfg.store.dir.display());
             tracing::error!(op = "open", error = %e, "cannot open the store");
             e
@@ -327,6 +416,31 @@ async fn run(
         jpki,
         clock: system_clock,
     });
+    // A cluster node's store is a follower's before anything is served: it takes no local
+    // write until the node is elected.
+    let (cluster_done, mut cluster_ended) = tokio::sync::oneshot::channel();
+    let clustered = match &cfg.cluster {
+        None => None,
+        Some(c) => {
+            let state = Arc::new(cluster::node::State::default());
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let thread = cluster::node::spawn(
+                membership(c)?,
+                service.clone(),
+                fs.clone(),
+                state.clone(),
+                stop.clone(),
+                cluster_done,
+            )
+            .map_err(|e| format!("cluster thread: {e}"))?;
+            tracing::info!(node = c.node, "cluster member: following PostgreSQL");
+            Some(Clustered {
+                state,
+                stop,
+                thread,
+            })
+        }
+    };
     let limits = Limits {
         connections_max: cfg.limits.connections_max,
         in_flight_max: cfg.limits.in_flight_max,
@@ -337,8 +451,13 @@ async fn run(
         ..Limits::default()
     };
     let expiry = admin::Expiry::of(&tls, &service.jpki.anchors());
-    let server = Server::start(cfg.server.listen, tls, service.clone(), limits)
-        .map_err(|e| e.to_string())?;
+    let server = Server::start(
+        listen.unwrap_or(cfg.server.listen),
+        tls,
+        service.clone(),
+        limits,
+    )
+    .map_err(|e| e.to_string())?;
     let stop_compactor = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let compactor = store::spawn_compactor(
         service.clone(),
@@ -349,10 +468,15 @@ async fn run(
         stop_compactor.clone(),
     );
     let probed = service.clone();
+    let cluster_state = clustered.as_ref().map(|c| c.state.clone());
     ready.set_probe(Box::new(move || {
         let health = probed.registry.store().health();
         health.publish();
-        health.problems()
+        let mut f = Finding::not_ready(health.problems());
+        if let Some(c) = &cluster_state {
+            f.extend(c.findings());
+        }
+        f
     }));
     ready.set_phase(None);
     let addr = server.local_addr().map_err(|e| e.to_string())?;
@@ -364,26 +488,21 @@ async fn run(
     // Only now, with the store open and the certificates loaded, may systemd start the units
     // ordered after this one.
     notify(&format!("READY=1\nSTATUS=serving mykey/1 on {addr}"));
-    if let Some(period) = watchdog_period() {
-        tokio::spawn(async move {
-            loop {
-                notify("WATCHDOG=1");
-                tokio::time::sleep(period).await;
-            }
-        });
-    }
     tracing::info!(%addr, admin = %admin_addr, "mykeyd serving");
     eprintln!(
         "mykeyd serving mykey/1 on {addr} (admin http://{admin_addr}/metrics); stop with Ctrl-C"
     );
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    loop {
+    // What ends this life: a signal, or the cluster loop (stepped down, or stopped).
+    let mut server = Some(server);
+    let mut stopped_for = None;
+    let reopen = loop {
         tokio::select! {
-            _ = hup.recv() => {
+            _ = sig.hup.recv() => {
                 notify("RELOADING=1\nSTATUS=reloading");
-                let outcome = reload(&cfg_path, &cfg, &server, &service);
+                let outcome = match &server {
+                    Some(server) => reload(cfg_path, &cfg, server, &service),
+                    None => Err("the node stopped serving; nothing to reload".to_owned()),
+                };
                 match &outcome {
                     Ok(()) => {
                         metrics::gauge!(admin::LAST_RELOAD_SECONDS).set(system_clock().unix_secs() as f64);
@@ -398,21 +517,54 @@ async fn run(
                 metrics::counter!(admin::RELOADS_TOTAL, "outcome" => label).increment(1);
                 notify(&format!("READY=1\nSTATUS={status}"));
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = sig.term.recv() => break false,
+            _ = sig.int.recv() => break false,
+            ended = &mut cluster_ended, if clustered.is_some() && stopped_for.is_none() => {
+                match ended {
+                    Ok(cluster::node::Ended::SteppedDown(why)) => {
+                        tracing::warn!(reason = why, "stepped down as the cluster writer; reopening the store as a follower");
+                        break true;
+                    }
+                    Ok(cluster::node::Ended::Stopped(why)) => {
+                        // Serves nothing a PostgreSQL it cannot follow may not hold; /readyz
+                        // keeps the reason until the process is stopped.
+                        tracing::error!(reason = why, "cluster: stopped following; closing the QUIC endpoint");
+                        notify(&format!("STATUS=stopped: {why}"));
+                        if let Some(s) = server.take() {
+                            s.shutdown().await;
+                        }
+                        stopped_for = Some(why);
+                    }
+                    Ok(cluster::node::Ended::Stop) | Err(_) => {
+                        let why = "the cluster thread ended".to_owned();
+                        tracing::error!(reason = why, "closing the QUIC endpoint");
+                        if let Some(s) = server.take() {
+                            s.shutdown().await;
+                        }
+                        stopped_for = Some(why);
+                    }
+                }
+            }
+        }
+    };
+    let grace = if reopen { STEP_DOWN_GRACE } else { DRAIN_GRACE };
+    tracing::info!("draining");
+    if !reopen {
+        notify("STOPPING=1\nSTATUS=draining");
+    }
+    ready.set_phase(Some(if reopen { "stepping down" } else { "draining" }));
+    if let Some(s) = server.take() {
+        s.drain(grace).await;
+    }
+    stop_compactor.store(true, std::sync::atomic::Ordering::Release);
+    if let Some(c) = clustered {
+        c.stop.store(true, std::sync::atomic::Ordering::Release);
+        if !join_within(&c.thread, CLUSTER_JOIN_GRACE).await {
+            tracing::error!("the cluster thread did not stop (it waits on the store's log)");
         }
     }
-    tracing::info!("draining");
-    notify("STOPPING=1\nSTATUS=draining");
-    ready.set_phase(Some("draining"));
-    server.drain(DRAIN_GRACE).await;
-    stop_compactor.store(true, std::sync::atomic::Ordering::Release);
     // A compactor stuck behind a hung fsync never returns: wait a little, then go without it.
-    let deadline = std::time::Instant::now() + COMPACTOR_JOIN_GRACE;
-    while !compactor.is_finished() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if compactor.is_finished() {
+    if join_within(&compactor, COMPACTOR_JOIN_GRACE).await {
         match compactor.join() {
             Ok(n) => tracing::info!(compactions = n, "compactor stopped"),
             Err(_) => tracing::error!("the compactor panicked"),
@@ -432,10 +584,28 @@ async fn run(
             "mykeyd: stopped with a log fsync stuck for {} s on {file}; exit status {EXIT_FSYNC_STUCK}",
             age.as_secs()
         );
-        return Ok(Stopped::FsyncStuck);
+        return Ok(Life::Stop(Stopped::FsyncStuck));
+    }
+    if reopen {
+        return Ok(Life::Reopen(addr));
+    }
+    if let Some(why) = stopped_for {
+        eprintln!(
+            "mykeyd: the cluster node stopped serving: {why}; exit status {EXIT_CLUSTER_STOPPED}"
+        );
+        return Ok(Life::Stop(Stopped::Cluster));
     }
     tracing::info!("stopped");
-    Ok(Stopped::Clean)
+    Ok(Life::Stop(Stopped::Clean))
+}
+
+/// Waits up to `grace` for `thread` to finish; whether it did.
+async fn join_within<T>(thread: &std::thread::JoinHandle<T>, grace: Duration) -> bool {
+    let deadline = std::time::Instant::now() + grace;
+    while !thread.is_finished() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    thread.is_finished()
 }
 
 /// One SIGHUP: loads and checks everything again and swaps in what can change while running.
@@ -455,10 +625,11 @@ fn reload(cfg_path: &Path, cfg: &Config, server: &Server, service: &Service) -> 
         || new.store != cfg.store
         || new.registry != cfg.registry
         || new.log != cfg.log
+        || new.cluster != cfg.cluster
         || limits_but_rate(&new.limits) != limits_but_rate(&cfg.limits)
     {
         tracing::warn!(
-            "addresses, store, registry, logging and limits other than rate_per_identity change at the next start"
+            "addresses, store, registry, logging, cluster and limits other than rate_per_identity change at the next start"
         );
     }
     Ok(())
@@ -500,5 +671,6 @@ pub fn command(
     match serve(&path)? {
         Stopped::Clean => Ok(()),
         Stopped::FsyncStuck => std::process::exit(EXIT_FSYNC_STUCK),
+        Stopped::Cluster => std::process::exit(EXIT_CLUSTER_STOPPED),
     }
 }
