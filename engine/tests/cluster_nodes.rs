@@ -3,8 +3,9 @@
 //! follower are refused `NO_WRITER` and apply nothing; every node reaches the writer's seq and
 //! chain hash and serves what the writer acknowledged; `kill -9` of the writer under load
 //! elects another, which takes writes again, and no acknowledged write is missing on any node;
-//! the killed node, restarted, catches up as a follower; PostgreSQL restarted under the nodes:
-//! reads go on (readiness degraded), then everything resumes; a row changed by hand in
+//! the killed node, restarted, catches up as a follower; PostgreSQL stopped under the nodes:
+//! reads go on (readiness degraded), writes are refused `NO_WRITER`, the writer steps down;
+//! PostgreSQL back: a writer is elected and everything resumes; a row changed by hand in
 //! `change_log` stops every follower (readiness 503, the seq named).
 //!
 //! Skipped, loudly, where PostgreSQL cannot run (see `tests/src/postgres.rs`).
@@ -313,7 +314,7 @@ fn converged(nodes: &[Node], w: usize) {
 
 #[test]
 fn three_nodes_elect_one_writer_follow_it_and_survive_its_kill() {
-    let Some((pg, _base, mut nodes)) = cluster("three") else {
+    let Some((mut pg, _base, mut nodes)) = cluster("three") else {
         return;
     };
     for n in &mut nodes {
@@ -428,9 +429,10 @@ fn three_nodes_elect_one_writer_follow_it_and_survive_its_kill() {
             }
         }
     });
-    // PostgreSQL stopped under the nodes: followers keep serving reads, readiness says
-    // degraded; back, the writer takes writes again.
-    drop(pg);
+    // PostgreSQL stopped under the nodes (every session cut): followers keep serving reads
+    // and readiness says degraded; the writer steps down. Back, a writer is elected again,
+    // takes writes, and every node follows it.
+    pg.stop();
     let f = (w + 1) % nodes.len();
     nodes[f].wait_for("degraded", |n| {
         let r = n.readyz();
@@ -439,6 +441,38 @@ fn three_nodes_elect_one_writer_follow_it_and_survive_its_kill() {
     rt.block_on(async {
         let c = nodes[f].operator().await;
         assert!(has_provider(&c, "AFTER-FAILOVER").await, "reads go on");
+        let r = c.register_provider(p("DURING-OUTAGE")).await;
+        assert_eq!(refused_with(&r), Some(Status::NoWriter as u8), "{r:?}");
+    });
+    nodes[w].wait_for("stepped down", |n| n.role() == Some(0));
+    let down_for = Instant::now();
+    pg.restart();
+    let w = writer(&nodes);
+    let resumed = rt.block_on(async {
+        let c = nodes[w].operator().await;
+        let t = Instant::now();
+        loop {
+            match c.register_provider(p("AFTER-OUTAGE")).await {
+                Ok(_) => return down_for.elapsed(),
+                Err(e) if t.elapsed() < WAIT => {
+                    eprintln!("while the writer settles after the outage: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("no write after PostgreSQL came back: {e}"),
+            }
+        }
+    });
+    eprintln!("after PostgreSQL restarted: writes resumed in {resumed:?}");
+    acked.push("AFTER-OUTAGE".into());
+    converged(&nodes, w);
+    rt.block_on(async {
+        for n in &nodes {
+            let c = n.operator().await;
+            for name in &acked {
+                assert!(has_provider(&c, name).await, "{name} on {}", n.name);
+            }
+            assert!(!has_provider(&c, "DURING-OUTAGE").await);
+        }
     });
 }
 

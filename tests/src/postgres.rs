@@ -45,6 +45,25 @@ pub struct Postgres {
     dir: PgDir,
     port: u16,
     child: Child,
+    bin: PathBuf,
+}
+
+/// Runs `postgres` on the data directory in `dir`, on 127.0.0.1:`port`, its log appended to
+/// `dir/postgres.log`.
+fn spawn(bin: &Path, dir: &PgDir, port: u16) -> std::io::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("postgres.log"))?;
+    pg_command(bin, "postgres")
+        .arg("-D")
+        .arg(dir.path().join("data"))
+        .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
+        .arg(dir.path())
+        .args(["-c", "max_connections=40", "-c", "shared_buffers=16MB"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
 }
 
 /// The directory of PostgreSQL's server programs: on the PATH, or Debian's versioned one.
@@ -136,38 +155,60 @@ impl Postgres {
             Err(e) => return skip(&format!("initdb: {e}")),
         }
         let port = free_port();
-        let log = std::fs::File::create(dir.path().join("postgres.log")).expect("log file");
-        let child = pg_command(&bin, "postgres")
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
-            .arg(dir.path())
-            .args(["-c", "max_connections=40", "-c", "shared_buffers=16MB"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn();
-        let child = match child {
+        let child = match spawn(&bin, &dir, port) {
             Ok(c) => c,
             Err(e) => return skip(&format!("postgres: {e}")),
         };
-        let pg = Postgres { dir, port, child };
+        let pg = Postgres {
+            dir,
+            port,
+            child,
+            bin,
+        };
+        pg.wait_ready(1);
+        Some(pg)
+    }
+
+    /// Waits until the log says `n` times that the server accepts connections.
+    fn wait_ready(&self, n: usize) {
         let start = Instant::now();
-        loop {
-            // The server says so in its log once it accepts connections.
-            if pg
-                .log()
-                .contains("database system is ready to accept connections")
-            {
-                return Some(pg);
-            }
+        while self
+            .log()
+            .matches("database system is ready to accept connections")
+            .count()
+            < n
+        {
             if start.elapsed() > START_TIMEOUT {
                 panic!(
                     "postgres did not accept connections within {START_TIMEOUT:?}:\n{}",
-                    pg.log()
+                    self.log()
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Stops the server at once (`kill -QUIT` of the postmaster: an immediate shutdown, every
+    /// session cut, as a crash would) and waits for it to exit.
+    pub fn stop(&mut self) {
+        let pid = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().map(str::to_owned));
+        if let Some(pid) = pid {
+            let _ = Command::new("kill").args(["-QUIT", &pid]).status();
+        }
+        let _ = self.child.wait();
+    }
+
+    /// Starts the stopped server again on its data directory and port (crash recovery), and
+    /// waits until it accepts connections.
+    pub fn restart(&mut self) {
+        let before = self
+            .log()
+            .matches("database system is ready to accept connections")
+            .count();
+        self.child = spawn(&self.bin, &self.dir, self.port).expect("postgres again");
+        self.wait_ready(before + 1);
     }
 
     /// The connection string of the `postgres` database as the superuser `mykey`.
@@ -186,15 +227,8 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        // An immediate shutdown of the postmaster (its pid is the data directory's lock file's
-        // first line; the child may be `runuser`, which does not pass signals on); the
-        // directory goes with the TempDir.
-        let pid = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid"))
-            .ok()
-            .and_then(|s| s.lines().next().map(str::to_owned));
-        if let Some(pid) = pid {
-            let _ = Command::new("kill").args(["-QUIT", &pid]).status();
-        }
-        let _ = self.child.wait();
+        // The child may be `runuser`, which does not pass signals on: `stop` signals the
+        // postmaster itself. The directory goes with its PgDir.
+        self.stop();
     }
 }

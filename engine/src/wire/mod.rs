@@ -571,6 +571,6 @@ mod tests {
                 assert!(names.insert(o.name()));
             }
         }
-        assert_eq!(names.len(), 46 + 16);
+        assert_eq!(names.len(), 47 + 16);
     }
 }

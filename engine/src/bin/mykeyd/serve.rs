@@ -587,6 +587,19 @@ async fn life(
         return Ok(Life::Stop(Stopped::FsyncStuck));
     }
     if reopen {
+        // The store is opened again only once nothing holds it (its directory lock refuses a
+        // second open): the probe goes first, then the tasks of closed connections end.
+        ready.set_probe(Box::new(Vec::new));
+        let deadline = std::time::Instant::now() + STEP_DOWN_GRACE;
+        while Arc::strong_count(&service) > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if Arc::strong_count(&service) > 1 {
+            let e = "stepping down: the store is still held after the drain; restart mykeyd";
+            tracing::error!(op = "reopen", "{e}");
+            return Err(e.into());
+        }
+        drop(service);
         return Ok(Life::Reopen(addr));
     }
     if let Some(why) = stopped_for {
