@@ -1,12 +1,15 @@
 //! The async client library of `mykey/1`, used by the `mykey` CLI, the load generator and the
 //! tests: one QUIC connection with a client certificate, one stream per request.
 //!
-//! Owns the client side of the transport and the typed calls. Never decides anything a server
+//! Owns the client side of the transport and the typed calls, and read-your-writes: a client
+//! in that mode sends every write it can in `WITH_SEQ` and every read it can in `AT_SEQ` at
+//! the highest seq it has seen, so that any node answers it with its own writes applied. Never decides anything a server
 //! decides: a refusal comes back as [`ClientError::Refused`] with the server's status and
 //! message.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use quinn::Endpoint;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -142,6 +145,10 @@ pub use crate::wire::ExportedLink;
 pub struct Client {
     endpoint: Endpoint,
     conn: quinn::Connection,
+    /// Whether writes and reads go in `WITH_SEQ` and `AT_SEQ`.
+    read_your_writes: AtomicBool,
+    /// The highest seq a write's answer gave (or [`Client::saw_seq`] was told).
+    seen: AtomicU64,
 }
 
 impl Client {
@@ -206,7 +213,29 @@ impl Client {
         Ok(Self {
             endpoint: endpoint.clone(),
             conn,
+            read_your_writes: AtomicBool::new(false),
+            seen: AtomicU64::new(0),
         })
+    }
+
+    /// Turns read-your-writes on or off (engine/PROTOCOL.md, "Read-your-writes"). While on,
+    /// every write that `WITH_SEQ` can carry learns its seq, and every read that `AT_SEQ` can
+    /// carry is served only by a node at the highest seq seen (waiting up to
+    /// [`crate::server::AT_SEQ_WAIT_MAX`], else [`Status::Behind`]).
+    pub fn set_read_your_writes(&self, on: bool) {
+        self.read_your_writes.store(on, Ordering::Relaxed);
+    }
+
+    /// The highest seq this client has seen: of its own writes in read-your-writes mode, or
+    /// given to [`Client::saw_seq`].
+    pub fn seen_seq(&self) -> u64 {
+        self.seen.load(Ordering::Acquire)
+    }
+
+    /// Records `seq` as seen (a seq learnt from another connection, another node's answer):
+    /// later reads in read-your-writes mode ask for at least it.
+    pub fn saw_seq(&self, seq: u64) {
+        self.seen.fetch_max(seq, Ordering::AcqRel);
     }
 
     /// The QUIC connection, for tests and diagnostics that drive streams by hand (a client that
@@ -239,22 +268,44 @@ impl Client {
         read: impl FnOnce(Response<'_>) -> Option<T>,
     ) -> Result<T, ClientError> {
         let op = req.op();
+        let rw = self.read_your_writes.load(Ordering::Relaxed);
+        let seen = self.seen_seq();
+        let wrapper = if rw && op.seq_wrappable_write() {
+            Some(Op::WithSeq)
+        } else if rw && seen > 0 && op.seq_wrappable_read() {
+            Some(Op::AtSeq)
+        } else {
+            None
+        };
         let mut frame = Vec::with_capacity(64);
-        req.encode(&mut frame)
-            .ok_or(ClientError::RequestTooLarge { op: op.name() })?;
+        let wait_ms = crate::server::AT_SEQ_WAIT_MAX.as_millis() as u16;
+        match wrapper {
+            None => req.encode(&mut frame),
+            Some(Op::AtSeq) => wire::encode_wrapped(req, Some((seen, wait_ms)), &mut frame),
+            Some(_) => wire::encode_wrapped(req, None, &mut frame),
+        }
+        .ok_or(ClientError::RequestTooLarge { op: op.name() })?;
         let (header, body) = self.raw(&frame).await?;
         if !header.is_ok() {
             return Err(ClientError::refused(header.status, &body));
         }
-        if header.op != op as u8 {
+        let answered_for = wrapper.unwrap_or(op);
+        if header.op != answered_for as u8 {
             return Err(WireError::bad(format!(
                 "an answer for opcode {:#04x} to a {} request",
                 header.op,
-                op.name()
+                answered_for.name()
             ))
             .into());
         }
-        let resp = Response::decode(op, &body)?;
+        let body = if wrapper == Some(Op::WithSeq) {
+            let (seq, rest) = wire::split_seq(&body)?;
+            self.saw_seq(seq);
+            rest
+        } else {
+            &body[..]
+        };
+        let resp = Response::decode(op, body)?;
         read(resp).ok_or_else(|| {
             WireError::bad(format!("an answer of another kind to {}", op.name())).into()
         })

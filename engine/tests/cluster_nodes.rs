@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mykey_engine::client::{Client, ClientError, ClientTls};
-use mykey_engine::id::ProviderId;
+use mykey_engine::id::{MyKeyId, ProviderId};
 use mykey_engine::wire::Status;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -286,11 +286,25 @@ async fn has_provider(c: &Client, provider: &str) -> bool {
     }
 }
 
-/// Every running node holds the writer's seq and chain hash.
-fn converged(nodes: &[Node], w: usize) {
+/// Whether the node serves `provider` to a lookup (which `AT_SEQ` can carry, unlike an
+/// export): answered, rather than refused `UNKNOWN_PROVIDER`.
+async fn serves(c: &Client, provider: &str) -> bool {
+    let id = MyKeyId::parse(b"00000000000000").expect("id");
+    match c.lookup(p(provider), id).await {
+        Ok(_) => true,
+        Err(ClientError::Refused { status, .. }) if status == Status::UnknownProvider as u8 => {
+            false
+        }
+        Err(e) => panic!("lookup under {provider}: {e}"),
+    }
+}
+
+/// Every running node holds the writer's seq and chain hash, at `at_least` or later (the
+/// seq of a write acknowledged: the writer's own gauge may lag its store by a check).
+fn converged(nodes: &[Node], w: usize, at_least: u64) {
     let t = Instant::now();
     loop {
-        let seq = nodes[w].applied();
+        let seq = nodes[w].applied().filter(|&s| s >= at_least);
         let heads: Vec<_> = nodes
             .iter()
             .filter(|n| n.child.is_some())
@@ -323,11 +337,13 @@ fn three_nodes_elect_one_writer_follow_it_and_survive_its_kill() {
     let w = writer(&nodes);
     let rt = rt();
     let mut acked: Vec<String> = Vec::new();
-    rt.block_on(async {
+    let seq = rt.block_on(async {
         // Writes sent to every node: the writer acknowledges them; a follower refuses them
         // NO_WRITER and applies nothing.
+        let mut seq = 0;
         for (i, n) in nodes.iter().enumerate() {
             let c = n.operator().await;
+            c.set_read_your_writes(true);
             for k in 0..5 {
                 let name = format!("CL-{i}-{k}");
                 let r = c.register_provider(p(&name)).await;
@@ -343,9 +359,44 @@ fn three_nodes_elect_one_writer_follow_it_and_survive_its_kill() {
                     );
                 }
             }
+            seq = seq.max(c.seen_seq());
         }
+        seq
     });
-    converged(&nodes, w);
+    // The same through the `mykey` CLI: a write's seq from the writer, then a read at that
+    // seq from each follower, which serves it at once.
+    let cli = |n: &Node, args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_mykey"))
+            .args([
+                "--dev",
+                n.dir.to_str().expect("utf-8"),
+                "--as",
+                "operator",
+                "--json",
+            ])
+            .args(["--server", &n.quic.to_string()])
+            .args(args)
+            .output()
+            .expect("mykey");
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    let (code, out) = cli(&nodes[w], &["--seq", "add-provider", "CLI-1"]);
+    assert_eq!(code, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let cli_seq = v["seq"].as_u64().expect("the write's seq");
+    assert_eq!(cli_seq, seq + 1, "{out}");
+    acked.push("CLI-1".into());
+    for n in &nodes {
+        let at = cli_seq.to_string();
+        let (code, out) = cli(n, &["--at-least", &at, "lookup", "CLI-1", "00000000000000"]);
+        // Answered (unknown ID: exit 3), not refused UNKNOWN_PROVIDER (exit 1).
+        assert_eq!(code, Some(3), "{} at seq {at}: {out}", n.name);
+    }
+    let seq = cli_seq;
+    converged(&nodes, w, seq);
     rt.block_on(async {
         for n in &nodes {
             let c = n.operator().await;
@@ -399,14 +450,14 @@ fn three_nodes_elect_one_writer_follow_it_and_survive_its_kill() {
     let w = writer(&nodes);
     let elected = killed_at.elapsed();
     assert_ne!(w, old);
-    let resumed = write_until_acked(&rt, &nodes[w], "AFTER-FAILOVER", killed_at);
+    let (resumed, seq) = write_until_acked(&rt, &nodes[w], "AFTER-FAILOVER", killed_at);
     eprintln!(
         "after kill -9 of the writer: another elected in {elected:?}, writes resumed in {resumed:?}"
     );
     acked.push("AFTER-FAILOVER".into());
     // The killed node, restarted, catches up as a follower.
     nodes[old].start();
-    converged(&nodes, w);
+    converged(&nodes, w, seq);
     assert_eq!(nodes[old].role(), Some(0), "the old writer follows");
     rt.block_on(async {
         for n in &nodes {
@@ -435,35 +486,52 @@ fn three_nodes_elect_one_writer_follow_it_and_survive_its_kill() {
     pg.restart();
     let back = Instant::now();
     let w = writer(&nodes);
-    let resumed = write_until_acked(&rt, &nodes[w], "AFTER-OUTAGE", back);
-    eprintln!("after PostgreSQL restarted: writes resumed in {resumed:?}");
-    converged(&nodes, w);
-    // Every node at the writer's seq and chain hash, and none holds the write refused during
-    // the outage. (Not asserted here yet: that every node then *serves* the write acknowledged
-    // after the outage. In about 2 runs of 5 a follower at the right seq and chain answered an
-    // export of that new provider UNKNOWN_PROVIDER; under investigation, see CLUSTER.md.)
+    let (resumed, seq) = write_until_acked(&rt, &nodes[w], "AFTER-OUTAGE", back);
+    eprintln!("after PostgreSQL restarted: writes resumed in {resumed:?}, at seq {seq}");
+    acked.push("AFTER-OUTAGE".into());
+    // Read-your-writes: asked at the write's seq, every node serves it at once (waiting for
+    // its tail if it must), however far it was behind when asked.
     rt.block_on(async {
         for n in &nodes {
             let c = n.operator().await;
+            c.set_read_your_writes(true);
+            c.saw_seq(seq);
+            assert!(
+                serves(&c, "AFTER-OUTAGE").await,
+                "read-your-writes on {}",
+                n.name
+            );
+        }
+    });
+    converged(&nodes, w, seq);
+    // Every node holds every acknowledged write, and none the write refused in the outage.
+    rt.block_on(async {
+        for n in &nodes {
+            let c = n.operator().await;
+            for name in &acked {
+                assert!(has_provider(&c, name).await, "{name} on {}", n.name);
+            }
             assert!(!has_provider(&c, "DURING-OUTAGE").await, "on {}", n.name);
         }
     });
 }
 
 /// Registers `provider` through `node` until it is acknowledged (a new writer may answer
-/// `NO_WRITER` or `OUTCOME_UNKNOWN` while it settles); returns how long after `since` that was.
+/// `NO_WRITER` or `OUTCOME_UNKNOWN` while it settles); returns how long after `since` that was
+/// and the write's seq.
 fn write_until_acked(
     rt: &tokio::runtime::Runtime,
     node: &Node,
     provider: &str,
     since: Instant,
-) -> Duration {
+) -> (Duration, u64) {
     rt.block_on(async {
         let c = node.operator().await;
+        c.set_read_your_writes(true);
         let t = Instant::now();
         loop {
             match c.register_provider(p(provider)).await {
-                Ok(_) => return since.elapsed(),
+                Ok(_) => return (since.elapsed(), c.seen_seq()),
                 Err(e) if t.elapsed() < WAIT => {
                     eprintln!("{provider} through {} while it settles: {e}", node.name);
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -491,17 +559,18 @@ fn a_row_changed_by_hand_stops_every_follower() {
         n.start();
     }
     let w = writer(&nodes);
-    rt().block_on(async {
+    let seq = rt().block_on(async {
         let c = nodes[w].operator().await;
+        c.set_read_your_writes(true);
         for k in 0..3 {
             c.register_provider(p(&format!("T-{k}")))
                 .await
                 .expect("write");
         }
+        c.seen_seq()
     });
-    converged(&nodes, w);
+    converged(&nodes, w, seq);
     // Rewrite the hash of the last row, as a standby given another change by hand would hold.
-    let seq = nodes[w].applied().expect("seq");
     let psql = |sql: &str| {
         let o = Command::new("psql")
             .args([&pg.url(), "-v", "ON_ERROR_STOP=1", "-c", sql])

@@ -48,7 +48,7 @@ fn send(svc: &Service, who: &Identity, req: &Request<'_>) -> (Status, Vec<u8>) {
                 head.status, status as u8,
                 "the frame says the status returned"
             );
-            assert_eq!(head.op, req.op() as u8);
+            assert_eq!(head.op, req.op() as u8, "the answer echoes the opcode");
             (status, out)
         }
         Handled::Export(p) => {
@@ -118,7 +118,7 @@ fn spec_roles() -> Vec<(u8, String)> {
 #[test]
 fn every_role_is_admitted_to_exactly_the_operations_protocol_md_gives_it() {
     let roles = spec_roles();
-    assert_eq!(roles.len(), 16, "{roles:?}");
+    assert_eq!(roles.len(), 18, "{roles:?}");
     for (code, allowed) in roles {
         let op = Op::from_u8(code).expect("opcode");
         for (role, letter) in ROLES {
@@ -428,4 +428,113 @@ fn the_domain_operations_answer_frame_in_frame_out() {
         Status::WrongState
     );
     assert_eq!(lookup(&svc, &counter, a, id), Lookup::Deleted);
+}
+
+#[test]
+fn wrapped_writes_learn_their_seq_and_wrapped_reads_wait_for_it() {
+    let dir = TempDir::new("handler-seq");
+    let svc = service_in(&dir);
+    let a = provider("A-α1-0001");
+    let operator = ident(Role::Operator, &[], 1);
+    let counter = ident(Role::Counter, &[a], 2);
+    let municipal = ident(Role::Municipal, &[], 3);
+    let seq_now = || svc.registry.store().durable_seq();
+    let wrapped = |inner: &Request<'_>, at: Option<(u64, u16)>| {
+        let mut f = Vec::new();
+        wire::encode_wrapped(inner, at, &mut f).expect("fits");
+        f
+    };
+    let answer = |who: &Identity, frame: &[u8]| {
+        let mut out = Vec::new();
+        let Handled::Answered(st) = server::handle(&svc, who, now(), frame, &mut out) else {
+            panic!("not an export")
+        };
+        let (head, _) = wire::split_response(&out).expect("a whole frame");
+        assert_eq!(head.op, frame[1], "the answer echoes the wrapper");
+        (st, out)
+    };
+    let body = |frame: &[u8]| wire::split_response(frame).expect("frame").1.to_vec();
+
+    // A write in WITH_SEQ: the seq its change made, then the write's own answer.
+    let before = seq_now();
+    let reg = Request::RegisterProvider {
+        provider: provider("C-γ1-0003"),
+    };
+    let (st, out) = answer(&operator, &wrapped(&reg, None));
+    assert_eq!(st, Status::Ok, "{:?}", refused(&out));
+    let b = body(&out);
+    let (seq, rest) = wire::split_seq(&b).expect("a seq");
+    assert_eq!(seq, before + 1, "the write's own change");
+    assert_eq!(seq, seq_now());
+    assert_eq!(
+        Response::decode(Op::RegisterProvider, rest).expect("the write's body"),
+        Response::RegisterProvider(ProviderOutcome::Registered)
+    );
+    // A write that changes nothing still answers the node's seq.
+    let (st, out) = answer(&operator, &wrapped(&reg, None));
+    assert_eq!(st, Status::Ok);
+    let b = body(&out);
+    let (again, rest) = wire::split_seq(&b).expect("a seq");
+    assert_eq!(again, seq);
+    assert_eq!(
+        Response::decode(Op::RegisterProvider, rest).expect("body"),
+        Response::RegisterProvider(ProviderOutcome::AlreadyRegistered)
+    );
+
+    // The wrapped operation's role and providers are checked as if it came alone.
+    let (st, _) = answer(&municipal, &wrapped(&reg, None));
+    assert_eq!(
+        st,
+        Status::Forbidden,
+        "a municipal certificate may not register a provider"
+    );
+    let id = MyKeyId::parse(b"1C2410DF79DGEL").expect("id");
+    let foreign = Request::Unlink {
+        id,
+        provider: provider("B-β1-0002"),
+    };
+    let (st, _) = answer(&counter, &wrapped(&foreign, None));
+    assert_eq!(st, Status::Forbidden, "a counter's providers");
+    // Only the operations listed may be wrapped, and nothing is run for the others.
+    let lookup_req = Request::Lookup { provider: a, id };
+    assert_eq!(
+        answer(&operator, &wrapped(&lookup_req, None)).0,
+        Status::BadFrame
+    );
+    assert_eq!(
+        answer(&operator, &wrapped(&reg, Some((0, 0)))).0,
+        Status::BadFrame
+    );
+    let push = Request::PushSerials {
+        push: PushId::parse(b"p-1").expect("push id"),
+        list: b"",
+    };
+    let (st, _) = answer(&operator, &wrapped(&push, None));
+    assert_eq!(st, Status::BadFrame, "a push is not wrapped");
+    let nested = wrapped(&reg, None);
+    let mut twice = wire::request_header_bytes(Op::WithSeq as u8, nested.len() as u32 - 7).to_vec();
+    twice.push(Op::WithSeq as u8);
+    twice.extend_from_slice(&nested[wire::HEADER_LEN..]);
+    assert_eq!(
+        answer(&operator, &twice).0,
+        Status::BadFrame,
+        "a wrapper in a wrapper"
+    );
+    assert_eq!(seq_now(), seq, "nothing refused changed the store");
+
+    // A read in AT_SEQ at or below the node's seq is answered as the read alone.
+    let (st, out) = answer(&counter, &wrapped(&lookup_req, Some((seq, 100))));
+    assert_eq!(st, Status::Ok);
+    assert_eq!(
+        Response::decode(Op::Lookup, &body(&out)).expect("a lookup's body"),
+        Response::Lookup(lookup(&svc, &counter, a, id))
+    );
+    // Above it: BEHIND, saying where the node is.
+    let (st, out) = answer(&counter, &wrapped(&lookup_req, Some((seq + 1, 0))));
+    assert_eq!(st, Status::Behind);
+    let why = refused(&out).expect("refusal").message.to_string();
+    assert!(why.contains(&format!("applied seq {seq}")), "{why}");
+    // A municipal certificate may run no read AT_SEQ wraps: refused from the header.
+    let (st, _) = answer(&municipal, &wrapped(&lookup_req, Some((0, 0))));
+    assert_eq!(st, Status::Forbidden);
 }

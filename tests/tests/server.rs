@@ -1022,3 +1022,68 @@ async fn provisional_registrations_expire_after_their_lifetime() {
         .expect("the lapsed ID is free again");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_waits_for_the_seq_asked_and_answers_behind_past_the_wait() {
+    let net = Net::new();
+    let dir = TempDir::new("server-seq");
+    let server = start(&net, registry(&dir, true), Vec::new());
+    let addr = server.local_addr().expect("addr");
+    let a = provider("A-α1-0001");
+    let operator = net.client(addr, "operator").await;
+    operator.set_read_your_writes(true);
+    assert!(
+        operator
+            .register_provider(provider("C-γ1-0003"))
+            .await
+            .expect("write")
+    );
+    let seq = operator.seen_seq();
+    let durable = |stats: Vec<(String, u64)>| {
+        stats
+            .into_iter()
+            .find(|(n, _)| n == "durable_seq")
+            .map(|(_, v)| v)
+    };
+    assert_eq!(durable(operator.stats().await.expect("stats")), Some(seq));
+    assert_eq!(seq, 3, "two providers at setup, then this write");
+
+    // A read at a seq the node has not reached waits for it, and is answered once a write
+    // gets there.
+    let reader = Arc::new(net.client(addr, "counter-a").await);
+    reader.set_read_your_writes(true);
+    reader.saw_seq(seq + 1);
+    let id = mykey_tests::mykey(7);
+    let waiting = {
+        let r = reader.clone();
+        tokio::spawn(async move { r.lookup(a, id).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "answered before the node had the seq"
+    );
+    operator
+        .register_provider(provider("D-δ1-0004"))
+        .await
+        .expect("write");
+    assert_eq!(operator.seen_seq(), seq + 1);
+    assert_eq!(
+        waiting
+            .await
+            .expect("task")
+            .expect("answered once at the seq"),
+        Lookup::UnknownId
+    );
+    // Past the wait: BEHIND, and the read is not served.
+    reader.saw_seq(seq + 50);
+    let r = reader.lookup(a, id).await;
+    assert_eq!(status(r), Status::Behind);
+    // Off, the same client reads without a seq.
+    reader.set_read_your_writes(false);
+    assert_eq!(
+        reader.lookup(a, id).await.expect("lookup"),
+        Lookup::UnknownId
+    );
+    server.shutdown().await;
+}

@@ -96,6 +96,7 @@ impl Parts {
             Op::Export => Request::Export { provider },
             Op::Stats => Request::Stats,
             Op::RegisterProvider => Request::RegisterProvider { provider },
+            Op::WithSeq | Op::AtSeq => panic!("a wrapper is built by wire::encode_wrapped"),
         }
     }
 }
@@ -240,6 +241,50 @@ proptest! {
         prop_assert_eq!(&frame, &again);
         for cut in 0..body.len() {
             prop_assert!(Request::decode(op, &body[..cut]).is_err(), "{} cut at {}", op.name(), cut);
+        }
+    }
+
+    #[test]
+    fn every_wrappable_request_round_trips_in_its_wrapper(
+        p in parts(),
+        seq in any::<u64>(),
+        wait_ms in any::<u16>(),
+    ) {
+        let inner = p.request();
+        let op = inner.op();
+        let at = if op.seq_wrappable_write() {
+            None
+        } else if op.seq_wrappable_read() {
+            Some((seq, wait_ms))
+        } else {
+            return Ok(());
+        };
+        let mut bare = Vec::new();
+        inner.encode(&mut bare).expect("fits");
+        let mut frame = Vec::new();
+        wire::encode_wrapped(&inner, at, &mut frame).expect("fits");
+        let h: [u8; HEADER_LEN] = frame[..HEADER_LEN].try_into().expect("header");
+        let (wop, len) = wire::request_header(&h).expect("a header the codec wrote");
+        prop_assert_eq!(wop, if at.is_some() { Op::AtSeq } else { Op::WithSeq });
+        prop_assert_eq!(len as usize, frame.len() - HEADER_LEN);
+        let body = &frame[HEADER_LEN..];
+        let outer = Request::decode(wop, body).expect("decodes");
+        match (outer, at) {
+            (Request::AtSeq { seq: s, wait_ms: w, op: o, .. }, Some((seq, wait_ms))) => {
+                prop_assert_eq!((s, w, o), (seq, wait_ms, op));
+            }
+            (Request::WithSeq { op: o, .. }, None) => prop_assert_eq!(o, op),
+            (other, _) => prop_assert!(false, "decoded as {:?}", other),
+        }
+        let back = outer.wrapped().expect("a wrapper").expect("the wrapped request decodes");
+        let mut again = Vec::new();
+        back.encode(&mut again).expect("fits");
+        prop_assert_eq!(&bare, &again);
+        // Cut anywhere, the wrapper or what it wraps fails to decode.
+        for cut in 0..body.len() {
+            let whole = Request::decode(wop, &body[..cut])
+                .and_then(|o| o.wrapped().expect("a wrapper"));
+            prop_assert!(whole.is_err(), "{} in {} cut at {}", op.name(), wop.name(), cut);
         }
     }
 

@@ -55,6 +55,14 @@ struct Cli {
     /// Print one JSON object instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Read your writes: a write also prints the seq at which it is visible (`seq N`, or
+    /// `"seq"` in JSON), to pass to a later command's --at-least on any node.
+    #[arg(long, global = true)]
+    seq: bool,
+    /// Read your writes: serve this read only from a node that has applied SEQ (it waits up
+    /// to 2 s, else the read is refused BEHIND).
+    #[arg(long, value_name = "SEQ", global = true)]
+    at_least: Option<u64>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -213,16 +221,25 @@ fn state_name(s: IdState) -> &'static str {
     s.name()
 }
 
-struct Out {
+struct Out<'a> {
     json: bool,
+    /// With --seq: the client whose last write's seq is shown with the answer.
+    seq_of: Option<&'a Client>,
 }
 
-impl Out {
-    fn show(&self, text: String, value: serde_json::Value) {
+impl Out<'_> {
+    fn show(&self, text: String, mut value: serde_json::Value) {
+        let seq = self.seq_of.map(Client::seen_seq).filter(|&s| s > 0);
         if self.json {
+            if let (Some(seq), Some(o)) = (seq, value.as_object_mut()) {
+                o.insert("seq".to_owned(), json!(seq));
+            }
             println!("{value}");
         } else {
             println!("{text}");
+            if let Some(seq) = seq {
+                println!("seq {seq}");
+            }
         }
     }
 }
@@ -251,7 +268,7 @@ async fn with_card<T>(
 /// A card-present write on ID `i`, reported as `<id> <did>`.
 async fn card_write(
     c: &Client,
-    out: &Out,
+    out: &Out<'_>,
     card: &CardArgs,
     i: &str,
     write: CardWrite,
@@ -269,10 +286,17 @@ async fn card_write(
 }
 
 async fn run(cli: Cli) -> Result<Done, String> {
-    let out = Out { json: cli.json };
     let c = Client::connect(cli.server, &cli.server_name, tls(&cli)?)
         .await
         .map_err(|e| format!("{}: {e}", cli.server))?;
+    if cli.seq || cli.at_least.is_some() {
+        c.set_read_your_writes(true);
+        c.saw_seq(cli.at_least.unwrap_or(0));
+    }
+    let out = Out {
+        json: cli.json,
+        seq_of: cli.seq.then_some(&c),
+    };
     let id = |s: &str| arg("MyKey ID", s, MyKeyId::parse);
     let provider = |s: &str| arg("provider", s, ProviderId::parse);
     let e = |e: ClientError| e.to_string();

@@ -81,6 +81,10 @@ impl Role {
             Delete => matches!(self, Municipal | Operator),
             PushCrl | PushSerials => self == Partner,
             Stats | RegisterProvider => self == Operator,
+            // A wrapper's own header: any role that may run one of the operations it wraps
+            // (the wrapped operation is checked once the body is read).
+            WithSeq => matches!(self, Counter | Municipal | Portal | Operator),
+            AtSeq => matches!(self, Counter | Operator),
         }
     }
 }
@@ -313,7 +317,7 @@ mod tests {
     /// R partner, O operator.
     #[test]
     fn roles_match_the_protocol_table() {
-        let table: [(Op, &str); 16] = [
+        let table: [(Op, &str); 18] = [
             (Op::Lookup, "CO"),
             (Op::LookupBatch, "CO"),
             (Op::Challenge, "CMP"),
@@ -330,6 +334,8 @@ mod tests {
             (Op::Export, "CO"),
             (Op::Stats, "O"),
             (Op::RegisterProvider, "O"),
+            (Op::WithSeq, "CMPO"),
+            (Op::AtSeq, "CO"),
         ];
         let letter = |r: Role| match r {
             Role::Counter => 'C',
@@ -360,5 +366,19 @@ mod tests {
         assert!(!Role::Partner.may(Op::Lookup));
         assert!(!Role::Portal.may(Op::Link));
         assert!(Role::Municipal.may(Op::Rebind));
+    }
+
+    #[test]
+    fn a_wrapper_is_admitted_for_exactly_the_roles_of_what_it_wraps() {
+        let ops: Vec<Op> = (0..=255u8).filter_map(Op::from_u8).collect();
+        for role in Role::ALL {
+            let any = |wraps: fn(Op) -> bool| ops.iter().any(|&op| wraps(op) && role.may(op));
+            assert_eq!(
+                role.may(Op::WithSeq),
+                any(Op::seq_wrappable_write),
+                "{role:?}"
+            );
+            assert_eq!(role.may(Op::AtSeq), any(Op::seq_wrappable_read), "{role:?}");
+        }
     }
 }

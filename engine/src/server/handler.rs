@@ -6,6 +6,9 @@
 //! opcode, length) and the role in [`admit`], before any body is buffered; then in
 //! [`handle_body`] the body decoded once, the counter's providers, a card's challenge owner,
 //! and the registry call; and the mapping from domain refusals to statuses ([`refusal`]).
+//! Also the read-your-writes wrappers: [`unwrap`] takes `WITH_SEQ` / `AT_SEQ` off a request
+//! and checks what it carries against the role, [`behind`] says whether a node holds a seq,
+//! and [`handle_unwrapped`] answers in the wrapper's frame (the stream task does the waiting).
 //! Owns no limits, timeouts or threads (those are the stream task's), and never writes a byte
 //! of the protocol itself: `wire` encodes every answer.
 
@@ -60,6 +63,104 @@ impl Rejected {
     pub fn write(&self, out: &mut Vec<u8>) {
         wire::error_response(out, self.op, self.error.status, &self.error.message, None);
     }
+}
+
+/// The longest an `AT_SEQ` read waits for its node to reach the seq it asks for.
+pub const AT_SEQ_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(2000);
+
+/// What a wrapper (`WITH_SEQ`, `AT_SEQ`) asks of the request it carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wrapper {
+    /// Answer the write with the seq at which it is visible.
+    WithSeq,
+    /// Serve the read once the node has applied `seq`, waiting at most `wait`.
+    AtSeq {
+        /// The seq asked for.
+        seq: u64,
+        /// How long to wait for it (at most [`AT_SEQ_WAIT_MAX`]).
+        wait: std::time::Duration,
+    },
+}
+
+impl Wrapper {
+    fn op(self) -> Op {
+        match self {
+            Wrapper::WithSeq => Op::WithSeq,
+            Wrapper::AtSeq { .. } => Op::AtSeq,
+        }
+    }
+}
+
+/// An admitted request with its wrapper taken off: the request to run (its header checked
+/// against the role like any other) and where its body starts in the frame's body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unwrapped {
+    /// The wrapper, if the request came in one.
+    pub wrapper: Option<Wrapper>,
+    /// The request to run.
+    pub inner: Admitted,
+    /// Where its body starts in the body that was read.
+    pub body_at: usize,
+}
+
+/// Takes the wrapper off an admitted request whose whole `body` was read, checking the
+/// wrapped operation against the role; a request in no wrapper comes back as it is.
+pub fn unwrap(ident: &Identity, admitted: Admitted, body: &[u8]) -> Result<Unwrapped, Rejected> {
+    let bare = Unwrapped {
+        wrapper: None,
+        inner: admitted,
+        body_at: 0,
+    };
+    let rejected = |error| Rejected {
+        op: admitted.op as u8,
+        error,
+    };
+    if !matches!(admitted.op, Op::WithSeq | Op::AtSeq) {
+        return Ok(bare);
+    }
+    let (wrapper, op, inner) = match Request::decode(admitted.op, body).map_err(rejected)? {
+        Request::WithSeq { op, body } => (Wrapper::WithSeq, op, body),
+        Request::AtSeq {
+            seq,
+            wait_ms,
+            op,
+            body,
+        } => {
+            let wait = std::time::Duration::from_millis(u64::from(wait_ms)).min(AT_SEQ_WAIT_MAX);
+            (Wrapper::AtSeq { seq, wait }, op, body)
+        }
+        _ => return Ok(bare),
+    };
+    if !ident.role.may(op) {
+        return Err(rejected(forbidden(format!(
+            "a {} certificate may not run {}",
+            ident.role.name(),
+            op.name()
+        ))));
+    }
+    Ok(Unwrapped {
+        wrapper: Some(wrapper),
+        inner: Admitted {
+            op,
+            len: inner.len() as u32,
+        },
+        body_at: body.len() - inner.len(),
+    })
+}
+
+/// `BEHIND` for an `AT_SEQ` read asking for `seq` on a node that has not applied it after
+/// waiting `waited`; `None` once it has.
+pub fn behind(service: &Service, seq: u64, waited: std::time::Duration) -> Option<WireError> {
+    let at = service.registry.store().durable_seq();
+    (at < seq).then(|| {
+        WireError::new(
+            Status::Behind,
+            format!(
+                "this node has applied seq {at}, not yet the {seq} asked for, after waiting {} ms; nothing was read; retry, or ask another node",
+                waited.as_millis()
+            ),
+        )
+    })
 }
 
 /// What [`handle_body`] left in its output buffer.
@@ -125,7 +226,40 @@ pub fn handle(
         wire::error_response(out, admitted.op as u8, Status::BadFrame, &message, None);
         return Handled::Answered(Status::BadFrame);
     }
-    handle_body(service, ident, now, admitted, body, out)
+    let u = match unwrap(ident, admitted, body) {
+        Ok(u) => u,
+        Err(r) => {
+            r.write(out);
+            return Handled::Answered(r.error.status);
+        }
+    };
+    // Without a socket there is nothing to wait on: a node behind answers at once.
+    if let Some(Wrapper::AtSeq { seq, .. }) = u.wrapper
+        && let Some(e) = behind(service, seq, std::time::Duration::ZERO)
+    {
+        wire::error_response(out, admitted.op as u8, e.status, &e.message, None);
+        return Handled::Answered(e.status);
+    }
+    handle_unwrapped(service, ident, now, &u, body, out)
+}
+
+/// Runs an unwrapped request (see [`unwrap`]; an `AT_SEQ` read once its seq is applied) and
+/// writes the answer frame, the wrapper's if it came in one, into `out`.
+pub fn handle_unwrapped(
+    service: &Service,
+    ident: &Identity,
+    now: Timestamp,
+    u: &Unwrapped,
+    body: &[u8],
+    out: &mut Vec<u8>,
+) -> Handled {
+    let h = handle_body(service, ident, now, u.inner, &body[u.body_at..], out);
+    if let Some(w) = u.wrapper {
+        // Read after the write returned: its change is durable and visible by this seq.
+        let seq = (w == Wrapper::WithSeq).then(|| service.registry.store().durable_seq());
+        wire::wrap_answer(out, w.op(), seq);
+    }
+    h
 }
 
 /// Handles the body of an admitted request: decodes it (once), checks the counter's
@@ -337,6 +471,9 @@ fn execute(
         }
         Request::Export { .. } => {
             return Err(WireError::new(Status::Internal, "EXPORT is streamed").into());
+        }
+        Request::WithSeq { .. } | Request::AtSeq { .. } => {
+            return Err(WireError::bad("a wrapper inside a wrapper").into());
         }
     };
     response.encode(req.op(), out);

@@ -33,7 +33,8 @@ use crate::jpki::Jpki;
 use crate::registry::Registry;
 pub use auth::{Identity, Role};
 pub use handler::{
-    Admitted, Handled, Rejected, admit, handle, handle_body, id_tag, refusal, stats,
+    AT_SEQ_WAIT_MAX, Admitted, Handled, Rejected, Unwrapped, Wrapper, admit, handle, handle_body,
+    handle_unwrapped, id_tag, refusal, stats, unwrap,
 };
 pub use limits::*;
 pub use stream::CUT_OFF;

@@ -300,6 +300,18 @@ async fn serve_request(
         );
         return refuse(send, op as u8, &e).await;
     }
+    // A wrapped request runs as the request it carries; its answers echo the wrapper's opcode.
+    let wrapper_op = op;
+    let unwrapped = match handler::unwrap(ident, admitted, &body) {
+        Ok(u) => u,
+        Err(r) => return refuse(send, r.op, &r.error).await,
+    };
+    if let Some(handler::Wrapper::AtSeq { seq, wait }) = unwrapped.wrapper
+        && let Err(e) = wait_for_seq(service, seq, wait).await
+    {
+        return refuse(send, wrapper_op as u8, &e).await;
+    }
+    let op = unwrapped.inner.op();
     // Reads and writes draw on separate budgets: writes waiting on a stuck fsync hold theirs
     // until the fsync returns, and must not leave lookups without slots.
     let writes = changes_store(op);
@@ -313,7 +325,7 @@ async fn serve_request(
             Status::Busy,
             format!("too many {what} in flight; retry shortly"),
         );
-        return refuse(send, op as u8, &e).await;
+        return refuse(send, wrapper_op as u8, &e).await;
     };
     let (handled, out, _export_permit) = if runs_blocking(op) {
         let service = service.clone();
@@ -323,18 +335,18 @@ async fn serve_request(
             let _permit = permit;
             let mut out = Vec::new();
             let now = (service.clock)();
-            let h = handler::handle_body(&service, &ident, now, admitted, &body, &mut out);
+            let h = handler::handle_unwrapped(&service, &ident, now, &unwrapped, &body, &mut out);
             (h, out)
         });
         match wait_for_work(shared, op, writes, task).await {
             Ok((h, out)) => (h, out, None),
-            Err(e) => return refuse(send, op as u8, &e).await,
+            Err(e) => return refuse(send, wrapper_op as u8, &e).await,
         }
     } else {
         // Room for any single answer but a batch's, so the common case never reallocates.
         let mut out = Vec::with_capacity(256);
         let now = (service.clock)();
-        let h = handler::handle_body(service, ident, now, admitted, &body, &mut out);
+        let h = handler::handle_unwrapped(service, ident, now, &unwrapped, &body, &mut out);
         // An export holds its slot of the read budget while it walks and streams; any other
         // answer gives it back before it is sent.
         let keep = matches!(h, Handled::Export(_)).then_some(permit);
@@ -345,6 +357,22 @@ async fn serve_request(
         Handled::Export(provider) => {
             let (status, delivered) = export(service, provider, send).await;
             (op as u8, status, delivered)
+        }
+    }
+}
+
+/// How often an `AT_SEQ` read looks again whether its node has reached the seq it asks for.
+const AT_SEQ_POLL: Duration = Duration::from_millis(1);
+
+/// Waits until the store has applied `seq`, at most `wait`; then `BEHIND` if it has not.
+async fn wait_for_seq(service: &Service, seq: u64, wait: Duration) -> Result<(), WireError> {
+    let start = tokio::time::Instant::now();
+    loop {
+        let waited = start.elapsed();
+        match handler::behind(service, seq, waited) {
+            None => return Ok(()),
+            Some(e) if waited >= wait => return Err(e),
+            Some(_) => tokio::time::sleep(AT_SEQ_POLL).await,
         }
     }
 }

@@ -65,6 +65,10 @@ codes! {
         Stats = 0x0F => "STATS",
         /// Register a service provider.
         RegisterProvider = 0x10 => "REGISTER_PROVIDER",
+        /// One write, answered with the seq at which it is visible.
+        WithSeq = 0x11 => "WITH_SEQ",
+        /// One read, served once the node has applied a given seq.
+        AtSeq = 0x12 => "AT_SEQ",
     }
 }
 
@@ -97,6 +101,9 @@ codes! {
         /// A write to a cluster node that is not the writer, or while no writer can commit:
         /// nothing was applied; retry, on the writer or later.
         NoWriter = 11 => "NO_WRITER",
+        /// An `AT_SEQ` read on a node that had not applied the seq asked for within the wait:
+        /// nothing was read.
+        Behind = 12 => "BEHIND",
         /// The provider is not registered.
         UnknownProvider = 16 => "UNKNOWN_PROVIDER",
         /// The MyKey ID is held by another registration.
@@ -171,6 +178,29 @@ codes! {
 }
 
 impl Op {
+    /// Whether `WITH_SEQ` may wrap this operation (a write whose body fits a request's limit).
+    pub fn seq_wrappable_write(self) -> bool {
+        matches!(
+            self,
+            Op::RegisterFull
+                | Op::RegisterProvisional
+                | Op::Confirm
+                | Op::Link
+                | Op::Unlink
+                | Op::Rebind
+                | Op::Delete
+                | Op::RegisterProvider
+        )
+    }
+
+    /// Whether `AT_SEQ` may wrap this operation (a read answered in one frame).
+    pub fn seq_wrappable_read(self) -> bool {
+        matches!(
+            self,
+            Op::Lookup | Op::LookupBatch | Op::LookupCard | Op::Stats
+        )
+    }
+
     /// Largest request body of this operation.
     pub fn body_len_max(self) -> u32 {
         match self {

@@ -20,10 +20,11 @@ mod request;
 mod response;
 
 pub use codes::{Op, Status};
-pub use request::{IdList, Request, id_list_bytes};
+pub use request::{IdList, Request, encode_wrapped, id_list_bytes};
 pub use response::{
     Answers, BatchFrame, Counted, ExportDecoder, ExportStep, ExportedLink, Refused, Response,
-    StatList, begin_export, error_response, export_chunk, export_end, stats_frame,
+    StatList, begin_export, error_response, export_chunk, export_end, split_seq, stats_frame,
+    wrap_answer,
 };
 
 use crate::id::{IdError, MYKEY_ID_LEN, MyKeyId, ProviderId, ServiceId};
@@ -304,6 +305,13 @@ impl<'a> Reader<'a> {
             challenge: self.bytes8()?,
             signature: self.bytes16()?,
         })
+    }
+
+    /// The bytes not read yet, all of them.
+    fn rest(&mut self) -> &'a [u8] {
+        let r = &self.b[self.at..];
+        self.at = self.b.len();
+        r
     }
 
     fn finish(&self) -> Result<(), WireError> {

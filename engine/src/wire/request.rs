@@ -110,6 +110,24 @@ pub enum Request<'a> {
         /// The provider.
         provider: ProviderId,
     },
+    /// `WITH_SEQ`: one write ([`Op::seq_wrappable_write`]), its body decoded on its own.
+    WithSeq {
+        /// The wrapped write.
+        op: Op,
+        /// Its body.
+        body: &'a [u8],
+    },
+    /// `AT_SEQ`: one read ([`Op::seq_wrappable_read`]) served once the node holds `seq`.
+    AtSeq {
+        /// The seq the node must have applied.
+        seq: u64,
+        /// How long the node may wait for it, in milliseconds (the server caps it).
+        wait_ms: u16,
+        /// The wrapped read.
+        op: Op,
+        /// Its body.
+        body: &'a [u8],
+    },
 }
 
 /// The IDs of a batch: `count` × 14 bytes, each checked well-formed when decoded.
@@ -155,6 +173,18 @@ impl<'a> Request<'a> {
             Request::Export { .. } => Op::Export,
             Request::Stats => Op::Stats,
             Request::RegisterProvider { .. } => Op::RegisterProvider,
+            Request::WithSeq { .. } => Op::WithSeq,
+            Request::AtSeq { .. } => Op::AtSeq,
+        }
+    }
+
+    /// The request a wrapper carries, decoded (`None` for a request that is not a wrapper).
+    pub fn wrapped(&self) -> Option<Result<Request<'a>, WireError>> {
+        match *self {
+            Request::WithSeq { op, body } | Request::AtSeq { op, body, .. } => {
+                Some(Request::decode(op, body))
+            }
+            _ => None,
         }
     }
 
@@ -235,6 +265,21 @@ impl<'a> Request<'a> {
             Op::RegisterProvider => Request::RegisterProvider {
                 provider: r.provider()?,
             },
+            Op::WithSeq => {
+                let op = wrapped_op(r.u8()?, Op::seq_wrappable_write, "WITH_SEQ", "a write")?;
+                Request::WithSeq { op, body: r.rest() }
+            }
+            Op::AtSeq => {
+                let seq = r.u64()?;
+                let wait_ms = r.u16()?;
+                let op = wrapped_op(r.u8()?, Op::seq_wrappable_read, "AT_SEQ", "a read")?;
+                Request::AtSeq {
+                    seq,
+                    wait_ms,
+                    op,
+                    body: r.rest(),
+                }
+            }
         };
         r.finish()?;
         Ok(req)
@@ -290,11 +335,60 @@ impl<'a> Request<'a> {
             Request::Export { provider } | Request::RegisterProvider { provider } => {
                 put_bytes8(out, provider.as_bytes())?;
             }
+            Request::WithSeq { op, body } => {
+                out.push(*op as u8);
+                out.extend_from_slice(body);
+            }
+            Request::AtSeq {
+                seq,
+                wait_ms,
+                op,
+                body,
+            } => {
+                out.extend_from_slice(&seq.to_le_bytes());
+                out.extend_from_slice(&wait_ms.to_le_bytes());
+                out.push(*op as u8);
+                out.extend_from_slice(body);
+            }
         }
         let len = u32::try_from(out.len() - start - HEADER_LEN).ok()?;
         out[start + 4..start + 8].copy_from_slice(&len.to_le_bytes());
         Some(())
     }
+}
+
+/// The operation a wrapper names, if `allowed` lets `wrapper` carry it.
+fn wrapped_op(b: u8, allowed: fn(Op) -> bool, wrapper: &str, what: &str) -> Result<Op, WireError> {
+    match Op::from_u8(b) {
+        Some(op) if allowed(op) => Ok(op),
+        _ => Err(WireError::bad(format!(
+            "{wrapper} wraps {what} (engine/PROTOCOL.md, \"Read-your-writes\"), not opcode 0x{b:02x}"
+        ))),
+    }
+}
+
+/// Appends the frame of `inner` wrapped in `WITH_SEQ` (`inner` a write it may wrap) or, with
+/// `at = Some((seq, wait_ms))`, in `AT_SEQ` (`inner` a read it may wrap). `None` if a field does
+/// not fit.
+pub fn encode_wrapped(
+    inner: &Request<'_>,
+    at: Option<(u64, u16)>,
+    out: &mut Vec<u8>,
+) -> Option<()> {
+    let mut frame = Vec::with_capacity(64);
+    inner.encode(&mut frame)?;
+    let body = &frame[HEADER_LEN..];
+    let op = inner.op();
+    match at {
+        None => Request::WithSeq { op, body },
+        Some((seq, wait_ms)) => Request::AtSeq {
+            seq,
+            wait_ms,
+            op,
+            body,
+        },
+    }
+    .encode(out)
 }
 
 /// Builds the IDs of a batch request from parsed IDs (client side).

@@ -148,6 +148,11 @@ impl<'a> Response<'a> {
                 k => return Err(WireError::bad(format!("register-provider outcome {k}"))),
             }),
             Op::Export => return Err(WireError::bad("an EXPORT body is streamed")),
+            Op::WithSeq | Op::AtSeq => {
+                return Err(WireError::bad(
+                    "a wrapper's answer is the wrapped operation's (see wire::wrapped_answer)",
+                ));
+            }
         };
         r.finish()?;
         Ok(resp)
@@ -377,6 +382,30 @@ impl<'a> Refused<'a> {
         };
         Self { message, existing }
     }
+}
+
+/// Turns the whole answer frame in `out` to a wrapped request into the wrapper's answer: the
+/// opcode byte becomes `wrapper`'s, and a `WITH_SEQ` success body gains its leading `seq`.
+pub fn wrap_answer(out: &mut Vec<u8>, wrapper: Op, seq: Option<u64>) {
+    debug_assert!(out.len() >= HEADER_LEN, "no answer frame to wrap");
+    if out.len() < HEADER_LEN {
+        return;
+    }
+    out[2] = wrapper as u8;
+    if let Some(seq) = seq
+        && out[1] == Status::Ok as u8
+    {
+        let len = u32::from_le_bytes([out[4], out[5], out[6], out[7]]) + 8;
+        out[4..8].copy_from_slice(&len.to_le_bytes());
+        out.splice(HEADER_LEN..HEADER_LEN, seq.to_le_bytes());
+    }
+}
+
+/// The `seq` and the wrapped write's own success body, from a `WITH_SEQ` success body.
+pub fn split_seq(body: &[u8]) -> Result<(u64, &[u8]), WireError> {
+    let mut r = Reader::new(body);
+    let seq = r.u64()?;
+    Ok((seq, &body[8..]))
 }
 
 /// Writes a whole refusal frame into `out` (cleared first): `status`, `message` (cut to 65,535
