@@ -8,7 +8,9 @@
 use mykey_engine::cluster::history::{history, verify};
 use mykey_engine::cluster::tail::Tail;
 use mykey_engine::cluster::writer::{Writer, head};
-use mykey_engine::cluster::{ClusterError, GENESIS, PgClient, chain_hash, connect_plain, schema};
+use mykey_engine::cluster::{
+    ClusterError, GENESIS, PgClient, chain_hash, connect_plain, connect_plain_watched, schema,
+};
 use mykey_engine::id::MyKeyId;
 use mykey_engine::registry::{MirrorOp, Registry};
 use mykey_engine::store::Change;
@@ -527,4 +529,99 @@ async fn a_follower_resumes_after_a_restart_from_its_store_and_chain_file() {
         Err(ClusterError::BadRow { seq, .. }) => assert_eq!(seq, 11),
         other => panic!("{other:?}"),
     }
+}
+
+/// Sets `synchronous_standby_names` to `v` (SQL: a quoted list or `DEFAULT`) and returns once
+/// a new session sees it: the server has then sent the reload to every backend.
+async fn set_sync_standbys(pg: &Postgres, admin: &PgClient, v: &str) {
+    for sql in [
+        format!("ALTER SYSTEM SET synchronous_standby_names = {v}"),
+        "SELECT pg_reload_conf()".to_owned(),
+    ] {
+        admin.batch_execute(&sql).await.expect(&sql);
+    }
+    let t = std::time::Instant::now();
+    loop {
+        let now: String = client(pg)
+            .await
+            .query_one("SHOW synchronous_standby_names", &[])
+            .await
+            .expect("show")
+            .get(0);
+        if format!("'{now}'") == v || (v == "DEFAULT" && now.is_empty()) {
+            return;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "not reloaded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_wait_for_the_synchronous_standby_is_cancelled_is_not_acknowledged() {
+    let Some(pg) = Postgres::start("syncwait") else {
+        return;
+    };
+    let dir = TempDir::new("cluster-syncwait");
+    let (_r, batch) = local_history(&dir);
+    let mut admin = client(&pg).await;
+    schema::migrate(&mut admin).await.expect("schema");
+    let (c, sync_cancels) = connect_plain_watched(&pg.url()).await.expect("connect");
+    let mut w = Writer::take_over(c, "node-a").await.expect("writer");
+    w.watch(sync_cancels);
+    w.commit(&batch[..2])
+        .await
+        .expect("no synchronous standby asked for yet");
+    // A synchronous standby that never comes: every commit now waits for it.
+    set_sync_standbys(&pg, &admin, "'nobody'").await;
+    let rest = batch[2..4].to_vec();
+    let pending = tokio::spawn(async move {
+        let r = w.commit(&rest).await;
+        (w, r)
+    });
+    let t = std::time::Instant::now();
+    while count(
+        &admin,
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+    )
+    .await
+        == 0
+    {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "the commit never waited for the standby"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        !pending.is_finished(),
+        "answered while waiting for the standby"
+    );
+    admin
+        .batch_execute(
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+        )
+        .await
+        .expect("cancel the wait");
+    let (mut w, r) = pending.await.expect("task");
+    match r {
+        Err(ClusterError::OutcomeUnknown { first, last, .. }) => assert_eq!((first, last), (3, 4)),
+        other => panic!("a cancelled synchronous wait answered {other:?}"),
+    }
+    // PostgreSQL did commit it on the primary: that is why it cannot be acknowledged, nor
+    // counted as refused.
+    assert_eq!(count(&admin, "SELECT count(*) FROM change_log").await, 4);
+    assert_eq!(
+        w.head().seq,
+        2,
+        "the writer's head did not move past what it acknowledged"
+    );
+    // This writer writes nothing more: its next batch at seq 3 matches no head.
+    set_sync_standbys(&pg, &admin, "DEFAULT").await;
+    assert!(
+        w.commit(&batch[2..4]).await.is_err(),
+        "a writer whose commit is unknown went on"
+    );
 }

@@ -16,7 +16,12 @@ pub mod schema;
 pub mod tail;
 pub mod writer;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_postgres::AsyncMessage;
 
 use crate::store::Change;
 
@@ -180,6 +185,13 @@ pub fn payload(c: &Change) -> Result<Vec<u8>, ClusterError> {
 /// Connects to PostgreSQL at `url` (a libpq connection string or URL) without TLS, for a
 /// database on loopback or a Unix socket; the connection task runs on the current runtime.
 pub async fn connect_plain(url: &str) -> Result<tokio_postgres::Client, ClusterError> {
+    Ok(connect_plain_watched(url).await?.0)
+}
+
+/// As [`connect_plain`], with the connection's [`SyncCancels`].
+pub async fn connect_plain_watched(
+    url: &str,
+) -> Result<(tokio_postgres::Client, SyncCancels), ClusterError> {
     let pg = |source| ClusterError::Postgres {
         op: "connect",
         source,
@@ -191,8 +203,7 @@ pub async fn connect_plain(url: &str) -> Result<tokio_postgres::Client, ClusterE
     .await
     .map_err(|_| ClusterError::ConnectTimeout)?
     .map_err(pg)?;
-    drive(conn);
-    Ok(client)
+    Ok((client, drive(conn)))
 }
 
 /// Connects to PostgreSQL at `url` over TLS 1.3 (rustls, the aws-lc-rs provider), checking the
@@ -201,6 +212,14 @@ pub async fn connect_tls(
     url: &str,
     roots: rustls::RootCertStore,
 ) -> Result<tokio_postgres::Client, ClusterError> {
+    Ok(connect_tls_watched(url, roots).await?.0)
+}
+
+/// As [`connect_tls`], with the connection's [`SyncCancels`].
+pub async fn connect_tls_watched(
+    url: &str,
+    roots: rustls::RootCertStore,
+) -> Result<(tokio_postgres::Client, SyncCancels), ClusterError> {
     let pg = |source| ClusterError::Postgres {
         op: "connect",
         source,
@@ -215,17 +234,60 @@ pub async fn connect_tls(
         .await
         .map_err(|_| ClusterError::ConnectTimeout)?
         .map_err(pg)?;
-    drive(conn);
-    Ok(client)
+    Ok((client, drive(conn)))
 }
 
-/// Runs a connection's I/O on the current runtime until it ends, logging how it ended.
-fn drive(conn: impl Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static) {
+/// How PostgreSQL begins the warning it sends when a commit's wait for its synchronous
+/// standbys is cancelled (`pg_cancel_backend`, a statement timeout, a terminated session): the
+/// transaction committed on the primary and may be on no standby.
+pub const SYNC_CANCEL_WARNING: &str = "canceling wait for synchronous replication";
+
+/// How many times a connection's commit wait for synchronous standbys was cancelled (see
+/// [`SYNC_CANCEL_WARNING`]): PostgreSQL reports that commit as a success with a warning, and a
+/// writer must not acknowledge it (`engine/CLUSTER.md`, "PostgreSQL failover").
+#[derive(Clone, Debug, Default)]
+pub struct SyncCancels(Arc<AtomicU64>);
+
+impl SyncCancels {
+    /// The count so far.
+    pub fn count(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Runs a connection's I/O on the current runtime until it ends, logging how it ended and
+/// every notice; counts the cancelled synchronous-replication waits. A notice is read before
+/// the reply that follows it on the wire, so a commit's warning is counted by the time its
+/// `COMMIT` returns.
+fn drive<S, T>(mut conn: tokio_postgres::Connection<S, T>) -> SyncCancels
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let cancels = SyncCancels::default();
+    let counted = cancels.clone();
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!(op = "postgres connection", error = %e, "the postgres connection ended");
+        loop {
+            match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notice(n)))
+                    if n.message().starts_with(SYNC_CANCEL_WARNING) =>
+                {
+                    counted.0.fetch_add(1, Ordering::AcqRel);
+                    tracing::error!(op = "postgres commit", notice = %n.message(), detail = n.detail().unwrap_or(""), "a commit's wait for the synchronous standbys was cancelled: committed on the primary, maybe on no standby");
+                }
+                Some(Ok(AsyncMessage::Notice(n))) => {
+                    tracing::info!(op = "postgres", severity = n.severity(), notice = %n.message(), "postgres notice");
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(op = "postgres connection", error = %e, "the postgres connection ended");
+                    return;
+                }
+                None => return,
+            }
         }
     });
+    cancels
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use super::record::PgRecord;
 use super::tail::{TAIL_BATCH, TAIL_POLL, Tail};
 use super::writer::{Writer, head};
-use super::{ClusterError, PgClient, chain, schema};
+use super::{ClusterError, PgClient, SyncCancels, chain, schema};
 use crate::registry::Registry;
 use crate::server::admin::Finding;
 use crate::store::fs::Fs;
@@ -58,9 +58,13 @@ pub struct Membership {
 
 impl Membership {
     async fn connect(&self, url: &str) -> Result<PgClient, ClusterError> {
+        Ok(self.connect_watched(url).await?.0)
+    }
+
+    async fn connect_watched(&self, url: &str) -> Result<(PgClient, SyncCancels), ClusterError> {
         match &self.roots {
-            None => super::connect_plain(url).await,
-            Some(r) => super::connect_tls(url, r.clone()).await,
+            None => super::connect_plain_watched(url).await,
+            Some(r) => super::connect_tls_watched(url, r.clone()).await,
         }
     }
 }
@@ -397,7 +401,7 @@ impl Node {
         c: &PgClient,
         t: &mut Tail,
     ) -> Result<Option<(Arc<PgRecord>, u64)>, Flow> {
-        let client = match self.m.connect(&self.m.pg).await {
+        let (client, sync_cancels) = match self.m.connect_watched(&self.m.pg).await {
             Ok(cl) => cl,
             // The primary unreachable while the tail's database answers: stay a follower.
             Err(e) => {
@@ -405,7 +409,7 @@ impl Node {
                 return Ok(None);
             }
         };
-        let w = match Writer::take_over(client, &self.m.node).await {
+        let mut w = match Writer::take_over(client, &self.m.node).await {
             Ok(w) => w,
             Err(ClusterError::NotWriter) => return Ok(None),
             Err(e) if is_connection(&e) => {
@@ -414,6 +418,7 @@ impl Node {
             }
             Err(e) => return Err(Flow::End(Ended::Stopped(format!("take over: {e}")))),
         };
+        w.watch(sync_cancels);
         let h = w.head();
         self.state.epoch.store(h.epoch, Ordering::Release);
         let deadline = Instant::now() + CATCH_UP_MAX;

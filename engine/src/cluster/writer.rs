@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
-use super::{ClusterError, WRITER_LOCK, chain_hash, payload, schema};
+use super::{ClusterError, SyncCancels, WRITER_LOCK, chain_hash, payload, schema};
 use crate::registry::MirrorOp;
 use crate::store::Change;
 
@@ -130,6 +130,8 @@ pub struct Writer {
     stmts: Stmts,
     node: String,
     head: Head,
+    /// The connection's cancelled synchronous-replication waits, when it is watched.
+    sync_cancels: Option<SyncCancels>,
 }
 
 impl Writer {
@@ -162,7 +164,16 @@ impl Writer {
             client,
             node: node.to_owned(),
             head,
+            sync_cancels: None,
         })
+    }
+
+    /// Watches the writer's connection (made by `connect_*_watched`) for cancelled waits for
+    /// the synchronous standbys: a commit that met one is answered `OutcomeUnknown`, not
+    /// acknowledged, though PostgreSQL said it committed. A [`Writer::reconnect`] ends the
+    /// watch, until this is called again with the new connection's.
+    pub fn watch(&mut self, sync_cancels: SyncCancels) {
+        self.sync_cancels = Some(sync_cancels);
     }
 
     /// Where the log stood after this writer's last commit (or its takeover).
@@ -182,6 +193,7 @@ impl Writer {
         try_lock(&client).await?;
         self.stmts = Stmts::prepare(&client).await?;
         self.client = client;
+        self.sync_cancels = None;
         Ok(())
     }
 
@@ -229,6 +241,7 @@ impl Writer {
         let log_params: [&(dyn ToSql + Sync); 7] =
             [&seqs, &epoch_i, &ats, &actors, &kinds, &payloads, &hashes];
         let st = &self.stmts;
+        let cancels_before = self.sync_cancels.as_ref().map(SyncCancels::count);
         let tx = self.client.transaction().await.map_err(pg("begin"))?;
         // The statements are sent together (pipelined on the connection) and run in order.
         // First the head: its row lock is held to the commit, so a second writer's transaction
@@ -264,6 +277,17 @@ impl Writer {
                 });
             }
             Err(e) => return Err(pg("commit")(e)),
+        }
+        if let (Some(before), Some(now)) = (cancels_before, self.sync_cancels.as_ref())
+            && now.count() != before
+        {
+            // Committed on the primary, perhaps on no standby: a failover may lose it. Not
+            // acknowledged; the store stops writing and the node steps down.
+            return Err(ClusterError::OutcomeUnknown {
+                first,
+                last,
+                reason: "PostgreSQL committed on the primary, but the wait for its synchronous standbys was cancelled".into(),
+            });
         }
         self.head = Head {
             seq: last,
