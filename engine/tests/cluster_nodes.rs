@@ -69,6 +69,8 @@ struct Node {
     quic: SocketAddr,
     admin: SocketAddr,
     pg: String,
+    /// The database it tails, when not `pg`.
+    tail_pg: Option<String>,
     child: Option<Child>,
 }
 
@@ -93,6 +95,7 @@ impl Node {
                 .and_then(|s| s.local_addr())
                 .expect("tcp port"),
             pg: pg.to_owned(),
+            tail_pg: None,
             child: None,
         }
     }
@@ -105,8 +108,8 @@ impl Node {
             .append(true)
             .open(self.dir.join("server.log"))
             .expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_mykeyd"))
-            .args(["serve", "--config"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mykeyd"));
+        cmd.args(["serve", "--config"])
             .arg(self.dir.join("mykeyd.toml"))
             .env("MYKEYD_SERVER_LISTEN", self.quic.to_string())
             .env("MYKEYD_SERVER_ADMIN_LISTEN", self.admin.to_string())
@@ -114,9 +117,11 @@ impl Node {
             .env("MYKEYD_CLUSTER_PG", &self.pg)
             .env("MYKEYD_LOG_LEVEL", "info")
             .stderr(log)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn");
+            .stdout(Stdio::null());
+        if let Some(t) = &self.tail_pg {
+            cmd.env("MYKEYD_CLUSTER_TAIL_PG", t);
+        }
+        let child = cmd.spawn().expect("spawn");
         self.child = Some(child);
         self.wait_for("ready", |n| n.readyz().starts_with("HTTP/1.1 200"));
     }
@@ -220,6 +225,12 @@ fn cluster(tag: &str) -> Option<(Postgres, Dir, Vec<Node>)> {
     let url = pg.url();
     let o = mykeyd(&["cluster", "init", "--pg", &url]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (base, nodes) = nodes(tag, &url);
+    Some((pg, base, nodes))
+}
+
+/// Three nodes from one `mykeyd init`, writing through PostgreSQL at `url`.
+fn nodes(tag: &str, url: &str) -> (Dir, Vec<Node>) {
     let base = dir(tag);
     let first = base.0.join("a");
     let o = Command::new(env!("CARGO_BIN_EXE_mykeyd"))
@@ -234,9 +245,9 @@ fn cluster(tag: &str) -> Option<(Postgres, Dir, Vec<Node>)> {
         if name != "a" {
             copy_dir(&first, &d);
         }
-        nodes.push(Node::new(&format!("node-{name}"), d, &url));
+        nodes.push(Node::new(&format!("node-{name}"), d, url));
     }
-    Some((pg, base, nodes))
+    (base, nodes)
 }
 
 /// The index of the one writer among the running nodes, once there is exactly one.
@@ -414,27 +425,7 @@ fn three_nodes_elect_one_writer_follow_it_and_survive_its_kill() {
     // kill -9 the writer while a client writes through it: another node takes over and takes
     // the writes; no acknowledged write is missing anywhere.
     let old = w;
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let target = nodes[old].quic;
-    let tls = nodes[old].tls("operator");
-    let load = std::thread::spawn(move || {
-        rt_one().block_on(async {
-            let Ok(c) = Client::connect(target, "localhost", tls).await else {
-                return;
-            };
-            for k in 0.. {
-                let name = format!("LOAD-{k}");
-                match c.register_provider(p(&name)).await {
-                    Ok(_) => {
-                        if tx.send(name).is_err() {
-                            return;
-                        }
-                    }
-                    Err(_) => return,
-                }
-            }
-        });
-    });
+    let (load, rx) = write_load(&nodes[old], "LOAD");
     // Let some writes through, then kill.
     let mut under_load = Vec::new();
     while under_load.len() < 20 {
@@ -542,11 +533,156 @@ fn write_until_acked(
     })
 }
 
+/// A client registering providers `<prefix>-0`, `<prefix>-1`, … through `node` one after
+/// another, on a thread of its own, sending each acknowledged name; it ends at its first
+/// refusal or error, or once the receiver is dropped.
+fn write_load(
+    node: &Node,
+    prefix: &str,
+) -> (
+    std::thread::JoinHandle<()>,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let (target, tls, prefix) = (node.quic, node.tls("operator"), prefix.to_owned());
+    let load = std::thread::spawn(move || {
+        rt_one().block_on(async {
+            let Ok(c) = Client::connect(target, "localhost", tls).await else {
+                return;
+            };
+            for k in 0.. {
+                let name = format!("{prefix}-{k}");
+                match c.register_provider(p(&name)).await {
+                    Ok(_) => {
+                        if tx.send(name).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+    });
+    (load, rx)
+}
+
 fn rt_one() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime")
+}
+
+/// Runs `sql` on the database at `url` with `psql`.
+fn psql(url: &str, sql: &str) -> String {
+    let o = Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
+        .output()
+        .expect("psql");
+    assert!(
+        o.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+#[test]
+fn a_promoted_synchronous_standby_loses_no_acknowledged_write() {
+    let Some(mut primary) = Postgres::start("failover") else {
+        return;
+    };
+    let o = mykeyd(&["cluster", "init", "--pg", &primary.url()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The production setting: every commit waits for the standby (engine/CLUSTER.md).
+    let standby = primary.standby("standby_a");
+    psql(
+        &primary.url(),
+        "ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (standby_a)'",
+    );
+    psql(&primary.url(), "SELECT pg_reload_conf()");
+    let t = Instant::now();
+    while psql(
+        &primary.url(),
+        "SELECT string_agg(sync_state, ',') FROM pg_stat_replication",
+    ) != "quorum"
+    {
+        assert!(t.elapsed() < WAIT, "the standby never became synchronous");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Nodes write to whichever of the two takes writes, and tail the standby.
+    let both = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user=mykey dbname=postgres target_session_attrs=read-write",
+        primary.port(),
+        standby.port()
+    );
+    let (_base, mut nodes) = nodes("failover", &both);
+    for n in &mut nodes {
+        n.tail_pg = Some(standby.url());
+        n.start();
+    }
+    let old = writer(&nodes);
+    let old_epoch = nodes[old].metric("mykey_cluster_epoch").expect("epoch") as u64;
+    let (load, rx) = write_load(&nodes[old], "SYNC");
+    let mut acked = Vec::new();
+    while acked.len() < 20 {
+        acked.push(rx.recv_timeout(WAIT).expect("writes under load"));
+    }
+    // The primary crashes under the load, and the standby is promoted.
+    primary.stop();
+    let crashed = Instant::now();
+    standby.promote();
+    let promoted = crashed.elapsed();
+    acked.extend(rx.try_iter());
+    drop(rx);
+    let _ = load.join();
+    // A writer of a new epoch, through the promoted standby.
+    let t = Instant::now();
+    let w = loop {
+        let w = writer(&nodes);
+        if nodes[w]
+            .metric("mykey_cluster_epoch")
+            .is_some_and(|e| e as u64 > old_epoch)
+        {
+            break w;
+        }
+        assert!(
+            t.elapsed() < WAIT,
+            "no writer of a new epoch after the promotion"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let rt = rt();
+    let (resumed, seq) = write_until_acked(&rt, &nodes[w], "AFTER-PROMOTION", crashed);
+    eprintln!(
+        "primary crashed with {} writes acknowledged; standby promoted in {promoted:?}; writes resumed {resumed:?} after the crash, at seq {seq}",
+        acked.len()
+    );
+    acked.push("AFTER-PROMOTION".into());
+    // Every acknowledged write is on every node, and every node holds the same chain.
+    rt.block_on(async {
+        for n in &nodes {
+            let c = n.operator().await;
+            c.set_read_your_writes(true);
+            c.saw_seq(seq);
+            for name in &acked {
+                assert!(serves(&c, name).await, "{name} on {}", n.name);
+            }
+        }
+    });
+    converged(&nodes, w, seq);
+    let o = mykeyd(&["cluster", "verify", "--pg", &standby.url()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    // The old writer, if it was not the one elected again, follows under the new epoch.
+    if w != old {
+        nodes[old].wait_for("a follower", |n| n.role() == Some(0));
+    }
+    let epoch = nodes[w].metric("mykey_cluster_epoch").expect("epoch") as u64;
+    assert!(epoch > old_epoch);
+    let head_epoch: u64 = psql(&standby.url(), "SELECT epoch FROM head")
+        .parse()
+        .expect("epoch");
+    assert_eq!(head_epoch, epoch, "the head's epoch is the writer's");
 }
 
 #[test]
@@ -571,19 +707,13 @@ fn a_row_changed_by_hand_stops_every_follower() {
     });
     converged(&nodes, w, seq);
     // Rewrite the hash of the last row, as a standby given another change by hand would hold.
-    let psql = |sql: &str| {
-        let o = Command::new("psql")
-            .args([&pg.url(), "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .output();
-        match o {
-            Ok(o) => assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr)),
-            Err(e) => panic!("psql: {e}"),
-        }
-    };
-    psql(&format!(
-        "UPDATE change_log SET hash = '\\x{}' WHERE seq = {seq}",
-        "ab".repeat(32)
-    ));
+    psql(
+        &pg.url(),
+        &format!(
+            "UPDATE change_log SET hash = '\\x{}' WHERE seq = {seq}",
+            "ab".repeat(32)
+        ),
+    );
     let f = 1 - w;
     nodes[f].wait_for("stopped", |n| {
         let r = n.readyz();

@@ -66,11 +66,19 @@ fn spawn(bin: &Path, dir: &PgDir, port: u16) -> std::io::Result<Child> {
         .spawn()
 }
 
-/// The directory of PostgreSQL's server programs: on the PATH, or Debian's versioned one.
+/// The directory of PostgreSQL's programs (`initdb`, `pg_basebackup`, `pg_ctl`, …): where the
+/// `initdb` on the PATH really lives (a link to Debian's versioned directory, say), or the
+/// newest of Debian's.
 fn bin_dir() -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .find(|d| d.join("initdb").is_file() && d.join("postgres").is_file())
+        let d = std::env::split_paths(&p)
+            .find(|d| d.join("initdb").is_file() && d.join("postgres").is_file())?;
+        Some(
+            std::fs::canonicalize(d.join("initdb"))
+                .ok()
+                .and_then(|f| f.parent().map(Path::to_path_buf))
+                .unwrap_or(d),
+        )
     });
     on_path.or_else(|| {
         let mut v: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
@@ -81,6 +89,21 @@ fn bin_dir() -> Option<PathBuf> {
         v.sort();
         v.pop()
     })
+}
+
+/// When this process is root, makes the `postgres` user own `dir` (and reach it); whether it
+/// could.
+fn hand_to_postgres(dir: &PgDir) -> bool {
+    if !is_root() {
+        return true;
+    }
+    let ok = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(dir.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    let _ = Command::new("chmod").arg("0755").arg(dir.path()).status();
+    ok
 }
 
 fn is_root() -> bool {
@@ -123,17 +146,8 @@ impl Postgres {
         };
         let dir = PgDir::new(tag);
         let data = dir.path().join("data");
-        if is_root() {
-            // The postgres user must own its data directory and reach it.
-            let ok = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                return skip("cannot hand the data directory to the postgres user");
-            }
-            let _ = Command::new("chmod").arg("0755").arg(dir.path()).status();
+        if !hand_to_postgres(&dir) {
+            return skip("cannot hand the data directory to the postgres user");
         }
         let init = pg_command(&bin, "initdb")
             .args(["-D"])
@@ -169,18 +183,87 @@ impl Postgres {
         Some(pg)
     }
 
+    /// A hot standby of this server, streaming from it as `application_name` (the name
+    /// `synchronous_standby_names` lists), made with `pg_basebackup` and started on a port of
+    /// its own; returns once it accepts read-only connections.
+    pub fn standby(&self, application_name: &str) -> Self {
+        let dir = PgDir::new(&format!("standby-{application_name}"));
+        hand_to_postgres(&dir);
+        let data = dir.path().join("data");
+        let o = pg_command(&self.bin, "pg_basebackup")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "mykey",
+                "-D",
+            ])
+            .arg(&data)
+            .args(["-R", "-X", "stream", "-c", "fast"])
+            .output()
+            .expect("pg_basebackup");
+        assert!(
+            o.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        // The last setting wins: the standby names itself to the primary.
+        let conninfo = format!(
+            "\nprimary_conninfo = 'host=127.0.0.1 port={} user=mykey application_name={application_name}'\n",
+            self.port
+        );
+        let auto = data.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&auto).expect("postgresql.auto.conf");
+        text.push_str(&conninfo);
+        std::fs::write(&auto, text).expect("postgresql.auto.conf");
+        let port = free_port();
+        let child = spawn(&self.bin, &dir, port).expect("the standby");
+        let pg = Postgres {
+            dir,
+            port,
+            child,
+            bin: self.bin.clone(),
+        };
+        pg.wait_for_log(
+            "database system is ready to accept read-only connections",
+            1,
+        );
+        pg
+    }
+
+    /// Promotes this standby to a primary (`pg_ctl promote`, waiting until it is done).
+    pub fn promote(&self) {
+        let o = pg_command(&self.bin, "pg_ctl")
+            .args(["promote", "-w", "-D"])
+            .arg(self.dir.path().join("data"))
+            .output()
+            .expect("pg_ctl promote");
+        assert!(
+            o.status.success(),
+            "pg_ctl promote: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// The server's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Waits until the log says `n` times that the server accepts connections.
     fn wait_ready(&self, n: usize) {
+        self.wait_for_log("database system is ready to accept connections", n);
+    }
+
+    /// Waits until the log holds `line` `n` times.
+    fn wait_for_log(&self, line: &str, n: usize) {
         let start = Instant::now();
-        while self
-            .log()
-            .matches("database system is ready to accept connections")
-            .count()
-            < n
-        {
+        while self.log().matches(line).count() < n {
             if start.elapsed() > START_TIMEOUT {
                 panic!(
-                    "postgres did not accept connections within {START_TIMEOUT:?}:\n{}",
+                    "postgres did not log {line:?} within {START_TIMEOUT:?}:\n{}",
                     self.log()
                 );
             }
