@@ -35,6 +35,34 @@ pub struct ClientTls {
     pub server_roots: Vec<CertificateDer<'static>>,
 }
 
+impl ClientTls {
+    /// Reads a client certificate chain, its key and the server's CA certificates from PEM
+    /// files; the error names the file.
+    pub fn from_pem_files(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        server_ca: &std::path::Path,
+    ) -> Result<Self, String> {
+        use rustls::pki_types::pem::PemObject;
+        let certs = |p: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, String> {
+            let v = CertificateDer::pem_file_iter(p)
+                .map_err(|e| format!("{}: {e}", p.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+            if v.is_empty() {
+                return Err(format!("{}: no CERTIFICATE", p.display()));
+            }
+            Ok(v)
+        };
+        Ok(Self {
+            chain: certs(cert)?,
+            key: PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("{}: {e}", key.display()))?,
+            server_roots: certs(server_ca)?,
+        })
+    }
+}
+
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -247,18 +275,26 @@ impl Client {
     /// Sends one raw frame on its own stream and returns the response's header and body (for
     /// tests and diagnostics of malformed frames).
     pub async fn raw(&self, frame: &[u8]) -> Result<(ResponseHeader, Vec<u8>), ClientError> {
-        let (mut send, mut recv) = self.conn.open_bi().await.map_err(StreamError::Open)?;
-        send.write_all(frame).await.map_err(StreamError::Write)?;
-        // The server may stop reading early (a refused header); that is not an error here.
-        let _ = send.finish();
-        let mut resp = recv
-            .read_to_end(RESPONSE_READ_MAX)
-            .await
-            .map_err(StreamError::Read)?;
+        let mut resp = self.exchange(frame).await?;
         let (header, body) = wire::split_response(&resp)?;
         let len = body.len();
         resp.drain(..resp.len() - len);
         Ok((header, resp))
+    }
+
+    /// Sends one raw frame on its own stream and returns the whole response frame, checked
+    /// to be one (a node relaying a forwarded write's answer).
+    pub async fn exchange(&self, frame: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(StreamError::Open)?;
+        send.write_all(frame).await.map_err(StreamError::Write)?;
+        // The server may stop reading early (a refused header); that is not an error here.
+        let _ = send.finish();
+        let resp = recv
+            .read_to_end(RESPONSE_READ_MAX)
+            .await
+            .map_err(StreamError::Read)?;
+        wire::split_response(&resp)?;
+        Ok(resp)
     }
 
     /// Sends `req` and decodes its success body into `read`'s answer.

@@ -19,8 +19,6 @@ use std::time::{Duration, Instant};
 use mykey_engine::client::{Client, ClientError, ClientTls};
 use mykey_engine::id::{MyKeyId, ProviderId};
 use mykey_engine::wire::Status;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 #[path = "../../tests/src/postgres.rs"]
 mod postgres;
@@ -71,6 +69,9 @@ struct Node {
     pg: String,
     /// The database it tails, when not `pg`.
     tail_pg: Option<String>,
+    /// Whether it forwards the writes it is sent as a follower (with its `node` certificate),
+    /// or answers them `NO_WRITER`.
+    forwards: bool,
     child: Option<Child>,
 }
 
@@ -96,6 +97,7 @@ impl Node {
                 .expect("tcp port"),
             pg: pg.to_owned(),
             tail_pg: None,
+            forwards: true,
             child: None,
         }
     }
@@ -120,6 +122,11 @@ impl Node {
             .stdout(Stdio::null());
         if let Some(t) = &self.tail_pg {
             cmd.env("MYKEYD_CLUSTER_TAIL_PG", t);
+        }
+        if self.forwards {
+            let t = self.dir.join("pki/terminals");
+            cmd.env("MYKEYD_CLUSTER_NODE_CERT", t.join("node.pem"))
+                .env("MYKEYD_CLUSTER_NODE_KEY", t.join("node.key"));
         }
         let child = cmd.spawn().expect("spawn");
         self.child = Some(child);
@@ -183,18 +190,12 @@ impl Node {
 
     fn tls(&self, role: &str) -> ClientTls {
         let pki = self.dir.join("pki");
-        let certs = |p: PathBuf| -> Vec<CertificateDer<'static>> {
-            CertificateDer::pem_file_iter(&p)
-                .expect("pem")
-                .collect::<Result<_, _>>()
-                .expect("certs")
-        };
-        ClientTls {
-            chain: certs(pki.join(format!("terminals/{role}.pem"))),
-            key: PrivateKeyDer::from_pem_file(pki.join(format!("terminals/{role}.key")))
-                .expect("key"),
-            server_roots: certs(pki.join("client-ca.pem")),
-        }
+        ClientTls::from_pem_files(
+            &pki.join(format!("terminals/{role}.pem")),
+            &pki.join(format!("terminals/{role}.key")),
+            &pki.join("client-ca.pem"),
+        )
+        .expect("TLS material")
     }
 
     async fn operator(&self) -> Client {
@@ -342,15 +343,19 @@ fn three_nodes_elect_one_writer_follow_it_and_survive_its_kill() {
     let Some((mut pg, _base, mut nodes)) = cluster("three") else {
         return;
     };
+    // node-c has no node certificate: as a follower it refuses writes instead of forwarding.
+    nodes[2].forwards = false;
     for n in &mut nodes {
         n.start();
     }
     let w = writer(&nodes);
     let rt = rt();
     let mut acked: Vec<String> = Vec::new();
+    let mut refused: Vec<String> = Vec::new();
     let seq = rt.block_on(async {
-        // Writes sent to every node: the writer acknowledges them; a follower refuses them
-        // NO_WRITER and applies nothing.
+        // Writes sent to every node: the writer acknowledges its own and those a follower
+        // forwards to it; a follower that does not forward refuses them NO_WRITER and applies
+        // nothing.
         let mut seq = 0;
         for (i, n) in nodes.iter().enumerate() {
             let c = n.operator().await;
@@ -358,8 +363,13 @@ fn three_nodes_elect_one_writer_follow_it_and_survive_its_kill() {
             for k in 0..5 {
                 let name = format!("CL-{i}-{k}");
                 let r = c.register_provider(p(&name)).await;
-                if i == w {
-                    assert_eq!(r.as_ref().ok(), Some(&true), "{name} on the writer: {r:?}");
+                if i == w || n.forwards {
+                    assert_eq!(
+                        r.as_ref().ok(),
+                        Some(&true),
+                        "{name} through {}: {r:?}",
+                        n.name
+                    );
                     acked.push(name);
                 } else {
                     assert_eq!(
@@ -368,6 +378,7 @@ fn three_nodes_elect_one_writer_follow_it_and_survive_its_kill() {
                         "{name} on follower {}: {r:?}",
                         n.name
                     );
+                    refused.push(name);
                 }
             }
             seq = seq.max(c.seen_seq());
@@ -376,13 +387,13 @@ fn three_nodes_elect_one_writer_follow_it_and_survive_its_kill() {
     });
     // The same through the `mykey` CLI: a write's seq from the writer, then a read at that
     // seq from each follower, which serves it at once.
-    let cli = |n: &Node, args: &[&str]| {
+    let cli_as = |n: &Node, role: &str, args: &[&str]| {
         let o = Command::new(env!("CARGO_BIN_EXE_mykey"))
             .args([
                 "--dev",
                 n.dir.to_str().expect("utf-8"),
                 "--as",
-                "operator",
+                role,
                 "--json",
             ])
             .args(["--server", &n.quic.to_string()])
@@ -394,6 +405,7 @@ fn three_nodes_elect_one_writer_follow_it_and_survive_its_kill() {
             String::from_utf8_lossy(&o.stdout).into_owned(),
         )
     };
+    let cli = |n: &Node, args: &[&str]| cli_as(n, "operator", args);
     let (code, out) = cli(&nodes[w], &["--seq", "add-provider", "CLI-1"]);
     assert_eq!(code, Some(0), "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
@@ -406,7 +418,48 @@ fn three_nodes_elect_one_writer_follow_it_and_survive_its_kill() {
         // Answered (unknown ID: exit 3), not refused UNKNOWN_PROVIDER (exit 1).
         assert_eq!(code, Some(3), "{} at seq {at}: {out}", n.name);
     }
-    let seq = cli_seq;
+    // A card write through a follower that forwards: the follower issued the challenge and
+    // consumed it; the writer verifies the card and registers it.
+    let (seq, card_id) = match (0..nodes.len()).find(|&i| i != w && nodes[i].forwards) {
+        Some(f) => {
+            let n = &nodes[f];
+            let card = |ext: &str| {
+                n.dir
+                    .join(format!("cards/card-3.{ext}"))
+                    .display()
+                    .to_string()
+            };
+            let (code, out) = cli_as(
+                n,
+                "portal",
+                &[
+                    "--seq",
+                    "register",
+                    "--card",
+                    &card("der"),
+                    "--card-key",
+                    &card("key"),
+                ],
+            );
+            assert_eq!(code, Some(0), "register through {}: {out}", n.name);
+            let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+            let id = v["mykey_id"]
+                .as_str()
+                .expect("the registered ID")
+                .to_owned();
+            (v["seq"].as_u64().expect("seq"), Some(id))
+        }
+        None => (cli_seq, None),
+    };
+    // Every node serves the registered ID at the registration's seq.
+    if let Some(id) = &card_id {
+        for n in &nodes {
+            let at = seq.to_string();
+            let (code, out) = cli(n, &["--at-least", &at, "lookup", "A-α1-0001", id]);
+            assert_eq!(code, Some(3), "the registered ID on {}: {out}", n.name);
+            assert!(out.contains("not_linked"), "{out}");
+        }
+    }
     converged(&nodes, w, seq);
     rt.block_on(async {
         for n in &nodes {
@@ -414,10 +467,10 @@ fn three_nodes_elect_one_writer_follow_it_and_survive_its_kill() {
             for name in &acked {
                 assert!(has_provider(&c, name).await, "{name} on {}", n.name);
             }
-            for i in (0..nodes.len()).filter(|&i| i != w) {
+            for name in &refused {
                 assert!(
-                    !has_provider(&c, &format!("CL-{i}-0")).await,
-                    "a write refused NO_WRITER was applied"
+                    !has_provider(&c, name).await,
+                    "{name}, refused NO_WRITER, was applied"
                 );
             }
         }
@@ -467,13 +520,14 @@ fn three_nodes_elect_one_writer_follow_it_and_survive_its_kill() {
         let r = n.readyz();
         r.starts_with("HTTP/1.1 200") && r.contains("postgres unreachable")
     });
+    nodes[w].wait_for("stepped down", |n| n.role() == Some(0));
     rt.block_on(async {
         let c = nodes[f].operator().await;
         assert!(has_provider(&c, "AFTER-FAILOVER").await, "reads go on");
+        // Forwarded or not, no writer takes it.
         let r = c.register_provider(p("DURING-OUTAGE")).await;
         assert_eq!(refused_with(&r), Some(Status::NoWriter as u8), "{r:?}");
     });
-    nodes[w].wait_for("stepped down", |n| n.role() == Some(0));
     pg.restart();
     let back = Instant::now();
     let w = writer(&nodes);

@@ -6,7 +6,7 @@
 //! unknown, provisional, suspended, deleted), 1 a refusal or an error, 2 bad usage.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -15,8 +15,6 @@ use mykey_engine::id::{MyKeyId, ProviderId, PushId, ServiceId};
 use mykey_engine::jpki::CardProof;
 use mykey_engine::jpki::dev::DevKey;
 use mykey_engine::registry::{CardWrite, IdState, LinkOutcome, Lookup, PushSummary};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -178,17 +176,7 @@ fn tls(cli: &Cli) -> Result<ClientTls, String> {
             cli.ca.clone().ok_or("give --ca with --cert")?,
         ),
     };
-    let certs = |p: &Path| -> Result<Vec<CertificateDer<'static>>, String> {
-        CertificateDer::pem_file_iter(p)
-            .map_err(|e| format!("{}: {e}", p.display()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("{}: {e}", p.display()))
-    };
-    Ok(ClientTls {
-        chain: certs(&cert)?,
-        key: PrivateKeyDer::from_pem_file(&key).map_err(|e| format!("{}: {e}", key.display()))?,
-        server_roots: certs(&ca)?,
-    })
+    ClientTls::from_pem_files(&cert, &key, &ca)
 }
 
 /// The answer as JSON: its kind and, when linked, the service ID.

@@ -8,6 +8,7 @@
 //! keeps a store that failed a commit as the writer: it ends with [`Ended::SteppedDown`] and the
 //! process reopens the store as a follower.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,6 +55,8 @@ pub struct Membership {
     pub tail_pg: String,
     /// TLS roots for PostgreSQL's certificate; `None`: no TLS.
     pub roots: Option<rustls::RootCertStore>,
+    /// Where this node takes forwarded writes while it is the writer (`None`: it takes none).
+    pub advertise: Option<SocketAddr>,
 }
 
 impl Membership {
@@ -106,6 +109,8 @@ pub struct State {
     stopped: Mutex<Option<String>>,
     /// The head's writer, as last read.
     writer: Mutex<String>,
+    /// Where that writer takes forwarded writes, as last read (`None`: nowhere yet).
+    writer_addr: Mutex<Option<SocketAddr>>,
 }
 
 impl Default for State {
@@ -118,6 +123,7 @@ impl Default for State {
             unreachable: Mutex::new(None),
             stopped: Mutex::new(None),
             writer: Mutex::new(String::new()),
+            writer_addr: Mutex::new(None),
         }
     }
 }
@@ -134,6 +140,11 @@ impl State {
             1 => Role::Writer,
             _ => Role::Stopped,
         }
+    }
+
+    /// Where the writer takes forwarded writes, as this node last read it from the head.
+    pub fn writer_addr(&self) -> Option<SocketAddr> {
+        *lock(&self.writer_addr)
     }
 
     /// The last seq the node applied.
@@ -359,9 +370,10 @@ impl Node {
                     return flow(e);
                 }
                 match head_and_writer(c).await {
-                    Ok((seq, epoch, writer)) => {
+                    Ok((seq, epoch, writer, addr)) => {
                         self.state.epoch.store(epoch, Ordering::Release);
                         *lock(&self.state.writer) = writer;
+                        *lock(&self.state.writer_addr) = addr;
                         if seq < t.applied() {
                             return Flow::End(Ended::Stopped(format!(
                                 "this node applied seq {} and the head of the database it tails is at seq {seq}: it holds changes PostgreSQL does not (a standby promoted without them?)",
@@ -471,6 +483,24 @@ impl Node {
             Ok(c) => c,
             Err(e) => return Ended::SteppedDown(format!("cannot watch the head: {e}")),
         };
+        // Serving writes now: the followers may forward theirs here.
+        let addr = self.m.advertise.map(|a| a.to_string()).unwrap_or_default();
+        let epoch_i = epoch as i64;
+        match monitor
+            .execute(
+                "UPDATE head SET writer_addr = $1 WHERE epoch = $2",
+                &[&addr, &epoch_i],
+            )
+            .await
+        {
+            Ok(1) => {}
+            Ok(_) => {
+                return Ended::SteppedDown(format!(
+                    "another writer took over before this node (epoch {epoch}) served a write"
+                ));
+            }
+            Err(e) => return Ended::SteppedDown(format!("cannot advertise this writer: {e}")),
+        }
         let mut written = 0;
         loop {
             if self.stopping() {
@@ -512,18 +542,30 @@ fn flow(e: ClusterError) -> Flow {
     }
 }
 
-/// The head's seq, epoch and writer name.
-async fn head_and_writer(c: &PgClient) -> Result<(u64, u64, String), ClusterError> {
+/// The head's seq, epoch, writer name and the address it takes forwarded writes at.
+async fn head_and_writer(
+    c: &PgClient,
+) -> Result<(u64, u64, String, Option<SocketAddr>), ClusterError> {
     let r = c
-        .query_one("SELECT seq, epoch, writer FROM head", &[])
+        .query_one("SELECT seq, epoch, writer, writer_addr FROM head", &[])
         .await
         .map_err(|source| ClusterError::Postgres {
             op: "read the head",
             source,
         })?;
+    let addr: &str = r.get(3);
+    let parsed = addr.parse().ok();
+    if parsed.is_none() && !addr.is_empty() {
+        tracing::warn!(
+            op = "cluster",
+            writer_addr = addr,
+            "the head's writer_addr is not an address; writes are not forwarded"
+        );
+    }
     Ok((
         r.get::<_, i64>(0) as u64,
         r.get::<_, i64>(1) as u64,
         r.get(2),
+        parsed,
     ))
 }

@@ -5,7 +5,8 @@
 use super::ClusterError;
 
 /// The migrations, in order: migration `i` (from 0) brings the schema to version `i + 1`.
-pub const MIGRATIONS: &[&str] = &[r"
+pub const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE mykey_meta (
     key   text PRIMARY KEY,
     value text NOT NULL
@@ -60,7 +61,13 @@ CREATE TABLE snapshots (
     taken_at timestamptz NOT NULL,
     PRIMARY KEY (node, seq)
 );
-"];
+",
+    r"
+-- Where the writer takes forwarded writes: its QUIC address, set once it serves writes
+-- (empty while none does).
+ALTER TABLE head ADD COLUMN writer_addr text NOT NULL DEFAULT '';
+",
+];
 
 /// The schema version this build writes and reads.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

@@ -143,7 +143,7 @@ impl Writer {
         try_lock(&client).await?;
         let r = client
             .query_one(
-                "UPDATE head SET epoch = epoch + 1, writer = $1 RETURNING seq, epoch, hash",
+                "UPDATE head SET epoch = epoch + 1, writer = $1, writer_addr = '' RETURNING seq, epoch, hash",
                 &[&node],
             )
             .await

@@ -107,6 +107,25 @@ impl Challenges {
         Ok(Challenge { bytes, expires_at })
     }
 
+    /// Takes in a challenge that another node of the cluster issued, checked against `owner`
+    /// and consumed before it forwarded the card's write here: held as issued to `owner` and
+    /// unused until `now` plus the lifetime, so that the write consumes it here as it would
+    /// have there. A challenge held already is left as it is.
+    pub fn adopt(&self, now: Timestamp, challenge: &[u8], owner: [u8; 32]) {
+        let Ok(bytes) = <[u8; CHALLENGE_LEN]>::try_from(challenge) else {
+            return;
+        };
+        let mut m = self.shard(&bytes);
+        if m.len() >= self.per_shard {
+            m.retain(|_, e| e.expires_at >= now);
+        }
+        m.entry(bytes).or_insert(Entry {
+            expires_at: now.plus_secs(u64::from(self.ttl_secs)),
+            used: false,
+            owner: Some(owner),
+        });
+    }
+
     /// Consumes `challenge` at `now`: it must have been issued here, be unused and unexpired.
     /// It is marked used whatever the caller finds next (a bad signature burns it too).
     pub fn take(&self, now: Timestamp, challenge: &[u8]) -> Result<(), JpkiError> {

@@ -283,6 +283,24 @@ impl Jpki {
         self.challenges.issue_for(now, Some(owner))
     }
 
+    /// Consumes `challenge` (issued here to `presenter`) before a write carrying it is
+    /// forwarded to the cluster's writer, which adopts it ([`Jpki::adopt_challenge`]).
+    pub fn take_challenge(
+        &self,
+        now: Timestamp,
+        challenge: &[u8],
+        presenter: &[u8; 32],
+    ) -> Result<(), JpkiError> {
+        self.challenges.check_owner(challenge, presenter)?;
+        self.challenges.take(now, challenge)
+    }
+
+    /// Holds a challenge another node issued and consumed before it forwarded a card's write
+    /// here, as issued to `owner` (see [`challenge::Challenges::adopt`]).
+    pub fn adopt_challenge(&self, now: Timestamp, challenge: &[u8], owner: [u8; 32]) {
+        self.challenges.adopt(now, challenge, owner);
+    }
+
     /// Refuses (and burns) a challenge presented by another client certificate than the one
     /// it was issued to.
     pub fn check_challenge_owner(

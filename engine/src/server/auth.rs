@@ -32,6 +32,9 @@ pub enum Role {
     Partner,
     /// The national operator: providers, lookups, links, deletion, export, statistics.
     Operator,
+    /// Another node of the cluster: forwards the writes it was sent to the writer
+    /// (`FORWARD`), and nothing else.
+    Node,
 }
 
 impl Role {
@@ -43,6 +46,7 @@ impl Role {
             "portal" => Role::Portal,
             "partner" => Role::Partner,
             "operator" => Role::Operator,
+            "node" => Role::Node,
             _ => return None,
         })
     }
@@ -55,16 +59,28 @@ impl Role {
             Role::Portal => "portal",
             Role::Partner => "partner",
             Role::Operator => "operator",
+            Role::Node => "node",
         }
     }
 
+    /// The role's code in a `FORWARD` (engine/PROTOCOL.md): its place in [`Role::ALL`].
+    pub fn code(self) -> u8 {
+        Role::ALL.iter().position(|&r| r == self).unwrap_or(0) as u8
+    }
+
+    /// The role of a code (see [`Role::code`]).
+    pub fn from_code(c: u8) -> Option<Self> {
+        Role::ALL.get(usize::from(c)).copied()
+    }
+
     /// Every role.
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Counter,
         Role::Municipal,
         Role::Portal,
         Role::Partner,
         Role::Operator,
+        Role::Node,
     ];
 
     /// Whether this role may run `op` (PROTOCOL.md, the operations table).
@@ -85,6 +101,7 @@ impl Role {
             // (the wrapped operation is checked once the body is read).
             WithSeq => matches!(self, Counter | Municipal | Portal | Operator),
             AtSeq => matches!(self, Counter | Operator),
+            Forward => self == Node,
         }
     }
 }
@@ -317,7 +334,7 @@ mod tests {
     /// R partner, O operator.
     #[test]
     fn roles_match_the_protocol_table() {
-        let table: [(Op, &str); 18] = [
+        let table: [(Op, &str); 19] = [
             (Op::Lookup, "CO"),
             (Op::LookupBatch, "CO"),
             (Op::Challenge, "CMP"),
@@ -336,6 +353,7 @@ mod tests {
             (Op::RegisterProvider, "O"),
             (Op::WithSeq, "CMPO"),
             (Op::AtSeq, "CO"),
+            (Op::Forward, "N"),
         ];
         let letter = |r: Role| match r {
             Role::Counter => 'C',
@@ -343,6 +361,7 @@ mod tests {
             Role::Portal => 'P',
             Role::Partner => 'R',
             Role::Operator => 'O',
+            Role::Node => 'N',
         };
         for (op, allowed) in table {
             for role in Role::ALL {

@@ -41,7 +41,19 @@ pub const SECTIONS: [(&str, &[&str]); 8] = [
     ),
     ("registry", &["provisional_expiry_days"]),
     ("log", &["format", "level"]),
-    ("cluster", &["node", "pg", "tail_pg", "pg_ca"]),
+    (
+        "cluster",
+        &[
+            "node",
+            "pg",
+            "tail_pg",
+            "pg_ca",
+            "advertise",
+            "node_cert",
+            "node_key",
+            "server_name",
+        ],
+    ),
 ];
 
 /// Most bytes of a cluster node's name (it is stored in `head.writer` and logged).
@@ -273,6 +285,26 @@ pub struct ClusterSection {
     /// 1.3 to PostgreSQL, absent: no TLS (a database on loopback only).
     #[serde(default)]
     pub pg_ca: Option<PathBuf>,
+    /// The QUIC address other nodes reach this one at while it is the writer, to forward
+    /// writes to (stored in `head.writer_addr`); absent: `server.listen`, unless that is an
+    /// unspecified address (0.0.0.0, ::), in which case this node takes no forwarded writes.
+    #[serde(default)]
+    pub advertise: Option<SocketAddr>,
+    /// This node's client certificate (PEM) with the role `node`, to forward the writes it is
+    /// sent as a follower to the writer; absent: a follower answers writes `NO_WRITER`.
+    #[serde(default)]
+    pub node_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub node_key: Option<PathBuf>,
+    /// The name the writer's server certificate carries, checked when forwarding (the roots
+    /// are `tls.client_ca`: the operator CA issues both). Default `localhost`.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+}
+
+fn default_server_name() -> String {
+    "localhost".to_owned()
 }
 
 /// `[log]`.
@@ -440,12 +472,15 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
-        for p in [
-            cfg.tls.client_crl.as_mut(),
-            cfg.cluster.as_mut().and_then(|c| c.pg_ca.as_mut()),
-        ]
-        .into_iter()
-        .flatten()
+        let cluster_paths = cfg
+            .cluster
+            .as_mut()
+            .map(|c| [c.pg_ca.as_mut(), c.node_cert.as_mut(), c.node_key.as_mut()])
+            .into_iter()
+            .flatten();
+        for p in std::iter::once(cfg.tls.client_crl.as_mut())
+            .chain(cluster_paths)
+            .flatten()
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -518,6 +553,13 @@ impl Config {
                     "{} {:?}: a node name is 1..={NODE_NAME_MAX} bytes of A-Z, a-z, 0-9, '.', '_', '-'",
                     name("cluster", "node"),
                     c.node
+                ));
+            }
+            if c.node_cert.is_some() != c.node_key.is_some() {
+                return Err(format!(
+                    "{} and {} go together: both, to forward writes to the writer, or neither",
+                    name("cluster", "node_cert"),
+                    name("cluster", "node_key")
                 ));
             }
         }

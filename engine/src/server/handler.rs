@@ -19,7 +19,7 @@ use crate::registry::{CardWrite, RegistryError};
 use crate::store::StoreError;
 use crate::wire::{self, BatchFrame, HEADER_LEN, Op, Request, Response, Status, WireError};
 
-use super::{Identity, Service};
+use super::{Identity, Role, Service};
 
 /// The message of `NO_WRITER`.
 pub const NO_WRITER_MESSAGE: &str = "this node is a cluster follower and does not take writes; nothing was applied; send the write to the cluster's writer (see /readyz or mykey_cluster_role), or retry once a writer is elected";
@@ -148,6 +148,27 @@ pub fn unwrap(ident: &Identity, admitted: Admitted, body: &[u8]) -> Result<Unwra
     })
 }
 
+/// Before a follower forwards a write to the writer: consumes the challenge of the card the
+/// write presents (checked against `ident`, as the write would have been here), so that it is
+/// used once in the cluster; returns whether there was one. A refusal is the client's answer.
+pub fn take_challenge_to_forward(
+    service: &Service,
+    ident: &Identity,
+    now: Timestamp,
+    u: &Unwrapped,
+    body: &[u8],
+) -> Result<bool, WireError> {
+    let req = Request::decode(u.inner.op, &body[u.body_at..])?;
+    let Some(card) = req.card() else {
+        return Ok(false);
+    };
+    service
+        .jpki
+        .take_challenge(now, card.challenge, &ident.fingerprint)
+        .map_err(|e| refusal(&RegistryError::from(e)))?;
+    Ok(true)
+}
+
 /// `BEHIND` for an `AT_SEQ` read asking for `seq` on a node that has not applied it after
 /// waiting `waited`; `None` once it has.
 pub fn behind(service: &Service, seq: u64, waited: std::time::Duration) -> Option<WireError> {
@@ -273,6 +294,9 @@ pub fn handle_body(
     out: &mut Vec<u8>,
 ) -> Handled {
     let op = admitted.op;
+    if op == Op::Forward {
+        return handle_forward(service, now, body, out);
+    }
     let result = Request::decode(op, body)
         .map_err(Refusal::from)
         .and_then(|req| {
@@ -290,6 +314,83 @@ pub fn handle_body(
             Handled::Answered(e.status)
         }
     }
+}
+
+/// Runs a write another node forwarded (`FORWARD`, admitted for a `node` certificate only) as
+/// the client it names: its header admitted for that client's role, its wrapper taken off,
+/// a challenge the forwarding node consumed adopted, and the answer written as the client's
+/// own frame (its opcode, not `FORWARD`'s), for the node to relay unchanged. A `FORWARD` that
+/// cannot be read is answered in a `FORWARD` frame.
+fn handle_forward(service: &Service, now: Timestamp, body: &[u8], out: &mut Vec<u8>) -> Handled {
+    let refuse = |out: &mut Vec<u8>, e: WireError| {
+        wire::error_response(out, Op::Forward as u8, e.status, &e.message, None);
+        Handled::Answered(e.status)
+    };
+    let (client, frame) = match Request::decode(Op::Forward, body) {
+        Ok(Request::Forward { client, frame }) => (client, frame),
+        Ok(_) => return refuse(out, WireError::bad("not a FORWARD")),
+        Err(e) => return refuse(out, e),
+    };
+    let Some(role) = Role::from_code(client.role).filter(|&r| r != Role::Node) else {
+        return refuse(
+            out,
+            WireError::bad(format!("a forwarded client of role code {}", client.role)),
+        );
+    };
+    let ident = Identity {
+        role,
+        providers: client.providers().collect(),
+        name: client.name.to_owned(),
+        fingerprint: client.fingerprint,
+    };
+    let Some(header) = frame.get(..HEADER_LEN).and_then(|h| h.try_into().ok()) else {
+        return refuse(
+            out,
+            WireError::bad("a FORWARD carries a whole request frame"),
+        );
+    };
+    let admitted = match admit(&ident, header) {
+        Ok(a) => a,
+        Err(r) => {
+            r.write(out);
+            return Handled::Answered(r.error.status);
+        }
+    };
+    if !admitted.op.forwardable() {
+        return refuse(
+            out,
+            WireError::bad(format!(
+                "{} is not a write a node forwards",
+                admitted.op.name()
+            )),
+        );
+    }
+    let inner = &frame[HEADER_LEN..];
+    if inner.len() != admitted.len as usize {
+        let message = format!(
+            "the forwarded frame does not hold exactly one {}-byte body",
+            admitted.len
+        );
+        wire::error_response(out, admitted.op as u8, Status::BadFrame, &message, None);
+        return Handled::Answered(Status::BadFrame);
+    }
+    let u = match unwrap(&ident, admitted, inner) {
+        Ok(u) => u,
+        Err(r) => {
+            r.write(out);
+            return Handled::Answered(r.error.status);
+        }
+    };
+    if client.challenge_taken
+        && let Some(card) = Request::decode(u.inner.op, &inner[u.body_at..])
+            .ok()
+            .and_then(|r| r.card())
+    {
+        service
+            .jpki
+            .adopt_challenge(now, card.challenge, ident.fingerprint);
+    }
+    handle_unwrapped(service, &ident, now, &u, inner, out)
 }
 
 fn forbidden(message: String) -> WireError {
@@ -472,7 +573,7 @@ fn execute(
         Request::Export { .. } => {
             return Err(WireError::new(Status::Internal, "EXPORT is streamed").into());
         }
-        Request::WithSeq { .. } | Request::AtSeq { .. } => {
+        Request::WithSeq { .. } | Request::AtSeq { .. } | Request::Forward { .. } => {
             return Err(WireError::bad("a wrapper inside a wrapper").into());
         }
     };

@@ -14,6 +14,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod dev;
+pub mod forward;
 pub mod handler;
 pub mod limits;
 pub mod pki;
@@ -145,6 +146,7 @@ impl Server {
             meters: Meters::default(),
             rate: std::sync::atomic::AtomicU32::new(limits.rate_per_identity),
             push_bodies: Semaphore::new(PUSH_BODIES_MAX),
+            forwarder: std::sync::OnceLock::new(),
         });
         metrics::gauge!(admin::CONNECTIONS_MAX).set(limits.connections_max as f64);
         let task = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
@@ -153,6 +155,12 @@ impl Server {
             task,
             shared,
         })
+    }
+
+    /// Passes the writes this node refuses as a cluster follower to the writer through `f`
+    /// instead (`engine/CLUSTER.md`, "Forwarding writes"). Set once; a second call is ignored.
+    pub fn forward_writes(&self, f: Arc<forward::Forwarder>) {
+        let _ = self.shared.forwarder.set(f);
     }
 
     /// The address bound (the port chosen when asked for port 0).

@@ -51,6 +51,8 @@ pub(super) struct Shared {
     pub(super) rate: std::sync::atomic::AtomicU32,
     /// Revocation-push bodies being received (each up to 256 MiB).
     pub(super) push_bodies: Semaphore,
+    /// Where a cluster follower passes the writes it was sent.
+    pub(super) forwarder: std::sync::OnceLock<Arc<super::forward::Forwarder>>,
 }
 
 /// Pre-registered metric handles (bounded: 256 opcodes × 256 statuses at most).
@@ -327,6 +329,40 @@ async fn serve_request(
         );
         return refuse(send, wrapper_op as u8, &e).await;
     };
+    if writes
+        && wrapper_op.forwardable()
+        && let Some(f) = shared.forwarder.get()
+        && service.registry.store().is_follower()
+    {
+        let now = (service.clock)();
+        let taken = match handler::take_challenge_to_forward(service, ident, now, &unwrapped, &body)
+        {
+            Ok(t) => t,
+            Err(e) => return refuse(send, wrapper_op as u8, &e).await,
+        };
+        let mut frame = Vec::with_capacity(HEADER_LEN + body.len());
+        frame.extend_from_slice(&header);
+        frame.extend_from_slice(&body);
+        // The writer answers within its write_timeout; a little longer for the hop.
+        let deadline = shared.limits.write_timeout + FORWARD_MARGIN;
+        let answer = match tokio::time::timeout(deadline, f.forward(ident, &frame, taken)).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => return refuse(send, wrapper_op as u8, &e).await,
+            Err(_) => {
+                let e = WireError::new(
+                    Status::OutcomeUnknown,
+                    format!(
+                        "the write was passed to the cluster's writer and no answer came within {} ms: it may or may not have been applied; retry the same request to learn its outcome",
+                        deadline.as_millis()
+                    ),
+                );
+                return refuse(send, wrapper_op as u8, &e).await;
+            }
+        };
+        drop(permit);
+        let status = Status::from_u8(answer[1]).unwrap_or(Status::Internal);
+        return (op as u8, status, respond(send, &answer).await);
+    }
     let (handled, out, _export_permit) = if runs_blocking(op) {
         let service = service.clone();
         let ident = ident.clone();
@@ -360,6 +396,10 @@ async fn serve_request(
         }
     }
 }
+
+/// How much longer than its `write_timeout` a follower waits for the writer's answer to a
+/// write it forwarded.
+const FORWARD_MARGIN: Duration = Duration::from_secs(1);
 
 /// How often an `AT_SEQ` read looks again whether its node has reached the seq it asks for.
 const AT_SEQ_POLL: Duration = Duration::from_millis(1);

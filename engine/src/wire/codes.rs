@@ -69,6 +69,8 @@ codes! {
         WithSeq = 0x11 => "WITH_SEQ",
         /// One read, served once the node has applied a given seq.
         AtSeq = 0x12 => "AT_SEQ",
+        /// A write a cluster node was sent, passed on to the writer with its client's identity.
+        Forward = 0x13 => "FORWARD",
     }
 }
 
@@ -201,10 +203,17 @@ impl Op {
         )
     }
 
+    /// Whether a node passes this operation on to the writer when it is a follower (a write
+    /// whose body fits a request's limit: the pushes are not forwarded).
+    pub fn forwardable(self) -> bool {
+        self.seq_wrappable_write() || self == Op::WithSeq
+    }
+
     /// Largest request body of this operation.
     pub fn body_len_max(self) -> u32 {
         match self {
             Op::PushCrl | Op::PushSerials => super::PUSH_LEN_MAX,
+            Op::Forward => super::REQUEST_LEN_MAX + super::FORWARD_OVERHEAD_MAX,
             _ => super::REQUEST_LEN_MAX,
         }
     }

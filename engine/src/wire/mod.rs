@@ -20,7 +20,9 @@ mod request;
 mod response;
 
 pub use codes::{Op, Status};
-pub use request::{IdList, Request, encode_wrapped, id_list_bytes};
+pub use request::{
+    ForwardedClient, IdList, Request, encode_forward, encode_wrapped, id_list_bytes,
+};
 pub use response::{
     Answers, BatchFrame, Counted, ExportDecoder, ExportStep, ExportedLink, Refused, Response,
     StatList, begin_export, error_response, export_chunk, export_end, split_seq, stats_frame,
@@ -52,6 +54,19 @@ pub const EXPORT_CHUNK_MAX: usize = 4096;
 pub const EXPORT_ROW_FIXED: usize = MYKEY_ID_LEN + 2;
 /// Concurrent requests (streams) per connection.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// Most providers a forwarded client's identity carries (a certificate naming more is refused
+/// at its handshake).
+pub const FORWARD_PROVIDERS_MAX: usize = 256;
+/// The most a `FORWARD` body holds beyond the request frame it carries: role, name,
+/// fingerprint, providers, flags, and the frame's header.
+pub const FORWARD_OVERHEAD_MAX: u32 = (1
+    + 1
+    + 255
+    + 32
+    + 2
+    + FORWARD_PROVIDERS_MAX * (1 + crate::id::PROVIDER_ID_LEN_MAX)
+    + 1
+    + HEADER_LEN) as u32;
 
 // Counts travel as u16.
 const _: () = assert!(BATCH_MAX <= u16::MAX as usize);

@@ -3,8 +3,8 @@
 //! frame. Owns the byte layout of every request; never checks who may send one.
 
 use super::{
-    BATCH_MAX, HEADER_LEN, Op, Reader, Status, WireError, put_bytes8, put_bytes32, put_card,
-    put_service, request_header_bytes,
+    BATCH_MAX, FORWARD_PROVIDERS_MAX, HEADER_LEN, Op, Reader, Status, WireError, put_bytes8,
+    put_bytes32, put_card, put_service, request_header_bytes,
 };
 use crate::id::{MYKEY_ID_LEN, MyKeyId, ProviderId, PushId, ServiceId};
 use crate::jpki::CardProof;
@@ -117,6 +117,13 @@ pub enum Request<'a> {
         /// Its body.
         body: &'a [u8],
     },
+    /// `FORWARD`: a client's write passed on by a cluster node, with who sent it.
+    Forward {
+        /// The client the write came from.
+        client: ForwardedClient<'a>,
+        /// The client's whole request frame (header and body), not decoded yet.
+        frame: &'a [u8],
+    },
     /// `AT_SEQ`: one read ([`Op::seq_wrappable_read`]) served once the node holds `seq`.
     AtSeq {
         /// The seq the node must have applied.
@@ -128,6 +135,114 @@ pub enum Request<'a> {
         /// Its body.
         body: &'a [u8],
     },
+}
+
+/// Who a forwarded write came from, as the forwarding node authenticated it.
+#[derive(Clone, Copy, Debug)]
+pub struct ForwardedClient<'a> {
+    /// The client's role, by its code (engine/PROTOCOL.md, `FORWARD`).
+    pub role: u8,
+    /// The client certificate's subject CN.
+    pub name: &'a str,
+    /// SHA-256 of the client certificate.
+    pub fingerprint: [u8; 32],
+    /// The providers it acts for: `count` × `provider`, each checked when decoded.
+    providers: &'a [u8],
+    count: u16,
+    /// The forwarding node checked the card's challenge against this client and consumed it.
+    pub challenge_taken: bool,
+}
+
+impl<'a> ForwardedClient<'a> {
+    /// A client to forward; `providers` as they are, at most [`FORWARD_PROVIDERS_MAX`].
+    pub fn encode_parts(
+        role: u8,
+        name: &str,
+        fingerprint: [u8; 32],
+        providers: &[ProviderId],
+        challenge_taken: bool,
+        out: &mut Vec<u8>,
+    ) -> Option<()> {
+        out.push(role);
+        let mut cut = name.len().min(255);
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        put_bytes8(out, &name.as_bytes()[..cut])?;
+        out.extend_from_slice(&fingerprint);
+        if providers.len() > FORWARD_PROVIDERS_MAX {
+            return None;
+        }
+        out.extend_from_slice(&(providers.len() as u16).to_le_bytes());
+        for p in providers {
+            put_bytes8(out, p.as_bytes())?;
+        }
+        out.push(u8::from(challenge_taken));
+        Some(())
+    }
+
+    /// The providers, in order.
+    pub fn providers(&self) -> impl Iterator<Item = ProviderId> + 'a {
+        let mut r = Reader::new(self.providers);
+        (0..self.count).filter_map(move |_| r.provider().ok())
+    }
+
+    fn decode(r: &mut Reader<'a>) -> Result<Self, WireError> {
+        let role = r.u8()?;
+        let name = std::str::from_utf8(r.bytes8()?)
+            .map_err(|_| WireError::bad("a forwarded client's name is not UTF-8"))?;
+        let fingerprint = r.array::<32>()?;
+        let count = r.u16()?;
+        if usize::from(count) > FORWARD_PROVIDERS_MAX {
+            return Err(WireError::bad(format!(
+                "a forwarded client with {count} providers; at most {FORWARD_PROVIDERS_MAX}"
+            )));
+        }
+        let start = r.at;
+        for _ in 0..count {
+            r.provider()?;
+        }
+        let providers = &r.b[start..r.at];
+        let challenge_taken = r.flag("challenge taken")?;
+        Ok(Self {
+            role,
+            name,
+            fingerprint,
+            providers,
+            count,
+            challenge_taken,
+        })
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) -> Option<()> {
+        out.push(self.role);
+        put_bytes8(out, self.name.as_bytes())?;
+        out.extend_from_slice(&self.fingerprint);
+        out.extend_from_slice(&self.count.to_le_bytes());
+        out.extend_from_slice(self.providers);
+        out.push(u8::from(self.challenge_taken));
+        Some(())
+    }
+}
+
+/// Appends a `FORWARD` frame: the client (see [`ForwardedClient::encode_parts`]) and its whole
+/// request `frame`. `None` if a field does not fit.
+pub fn encode_forward(
+    role: u8,
+    name: &str,
+    fingerprint: [u8; 32],
+    providers: &[ProviderId],
+    challenge_taken: bool,
+    frame: &[u8],
+    out: &mut Vec<u8>,
+) -> Option<()> {
+    let start = out.len();
+    out.extend_from_slice(&request_header_bytes(Op::Forward as u8, 0));
+    ForwardedClient::encode_parts(role, name, fingerprint, providers, challenge_taken, out)?;
+    out.extend_from_slice(frame);
+    let len = u32::try_from(out.len() - start - HEADER_LEN).ok()?;
+    out[start + 4..start + 8].copy_from_slice(&len.to_le_bytes());
+    Some(())
 }
 
 /// The IDs of a batch: `count` × 14 bytes, each checked well-formed when decoded.
@@ -175,6 +290,19 @@ impl<'a> Request<'a> {
             Request::RegisterProvider { .. } => Op::RegisterProvider,
             Request::WithSeq { .. } => Op::WithSeq,
             Request::AtSeq { .. } => Op::AtSeq,
+            Request::Forward { .. } => Op::Forward,
+        }
+    }
+
+    /// The card this request presents, if it presents one.
+    pub fn card(&self) -> Option<CardProof<'a>> {
+        match *self {
+            Request::LookupCard { card, .. }
+            | Request::RegisterFull { card }
+            | Request::RegisterProvisional { card, .. }
+            | Request::Confirm { card, .. }
+            | Request::Rebind { card, .. } => Some(card),
+            _ => None,
         }
     }
 
@@ -269,6 +397,16 @@ impl<'a> Request<'a> {
                 let op = wrapped_op(r.u8()?, Op::seq_wrappable_write, "WITH_SEQ", "a write")?;
                 Request::WithSeq { op, body: r.rest() }
             }
+            Op::Forward => {
+                let client = ForwardedClient::decode(&mut r)?;
+                let frame = r.rest();
+                if frame.len() < HEADER_LEN {
+                    return Err(WireError::bad(
+                        "a FORWARD carries a whole request frame after the client",
+                    ));
+                }
+                Request::Forward { client, frame }
+            }
             Op::AtSeq => {
                 let seq = r.u64()?;
                 let wait_ms = r.u16()?;
@@ -338,6 +476,10 @@ impl<'a> Request<'a> {
             Request::WithSeq { op, body } => {
                 out.push(*op as u8);
                 out.extend_from_slice(body);
+            }
+            Request::Forward { client, frame } => {
+                client.encode(out)?;
+                out.extend_from_slice(frame);
             }
             Request::AtSeq {
                 seq,

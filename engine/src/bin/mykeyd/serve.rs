@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mykey_engine::client::ClientTls;
 use mykey_engine::cluster;
 use mykey_engine::id::{ActorId, Timestamp};
 use mykey_engine::jpki::dev::{DevCa, DevKey, pem};
@@ -19,6 +20,7 @@ use mykey_engine::registry::StoreConfig;
 use mykey_engine::server::admin::{self, Finding, Readiness};
 use mykey_engine::server::config::{self, Config, LogFormat};
 use mykey_engine::server::dev::{DEV_CA_NAME, DEV_CA_ORG};
+use mykey_engine::server::forward::Forwarder;
 use mykey_engine::server::pki::Validity;
 use mykey_engine::server::{Limits, Role, Server, ServerTls, Service, system_clock};
 use mykey_engine::store::fs::{Fs, RealFs};
@@ -36,12 +38,14 @@ const DRAIN_GRACE: Duration = Duration::from_secs(30);
 const DEV_YEARS: u64 = 2;
 
 /// The terminals `mykeyd init` issues: file name, role, providers.
-const DEV_TERMINALS: [(&str, Role, &[&str]); 5] = [
+const DEV_TERMINALS: [(&str, Role, &[&str]); 6] = [
     ("counter", Role::Counter, &["A-α1-0001", "13101-LIB-0001"]),
     ("municipal", Role::Municipal, &[]),
     ("portal", Role::Portal, &[]),
     ("partner", Role::Partner, &[]),
     ("operator", Role::Operator, &[]),
+    // A cluster node's own certificate, to forward writes to the writer.
+    ("node", Role::Node, &[]),
 ];
 
 fn write(path: &Path, bytes: impl AsRef<[u8]>) -> Result<(), String> {
@@ -364,13 +368,50 @@ struct Clustered {
     thread: std::thread::JoinHandle<()>,
 }
 
-fn membership(c: &config::ClusterSection) -> Result<cluster::node::Membership, String> {
+/// The cluster membership of a node listening on `listen`.
+fn membership(
+    c: &config::ClusterSection,
+    listen: SocketAddr,
+) -> Result<cluster::node::Membership, String> {
+    // Other nodes forward writes to the address given, else to the one listened on, if it is
+    // one they can reach.
+    let advertise = c
+        .advertise
+        .or_else(|| (!listen.ip().is_unspecified() && listen.port() != 0).then_some(listen));
+    if advertise.is_none() {
+        tracing::warn!(
+            node = c.node,
+            "[cluster] advertise is not set and [server] listen is not an address other nodes reach: while this node is the writer, writes sent to the other nodes are answered NO_WRITER"
+        );
+    }
     Ok(cluster::node::Membership {
         node: c.node.clone(),
         pg: c.pg.clone(),
         tail_pg: c.tail_pg.clone().unwrap_or_else(|| c.pg.clone()),
         roots: c.pg_ca.as_deref().map(super::cluster::roots).transpose()?,
+        advertise,
     })
+}
+
+/// The forwarder of a follower's writes to the writer, if `[cluster]` names this node's
+/// certificate.
+fn forwarder(
+    c: &config::ClusterSection,
+    server_ca: &Path,
+    state: &Arc<cluster::node::State>,
+) -> Result<Option<Arc<Forwarder>>, String> {
+    let (Some(cert), Some(key)) = (&c.node_cert, &c.node_key) else {
+        tracing::warn!(
+            node = c.node,
+            "[cluster] node_cert is not set: as a follower this node answers writes NO_WRITER instead of forwarding them"
+        );
+        return Ok(None);
+    };
+    let tls = ClientTls::from_pem_files(cert, key, server_ca)?;
+    let state = state.clone();
+    let f = Forwarder::new(tls, &c.server_name, Arc::new(move || state.writer_addr()))
+        .map_err(|e| format!("the forwarder's endpoint: {e}"))?;
+    Ok(Some(Arc::new(f)))
 }
 
 /// One life of the store: opened, served until a signal stops the process or the node steps
@@ -425,7 +466,7 @@ async fn life(
             let state = Arc::new(cluster::node::State::default());
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let thread = cluster::node::spawn(
-                membership(c)?,
+                membership(c, listen.unwrap_or(cfg.server.listen))?,
                 service.clone(),
                 fs.clone(),
                 state.clone(),
@@ -458,6 +499,11 @@ async fn life(
         limits,
     )
     .map_err(|e| e.to_string())?;
+    if let (Some(c), Some(cl)) = (&cfg.cluster, &clustered)
+        && let Some(f) = forwarder(c, &cfg.tls.client_ca, &cl.state)?
+    {
+        server.forward_writes(f);
+    }
     let stop_compactor = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let compactor = store::spawn_compactor(
         service.clone(),
