@@ -11,11 +11,12 @@ use mykey_engine::wire::{self, IdList, Op, Refused, Request, Response, Status};
 use mykey_tests::pki::{card, now, pki};
 use mykey_tests::{TempDir, provider, registry_with, service};
 
-const ROLES: [(Role, char); 5] = [
+const ROLES: [(Role, char); 6] = [
     (Role::Counter, 'C'),
     (Role::Municipal, 'M'),
     (Role::Portal, 'P'),
     (Role::Partner, 'R'),
+    (Role::Node, 'N'),
     (Role::Operator, 'O'),
 ];
 
@@ -118,7 +119,7 @@ fn spec_roles() -> Vec<(u8, String)> {
 #[test]
 fn every_role_is_admitted_to_exactly_the_operations_protocol_md_gives_it() {
     let roles = spec_roles();
-    assert_eq!(roles.len(), 18, "{roles:?}");
+    assert_eq!(roles.len(), 19, "{roles:?}");
     for (code, allowed) in roles {
         let op = Op::from_u8(code).expect("opcode");
         for (role, letter) in ROLES {
@@ -537,4 +538,132 @@ fn wrapped_writes_learn_their_seq_and_wrapped_reads_wait_for_it() {
     // A municipal certificate may run no read AT_SEQ wraps: refused from the header.
     let (st, _) = answer(&municipal, &wrapped(&lookup_req, Some((0, 0))));
     assert_eq!(st, Status::Forbidden);
+}
+
+#[test]
+fn a_forwarded_write_runs_as_its_client_and_answers_in_its_clients_frame() {
+    let dir = TempDir::new("handler-forward");
+    let svc = service_in(&dir);
+    let a = provider("A-α1-0001");
+    let node = ident(Role::Node, &[], 9);
+    let operator = ident(Role::Operator, &[], 1);
+    let forward = |client: &Identity, req: &Request<'_>, taken: bool| {
+        let mut inner = Vec::new();
+        req.encode(&mut inner).expect("fits");
+        let mut f = Vec::new();
+        wire::encode_forward(
+            client.role.code(),
+            &client.name,
+            client.fingerprint,
+            &client.providers,
+            taken,
+            &inner,
+            &mut f,
+        )
+        .expect("fits");
+        f
+    };
+    let answer = |who: &Identity, frame: &[u8]| {
+        let mut out = Vec::new();
+        let Handled::Answered(st) = server::handle(&svc, who, now(), frame, &mut out) else {
+            panic!("not an export")
+        };
+        (st, out)
+    };
+    let reg = Request::RegisterProvider {
+        provider: provider("C-γ1-0003"),
+    };
+    // Run as the operator it names; the answer is REGISTER_PROVIDER's own frame.
+    let (st, out) = answer(&node, &forward(&operator, &reg, false));
+    assert_eq!(st, Status::Ok, "{:?}", refused(&out));
+    let (head, body) = wire::split_response(&out).expect("frame");
+    assert_eq!(
+        head.op,
+        Op::RegisterProvider as u8,
+        "the client's opcode, not FORWARD's"
+    );
+    assert_eq!(
+        Response::decode(Op::RegisterProvider, body).expect("body"),
+        Response::RegisterProvider(ProviderOutcome::Registered)
+    );
+    // A WITH_SEQ write forwarded keeps its seq.
+    let mut wrapped = Vec::new();
+    wire::encode_wrapped(
+        &Request::RegisterProvider {
+            provider: provider("D-δ1-0004"),
+        },
+        None,
+        &mut wrapped,
+    )
+    .expect("fits");
+    let mut f = Vec::new();
+    wire::encode_forward(
+        Role::Operator.code(),
+        "op",
+        [1; 32],
+        &[],
+        false,
+        &wrapped,
+        &mut f,
+    )
+    .expect("fits");
+    let (st, out) = answer(&node, &f);
+    assert_eq!(st, Status::Ok);
+    let (head, body) = wire::split_response(&out).expect("frame");
+    assert_eq!(head.op, Op::WithSeq as u8);
+    assert_eq!(
+        wire::split_seq(body).expect("seq").0,
+        svc.registry.store().durable_seq()
+    );
+    // The client's role and providers hold as if it had come itself.
+    let municipal = ident(Role::Municipal, &[], 3);
+    let (st, out) = answer(&node, &forward(&municipal, &reg, false));
+    assert_eq!(st, Status::Forbidden);
+    assert_eq!(
+        wire::split_response(&out).expect("frame").0.op,
+        Op::RegisterProvider as u8
+    );
+    let counter = ident(Role::Counter, &[a], 2);
+    let id = MyKeyId::parse(b"1C2410DF79DGEL").expect("id");
+    let foreign = Request::Unlink {
+        id,
+        provider: provider("B-β1-0002"),
+    };
+    assert_eq!(
+        answer(&node, &forward(&counter, &foreign, false)).0,
+        Status::Forbidden
+    );
+    let own = Request::Unlink { id, provider: a };
+    assert_eq!(
+        answer(&node, &forward(&counter, &own, false)).0,
+        Status::UnknownId,
+        "run, for a provider the counter acts for"
+    );
+    // Only a node certificate forwards, only a client's write, and only as a client.
+    for who in [&operator, &counter] {
+        let (st, out) = answer(who, &forward(&operator, &reg, false));
+        assert_eq!(st, Status::Forbidden);
+        assert_eq!(
+            wire::split_response(&out).expect("frame").0.op,
+            Op::Forward as u8
+        );
+    }
+    let lookup_req = Request::Lookup { provider: a, id };
+    let (st, out) = answer(&node, &forward(&operator, &lookup_req, false));
+    assert_eq!(st, Status::BadFrame, "a read is not forwarded");
+    assert_eq!(
+        wire::split_response(&out).expect("frame").0.op,
+        Op::Forward as u8
+    );
+    let (st, _) = answer(&node, &forward(&node, &reg, false));
+    assert_eq!(st, Status::BadFrame, "a node forwarding as a node");
+    let f = forward(&operator, &reg, false);
+    for cut in [wire::HEADER_LEN + 3, f.len() - 1] {
+        let mut short = f[..cut].to_vec();
+        let len = (short.len() - wire::HEADER_LEN) as u32;
+        short[4..8].copy_from_slice(&len.to_le_bytes());
+        assert_eq!(answer(&node, &short).0, Status::BadFrame, "cut at {cut}");
+    }
+    // A node may send nothing but FORWARD.
+    assert_eq!(status(&svc, &node, &reg), Status::Forbidden);
 }

@@ -96,7 +96,9 @@ impl Parts {
             Op::Export => Request::Export { provider },
             Op::Stats => Request::Stats,
             Op::RegisterProvider => Request::RegisterProvider { provider },
-            Op::WithSeq | Op::AtSeq => panic!("a wrapper is built by wire::encode_wrapped"),
+            Op::WithSeq | Op::AtSeq | Op::Forward => {
+                panic!("a wrapper is built by wire::encode_wrapped or encode_forward")
+            }
         }
     }
 }
@@ -285,6 +287,48 @@ proptest! {
             let whole = Request::decode(wop, &body[..cut])
                 .and_then(|o| o.wrapped().expect("a wrapper"));
             prop_assert!(whole.is_err(), "{} in {} cut at {}", op.name(), wop.name(), cut);
+        }
+    }
+
+    #[test]
+    fn every_forwardable_request_round_trips_in_a_forward(
+        p in parts(),
+        role in 0u8..5,
+        name in "\\PC{0,40}",
+        fingerprint in any::<[u8; 32]>(),
+        providers in prop::collection::vec(providers(), 0..5),
+        taken in any::<bool>(),
+    ) {
+        let inner = p.request();
+        if !inner.op().forwardable() {
+            return Ok(());
+        }
+        let mut frame = Vec::new();
+        inner.encode(&mut frame).expect("fits");
+        let mut f = Vec::new();
+        wire::encode_forward(role, &name, fingerprint, &providers, taken, &frame, &mut f)
+            .expect("fits");
+        let h: [u8; HEADER_LEN] = f[..HEADER_LEN].try_into().expect("header");
+        let (op, len) = wire::request_header(&h).expect("a header the codec wrote");
+        prop_assert_eq!(op, Op::Forward);
+        prop_assert_eq!(len as usize, f.len() - HEADER_LEN);
+        let body = &f[HEADER_LEN..];
+        let Request::Forward { client, frame: got } = Request::decode(op, body).expect("decodes") else {
+            panic!("not a FORWARD")
+        };
+        prop_assert_eq!(client.role, role);
+        prop_assert_eq!(client.name, name.as_str());
+        prop_assert_eq!(client.fingerprint, fingerprint);
+        prop_assert_eq!(client.providers().collect::<Vec<_>>(), providers);
+        prop_assert_eq!(client.challenge_taken, taken);
+        prop_assert_eq!(got, &frame[..]);
+        let mut again = Vec::new();
+        Request::Forward { client, frame: got }.encode(&mut again).expect("fits");
+        prop_assert_eq!(&f, &again);
+        // Cut inside the client or the carried frame's header, it does not decode.
+        let client_len = body.len() - frame.len();
+        for cut in 0..client_len + HEADER_LEN {
+            prop_assert!(Request::decode(op, &body[..cut]).is_err(), "cut at {}", cut);
         }
     }
 

@@ -33,7 +33,7 @@ struct Cli {
     /// A development setup (from `mykeyd init`): use its terminal certificate for --as.
     #[arg(long, value_name = "DIR", global = true)]
     dev: Option<PathBuf>,
-    /// With --dev: which terminal (counter, municipal, portal, partner, operator).
+    /// With --dev: which terminal (counter, municipal, portal, partner, operator, node).
     #[arg(
         long = "as",
         value_name = "ROLE",

@@ -265,7 +265,7 @@ enum PkiCmd {
     Issue {
         #[command(flatten)]
         ca: CaDirArg,
-        /// counter, municipal, portal, partner or operator.
+        /// counter, municipal, portal, partner, operator, or node (a cluster node forwarding writes).
         #[arg(long)]
         role: String,
         /// A provider the counter acts for (repeat; counters only, at least one).

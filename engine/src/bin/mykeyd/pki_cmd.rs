@@ -59,7 +59,7 @@ pub fn run(cmd: PkiCmd) -> Result<(), String> {
             out,
         } => {
             let role = mykey_engine::server::Role::parse(&role).ok_or_else(|| {
-                format!("--role {role:?}: counter, municipal, portal, partner or operator")
+                format!("--role {role:?}: counter, municipal, portal, partner, operator or node")
             })?;
             let e = CaDir::open(&ca.dir)?.issue_terminal(
                 &name,
