@@ -385,6 +385,30 @@ fn three_nodes_elect_one_writer_follow_it_and_survive_its_kill() {
         }
         seq
     });
+    // A figure, not a check: a write's round trip sent to the writer and through a follower
+    // that forwards it, medians of the same number of writes in this run.
+    if let Some(f) = (0..nodes.len()).find(|&i| i != w && nodes[i].forwards) {
+        let median = |n: &Node, tag: &str| {
+            rt.block_on(async {
+                let c = n.operator().await;
+                let mut t: Vec<Duration> = Vec::new();
+                for k in 0..21 {
+                    let s = Instant::now();
+                    c.register_provider(p(&format!("{tag}-{k}")))
+                        .await
+                        .expect("write");
+                    t.push(s.elapsed());
+                }
+                t.sort();
+                t[t.len() / 2]
+            })
+        };
+        let (direct, forwarded) = (median(&nodes[w], "RTT-W"), median(&nodes[f], "RTT-F"));
+        eprintln!(
+            "write round trip, median of 21: to the writer {direct:?}, forwarded by a follower {forwarded:?} ({:.2}x)",
+            forwarded.as_secs_f64() / direct.as_secs_f64()
+        );
+    }
     // The same through the `mykey` CLI: a write's seq from the writer, then a read at that
     // seq from each follower, which serves it at once.
     let cli_as = |n: &Node, role: &str, args: &[&str]| {
@@ -410,7 +434,7 @@ fn three_nodes_elect_one_writer_follow_it_and_survive_its_kill() {
     assert_eq!(code, Some(0), "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     let cli_seq = v["seq"].as_u64().expect("the write's seq");
-    assert_eq!(cli_seq, seq + 1, "{out}");
+    assert!(cli_seq > seq, "{out}");
     acked.push("CLI-1".into());
     for n in &nodes {
         let at = cli_seq.to_string();
