@@ -488,12 +488,7 @@ fn execute(
     let reg = &service.registry;
     let jpki = &service.jpki;
     // A card's challenge must come back over a connection of the certificate that asked.
-    if let Request::LookupCard { card, .. }
-    | Request::RegisterFull { card }
-    | Request::RegisterProvisional { card, .. }
-    | Request::Confirm { card, .. }
-    | Request::Rebind { card, .. } = req
-    {
+    if let Some(card) = req.card() {
         jpki.check_challenge_owner(card.challenge, &ident.fingerprint)?;
     }
     let response = match *req {
