@@ -81,9 +81,10 @@ struct RunArgs {
     /// terminals' certificates.
     #[arg(long, default_value = "mykey-dev")]
     dev: PathBuf,
-    /// The server's QUIC address.
-    #[arg(long, default_value = "127.0.0.1:4433")]
-    server: SocketAddr,
+    /// The servers' QUIC addresses, comma-separated (a cluster's nodes): terminals are spread
+    /// over them in turn, and the report gives each its own latencies.
+    #[arg(long, default_value = "127.0.0.1:4433", value_delimiter = ',', num_args = 1..)]
+    server: Vec<SocketAddr>,
     /// The name in the server's certificate.
     #[arg(long, default_value = "localhost")]
     server_name: String,
@@ -270,7 +271,7 @@ fn target(r: &RunArgs) -> Result<Target, String> {
         _ => None,
     };
     Ok(Target {
-        addr: r.server,
+        addrs: r.server.clone(),
         server_name: r.server_name.clone(),
         pki: Arc::new(pki),
         cards,

@@ -32,6 +32,8 @@ pub struct Report {
     pub mode: &'static str,
     per_op: BTreeMap<&'static str, Histogram<u64>>,
     errors: BTreeMap<String, u64>,
+    /// With several servers: per server, per operation, and the server's failed requests.
+    per_node: BTreeMap<String, (BTreeMap<&'static str, Histogram<u64>>, u64)>,
     /// Requests in the schedule.
     pub scheduled: u64,
     /// Seconds the schedule spans (after the speed factor).
@@ -55,6 +57,7 @@ impl Report {
             mode,
             per_op: BTreeMap::new(),
             errors: BTreeMap::new(),
+            per_node: BTreeMap::new(),
             scheduled,
             scheduled_secs,
             elapsed_secs: 0.0,
@@ -73,6 +76,31 @@ impl Report {
             }
             Some(class) => *self.errors.entry(class).or_insert(0) += 1,
         }
+    }
+
+    /// As [`Report::record`], for a request sent to the server `node` of several: counted in
+    /// the whole and in that server's own part.
+    pub fn record_at(
+        &mut self,
+        node: &str,
+        op: &'static str,
+        latency: Duration,
+        error: Option<String>,
+    ) {
+        let n = self.per_node.entry(node.to_owned()).or_default();
+        if error.is_some() {
+            n.1 += 1;
+        } else {
+            let us = (latency.as_micros() as u64).clamp(1, LATENCY_MAX_US);
+            let _ = n.0.entry(op).or_insert_with(histogram).record(us);
+        }
+        self.record(op, latency, error);
+    }
+
+    /// The `q` quantile of `op` at the server `node`, in microseconds.
+    pub fn node_percentile_us(&self, node: &str, op: &str, q: f64) -> Option<u64> {
+        let h = self.per_node.get(node)?.0.get(op)?;
+        (!h.is_empty()).then(|| h.value_at_quantile(q))
     }
 
     /// Successful requests.
@@ -168,25 +196,33 @@ impl Report {
         for (class, n) in &self.errors {
             s.push_str(&format!("error {class}: {n}\n"));
         }
+        if self.per_node.len() > 1 {
+            s.push_str("per server:\n");
+            for (node, (ops, failed)) in &self.per_node {
+                for (op, h) in ops {
+                    s.push_str(&format!(
+                        "  {node:<21} {op:<12} {:>9} p50 {:>7} p99 {:>7} (µs)\n",
+                        h.len(),
+                        h.value_at_quantile(0.5),
+                        h.value_at_quantile(0.99),
+                    ));
+                }
+                s.push_str(&format!("  {node:<21} failed {failed}\n"));
+            }
+        }
         s
     }
 
     /// The JSON document (`"version": 1`).
     pub fn json(&self) -> serde_json::Value {
-        let ops: serde_json::Map<String, serde_json::Value> = self
-            .per_op
+        let ops = ops_json(&self.per_op);
+        let per_node: serde_json::Map<String, serde_json::Value> = self
+            .per_node
             .iter()
-            .map(|(op, h)| {
+            .map(|(node, (ops, failed))| {
                 (
-                    (*op).to_owned(),
-                    json!({
-                        "count": h.len(),
-                        "p50_us": h.value_at_quantile(0.5),
-                        "p90_us": h.value_at_quantile(0.9),
-                        "p99_us": h.value_at_quantile(0.99),
-                        "p999_us": h.value_at_quantile(0.999),
-                        "max_us": h.max(),
-                    }),
+                    node.clone(),
+                    json!({"ops": ops_json(ops), "failed": failed}),
                 )
             })
             .collect();
@@ -205,8 +241,31 @@ impl Report {
             "connect_secs": self.connect_secs,
             "ops": ops,
             "errors": self.errors,
+            "per_server": per_node,
         })
     }
+}
+
+/// Each operation's count and percentiles, as JSON.
+fn ops_json(
+    per_op: &BTreeMap<&'static str, Histogram<u64>>,
+) -> serde_json::Map<String, serde_json::Value> {
+    per_op
+        .iter()
+        .map(|(op, h)| {
+            (
+                (*op).to_owned(),
+                json!({
+                    "count": h.len(),
+                    "p50_us": h.value_at_quantile(0.5),
+                    "p90_us": h.value_at_quantile(0.9),
+                    "p99_us": h.value_at_quantile(0.99),
+                    "p999_us": h.value_at_quantile(0.999),
+                    "max_us": h.max(),
+                }),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -256,5 +315,38 @@ mod tests {
             max_error_rate: None,
         });
         assert_eq!(missing.len(), 1, "{missing:?}");
+    }
+
+    /// With several servers, each has its own latencies and failures, and the whole holds
+    /// them all.
+    #[test]
+    fn a_run_over_several_servers_reports_each() {
+        let mut r = Report::new("open", 30, 1.0);
+        for i in 0..10 {
+            r.record_at("a:1", "lookup", Duration::from_micros(100 + i), None);
+            r.record_at("b:2", "lookup", Duration::from_micros(900 + i), None);
+        }
+        r.record_at(
+            "b:2",
+            "lookup",
+            Duration::from_micros(5),
+            Some("NO_WRITER".into()),
+        );
+        assert_eq!((r.ok(), r.failed()), (20, 1));
+        let (a, b) = (
+            r.node_percentile_us("a:1", "lookup", 0.99).expect("a"),
+            r.node_percentile_us("b:2", "lookup", 0.99).expect("b"),
+        );
+        assert!(a < 200 && b > 800, "{a} {b}");
+        let p99 = r.percentile_us("lookup", 0.99).expect("whole");
+        assert!(p99 > 800, "the whole holds the slow server: {p99}");
+        let j = r.json();
+        assert_eq!(j["per_server"]["a:1"]["ops"]["lookup"]["count"], 10);
+        assert_eq!(j["per_server"]["b:2"]["failed"], 1);
+        let h = r.human();
+        assert!(
+            h.contains("per server:") && h.contains("b:2") && h.contains("failed 1"),
+            "{h}"
+        );
     }
 }

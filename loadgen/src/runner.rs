@@ -33,8 +33,9 @@ const HANDSHAKES_AT_ONCE: usize = 512;
 
 /// Where and how to connect.
 pub struct Target {
-    /// The server's QUIC address.
-    pub addr: SocketAddr,
+    /// The servers' QUIC addresses: terminal `t` connects to `addrs[t % addrs.len()]`, and
+    /// registrations and pushes go to the first. At least one.
+    pub addrs: Vec<SocketAddr>,
     /// The name in its certificate.
     pub server_name: String,
     /// The operator CA that issues the terminals' certificates (from `mykeyd init`).
@@ -272,7 +273,7 @@ async fn connect_all(
         }
     }
     let endpoints = (0..sockets.max(1))
-        .map(|_| Client::endpoint(target.addr.is_ipv6()).map_err(|e| e.to_string()))
+        .map(|_| Client::endpoint(target.addrs[0].is_ipv6()).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     // Certificates first (ECDSA, fast), so the handshakes really start together.
     let mut tls: Vec<(u32, ClientTls)> = Vec::with_capacity(providers.len());
@@ -296,7 +297,7 @@ async fn connect_all(
     for (i, (t, tls)) in tls.into_iter().enumerate() {
         let ep = endpoints[i % endpoints.len()].clone();
         let gate = gate.clone();
-        let (addr, name) = (target.addr, target.server_name.clone());
+        let (addr, name) = (target.node_of(t), target.server_name.clone());
         tasks.push(tokio::spawn(async move {
             let _p = gate.acquire_owned().await;
             (t, Client::connect_on(&ep, addr, &name, tls).await)
@@ -308,6 +309,35 @@ async fn connect_all(
         clients.insert(t, Arc::new(c.map_err(|e| format!("terminal {t}: {e}"))?));
     }
     Ok((clients, start.elapsed().as_secs_f64()))
+}
+
+impl Target {
+    /// The server terminal `t` talks to.
+    fn node_of(&self, t: u32) -> SocketAddr {
+        self.addrs[t as usize % self.addrs.len()]
+    }
+}
+
+/// Records one answer in `report`, by server too when there are several (`nodes`, their
+/// labels in `Target::addrs` order).
+async fn record(
+    report: &Mutex<Report>,
+    nodes: &[String],
+    e: &Event,
+    latency: Duration,
+    error: Option<String>,
+) {
+    let mut r = report.lock().await;
+    if nodes.len() > 1 {
+        r.record_at(
+            &nodes[e.terminal as usize % nodes.len()],
+            e.request.name(),
+            latency,
+            error,
+        );
+    } else {
+        r.record(e.request.name(), latency, error);
+    }
 }
 
 /// Counts a request as answered when its task ends, however it ends.
@@ -342,10 +372,14 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
             .pki
             .terminal(name, role, &[], serial, target.pki.validity())
             .map_err(|e| e.to_string())?;
-        Client::connect(target.addr, &target.server_name, target.pki.client_tls(&t))
-            .await
-            .map(Some)
-            .map_err(|e| format!("{name}: {e}"))
+        Client::connect(
+            target.addrs[0],
+            &target.server_name,
+            target.pki.client_tls(&t),
+        )
+        .await
+        .map(Some)
+        .map_err(|e| format!("{name}: {e}"))
     };
     let portal = if needs(|r| matches!(r, Request::Register(..))) {
         special(Role::Portal, "load-portal", 900).await?
@@ -363,6 +397,7 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
         partner,
     });
     let clients = Arc::new(clients);
+    let nodes: Arc<Vec<String>> = Arc::new(target.addrs.iter().map(|a| a.to_string()).collect());
     let events = Arc::new(events);
     let done = Arc::new(AtomicU64::new(0));
     let progress = opts.progress && std::io::stderr().is_terminal();
@@ -397,6 +432,7 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
                     done.clone(),
                 );
                 let ctx = ctx.clone();
+                let nodes = nodes.clone();
                 std::thread::spawn(move || {
                     for i in 0..events.len() {
                         let due =
@@ -407,7 +443,7 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
                         }
                         let (clients, events, report) =
                             (clients.clone(), events.clone(), report.clone());
-                        let ctx = ctx.clone();
+                        let (ctx, nodes) = (ctx.clone(), nodes.clone());
                         // Counted as answered even if the task panics, so the wait below ends.
                         let answered = Answered(done.clone());
                         // Not kept: a finished task's memory is freed at once, which a day-long
@@ -419,10 +455,7 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
                             // Latency from the schedule: a late answer is late however it
                             // came about.
                             let latency = Instant::now().saturating_duration_since(due);
-                            report
-                                .lock()
-                                .await
-                                .record(e.request.name(), latency, r.err());
+                            record(&report, &nodes, e, latency, r.err()).await;
                         }));
                     }
                 })
@@ -439,7 +472,7 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
             let next = Arc::new(AtomicU64::new(0));
             let mut tasks = Vec::new();
             for _ in 0..workers.max(1) {
-                let ctx = ctx.clone();
+                let (ctx, nodes) = (ctx.clone(), nodes.clone());
                 let (clients, events, report, done, next) = (
                     clients.clone(),
                     events.clone(),
@@ -453,10 +486,7 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
                         let Some(e) = events.get(i) else { break };
                         let sent = Instant::now();
                         let r = send(clients.get(&e.terminal), &ctx, &e.request).await;
-                        report
-                            .lock()
-                            .await
-                            .record(e.request.name(), sent.elapsed(), r.err());
+                        record(&report, &nodes, e, sent.elapsed(), r.err()).await;
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                 }));

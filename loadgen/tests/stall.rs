@@ -77,7 +77,7 @@ async fn open_loop_shows_a_stall_that_closed_loop_hides() {
         // A fresh server each time, so each run meets the stall from its own first request.
         let (ep, addr) = stalling_server(&pki);
         let target = Target {
-            addr,
+            addrs: vec![addr],
             server_name: "localhost".into(),
             pki: Arc::new(
                 OperatorCa::load(pki.ca().clone(), &pki.operator_ca().key_pkcs8()).expect("ca"),
