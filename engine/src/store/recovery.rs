@@ -50,9 +50,10 @@ impl Store {
             false,
             &mut |_| {},
         )?;
-        // `open` takes the lock again on its own descriptor; hand over.
-        drop(dir_lock);
-        Self::open(fs, layout.schema)
+        // Handed to `open` still held: released and taken again, a process forking in
+        // between (any thread spawning a child) would hold the first descriptor's lock in the
+        // child until its exec, and the second take would fail.
+        Self::open_locked(fs, layout.schema, dir_lock).map(|(s, _)| s)
     }
 
     /// Opens the store in `fs`: maps the manifest's shards, cuts a torn log tail, replays the
@@ -67,6 +68,15 @@ impl Store {
         schema: &'static Schema,
     ) -> Result<(Store, Recovery), StoreError> {
         let dir_lock = fs.lock().map_err(io_err(&*fs, "lock", fs::LOCK_NAME))?;
+        Self::open_locked(fs, schema, dir_lock)
+    }
+
+    /// As [`Store::open_with_report`], with the directory's lock already held.
+    fn open_locked(
+        fs: Arc<dyn Fs>,
+        schema: &'static Schema,
+        dir_lock: fs::DirLock,
+    ) -> Result<(Store, Recovery), StoreError> {
         let m = add_missing_tables(&*fs, schema, read_manifest(&*fs, schema)?)?;
         let shards = open_shards(&*fs, schema, &m)?;
         // Remove leftovers of interrupted installs: temp files, and shard files the manifest
