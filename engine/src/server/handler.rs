@@ -221,39 +221,11 @@ pub fn handle(
     request: &[u8],
     out: &mut Vec<u8>,
 ) -> Handled {
-    let Some(header) = request.get(..HEADER_LEN).and_then(|h| h.try_into().ok()) else {
-        wire::error_response(
-            out,
-            0,
-            Status::BadFrame,
-            "the stream ended inside the frame header",
-            None,
-        );
-        return Handled::Answered(Status::BadFrame);
-    };
-    let admitted = match admit(ident, header) {
+    let (admitted, u) = match admit_frame(ident, request, out) {
         Ok(a) => a,
-        Err(r) => {
-            r.write(out);
-            return Handled::Answered(r.error.status);
-        }
+        Err(h) => return h,
     };
     let body = &request[HEADER_LEN..];
-    if body.len() != admitted.len as usize {
-        let message = format!(
-            "the stream does not hold exactly one {}-byte body",
-            admitted.len
-        );
-        wire::error_response(out, admitted.op as u8, Status::BadFrame, &message, None);
-        return Handled::Answered(Status::BadFrame);
-    }
-    let u = match unwrap(ident, admitted, body) {
-        Ok(u) => u,
-        Err(r) => {
-            r.write(out);
-            return Handled::Answered(r.error.status);
-        }
-    };
     // Without a socket there is nothing to wait on: a node behind answers at once.
     if let Some(Wrapper::AtSeq { seq, .. }) = u.wrapper
         && let Some(e) = behind(service, seq, std::time::Duration::ZERO)
@@ -262,6 +234,36 @@ pub fn handle(
         return Handled::Answered(e.status);
     }
     handle_unwrapped(service, ident, now, &u, body, out)
+}
+
+/// Admits a whole request `frame` (header and body) from `ident` and takes its wrapper off;
+/// a refusal is written into `out` and comes back as what was handled.
+fn admit_frame(
+    ident: &Identity,
+    frame: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(Admitted, Unwrapped), Handled> {
+    let mut refused = |op: u8, e: &WireError| {
+        wire::error_response(out, op, e.status, &e.message, None);
+        Handled::Answered(e.status)
+    };
+    let Some(header) = frame.get(..HEADER_LEN).and_then(|h| h.try_into().ok()) else {
+        return Err(refused(
+            0,
+            &WireError::bad("the stream ended inside the frame header"),
+        ));
+    };
+    let admitted = admit(ident, header).map_err(|r| refused(r.op, &r.error))?;
+    let body = &frame[HEADER_LEN..];
+    if body.len() != admitted.len as usize {
+        let e = WireError::bad(format!(
+            "the stream does not hold exactly one {}-byte body",
+            admitted.len
+        ));
+        return Err(refused(admitted.op as u8, &e));
+    }
+    let u = unwrap(ident, admitted, body).map_err(|r| refused(r.op, &r.error))?;
+    Ok((admitted, u))
 }
 
 /// Runs an unwrapped request (see [`unwrap`]; an `AT_SEQ` read once its seq is applied) and
@@ -343,18 +345,9 @@ fn handle_forward(service: &Service, now: Timestamp, body: &[u8], out: &mut Vec<
         name: client.name.to_owned(),
         fingerprint: client.fingerprint,
     };
-    let Some(header) = frame.get(..HEADER_LEN).and_then(|h| h.try_into().ok()) else {
-        return refuse(
-            out,
-            WireError::bad("a FORWARD carries a whole request frame"),
-        );
-    };
-    let admitted = match admit(&ident, header) {
+    let (admitted, u) = match admit_frame(&ident, frame, out) {
         Ok(a) => a,
-        Err(r) => {
-            r.write(out);
-            return Handled::Answered(r.error.status);
-        }
+        Err(h) => return h,
     };
     if !admitted.op.forwardable() {
         return refuse(
@@ -366,21 +359,6 @@ fn handle_forward(service: &Service, now: Timestamp, body: &[u8], out: &mut Vec<
         );
     }
     let inner = &frame[HEADER_LEN..];
-    if inner.len() != admitted.len as usize {
-        let message = format!(
-            "the forwarded frame does not hold exactly one {}-byte body",
-            admitted.len
-        );
-        wire::error_response(out, admitted.op as u8, Status::BadFrame, &message, None);
-        return Handled::Answered(Status::BadFrame);
-    }
-    let u = match unwrap(&ident, admitted, inner) {
-        Ok(u) => u,
-        Err(r) => {
-            r.write(out);
-            return Handled::Answered(r.error.status);
-        }
-    };
     if client.challenge_taken
         && let Some(card) = Request::decode(u.inner.op, &inner[u.body_at..])
             .ok()
