@@ -501,7 +501,7 @@ async fn a_follower_resumes_after_a_restart_from_its_store_and_chain_file() {
     let fdir = TempDir::new("cluster-resume-follower");
     let fs = RealFs::new(fdir.path()).expect("dir");
     let f = registry_with(&fdir, &[]);
-    let mut t = chain::resume(&admin, &fs, &f).await.expect("a new node");
+    let mut t = chain::resume(&admin, &fs, f.store().durable_seq()).await.expect("a new node");
     assert_eq!(t.applied(), 0);
     assert_eq!(t.step(&admin, &f).await.expect("step"), 10);
     chain::write(&fs, &t).expect("chain");
@@ -517,7 +517,7 @@ async fn a_follower_resumes_after_a_restart_from_its_store_and_chain_file() {
         mykey_engine::registry::RegistryConfig::default(),
     )
     .expect("reopen");
-    let mut t = chain::resume(&admin, &fs, &f).await.expect("resume");
+    let mut t = chain::resume(&admin, &fs, f.store().durable_seq()).await.expect("resume");
     assert_eq!(t.applied(), 15, "it resumes at its store's seq");
     assert_eq!(chain::read(&fs).expect("read"), Some((15, t.hash())));
     while t.step(&admin, &f).await.expect("step") > 0 {}
@@ -525,7 +525,7 @@ async fn a_follower_resumes_after_a_restart_from_its_store_and_chain_file() {
     // A CHAIN file that does not hold this node's history is refused, not trusted.
     assert_ne!(at10, [1; 32]);
     chain::write(&fs, &Tail::at(10, [1; 32])).expect("write");
-    match chain::resume(&admin, &fs, &f).await {
+    match chain::resume(&admin, &fs, f.store().durable_seq()).await {
         Err(ClusterError::BadRow { seq, .. }) => assert_eq!(seq, 11),
         other => panic!("{other:?}"),
     }
@@ -624,4 +624,131 @@ async fn a_commit_whose_wait_for_the_synchronous_standby_is_cancelled_is_not_ack
         w.commit(&batch[2..4]).await.is_err(),
         "a writer whose commit is unknown went on"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_bootstraps_from_a_tagged_snapshot_after_change_log_is_pruned_below_it() {
+    use mykey_engine::cluster::chain;
+    use mykey_engine::cluster::snapshot::{self, Tag};
+    use mykey_engine::store::backup::BackupError;
+    let Some((_pg, _dir, r, batch, admin, mut w)) = cluster("snapshot").await else {
+        return;
+    };
+    w.commit(&batch[..10]).await.expect("first part");
+    // A follower at seq 10 with its CHAIN file, then five more changes applied and a crash
+    // before the file was written again: its snapshot's tag is seq 10, its copy holds 15.
+    let fdir = TempDir::new("cluster-snapshot-follower");
+    let ffs = RealFs::new(fdir.path()).expect("dir");
+    let f = registry_with(&fdir, &[]);
+    let mut t = Tail::new();
+    assert_eq!(t.step(&admin, &f).await.expect("step"), 10);
+    chain::write(&ffs, &t).expect("chain");
+    let at10 = Tag {
+        seq: 10,
+        hash: t.hash(),
+    };
+    w.commit(&batch[10..]).await.expect("the rest");
+    for c in &batch[10..15] {
+        f.apply_replicated(&c.0).expect("apply");
+    }
+    // Pruning with no snapshot recorded deletes nothing.
+    match snapshot::prune(&admin, None, &mut |_| {}).await {
+        Err(ClusterError::NoSnapshot) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(count(&admin, "SELECT min(seq) FROM change_log").await, 1);
+    // The snapshot, taken while the follower's store is open: its tag is checked against
+    // change_log; a tag of another history is refused.
+    let sdir = TempDir::new("cluster-snapshot-copy");
+    let sfs: std::sync::Arc<dyn Fs> = std::sync::Arc::new(RealFs::new(sdir.path()).expect("dir"));
+    let (report, tag) = snapshot::take(&ffs, &*sfs, &mut |_, _| {}).expect("take");
+    assert_eq!(tag, at10);
+    assert_eq!(report.last_seq, 15);
+    let forged = Tag {
+        seq: 10,
+        hash: [3; 32],
+    };
+    match snapshot::check(&admin, &forged).await {
+        Err(ClusterError::BadRow { seq: 10, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    match snapshot::record(&admin, "node-x", &forged, "nowhere").await {
+        Err(ClusterError::BadRow { seq: 10, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    snapshot::record(&admin, "node-b", &tag, "here")
+        .await
+        .expect("record");
+    let listed = snapshot::list(&admin).await.expect("list");
+    assert_eq!(listed.len(), 1, "the forged tag was not recorded");
+    assert_eq!((listed[0].node.as_str(), listed[0].tag), ("node-b", tag));
+    // Pruned below the snapshot: rows 1..=9 go (with their per-ID index), row 10 stays.
+    let mut seen = Vec::new();
+    let p = snapshot::prune(&admin, None, &mut |n| seen.push(n))
+        .await
+        .expect("prune");
+    assert_eq!((p.below, p.rows, p.forgotten), (10, 9, 0));
+    assert_eq!(seen.last(), Some(&9));
+    assert_eq!(count(&admin, "SELECT min(seq) FROM change_log").await, 10);
+    assert_eq!(
+        count(&admin, "SELECT count(*) FROM id_changes WHERE seq < 10").await,
+        0
+    );
+    // A node with nothing cannot follow a pruned log: it is told to bootstrap.
+    let edir = TempDir::new("cluster-snapshot-empty");
+    let e = registry_with(&edir, &[]);
+    match Tail::new().step(&admin, &e).await {
+        Err(ClusterError::BadRow { seq: 1, what }) => assert!(what.contains("pruned"), "{what}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(e.store().durable_seq(), 0);
+    let genesis = Tag {
+        seq: 0,
+        hash: GENESIS,
+    };
+    assert!(snapshot::check(&admin, &genesis).await.is_err());
+    // The wiped node bootstraps: the snapshot's tag carried over its five later changes,
+    // each checked against change_log; then it tails to the head and holds what the writer
+    // holds.
+    let bdir = TempDir::new("cluster-snapshot-boot");
+    let bfs: std::sync::Arc<dyn Fs> = std::sync::Arc::new(RealFs::new(bdir.path()).expect("dir"));
+    let (_, bt) = snapshot::bootstrap(&admin, sfs.clone(), bfs.clone(), &mut |_, _| {})
+        .await
+        .expect("bootstrap");
+    assert_eq!(bt.applied(), 15);
+    assert_eq!(chain::read(&*bfs).expect("chain"), Some((15, bt.hash())));
+    match snapshot::bootstrap(&admin, sfs.clone(), bfs.clone(), &mut |_, _| {}).await {
+        Err(ClusterError::Backup(BackupError::DestinationNotEmpty { .. })) => {}
+        other => panic!("into a store already there: {other:?}"),
+    }
+    let b = Registry::open(bfs.clone(), mykey_engine::registry::RegistryConfig::default())
+        .expect("open");
+    let mut bt = chain::resume(&admin, &*bfs, b.store().durable_seq())
+        .await
+        .expect("resume");
+    while bt.step(&admin, &b).await.expect("step") > 0 {}
+    assert_eq!(bt.applied(), batch.len() as u64);
+    assert_eq!(contents(&b), contents(&r));
+    // A newer snapshot from the bootstrapped node; keeping only it forgets the first and
+    // prunes below the new one, and the first then cannot bootstrap anyone: refused before
+    // anything is copied.
+    chain::write(&*bfs, &bt).expect("chain");
+    let s2 = TempDir::new("cluster-snapshot-copy2");
+    let s2fs = RealFs::new(s2.path()).expect("dir");
+    let (_, tag2) = snapshot::take(&*bfs, &s2fs, &mut |_, _| {}).expect("take");
+    snapshot::record(&admin, "node-c", &tag2, "there")
+        .await
+        .expect("record");
+    let p = snapshot::prune(&admin, Some(1), &mut |_| {})
+        .await
+        .expect("prune");
+    assert_eq!((p.below, p.forgotten), (tag2.seq, 1));
+    assert_eq!(p.rows, tag2.seq - 10);
+    let late = TempDir::new("cluster-snapshot-late");
+    let lfs: std::sync::Arc<dyn Fs> = std::sync::Arc::new(RealFs::new(late.path()).expect("dir"));
+    match snapshot::bootstrap(&admin, sfs, lfs.clone(), &mut |_, _| {}).await {
+        Err(ClusterError::BadRow { seq: 10, what }) => assert!(what.contains("pruned"), "{what}"),
+        other => panic!("an old snapshot: {other:?}"),
+    }
+    assert!(lfs.list().expect("list").is_empty(), "nothing copied");
 }

@@ -14,7 +14,6 @@
 
 use super::tail::Tail;
 use super::{ClusterError, GENESIS, PgClient, check_row};
-use crate::registry::Registry;
 use crate::store::fs::Fs;
 use crate::store::{Change, StoreError};
 
@@ -72,14 +71,14 @@ pub fn write(fs: &dyn Fs, tail: &Tail) -> Result<(), ClusterError> {
         .map_err(ClusterError::from)
 }
 
-/// A follower resuming after a restart: its store's durable seq, and the chain hash there,
+/// A follower resuming after a restart (or a bootstrap): its store's durable seq `durable`, and
+/// the chain hash there,
 /// from the `CHAIN` file carried forward over the rows it applied after the file was last
 /// written (a crash between a batch's fsync and the file's). Each of those rows must carry the
 /// hash recomputed from the file's, and its payload must equal the change in the local log
 /// where the log still holds it.
-pub async fn resume(c: &PgClient, fs: &dyn Fs, reg: &Registry) -> Result<Tail, ClusterError> {
+pub async fn resume(c: &PgClient, fs: &dyn Fs, durable: u64) -> Result<Tail, ClusterError> {
     let (seq, mut hash) = read(fs)?.unwrap_or((0, GENESIS));
-    let durable = reg.store().durable_seq();
     if seq > durable {
         return Err(ClusterError::BadRow {
             seq,

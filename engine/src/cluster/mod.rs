@@ -2,7 +2,8 @@
 //! migrations (`schema`), the writer's batched, fenced commit of changes with their chain hash
 //! (`writer`) and that writer behind a store's group commit (`record`), a follower checking and
 //! applying the rows (`tail`), a serving node's loop of following, election and leading
-//! (`node`), and the chain's verification and per-ID history (`history`).
+//! (`node`), the chain's verification and per-ID history (`history`), and tagged snapshots, the
+//! bootstrap from one and the pruning below them (`snapshot`).
 //!
 //! Owns every SQL statement and the chain hash. Never decides a domain rule (the registry does,
 //! before a change reaches here) and never acknowledges a write itself: it reports whether
@@ -13,6 +14,7 @@ pub mod history;
 pub mod node;
 pub mod record;
 pub mod schema;
+pub mod snapshot;
 pub mod tail;
 pub mod writer;
 
@@ -123,6 +125,15 @@ pub enum ClusterError {
         /// Why.
         source: crate::store::StoreError,
     },
+    /// Pruning was asked for and no snapshot is recorded: a new node would have nothing to
+    /// start from.
+    #[error(
+        "no snapshot is recorded (mykeyd cluster snapshot): pruning change_log would leave a new node nothing to start from"
+    )]
+    NoSnapshot,
+    /// Taking or restoring a snapshot failed.
+    #[error(transparent)]
+    Backup(#[from] crate::store::backup::BackupError),
     /// A `change_log` row that breaks the log: a gap, a payload that does not decode, or a
     /// chain hash that does not match the recomputed one.
     #[error("change_log seq {seq}: {what}")]

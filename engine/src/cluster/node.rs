@@ -309,7 +309,7 @@ impl Node {
             backoff = RECONNECT_BACKOFF.0;
             let t = match tail.take() {
                 Some(t) => t,
-                None => match chain::resume(&c, &*self.fs, self.reg()).await {
+                None => match chain::resume(&c, &*self.fs, self.reg().store().durable_seq()).await {
                     Ok(t) => {
                         tracing::info!(
                             applied = t.applied(),

@@ -67,6 +67,13 @@ CREATE TABLE snapshots (
 -- (empty while none does).
 ALTER TABLE head ADD COLUMN writer_addr text NOT NULL DEFAULT '';
 ",
+    r"
+-- Where a recorded snapshot was written (a path or URL, for the operator bootstrapping a node),
+-- and the index the pruning's cascade into id_changes needs (its primary key leads with the ID:
+-- without this, each pruned row would scan id_changes).
+ALTER TABLE snapshots ADD COLUMN location text NOT NULL DEFAULT '';
+CREATE INDEX id_changes_seq ON id_changes (seq);
+",
 ];
 
 /// The schema version this build writes and reads.

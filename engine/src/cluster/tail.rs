@@ -58,6 +58,11 @@ impl Tail {
             })?;
         // Every row is checked before any is applied; the ones before a failing row are
         // applied together (one local fsync), and then the failure is told.
+        if let Some(first) = rows.first()
+            && first.get::<_, i64>(0) as u64 > self.applied + 1
+        {
+            return Err(self.gap(c).await);
+        }
         let mut checked = Vec::with_capacity(rows.len());
         let mut failed = None;
         let (mut seq, mut hash) = (self.applied, self.hash);
@@ -88,6 +93,30 @@ impl Tail {
             return Err(e);
         }
         Ok(n)
+    }
+
+    /// The error for rows that do not start right after the applied seq: pruned past this
+    /// node (the log's first row is later), or a gap.
+    async fn gap(&self, c: &PgClient) -> ClusterError {
+        let next = self.applied + 1;
+        let first: Option<i64> = match c.query_one("SELECT min(seq) FROM change_log", &[]).await
+        {
+            Ok(r) => r.get(0),
+            Err(source) => {
+                return ClusterError::Postgres {
+                    op: "tail change_log",
+                    source,
+                };
+            }
+        };
+        ClusterError::BadRow {
+            seq: next,
+            what: if first.is_some_and(|f| f as u64 > next) {
+                "pruned: change_log now starts after this node's applied seq; bootstrap this node from a recorded snapshot (mykeyd cluster bootstrap)"
+            } else {
+                "missing: change_log has a gap here"
+            },
+        }
     }
 
     /// Checks that the row at the applied seq still carries this node's hash: a history

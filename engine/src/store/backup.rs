@@ -92,15 +92,16 @@ pub fn backup(
 
 /// Restores the backup in `from` into `dest` (an empty directory): the same copy and verify,
 /// then a full open of the result (its torn tail cut, its log replayed), so the store that
-/// `mykeyd serve` opens next is one that has opened already.
+/// `mykeyd serve` opens next is one that has opened already. The report's `last_seq` is the
+/// restored store's durable seq after that open.
 pub fn restore(
     from: Arc<dyn Fs>,
     dest: Arc<dyn Fs>,
     schema: &'static Schema,
     progress: &mut dyn FnMut(&str, u64),
 ) -> Result<BackupReport, BackupError> {
-    let report = backup(&*from, &*dest, schema, progress)?;
-    drop(super::Store::open(dest, schema)?);
+    let mut report = backup(&*from, &*dest, schema, progress)?;
+    report.last_seq = super::Store::open(dest, schema)?.durable_seq();
     Ok(report)
 }
 

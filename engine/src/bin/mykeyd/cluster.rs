@@ -1,15 +1,19 @@
-//! `mykeyd cluster init|verify` and `mykeyd history --pg`: the cluster's system of record in
-//! PostgreSQL (engine/CLUSTER.md) from the command line: create or migrate its schema, recompute
-//! its chain and name the first mismatch, and list one ID's changes with their seq and chain
-//! hash. Writes only the schema (init); never a change.
+//! `mykeyd cluster init|verify|snapshot|snapshots|bootstrap|prune` and `mykeyd history --pg`:
+//! the cluster's system of record in PostgreSQL (engine/CLUSTER.md) from the command line:
+//! create or migrate its schema, recompute its chain and name the first mismatch, take and
+//! record tagged snapshots, bootstrap a node's store from one, prune change_log below the
+//! oldest, and list one ID's changes with their seq and chain hash. Never writes a change.
 
 use std::path::Path;
+use std::time::Instant;
 
-use mykey_engine::cluster::{self, PgClient, history, schema};
+use mykey_engine::cluster::{self, PgClient, history, schema, snapshot};
 use mykey_engine::id::{Hex, MyKeyId};
 use mykey_engine::registry::OpKind;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+
+use crate::common::{copied, existing_fs, new_fs};
 
 /// The CA certificates (PEM) in `ca`, which PostgreSQL's server certificate must chain to.
 pub fn roots(ca: &Path) -> Result<rustls::RootCertStore, String> {
@@ -97,6 +101,116 @@ pub fn history(url: &str, ca: Option<&Path>, id: &str) -> Result<(), String> {
             );
         }
         println!("{} changes concern {id}", entries.len());
+        Ok(())
+    })
+}
+
+/// Connects to `url` and checks that it holds this build's schema.
+async fn connect_checked(url: &str, ca: Option<&Path>) -> Result<PgClient, String> {
+    let c = connect(url, ca).await?;
+    schema::check(&c).await.map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+/// `mykeyd cluster snapshot`: a tagged backup of a node's store, recorded in `snapshots`.
+pub fn snapshot(
+    url: &str,
+    ca: Option<&Path>,
+    store: &Path,
+    out: &Path,
+    node: &str,
+) -> Result<(), String> {
+    runtime()?.block_on(async {
+        let c = connect_checked(url, ca).await?;
+        let (src, dest) = (existing_fs(store)?, new_fs(out)?);
+        let start = Instant::now();
+        let (r, tag) = snapshot::take(&*src, &*dest, &mut copied(start))
+            .map_err(|e| format!("snapshot of {}: {e}", store.display()))?;
+        let location = out
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", out.display()))?;
+        snapshot::record(&c, node, &tag, &location.display().to_string())
+            .await
+            .map_err(|e| format!("record the snapshot: {e}"))?;
+        println!(
+            "snapshot of {} in {}: tag seq {} chain {}, changes 1..={}, {} files, {} bytes, verified and recorded for {node} in {:.2} s",
+            store.display(),
+            location.display(),
+            tag.seq,
+            Hex(&tag.hash),
+            r.last_seq,
+            r.files,
+            r.bytes,
+            start.elapsed().as_secs_f64()
+        );
+        Ok(())
+    })
+}
+
+/// `mykeyd cluster snapshots`: the recorded snapshots, newest first.
+pub fn snapshots(url: &str, ca: Option<&Path>) -> Result<(), String> {
+    runtime()?.block_on(async {
+        let c = connect_checked(url, ca).await?;
+        let all = snapshot::list(&c).await.map_err(|e| e.to_string())?;
+        for s in &all {
+            let at = mykey_engine::id::Timestamp::from_unix_secs(s.taken_at.max(0) as u64)
+                .map_or_else(|_| s.taken_at.to_string(), |t| t.to_string());
+            println!(
+                "seq {} chain {} by {} at {at} in {}",
+                s.tag.seq,
+                Hex(&s.tag.hash),
+                s.node,
+                s.location
+            );
+        }
+        println!("{} snapshots recorded", all.len());
+        Ok(())
+    })
+}
+
+/// `mykeyd cluster bootstrap`: a new or wiped node's store from a tagged snapshot.
+pub fn bootstrap(url: &str, ca: Option<&Path>, from: &Path, store: &Path) -> Result<(), String> {
+    runtime()?.block_on(async {
+        let c = connect_checked(url, ca).await?;
+        let (src, dest) = (existing_fs(from)?, new_fs(store)?);
+        let start = Instant::now();
+        let (r, tail) = snapshot::bootstrap(&c, src, dest, &mut copied(start))
+            .await
+            .map_err(|e| format!("bootstrap from {}: {e}", from.display()))?;
+        println!(
+            "bootstrapped {} from {}: at seq {} chain {} (snapshot seq {}), checked against change_log, in {:.2} s; `mykeyd serve` tails from seq {}",
+            store.display(),
+            from.display(),
+            tail.applied(),
+            Hex(&tail.hash()),
+            r.snapshot_seq,
+            start.elapsed().as_secs_f64(),
+            tail.applied() + 1
+        );
+        Ok(())
+    })
+}
+
+/// `mykeyd cluster prune`: change_log rows below the oldest recorded snapshot deleted.
+pub fn prune(url: &str, ca: Option<&Path>, keep: Option<usize>) -> Result<(), String> {
+    runtime()?.block_on(async {
+        let c = connect_checked(url, ca).await?;
+        let start = Instant::now();
+        let p = snapshot::prune(&c, keep, &mut |n| {
+            eprintln!(
+                "  pruned {n} rows ({:.1} s)",
+                start.elapsed().as_secs_f64()
+            )
+        })
+        .await
+        .map_err(|e| format!("prune: {e}"))?;
+        println!(
+            "pruned {} change_log rows below seq {} (the oldest recorded snapshot); {} older snapshot records forgotten; in {:.2} s",
+            p.rows,
+            p.below,
+            p.forgotten,
+            start.elapsed().as_secs_f64()
+        );
         Ok(())
     })
 }

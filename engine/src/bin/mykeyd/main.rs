@@ -189,6 +189,47 @@ enum ClusterCmd {
         #[arg(long)]
         to: Option<u64>,
     },
+    /// Take a tagged backup of a node's store (open and serving, or not) into OUT, check its
+    /// tag (the store's CHAIN file) against change_log and record it in `snapshots`.
+    Snapshot {
+        #[command(flatten)]
+        pg: PgArgs,
+        #[command(flatten)]
+        store: StoreArg,
+        /// The snapshot directory (new or empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// The node whose store it is (its `[cluster] node`).
+        #[arg(long)]
+        node: String,
+    },
+    /// List the recorded snapshots, newest first.
+    Snapshots {
+        #[command(flatten)]
+        pg: PgArgs,
+    },
+    /// Make a new or wiped node's store from a tagged snapshot: its tag checked against
+    /// change_log first, then copied, verified, opened, and its chain head written; `mykeyd
+    /// serve` then tails from there.
+    Bootstrap {
+        #[command(flatten)]
+        pg: PgArgs,
+        /// The snapshot directory (written by `mykeyd cluster snapshot`).
+        #[arg(long)]
+        from: PathBuf,
+        /// The node's store directory to create (new or empty).
+        #[arg(long = "store", short = 's')]
+        dir: PathBuf,
+    },
+    /// Delete the change_log rows below the oldest recorded snapshot, in batches.
+    Prune {
+        #[command(flatten)]
+        pg: PgArgs,
+        /// First forget every recorded snapshot but the KEEP newest (their files are not
+        /// touched).
+        #[arg(long)]
+        keep: Option<usize>,
+    },
 }
 
 #[derive(Args)]
@@ -390,6 +431,19 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Cluster(ClusterCmd::Init { pg }) => cluster::init(&pg.url, pg.ca.as_deref()),
         Cmd::Cluster(ClusterCmd::Verify { pg, from, to }) => {
             cluster::verify(&pg.url, pg.ca.as_deref(), from, to)
+        }
+        Cmd::Cluster(ClusterCmd::Snapshot {
+            pg,
+            store,
+            out,
+            node,
+        }) => cluster::snapshot(&pg.url, pg.ca.as_deref(), &store.dir, &out, &node),
+        Cmd::Cluster(ClusterCmd::Snapshots { pg }) => cluster::snapshots(&pg.url, pg.ca.as_deref()),
+        Cmd::Cluster(ClusterCmd::Bootstrap { pg, from, dir }) => {
+            cluster::bootstrap(&pg.url, pg.ca.as_deref(), &from, &dir)
+        }
+        Cmd::Cluster(ClusterCmd::Prune { pg, keep }) => {
+            cluster::prune(&pg.url, pg.ca.as_deref(), keep)
         }
         Cmd::History { id, pg } => cluster::history(&pg.url, pg.ca.as_deref(), &id),
     }
