@@ -803,3 +803,127 @@ fn a_row_changed_by_hand_stops_every_follower() {
     });
     assert!(!answered, "a stopped node serves nothing");
 }
+
+/// Registers `<prefix>-0..10` through `node`, adding each to `acked`; returns the last seq.
+fn write10(
+    rt: &tokio::runtime::Runtime,
+    node: &Node,
+    prefix: &str,
+    acked: &mut Vec<String>,
+) -> u64 {
+    rt.block_on(async {
+        let c = node.operator().await;
+        c.set_read_your_writes(true);
+        for k in 0..10 {
+            let name = format!("{prefix}-{k}");
+            c.register_provider(p(&name)).await.expect("write");
+            acked.push(name);
+        }
+        c.seen_seq()
+    })
+}
+
+#[test]
+fn a_killed_follower_catches_up_and_a_wiped_one_bootstraps_from_a_snapshot() {
+    let Some((_pg, base, mut nodes)) = cluster("boot") else {
+        return;
+    };
+    nodes.truncate(2);
+    for n in &mut nodes {
+        n.start();
+    }
+    let w = writer(&nodes);
+    let f = 1 - w;
+    let rt = rt();
+    let url = nodes[w].pg.clone();
+    let mut acked = Vec::new();
+    let seq = write10(&rt, &nodes[w], "BEFORE", &mut acked);
+    converged(&nodes, w, seq);
+    // kill -9 the follower; the writer goes on; restarted, the follower catches up.
+    nodes[f].kill9();
+    let seq = write10(&rt, &nodes[w], "WHILE-DOWN", &mut acked);
+    nodes[f].start();
+    converged(&nodes, w, seq);
+    every_node_holds(&rt, &nodes, &acked, &[]);
+    // A tagged snapshot of the follower's store, taken while it serves, then more writes and
+    // change_log pruned below the snapshot.
+    let snap = base.0.join("snapshot-b");
+    let store = |n: &Node| n.dir.join("store").display().to_string();
+    let run = |args: &[&str]| {
+        let o = mykeyd(args);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "mykeyd {args:?}: {out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out
+    };
+    let snap_s = snap.display().to_string();
+    let out = run(&[
+        "cluster",
+        "snapshot",
+        "--pg",
+        &url,
+        "--store",
+        &store(&nodes[f]),
+        "--out",
+        &snap_s,
+        "--node",
+        &nodes[f].name,
+    ]);
+    assert!(out.contains("recorded"), "{out}");
+    let seq = write10(&rt, &nodes[w], "AFTER-SNAPSHOT", &mut acked);
+    converged(&nodes, w, seq);
+    let out = run(&["cluster", "prune", "--pg", &url]);
+    let pruned: u64 = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(pruned > 0, "{out}");
+    let first: u64 = psql(&url, "SELECT min(seq) FROM change_log")
+        .parse()
+        .expect("seq");
+    assert!(first > 1, "rows were pruned: the log starts at {first}");
+    // Wipe the follower: without a store it refuses to start and names the bootstrap; after
+    // `mykeyd cluster bootstrap` it serves every acknowledged write again.
+    nodes[f].kill9();
+    std::fs::remove_dir_all(nodes[f].dir.join("store")).expect("wipe");
+    let o = Command::new(env!("CARGO_BIN_EXE_mykeyd"))
+        .args(["serve", "--config"])
+        .arg(nodes[f].dir.join("mykeyd.toml"))
+        .env("MYKEYD_CLUSTER_NODE", &nodes[f].name)
+        .env("MYKEYD_CLUSTER_PG", &url)
+        .env("MYKEYD_SERVER_LISTEN", nodes[f].quic.to_string())
+        .env("MYKEYD_SERVER_ADMIN_LISTEN", nodes[f].admin.to_string())
+        .output()
+        .expect("serve");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("cluster bootstrap"),
+        "{err}"
+    );
+    let wiped = Instant::now();
+    let out = run(&[
+        "cluster",
+        "bootstrap",
+        "--pg",
+        &url,
+        "--from",
+        &snap_s,
+        "--store",
+        &store(&nodes[f]),
+    ]);
+    assert!(out.contains("checked against change_log"), "{out}");
+    let booted = wiped.elapsed();
+    let seq = write10(&rt, &nodes[w], "AFTER-BOOTSTRAP", &mut acked);
+    nodes[f].start();
+    converged(&nodes, w, seq);
+    eprintln!(
+        "wiped follower: bootstrapped in {booted:?}, serving at the writer's seq {:?} after the wipe",
+        wiped.elapsed()
+    );
+    every_node_holds(&rt, &nodes, &acked, &[]);
+    assert_eq!(nodes[f].role(), Some(0), "it follows");
+}

@@ -501,7 +501,9 @@ async fn a_follower_resumes_after_a_restart_from_its_store_and_chain_file() {
     let fdir = TempDir::new("cluster-resume-follower");
     let fs = RealFs::new(fdir.path()).expect("dir");
     let f = registry_with(&fdir, &[]);
-    let mut t = chain::resume(&admin, &fs, f.store().durable_seq()).await.expect("a new node");
+    let mut t = chain::resume(&admin, &fs, f.store().durable_seq())
+        .await
+        .expect("a new node");
     assert_eq!(t.applied(), 0);
     assert_eq!(t.step(&admin, &f).await.expect("step"), 10);
     chain::write(&fs, &t).expect("chain");
@@ -517,7 +519,9 @@ async fn a_follower_resumes_after_a_restart_from_its_store_and_chain_file() {
         mykey_engine::registry::RegistryConfig::default(),
     )
     .expect("reopen");
-    let mut t = chain::resume(&admin, &fs, f.store().durable_seq()).await.expect("resume");
+    let mut t = chain::resume(&admin, &fs, f.store().durable_seq())
+        .await
+        .expect("resume");
     assert_eq!(t.applied(), 15, "it resumes at its store's seq");
     assert_eq!(chain::read(&fs).expect("read"), Some((15, t.hash())));
     while t.step(&admin, &f).await.expect("step") > 0 {}
@@ -721,8 +725,11 @@ async fn a_wiped_node_bootstraps_from_a_tagged_snapshot_after_change_log_is_prun
         Err(ClusterError::Backup(BackupError::DestinationNotEmpty { .. })) => {}
         other => panic!("into a store already there: {other:?}"),
     }
-    let b = Registry::open(bfs.clone(), mykey_engine::registry::RegistryConfig::default())
-        .expect("open");
+    let b = Registry::open(
+        bfs.clone(),
+        mykey_engine::registry::RegistryConfig::default(),
+    )
+    .expect("open");
     let mut bt = chain::resume(&admin, &*bfs, b.store().durable_seq())
         .await
         .expect("resume");

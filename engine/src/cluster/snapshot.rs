@@ -174,10 +174,13 @@ pub async fn list(c: &PgClient) -> Result<Vec<Recorded>, ClusterError> {
                 node: r.get(0),
                 tag: Tag {
                     seq,
-                    hash: r.get::<_, &[u8]>(2).try_into().map_err(|_| ClusterError::BadRow {
-                        seq,
-                        what: "a recorded snapshot's hash is not 32 bytes",
-                    })?,
+                    hash: r
+                        .get::<_, &[u8]>(2)
+                        .try_into()
+                        .map_err(|_| ClusterError::BadRow {
+                            seq,
+                            what: "a recorded snapshot's hash is not 32 bytes",
+                        })?,
                 },
                 taken_at: r.get(3),
                 location: r.get(4),

@@ -99,8 +99,7 @@ impl Tail {
     /// node (the log's first row is later), or a gap.
     async fn gap(&self, c: &PgClient) -> ClusterError {
         let next = self.applied + 1;
-        let first: Option<i64> = match c.query_one("SELECT min(seq) FROM change_log", &[]).await
-        {
+        let first: Option<i64> = match c.query_one("SELECT min(seq) FROM change_log", &[]).await {
             Ok(r) => r.get(0),
             Err(source) => {
                 return ClusterError::Postgres {

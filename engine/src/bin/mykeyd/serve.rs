@@ -215,12 +215,7 @@ pub fn check(cfg_path: &Path) -> Result<(Config, ServerTls, Anchors), String> {
 pub fn check_all(cfg_path: &Path) -> Result<Config, String> {
     let (cfg, ..) = check(cfg_path)?;
     let dir = &cfg.store.dir;
-    if !dir.join(store::manifest::NAME).exists() {
-        return Err(format!(
-            "{}: no store here (no MANIFEST); build one with `mykeyd snapshot build` or `mykeyd init`",
-            dir.display()
-        ));
-    }
+    no_store(&cfg)?;
     let fs = RealFs::new(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     store::inspect(&fs, &mykey_engine::registry::SCHEMA, false, &mut |_| {})
         .map_err(|e| e.to_string())?;
@@ -239,6 +234,26 @@ pub fn check_all(cfg_path: &Path) -> Result<Config, String> {
         )
     })?;
     Ok(cfg)
+}
+
+/// An error naming what to do when the configured store directory holds no store: a
+/// cluster node bootstraps from a recorded snapshot, a single node is built or initialised.
+fn no_store(cfg: &Config) -> Result<(), String> {
+    let dir = &cfg.store.dir;
+    if dir.join(store::manifest::NAME).exists() {
+        return Ok(());
+    }
+    Err(match &cfg.cluster {
+        Some(_) => format!(
+            "{}: no store here (no MANIFEST); a new or wiped cluster node starts from a recorded snapshot: `mykeyd cluster snapshots --pg URL`, then `mykeyd cluster bootstrap --pg URL --from SNAPSHOT --store {}` (engine/CLUSTER.md, \"Bootstrap and replacement\")",
+            dir.display(),
+            dir.display()
+        ),
+        None => format!(
+            "{}: no store here (no MANIFEST); build one with `mykeyd snapshot build` or `mykeyd init`",
+            dir.display()
+        ),
+    })
 }
 
 fn init_logs(cfg: &Config) {
@@ -428,6 +443,8 @@ async fn life(
     sig: &mut Signals,
 ) -> Result<Life, String> {
     ready.set_phase(Some("starting"));
+    no_store(&cfg)
+        .inspect_err(|e| tracing::error!(op = "open", error = %e, "cannot open the store"))?;
     let fs: Arc<dyn Fs> = Arc::new(
         RealFs::new(&cfg.store.dir).map_err(|e| format!("{}: {e}", cfg.store.dir.display()))?,
     );
