@@ -230,7 +230,8 @@ fn cluster(tag: &str) -> Option<(Postgres, Dir, Vec<Node>)> {
     Some((pg, base, nodes))
 }
 
-/// Three nodes from one `mykeyd init`, writing through PostgreSQL at `url`.
+/// Three nodes from one `mykeyd init`, its store recorded as the genesis, writing through
+/// PostgreSQL at `url`.
 fn nodes(tag: &str, url: &str) -> (Dir, Vec<Node>) {
     let base = dir(tag);
     let first = base.0.join("a");
@@ -240,6 +241,23 @@ fn nodes(tag: &str, url: &str) -> (Dir, Vec<Node>) {
         .output()
         .expect("init");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The sample store is the cluster's genesis: recorded (its rows in the mirror, its digest
+    // the chain hash at seq 0, its CHAIN file written) before it is copied to the others.
+    let store = first.join("store");
+    let o = mykeyd(&[
+        "cluster",
+        "init",
+        "--pg",
+        url,
+        "--genesis",
+        store.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("genesis"),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     let mut nodes = Vec::new();
     for name in ["a", "b", "c"] {
         let d = base.0.join(name);
@@ -482,6 +500,29 @@ fn three_nodes_elect_one_writer_follow_it_and_survive_its_kill() {
             let (code, out) = cli(n, &["--at-least", &at, "lookup", "A-α1-0001", id]);
             assert_eq!(code, Some(3), "the registered ID on {}: {out}", n.name);
             assert!(out.contains("not_linked"), "{out}");
+        }
+    }
+    // Links to a provider only the genesis store holds, of the new ID and of a genesis ID,
+    // through a follower: the mirror has the genesis rows, so they commit; every node serves
+    // them at their seq.
+    let mut seq = seq;
+    if let Some(f) = (0..nodes.len()).find(|&i| i != w && nodes[i].forwards) {
+        let genesis_id = "997794E9AGCIEG".to_owned();
+        for id in card_id.iter().chain([&genesis_id]) {
+            let (code, out) = cli_as(
+                &nodes[f],
+                "counter",
+                &["--seq", "link", id, "A-α1-0001", "SVC-CLUSTER"],
+            );
+            assert_eq!(code, Some(0), "link {id} through {}: {out}", nodes[f].name);
+            let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+            seq = v["seq"].as_u64().expect("seq");
+            for n in &nodes {
+                let at = seq.to_string();
+                let (code, out) = cli(n, &["--at-least", &at, "lookup", "A-α1-0001", id]);
+                assert_eq!(code, Some(0), "{id} on {}: {out}", n.name);
+                assert!(out.contains("SVC-CLUSTER"), "{out}");
+            }
         }
     }
     converged(&nodes, w, seq);

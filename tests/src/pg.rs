@@ -15,7 +15,12 @@ pub use postgres::Postgres;
 
 /// A new, empty registry in `dir` whose group commit goes through `writer` to PostgreSQL.
 pub fn registry_through(dir: &TempDir, writer: Writer) -> Arc<Registry> {
-    let node = Arc::new(registry_with(dir, &[]));
+    writing_through(registry_with(dir, &[]), writer)
+}
+
+/// `node`, its group commit now going through `writer` to PostgreSQL.
+pub fn writing_through(node: Registry, writer: Writer) -> Arc<Registry> {
+    let node = Arc::new(node);
     let record = PgRecord::spawn(writer, node.mirror_handle()).expect("writer thread");
     node.store()
         .set_system_of_record(Arc::new(record))

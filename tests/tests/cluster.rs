@@ -501,7 +501,7 @@ async fn a_follower_resumes_after_a_restart_from_its_store_and_chain_file() {
     let fdir = TempDir::new("cluster-resume-follower");
     let fs = RealFs::new(fdir.path()).expect("dir");
     let f = registry_with(&fdir, &[]);
-    let mut t = chain::resume(&admin, &fs, f.store().durable_seq())
+    let mut t = chain::resume(&admin, &fs, &f)
         .await
         .expect("a new node");
     assert_eq!(t.applied(), 0);
@@ -519,7 +519,7 @@ async fn a_follower_resumes_after_a_restart_from_its_store_and_chain_file() {
         mykey_engine::registry::RegistryConfig::default(),
     )
     .expect("reopen");
-    let mut t = chain::resume(&admin, &fs, f.store().durable_seq())
+    let mut t = chain::resume(&admin, &fs, &f)
         .await
         .expect("resume");
     assert_eq!(t.applied(), 15, "it resumes at its store's seq");
@@ -529,7 +529,7 @@ async fn a_follower_resumes_after_a_restart_from_its_store_and_chain_file() {
     // A CHAIN file that does not hold this node's history is refused, not trusted.
     assert_ne!(at10, [1; 32]);
     chain::write(&fs, &Tail::at(10, [1; 32])).expect("write");
-    match chain::resume(&admin, &fs, f.store().durable_seq()).await {
+    match chain::resume(&admin, &fs, &f).await {
         Err(ClusterError::BadRow { seq, .. }) => assert_eq!(seq, 11),
         other => panic!("{other:?}"),
     }
@@ -730,9 +730,7 @@ async fn a_wiped_node_bootstraps_from_a_tagged_snapshot_after_change_log_is_prun
         mykey_engine::registry::RegistryConfig::default(),
     )
     .expect("open");
-    let mut bt = chain::resume(&admin, &*bfs, b.store().durable_seq())
-        .await
-        .expect("resume");
+    let mut bt = chain::resume(&admin, &*bfs, &b).await.expect("resume");
     while bt.step(&admin, &b).await.expect("step") > 0 {}
     assert_eq!(bt.applied(), batch.len() as u64);
     assert_eq!(contents(&b), contents(&r));
@@ -758,4 +756,150 @@ async fn a_wiped_node_bootstraps_from_a_tagged_snapshot_after_change_log_is_prun
         other => panic!("an old snapshot: {other:?}"),
     }
     assert!(lfs.list().expect("list").is_empty(), "nothing copied");
+}
+
+/// A bulk-built store of the sample population's first `rows` rows in `dir`, at seq 0.
+fn genesis_store(dir: &TempDir, rows: usize) -> std::sync::Arc<Registry> {
+    use mykey_engine::population::{BuildOptions, build};
+    let sample = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../snapshots/sample");
+    let read = |f: &str| std::fs::read_to_string(sample.join(f)).expect("sample");
+    let population: String = read("population.csv")
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .take(rows + 1)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let fs = RealFs::new(dir.path()).expect("dir");
+    let opts = BuildOptions {
+        at: at(0),
+        actor: actor("bulk"),
+        store: mykey_engine::registry::StoreConfig::default(),
+        hash_key: Some(mykey_engine::store::hash::HashKey([1, 2])),
+    };
+    build(
+        &fs,
+        read("providers.txt").as_bytes(),
+        population.as_bytes(),
+        &opts,
+        &mut |_| {},
+    )
+    .expect("build");
+    std::sync::Arc::new(
+        Registry::open(
+            std::sync::Arc::new(fs),
+            mykey_engine::registry::RegistryConfig::default(),
+        )
+        .expect("open"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_genesis_store_is_recorded_once_and_a_node_at_seq_0_must_hold_it() {
+    use mykey_engine::cluster::{chain, genesis};
+    let Some(pg) = Postgres::start("genesis") else {
+        return;
+    };
+    let mut admin = client(&pg).await;
+    schema::migrate(&mut admin).await.expect("schema");
+    let gdir = TempDir::new("cluster-genesis");
+    let g = genesis_store(&gdir, 1_000);
+    let gfs = RealFs::new(gdir.path()).expect("dir");
+    let id = MyKeyId::parse(b"997794E9AGCIEG").expect("a sample ID");
+    let p = provider("A-α1-0001");
+    // Before the genesis is recorded, the mirror lacks its providers: a link to one is
+    // refused by the foreign key, and nothing is committed.
+    let copy1 = TempDir::new("cluster-genesis-copy1");
+    copy_dir(gdir.path(), copy1.path());
+    let unrecorded = mykey_tests::pg::writing_through(
+        Registry::open(
+            std::sync::Arc::new(RealFs::new(copy1.path()).expect("dir")),
+            mykey_engine::registry::RegistryConfig::default(),
+        )
+        .expect("open"),
+        Writer::take_over(client(&pg).await, "node-x")
+            .await
+            .expect("writer"),
+    );
+    assert!(
+        unrecorded
+            .link(at(1), actor("shop"), id, p, service("S-1"), false)
+            .is_err()
+    );
+    drop(unrecorded);
+    assert_eq!(count(&admin, "SELECT count(*) FROM change_log").await, 0);
+    // Recorded: its rows in the mirror, its digest the head's hash at seq 0, its CHAIN file.
+    let r = genesis::record(&mut admin, g.clone(), &gfs, &mut |_| {})
+        .await
+        .expect("record");
+    assert!(!r.already);
+    assert_ne!(r.digest, GENESIS);
+    assert_eq!(r.digest, genesis::digest(&g).expect("digest"));
+    let ids = count(&admin, "SELECT count(*) FROM ids").await as u64;
+    assert_eq!((r.ids, r.certs), (ids, ids));
+    assert!(r.providers >= 6 && r.links > 0, "{r:?}");
+    assert_eq!(
+        count(&admin, "SELECT count(*) FROM links").await as u64,
+        r.links
+    );
+    assert_eq!(head(&admin).await.expect("head").hash, r.digest);
+    assert_eq!(genesis::recorded(&admin).await.expect("recorded"), r.digest);
+    assert_eq!(chain::read(&gfs).expect("chain"), Some((0, r.digest)));
+    // Again: nothing to do. Another store: refused.
+    let again = genesis::record(&mut admin, g.clone(), &gfs, &mut |_| {})
+        .await
+        .expect("again");
+    assert!(again.already);
+    drop(g);
+    let odir = TempDir::new("cluster-genesis-other");
+    let other = genesis_store(&odir, 2);
+    let ofs = RealFs::new(odir.path()).expect("dir");
+    match genesis::record(&mut admin, other.clone(), &ofs, &mut |_| {}).await {
+        Err(ClusterError::NotGenesis(why)) => assert!(why.contains("another genesis"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // A node at seq 0 without a CHAIN file proves its store by the digest: a copy of the
+    // genesis store follows, another store is refused, and so is an empty one.
+    let copy2 = TempDir::new("cluster-genesis-copy2");
+    copy_dir(gdir.path(), copy2.path());
+    std::fs::remove_file(copy2.path().join("CHAIN")).expect("no CHAIN");
+    let c2fs = RealFs::new(copy2.path()).expect("dir");
+    let follower = Registry::open(
+        std::sync::Arc::new(RealFs::new(copy2.path()).expect("dir")),
+        mykey_engine::registry::RegistryConfig::default(),
+    )
+    .expect("open");
+    let mut t = chain::resume(&admin, &c2fs, &follower)
+        .await
+        .expect("a copy of the genesis");
+    assert_eq!((t.applied(), t.hash()), (0, r.digest));
+    let ofs2 = RealFs::new(odir.path()).expect("dir");
+    match chain::resume(&admin, &ofs2, &other).await {
+        Err(ClusterError::BadRow { seq: 0, what }) => assert!(what.contains("genesis"), "{what}"),
+        other => panic!("another store at seq 0: {other:?}"),
+    }
+    let edir = TempDir::new("cluster-genesis-empty");
+    let empty = registry_with(&edir, &[]);
+    let efs = RealFs::new(edir.path()).expect("dir");
+    assert!(chain::resume(&admin, &efs, &empty).await.is_err());
+    // With the genesis recorded, a link to its provider of its ID commits; the chain starts
+    // from the genesis digest; the follower reproduces the writer's state.
+    let writer_node = mykey_tests::pg::writing_through(
+        Registry::open(
+            std::sync::Arc::new(RealFs::new(gdir.path()).expect("dir")),
+            mykey_engine::registry::RegistryConfig::default(),
+        )
+        .expect("reopen"),
+        Writer::take_over(client(&pg).await, "node-a")
+            .await
+            .expect("writer"),
+    );
+    writer_node
+        .link(at(2), actor("shop"), id, p, service("S-2"), false)
+        .expect("a link to a genesis provider");
+    let v = verify(&admin, 1, None)
+        .await
+        .expect("verify from the genesis");
+    assert_eq!(v.to, 1);
+    while t.step(&admin, &follower).await.expect("step") > 0 {}
+    assert_eq!(contents(&follower), contents(&writer_node));
 }

@@ -13,7 +13,8 @@
 //! | 48 | 4 | CRC32C of bytes 0..48 |
 
 use super::tail::Tail;
-use super::{ClusterError, GENESIS, PgClient, check_row};
+use super::{ClusterError, PgClient, check_row, genesis};
+use crate::registry::Registry;
 use crate::store::fs::Fs;
 use crate::store::{Change, StoreError};
 
@@ -71,14 +72,31 @@ pub fn write(fs: &dyn Fs, tail: &Tail) -> Result<(), ClusterError> {
         .map_err(ClusterError::from)
 }
 
-/// A follower resuming after a restart (or a bootstrap): its store's durable seq `durable`, and
-/// the chain hash there,
+/// A follower resuming after a restart (or a bootstrap): its store's durable seq, and the chain
+/// hash there,
 /// from the `CHAIN` file carried forward over the rows it applied after the file was last
 /// written (a crash between a batch's fsync and the file's). Each of those rows must carry the
 /// hash recomputed from the file's, and its payload must equal the change in the local log
 /// where the log still holds it.
-pub async fn resume(c: &PgClient, fs: &dyn Fs, durable: u64) -> Result<Tail, ClusterError> {
-    let (seq, mut hash) = read(fs)?.unwrap_or((0, GENESIS));
+///
+/// A store with no `CHAIN` file at seq 0 is a copy of the genesis store or an empty one: its
+/// content digest is its chain hash at seq 0 ([`genesis::digest`]), written as its `CHAIN`
+/// file; at seq 0, from the file or so computed, the hash must be the recorded genesis.
+pub async fn resume(c: &PgClient, fs: &dyn Fs, reg: &Registry) -> Result<Tail, ClusterError> {
+    let durable = reg.store().durable_seq();
+    let (seq, mut hash) = match read(fs)? {
+        Some(h) => h,
+        None if durable == 0 => {
+            let t = Tail::at(0, genesis::digest(reg)?);
+            write(fs, &t)?;
+            (0, t.hash())
+        }
+        // A store copied without its file: its rows are checked below against its own log.
+        None => (0, genesis::recorded(c).await?),
+    };
+    if seq == 0 {
+        genesis::check(c, &hash).await?;
+    }
     if seq > durable {
         return Err(ClusterError::BadRow {
             seq,

@@ -4,7 +4,7 @@
 
 use tokio_postgres::Client;
 
-use super::{ClusterError, GENESIS, ROWS_PER_QUERY, check_row};
+use super::{ClusterError, ROWS_PER_QUERY, check_row};
 use crate::id::MyKeyId;
 use crate::store::Change;
 
@@ -27,7 +27,7 @@ pub struct Verified {
 }
 
 /// Recomputes the chain over `from..=to` (`to`: the head when `None`), starting from the
-/// stored hash at `from - 1` (the genesis hash when `from` is 1). Every seq must be present,
+/// stored hash at `from - 1` (the recorded genesis digest when `from` is 1). Every seq must be present,
 /// every payload must decode, and every stored hash must equal the recomputed one; the first
 /// that does not is the error.
 pub async fn verify(c: &Client, from: u64, to: Option<u64>) -> Result<Verified, ClusterError> {
@@ -37,7 +37,7 @@ pub async fn verify(c: &Client, from: u64, to: Option<u64>) -> Result<Verified, 
         None => super::writer::head(c).await?.seq,
     };
     let mut hash = if from == 1 {
-        GENESIS
+        super::genesis::recorded(c).await?
     } else {
         let r = c
             .query_opt(

@@ -3,13 +3,15 @@
 //! (`writer`) and that writer behind a store's group commit (`record`), a follower checking and
 //! applying the rows (`tail`), a serving node's loop of following, election and leading
 //! (`node`), the chain's verification and per-ID history (`history`), and tagged snapshots, the
-//! bootstrap from one and the pruning below them (`snapshot`).
+//! bootstrap from one and the pruning below them (`snapshot`), and the genesis store every
+//! node starts from (`genesis`).
 //!
 //! Owns every SQL statement and the chain hash. Never decides a domain rule (the registry does,
 //! before a change reaches here) and never acknowledges a write itself: it reports whether
 //! PostgreSQL committed, refused, fenced, or left the outcome unknown, and the caller answers.
 
 pub mod chain;
+pub mod genesis;
 pub mod history;
 pub mod node;
 pub mod record;
@@ -131,6 +133,12 @@ pub enum ClusterError {
         "no snapshot is recorded (mykeyd cluster snapshot): pruning change_log would leave a new node nothing to start from"
     )]
     NoSnapshot,
+    /// A genesis that cannot be recorded, or a store that is not the cluster's.
+    #[error("genesis: {0}")]
+    NotGenesis(String),
+    /// A restored store would not open.
+    #[error("open the restored store: {0}")]
+    Open(Box<crate::registry::RegistryError>),
     /// Taking or restoring a snapshot failed.
     #[error(transparent)]
     Backup(#[from] crate::store::backup::BackupError),

@@ -309,22 +309,20 @@ impl Node {
             backoff = RECONNECT_BACKOFF.0;
             let t = match tail.take() {
                 Some(t) => t,
-                None => {
-                    match chain::resume(&c, &*self.fs, self.reg().store().durable_seq()).await {
-                        Ok(t) => {
-                            tracing::info!(
-                                applied = t.applied(),
-                                "cluster: following from the store's applied seq"
-                            );
-                            t
-                        }
-                        Err(e) if is_connection(&e) => {
-                            self.state.unreachable(&e);
-                            continue;
-                        }
-                        Err(e) => return Ended::Stopped(format!("resume: {e}")),
+                None => match chain::resume(&c, &*self.fs, self.reg()).await {
+                    Ok(t) => {
+                        tracing::info!(
+                            applied = t.applied(),
+                            "cluster: following from the store's applied seq"
+                        );
+                        t
                     }
-                }
+                    Err(e) if is_connection(&e) => {
+                        self.state.unreachable(&e);
+                        continue;
+                    }
+                    Err(e) => return Ended::Stopped(format!("resume: {e}")),
+                },
             };
             self.state.reachable();
             let mut t = t;

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::tail::Tail;
-use super::{ClusterError, GENESIS, PgClient, chain};
-use crate::registry::SCHEMA;
+use super::{ClusterError, PgClient, chain};
+use crate::registry::{Registry, RegistryConfig, SCHEMA};
 use crate::store::backup::{self, BackupReport};
 use crate::store::fs::Fs;
 
@@ -32,10 +32,15 @@ pub struct Tag {
 }
 
 impl Tag {
-    /// The tag of the store (or backup) in `fs`: its `CHAIN` file, or the genesis tag (seq 0)
-    /// for a store that never followed a cluster (a `mykeyd init` or population build).
+    /// The tag of the store (or snapshot) in `fs`: its `CHAIN` file. A store without one never
+    /// followed a cluster and was not recorded as its genesis: it is no cluster snapshot.
     pub fn of(fs: &dyn Fs) -> Result<Self, ClusterError> {
-        let (seq, hash) = chain::read(fs)?.unwrap_or((0, GENESIS));
+        let (seq, hash) = chain::read(fs)?.ok_or_else(|| {
+            ClusterError::NotGenesis(format!(
+                "{}: no CHAIN file, so not a cluster node's store: snapshot a node's store (each writes its CHAIN when it first follows) or the genesis store after `mykeyd cluster init --genesis`",
+                fs.root().display()
+            ))
+        })?;
         Ok(Self { seq, hash })
     }
 }
@@ -69,15 +74,10 @@ fn pg(op: &'static str) -> impl Fn(tokio_postgres::Error) -> ClusterError {
 }
 
 /// Checks a tag against `change_log`: the row at its seq carries its hash, and no row after it
-/// was pruned (for the genesis tag: the log still starts at seq 1).
+/// was pruned (a tag at seq 0: it is the recorded genesis and the log still starts at seq 1).
 pub async fn check(c: &PgClient, tag: &Tag) -> Result<(), ClusterError> {
     if tag.seq == 0 {
-        if tag.hash != GENESIS {
-            return Err(ClusterError::BadRow {
-                seq: 0,
-                what: "a tag at seq 0 must carry the genesis hash",
-            });
-        }
+        super::genesis::check(c, &tag.hash).await?;
         let first: Option<i64> = c
             .query_one("SELECT min(seq) FROM change_log", &[])
             .await
@@ -251,8 +251,12 @@ pub async fn bootstrap(
 ) -> Result<(BackupReport, Tail), ClusterError> {
     let tag = Tag::of(&*from)?;
     check(c, &tag).await?;
-    let report = backup::restore(from, dest.clone(), &SCHEMA, progress)?;
+    let mut report = backup::backup(&*from, &*dest, &SCHEMA, progress)?;
     chain::write(&*dest, &Tail::at(tag.seq, tag.hash))?;
-    let tail = chain::resume(c, &*dest, report.last_seq).await?;
+    // Opened as `serve` will (the torn tail cut, the log replayed).
+    let reg = Registry::open(dest.clone(), RegistryConfig::default())
+        .map_err(|e| ClusterError::Open(Box::new(e)))?;
+    report.last_seq = reg.store().durable_seq();
+    let tail = chain::resume(c, &*dest, &reg).await?;
     Ok((report, tail))
 }

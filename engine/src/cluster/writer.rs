@@ -222,7 +222,7 @@ impl Writer {
             rows.push((p, hash));
         }
         let epoch = self.head.epoch;
-        let net = Net::of(batch)?;
+        let net = Net::of(batch.iter().map(|(c, ops)| (c.seq, ops.as_slice())))?;
         let mut seqs = Vec::with_capacity(batch.len());
         let mut ats = Vec::with_capacity(batch.len());
         let mut actors = Vec::with_capacity(batch.len());
@@ -298,6 +298,28 @@ impl Writer {
     }
 }
 
+/// The mirror's statements on one connection, for loading the rows of the cluster's genesis
+/// store (`cluster::genesis`): the same statements and constraints as a batch's, at seq 0, with
+/// no per-ID index (a genesis row is no `change_log` row).
+pub(super) struct MirrorLoader(Stmts);
+
+impl MirrorLoader {
+    pub(super) async fn prepare(c: &Client) -> Result<Self, ClusterError> {
+        Ok(Self(Stmts::prepare(c).await?))
+    }
+
+    /// Writes `ops` (every record of a part of the genesis store) in `tx`.
+    pub(super) async fn write(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        ops: &[MirrorOp],
+    ) -> Result<(), ClusterError> {
+        let mut net = Net::of([(0, ops)])?;
+        net.id_changes.clear();
+        net.write(tx, &self.0).await
+    }
+}
+
 /// An ID's mirror row as a batch leaves it: state code, seq, links (provider, service ID).
 type IdRow = (i16, i64, Vec<(String, String)>);
 
@@ -319,10 +341,12 @@ struct Net {
 }
 
 impl Net {
-    fn of(batch: &[(Change, Vec<MirrorOp>)]) -> Result<Self, ClusterError> {
+    fn of<'a>(
+        batch: impl IntoIterator<Item = (u64, &'a [MirrorOp])>,
+    ) -> Result<Self, ClusterError> {
         let mut n = Net::default();
-        for (c, ops) in batch {
-            let seq = c.seq as i64;
+        for (change_seq, ops) in batch {
+            let seq = change_seq as i64;
             for op in ops {
                 match op {
                     MirrorOp::Provider(p) => n.providers.push((p.as_str().to_owned(), seq)),
@@ -344,7 +368,7 @@ impl Net {
                     MirrorOp::Bind { cert, id } => {
                         if let Some(Some(_)) = n.certs.get(cert) {
                             return Err(ClusterError::BadRow {
-                                seq: c.seq,
+                                seq: change_seq,
                                 what: "it binds a certificate the batch bound already",
                             });
                         }

@@ -13,7 +13,7 @@ use mykey_engine::registry::OpKind;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
-use crate::common::{copied, existing_fs, new_fs};
+use crate::common::{copied, existing_fs, new_fs, open_registry};
 
 /// The CA certificates (PEM) in `ca`, which PostgreSQL's server certificate must chain to.
 pub fn roots(ca: &Path) -> Result<rustls::RootCertStore, String> {
@@ -44,17 +44,51 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("tokio runtime: {e}"))
 }
 
-/// `mykeyd cluster init`.
-pub fn init(url: &str, ca: Option<&Path>) -> Result<(), String> {
+/// `mykeyd cluster init [--genesis STORE]`.
+pub fn init(url: &str, ca: Option<&Path>, genesis: Option<&Path>) -> Result<(), String> {
     runtime()?.block_on(async {
         let mut c = connect(url, ca).await?;
         let before = schema::migrate(&mut c).await.map_err(|e| e.to_string())?;
         if before == schema::VERSION {
-            println!("the cluster schema is at version {before} already; nothing to do");
+            println!("the cluster schema is at version {before} already");
         } else {
             println!(
                 "the cluster schema is at version {} (was {before})",
                 schema::VERSION
+            );
+        }
+        let Some(dir) = genesis else {
+            return Ok(());
+        };
+        let reg = std::sync::Arc::new(open_registry(dir)?);
+        let fs = existing_fs(dir)?;
+        let start = Instant::now();
+        let g = cluster::genesis::record(&mut c, reg, &*fs, &mut |n| {
+            if n % 1_000_000 < cluster::genesis::GENESIS_CHUNK as u64 {
+                eprintln!(
+                    "  {n} records loaded into the mirror ({:.1} s)",
+                    start.elapsed().as_secs_f64()
+                );
+            }
+        })
+        .await
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+        if g.already {
+            println!(
+                "{} is the cluster's genesis already (digest {:x}); nothing to do",
+                dir.display(),
+                Hex(&g.digest)
+            );
+        } else {
+            println!(
+                "recorded {} as the cluster's genesis: digest {:x}; {} providers, {} IDs, {} links, {} certificate bindings in the mirror, in {:.2} s; copy this store (with its CHAIN file) to every node",
+                dir.display(),
+                Hex(&g.digest),
+                g.providers,
+                g.ids,
+                g.links,
+                g.certs,
+                start.elapsed().as_secs_f64()
             );
         }
         Ok(())

@@ -174,9 +174,15 @@ struct PgArgs {
 #[derive(Subcommand)]
 enum ClusterCmd {
     /// Create the cluster schema, or migrate it to this build's version; refused on a newer one.
+    /// With --genesis, also record a bulk-built store (seq 0) as the cluster's genesis: its
+    /// rows into the relational mirror, its digest as the chain hash at seq 0, its CHAIN file
+    /// written; copy that store to every node afterwards.
     Init {
         #[command(flatten)]
         pg: PgArgs,
+        /// The genesis store (a `mykeyd snapshot build` or `mykeyd init` store, at seq 0).
+        #[arg(long)]
+        genesis: Option<PathBuf>,
     },
     /// Recompute the chain hash over change_log; exit 1 naming the first row that breaks it.
     Verify {
@@ -428,7 +434,9 @@ fn run(cli: Cli) -> Result<(), String> {
             dev,
             check_config,
         } => serve::command(config, dev, check_config),
-        Cmd::Cluster(ClusterCmd::Init { pg }) => cluster::init(&pg.url, pg.ca.as_deref()),
+        Cmd::Cluster(ClusterCmd::Init { pg, genesis }) => {
+            cluster::init(&pg.url, pg.ca.as_deref(), genesis.as_deref())
+        }
         Cmd::Cluster(ClusterCmd::Verify { pg, from, to }) => {
             cluster::verify(&pg.url, pg.ca.as_deref(), from, to)
         }
