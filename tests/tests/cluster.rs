@@ -501,9 +501,7 @@ async fn a_follower_resumes_after_a_restart_from_its_store_and_chain_file() {
     let fdir = TempDir::new("cluster-resume-follower");
     let fs = RealFs::new(fdir.path()).expect("dir");
     let f = registry_with(&fdir, &[]);
-    let mut t = chain::resume(&admin, &fs, &f)
-        .await
-        .expect("a new node");
+    let mut t = chain::resume(&admin, &fs, &f).await.expect("a new node");
     assert_eq!(t.applied(), 0);
     assert_eq!(t.step(&admin, &f).await.expect("step"), 10);
     chain::write(&fs, &t).expect("chain");
@@ -519,9 +517,7 @@ async fn a_follower_resumes_after_a_restart_from_its_store_and_chain_file() {
         mykey_engine::registry::RegistryConfig::default(),
     )
     .expect("reopen");
-    let mut t = chain::resume(&admin, &fs, &f)
-        .await
-        .expect("resume");
+    let mut t = chain::resume(&admin, &fs, &f).await.expect("resume");
     assert_eq!(t.applied(), 15, "it resumes at its store's seq");
     assert_eq!(chain::read(&fs).expect("read"), Some((15, t.hash())));
     while t.step(&admin, &f).await.expect("step") > 0 {}

@@ -4,7 +4,7 @@
 //! PostgreSQL (`engine/CLUSTER.md`); then how fast a new follower applies the rows.
 //!
 //! `cluster-bench bootstrap [IDS] [WRITES]`: a wiped node's bootstrap from a tagged snapshot of
-//! a store of IDS IDs (default 1,000,000, bulk-built as the cluster's genesis, then WRITES
+//! a store of IDS IDs (default 1,000,000, bulk-built and recorded as the cluster's genesis, then WRITES
 //! writes through PostgreSQL before and after the snapshot, default 2,000, and change_log
 //! pruned below it), phase by phase, beside a plain copy of the same files and an open of the
 //! same store in the same run.
@@ -209,6 +209,27 @@ fn bootstrap(ids: u64, writes: u64) {
     println!(
         "genesis store of {ids} IDs bulk-built in {:.2?}",
         t.elapsed()
+    );
+    let t = Instant::now();
+    let g = Arc::new(Registry::open(fs_of(&a), RegistryConfig::default()).expect("open"));
+    let digest_t = Instant::now();
+    mykey_engine::cluster::genesis::digest(&g).expect("digest");
+    let digest_t = digest_t.elapsed();
+    let mut admin = admin;
+    let rec = rt
+        .block_on(mykey_engine::cluster::genesis::record(
+            &mut admin,
+            g,
+            &*fs_of(&a),
+            &mut |_| {},
+        ))
+        .expect("genesis");
+    println!(
+        "genesis recorded in {:.2?} (its digest alone {digest_t:.2?}): {} IDs, {} links, {} bindings into the mirror",
+        t.elapsed(),
+        rec.ids,
+        rec.links,
+        rec.certs
     );
     let t = Instant::now();
     let node = Arc::new(Registry::open(fs_of(&a), RegistryConfig::default()).expect("open"));

@@ -159,9 +159,18 @@ pub async fn record(
         .await
         .map_err(pg("count change_log"))?
         .get(0);
-    if h.seq != 0 || rows != 0 {
+    let mirrored: i64 = tx
+        .query_one(
+            "SELECT (SELECT count(*) FROM providers) + (SELECT count(*) FROM ids)
+                  + (SELECT count(*) FROM cert_bindings)",
+            &[],
+        )
+        .await
+        .map_err(pg("count the mirror"))?
+        .get(0);
+    if h.seq != 0 || rows != 0 || mirrored != 0 {
         return Err(ClusterError::NotGenesis(format!(
-            "the cluster has changes already (head at seq {}, {rows} rows): a genesis is recorded before the first write",
+            "the cluster has changes already (head at seq {}, {rows} change_log rows, {mirrored} mirror rows): a genesis is recorded before the first write",
             h.seq
         )));
     }

@@ -97,8 +97,10 @@ impl Stmts {
             )
             .await?,
             unbind: prep("DELETE FROM cert_bindings WHERE cert = ANY($1::bytea[])").await?,
-            unlink: prep("DELETE FROM links WHERE mykey_id = ANY($1::text[])").await?,
-            forget: prep("DELETE FROM ids WHERE mykey_id = ANY($1::text[])").await?,
+            // `bpchar[]`, the column's own type: against `text[]` PostgreSQL compares the column
+            // cast to text, which no index serves, and each batch scanned every link.
+            unlink: prep("DELETE FROM links WHERE mykey_id = ANY($1::bpchar[])").await?,
+            forget: prep("DELETE FROM ids WHERE mykey_id = ANY($1::bpchar[])").await?,
             ids: prep(
                 "INSERT INTO ids (mykey_id, state, seq)
                  SELECT * FROM unnest($1::text[], $2::smallint[], $3::bigint[])
@@ -251,7 +253,7 @@ impl Writer {
             biased;
             tx.execute(&st.head, &head_params),
             tx.execute(&st.log, &log_params),
-            net.write(&tx, st),
+            net.write(&tx, st, false),
         );
         // A fenced head explains whatever failed after it (the other writer's rows hold these
         // seqs): report the fence.
@@ -308,15 +310,14 @@ impl MirrorLoader {
         Ok(Self(Stmts::prepare(c).await?))
     }
 
-    /// Writes `ops` (every record of a part of the genesis store) in `tx`.
+    /// Writes `ops` (every record of a part of the genesis store) in `tx`, into mirror tables
+    /// that hold none of their keys.
     pub(super) async fn write(
         &self,
         tx: &tokio_postgres::Transaction<'_>,
         ops: &[MirrorOp],
     ) -> Result<(), ClusterError> {
-        let mut net = Net::of([(0, ops)])?;
-        net.id_changes.clear();
-        net.write(tx, &self.0).await
+        Net::of([(0, ops)])?.write(tx, &self.0, true).await
     }
 }
 
@@ -388,10 +389,12 @@ impl Net {
 
     /// Writes the net effect: providers, old bindings removed, IDs and their links replaced,
     /// bindings made, the per-ID index; each foreign key and unique constraint holds at each step.
+    /// `inserts_only`: the tables hold none of the batch's keys, so only the inserts run.
     async fn write(
         &self,
         tx: &tokio_postgres::Transaction<'_>,
         st: &Stmts,
+        inserts_only: bool,
     ) -> Result<(), ClusterError> {
         let (pnames, pseqs): (Vec<&str>, Vec<i64>) =
             self.providers.iter().map(|(p, s)| (p.as_str(), *s)).unzip();
@@ -441,6 +444,23 @@ impl Net {
         let p_f: [&(dyn ToSql + Sync); 4] = [&lids, &lprov, &lsvc, &lseq];
         let p_g: [&(dyn ToSql + Sync); 3] = [&certs, &cids, &cseqs];
         let p_h: [&(dyn ToSql + Sync); 2] = [&iids, &iseqs];
+        let m = pg("write the mirror");
+        if inserts_only {
+            // Into tables that hold none of these keys (the genesis load): no deletes, whose
+            // plans, made while the tables were empty, would scan what the load adds.
+            let results = tokio::join!(
+                biased;
+                tx.execute(&st.providers, &p_a),
+                tx.execute(&st.ids, &p_e),
+                tx.execute(&st.links, &p_f),
+                tx.execute(&st.bind, &p_g),
+            );
+            results.0.map_err(&m)?;
+            results.1.map_err(&m)?;
+            results.2.map_err(&m)?;
+            results.3.map_err(&m)?;
+            return Ok(());
+        }
         // Sent together, run in this order: each foreign key and unique constraint holds at
         // each step; the first statement to fail is the error.
         let results = tokio::join!(
@@ -454,7 +474,6 @@ impl Net {
             tx.execute(&st.bind, &p_g),
             tx.execute(&st.index, &p_h),
         );
-        let m = pg("write the mirror");
         results.0.map_err(&m)?;
         results.1.map_err(&m)?;
         results.2.map_err(&m)?;
