@@ -3,8 +3,8 @@
 //! follower are refused `NO_WRITER` and apply nothing; every node reaches the writer's seq and
 //! chain hash and serves what the writer acknowledged; `kill -9` of the writer under load
 //! elects another, which takes writes again, and no acknowledged write is missing on any node;
-//! the killed node, restarted, catches up as a follower; PostgreSQL stopped under the nodes:
-//! reads go on (readiness degraded), writes are refused `NO_WRITER`, the writer steps down;
+//! the killed node, restarted, catches up as a follower; PostgreSQL stopped under the nodes for
+//! 30 s: reads go on (readiness degraded), writes are refused `NO_WRITER`, the writer steps down;
 //! PostgreSQL back: a writer is elected and everything resumes; a row changed by hand in
 //! `change_log` stops every follower (readiness 503, the seq named).
 //!
@@ -26,6 +26,8 @@ use postgres::Postgres;
 
 /// How long a node may take to be ready, elected or caught up in these tests.
 const WAIT: Duration = Duration::from_secs(60);
+/// How long PostgreSQL stays down in the outage test (the 30 s).
+const OUTAGE: Duration = Duration::from_secs(30);
 
 struct Dir(PathBuf);
 impl Drop for Dir {
@@ -560,6 +562,7 @@ fn three_nodes_elect_one_writer_follow_it_and_survive_its_kill() {
     // and readiness says degraded; the writer steps down. Back, a writer is elected again,
     // takes writes, and every node follows it.
     pg.stop();
+    let outage = Instant::now();
     let f = (w + 1) % nodes.len();
     nodes[f].wait_for("degraded", |n| {
         let r = n.readyz();
@@ -572,6 +575,21 @@ fn three_nodes_elect_one_writer_follow_it_and_survive_its_kill() {
         // Forwarded or not, no writer takes it.
         let r = c.register_provider(p("DURING-OUTAGE")).await;
         assert_eq!(refused_with(&r), Some(Status::NoWriter as u8), "{r:?}");
+    });
+    // Unreachable for 30 s: every node still serves reads and says degraded.
+    std::thread::sleep(OUTAGE.saturating_sub(outage.elapsed()));
+    rt.block_on(async {
+        for n in &nodes {
+            let r = n.readyz();
+            assert!(
+                r.starts_with("HTTP/1.1 200") && r.contains("postgres unreachable"),
+                "{} after {:?} without PostgreSQL: {r}",
+                n.name,
+                outage.elapsed()
+            );
+            let c = n.operator().await;
+            assert!(has_provider(&c, "AFTER-FAILOVER").await, "reads go on");
+        }
     });
     pg.restart();
     let back = Instant::now();
