@@ -3,7 +3,7 @@
 # beside the same traffic against one single node (its local log the system of record), in one
 # run on loopback: the load population bulk-built and recorded as the cluster's genesis, copied
 # to three nodes; terminals spread over the three (the writer first: registrations and pushes
-# go to the first server); the head's seq (from PostgreSQL) and each follower's applied seq
+# go to the first server, so they are measured without the forwarding hop); the head's seq (from PostgreSQL) and each follower's applied seq
 # sampled every 100 ms during the run, so the report gives how far each follower trailed the
 # committed head, in changes, p50 / p99 / max.
 #

@@ -527,6 +527,48 @@ fn three_nodes_elect_one_writer_follow_it_and_survive_its_kill() {
             }
         }
     }
+    // A partner's revocation push through a follower (a FORWARD_PUSH to the writer): the
+    // registered card is revoked, and every node serves its ID suspended.
+    if let (Some(f), Some(id)) = (
+        (0..nodes.len()).find(|&i| i != w && nodes[i].forwards),
+        &card_id,
+    ) {
+        let anchors = mykeyd(&[
+            "anchors",
+            &nodes[f].dir.join("jpki-anchors").display().to_string(),
+        ]);
+        let listing = String::from_utf8_lossy(&anchors.stdout).into_owned();
+        let key_id = listing
+            .split("key id ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .unwrap_or_else(|| panic!("{listing}"));
+        let list = nodes[f].dir.join("lost-card-3.txt");
+        // `mykeyd init` issues card n with serial 0x0D00 + n.
+        std::fs::write(&list, format!("ca {key_id}\nD03\n")).expect("list");
+        let (code, out) = cli_as(
+            &nodes[f],
+            "partner",
+            &[
+                "push-serials",
+                "--push-id",
+                "lost-3",
+                list.to_str().expect("utf-8"),
+            ],
+        );
+        assert_eq!(code, Some(0), "push through {}: {out}", nodes[f].name);
+        assert!(out.contains("\"suspended\":1"), "{out}");
+        let (code, out) = cli(&nodes[w], &["--seq", "add-provider", "AFTER-PUSH"]);
+        assert_eq!(code, Some(0), "{out}");
+        acked.push("AFTER-PUSH".into());
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        seq = v["seq"].as_u64().expect("seq");
+        for n in &nodes {
+            let at = seq.to_string();
+            let (_, out) = cli(n, &["--at-least", &at, "lookup", "A-α1-0001", id]);
+            assert!(out.contains("suspended"), "{id} on {}: {out}", n.name);
+        }
+    }
     converged(&nodes, w, seq);
     every_node_holds(&rt, &nodes, &acked, &refused);
     // kill -9 the writer while a client writes through it: another node takes over and takes

@@ -547,11 +547,12 @@ fn a_forwarded_write_runs_as_its_client_and_answers_in_its_clients_frame() {
     let a = provider("A-α1-0001");
     let node = ident(Role::Node, &[], 9);
     let operator = ident(Role::Operator, &[], 1);
-    let forward = |client: &Identity, req: &Request<'_>, taken: bool| {
+    let forward_as = |push: bool, client: &Identity, req: &Request<'_>, taken: bool| {
         let mut inner = Vec::new();
         req.encode(&mut inner).expect("fits");
         let mut f = Vec::new();
         wire::encode_forward(
+            push,
             client.role.code(),
             &client.name,
             client.fingerprint,
@@ -563,6 +564,8 @@ fn a_forwarded_write_runs_as_its_client_and_answers_in_its_clients_frame() {
         .expect("fits");
         f
     };
+    let forward =
+        |client: &Identity, req: &Request<'_>, taken: bool| forward_as(false, client, req, taken);
     let answer = |who: &Identity, frame: &[u8]| {
         let mut out = Vec::new();
         let Handled::Answered(st) = server::handle(&svc, who, now(), frame, &mut out) else {
@@ -598,6 +601,7 @@ fn a_forwarded_write_runs_as_its_client_and_answers_in_its_clients_frame() {
     .expect("fits");
     let mut f = Vec::new();
     wire::encode_forward(
+        false,
         Role::Operator.code(),
         "op",
         [1; 32],
@@ -664,6 +668,48 @@ fn a_forwarded_write_runs_as_its_client_and_answers_in_its_clients_frame() {
         short[4..8].copy_from_slice(&len.to_le_bytes());
         assert_eq!(answer(&node, &short).0, Status::BadFrame, "cut at {cut}");
     }
-    // A node may send nothing but FORWARD.
+    // A revocation push goes in a FORWARD_PUSH, run as the partner it names; its answer is
+    // the push's own frame. A FORWARD does not carry a push, nor a FORWARD_PUSH another
+    // write, and only a node sends one.
+    let p = pki();
+    let partner = ident(Role::Partner, &[], 4);
+    let list = format!("ca {}\n{:X}\n", p.gen2023_key_id_hex(), 0x1000_0000u64 + 77);
+    let push = Request::PushSerials {
+        push: PushId::parse(b"forwarded-77").expect("push"),
+        list: list.as_bytes(),
+    };
+    let (st, out) = answer(&node, &forward_as(true, &partner, &push, false));
+    assert_eq!(st, Status::Ok, "{:?}", refused(&out));
+    let (head, body) = wire::split_response(&out).expect("frame");
+    assert_eq!(head.op, Op::PushSerials as u8);
+    let Response::Push(s) = Response::decode(Op::PushSerials, body).expect("body") else {
+        panic!("a push summary")
+    };
+    assert_eq!((s.entries, s.revoke.newly_revoked), (1, 1));
+    let (st, out) = answer(&node, &forward(&partner, &push, false));
+    assert_eq!(st, Status::BadFrame, "a FORWARD carrying a push");
+    assert_eq!(
+        wire::split_response(&out).expect("frame").0.op,
+        Op::Forward as u8
+    );
+    let (st, out) = answer(&node, &forward_as(true, &operator, &reg, false));
+    assert_eq!(
+        st,
+        Status::BadFrame,
+        "a FORWARD_PUSH carrying another write"
+    );
+    assert_eq!(
+        wire::split_response(&out).expect("frame").0.op,
+        Op::ForwardPush as u8
+    );
+    let (st, _) = answer(&node, &forward_as(true, &operator, &push, false));
+    assert_eq!(st, Status::Forbidden, "a push as the operator");
+    assert_eq!(
+        answer(&partner, &forward_as(true, &partner, &push, false)).0,
+        Status::Forbidden,
+        "a partner sending FORWARD_PUSH"
+    );
+    // A node may send nothing but FORWARD and FORWARD_PUSH.
     assert_eq!(status(&svc, &node, &reg), Status::Forbidden);
+    assert_eq!(status(&svc, &node, &push), Status::Forbidden);
 }

@@ -96,7 +96,7 @@ impl Parts {
             Op::Export => Request::Export { provider },
             Op::Stats => Request::Stats,
             Op::RegisterProvider => Request::RegisterProvider { provider },
-            Op::WithSeq | Op::AtSeq | Op::Forward => {
+            Op::WithSeq | Op::AtSeq | Op::Forward | Op::ForwardPush => {
                 panic!("a wrapper is built by wire::encode_wrapped or encode_forward")
             }
         }
@@ -291,7 +291,7 @@ proptest! {
     }
 
     #[test]
-    fn every_forwardable_request_round_trips_in_a_forward(
+    fn every_forwardable_request_and_push_round_trips_in_a_forward(
         p in parts(),
         role in 0u8..5,
         name in "\\PC{0,40}",
@@ -300,22 +300,24 @@ proptest! {
         taken in any::<bool>(),
     ) {
         let inner = p.request();
-        if !inner.op().forwardable() {
+        let push = matches!(inner.op(), Op::PushCrl | Op::PushSerials);
+        if !inner.op().forwardable() && !push {
             return Ok(());
         }
         let mut frame = Vec::new();
         inner.encode(&mut frame).expect("fits");
         let mut f = Vec::new();
-        wire::encode_forward(role, &name, fingerprint, &providers, taken, &frame, &mut f)
+        wire::encode_forward(push, role, &name, fingerprint, &providers, taken, &frame, &mut f)
             .expect("fits");
         let h: [u8; HEADER_LEN] = f[..HEADER_LEN].try_into().expect("header");
         let (op, len) = wire::request_header(&h).expect("a header the codec wrote");
-        prop_assert_eq!(op, Op::Forward);
+        prop_assert_eq!(op, if push { Op::ForwardPush } else { Op::Forward });
         prop_assert_eq!(len as usize, f.len() - HEADER_LEN);
         let body = &f[HEADER_LEN..];
-        let Request::Forward { client, frame: got } = Request::decode(op, body).expect("decodes") else {
+        let Request::Forward { push: got_push, client, frame: got } = Request::decode(op, body).expect("decodes") else {
             panic!("not a FORWARD")
         };
+        prop_assert_eq!(got_push, push);
         prop_assert_eq!(client.role, role);
         prop_assert_eq!(client.name, name.as_str());
         prop_assert_eq!(client.fingerprint, fingerprint);
@@ -323,7 +325,7 @@ proptest! {
         prop_assert_eq!(client.challenge_taken, taken);
         prop_assert_eq!(got, &frame[..]);
         let mut again = Vec::new();
-        Request::Forward { client, frame: got }.encode(&mut again).expect("fits");
+        Request::Forward { push, client, frame: got }.encode(&mut again).expect("fits");
         prop_assert_eq!(&f, &again);
         // Cut inside the client or the carried frame's header, it does not decode.
         let client_len = body.len() - frame.len();

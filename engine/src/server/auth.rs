@@ -101,7 +101,7 @@ impl Role {
             // (the wrapped operation is checked once the body is read).
             WithSeq => matches!(self, Counter | Municipal | Portal | Operator),
             AtSeq => matches!(self, Counter | Operator),
-            Forward => self == Node,
+            Forward | ForwardPush => self == Node,
         }
     }
 }
@@ -334,7 +334,7 @@ mod tests {
     /// R partner, O operator.
     #[test]
     fn roles_match_the_protocol_table() {
-        let table: [(Op, &str); 19] = [
+        let table: [(Op, &str); 20] = [
             (Op::Lookup, "CO"),
             (Op::LookupBatch, "CO"),
             (Op::Challenge, "CMP"),
@@ -354,6 +354,7 @@ mod tests {
             (Op::WithSeq, "CMPO"),
             (Op::AtSeq, "CO"),
             (Op::Forward, "N"),
+            (Op::ForwardPush, "N"),
         ];
         let letter = |r: Role| match r {
             Role::Counter => 'C',

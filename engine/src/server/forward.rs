@@ -5,8 +5,8 @@
 //!
 //! Owns that connection and the mapping of its failures to what the client is told: a write
 //! that never left this node is `NO_WRITER` (nothing applied), one that left and got no answer
-//! is `OUTCOME_UNKNOWN`. Never decides anything about the write itself (the writer does), and
-//! never forwards a push (their bodies are larger than a `FORWARD` carries).
+//! is `OUTCOME_UNKNOWN`. Never decides anything about the write itself (the writer does). A
+//! revocation push goes in a `FORWARD_PUSH`, with a push's body limit and deadline.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,16 +52,19 @@ impl Forwarder {
     }
 
     /// Passes `frame`, the whole request of `client`, to the writer and returns the writer's
-    /// whole answer frame. `challenge_taken`: this node consumed the card's challenge.
+    /// whole answer frame. `challenge_taken`: this node consumed the card's challenge. `push`:
+    /// the frame is a revocation push (sent in a `FORWARD_PUSH`).
     pub async fn forward(
         &self,
         client: &Identity,
         frame: &[u8],
         challenge_taken: bool,
+        push: bool,
     ) -> Result<Vec<u8>, WireError> {
         let providers = client.providers.clone();
         let mut msg = Vec::with_capacity(frame.len() + 64);
         wire::encode_forward(
+            push,
             client.role.code(),
             &client.name,
             client.fingerprint,

@@ -296,8 +296,8 @@ pub fn handle_body(
     out: &mut Vec<u8>,
 ) -> Handled {
     let op = admitted.op;
-    if op == Op::Forward {
-        return handle_forward(service, now, body, out);
+    if matches!(op, Op::Forward | Op::ForwardPush) {
+        return handle_forward(service, now, op, body, out);
     }
     let result = Request::decode(op, body)
         .map_err(Refusal::from)
@@ -323,13 +323,19 @@ pub fn handle_body(
 /// a challenge the forwarding node consumed adopted, and the answer written as the client's
 /// own frame (its opcode, not `FORWARD`'s), for the node to relay unchanged. A `FORWARD` that
 /// cannot be read is answered in a `FORWARD` frame.
-fn handle_forward(service: &Service, now: Timestamp, body: &[u8], out: &mut Vec<u8>) -> Handled {
+fn handle_forward(
+    service: &Service,
+    now: Timestamp,
+    op: Op,
+    body: &[u8],
+    out: &mut Vec<u8>,
+) -> Handled {
     let refuse = |out: &mut Vec<u8>, e: WireError| {
-        wire::error_response(out, Op::Forward as u8, e.status, &e.message, None);
+        wire::error_response(out, op as u8, e.status, &e.message, None);
         Handled::Answered(e.status)
     };
-    let (client, frame) = match Request::decode(Op::Forward, body) {
-        Ok(Request::Forward { client, frame }) => (client, frame),
+    let (client, frame) = match Request::decode(op, body) {
+        Ok(Request::Forward { client, frame, .. }) => (client, frame),
         Ok(_) => return refuse(out, WireError::bad("not a FORWARD")),
         Err(e) => return refuse(out, e),
     };
@@ -349,11 +355,18 @@ fn handle_forward(service: &Service, now: Timestamp, body: &[u8], out: &mut Vec<
         Ok(a) => a,
         Err(h) => return h,
     };
-    if !admitted.op.forwardable() {
+    // A FORWARD carries a write of a request's size, a FORWARD_PUSH a push.
+    let carried = if op == Op::ForwardPush {
+        matches!(admitted.op, Op::PushCrl | Op::PushSerials)
+    } else {
+        admitted.op.forwardable()
+    };
+    if !carried {
         return refuse(
             out,
             WireError::bad(format!(
-                "{} is not a write a node forwards",
+                "{} does not carry {}",
+                op.name(),
                 admitted.op.name()
             )),
         );

@@ -261,7 +261,7 @@ async fn serve_request(
     };
     let op = admitted.op();
     let len = admitted.body_len() as usize;
-    let pushes = matches!(op, Op::PushCrl | Op::PushSerials);
+    let pushes = op.is_push();
     let _push_permit = if pushes {
         match shared.push_bodies.try_acquire() {
             Ok(p) => Some(p),
@@ -330,7 +330,7 @@ async fn serve_request(
         return refuse(send, wrapper_op as u8, &e).await;
     };
     if writes
-        && wrapper_op.forwardable()
+        && (wrapper_op.forwardable() || matches!(wrapper_op, Op::PushCrl | Op::PushSerials))
         && let Some(f) = shared.forwarder.get()
         && service.registry.store().is_follower()
     {
@@ -343,9 +343,16 @@ async fn serve_request(
         let mut frame = Vec::with_capacity(HEADER_LEN + body.len());
         frame.extend_from_slice(&header);
         frame.extend_from_slice(&body);
-        // The writer answers within its write_timeout; a little longer for the hop.
-        let deadline = shared.limits.write_timeout + FORWARD_MARGIN;
-        let answer = match tokio::time::timeout(deadline, f.forward(ident, &frame, taken)).await {
+        // The writer answers within its write_timeout (a push: once applied, however long
+        // that takes on a healthy disk, up to FORWARD_PUSH_WAIT); a little longer for the hop.
+        let push = wrapper_op.is_push();
+        let deadline = if push {
+            FORWARD_PUSH_WAIT
+        } else {
+            shared.limits.write_timeout
+        } + FORWARD_MARGIN;
+        let forwarded = f.forward(ident, &frame, taken, push);
+        let answer = match tokio::time::timeout(deadline, forwarded).await {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => return refuse(send, wrapper_op as u8, &e).await,
             Err(_) => {
@@ -401,6 +408,10 @@ async fn serve_request(
 /// write it forwarded.
 const FORWARD_MARGIN: Duration = Duration::from_secs(1);
 
+/// How long a follower waits for the writer's answer to a revocation push it forwarded: the
+/// writer answers once the push is applied, which for millions of revocations takes minutes.
+const FORWARD_PUSH_WAIT: Duration = Duration::from_secs(600);
+
 /// How often an `AT_SEQ` read looks again whether its node has reached the seq it asks for.
 const AT_SEQ_POLL: Duration = Duration::from_millis(1);
 
@@ -429,7 +440,7 @@ async fn wait_for_work(
     let timeout = shared.limits.write_timeout;
     let finished = if !writes {
         Ok(task.await)
-    } else if matches!(op, Op::PushCrl | Op::PushSerials) {
+    } else if op.is_push() {
         // A push applies up to millions of revocations in many changes and may take minutes
         // on a healthy disk: its deadline is a log write or fsync stuck for `write_timeout`,
         // not its own length.

@@ -71,6 +71,9 @@ codes! {
         AtSeq = 0x12 => "AT_SEQ",
         /// A write a cluster node was sent, passed on to the writer with its client's identity.
         Forward = 0x13 => "FORWARD",
+        /// A partner's revocation push a cluster node was sent, passed on to the writer (a
+        /// `FORWARD` with a push's body limit and deadline).
+        ForwardPush = 0x14 => "FORWARD_PUSH",
     }
 }
 
@@ -203,10 +206,16 @@ impl Op {
         )
     }
 
-    /// Whether a node passes this operation on to the writer when it is a follower (a write
-    /// whose body fits a request's limit: the pushes are not forwarded).
+    /// Whether a node passes this operation on to the writer in a `FORWARD` when it is a
+    /// follower (a write whose body fits a request's limit; the pushes go in a `FORWARD_PUSH`).
     pub fn forwardable(self) -> bool {
         self.seq_wrappable_write() || self == Op::WithSeq
+    }
+
+    /// A revocation push: a large body, a push-body slot, the push deadlines. `FORWARD_PUSH`
+    /// carries one.
+    pub fn is_push(self) -> bool {
+        matches!(self, Op::PushCrl | Op::PushSerials | Op::ForwardPush)
     }
 
     /// Largest request body of this operation.
@@ -214,6 +223,7 @@ impl Op {
         match self {
             Op::PushCrl | Op::PushSerials => super::PUSH_LEN_MAX,
             Op::Forward => super::REQUEST_LEN_MAX + super::FORWARD_OVERHEAD_MAX,
+            Op::ForwardPush => super::PUSH_LEN_MAX + super::FORWARD_OVERHEAD_MAX,
             _ => super::REQUEST_LEN_MAX,
         }
     }

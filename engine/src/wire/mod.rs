@@ -550,7 +550,7 @@ mod tests {
         let statuses = rows(section("## Status codes"));
         let ops = rows(section("## Operations"));
         assert!(
-            statuses.len() > 40 && ops.len() == 19,
+            statuses.len() > 40 && ops.len() == 20,
             "{statuses:?} {ops:?}"
         );
         for (code, name) in &statuses {
@@ -594,6 +594,6 @@ mod tests {
                 assert!(names.insert(o.name()));
             }
         }
-        assert_eq!(names.len(), 48 + 19);
+        assert_eq!(names.len(), 48 + 20);
     }
 }

@@ -117,8 +117,11 @@ pub enum Request<'a> {
         /// Its body.
         body: &'a [u8],
     },
-    /// `FORWARD`: a client's write passed on by a cluster node, with who sent it.
+    /// `FORWARD` (or `FORWARD_PUSH`, `push`): a client's write passed on by a cluster node,
+    /// with who sent it.
     Forward {
+        /// A `FORWARD_PUSH`: the frame is a revocation push.
+        push: bool,
         /// The client the write came from.
         client: ForwardedClient<'a>,
         /// The client's whole request frame (header and body), not decoded yet.
@@ -225,9 +228,11 @@ impl<'a> ForwardedClient<'a> {
     }
 }
 
-/// Appends a `FORWARD` frame: the client (see [`ForwardedClient::encode_parts`]) and its whole
-/// request `frame`. `None` if a field does not fit.
+/// Appends a `FORWARD` frame (`FORWARD_PUSH` when `frame` is a push): the client (see
+/// [`ForwardedClient::encode_parts`]) and its whole request `frame`. `None` if a field does not
+/// fit.
 pub fn encode_forward(
+    push: bool,
     role: u8,
     name: &str,
     fingerprint: [u8; 32],
@@ -237,7 +242,8 @@ pub fn encode_forward(
     out: &mut Vec<u8>,
 ) -> Option<()> {
     let start = out.len();
-    out.extend_from_slice(&request_header_bytes(Op::Forward as u8, 0));
+    let op = if push { Op::ForwardPush } else { Op::Forward };
+    out.extend_from_slice(&request_header_bytes(op as u8, 0));
     ForwardedClient::encode_parts(role, name, fingerprint, providers, challenge_taken, out)?;
     out.extend_from_slice(frame);
     let len = u32::try_from(out.len() - start - HEADER_LEN).ok()?;
@@ -290,7 +296,8 @@ impl<'a> Request<'a> {
             Request::RegisterProvider { .. } => Op::RegisterProvider,
             Request::WithSeq { .. } => Op::WithSeq,
             Request::AtSeq { .. } => Op::AtSeq,
-            Request::Forward { .. } => Op::Forward,
+            Request::Forward { push: false, .. } => Op::Forward,
+            Request::Forward { push: true, .. } => Op::ForwardPush,
         }
     }
 
@@ -397,7 +404,7 @@ impl<'a> Request<'a> {
                 let op = wrapped_op(r.u8()?, Op::seq_wrappable_write, "WITH_SEQ", "a write")?;
                 Request::WithSeq { op, body: r.rest() }
             }
-            Op::Forward => {
+            Op::Forward | Op::ForwardPush => {
                 let client = ForwardedClient::decode(&mut r)?;
                 let frame = r.rest();
                 if frame.len() < HEADER_LEN {
@@ -405,7 +412,11 @@ impl<'a> Request<'a> {
                         "a FORWARD carries a whole request frame after the client",
                     ));
                 }
-                Request::Forward { client, frame }
+                Request::Forward {
+                    push: op == Op::ForwardPush,
+                    client,
+                    frame,
+                }
             }
             Op::AtSeq => {
                 let seq = r.u64()?;
@@ -477,7 +488,7 @@ impl<'a> Request<'a> {
                 out.push(*op as u8);
                 out.extend_from_slice(body);
             }
-            Request::Forward { client, frame } => {
+            Request::Forward { client, frame, .. } => {
                 client.encode(out)?;
                 out.extend_from_slice(frame);
             }

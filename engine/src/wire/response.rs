@@ -148,7 +148,7 @@ impl<'a> Response<'a> {
                 k => return Err(WireError::bad(format!("register-provider outcome {k}"))),
             }),
             Op::Export => return Err(WireError::bad("an EXPORT body is streamed")),
-            Op::WithSeq | Op::AtSeq | Op::Forward => {
+            Op::WithSeq | Op::AtSeq | Op::Forward | Op::ForwardPush => {
                 return Err(WireError::bad(
                     "a wrapper's answer is the wrapped operation's (see wire::wrapped_answer)",
                 ));
