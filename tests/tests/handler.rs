@@ -119,7 +119,7 @@ fn spec_roles() -> Vec<(u8, String)> {
 #[test]
 fn every_role_is_admitted_to_exactly_the_operations_protocol_md_gives_it() {
     let roles = spec_roles();
-    assert_eq!(roles.len(), 19, "{roles:?}");
+    assert_eq!(roles.len(), 20, "{roles:?}");
     for (code, allowed) in roles {
         let op = Op::from_u8(code).expect("opcode");
         for (role, letter) in ROLES {
@@ -547,12 +547,13 @@ fn a_forwarded_write_runs_as_its_client_and_answers_in_its_clients_frame() {
     let a = provider("A-α1-0001");
     let node = ident(Role::Node, &[], 9);
     let operator = ident(Role::Operator, &[], 1);
+    // A FORWARD, or with `push` a FORWARD_PUSH, carrying `req` (the opcode set by hand, so
+    // that the wrong pairings can be sent too).
     let forward_as = |push: bool, client: &Identity, req: &Request<'_>, taken: bool| {
         let mut inner = Vec::new();
         req.encode(&mut inner).expect("fits");
         let mut f = Vec::new();
         wire::encode_forward(
-            push,
             client.role.code(),
             &client.name,
             client.fingerprint,
@@ -562,6 +563,7 @@ fn a_forwarded_write_runs_as_its_client_and_answers_in_its_clients_frame() {
             &mut f,
         )
         .expect("fits");
+        f[1] = if push { Op::ForwardPush } else { Op::Forward } as u8;
         f
     };
     let forward =
@@ -601,7 +603,6 @@ fn a_forwarded_write_runs_as_its_client_and_answers_in_its_clients_frame() {
     .expect("fits");
     let mut f = Vec::new();
     wire::encode_forward(
-        false,
         Role::Operator.code(),
         "op",
         [1; 32],

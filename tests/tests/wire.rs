@@ -307,7 +307,7 @@ proptest! {
         let mut frame = Vec::new();
         inner.encode(&mut frame).expect("fits");
         let mut f = Vec::new();
-        wire::encode_forward(push, role, &name, fingerprint, &providers, taken, &frame, &mut f)
+        wire::encode_forward(role, &name, fingerprint, &providers, taken, &frame, &mut f)
             .expect("fits");
         let h: [u8; HEADER_LEN] = f[..HEADER_LEN].try_into().expect("header");
         let (op, len) = wire::request_header(&h).expect("a header the codec wrote");

@@ -52,19 +52,17 @@ impl Forwarder {
     }
 
     /// Passes `frame`, the whole request of `client`, to the writer and returns the writer's
-    /// whole answer frame. `challenge_taken`: this node consumed the card's challenge. `push`:
-    /// the frame is a revocation push (sent in a `FORWARD_PUSH`).
+    /// whole answer frame. `challenge_taken`: this node consumed the card's challenge. A
+    /// revocation push goes in a `FORWARD_PUSH`.
     pub async fn forward(
         &self,
         client: &Identity,
         frame: &[u8],
         challenge_taken: bool,
-        push: bool,
     ) -> Result<Vec<u8>, WireError> {
         let providers = client.providers.clone();
         let mut msg = Vec::with_capacity(frame.len() + 64);
         wire::encode_forward(
-            push,
             client.role.code(),
             &client.name,
             client.fingerprint,

@@ -351,7 +351,7 @@ async fn serve_request(
         } else {
             shared.limits.write_timeout
         } + FORWARD_MARGIN;
-        let forwarded = f.forward(ident, &frame, taken, push);
+        let forwarded = f.forward(ident, &frame, taken);
         let answer = match tokio::time::timeout(deadline, forwarded).await {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => return refuse(send, wrapper_op as u8, &e).await,

@@ -228,11 +228,10 @@ impl<'a> ForwardedClient<'a> {
     }
 }
 
-/// Appends a `FORWARD` frame (`FORWARD_PUSH` when `frame` is a push): the client (see
-/// [`ForwardedClient::encode_parts`]) and its whole request `frame`. `None` if a field does not
-/// fit.
+/// Appends a `FORWARD` frame (`FORWARD_PUSH` when `frame` is a revocation push): the client
+/// (see [`ForwardedClient::encode_parts`]) and its whole request `frame`. `None` if a field
+/// does not fit.
 pub fn encode_forward(
-    push: bool,
     role: u8,
     name: &str,
     fingerprint: [u8; 32],
@@ -242,6 +241,9 @@ pub fn encode_forward(
     out: &mut Vec<u8>,
 ) -> Option<()> {
     let start = out.len();
+    let push = frame
+        .get(1)
+        .is_some_and(|&b| matches!(Op::from_u8(b), Some(Op::PushCrl | Op::PushSerials)));
     let op = if push { Op::ForwardPush } else { Op::Forward };
     out.extend_from_slice(&request_header_bytes(op as u8, 0));
     ForwardedClient::encode_parts(role, name, fingerprint, providers, challenge_taken, out)?;
