@@ -56,13 +56,14 @@ impl Tail {
                 op: "tail change_log",
                 source,
             })?;
-        // Every row is checked before any is applied; the ones before a failing row are
-        // applied together (one local fsync), and then the failure is told.
+        // Rows that do not start right after the applied seq: pruned past this node, or a gap.
         if let Some(first) = rows.first()
             && first.get::<_, i64>(0) as u64 > self.applied + 1
         {
             return Err(self.gap(c).await);
         }
+        // Every row is checked before any is applied; the ones before a failing row are
+        // applied together (one local fsync), and then the failure is told.
         let mut checked = Vec::with_capacity(rows.len());
         let mut failed = None;
         let (mut seq, mut hash) = (self.applied, self.hash);

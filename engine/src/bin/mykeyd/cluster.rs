@@ -98,8 +98,7 @@ pub fn init(url: &str, ca: Option<&Path>, genesis: Option<&Path>) -> Result<(), 
 /// `mykeyd cluster verify`: exit 1 naming the first row that breaks the chain.
 pub fn verify(url: &str, ca: Option<&Path>, from: u64, to: Option<u64>) -> Result<(), String> {
     runtime()?.block_on(async {
-        let c = connect(url, ca).await?;
-        schema::check(&c).await.map_err(|e| e.to_string())?;
+        let c = connect_checked(url, ca).await?;
         let v = history::verify(&c, from, to)
             .await
             .map_err(|e| format!("verify: {e}"))?;
@@ -121,8 +120,7 @@ pub fn verify(url: &str, ca: Option<&Path>, from: u64, to: Option<u64>) -> Resul
 pub fn history(url: &str, ca: Option<&Path>, id: &str) -> Result<(), String> {
     let id = MyKeyId::parse(id.as_bytes()).map_err(|e| format!("{id:?}: {e}"))?;
     runtime()?.block_on(async {
-        let c = connect(url, ca).await?;
-        schema::check(&c).await.map_err(|e| e.to_string())?;
+        let c = connect_checked(url, ca).await?;
         let entries = history::history(&c, &id).await.map_err(|e| e.to_string())?;
         for e in &entries {
             let kind = OpKind::from_u8(e.change.kind).map_or("unknown", OpKind::name);

@@ -384,6 +384,12 @@ enum SnapshotCmd {
         /// The store directory.
         dir: PathBuf,
     },
+    /// Print the store's applied seq and state digest (SHA-256 over every record, sorted):
+    /// two replicas hold the same state exactly when their digests are equal.
+    Digest {
+        /// The store directory (opened, so not while a server holds it).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -414,6 +420,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Snapshot(SnapshotCmd::Build(a)) => snapshot::build(&a),
         Cmd::Snapshot(SnapshotCmd::Inspect { dir }) => snapshot::inspect(&dir, false),
         Cmd::Snapshot(SnapshotCmd::Verify { dir }) => snapshot::inspect(&dir, true),
+        Cmd::Snapshot(SnapshotCmd::Digest { dir }) => snapshot::digest(&dir),
         Cmd::Lookup {
             store,
             id,

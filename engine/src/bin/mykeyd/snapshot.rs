@@ -1,5 +1,6 @@
-//! `mykeyd snapshot build|inspect|verify`: a population file turned into snapshot files
-//! without the log, and what a store directory holds, with every checksum checked on verify.
+//! `mykeyd snapshot build|inspect|verify|digest`: a population file turned into snapshot files
+//! without the log, what a store directory holds, with every checksum checked on verify, and
+//! the content digest that compares replicas.
 
 use std::path::Path;
 use std::time::Instant;
@@ -62,6 +63,18 @@ pub fn build(a: &BuildArgs) -> Result<(), String> {
 }
 
 /// `mykeyd snapshot inspect` (and `verify`, which checks every checksum and invariant).
+/// `mykeyd snapshot digest`.
+pub fn digest(dir: &Path) -> Result<(), String> {
+    let reg = crate::common::open_registry(dir)?;
+    let d = mykey_engine::cluster::genesis::state_digest(&reg).map_err(|e| e.to_string())?;
+    println!(
+        "seq {} state digest {:x}",
+        reg.store().durable_seq(),
+        mykey_engine::id::Hex(&d)
+    );
+    Ok(())
+}
+
 pub fn inspect(dir: &Path, verify: bool) -> Result<(), String> {
     let fs = existing_fs(dir)?;
     let start = Instant::now();
