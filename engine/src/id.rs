@@ -339,6 +339,21 @@ fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
     fmt::Display::fmt(&Hex(bytes), f)
 }
 
+/// Hex digits (either case) as bytes; `None` unless they are whole pairs of hex digits.
+pub fn parse_hex(s: &str) -> Option<Vec<u8>> {
+    if s.is_empty() {
+        return Some(Vec::new());
+    }
+    let mut out = vec![0u8; s.len() / 2];
+    (decode_hex("hex", s, &mut out).ok()? == out.len()).then_some(out)
+}
+
+/// Exactly 64 hex digits as 32 bytes (a SHA-256 digest or chain hash).
+pub fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    (s.len() == 64 && decode_hex("hash", s, &mut out).ok()? == 32).then_some(out)
+}
+
 /// Decodes pairs of hex digits into `out`, returning the number of bytes written.
 pub(crate) fn decode_hex(kind: &'static str, s: &str, out: &mut [u8]) -> Result<usize, IdError> {
     let b = s.as_bytes();

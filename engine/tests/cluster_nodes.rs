@@ -527,6 +527,62 @@ fn three_nodes_elect_one_writer_follow_it_and_survive_its_kill() {
             }
         }
     }
+    // The registered ID's extract: written from PostgreSQL, then checked without it against
+    // the head it ends at (what an operator publishes), a changed head refused.
+    if let Some(id) = &card_id {
+        let file = nodes[w].dir.join("extract.txt");
+        let o = mykeyd(&[
+            "history",
+            "--id",
+            id,
+            "--pg",
+            &nodes[w].pg,
+            "--extract",
+            file.to_str().expect("utf-8"),
+        ]);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "{out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let head = out
+            .split("--head ")
+            .nth(1)
+            .and_then(|r| r.split('`').next())
+            .unwrap_or_else(|| panic!("{out}"))
+            .to_owned();
+        let o = mykeyd(&[
+            "cluster",
+            "check-extract",
+            file.to_str().expect("utf-8"),
+            "--head",
+            &head,
+        ]);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success() && out.contains("the published head"),
+            "{out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            out.contains("register-full") && out.contains("link"),
+            "{out}"
+        );
+        let wrong = format!(
+            "{}:{}",
+            head.split(':').next().expect("seq"),
+            "0".repeat(64)
+        );
+        let o = mykeyd(&[
+            "cluster",
+            "check-extract",
+            file.to_str().expect("utf-8"),
+            "--head",
+            &wrong,
+        ]);
+        assert!(!o.status.success(), "a head it does not end at");
+    }
     // A partner's revocation push through a follower (a FORWARD_PUSH to the writer): the
     // registered card is revoked, and every node serves its ID suspended.
     if let (Some(f), Some(id)) = (

@@ -899,3 +899,65 @@ async fn a_genesis_store_is_recorded_once_and_a_node_at_seq_0_must_hold_it() {
     while t.step(&admin, &follower).await.expect("step") > 0 {}
     assert_eq!(contents(&follower), contents(&writer_node));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extract_checks_against_the_published_head_and_shows_no_other_id() {
+    use mykey_engine::cluster::history::{check_extract, extract};
+    let Some((_pg, _dir, _r, batch, admin, mut w)) = cluster("extract").await else {
+        return;
+    };
+    let head_now = w.commit(&batch).await.expect("commit");
+    let id = mykey(1);
+    let mut out = Vec::new();
+    let (seq, hash) = extract(&admin, &id, None, &mut out).await.expect("extract");
+    assert_eq!((seq, hash), (head_now.seq, head_now.hash));
+    let text = String::from_utf8(out).expect("text");
+    // Only this ID's changes are in full (as hex): no other ID's bytes appear; the ID's do.
+    let hex_of = |id: MyKeyId| format!("{:x}", mykey_engine::id::Hex(id.as_str().as_bytes()));
+    assert!(text.contains(&hex_of(id)));
+    for other in [mykey(0), mykey(2), mykey(3), mykey(4)] {
+        assert!(!text.contains(&hex_of(other)), "{other} is in the extract");
+    }
+    let published = Some((head_now.seq, head_now.hash));
+    let checked = check_extract(&text, published).expect("checks against the head");
+    let wanted: Vec<u64> = history(&admin, &id)
+        .await
+        .expect("history")
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(
+        checked.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        wanted
+    );
+    assert_eq!((checked.to, checked.hash), (head_now.seq, head_now.hash));
+    // Another head, a payload changed, a digest changed, a line left out: each refused.
+    assert!(check_extract(&text, Some((head_now.seq, [5; 32]))).is_err());
+    let lines: Vec<&str> = text.lines().collect();
+    let c_line = lines
+        .iter()
+        .position(|l| l.contains(" c "))
+        .expect("a change in full");
+    let d_line = lines
+        .iter()
+        .position(|l| l.contains(" d "))
+        .expect("a digest");
+    let with = |i: usize, new: &str| {
+        let mut l = lines.clone();
+        l[i] = new;
+        l.join("\n")
+    };
+    let flipped = {
+        let mut s = lines[c_line].to_owned();
+        let last = s.pop().expect("hex");
+        s.push(if last == '0' { '1' } else { '0' });
+        s
+    };
+    assert!(check_extract(&with(c_line, &flipped), published).is_err());
+    let seq_d = lines[d_line].split(' ').next().expect("seq");
+    let other_digest = format!("{seq_d} d {}", "ab".repeat(32));
+    assert!(check_extract(&with(d_line, &other_digest), published).is_err());
+    let mut dropped = lines.clone();
+    dropped.remove(d_line);
+    assert!(check_extract(&dropped.join("\n"), published).is_err());
+}

@@ -95,19 +95,6 @@ fn pg(op: &'static str) -> impl Fn(tokio_postgres::Error) -> ClusterError {
     move |source| ClusterError::Postgres { op, source }
 }
 
-fn parse_hex32(s: &str) -> Option<[u8; 32]> {
-    let b = s.as_bytes();
-    if b.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in b.chunks(2).enumerate() {
-        let hex = std::str::from_utf8(pair).ok()?;
-        out[i] = u8::from_str_radix(hex, 16).ok()?;
-    }
-    Some(out)
-}
-
 /// The recorded genesis digest ([`GENESIS`] when none was: the cluster started empty).
 pub async fn recorded(c: &PgClient) -> Result<[u8; 32], ClusterError> {
     let row = c
@@ -116,7 +103,7 @@ pub async fn recorded(c: &PgClient) -> Result<[u8; 32], ClusterError> {
         .map_err(pg("read the genesis"))?;
     match row {
         None => Ok(GENESIS),
-        Some(r) => parse_hex32(r.get(0)).ok_or(ClusterError::BadRow {
+        Some(r) => crate::id::parse_hex32(r.get(0)).ok_or(ClusterError::BadRow {
             seq: 0,
             what: "mykey_meta.genesis is not 64 hex digits",
         }),
@@ -311,8 +298,10 @@ mod tests {
     fn a_digest_in_hex_reads_back_and_anything_else_is_refused() {
         let d = [0xA5u8; 32];
         let s = format!("{:x}", crate::id::Hex(&d));
-        assert_eq!(parse_hex32(&s), Some(d));
-        assert_eq!(parse_hex32(&s[1..]), None);
-        assert_eq!(parse_hex32(&s.replace('a', "g")), None);
+        assert_eq!(crate::id::parse_hex32(&s), Some(d));
+        assert_eq!(crate::id::parse_hex32(&s.to_uppercase()), Some(d));
+        assert_eq!(crate::id::parse_hex32(&s[1..]), None);
+        assert_eq!(crate::id::parse_hex32(&s[2..]), None);
+        assert_eq!(crate::id::parse_hex32(&s.replace('a', "g")), None);
     }
 }

@@ -1,6 +1,8 @@
 //! Reading the system of record back: the chain recomputed over `change_log` with the first
-//! mismatch named (`mykeyd cluster verify`), and one ID's history, each entry with its seq and
-//! chain hash (`mykeyd history`). Read-only.
+//! mismatch named (`mykeyd cluster verify`), one ID's history, each entry with its seq and
+//! chain hash (`mykeyd history`), and the extract of it a municipality checks against a
+//! published head without PostgreSQL and without seeing any other ID's data (`mykeyd history
+//! --extract`, `mykeyd cluster check-extract`). Read-only.
 
 use tokio_postgres::Client;
 
@@ -118,4 +120,241 @@ pub async fn history(c: &Client, id: &MyKeyId) -> Result<Vec<Entry>, ClusterErro
             })
         })
         .collect()
+}
+
+/// The first line of an extract (format version 1).
+pub const EXTRACT_MAGIC: &str = "mykey-extract 1";
+/// Longest extract line accepted by [`check_extract`]: a change's payload in hex.
+pub const EXTRACT_LINE_MAX: usize = 2 * 1024 * 1024;
+
+/// Writes the extract of `id`'s history to `out` (`engine/CLUSTER.md`, "Provable history"):
+/// every `change_log` row from the ID's first change to `to` (the head when `None`), the ID's
+/// own changes with their payloads and every other change by its payload's digest only, so
+/// that the holder can recompute the chain to a published head without seeing anyone else's
+/// data. Returns the last seq and the chain hash there.
+///
+/// Text, one record per line: `mykey-extract 1`, `id <ID>`, `prev <hash at the first seq - 1>`,
+/// then per seq `<seq> c <payload hex>` (the ID's) or `<seq> d <SHA-256 of the payload, hex>`,
+/// then `end <seq> <chain hash hex>`.
+pub async fn extract(
+    c: &Client,
+    id: &MyKeyId,
+    to: Option<u64>,
+    out: &mut dyn std::io::Write,
+) -> Result<(u64, [u8; 32]), ClusterError> {
+    let mine: std::collections::BTreeSet<u64> = c
+        .query(
+            "SELECT seq FROM id_changes WHERE mykey_id = $1 ORDER BY seq",
+            &[&id.as_str()],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| r.get::<_, i64>(0) as u64)
+        .collect();
+    let Some(&from) = mine.first() else {
+        return Err(ClusterError::BadRow {
+            seq: 0,
+            what: "no change concerns this ID (or its history was pruned)",
+        });
+    };
+    let to = match to {
+        Some(t) => t,
+        None => super::writer::head(c).await?.seq,
+    };
+    let mut hash = if from == 1 {
+        super::genesis::recorded(c).await?
+    } else {
+        let r = c
+            .query_opt(
+                "SELECT hash FROM change_log WHERE seq = $1",
+                &[&((from - 1) as i64)],
+            )
+            .await
+            .map_err(pg)?
+            .ok_or(ClusterError::BadRow {
+                seq: from - 1,
+                what: "missing (pruned): the extract starts after it",
+            })?;
+        stored_hash(from - 1, r.get(0))?
+    };
+    let io = ClusterError::Extract;
+    writeln!(
+        out,
+        "{EXTRACT_MAGIC}\nid {id}\nprev {:x}",
+        crate::id::Hex(&hash)
+    )
+    .map_err(io)?;
+    let mut next = from;
+    while next <= to {
+        let rows = c
+            .query(
+                "SELECT seq, payload, hash FROM change_log WHERE seq >= $1 AND seq <= $2
+                 ORDER BY seq LIMIT $3",
+                &[&(next as i64), &(to as i64), &ROWS_PER_QUERY],
+            )
+            .await
+            .map_err(pg)?;
+        if rows.is_empty() {
+            return Err(ClusterError::BadRow {
+                seq: next,
+                what: "missing",
+            });
+        }
+        for r in rows {
+            let (_, payload, h) = check_row(&r, next, &hash)?;
+            if mine.contains(&next) {
+                writeln!(out, "{next} c {:x}", crate::id::Hex(payload)).map_err(io)?;
+            } else {
+                let d = super::payload_digest(payload);
+                writeln!(out, "{next} d {:x}", crate::id::Hex(&d)).map_err(io)?;
+            }
+            hash = h;
+            next += 1;
+        }
+    }
+    writeln!(out, "end {to} {:x}", crate::id::Hex(&hash)).map_err(io)?;
+    Ok((to, hash))
+}
+
+/// What [`check_extract`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckedExtract {
+    /// The ID.
+    pub id: MyKeyId,
+    /// Its changes in the extract, each with its seq and chain hash.
+    pub entries: Vec<Entry>,
+    /// The last seq.
+    pub to: u64,
+    /// The chain hash recomputed at `to`.
+    pub hash: [u8; 32],
+}
+
+/// Why an extract does not check.
+#[derive(Debug, thiserror::Error)]
+#[error("extract line {line}: {what}")]
+pub struct ExtractError {
+    /// The line (from 1).
+    pub line: usize,
+    /// What is wrong.
+    pub what: String,
+}
+
+/// Checks an extract without PostgreSQL: its seqs run without a gap, each of the ID's changes
+/// decodes and touches the ID, the chain recomputed from `prev` over every line gives the
+/// extract's `end` hash, and, when given, that hash is the published head `(seq, hash)`. What it
+/// proves: these changes are in the history whose head was published, at these seqs. What it
+/// cannot: that the holder was given every change of the ID (a change given by digest only
+/// cannot be told apart).
+pub fn check_extract(
+    text: &str,
+    published: Option<(u64, [u8; 32])>,
+) -> Result<CheckedExtract, ExtractError> {
+    let bad = |line: usize, what: &str| ExtractError {
+        line,
+        what: what.to_owned(),
+    };
+    let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
+    let mut field = |name: &str| -> Result<(usize, String), ExtractError> {
+        let (n, l) = lines.next().ok_or_else(|| bad(0, "ends early"))?;
+        if l.len() > EXTRACT_LINE_MAX {
+            return Err(bad(n, "longer than an extract line may be"));
+        }
+        l.strip_prefix(name)
+            .map(|v| (n, v.to_owned()))
+            .ok_or_else(|| bad(n, &format!("expected `{name}…`")))
+    };
+    let (n, magic) = field("")?;
+    if magic != EXTRACT_MAGIC {
+        return Err(bad(n, "not a mykey extract of format 1"));
+    }
+    let (n, id) = field("id ")?;
+    let id = MyKeyId::parse(id.as_bytes()).map_err(|e| bad(n, &e.to_string()))?;
+    let (n, prev) = field("prev ")?;
+    let mut hash =
+        crate::id::parse_hex32(&prev).ok_or_else(|| bad(n, "prev is not 64 hex digits"))?;
+    let mut entries = Vec::new();
+    let mut last: Option<u64> = None;
+    for (n, l) in lines {
+        if l.len() > EXTRACT_LINE_MAX {
+            return Err(bad(n, "longer than an extract line may be"));
+        }
+        let parts: Vec<&str> = l.split(' ').collect();
+        match parts.as_slice() {
+            ["end", seq, h] => {
+                let seq: u64 = seq.parse().map_err(|_| bad(n, "end seq is not a number"))?;
+                let h = crate::id::parse_hex32(h)
+                    .ok_or_else(|| bad(n, "end hash is not 64 hex digits"))?;
+                if last != Some(seq) {
+                    return Err(bad(n, "end names another seq than the last change"));
+                }
+                if h != hash {
+                    return Err(bad(
+                        n,
+                        "the chain recomputed over the extract ends at another hash",
+                    ));
+                }
+                if let Some((pseq, phash)) = published {
+                    if pseq != seq || phash != hash {
+                        return Err(bad(
+                            n,
+                            &format!(
+                                "the extract ends at seq {seq} with {:x}, not at the published head (seq {pseq}, {:x})",
+                                crate::id::Hex(&hash),
+                                crate::id::Hex(&phash)
+                            ),
+                        ));
+                    }
+                }
+                if entries.is_empty() {
+                    return Err(bad(n, "no change of the ID"));
+                }
+                return Ok(CheckedExtract {
+                    id,
+                    entries,
+                    to: seq,
+                    hash,
+                });
+            }
+            [seq, kind, v] => {
+                let seq: u64 = seq.parse().map_err(|_| bad(n, "seq is not a number"))?;
+                if last.is_some_and(|l| seq != l + 1) {
+                    return Err(bad(n, "a gap in the seqs"));
+                }
+                let bytes = crate::id::parse_hex(v).ok_or_else(|| bad(n, "not hex"))?;
+                match *kind {
+                    "d" => {
+                        let d: [u8; 32] = bytes
+                            .try_into()
+                            .map_err(|_| bad(n, "a digest is 32 bytes"))?;
+                        hash = super::chain_step(&hash, &d);
+                    }
+                    "c" => {
+                        let change = Change::decode(seq, &bytes)
+                            .ok_or_else(|| bad(n, "the payload is not a change"))?;
+                        let mine = change.puts.iter().any(|p| {
+                            p.key == id.as_bytes() || p.value.as_deref() == Some(id.as_bytes())
+                        });
+                        if !mine {
+                            return Err(bad(
+                                n,
+                                "a change given in full that does not touch the ID",
+                            ));
+                        }
+                        hash = super::chain_hash(&hash, &bytes);
+                        entries.push(Entry { seq, change, hash });
+                    }
+                    _ => {
+                        return Err(bad(
+                            n,
+                            "a change line is `<seq> c <payload>` or `<seq> d <digest>`",
+                        ));
+                    }
+                }
+                last = Some(seq);
+            }
+            _ => return Err(bad(n, "not a change line nor `end`")),
+        }
+    }
+    Err(bad(0, "no `end` line"))
 }

@@ -136,6 +136,9 @@ pub enum ClusterError {
     /// A genesis that cannot be recorded, or a store that is not the cluster's.
     #[error("genesis: {0}")]
     NotGenesis(String),
+    /// Writing an extract failed.
+    #[error("write the extract: {0}")]
+    Extract(std::io::Error),
     /// A restored store would not open.
     #[error("open the restored store: {0}")]
     Open(Box<crate::registry::RegistryError>),
@@ -153,19 +156,34 @@ pub enum ClusterError {
     },
 }
 
-/// `SHA-256(prev ‖ payload)`: the chain hash of a change whose payload is `payload`, after the
-/// change whose chain hash is `prev`.
-pub fn chain_hash(prev: &[u8; 32], payload: &[u8]) -> [u8; 32] {
+/// `SHA-256(payload)`: what the chain commits to of a change. An extract gives it in place of
+/// the payload of a change that concerns another ID (`history::extract`).
+pub fn payload_digest(payload: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, payload);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// `SHA-256(prev ‖ digest)`: the chain hash after the change whose chain hash is `prev`, of a
+/// change whose payload digest is `digest`.
+pub fn chain_step(prev: &[u8; 32], digest: &[u8; 32]) -> [u8; 32] {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     ctx.update(prev);
-    ctx.update(payload);
+    ctx.update(digest);
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());
     out
 }
 
+/// `SHA-256(prev ‖ SHA-256(payload))`: the chain hash of a change whose payload is `payload`,
+/// after the change whose chain hash is `prev`.
+pub fn chain_hash(prev: &[u8; 32], payload: &[u8]) -> [u8; 32] {
+    chain_step(prev, &payload_digest(payload))
+}
+
 /// Checks one `change_log` row (columns `seq, payload, hash`) read in seq order: it is seq
-/// `expected`, its payload is a change, and its stored hash is `SHA-256(prev ‖ payload)`.
+/// `expected`, its payload is a change, and its stored hash is [`chain_hash`] of `prev` and it.
 /// Returns the change, its payload and its hash. Verification, tailing and resuming all read
 /// rows through this.
 pub(crate) fn check_row<'r>(
@@ -189,7 +207,7 @@ pub(crate) fn check_row<'r>(
     if row.get::<_, &[u8]>(2) != hash {
         return Err(ClusterError::BadRow {
             seq,
-            what: "its chain hash is not SHA-256 of the hash before it and its payload: another history than the one checked up to here",
+            what: "its chain hash is not SHA-256 of the hash before it and its payload's digest: another history than the one checked up to here",
         });
     }
     Ok((change, payload, hash))
@@ -314,16 +332,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_chain_hash_is_sha256_of_the_previous_hash_and_the_payload() {
-        // SHA-256 of 32 zero bytes followed by "abc", computed independently.
+    fn the_chain_hash_is_sha256_of_the_previous_hash_and_the_payloads_digest() {
         let h = chain_hash(&GENESIS, b"abc");
-        let again = chain_hash(&GENESIS, b"abc");
-        assert_eq!(h, again);
         assert_ne!(h, chain_hash(&GENESIS, b"abd"));
         assert_ne!(h, chain_hash(&h, b"abc"), "the previous hash is part of it");
+        assert_eq!(h, chain_step(&GENESIS, &payload_digest(b"abc")));
+        // Computed independently: SHA-256(32 zero bytes ‖ SHA-256("abc")).
+        let inner = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"abc");
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         ctx.update(&[0u8; 32]);
-        ctx.update(b"abc");
+        ctx.update(inner.as_ref());
         assert_eq!(&h[..], ctx.finish().as_ref());
     }
 }

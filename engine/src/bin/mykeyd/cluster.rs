@@ -116,8 +116,15 @@ pub fn verify(url: &str, ca: Option<&Path>, from: u64, to: Option<u64>) -> Resul
     })
 }
 
-/// `mykeyd history --pg`: who changed what and when for one ID, each with its seq and hash.
-pub fn history(url: &str, ca: Option<&Path>, id: &str) -> Result<(), String> {
+/// `mykeyd history --pg`: who changed what and when for one ID, each with its seq and hash;
+/// with `extract`, its extract written there.
+pub fn history(
+    url: &str,
+    ca: Option<&Path>,
+    id: &str,
+    extract: Option<&Path>,
+    to: Option<u64>,
+) -> Result<(), String> {
     let id = MyKeyId::parse(id.as_bytes()).map_err(|e| format!("{id:?}: {e}"))?;
     runtime()?.block_on(async {
         let c = connect_checked(url, ca).await?;
@@ -133,6 +140,21 @@ pub fn history(url: &str, ca: Option<&Path>, id: &str) -> Result<(), String> {
             );
         }
         println!("{} changes concern {id}", entries.len());
+        if let Some(path) = extract {
+            let f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut w = std::io::BufWriter::new(f);
+            let (seq, hash) = history::extract(&c, &id, to, &mut w)
+                .await
+                .map_err(|e| format!("extract: {e}"))?;
+            std::io::Write::flush(&mut w).map_err(|e| format!("{}: {e}", path.display()))?;
+            println!(
+                "extract of {id} written to {}: ends at seq {seq}, chain {:x}; check it with `mykeyd cluster check-extract {} --head {seq}:{:x}`",
+                path.display(),
+                Hex(&hash),
+                path.display(),
+                Hex(&hash)
+            );
+        }
         Ok(())
     })
 }
@@ -245,4 +267,48 @@ pub fn prune(url: &str, ca: Option<&Path>, keep: Option<usize>) -> Result<(), St
         );
         Ok(())
     })
+}
+
+/// `mykeyd cluster check-extract`: exit 1 naming the first line that does not check.
+pub fn check_extract(file: &Path, head: Option<&str>) -> Result<(), String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let published = match head {
+        None => None,
+        Some(h) => {
+            let (seq, hash) = h
+                .split_once(':')
+                .ok_or_else(|| format!("--head {h}: give SEQ:HASH"))?;
+            let seq = seq
+                .parse()
+                .map_err(|_| format!("--head {h}: SEQ is not a number"))?;
+            let hash = mykey_engine::id::parse_hex32(hash)
+                .ok_or_else(|| format!("--head {h}: HASH is not 64 hex digits"))?;
+            Some((seq, hash))
+        }
+    };
+    let c =
+        history::check_extract(&text, published).map_err(|e| format!("{}: {e}", file.display()))?;
+    for e in &c.entries {
+        let kind = OpKind::from_u8(e.change.kind).map_or("unknown", OpKind::name);
+        println!(
+            "seq {} at {} by {}: {kind} (chain {})",
+            e.seq,
+            e.change.at,
+            e.change.actor,
+            Hex(&e.hash)
+        );
+    }
+    println!(
+        "checked: {} changes of {} in a chain that ends at seq {} with {:x}{}",
+        c.entries.len(),
+        c.id,
+        c.to,
+        Hex(&c.hash),
+        if published.is_some() {
+            ", the published head"
+        } else {
+            " (no published head given: compare it with one)"
+        }
+    );
+    Ok(())
 }

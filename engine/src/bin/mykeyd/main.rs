@@ -145,6 +145,14 @@ enum Cmd {
         id: String,
         #[command(flatten)]
         pg: PgArgs,
+        /// Also write the ID's extract to FILE: its changes in full and every other change from
+        /// its first to --to by digest only, checkable against a published head with `mykeyd
+        /// cluster check-extract` (engine/CLUSTER.md, "Provable history").
+        #[arg(long)]
+        extract: Option<PathBuf>,
+        /// The last seq of the extract (default: the head); publish the head at it.
+        #[arg(long, requires = "extract")]
+        to: Option<u64>,
     },
     /// Serve mykey/1 over QUIC until SIGTERM (SIGHUP reloads certificates and the client CRL).
     Serve {
@@ -208,6 +216,15 @@ enum ClusterCmd {
         /// The node whose store it is (its `[cluster] node`).
         #[arg(long)]
         node: String,
+    },
+    /// Check an extract (`mykeyd history --extract`) without PostgreSQL: the chain recomputed
+    /// over it, and its end compared with the published head; list the ID's changes.
+    CheckExtract {
+        /// The extract file.
+        file: PathBuf,
+        /// The published head it must end at: SEQ:HASH (64 hex digits).
+        #[arg(long)]
+        head: Option<String>,
     },
     /// List the recorded snapshots, newest first.
     Snapshots {
@@ -460,7 +477,15 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Cluster(ClusterCmd::Prune { pg, keep }) => {
             cluster::prune(&pg.url, pg.ca.as_deref(), keep)
         }
-        Cmd::History { id, pg } => cluster::history(&pg.url, pg.ca.as_deref(), &id),
+        Cmd::History {
+            id,
+            pg,
+            extract,
+            to,
+        } => cluster::history(&pg.url, pg.ca.as_deref(), &id, extract.as_deref(), to),
+        Cmd::Cluster(ClusterCmd::CheckExtract { file, head }) => {
+            cluster::check_extract(&file, head.as_deref())
+        }
     }
 }
 
