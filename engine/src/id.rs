@@ -503,6 +503,20 @@ impl fmt::Display for Timestamp {
 mod tests {
 
     #[test]
+    fn a_digest_in_hex_reads_back_and_anything_else_is_refused() {
+        let d = [0xA5u8; 32];
+        let s = format!("{:x}", Hex(&d));
+        assert_eq!(parse_hex32(&s), Some(d));
+        assert_eq!(parse_hex32(&s.to_uppercase()), Some(d));
+        assert_eq!(parse_hex32(&s[1..]), None);
+        assert_eq!(parse_hex32(&s[2..]), None);
+        assert_eq!(parse_hex32(&s.replace('a', "g")), None);
+        assert_eq!(parse_hex("00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(parse_hex(""), Some(vec![]));
+        assert_eq!(parse_hex("abc"), None);
+    }
+
+    #[test]
     fn hex_is_uppercase_by_default_and_lowercase_on_request() {
         assert_eq!(Hex(&[0x0a, 0xbc, 0x00]).to_string(), "0ABC00");
         assert_eq!(format!("{:x}", Hex(&[0x0a, 0xbc, 0x00])), "0abc00");

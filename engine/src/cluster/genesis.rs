@@ -289,19 +289,3 @@ fn read_parts(reg: &Registry, send: &tokio::sync::mpsc::Sender<Result<Part, Clus
         flush(&mut puts);
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_digest_in_hex_reads_back_and_anything_else_is_refused() {
-        let d = [0xA5u8; 32];
-        let s = format!("{:x}", crate::id::Hex(&d));
-        assert_eq!(crate::id::parse_hex32(&s), Some(d));
-        assert_eq!(crate::id::parse_hex32(&s.to_uppercase()), Some(d));
-        assert_eq!(crate::id::parse_hex32(&s[1..]), None);
-        assert_eq!(crate::id::parse_hex32(&s[2..]), None);
-        assert_eq!(crate::id::parse_hex32(&s.replace('a', "g")), None);
-    }
-}

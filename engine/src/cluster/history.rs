@@ -294,17 +294,17 @@ pub fn check_extract(
                         "the chain recomputed over the extract ends at another hash",
                     ));
                 }
-                if let Some((pseq, phash)) = published {
-                    if pseq != seq || phash != hash {
-                        return Err(bad(
-                            n,
-                            &format!(
-                                "the extract ends at seq {seq} with {:x}, not at the published head (seq {pseq}, {:x})",
-                                crate::id::Hex(&hash),
-                                crate::id::Hex(&phash)
-                            ),
-                        ));
-                    }
+                if let Some((pseq, phash)) = published
+                    && (pseq != seq || phash != hash)
+                {
+                    return Err(bad(
+                        n,
+                        &format!(
+                            "the extract ends at seq {seq} with {:x}, not at the published head (seq {pseq}, {:x})",
+                            crate::id::Hex(&hash),
+                            crate::id::Hex(&phash)
+                        ),
+                    ));
                 }
                 if entries.is_empty() {
                     return Err(bad(n, "no change of the ID"));
