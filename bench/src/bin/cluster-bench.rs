@@ -69,6 +69,36 @@ fn report(what: &str, writes: u64, (wall, mut lat): (Duration, Vec<Duration>)) -
     rate
 }
 
+/// A throwaway PostgreSQL with the cluster schema, a runtime, an admin connection and a
+/// writer that took over (exits 2 where PostgreSQL cannot run).
+fn with_postgres(
+    tag: &str,
+) -> (
+    Postgres,
+    tokio::runtime::Runtime,
+    mykey_engine::cluster::PgClient,
+    Writer,
+) {
+    let Some(pg) = Postgres::start(tag) else {
+        std::process::exit(2);
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let url = pg.url();
+    let (admin, w) = rt.block_on(async {
+        let mut admin = connect_plain(&url).await.expect("connect");
+        schema::migrate(&mut admin).await.expect("schema");
+        let w = Writer::take_over(connect_plain(&url).await.expect("connect"), "node-a")
+            .await
+            .expect("writer");
+        (admin, w)
+    });
+    (pg, rt, admin, w)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("bootstrap") {
@@ -83,23 +113,7 @@ fn main() {
         .first()
         .map(|s| s.parse().expect("WRITES is a number"))
         .unwrap_or(4_000);
-    let Some(pg) = Postgres::start("cluster-bench") else {
-        std::process::exit(2);
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let url = pg.url();
-    let (admin, writer) = rt.block_on(async {
-        let mut admin = connect_plain(&url).await.expect("connect");
-        schema::migrate(&mut admin).await.expect("schema");
-        let w = Writer::take_over(connect_plain(&url).await.expect("connect"), "bench")
-            .await
-            .expect("writer");
-        (admin, w)
-    });
+    let (_pg, rt, admin, writer) = with_postgres("cluster-bench");
     let local_dir = TempDir::new("cluster-bench-local");
     let local = Arc::new(registry_with(&local_dir, &["A-α1-0001"]));
     let pg_dir = TempDir::new("cluster-bench-pg");
@@ -172,23 +186,7 @@ fn bootstrap(ids: u64, writes: u64) {
     use mykey_engine::registry::{RegistryConfig, StoreConfig};
     use mykey_engine::store::fs::{Fs, RealFs};
 
-    let Some(pg) = Postgres::start("cluster-bench-boot") else {
-        std::process::exit(2);
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let url = pg.url();
-    let (admin, w) = rt.block_on(async {
-        let mut admin = connect_plain(&url).await.expect("connect");
-        schema::migrate(&mut admin).await.expect("schema");
-        let w = Writer::take_over(connect_plain(&url).await.expect("connect"), "node-a")
-            .await
-            .expect("writer");
-        (admin, w)
-    });
+    let (_pg, rt, admin, w) = with_postgres("cluster-bench-boot");
     let fs_of = |d: &TempDir| -> Arc<dyn Fs> { Arc::new(RealFs::new(d.path()).expect("dir")) };
     // The writer's store: the genesis population, bulk-built, then writes through PostgreSQL.
     let a = TempDir::new("cluster-bench-boot-a");

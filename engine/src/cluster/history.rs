@@ -34,26 +34,51 @@ pub struct Verified {
 /// that does not is the error.
 pub async fn verify(c: &Client, from: u64, to: Option<u64>) -> Result<Verified, ClusterError> {
     let from = from.max(1);
-    let to = match to {
-        Some(t) => t,
-        None => super::writer::head(c).await?.seq,
-    };
-    let mut hash = if from == 1 {
-        super::genesis::recorded(c).await?
-    } else {
-        let r = c
-            .query_opt(
-                "SELECT hash FROM change_log WHERE seq = $1",
-                &[&((from - 1) as i64)],
-            )
-            .await
-            .map_err(pg)?
-            .ok_or(ClusterError::BadRow {
-                seq: from - 1,
-                what: "missing (the start of the range must follow a stored row)",
-            })?;
-        stored_hash(from - 1, r.get(0))?
-    };
+    let to = head_or(c, to).await?;
+    let prev = hash_before(c, from).await?;
+    let hash = walk(c, from, to, prev, &mut |_, _, _| Ok(())).await?;
+    Ok(Verified { from, to, hash })
+}
+
+/// `to`, or the head's seq when `None`.
+async fn head_or(c: &Client, to: Option<u64>) -> Result<u64, ClusterError> {
+    match to {
+        Some(t) => Ok(t),
+        None => Ok(super::writer::head(c).await?.seq),
+    }
+}
+
+/// The chain hash before `from`: the stored hash at `from - 1`, the recorded genesis digest
+/// when `from` is 1.
+async fn hash_before(c: &Client, from: u64) -> Result<[u8; 32], ClusterError> {
+    if from <= 1 {
+        return super::genesis::recorded(c).await;
+    }
+    let r = c
+        .query_opt(
+            "SELECT hash FROM change_log WHERE seq = $1",
+            &[&((from - 1) as i64)],
+        )
+        .await
+        .map_err(pg)?
+        .ok_or(ClusterError::BadRow {
+            seq: from - 1,
+            what: "missing (pruned, or the start of the range does not follow a stored row)",
+        })?;
+    stored_hash(from - 1, r.get(0))
+}
+
+/// Reads and checks the rows `from..=to` in seq order ([`check_row`], from the chain hash
+/// `prev`), [`ROWS_PER_QUERY`] per query, calling `each` with every row's seq, payload and
+/// hash; returns the chain hash at `to`. Every seq must be present.
+async fn walk(
+    c: &Client,
+    from: u64,
+    to: u64,
+    prev: [u8; 32],
+    each: &mut dyn FnMut(u64, &[u8], &[u8; 32]) -> Result<(), ClusterError>,
+) -> Result<[u8; 32], ClusterError> {
+    let mut hash = prev;
     let mut next = from;
     while next <= to {
         let rows = c
@@ -71,11 +96,13 @@ pub async fn verify(c: &Client, from: u64, to: Option<u64>) -> Result<Verified, 
             });
         }
         for r in rows {
-            hash = check_row(&r, next, &hash)?.2;
+            let (_, payload, h) = check_row(&r, next, &hash)?;
+            each(next, payload, &h)?;
+            hash = h;
             next += 1;
         }
     }
-    Ok(Verified { from, to, hash })
+    Ok(hash)
 }
 
 fn stored_hash(seq: u64, v: &[u8]) -> Result<[u8; 32], ClusterError> {
@@ -158,61 +185,24 @@ pub async fn extract(
             what: "no change concerns this ID (or its history was pruned)",
         });
     };
-    let to = match to {
-        Some(t) => t,
-        None => super::writer::head(c).await?.seq,
-    };
-    let mut hash = if from == 1 {
-        super::genesis::recorded(c).await?
-    } else {
-        let r = c
-            .query_opt(
-                "SELECT hash FROM change_log WHERE seq = $1",
-                &[&((from - 1) as i64)],
-            )
-            .await
-            .map_err(pg)?
-            .ok_or(ClusterError::BadRow {
-                seq: from - 1,
-                what: "missing (pruned): the extract starts after it",
-            })?;
-        stored_hash(from - 1, r.get(0))?
-    };
+    let to = head_or(c, to).await?;
+    let prev = hash_before(c, from).await?;
     let io = ClusterError::Extract;
     writeln!(
         out,
         "{EXTRACT_MAGIC}\nid {id}\nprev {:x}",
-        crate::id::Hex(&hash)
+        crate::id::Hex(&prev)
     )
     .map_err(io)?;
-    let mut next = from;
-    while next <= to {
-        let rows = c
-            .query(
-                "SELECT seq, payload, hash FROM change_log WHERE seq >= $1 AND seq <= $2
-                 ORDER BY seq LIMIT $3",
-                &[&(next as i64), &(to as i64), &ROWS_PER_QUERY],
-            )
-            .await
-            .map_err(pg)?;
-        if rows.is_empty() {
-            return Err(ClusterError::BadRow {
-                seq: next,
-                what: "missing",
-            });
+    let hash = walk(c, from, to, prev, &mut |seq, payload, _| {
+        if mine.contains(&seq) {
+            writeln!(out, "{seq} c {:x}", crate::id::Hex(payload)).map_err(io)
+        } else {
+            let d = super::payload_digest(payload);
+            writeln!(out, "{seq} d {:x}", crate::id::Hex(&d)).map_err(io)
         }
-        for r in rows {
-            let (_, payload, h) = check_row(&r, next, &hash)?;
-            if mine.contains(&next) {
-                writeln!(out, "{next} c {:x}", crate::id::Hex(payload)).map_err(io)?;
-            } else {
-                let d = super::payload_digest(payload);
-                writeln!(out, "{next} d {:x}", crate::id::Hex(&d)).map_err(io)?;
-            }
-            hash = h;
-            next += 1;
-        }
-    }
+    })
+    .await?;
     writeln!(out, "end {to} {:x}", crate::id::Hex(&hash)).map_err(io)?;
     Ok((to, hash))
 }
