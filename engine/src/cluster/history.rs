@@ -36,7 +36,7 @@ pub async fn verify(c: &Client, from: u64, to: Option<u64>) -> Result<Verified, 
     let from = from.max(1);
     let to = head_or(c, to).await?;
     let prev = hash_before(c, from).await?;
-    let hash = walk(c, from, to, prev, &mut |_, _, _| Ok(())).await?;
+    let hash = walk(c, from, to, prev, &mut |_, _| Ok(())).await?;
     Ok(Verified { from, to, hash })
 }
 
@@ -68,15 +68,18 @@ async fn hash_before(c: &Client, from: u64) -> Result<[u8; 32], ClusterError> {
     stored_hash(from - 1, r.get(0))
 }
 
+/// What [`walk`] calls with each checked row's seq and payload.
+type EachRow<'a> = dyn FnMut(u64, &[u8]) -> Result<(), ClusterError> + 'a;
+
 /// Reads and checks the rows `from..=to` in seq order ([`check_row`], from the chain hash
-/// `prev`), [`ROWS_PER_QUERY`] per query, calling `each` with every row's seq, payload and
-/// hash; returns the chain hash at `to`. Every seq must be present.
+/// `prev`), [`ROWS_PER_QUERY`] per query, calling `each` with every row's seq and payload;
+/// returns the chain hash at `to`. Every seq must be present.
 async fn walk(
     c: &Client,
     from: u64,
     to: u64,
     prev: [u8; 32],
-    each: &mut dyn FnMut(u64, &[u8], &[u8; 32]) -> Result<(), ClusterError>,
+    each: &mut EachRow<'_>,
 ) -> Result<[u8; 32], ClusterError> {
     let mut hash = prev;
     let mut next = from;
@@ -97,7 +100,7 @@ async fn walk(
         }
         for r in rows {
             let (_, payload, h) = check_row(&r, next, &hash)?;
-            each(next, payload, &h)?;
+            each(next, payload)?;
             hash = h;
             next += 1;
         }
@@ -194,7 +197,7 @@ pub async fn extract(
         crate::id::Hex(&prev)
     )
     .map_err(io)?;
-    let hash = walk(c, from, to, prev, &mut |seq, payload, _| {
+    let hash = walk(c, from, to, prev, &mut |seq, payload| {
         if mine.contains(&seq) {
             writeln!(out, "{seq} c {:x}", crate::id::Hex(payload)).map_err(io)
         } else {
