@@ -966,6 +966,14 @@ fn a_row_changed_by_hand_stops_every_follower() {
         c.seen_seq()
     });
     converged(&nodes, w, seq);
+    // Steady, the nodes open no new session on PostgreSQL: the follower tries the writer lock
+    // every second on a connection it keeps.
+    std::thread::sleep(Duration::from_secs(3));
+    let new_sessions = psql(
+        &pg.url(),
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'mykey' AND backend_start > now() - interval '2500 milliseconds' AND pid <> pg_backend_pid()",
+    );
+    assert_eq!(new_sessions, "0", "sessions opened in the last 2.5 s");
     // Rewrite the hash of the last row, as a standby given another change by hand would hold.
     psql(
         &pg.url(),

@@ -24,7 +24,8 @@ use crate::store::fs::Fs;
 /// How often a follower checks that the row at its applied seq still carries its hash, and
 /// reads the head (who writes, how far it is).
 pub const TAIL_RECHECK: Duration = Duration::from_secs(1);
-/// How often a follower tries to become the writer (one short connection to the primary).
+/// How often a follower tries to become the writer (one query on a connection to the primary
+/// it keeps for that, made again only when it ends).
 pub const ELECTION_EVERY: Duration = Duration::from_secs(1);
 /// How often the writer checks that the head's epoch is still its own.
 pub const WRITER_CHECK: Duration = Duration::from_millis(200);
@@ -247,6 +248,7 @@ pub fn spawn(
                 fs,
                 state,
                 stop,
+                election: Mutex::new(None),
             };
             let ended = rt.block_on(node.run());
             if let Ended::Stopped(why) = &ended {
@@ -262,6 +264,10 @@ struct Node {
     fs: Arc<dyn Fs>,
     state: Arc<State>,
     stop: Arc<AtomicBool>,
+    /// The connection to the primary the election tries the writer lock on, kept between
+    /// tries (with TLS and SCRAM, a connection per try per node would be a handshake per
+    /// second per node on the primary).
+    election: Mutex<Option<(PgClient, SyncCancels)>>,
 }
 
 /// How following on one connection ended.
@@ -413,14 +419,30 @@ impl Node {
         c: &PgClient,
         t: &mut Tail,
     ) -> Result<Option<(Arc<PgRecord>, u64)>, Flow> {
-        let (client, sync_cancels) = match self.m.connect_watched(&self.m.pg).await {
-            Ok(cl) => cl,
-            // The primary unreachable while the tail's database answers: stay a follower.
-            Err(e) => {
-                tracing::debug!(op = "cluster election", error = %e, "cannot reach the primary");
+        let kept = lock(&self.election).take().filter(|(c, _)| !c.is_closed());
+        let (client, sync_cancels) = match kept {
+            Some(cl) => cl,
+            None => match self.m.connect_watched(&self.m.pg).await {
+                Ok(cl) => cl,
+                // The primary unreachable while the tail's database answers: stay a follower.
+                Err(e) => {
+                    tracing::debug!(op = "cluster election", error = %e, "cannot reach the primary");
+                    return Ok(None);
+                }
+            },
+        };
+        match super::writer::try_lock(&client).await {
+            Ok(()) => {}
+            Err(ClusterError::NotWriter) => {
+                *lock(&self.election) = Some((client, sync_cancels));
                 return Ok(None);
             }
-        };
+            Err(e) if is_connection(&e) => {
+                tracing::debug!(op = "cluster election", error = %e, "the election's connection failed");
+                return Ok(None);
+            }
+            Err(e) => return Err(Flow::End(Ended::Stopped(format!("take over: {e}")))),
+        }
         let mut w = match Writer::take_over(client, &self.m.node).await {
             Ok(w) => w,
             Err(ClusterError::NotWriter) => return Ok(None),

@@ -50,8 +50,9 @@ pub async fn head(c: &Client) -> Result<Head, ClusterError> {
     })
 }
 
-/// Takes the writer lock for `client`'s session; `NotWriter` if another session holds it.
-async fn try_lock(client: &Client) -> Result<(), ClusterError> {
+/// Takes the writer lock for `client`'s session (held until the session ends; taken again in
+/// the same session, it stacks); `NotWriter` if another session holds it.
+pub async fn try_lock(client: &Client) -> Result<(), ClusterError> {
     let got: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK])
         .await
