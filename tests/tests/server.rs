@@ -1087,3 +1087,37 @@ async fn read_your_writes_waits_for_the_seq_asked_and_answers_behind_past_the_wa
     );
     server.shutdown().await;
 }
+
+/// An `AT_SEQ` read waits on the store's `durable_moved` rather than polling: a wait enabled
+/// before a write is ready as soon as the write returns (polled once, no clock involved), and
+/// one enabled after it is not.
+#[test]
+fn a_write_made_durable_wakes_a_read_waiting_for_its_seq() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    let dir = TempDir::new("durable-moved");
+    let reg = mykey_tests::registry_with(&dir, &[]);
+    let store = reg.store();
+    let mut cx = Context::from_waker(Waker::noop());
+    let before = store.durable_moved().notified();
+    let mut before = std::pin::pin!(before);
+    before.as_mut().enable();
+    let after_nothing = store.durable_moved().notified();
+    let mut after_nothing = std::pin::pin!(after_nothing);
+    after_nothing.as_mut().enable();
+    reg.register_provider(
+        mykey_tests::at(0),
+        mykey_tests::actor("operator"),
+        provider("W-1"),
+    )
+    .expect("write");
+    assert!(
+        before.as_mut().poll(&mut cx).is_ready(),
+        "woken by the write"
+    );
+    assert!(after_nothing.as_mut().poll(&mut cx).is_ready());
+    let later = store.durable_moved().notified();
+    let mut later = std::pin::pin!(later);
+    later.as_mut().enable();
+    assert!(later.as_mut().poll(&mut cx).is_pending(), "no write since");
+}

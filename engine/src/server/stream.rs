@@ -412,18 +412,23 @@ const FORWARD_MARGIN: Duration = Duration::from_secs(1);
 /// writer answers once the push is applied, which for millions of revocations takes minutes.
 const FORWARD_PUSH_WAIT: Duration = Duration::from_secs(600);
 
-/// How often an `AT_SEQ` read looks again whether its node has reached the seq it asks for.
-const AT_SEQ_POLL: Duration = Duration::from_millis(1);
-
-/// Waits until the store has applied `seq`, at most `wait`; then `BEHIND` if it has not.
+/// Waits until the store has applied `seq`, at most `wait`; then `BEHIND` if it has not. Woken
+/// by each move of the durable seq, not by polling.
 async fn wait_for_seq(service: &Service, seq: u64, wait: Duration) -> Result<(), WireError> {
     let start = tokio::time::Instant::now();
+    let store = service.registry.store();
     loop {
+        // Registered before the seq is read: a move in between still wakes this wait.
+        let moved = store.durable_moved().notified();
+        let mut moved = std::pin::pin!(moved);
+        moved.as_mut().enable();
         let waited = start.elapsed();
         match handler::behind(service, seq, waited) {
             None => return Ok(()),
             Some(e) if waited >= wait => return Err(e),
-            Some(_) => tokio::time::sleep(AT_SEQ_POLL).await,
+            Some(_) => {
+                let _ = tokio::time::timeout(wait - waited, moved).await;
+            }
         }
     }
 }

@@ -201,6 +201,7 @@ impl Store {
             }
         }
         self.durable.store(upto, Ordering::Release);
+        self.durable_moved.notify_waiters();
     }
 }
 

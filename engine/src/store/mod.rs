@@ -243,6 +243,9 @@ pub struct Store {
     writer: Mutex<Writer>,
     log: Mutex<Log>,
     durable: AtomicU64,
+    /// Woken each time the durable seq moves: a read waiting to be at a seq (`AT_SEQ`) waits on
+    /// it rather than polling.
+    durable_moved: tokio::sync::Notify,
     /// Whether a group-commit leader is writing the log; waiters sleep on `flushed`.
     flushing: Mutex<bool>,
     flushed: std::sync::Condvar,
@@ -330,6 +333,12 @@ impl Store {
     /// The highest durable seq.
     pub fn durable_seq(&self) -> u64 {
         self.durable.load(Ordering::Acquire)
+    }
+
+    /// Notified each time [`Store::durable_seq`] moves (enable a `notified()` before reading
+    /// the seq, so that a move in between is not missed).
+    pub fn durable_moved(&self) -> &tokio::sync::Notify {
+        &self.durable_moved
     }
 
     /// The highest seq submitted (queued for the log, durable or not yet).

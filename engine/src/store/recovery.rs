@@ -269,6 +269,7 @@ impl Store {
             log_first_seq: AtomicU64::new(log.first_seq),
             log: Mutex::new(log),
             durable: AtomicU64::new(last_seq),
+            durable_moved: tokio::sync::Notify::new(),
             flushing: Mutex::new(false),
             flushed: std::sync::Condvar::new(),
             failure: Mutex::new(None),
