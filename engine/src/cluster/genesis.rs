@@ -52,11 +52,7 @@ pub fn digest(reg: &Registry) -> Result<[u8; 32], ClusterError> {
     for t in Table::ALL {
         reg.store().for_each(t, |k, v| {
             any = true;
-            ctx.update(&[t as u8]);
-            ctx.update(&(k.len() as u32).to_le_bytes());
-            ctx.update(k);
-            ctx.update(&(v.len() as u32).to_le_bytes());
-            ctx.update(v);
+            frame(&mut ctx, t, k, v);
         })?;
     }
     if !any {
@@ -65,6 +61,15 @@ pub fn digest(reg: &Registry) -> Result<[u8; 32], ClusterError> {
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());
     Ok(out)
+}
+
+/// One record into a digest: `table u8 ‖ key length u32 LE ‖ key ‖ value length u32 LE ‖ value`.
+fn frame(ctx: &mut aws_lc_rs::digest::Context, t: Table, k: &[u8], v: &[u8]) {
+    ctx.update(&[t as u8]);
+    ctx.update(&(k.len() as u32).to_le_bytes());
+    ctx.update(k);
+    ctx.update(&(v.len() as u32).to_le_bytes());
+    ctx.update(v);
 }
 
 /// The state digest of `reg`'s store: SHA-256 over every record sorted by table and key (the
@@ -79,11 +84,7 @@ pub fn state_digest(reg: &Registry) -> Result<[u8; 32], ClusterError> {
             .for_each(t, |k, v| records.push((k.to_vec(), v.to_vec())))?;
         records.sort_unstable();
         for (k, v) in &records {
-            ctx.update(&[t as u8]);
-            ctx.update(&(k.len() as u32).to_le_bytes());
-            ctx.update(k);
-            ctx.update(&(v.len() as u32).to_le_bytes());
-            ctx.update(v);
+            frame(&mut ctx, t, k, v);
         }
     }
     let mut out = [0u8; 32];

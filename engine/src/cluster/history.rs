@@ -54,18 +54,13 @@ async fn hash_before(c: &Client, from: u64) -> Result<[u8; 32], ClusterError> {
     if from <= 1 {
         return super::genesis::recorded(c).await;
     }
-    let r = c
-        .query_opt(
-            "SELECT hash FROM change_log WHERE seq = $1",
-            &[&((from - 1) as i64)],
-        )
-        .await
-        .map_err(pg)?
+    let h = super::hash_at(c, from - 1, "read change_log")
+        .await?
         .ok_or(ClusterError::BadRow {
             seq: from - 1,
             what: "missing (pruned, or the start of the range does not follow a stored row)",
         })?;
-    stored_hash(from - 1, r.get(0))
+    stored_hash(from - 1, &h)
 }
 
 /// What [`walk`] calls with each checked row's seq and payload.

@@ -213,6 +213,23 @@ pub(crate) fn check_row<'r>(
     Ok((change, payload, hash))
 }
 
+/// The stored chain hash of the `change_log` row at `seq` (`None`: no such row); `op` names
+/// the caller's operation in a connection error.
+pub(crate) async fn hash_at(
+    c: &PgClient,
+    seq: u64,
+    op: &'static str,
+) -> Result<Option<Vec<u8>>, ClusterError> {
+    let r = c
+        .query_opt(
+            "SELECT hash FROM change_log WHERE seq = $1",
+            &[&(seq as i64)],
+        )
+        .await
+        .map_err(|source| ClusterError::Postgres { op, source })?;
+    Ok(r.map(|r| r.get(0)))
+}
+
 /// A change's payload as `change_log` stores it.
 pub fn payload(c: &Change) -> Result<Vec<u8>, ClusterError> {
     c.payload()

@@ -91,15 +91,9 @@ pub async fn check(c: &PgClient, tag: &Tag) -> Result<(), ClusterError> {
             _ => Ok(()),
         };
     }
-    let row = c
-        .query_opt(
-            "SELECT hash FROM change_log WHERE seq = $1",
-            &[&(tag.seq as i64)],
-        )
-        .await
-        .map_err(pg("check a snapshot"))?;
+    let row = super::hash_at(c, tag.seq, "check a snapshot").await?;
     match row {
-        Some(r) if r.get::<_, &[u8]>(0) == tag.hash => Ok(()),
+        Some(h) if h == tag.hash => Ok(()),
         Some(_) => Err(ClusterError::BadRow {
             seq: tag.seq,
             what: "carries another chain hash than the snapshot's tag: the snapshot is not of this cluster's history",

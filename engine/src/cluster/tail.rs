@@ -126,18 +126,9 @@ impl Tail {
         if self.applied == 0 {
             return Ok(());
         }
-        let r = c
-            .query_opt(
-                "SELECT hash FROM change_log WHERE seq = $1",
-                &[&(self.applied as i64)],
-            )
-            .await
-            .map_err(|source| ClusterError::Postgres {
-                op: "recheck change_log",
-                source,
-            })?;
+        let r = super::hash_at(c, self.applied, "recheck change_log").await?;
         match r {
-            Some(r) if r.get::<_, &[u8]>(0) == self.hash => Ok(()),
+            Some(h) if h == self.hash => Ok(()),
             Some(_) => Err(ClusterError::BadRow {
                 seq: self.applied,
                 what: "its chain hash changed after this node applied it",

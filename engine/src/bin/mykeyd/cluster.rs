@@ -129,16 +129,7 @@ pub fn history(
     runtime()?.block_on(async {
         let c = connect_checked(url, ca).await?;
         let entries = history::history(&c, &id).await.map_err(|e| e.to_string())?;
-        for e in &entries {
-            let kind = OpKind::from_u8(e.change.kind).map_or("unknown", OpKind::name);
-            println!(
-                "seq {} at {} by {}: {kind} (chain {})",
-                e.seq,
-                e.change.at,
-                e.change.actor,
-                Hex(&e.hash)
-            );
-        }
+        print_entries(&entries);
         println!("{} changes concern {id}", entries.len());
         if let Some(path) = extract {
             let f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -269,6 +260,20 @@ pub fn prune(url: &str, ca: Option<&Path>, keep: Option<usize>) -> Result<(), St
     })
 }
 
+/// One line per change of an ID's history: seq, time, actor, operation, chain hash.
+fn print_entries(entries: &[history::Entry]) {
+    for e in entries {
+        let kind = OpKind::from_u8(e.change.kind).map_or("unknown", OpKind::name);
+        println!(
+            "seq {} at {} by {}: {kind} (chain {})",
+            e.seq,
+            e.change.at,
+            e.change.actor,
+            Hex(&e.hash)
+        );
+    }
+}
+
 /// `mykeyd cluster check-extract`: exit 1 naming the first line that does not check.
 pub fn check_extract(file: &Path, head: Option<&str>) -> Result<(), String> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -288,16 +293,7 @@ pub fn check_extract(file: &Path, head: Option<&str>) -> Result<(), String> {
     };
     let c =
         history::check_extract(&text, published).map_err(|e| format!("{}: {e}", file.display()))?;
-    for e in &c.entries {
-        let kind = OpKind::from_u8(e.change.kind).map_or("unknown", OpKind::name);
-        println!(
-            "seq {} at {} by {}: {kind} (chain {})",
-            e.seq,
-            e.change.at,
-            e.change.actor,
-            Hex(&e.hash)
-        );
-    }
+    print_entries(&c.entries);
     println!(
         "checked: {} changes of {} in a chain that ends at seq {} with {:x}{}",
         c.entries.len(),
