@@ -443,6 +443,16 @@ impl Registry {
     /// Puts the dictionary entries of a write, submits it, publishes the names, and waits
     /// until it is durable.
     fn finish(&self, t: Tx<'_>, kind: OpKind) -> Result<(), RegistryError> {
+        if let Some(seq) = self.submit(t, kind)? {
+            self.store.wait_durable(seq)?;
+        }
+        Ok(())
+    }
+
+    /// Puts the dictionary entries of a write, submits it and publishes the names; returns its
+    /// seq (`None` for a write that changed nothing). Durable once `Store::wait_durable`
+    /// returns for the seq: a caller with several changes waits once, for the last.
+    fn submit(&self, t: Tx<'_>, kind: OpKind) -> Result<Option<u64>, RegistryError> {
         let Tx {
             mut tx,
             names,
@@ -451,7 +461,7 @@ impl Registry {
             now,
         } = t;
         if tx.is_empty() && names.provider.is_none() {
-            return Ok(());
+            return Ok(None);
         }
         let entry = |index| {
             DictEntry {
@@ -470,7 +480,6 @@ impl Registry {
         if let Some((p, i)) = &names.provider {
             tx.put(Table::Providers, p.as_bytes(), Some(entry(*i)));
         }
-        let store = &self.store;
         // Names become visible while the writer lock is still held, so the next writer
         // numbers after them; a submit error leaves them unpublished.
         let seq = {
@@ -491,8 +500,7 @@ impl Registry {
             });
             seq_or_err?
         };
-        store.wait_durable(seq)?;
-        Ok(())
+        Ok(Some(seq))
     }
 
     fn ca_index(&self, t: &mut Tx<'_>, ca: &[u8]) -> Result<u32, RegistryError> {

@@ -18,7 +18,11 @@ impl Registry {
     }
 
     /// The revocation loop: `certs` in changes of at most [`REVOCATIONS_PER_CHANGE_MAX`];
-    /// `last` adds its puts to the final change, seeing the summary of the whole batch.
+    /// `last` adds its puts to the final change, seeing the summary of the whole batch. The
+    /// changes are submitted one after another and made durable together, by one group
+    /// commit (one log write and fsync, one system-of-record batch), before it returns. A crash
+    /// part-way leaves a prefix of them, each whole, and never the final one; a retry of the
+    /// same push then finds its earlier certificates already revoked.
     pub(super) fn revoke_all(
         &self,
         now: Timestamp,
@@ -27,6 +31,25 @@ impl Registry {
         last: &mut dyn FnMut(&mut Tx<'_>, &RevokeSummary) -> Result<(), RegistryError>,
     ) -> Result<RevokeSummary, RegistryError> {
         let mut sum = RevokeSummary::default();
+        let mut submitted = None;
+        let r = self.submit_revocations(now, actor, certs, last, &mut sum, &mut submitted);
+        // Even when a later change failed, the ones submitted before it are made durable
+        // (and visible) now, not left to whichever write flushes next.
+        if let Some(seq) = submitted {
+            self.store.wait_durable(seq)?;
+        }
+        r.map(|()| sum)
+    }
+
+    fn submit_revocations(
+        &self,
+        now: Timestamp,
+        actor: ActorId,
+        certs: &mut dyn Iterator<Item = CertRef>,
+        last: &mut dyn FnMut(&mut Tx<'_>, &RevokeSummary) -> Result<(), RegistryError>,
+        sum: &mut RevokeSummary,
+        submitted: &mut Option<u64>,
+    ) -> Result<(), RegistryError> {
         let mut certs = certs.peekable();
         loop {
             let mut t = self.begin(now, actor)?;
@@ -40,15 +63,15 @@ impl Registry {
                 }
                 certs.next();
                 taken += 1;
-                self.revoke_one(&mut t, &cert, &mut sum)?;
+                self.revoke_one(&mut t, &cert, sum)?;
             }
             let done = certs.peek().is_none();
             if done {
-                last(&mut t, &sum)?;
+                last(&mut t, sum)?;
             }
-            self.finish(t, OpKind::Revoke)?;
+            *submitted = self.submit(t, OpKind::Revoke)?.or(*submitted);
             if done {
-                return Ok(sum);
+                return Ok(());
             }
         }
     }

@@ -9,6 +9,9 @@ use super::*;
 
 /// Key → (seq, value) of changes submitted but not yet durable.
 pub(super) type PendingMap = HashMap<Box<[u8]>, (u64, Option<Box<[u8]>>), ahash::RandomState>;
+/// Entries a pending map keeps room for across group commits; a bigger one (after a bulk
+/// write) is freed when it empties.
+const PENDING_KEPT_MAX: usize = 4096;
 /// Per table: key → index of a write's latest put of it.
 pub(super) type OwnMap = HashMap<Box<[u8]>, usize, ahash::RandomState>;
 
@@ -174,7 +177,9 @@ impl Store {
     }
 
     /// Makes durable changes visible: applies their puts to the active delta and drops them
-    /// from the writers' pending map (unless a later pending change rewrote the key).
+    /// from the writers' pending map (unless a later pending change rewrote the key). When no
+    /// change is queued after them, which is the usual case, the pending maps are emptied
+    /// whole rather than key by key.
     pub(super) fn publish(&self, w: &mut Writer, changes: Vec<Change>) {
         let Some(upto) = changes.last().map(|c| c.seq) else {
             return;
@@ -188,17 +193,30 @@ impl Store {
             "changes published out of seq order"
         );
         let view = self.view.load();
-        for c in &changes {
-            apply(&view.tables, c);
-            for p in &c.puts {
-                let pending = &mut w.pending[usize::from(p.table) - 1];
-                if pending
-                    .get(p.key.as_slice())
-                    .is_some_and(|(s, _)| *s == c.seq)
-                {
-                    pending.remove(p.key.as_slice());
+        let all_pending = w.next_seq == upto + 1;
+        if all_pending {
+            for pending in &mut w.pending {
+                if pending.capacity() > PENDING_KEPT_MAX {
+                    // Give back what a bulk write grew, rather than clearing it every time.
+                    *pending = PendingMap::default();
+                } else {
+                    pending.clear();
                 }
             }
+        }
+        for c in changes {
+            if !all_pending {
+                for p in &c.puts {
+                    let pending = &mut w.pending[usize::from(p.table) - 1];
+                    if pending
+                        .get(p.key.as_slice())
+                        .is_some_and(|(s, _)| *s == c.seq)
+                    {
+                        pending.remove(p.key.as_slice());
+                    }
+                }
+            }
+            apply(&view.tables, c);
         }
         self.durable.store(upto, Ordering::Release);
         self.durable_moved.notify_waiters();

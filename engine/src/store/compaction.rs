@@ -318,7 +318,7 @@ impl Store {
                 if let Some(fz) = &t.frozen {
                     for e in fz.map.iter() {
                         if !t.active.map.contains_key(e.key()) {
-                            t.active.insert(e.key(), e.value().as_deref());
+                            t.active.insert(e.key().clone(), e.value().clone());
                         }
                     }
                 }

@@ -130,7 +130,7 @@ impl Store {
             let path = fs.root().join(name);
             let bytes = fs.map(name).map_err(io_err(&*fs, "map", name))?;
             let file_len = bytes.len() as u64;
-            let scan = wal::scan(&path, &bytes, is_last)?;
+            let mut scan = wal::scan(&path, &bytes, is_last)?;
             drop(bytes);
             if scan.first_seq != 0 && scan.first_seq != *first {
                 return Err(StoreError::Corrupt {
@@ -165,17 +165,18 @@ impl Store {
                     what: "log segment starts after a gap in seq",
                 });
             }
-            for c in &scan.changes {
-                if c.seq > m.seq {
-                    apply(&tables, c);
-                    report.replayed += 1;
-                }
-                last_seq = last_seq.max(c.seq);
-            }
             let seg_last = scan
                 .changes
                 .last()
                 .map_or(first.saturating_sub(1), |c| c.seq);
+            let has_changes = !scan.changes.is_empty();
+            for c in std::mem::take(&mut scan.changes) {
+                last_seq = last_seq.max(c.seq);
+                if c.seq > m.seq {
+                    apply(&tables, c);
+                    report.replayed += 1;
+                }
+            }
             prev_last = Some(seg_last);
             if let Some(sealed) = scan.sealed
                 && is_last
@@ -211,7 +212,7 @@ impl Store {
                 keep_last = Some((
                     name.clone(),
                     *first,
-                    !scan.changes.is_empty(),
+                    has_changes,
                     scan.version,
                     scan.valid_len,
                 ));
