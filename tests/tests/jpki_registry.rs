@@ -564,12 +564,21 @@ fn a_push_cut_by_a_crash_completes_on_retry_with_the_same_push_id() {
                 .expect("retry completes");
             match first {
                 Ok(s) => {
-                    assert!(retry.replayed && retry.revoke == s.revoke, "seed={seed} k={k}");
+                    assert!(
+                        retry.replayed && retry.revoke == s.revoke,
+                        "seed={seed} k={k}"
+                    );
                 }
                 Err(_) => {
-                    assert!(crashed, "seed={seed} k={k}: only the power cut fails a push");
+                    assert!(
+                        crashed,
+                        "seed={seed} k={k}: only the power cut fails a push"
+                    );
                     struck += 1;
-                    assert!(!retry.replayed, "seed={seed} k={k}: the push record came last");
+                    assert!(
+                        !retry.replayed,
+                        "seed={seed} k={k}: the push record came last"
+                    );
                     assert_eq!(
                         retry.revoke.newly_revoked + retry.revoke.already_known,
                         N,
@@ -588,6 +597,12 @@ fn a_push_cut_by_a_crash_completes_on_retry_with_the_same_push_id() {
             }
         }
     }
-    assert!(struck >= 24, "the cut struck inside the push {struck} times");
-    assert!(prefix >= 3, "a cut left part of the push durable {prefix} times");
+    assert!(
+        struck >= 24,
+        "the cut struck inside the push {struck} times"
+    );
+    assert!(
+        prefix >= 3,
+        "a cut left part of the push durable {prefix} times"
+    );
 }

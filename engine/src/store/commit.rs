@@ -7,22 +7,67 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
-/// Key → (seq, value) of changes submitted but not yet durable.
-pub(super) type PendingMap = HashMap<Box<[u8]>, (u64, Option<Box<[u8]>>), ahash::RandomState>;
+/// Per table, the latest put of each key among the changes submitted but not yet published:
+/// `(hash of the key, seq, index of the put in its change)`. The key and value stay in the
+/// change itself (`Writer::changes`), so queueing a change copies no bytes.
+pub(super) type PendingMap = hashbrown::HashTable<(u64, u64, u32)>;
 /// Entries a pending map keeps room for across group commits; a bigger one (after a bulk
 /// write) is freed when it empties.
 const PENDING_KEPT_MAX: usize = 4096;
-/// Per table: key → index of a write's latest put of it.
-pub(super) type OwnMap = HashMap<Box<[u8]>, usize, ahash::RandomState>;
+/// Per table, the latest put of each key of a write: `(hash of the key, index in its puts)`.
+pub(super) type OwnMap = hashbrown::HashTable<(u64, usize)>;
 
 pub(super) struct Writer {
     pub(super) next_seq: u64,
     /// Encoded records not yet written to the log.
     pub(super) buf: Vec<u8>,
-    /// Changes not yet durable, in seq order.
-    pub(super) changes: Vec<Change>,
-    /// Per table: key → (seq, value) of changes not yet durable, for writers' reads.
+    /// Changes submitted and not yet published, in seq order. A flush leader writes the bytes
+    /// of them all (`buf`) and publishes them, taking them from here only then, so that
+    /// `pending` can point into them until they are visible.
+    pub(super) changes: VecDeque<Change>,
+    /// Per table: where the latest not-yet-published put of each key is, for writers' reads.
     pub(super) pending: Vec<PendingMap>,
+    /// Hashes keys for `pending` and every write's own map (random per process).
+    pub(super) hasher: ahash::RandomState,
+}
+
+impl Writer {
+    /// A writer whose next change is `next_seq`, with nothing pending.
+    pub(super) fn new(next_seq: u64, tables: usize) -> Self {
+        Self {
+            next_seq,
+            buf: Vec::new(),
+            changes: VecDeque::new(),
+            pending: (0..tables).map(|_| PendingMap::new()).collect(),
+            hasher: ahash::RandomState::new(),
+        }
+    }
+
+    /// The put a pending entry points at.
+    fn put_at(&self, (_, seq, i): (u64, u64, u32)) -> &Put {
+        let front = self.changes.front().map_or(seq, |c| c.seq);
+        &self.changes[(seq - front) as usize].puts[i as usize]
+    }
+
+    /// The latest not-yet-published put of `key` in table slot `t`, if any.
+    fn pending_put(&self, t: usize, key: &[u8]) -> Option<&Put> {
+        let h = self.hasher.hash_one(key);
+        self.pending[t]
+            .find(h, |&e| e.0 == h && self.put_at(e).key == key)
+            .map(|&e| self.put_at(e))
+    }
+
+    /// Takes the bytes of every submitted change for a flush; returns the last seq they cover
+    /// and, when `copy`, the changes themselves (for the system of record).
+    fn hand_over(&mut self, copy: bool) -> (Vec<u8>, Option<u64>, Vec<Change>) {
+        let upto = self.changes.back().map(|c| c.seq);
+        let copied = if copy {
+            self.changes.iter().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        (std::mem::take(&mut self.buf), upto, copied)
+    }
 }
 
 pub(super) struct Log {
@@ -110,14 +155,14 @@ impl Store {
     /// does not hold.
     pub(super) fn flush(&self) -> Result<(), StoreError> {
         let mut log = lock(&self.log);
-        let (buf, changes) = {
-            let mut w = lock(&self.writer);
-            (std::mem::take(&mut w.buf), std::mem::take(&mut w.changes))
-        };
-        if changes.is_empty() {
+        let record = self.record.get();
+        // The log lock keeps every other flush out, so what is queued now is exactly what no
+        // flush has written yet.
+        let (buf, upto, changes) = lock(&self.writer).hand_over(record.is_some());
+        let Some(upto) = upto else {
             return Ok(());
-        }
-        if let Some(record) = self.record.get()
+        };
+        if let Some(record) = record
             && let Err(e) = record.commit(&changes)
         {
             let (first, last) = (changes[0].seq, changes[changes.len() - 1].seq);
@@ -129,7 +174,7 @@ impl Store {
         }
         self.write_log(&mut log, &buf)?;
         let mut w = lock(&self.writer);
-        self.publish(&mut w, changes);
+        self.publish(&mut w, upto);
         Ok(())
     }
 
@@ -176,20 +221,18 @@ impl Store {
         r
     }
 
-    /// Makes durable changes visible: applies their puts to the active delta and drops them
-    /// from the writers' pending map (unless a later pending change rewrote the key). When no
-    /// change is queued after them, which is the usual case, the pending maps are emptied
-    /// whole rather than key by key.
-    pub(super) fn publish(&self, w: &mut Writer, changes: Vec<Change>) {
-        let Some(upto) = changes.last().map(|c| c.seq) else {
+    /// Makes the changes up to `upto`, durable now, visible: applies their puts to the active
+    /// delta (moving their bytes) and drops them from the writers' pending maps (unless a later
+    /// pending change rewrote the key). When no change is queued after them, which is the usual
+    /// case, the pending maps are emptied whole rather than key by key.
+    pub(super) fn publish(&self, w: &mut Writer, upto: u64) {
+        if w.changes.front().is_none_or(|c| c.seq > upto) {
             return;
-        };
+        }
         // Published in log order, each seq one past the last durable one.
-        debug_assert!(
-            changes
-                .iter()
-                .zip(self.durable_seq() + 1..)
-                .all(|(c, want)| c.seq == want),
+        debug_assert_eq!(
+            w.changes.front().map(|c| c.seq),
+            Some(self.durable_seq() + 1),
             "changes published out of seq order"
         );
         let view = self.view.load();
@@ -198,21 +241,22 @@ impl Store {
             for pending in &mut w.pending {
                 if pending.capacity() > PENDING_KEPT_MAX {
                     // Give back what a bulk write grew, rather than clearing it every time.
-                    *pending = PendingMap::default();
+                    *pending = PendingMap::new();
                 } else {
                     pending.clear();
                 }
             }
         }
-        for c in changes {
+        while w.changes.front().is_some_and(|c| c.seq <= upto) {
+            let Some(c) = w.changes.pop_front() else {
+                break;
+            };
             if !all_pending {
-                for p in &c.puts {
-                    let pending = &mut w.pending[usize::from(p.table) - 1];
-                    if pending
-                        .get(p.key.as_slice())
-                        .is_some_and(|(s, _)| *s == c.seq)
-                    {
-                        pending.remove(p.key.as_slice());
+                for (i, p) in c.puts.iter().enumerate() {
+                    let h = w.hasher.hash_one(p.key.as_slice());
+                    let me = (h, c.seq, i as u32);
+                    if let Ok(e) = w.pending[usize::from(p.table) - 1].find_entry(h, |&e| e == me) {
+                        e.remove();
                     }
                 }
             }
@@ -314,11 +358,14 @@ impl WriteTx<'_> {
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let table = table.into();
-        if let Some(&i) = self.own[table.index()].get(key) {
+        let h = self.w.hasher.hash_one(key);
+        if let Some(&(_, i)) =
+            self.own[table.index()].find(h, |&(oh, i)| oh == h && self.puts[i].key == key)
+        {
             return Ok(self.puts[i].value.clone());
         }
-        if let Some((_, v)) = self.w.pending[table.index()].get(key) {
-            return Ok(v.as_deref().map(<[u8]>::to_vec));
+        if let Some(p) = self.w.pending_put(table.index(), key) {
+            return Ok(p.value.clone());
         }
         self.store.get(table, key, |v| v.map(<[u8]>::to_vec))
     }
@@ -327,7 +374,18 @@ impl WriteTx<'_> {
     pub fn put(&mut self, table: impl Into<TableId>, key: &[u8], value: Option<Vec<u8>>) {
         let table = table.into();
         self.approx_len += 6 + key.len() + value.as_ref().map_or(0, Vec::len);
-        self.own[table.index()].insert(key.into(), self.puts.len());
+        let h = self.w.hasher.hash_one(key);
+        let (i, puts) = (self.puts.len(), &self.puts);
+        match self.own[table.index()].entry(
+            h,
+            |&(oh, j)| oh == h && puts[j].key == key,
+            |&(oh, _)| oh,
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut e) => e.get_mut().1 = i,
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert((h, i));
+            }
+        }
         self.puts.push(Put {
             table: table.id(),
             key: key.to_vec(),
@@ -420,13 +478,28 @@ impl WriteTx<'_> {
         };
         change.encode(&mut self.w.buf)?;
         self.w.next_seq += 1;
-        for p in &change.puts {
-            self.w.pending[usize::from(p.table) - 1].insert(
-                p.key.clone().into_boxed_slice(),
-                (seq, p.value.as_deref().map(Into::into)),
-            );
+        let w = &mut *self.w;
+        for (i, p) in change.puts.iter().enumerate() {
+            let h = w.hasher.hash_one(p.key.as_slice());
+            let me = (h, seq, i as u32);
+            let (changes, pending) = (&w.changes, &mut w.pending[usize::from(p.table) - 1]);
+            let at = |e: (u64, u64, u32)| {
+                let front = changes.front().map_or(seq, |c| c.seq);
+                // An entry of this change (a key it puts twice) is not in `changes` yet.
+                if e.1 == seq {
+                    &change.puts[e.2 as usize]
+                } else {
+                    &changes[(e.1 - front) as usize].puts[e.2 as usize]
+                }
+            };
+            match pending.entry(h, |&e| e.0 == h && at(e).key == p.key, |&e| e.0) {
+                hashbrown::hash_table::Entry::Occupied(mut e) => *e.get_mut() = me,
+                hashbrown::hash_table::Entry::Vacant(e) => {
+                    e.insert(me);
+                }
+            }
         }
-        self.w.changes.push(change);
+        self.w.changes.push_back(change);
         on_submitted();
         Ok(seq)
     }
@@ -437,5 +510,140 @@ impl WriteTx<'_> {
         let seq = self.submit(at, actor, kind)?;
         store.wait_durable(seq)?;
         Ok(seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::{ActorId, Timestamp};
+    use fs::SimFs;
+    use std::sync::mpsc;
+
+    static ONE: Schema = Schema {
+        tables: &[TableSpec {
+            name: "t",
+            inline_records: true,
+        }],
+    };
+    const T: TableId = TableId::new(1);
+
+    /// A system of record that holds each commit until the test lets it go.
+    struct Gate {
+        entered: Mutex<mpsc::Sender<()>>,
+        release: Mutex<mpsc::Receiver<()>>,
+    }
+
+    impl SystemOfRecord for Gate {
+        fn commit(&self, _: &[Change]) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            lock(&self.entered).send(()).ok();
+            lock(&self.release).recv().ok();
+            Ok(())
+        }
+    }
+
+    fn get(tx: &WriteTx<'_>, k: &[u8]) -> Option<Vec<u8>> {
+        tx.get(T, k).expect("get")
+    }
+
+    /// Writers read changes that are queued and not yet durable, latest put first (a key put
+    /// twice in one change, a key rewritten by a later change), also while a flush of earlier
+    /// changes is in flight and after it has published them: the pending entries of the later
+    /// change then point into a queue whose front has moved.
+    #[test]
+    fn writers_read_queued_changes_before_during_and_after_a_flush_of_earlier_ones() {
+        let layout = Layout {
+            schema: &ONE,
+            shards: vec![1],
+        };
+        let store = Arc::new(
+            Store::create(Arc::new(SimFs::new(3)) as Arc<dyn Fs>, layout).expect("create"),
+        );
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        store
+            .set_system_of_record(Arc::new(Gate {
+                entered: Mutex::new(entered_tx),
+                release: Mutex::new(release_rx),
+            }))
+            .expect("record");
+        let (at, actor) = (Timestamp::from_raw(1), ActorId::parse(b"t").expect("actor"));
+
+        let mut tx = store.write().expect("write");
+        tx.put(T, b"k", Some(b"1a".to_vec()));
+        tx.put(T, b"k", Some(b"1b".to_vec()));
+        tx.put(T, b"a", Some(b"1".to_vec()));
+        assert_eq!(
+            get(&tx, b"k").as_deref(),
+            Some(&b"1b"[..]),
+            "own latest put"
+        );
+        let s1 = tx.submit(at, actor, 0).expect("submit 1");
+        let tx = store.write().expect("write");
+        assert_eq!(
+            get(&tx, b"k").as_deref(),
+            Some(&b"1b"[..]),
+            "queued change 1"
+        );
+        drop(tx);
+
+        // A flush of change 1 starts and stops inside the system of record.
+        let flusher = {
+            let store = store.clone();
+            std::thread::spawn(move || store.wait_durable(s1))
+        };
+        entered.recv().expect("flush entered");
+        let mut tx = store.write().expect("write");
+        tx.put(T, b"k", Some(b"2".to_vec()));
+        tx.put(T, b"b", None);
+        let s2 = tx.submit(at, actor, 0).expect("submit 2");
+        let tx = store.write().expect("write");
+        assert_eq!(
+            get(&tx, b"k").as_deref(),
+            Some(&b"2"[..]),
+            "change 2 during the flush"
+        );
+        assert_eq!(
+            get(&tx, b"a").as_deref(),
+            Some(&b"1"[..]),
+            "change 1 during the flush"
+        );
+        drop(tx);
+        release.send(()).expect("release 1");
+        flusher.join().expect("thread").expect("durable 1");
+        assert_eq!(store.durable_seq(), s1);
+
+        // Change 1 is published, change 2 still queued at the front of the queue.
+        let tx = store.write().expect("write");
+        assert_eq!(
+            get(&tx, b"k").as_deref(),
+            Some(&b"2"[..]),
+            "change 2 after 1 published"
+        );
+        assert_eq!(
+            get(&tx, b"a").as_deref(),
+            Some(&b"1"[..]),
+            "change 1 from the delta"
+        );
+        assert_eq!(get(&tx, b"b"), None);
+        drop(tx);
+        assert_eq!(
+            store
+                .get(T, b"k", |v| v.map(<[u8]>::to_vec))
+                .expect("get")
+                .as_deref(),
+            Some(&b"1b"[..]),
+            "readers see only durable changes"
+        );
+        release.send(()).expect("release 2");
+        store.wait_durable(s2).expect("durable 2");
+        assert_eq!(
+            store
+                .get(T, b"k", |v| v.map(<[u8]>::to_vec))
+                .expect("get")
+                .as_deref(),
+            Some(&b"2"[..])
+        );
+        assert!(lock(&store.writer).pending.iter().all(|p| p.is_empty()));
     }
 }

@@ -343,9 +343,9 @@ impl Store {
         let mut w = lock(&self.writer);
         self.check_failed()?;
         let buf = std::mem::take(&mut w.buf);
-        let changes = std::mem::take(&mut w.changes);
         self.write_log(&mut log, &buf)?;
-        self.publish(&mut w, changes);
+        let upto = w.next_seq - 1;
+        self.publish(&mut w, upto);
         let seq = w.next_seq - 1;
         if seq == self.view.load().snap_seq {
             return Ok(None);

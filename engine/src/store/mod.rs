@@ -40,7 +40,7 @@ mod schema;
 pub mod snapshot;
 pub mod wal;
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -49,7 +49,7 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 
 use crate::id::{ActorId, Timestamp};
-use commit::{Log, PendingMap, Writer, new_segment};
+use commit::{Log, Writer, new_segment};
 pub use commit::{SystemOfRecord, WriteTx};
 pub use compaction::{
     COMPACTION_BACKOFF_MAX, COMPACTION_BACKOFF_MIN, CompactionPolicy, Compactor, spawn_compactor,

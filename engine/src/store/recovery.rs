@@ -261,12 +261,7 @@ impl Store {
                 tables,
                 snap_seq: m.seq,
             }),
-            writer: Mutex::new(Writer {
-                next_seq,
-                buf: Vec::new(),
-                changes: Vec::new(),
-                pending: (0..schema.len()).map(|_| PendingMap::default()).collect(),
-            }),
+            writer: Mutex::new(Writer::new(next_seq, schema.len())),
             log_first_seq: AtomicU64::new(log.first_seq),
             log: Mutex::new(log),
             durable: AtomicU64::new(last_seq),
