@@ -772,6 +772,54 @@ async fn a_request_that_does_not_arrive_whole_is_refused_at_the_deadline() {
     server.shutdown().await;
 }
 
+/// A connection is granted `STREAMS_GRANTED_FIRST` streams at first and more each time it has
+/// them all open, up to `STREAMS_PER_CONNECTION_MAX`: a client holding 200 requests open at once
+/// (none finished, so none frees a stream) opens them all well inside the read deadline, and
+/// the 257th waits for one of them to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_uses_its_streams_is_granted_more_up_to_the_limit() {
+    use mykey_engine::wire::{STREAMS_GRANTED_FIRST, STREAMS_PER_CONNECTION_MAX};
+    let net = Net::new();
+    let dir = TempDir::new("server-stream-grant");
+    let limits = mykey_engine::server::Limits {
+        read_timeout: std::time::Duration::from_secs(20),
+        ..mykey_engine::server::Limits::default()
+    };
+    let server = start_with(&net, registry(&dir, true), Vec::new(), limits);
+    let c = net
+        .client(server.local_addr().expect("addr"), "counter-a")
+        .await;
+    let conn = c.connection();
+    let mut held = Vec::new();
+    for i in 0..STREAMS_PER_CONNECTION_MAX {
+        // Half a header and no FIN: the server keeps the stream open until the deadline.
+        let opened = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            let (mut send, recv) = conn.open_bi().await.expect("stream");
+            send.write_all(&[1u8, 1, 0]).await.expect("send");
+            (send, recv)
+        })
+        .await
+        .unwrap_or_else(|_| panic!("stream {i} not granted (first grant {STREAMS_GRANTED_FIRST})"));
+        held.push(opened);
+    }
+    let over = tokio::time::timeout(std::time::Duration::from_millis(500), conn.open_bi()).await;
+    assert!(
+        over.is_err(),
+        "a stream past {STREAMS_PER_CONNECTION_MAX} was granted"
+    );
+    drop(held);
+    assert_eq!(
+        c.lookup(
+            provider("A-α1-0001"),
+            MyKeyId::parse(b"1C2410DF79DGEL").expect("id")
+        )
+        .await
+        .expect("the connection still serves"),
+        Lookup::UnknownId
+    );
+    server.shutdown().await;
+}
+
 /// Handshakes beyond `handshakes_per_second` are refused at once (QUIC CONNECTION_REFUSED) and
 /// counted; the connections already made go on serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

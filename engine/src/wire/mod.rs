@@ -52,8 +52,13 @@ pub const BATCH_MAX: usize = 1024;
 pub const EXPORT_CHUNK_MAX: usize = 4096;
 /// Bytes of an export row before its service ID: the MyKey ID, the state, the service length.
 pub const EXPORT_ROW_FIXED: usize = MYKEY_ID_LEN + 2;
-/// Concurrent requests (streams) per connection.
+/// Concurrent requests (streams) per connection, at most.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// Concurrent requests a connection is granted at first. QUIC keeps state for every stream
+/// the peer may open (quinn ~70 bytes per allowed stream, allocated at once), so a grant of
+/// 256 cost every idle counter terminal ~17 KiB; a connection that uses all of its grant is
+/// granted four times as many, up to [`STREAMS_PER_CONNECTION_MAX`].
+pub const STREAMS_GRANTED_FIRST: u32 = 16;
 /// Most providers a forwarded client's identity carries (a certificate naming more is refused
 /// at its handshake).
 pub const FORWARD_PROVIDERS_MAX: usize = 256;
