@@ -8,7 +8,8 @@
 # share the same 2 cores).
 #
 # Usage: bench/terminals.sh [TERMINALS] [HOLD]   (defaults 13000 terminals, 10 s)
-#        PERF_OUT=FILE also records a `perf` profile of the server for the whole run.
+#        PERF_OUT=FILE also records a `perf` profile of the server for the whole run;
+#        SERVER_WRAP="heaptrack -o FILE" runs the server under a heap profiler.
 # Needs the release binaries (cargo build --release -p mykey-engine -p mykey-load).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +36,7 @@ $B/mykeyd snapshot build --population "$work/pop/population.csv" \
 quic=127.0.0.1:$(free_port)
 admin=127.0.0.1:$(free_port)
 MYKEYD_SERVER_LISTEN=$quic MYKEYD_SERVER_ADMIN_LISTEN=$admin MYKEYD_LIMITS_RATE_PER_IDENTITY=0 \
-    MYKEYD_LOG_LEVEL=warn $B/mykeyd serve --config "$work/n/mykeyd.toml" 2>"$work/server.log" &
+    MYKEYD_LOG_LEVEL=warn ${SERVER_WRAP:-} $B/mykeyd serve --config "$work/n/mykeyd.toml" 2>"$work/server.log" &
 server=$!
 pids+=($server)
 for _ in $(seq 600); do
