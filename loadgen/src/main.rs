@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use mykey_engine::server::pki::OperatorCa;
+use mykey_load::floor::Floor;
 use mykey_load::model::{Mix, Model};
 use mykey_load::population::PopulationSpec;
 use mykey_load::report::Slo;
@@ -110,6 +111,18 @@ struct RunArgs {
     /// Fail (exit 1) if more than this share of requests fail, e.g. 0.001.
     #[arg(long)]
     max_error_rate: Option<f64>,
+    /// Play the same schedule again against an in-process server with no engine on the same
+    /// QUIC setup (the floor), and report the engine's percentiles beside the floor's.
+    #[arg(long)]
+    floor: bool,
+    /// Fail (exit 1) if a p99 is more than this many times the floor's (needs --floor):
+    /// `1.2` for every operation, `lookup=1.2` for one. Repeatable.
+    #[arg(long, value_parser = parse_ratio_limit)]
+    max_p99_over_floor: Vec<(Option<String>, f64)>,
+    /// Write a self-contained HTML report here (plots of each operation's percentiles and
+    /// latency over time, engine and floor side by side, rates and errors over time).
+    #[arg(long)]
+    html: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -183,6 +196,23 @@ fn parse_p99_limit(s: &str) -> Result<(Option<String>, Duration), String> {
             "{op:?} is not an operation: give one of {}",
             trace::OP_NAMES.join(", ")
         )),
+    }
+}
+
+fn parse_ratio_limit(s: &str) -> Result<(Option<String>, f64), String> {
+    let (op, r) = match s.split_once('=') {
+        None => (None, s),
+        Some((op, r)) if trace::OP_NAMES.contains(&op) => (Some(op.to_owned()), r),
+        Some((op, _)) => {
+            return Err(format!(
+                "{op:?} is not an operation: give one of {}",
+                trace::OP_NAMES.join(", ")
+            ));
+        }
+    };
+    match r.parse::<f64>() {
+        Ok(x) if x > 0.0 && x.is_finite() => Ok((op, x)),
+        _ => Err(format!("{r:?}: give a ratio above 0, e.g. 1.2")),
     }
 }
 
@@ -297,8 +327,32 @@ fn play(r: &RunArgs, events: Vec<trace::Event>, terminals: u32) -> Result<bool, 
         "connecting the terminals and playing {} requests ...",
         events.len()
     );
-    let report = rt.block_on(runner::run(&target, events, opts))?;
+    if !r.max_p99_over_floor.is_empty() && !r.floor {
+        return Err("--max-p99-over-floor needs --floor".into());
+    }
+    let floor_events = r.floor.then(|| events.clone());
+    let mut report = rt.block_on(runner::run(&target, events, opts))?;
+    if let Some(events) = floor_events {
+        let floor = Floor::start(&target.pki, &target.server_name)?;
+        eprintln!(
+            "playing the same {} requests against the floor server on {} ...",
+            events.len(),
+            floor.addr()
+        );
+        let at_floor = Target {
+            addrs: vec![floor.addr()],
+            server_name: target.server_name.clone(),
+            pki: target.pki.clone(),
+            cards: target.cards.clone(),
+        };
+        report.floor = Some(Box::new(rt.block_on(runner::run(&at_floor, events, opts))?));
+    }
     print!("{}", report.human());
+    if let Some(p) = &r.html {
+        std::fs::write(p, mykey_load::html::render(&report))
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        eprintln!("wrote the HTML report to {}", p.display());
+    }
     if let Some(p) = &r.json {
         std::fs::write(p, report.json().to_string())
             .map_err(|e| format!("{}: {e}", p.display()))?;
@@ -306,6 +360,7 @@ fn play(r: &RunArgs, events: Vec<trace::Event>, terminals: u32) -> Result<bool, 
     let broken = report.violations(&Slo {
         max_p99: r.max_p99.clone(),
         max_error_rate: r.max_error_rate,
+        max_p99_over_floor: r.max_p99_over_floor.clone(),
     });
     for v in &broken {
         println!("SLO broken: {v}");

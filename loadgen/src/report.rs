@@ -1,7 +1,8 @@
 //! What a run measured: HDR histograms of latency per operation (p50, p90, p99, p99.9, max),
-//! achieved against scheduled rate, errors by class, and SLO verdicts; as a human summary or a
-//! versioned JSON document. A refused or dropped request is an error of its class, never a
-//! success. Owns no I/O.
+//! achieved against scheduled rate, errors by class, the same over time (series of fixed-width
+//! time buckets), and SLO verdicts; as a human summary or a versioned JSON document, beside
+//! the floor run's when there is one. A refused or dropped request is an error of its class,
+//! never a success. Owns no I/O.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -9,10 +10,23 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-/// Version of the JSON report.
-pub const REPORT_VERSION: u32 = 1;
+/// Version of the JSON report (2 added `series`, `distribution` and `floor`).
+pub const REPORT_VERSION: u32 = 2;
 /// Largest latency recorded exactly, in microseconds (larger ones saturate here): 1 hour.
 const LATENCY_MAX_US: u64 = 3_600_000_000;
+/// Time buckets a run's series is cut into, at most (a longer run gets wider buckets).
+const SERIES_BUCKETS: usize = 120;
+/// Narrowest time bucket, in seconds: enough requests in each for its p99 at a low rate.
+const SERIES_BUCKET_MIN_SECS: f64 = 0.5;
+/// Buckets past the schedule's end kept for late answers (and closed-loop runs, which do not
+/// keep to the schedule); anything later lands in the last.
+const SERIES_OVERRUN_BUCKETS: usize = SERIES_BUCKETS;
+/// Largest latency a series bucket resolves, in microseconds (larger saturate): 60 s.
+const SERIES_LATENCY_MAX_US: u64 = 60_000_000;
+/// Quantiles of each operation's distribution in the JSON report (and its HTML plot).
+pub const DISTRIBUTION_QUANTILES: [f64; 14] = [
+    0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0,
+];
 
 /// Service-level objectives that make the exit status non-zero.
 #[derive(Clone, Debug, Default)]
@@ -23,6 +37,9 @@ pub struct Slo {
     pub max_p99: Vec<(Option<String>, Duration)>,
     /// Largest acceptable share of failed requests (0.01 = 1 %).
     pub max_error_rate: Option<f64>,
+    /// Largest acceptable p99 as a multiple of the floor run's, for one operation or every
+    /// one (checked only when the report has a floor run).
+    pub max_p99_over_floor: Vec<(Option<String>, f64)>,
 }
 
 /// The outcome of a run.
@@ -44,6 +61,109 @@ pub struct Report {
     pub connect_secs: f64,
     /// Terminals connected.
     pub terminals: u64,
+    series: Series,
+    /// The same schedule played against the floor server (`--floor`).
+    pub floor: Option<Box<Report>>,
+}
+
+/// A run over time: per bucket of `width_secs`, the requests scheduled to start in it, the
+/// answers that came back in it, and, by scheduled start, each operation's latencies and each
+/// error class's count.
+#[derive(Debug)]
+struct Series {
+    width_secs: f64,
+    scheduled: Vec<u64>,
+    answered: Vec<u64>,
+    latency: BTreeMap<&'static str, Vec<Option<Histogram<u32>>>>,
+    errors: BTreeMap<String, Vec<u64>>,
+}
+
+impl Series {
+    fn new(span_secs: f64) -> Self {
+        Self {
+            width_secs: (span_secs / SERIES_BUCKETS as f64).max(SERIES_BUCKET_MIN_SECS),
+            scheduled: Vec::new(),
+            answered: Vec::new(),
+            latency: BTreeMap::new(),
+            errors: BTreeMap::new(),
+        }
+    }
+
+    fn bucket(&self, at_secs: f64) -> usize {
+        let b = (at_secs.max(0.0) / self.width_secs) as usize;
+        b.min(SERIES_BUCKETS + SERIES_OVERRUN_BUCKETS - 1)
+    }
+
+    fn count(v: &mut Vec<u64>, b: usize) {
+        if v.len() <= b {
+            v.resize(b + 1, 0);
+        }
+        v[b] += 1;
+    }
+
+    fn record(&mut self, op: &'static str, at_secs: f64, latency: Duration, error: Option<&str>) {
+        let b = self.bucket(at_secs);
+        let done = self.bucket(at_secs + latency.as_secs_f64());
+        Self::count(&mut self.answered, done);
+        match error {
+            Some(class) => {
+                if !self.errors.contains_key(class) {
+                    self.errors.insert(class.to_owned(), Vec::new());
+                }
+                if let Some(v) = self.errors.get_mut(class) {
+                    Self::count(v, b);
+                }
+            }
+            None => {
+                let v = self.latency.entry(op).or_default();
+                if v.len() <= b {
+                    v.resize_with(b + 1, || None);
+                }
+                let h = v[b].get_or_insert_with(|| {
+                    Histogram::new_with_bounds(1, SERIES_LATENCY_MAX_US, 2)
+                        .expect("valid histogram bounds")
+                });
+                let us = (latency.as_micros() as u64).clamp(1, SERIES_LATENCY_MAX_US);
+                let _ = h.record(us);
+            }
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let per_bucket = |v: &[Option<Histogram<u32>>], q: f64| -> Vec<serde_json::Value> {
+            v.iter()
+                .map(|h| match h {
+                    Some(h) if !h.is_empty() => json!(h.value_at_quantile(q)),
+                    _ => serde_json::Value::Null,
+                })
+                .collect()
+        };
+        let ops: serde_json::Map<String, serde_json::Value> = self
+            .latency
+            .iter()
+            .map(|(op, v)| {
+                let count: Vec<u64> = v
+                    .iter()
+                    .map(|h| h.as_ref().map_or(0, |h| h.len()))
+                    .collect();
+                (
+                    (*op).to_owned(),
+                    json!({
+                        "count": count,
+                        "p50_us": per_bucket(v, 0.5),
+                        "p99_us": per_bucket(v, 0.99),
+                    }),
+                )
+            })
+            .collect();
+        json!({
+            "bucket_secs": self.width_secs,
+            "scheduled": self.scheduled,
+            "answered": self.answered,
+            "ops": ops,
+            "errors": self.errors,
+        })
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -63,12 +183,28 @@ impl Report {
             elapsed_secs: 0.0,
             connect_secs: 0.0,
             terminals: 0,
+            series: Series::new(scheduled_secs),
+            floor: None,
         }
     }
 
-    /// Records one request: its latency (from its scheduled start in open loop) and, if it
-    /// failed, its error class.
-    pub fn record(&mut self, op: &'static str, latency: Duration, error: Option<String>) {
+    /// Counts a request scheduled to start `at_secs` into the run, for the scheduled rate
+    /// over time.
+    pub fn scheduled_at(&mut self, at_secs: f64) {
+        let b = self.series.bucket(at_secs);
+        Series::count(&mut self.series.scheduled, b);
+    }
+
+    /// Records one request: when it was due (open loop) or sent (closed loop), in seconds from
+    /// the start of the run, its latency from then, and, if it failed, its error class.
+    pub fn record(
+        &mut self,
+        op: &'static str,
+        at_secs: f64,
+        latency: Duration,
+        error: Option<String>,
+    ) {
+        self.series.record(op, at_secs, latency, error.as_deref());
         match error {
             None => {
                 let us = (latency.as_micros() as u64).clamp(1, LATENCY_MAX_US);
@@ -84,6 +220,7 @@ impl Report {
         &mut self,
         node: &str,
         op: &'static str,
+        at_secs: f64,
         latency: Duration,
         error: Option<String>,
     ) {
@@ -94,7 +231,7 @@ impl Report {
             let us = (latency.as_micros() as u64).clamp(1, LATENCY_MAX_US);
             let _ = n.0.entry(op).or_insert_with(histogram).record(us);
         }
-        self.record(op, latency, error);
+        self.record(op, at_secs, latency, error);
     }
 
     /// The `q` quantile of `op` at the server `node`, in microseconds.
@@ -150,6 +287,32 @@ impl Report {
                     Some(_) => {}
                     None => v.push(format!("{op}: no request answered, so no p99 to hold")),
                 },
+            }
+        }
+        let over = self.p99_over_floor();
+        for (op, max) in &slo.max_p99_over_floor {
+            if self.floor.is_none() {
+                v.push("no floor run to compare the p99s with".into());
+                break;
+            }
+            let checked: Vec<(&str, f64)> = match op {
+                None => over.iter().map(|(o, r)| (*o, *r)).collect(),
+                Some(op) => match over.get(op.as_str()) {
+                    Some(r) => vec![(op.as_str(), *r)],
+                    None => {
+                        v.push(format!(
+                            "{op}: not answered by both runs, so no ratio to hold"
+                        ));
+                        continue;
+                    }
+                },
+            };
+            for (op, r) in checked {
+                if r > *max {
+                    v.push(format!(
+                        "{op} p99 is {r:.2}× the floor's, over the limit {max}×"
+                    ));
+                }
             }
         }
         if let Some(max) = slo.max_error_rate
@@ -210,10 +373,59 @@ impl Report {
                 s.push_str(&format!("  {node:<21} failed {failed}\n"));
             }
         }
+        if let Some(f) = &self.floor {
+            s.push_str(&format!(
+                "floor (the same schedule, the same QUIC setup, no engine): {} ok, {} failed; \
+                 achieved {:.0}/s; {} terminals connected in {:.2} s\n",
+                f.ok(),
+                f.failed(),
+                (f.ok() + f.failed()) as f64 / f.elapsed_secs.max(1e-9),
+                f.terminals,
+                f.connect_secs
+            ));
+            s.push_str(
+                "op            engine p50  floor p50  engine p99  floor p99  p99 engine/floor\n",
+            );
+            for (op, h) in &self.per_op {
+                let Some(fh) = f.per_op.get(op) else {
+                    s.push_str(&format!("{op:<12} (no floor answers)\n"));
+                    continue;
+                };
+                let (e99, f99) = (h.value_at_quantile(0.99), fh.value_at_quantile(0.99));
+                s.push_str(&format!(
+                    "{op:<12} {:>11} {:>10} {:>11} {:>10} {:>17.2}\n",
+                    h.value_at_quantile(0.5),
+                    fh.value_at_quantile(0.5),
+                    e99,
+                    f99,
+                    e99 as f64 / f99.max(1) as f64
+                ));
+            }
+            for (class, n) in &f.errors {
+                s.push_str(&format!("floor error {class}: {n}\n"));
+            }
+        }
         s
     }
 
-    /// The JSON document (`"version": 1`).
+    /// Each operation's p99 divided by the floor run's (operations both answered).
+    pub fn p99_over_floor(&self) -> BTreeMap<&'static str, f64> {
+        let Some(f) = &self.floor else {
+            return BTreeMap::new();
+        };
+        self.per_op
+            .iter()
+            .filter_map(|(op, h)| {
+                let fh = f.per_op.get(op)?;
+                Some((
+                    *op,
+                    h.value_at_quantile(0.99) as f64 / fh.value_at_quantile(0.99).max(1) as f64,
+                ))
+            })
+            .collect()
+    }
+
+    /// The JSON document (`"version": 2`).
     pub fn json(&self) -> serde_json::Value {
         let ops = ops_json(&self.per_op);
         let per_node: serde_json::Map<String, serde_json::Value> = self
@@ -242,6 +454,10 @@ impl Report {
             "ops": ops,
             "errors": self.errors,
             "per_server": per_node,
+            "distribution": distribution_json(&self.per_op),
+            "series": self.series.json(),
+            "floor": self.floor.as_ref().map(|f| f.json()),
+            "p99_over_floor": self.p99_over_floor(),
         })
     }
 }
@@ -268,6 +484,22 @@ fn ops_json(
         .collect()
 }
 
+/// Each operation's latency at [`DISTRIBUTION_QUANTILES`], as `[quantile, µs]` pairs.
+fn distribution_json(
+    per_op: &BTreeMap<&'static str, Histogram<u64>>,
+) -> serde_json::Map<String, serde_json::Value> {
+    per_op
+        .iter()
+        .map(|(op, h)| {
+            let points: Vec<serde_json::Value> = DISTRIBUTION_QUANTILES
+                .iter()
+                .map(|q| json!([q, h.value_at_quantile(*q)]))
+                .collect();
+            ((*op).to_owned(), json!(points))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,10 +507,15 @@ mod tests {
     fn report() -> Report {
         let mut r = Report::new("open", 300, 1.0);
         for i in 0..100 {
-            r.record("lookup", Duration::from_micros(100 + i), None);
-            r.record("link", Duration::from_micros(2_000 + i), None);
+            r.record("lookup", 0.0, Duration::from_micros(100 + i), None);
+            r.record("link", 0.0, Duration::from_micros(2_000 + i), None);
         }
-        r.record("lookup", Duration::from_micros(50), Some("BUSY".into()));
+        r.record(
+            "lookup",
+            0.0,
+            Duration::from_micros(50),
+            Some("BUSY".into()),
+        );
         r
     }
 
@@ -291,12 +528,14 @@ mod tests {
         let all = r.violations(&Slo {
             max_p99: vec![(None, ms)],
             max_error_rate: None,
+            ..Slo::default()
         });
         assert_eq!(all.len(), 1, "{all:?}");
         assert!(all[0].starts_with("link p99"), "{all:?}");
         let reads = Slo {
             max_p99: vec![(Some("lookup".into()), ms), (Some("link".into()), 3 * ms)],
             max_error_rate: Some(0.01),
+            ..Slo::default()
         };
         assert!(
             r.violations(&reads).is_empty(),
@@ -306,6 +545,7 @@ mod tests {
         let tight = Slo {
             max_p99: vec![(Some("lookup".into()), Duration::from_micros(150))],
             max_error_rate: Some(0.001),
+            ..Slo::default()
         };
         let broken = r.violations(&tight);
         assert_eq!(broken.len(), 2, "{broken:?}");
@@ -313,6 +553,7 @@ mod tests {
         let missing = r.violations(&Slo {
             max_p99: vec![(Some("card-lookup".into()), ms)],
             max_error_rate: None,
+            ..Slo::default()
         });
         assert_eq!(missing.len(), 1, "{missing:?}");
     }
@@ -323,12 +564,13 @@ mod tests {
     fn a_run_over_several_servers_reports_each() {
         let mut r = Report::new("open", 30, 1.0);
         for i in 0..10 {
-            r.record_at("a:1", "lookup", Duration::from_micros(100 + i), None);
-            r.record_at("b:2", "lookup", Duration::from_micros(900 + i), None);
+            r.record_at("a:1", "lookup", 0.0, Duration::from_micros(100 + i), None);
+            r.record_at("b:2", "lookup", 0.0, Duration::from_micros(900 + i), None);
         }
         r.record_at(
             "b:2",
             "lookup",
+            0.0,
             Duration::from_micros(5),
             Some("NO_WRITER".into()),
         );
@@ -348,5 +590,62 @@ mod tests {
             h.contains("per server:") && h.contains("b:2") && h.contains("failed 1"),
             "{h}"
         );
+    }
+
+    /// Over time: a slow second half shows in its buckets' p99 and not in the first half's,
+    /// errors land in the bucket of their scheduled start, answers in the bucket they came
+    /// back in, and the floor's figures sit beside the engine's.
+    #[test]
+    fn the_series_shows_when_a_run_slowed_and_failed() {
+        // 60 s scheduled: buckets of 0.5 s; a request every 10 ms.
+        let mut r = Report::new("open", 6000, 60.0);
+        for i in 0..6000u64 {
+            let at = i as f64 / 100.0;
+            r.scheduled_at(at);
+            let slow = at >= 30.0;
+            let latency = Duration::from_micros(if slow { 20_000 } else { 200 });
+            let error = (slow && i % 10 == 0).then(|| "BUSY".to_owned());
+            r.record("lookup", at, latency, error);
+        }
+        let j = r.json();
+        let series = &j["series"];
+        assert_eq!(series["bucket_secs"], 0.5);
+        assert_eq!(series["scheduled"][0], 50);
+        let p99 = &series["ops"]["lookup"]["p99_us"];
+        let (early, late) = (
+            p99[10].as_u64().expect("early"),
+            p99[100].as_u64().expect("late"),
+        );
+        assert!(early < 300 && late >= 19_000, "{early} {late}");
+        assert_eq!(series["errors"]["BUSY"][10], 0);
+        assert_eq!(series["errors"]["BUSY"][100], 5);
+        // Every answer is counted once, in the bucket it came back in.
+        let answered: u64 = series["answered"]
+            .as_array()
+            .expect("answered")
+            .iter()
+            .map(|v| v.as_u64().expect("count"))
+            .sum();
+        assert_eq!(answered, 6000);
+        let dist = &j["distribution"]["lookup"];
+        assert_eq!(
+            dist.as_array().map(Vec::len),
+            Some(DISTRIBUTION_QUANTILES.len())
+        );
+        assert!(dist[3][1].as_u64() < Some(300) && dist[13][1].as_u64() >= Some(19_000));
+
+        let mut floor = Report::new("open", 6000, 60.0);
+        for i in 0..6000u64 {
+            floor.record("lookup", i as f64 / 100.0, Duration::from_micros(150), None);
+        }
+        r.floor = Some(Box::new(floor));
+        let ratio = r.p99_over_floor()["lookup"];
+        assert!(ratio > 100.0, "{ratio}");
+        let h = r.human();
+        assert!(
+            h.contains("floor (the same schedule") && h.contains("engine/floor"),
+            "{h}"
+        );
+        assert_eq!(r.json()["floor"]["ops"]["lookup"]["count"], 6000);
     }
 }

@@ -324,6 +324,7 @@ async fn record(
     report: &Mutex<Report>,
     nodes: &[String],
     e: &Event,
+    at_secs: f64,
     latency: Duration,
     error: Option<String>,
 ) {
@@ -332,11 +333,12 @@ async fn record(
         r.record_at(
             &nodes[e.terminal as usize % nodes.len()],
             e.request.name(),
+            at_secs,
             latency,
             error,
         );
     } else {
-        r.record(e.request.name(), latency, error);
+        r.record(e.request.name(), at_secs, latency, error);
     }
 }
 
@@ -357,7 +359,11 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
         Mode::Open => "open",
         Mode::Closed { .. } => "closed",
     };
-    let report = Arc::new(Mutex::new(Report::new(mode, events.len() as u64, span)));
+    let mut report = Report::new(mode, events.len() as u64, span);
+    for e in &events {
+        report.scheduled_at(e.at_us as f64 / 1e6 / speed);
+    }
+    let report = Arc::new(Mutex::new(report));
     let (clients, connect_secs) =
         connect_all(target, &events, opts.sockets, opts.terminals).await?;
     {
@@ -455,7 +461,8 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
                             // Latency from the schedule: a late answer is late however it
                             // came about.
                             let latency = Instant::now().saturating_duration_since(due);
-                            record(&report, &nodes, e, latency, r.err()).await;
+                            let at = e.at_us as f64 / 1e6 / speed;
+                            record(&report, &nodes, e, at, latency, r.err()).await;
                         }));
                     }
                 })
@@ -486,7 +493,8 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
                         let Some(e) = events.get(i) else { break };
                         let sent = Instant::now();
                         let r = send(clients.get(&e.terminal), &ctx, &e.request).await;
-                        record(&report, &nodes, e, sent.elapsed(), r.err()).await;
+                        let at = sent.duration_since(start).as_secs_f64();
+                        record(&report, &nodes, e, at, sent.elapsed(), r.err()).await;
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                 }));

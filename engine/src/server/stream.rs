@@ -7,7 +7,7 @@
 //! Owns sockets, deadlines and threads; never decides what a request means.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use quinn::{Endpoint, RecvStream, SendStream};
@@ -142,25 +142,16 @@ pub(super) async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
             let gauge = metrics::gauge!(admin::CONNECTIONS);
             gauge.increment(1.0);
             tracing::debug!(role = ident.role.name(), name = %ident.name, "connection");
-            let open = Arc::new(AtomicU32::new(0));
-            let mut granted = wire::STREAMS_GRANTED_FIRST;
+            let mut grant = super::StreamGrant::default();
             while let Ok((send, recv)) = conn.accept_bi().await {
                 let shared = shared.clone();
                 let ident = ident.clone();
                 let bucket = bucket.clone();
-                let open = open.clone();
-                // A connection using all of its grant gets more, so pipelining clients reach
-                // the full limit while idle terminals keep the small one.
-                if open.fetch_add(1, Ordering::AcqRel) + 1 >= granted
-                    && granted < wire::STREAMS_PER_CONNECTION_MAX
-                {
-                    granted = (granted * 4).min(wire::STREAMS_PER_CONNECTION_MAX);
-                    conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(granted));
-                }
+                let open = grant.accepted(&conn);
                 shared.active.fetch_add(1, Ordering::AcqRel);
                 tokio::spawn(async move {
                     serve_stream(&shared, &ident, &bucket, send, recv).await;
-                    open.fetch_sub(1, Ordering::AcqRel);
+                    drop(open);
                     if shared.active.fetch_sub(1, Ordering::AcqRel) == 1 {
                         shared.idle.notify_waiters();
                     }

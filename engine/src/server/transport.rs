@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use quinn::Endpoint;
@@ -115,6 +116,48 @@ pub fn server_config(tls: ServerTls) -> Result<quinn::ServerConfig, ServerError>
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(wire::STREAMS_GRANTED_FIRST));
     sc.transport_config(Arc::new(t));
     Ok(sc)
+}
+
+/// The streams a server grants one connection: [`wire::STREAMS_GRANTED_FIRST`] at its
+/// handshake (set by [`server_config`]), four times as many each time the client has them all
+/// open, up to [`wire::STREAMS_PER_CONNECTION_MAX`]. quinn keeps state for every stream a peer
+/// may open, so an idle terminal holding the small grant costs kilobytes, while a pipelining
+/// client reaches the full limit. One per connection, in its accept loop.
+pub struct StreamGrant {
+    open: Arc<AtomicU32>,
+    granted: u32,
+}
+
+/// A stream counted open by its [`StreamGrant`] until this is dropped.
+pub struct OpenStream(Arc<AtomicU32>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Default for StreamGrant {
+    fn default() -> Self {
+        Self {
+            open: Arc::new(AtomicU32::new(0)),
+            granted: wire::STREAMS_GRANTED_FIRST,
+        }
+    }
+}
+
+impl StreamGrant {
+    /// Counts a stream `conn` accepted as open, granting more streams when the client now has
+    /// all it was granted open. Keep the returned guard as long as the stream is served.
+    pub fn accepted(&mut self, conn: &quinn::Connection) -> OpenStream {
+        if self.open.fetch_add(1, Ordering::AcqRel) + 1 >= self.granted
+            && self.granted < wire::STREAMS_PER_CONNECTION_MAX
+        {
+            self.granted = (self.granted * 4).min(wire::STREAMS_PER_CONNECTION_MAX);
+            conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(self.granted));
+        }
+        OpenStream(self.open.clone())
+    }
 }
 
 /// Receive and send buffer asked for on every QUIC UDP socket, server and client. All of a
