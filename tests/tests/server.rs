@@ -1169,3 +1169,88 @@ fn a_write_made_durable_wakes_a_read_waiting_for_its_seq() {
     later.as_mut().enable();
     assert!(later.as_mut().poll(&mut cx).is_pending(), "no write since");
 }
+
+/// Four endpoints on one port (`SO_REUSEPORT`): 64 terminals, each from a UDP port of its own,
+/// are spread over all four by the kernel, and every request of every one is answered (no
+/// datagram goes to an endpoint that does not know its connection). The connection limit is the
+/// node's, over all its endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_sharing_a_port_spread_the_connections_and_answer_every_request() {
+    const ENDPOINTS: usize = 4;
+    const TERMINALS: usize = 64;
+    let net = Net::new();
+    let dir = TempDir::new("server-endpoints");
+    let service = Arc::new(Service {
+        registry: registry(&dir, true),
+        jpki: pki().jpki(),
+        clock: now,
+    });
+    let limits = mykey_engine::server::Limits {
+        rate_per_identity: 0,
+        ..mykey_engine::server::Limits::default()
+    };
+    let server = Server::start_with(
+        "127.0.0.1:0".parse().expect("addr"),
+        net.pki.server_tls(Vec::new()),
+        service.clone(),
+        limits,
+        ENDPOINTS,
+    )
+    .expect("server starts");
+    let addr = server.local_addr().expect("addr");
+    let a = provider("A-α1-0001");
+    let id = MyKeyId::parse(b"ABCDEFGHIJKLMN").expect("id");
+    let mut clients = Vec::new();
+    for _ in 0..TERMINALS {
+        clients.push(Arc::new(net.client(addr, "counter-a").await));
+    }
+    let by = server.connections_by_endpoint();
+    assert_eq!(by.len(), ENDPOINTS);
+    assert_eq!(by.iter().sum::<usize>(), TERMINALS, "{by:?}");
+    assert!(
+        by.iter().all(|n| *n > 0),
+        "an endpoint got no connection: {by:?}"
+    );
+    let mut tasks = Vec::new();
+    for c in &clients {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                assert_eq!(c.lookup(a, id).await.expect("lookup"), Lookup::UnknownId);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("every request answered");
+    }
+    drop(clients);
+    server.shutdown().await;
+
+    // The limit is the node's: 8 connections over 4 endpoints, the 9th and later refused.
+    let limited = Server::start_with(
+        "127.0.0.1:0".parse().expect("addr"),
+        net.pki.server_tls(Vec::new()),
+        service,
+        mykey_engine::server::Limits {
+            connections_max: 8,
+            ..limits
+        },
+        ENDPOINTS,
+    )
+    .expect("server starts");
+    let addr = limited.local_addr().expect("addr");
+    let mut kept = Vec::new();
+    let mut refused = 0;
+    for _ in 0..12 {
+        let tls = net.pki.client_tls(net.terminal("counter-a"));
+        match Client::connect(addr, "localhost", tls).await {
+            Ok(c) => match c.lookup(a, id).await {
+                Ok(_) => kept.push(c),
+                Err(_) => refused += 1,
+            },
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!((kept.len(), refused), (8, 4));
+    assert_eq!(limited.connections_by_endpoint().iter().sum::<usize>(), 8);
+}

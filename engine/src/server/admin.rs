@@ -20,6 +20,8 @@ pub const REQUESTS_TOTAL: &str = "mykey_requests_total";
 pub const REQUEST_SECONDS: &str = "mykey_request_duration_seconds";
 /// Connections open now.
 pub const CONNECTIONS: &str = "mykey_connections";
+/// Connections open now on each endpoint (`server.endpoints` of them share the port).
+pub const ENDPOINT_CONNECTIONS: &str = "mykey_endpoint_connections";
 /// Connections refused (limit reached, or a client certificate without a valid identity).
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "mykey_connections_refused_total";
 /// Revocation pushes by kind and outcome.
@@ -42,10 +44,11 @@ pub const CONNECTIONS_MAX: &str = "mykey_connections_max";
 
 /// Every metric a node exports, the store's included (ops/ dashboards and alerts may use no
 /// other: `tests/tests/ops.rs` checks both ways).
-pub const ALL_METRICS: [&str; 25] = [
+pub const ALL_METRICS: [&str; 26] = [
     REQUESTS_TOTAL,
     REQUEST_SECONDS,
     CONNECTIONS,
+    ENDPOINT_CONNECTIONS,
     CONNECTIONS_MAX,
     CONNECTIONS_REFUSED_TOTAL,
     PUSHES_TOTAL,
@@ -120,6 +123,10 @@ fn describe() {
         "Request time by operation, from the first byte read to the last byte queued."
     );
     describe_gauge!(CONNECTIONS, "QUIC connections open now.");
+    describe_gauge!(
+        ENDPOINT_CONNECTIONS,
+        "QUIC connections open now on each endpoint of the port (server.endpoints)."
+    );
     describe_gauge!(
         CONNECTIONS_MAX,
         "The connection limit (limits.connections_max)."

@@ -21,7 +21,7 @@ pub const ENV_PREFIX: &str = "MYKEYD_";
 /// share the prefix (a script's `MYKEYD_BIN`, the `MYKEYD_PORT`, `MYKEYD_SERVICE_HOST` that
 /// Kubernetes injects for a Service named `mykeyd`) and is ignored with a warning.
 pub const SECTIONS: [(&str, &[&str]); 8] = [
-    ("server", &["listen", "admin_listen"]),
+    ("server", &["listen", "admin_listen", "endpoints"]),
     ("store", &["dir", "compact_delta_keys"]),
     ("tls", &["cert", "key", "client_ca", "client_crl"]),
     (
@@ -129,10 +129,18 @@ pub struct ServerSection {
     /// The admin HTTP address (`/metrics`, `/livez`, `/readyz`); keep it on loopback.
     #[serde(default = "default_admin")]
     pub admin_listen: SocketAddr,
+    /// QUIC endpoints sharing the `listen` port (`SO_REUSEPORT`), each with its own
+    /// datagram task, so that the datagram path runs on up to this many cores.
+    #[serde(default = "default_endpoints")]
+    pub endpoints: usize,
 }
 
 fn default_admin() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+
+fn default_endpoints() -> usize {
+    1
 }
 
 /// `[store]`.
@@ -534,6 +542,7 @@ impl Config {
         let (ttl, days) = (CHALLENGE_TTL_RANGE, PROVISIONAL_EXPIRY_DAYS_RANGE);
         #[rustfmt::skip]
         let ranges = [
+            ("server", "endpoints", self.server.endpoints, 1, super::ENDPOINTS_MAX),
             ("store", "compact_delta_keys", self.store.compact_delta_keys, 1, COMPACT_DELTA_KEYS_MAX),
             ("limits", "connections_max", l.connections_max, 1, CONNECTIONS_MAX_MAX),
             ("limits", "in_flight_max", l.in_flight_max, 1, IN_FLIGHT_MAX_MAX),
@@ -589,6 +598,9 @@ pub fn example(listen: SocketAddr, admin: SocketAddr) -> String {
 listen = "{listen}"
 # Admin HTTP: /metrics (Prometheus), /livez, /readyz. Keep it on loopback.
 admin_listen = "{admin}"
+# QUIC endpoints sharing the listen port (SO_REUSEPORT), each with its own datagram task: up
+# to one per core the node gives the datagram path (ops/CAPACITY.md). 1..=64.
+endpoints = 1
 
 [store]
 # The store directory (created by `mykeyd snapshot build` or `mykeyd init`).

@@ -108,22 +108,34 @@ pub fn system_clock() -> Timestamp {
     Timestamp::from_unix_secs(secs).unwrap_or(Timestamp::from_raw(u32::MAX))
 }
 
-/// A bound, serving endpoint.
+/// A bound server: its endpoints on one port, serving.
 pub struct Server {
-    endpoint: Endpoint,
-    task: tokio::task::JoinHandle<()>,
+    endpoints: Vec<Endpoint>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     shared: Arc<Shared>,
 }
 
 impl Server {
-    /// Binds `addr` and starts serving on the current tokio runtime.
+    /// Binds `addr` and starts serving on the current tokio runtime, on one endpoint.
     pub fn start(
         addr: SocketAddr,
         tls: ServerTls,
         service: Arc<Service>,
         limits: Limits,
     ) -> Result<Self, ServerError> {
-        let (endpoint, granted) = endpoint_on(addr, Some(server_config(tls)?))
+        Self::start_with(addr, tls, service, limits, 1)
+    }
+
+    /// As [`Server::start`], on `endpoints` endpoints sharing the port ([`endpoints_on`]),
+    /// each with its own accept loop; the limits are the node's, shared by all of them.
+    pub fn start_with(
+        addr: SocketAddr,
+        tls: ServerTls,
+        service: Arc<Service>,
+        limits: Limits,
+        endpoints: usize,
+    ) -> Result<Self, ServerError> {
+        let (endpoints, granted) = endpoints_on(addr, server_config(tls)?, endpoints)
             .map_err(|source| ServerError::Bind { addr, source })?;
         if granted < UDP_BUFFER_BYTES {
             tracing::warn!(
@@ -147,14 +159,28 @@ impl Server {
             rate: std::sync::atomic::AtomicU32::new(limits.rate_per_identity),
             push_bodies: Semaphore::new(PUSH_BODIES_MAX),
             forwarder: std::sync::OnceLock::new(),
+            connections: Arc::new(Semaphore::new(limits.connections_max)),
+            handshakes: limits::Bucket::new(limits.handshakes_per_second),
         });
         metrics::gauge!(admin::CONNECTIONS_MAX).set(limits.connections_max as f64);
-        let task = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
+        let tasks = endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| tokio::spawn(accept_loop(e.clone(), i, shared.clone())))
+            .collect();
         Ok(Self {
-            endpoint,
-            task,
+            endpoints,
+            tasks,
             shared,
         })
+    }
+
+    /// Connections open now on each endpoint, in order.
+    pub fn connections_by_endpoint(&self) -> Vec<usize> {
+        self.endpoints
+            .iter()
+            .map(Endpoint::open_connections)
+            .collect()
     }
 
     /// Passes the writes this node refuses as a cluster follower to the writer through `f`
@@ -165,13 +191,16 @@ impl Server {
 
     /// The address bound (the port chosen when asked for port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.endpoint.local_addr()
+        self.endpoints[0].local_addr()
     }
 
     /// Replaces the TLS material (server certificate, client CA, client CRL) for new
     /// connections; live connections keep theirs. A refused configuration changes nothing.
     pub fn reload_tls(&self, tls: ServerTls) -> Result<(), ServerError> {
-        self.endpoint.set_server_config(Some(server_config(tls)?));
+        let sc = server_config(tls)?;
+        for e in &self.endpoints {
+            e.set_server_config(Some(sc.clone()));
+        }
         Ok(())
     }
 
@@ -184,7 +213,9 @@ impl Server {
     /// requests in flight to finish (every acknowledged write is already durable), then closes.
     pub async fn drain(self, grace: Duration) {
         self.shared.draining.store(true, Ordering::Release);
-        self.endpoint.set_server_config(None);
+        for e in &self.endpoints {
+            e.set_server_config(None);
+        }
         // Requests already on their way over live connections get a BUSY answer rather than a
         // closed connection.
         tokio::time::sleep(DRAIN_LINGER.min(grace)).await;
@@ -204,9 +235,14 @@ impl Server {
 
     /// Stops accepting, closes every connection, and waits for the endpoint to go idle.
     pub async fn shutdown(self) {
-        self.endpoint
-            .close(quinn::VarInt::from_u32(0), b"server shutting down");
-        self.task.abort();
-        self.endpoint.wait_idle().await;
+        for e in &self.endpoints {
+            e.close(quinn::VarInt::from_u32(0), b"server shutting down");
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        for e in &self.endpoints {
+            e.wait_idle().await;
+        }
     }
 }

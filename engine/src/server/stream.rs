@@ -53,6 +53,10 @@ pub(super) struct Shared {
     pub(super) push_bodies: Semaphore,
     /// Where a cluster follower passes the writes it was sent.
     pub(super) forwarder: std::sync::OnceLock<Arc<super::forward::Forwarder>>,
+    /// The node's connection limit, over all its endpoints.
+    pub(super) connections: Arc<Semaphore>,
+    /// The node's handshake rate, over all its endpoints.
+    pub(super) handshakes: Bucket,
 }
 
 /// Pre-registered metric handles (bounded: 256 opcodes × 256 statuses at most).
@@ -97,25 +101,26 @@ impl Meters {
     }
 }
 
-pub(super) async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
-    let connections = Arc::new(Semaphore::new(shared.limits.connections_max));
-    let handshakes = Bucket::new(shared.limits.handshakes_per_second);
+pub(super) async fn accept_loop(endpoint: Endpoint, index: usize, shared: Arc<Shared>) {
     for reason in ["limit", "identity", "handshake_rate"] {
         metrics::counter!(admin::CONNECTIONS_REFUSED_TOTAL, "reason" => reason).increment(0);
     }
+    let on_endpoint = metrics::gauge!(admin::ENDPOINT_CONNECTIONS, "endpoint" => index.to_string());
+    on_endpoint.set(0.0);
     while let Some(incoming) = endpoint.accept().await {
-        if !handshakes.take(shared.limits.handshakes_per_second) {
+        if !shared.handshakes.take(shared.limits.handshakes_per_second) {
             metrics::counter!(admin::CONNECTIONS_REFUSED_TOTAL, "reason" => "handshake_rate")
                 .increment(1);
             incoming.refuse();
             continue;
         }
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
+        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
             metrics::counter!(admin::CONNECTIONS_REFUSED_TOTAL, "reason" => "limit").increment(1);
             incoming.refuse();
             continue;
         };
         let shared = shared.clone();
+        let on_endpoint = on_endpoint.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let Ok(conn) = incoming.await else {
@@ -141,6 +146,7 @@ pub(super) async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
                 .clone();
             let gauge = metrics::gauge!(admin::CONNECTIONS);
             gauge.increment(1.0);
+            on_endpoint.increment(1.0);
             tracing::debug!(role = ident.role.name(), name = %ident.name, "connection");
             let mut grant = super::StreamGrant::default();
             while let Ok((send, recv)) = conn.accept_bi().await {
@@ -158,6 +164,7 @@ pub(super) async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
                 });
             }
             gauge.decrement(1.0);
+            on_endpoint.decrement(1.0);
             // The last connection of this certificate takes its bucket away.
             drop(bucket);
             shared

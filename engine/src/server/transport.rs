@@ -168,14 +168,26 @@ impl StreamGrant {
 /// (ops/RUNBOOK.md says how to raise them); what was granted is logged at start.
 pub const UDP_BUFFER_BYTES: usize = 8 << 20;
 
-/// A UDP socket bound to `addr` with [`UDP_BUFFER_BYTES`] asked for both buffers. Returns
-/// the socket and the receive buffer the kernel granted for data.
-pub fn udp_socket(addr: SocketAddr) -> std::io::Result<(std::net::UdpSocket, usize)> {
+/// Most endpoints (UDP sockets sharing one port, each with its own quinn endpoint and
+/// accept loop) one server runs.
+pub const ENDPOINTS_MAX: usize = 64;
+
+/// A UDP socket bound to `addr` with [`UDP_BUFFER_BYTES`] asked for both buffers, and
+/// `SO_REUSEPORT` set when `shared_port` (so several sockets can bind the same port, the
+/// kernel spreading the peers over them by a hash of their addresses). Returns the socket and
+/// the receive buffer the kernel granted for data.
+pub fn udp_socket(
+    addr: SocketAddr,
+    shared_port: bool,
+) -> std::io::Result<(std::net::UdpSocket, usize)> {
     let domain = socket2::Domain::for_address(addr);
     let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     if addr.is_ipv6() {
         // An IPv6 address binds IPv6 only, as std's bind does.
         sock.set_only_v6(true)?;
+    }
+    if shared_port {
+        sock.set_reuse_port(true)?;
     }
     // Best effort: a smaller buffer still works, with more loss under bursts.
     let _ = sock.set_recv_buffer_size(UDP_BUFFER_BYTES);
@@ -196,12 +208,49 @@ pub fn endpoint_on(
     addr: SocketAddr,
     server: Option<quinn::ServerConfig>,
 ) -> std::io::Result<(Endpoint, usize)> {
-    let (socket, granted) = udp_socket(addr)?;
-    let e = Endpoint::new(
+    let (socket, granted) = udp_socket(addr, false)?;
+    Ok((endpoint_of(socket, server)?, granted))
+}
+
+fn endpoint_of(
+    socket: std::net::UdpSocket,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<Endpoint> {
+    Endpoint::new(
         quinn::EndpointConfig::default(),
         server,
         socket,
         Arc::new(quinn::TokioRuntime),
-    )?;
-    Ok((e, granted))
+    )
+}
+
+/// `n` server endpoints on one port (`SO_REUSEPORT`): the first binds `addr` (port 0 picks
+/// one), the others the port it got. Each is a quinn endpoint with its own driver task, so the
+/// datagram path of a node runs on up to `n` cores; the kernel sends each client address to
+/// one socket, so a connection stays on the endpoint it started on. `n` = 1 is one socket
+/// without `SO_REUSEPORT`. Returns the endpoints and the smallest receive buffer granted.
+pub fn endpoints_on(
+    addr: SocketAddr,
+    server: quinn::ServerConfig,
+    n: usize,
+) -> std::io::Result<(Vec<Endpoint>, usize)> {
+    if n == 1 {
+        let (e, granted) = endpoint_on(addr, Some(server))?;
+        return Ok((vec![e], granted));
+    }
+    if n == 0 || n > ENDPOINTS_MAX {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{n} endpoints: give 1 to {ENDPOINTS_MAX}"),
+        ));
+    }
+    let (first, mut granted) = udp_socket(addr, true)?;
+    let bound = first.local_addr()?;
+    let mut endpoints = vec![endpoint_of(first, Some(server.clone()))?];
+    for _ in 1..n {
+        let (socket, g) = udp_socket(bound, true)?;
+        granted = granted.min(g);
+        endpoints.push(endpoint_of(socket, Some(server.clone()))?);
+    }
+    Ok((endpoints, granted))
 }

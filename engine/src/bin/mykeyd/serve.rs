@@ -509,13 +509,20 @@ async fn life(
         ..Limits::default()
     };
     let expiry = admin::Expiry::of(&tls, &service.jpki.anchors());
-    let server = Server::start(
+    let server = Server::start_with(
         listen.unwrap_or(cfg.server.listen),
         tls,
         service.clone(),
         limits,
+        cfg.server.endpoints,
     )
     .map_err(|e| e.to_string())?;
+    if cfg.server.endpoints > 1 {
+        tracing::info!(
+            endpoints = cfg.server.endpoints,
+            "QUIC endpoints share the listen port"
+        );
+    }
     if let (Some(c), Some(cl)) = (&cfg.cluster, &clustered)
         && let Some(f) = forwarder(c, &cfg.tls.client_ca, &cl.state)?
     {
