@@ -21,7 +21,10 @@ pub const ENV_PREFIX: &str = "MYKEYD_";
 /// share the prefix (a script's `MYKEYD_BIN`, the `MYKEYD_PORT`, `MYKEYD_SERVICE_HOST` that
 /// Kubernetes injects for a Service named `mykeyd`) and is ignored with a warning.
 pub const SECTIONS: [(&str, &[&str]); 8] = [
-    ("server", &["listen", "admin_listen", "endpoints"]),
+    (
+        "server",
+        &["listen", "admin_listen", "endpoints", "worker_threads"],
+    ),
     ("store", &["dir", "compact_delta_keys"]),
     ("tls", &["cert", "key", "client_ca", "client_crl"]),
     (
@@ -56,6 +59,8 @@ pub const SECTIONS: [(&str, &[&str]); 8] = [
     ),
 ];
 
+/// Most runtime worker threads `server.worker_threads` may ask for.
+pub const WORKER_THREADS_MAX: usize = 1024;
 /// Most bytes of a cluster node's name (it is stored in `head.writer` and logged).
 pub const NODE_NAME_MAX: usize = 63;
 
@@ -133,6 +138,9 @@ pub struct ServerSection {
     /// datagram task, so that the datagram path runs on up to this many cores.
     #[serde(default = "default_endpoints")]
     pub endpoints: usize,
+    /// Threads of the runtime that serves QUIC (tokio's workers); 0: one per core.
+    #[serde(default)]
+    pub worker_threads: usize,
 }
 
 fn default_admin() -> SocketAddr {
@@ -543,6 +551,7 @@ impl Config {
         #[rustfmt::skip]
         let ranges = [
             ("server", "endpoints", self.server.endpoints, 1, super::ENDPOINTS_MAX),
+            ("server", "worker_threads", self.server.worker_threads, 0, WORKER_THREADS_MAX),
             ("store", "compact_delta_keys", self.store.compact_delta_keys, 1, COMPACT_DELTA_KEYS_MAX),
             ("limits", "connections_max", l.connections_max, 1, CONNECTIONS_MAX_MAX),
             ("limits", "in_flight_max", l.in_flight_max, 1, IN_FLIGHT_MAX_MAX),
@@ -601,6 +610,10 @@ admin_listen = "{admin}"
 # QUIC endpoints sharing the listen port (SO_REUSEPORT), each with its own datagram task: up
 # to one per core the node gives the datagram path (ops/CAPACITY.md). 1..=64.
 endpoints = 1
+# Threads that serve QUIC (the runtime's workers); 0 is one per core. On a small node shared
+# with other work, fewer threads wake less often and cost less CPU per request
+# (ops/CAPACITY.md, "Threads and wake-ups").
+worker_threads = 0
 
 [store]
 # The store directory (created by `mykeyd snapshot build` or `mykeyd init`).
@@ -749,6 +762,24 @@ mod tests {
     #[test]
     fn values_out_of_range_are_refused_with_their_range() {
         for (from, to, key, range) in [
+            (
+                "endpoints = 1",
+                "endpoints = 65",
+                "server.endpoints",
+                "1..=64",
+            ),
+            (
+                "endpoints = 1",
+                "endpoints = 0",
+                "server.endpoints",
+                "1..=64",
+            ),
+            (
+                "worker_threads = 0",
+                "worker_threads = 5000",
+                "server.worker_threads",
+                "0..=1024",
+            ),
             (
                 "compact_delta_keys = 1000000",
                 "compact_delta_keys = 0",

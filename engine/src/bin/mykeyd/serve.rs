@@ -298,10 +298,11 @@ pub fn serve(cfg_path: &Path) -> Result<Stopped, String> {
     for line in &cfg.ignored_env {
         tracing::warn!("{line}");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if cfg.server.worker_threads > 0 {
+        rt.worker_threads(cfg.server.worker_threads);
+    }
+    let rt = rt.enable_all().build().map_err(|e| e.to_string())?;
     let stopped = rt.block_on(run(cfg_path.to_owned(), cfg, tls, anchors));
     // Writes stuck in an fsync hold blocking threads that will not return: do not wait for
     // them (dropping the runtime would).
