@@ -2,9 +2,11 @@
 //! setup, in one run: latency at one stream (p50, p99), throughput at 10 and 100 concurrent
 //! requests, and batched lookups. `bench/quic-vs-redis.sh` runs it beside redis-benchmark.
 //!
-//! Usage: `quic-bench [IDS] [SECONDS]` (default 100,000 IDs, 3 s per throughput point). The
-//! store holds IDs `K<12 digits>X` linked for provider `BENCH-P`, the same keys the Redis run
-//! loads. Client and server share the machine's cores, as the reference figures do.
+//! Usage: `quic-bench [IDS] [SECONDS] [ROUNDS]` (default 100,000 IDs, 3 s per throughput point,
+//! 5 rounds of each concurrency, engine and floor alternating: the median and the spread of
+//! the engine/floor ratio are printed). The store holds IDs `K<12 digits>X` linked for provider
+//! `BENCH-P`, the same keys the Redis run loads. Client and server share the machine's cores,
+//! as the reference figures do.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,12 +29,21 @@ fn id(n: u64) -> MyKeyId {
     MyKeyId::parse(format!("K{n:012}X").as_bytes()).expect("id")
 }
 
+/// Rounds of each throughput point (engine, then floor, alternating); the median is reported.
+const ROUNDS: usize = 5;
+
+/// The median of `v`, which it leaves sorted.
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p) as usize]
 }
 
-/// The floor: quinn with the same TLS, transport and sockets (`server::endpoint_on`, the same
-/// UDP buffers), answering 100 bytes to any request.
+/// The floor: quinn with the same TLS, transport, sockets (`server::endpoint_on`, the same
+/// UDP buffers) and stream grants (`server::StreamGrant`), answering 100 bytes to any request.
 async fn floor_server(pki: &DevOperatorPki) -> (quinn::Endpoint, SocketAddr) {
     let sc = mykey_engine::server::server_config(pki.server_tls(Vec::new())).expect("config");
     let (ep, _) = mykey_engine::server::endpoint_on("127.0.0.1:0".parse().expect("addr"), Some(sc))
@@ -43,8 +54,11 @@ async fn floor_server(pki: &DevOperatorPki) -> (quinn::Endpoint, SocketAddr) {
         while let Some(inc) = e.accept().await {
             tokio::spawn(async move {
                 let Ok(conn) = inc.await else { return };
+                let mut grant = mykey_engine::server::StreamGrant::default();
                 while let Ok((mut s, mut r)) = conn.accept_bi().await {
+                    let open = grant.accepted(&conn);
                     tokio::spawn(async move {
+                        let _open = open;
                         let _ = r.read_to_end(64).await;
                         let _ = s.write_all(&[7u8; 100]).await;
                         let _ = s.finish();
@@ -148,6 +162,11 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let ids: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let secs: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    let rounds: usize = args
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(ROUNDS)
+        .max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -214,9 +233,21 @@ fn main() {
         println!("1 stream latency     mykey lookup p50 {:>6.0} µs p99 {:>6.0} µs | quinn floor p50 {:>6.0} µs p99 {:>6.0} µs",
             lp50.as_secs_f64() * 1e6, lp99.as_secs_f64() * 1e6, fp50.as_secs_f64() * 1e6, fp99.as_secs_f64() * 1e6);
         for conc in [1usize, 10, 100] {
-            let m = throughput(conc, secs, lookup.clone()).await;
-            let f = throughput(conc, secs, fl.clone()).await;
-            println!("{conc:>3} concurrent        mykey lookup {m:>9.0} /s | quinn floor {f:>9.0} /s | ratio {:.2}", m / f);
+            // Rounds alternate engine and floor, so a noisy neighbour hits both alike.
+            let (mut ms, mut fs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                let m = throughput(conc, secs, lookup.clone()).await;
+                let f = throughput(conc, secs, fl.clone()).await;
+                ms.push(m);
+                fs.push(f);
+                ratios.push(m / f);
+            }
+            let (m, f, r) = (median(&mut ms), median(&mut fs), median(&mut ratios));
+            println!(
+                "{conc:>3} concurrent        mykey lookup {m:>9.0} /s | quinn floor {f:>9.0} /s | ratio {r:.2} (median of {rounds}; {:.2}..{:.2})",
+                ratios[0],
+                ratios[ratios.len() - 1]
+            );
         }
         for (batch, conc) in [(100usize, 10usize), (1000, 4)] {
             let c = client.clone();
