@@ -38,7 +38,7 @@ pub struct Slo {
     /// Largest acceptable share of failed requests (0.01 = 1 %).
     pub max_error_rate: Option<f64>,
     /// Largest acceptable p99 as a multiple of the floor run's, for one operation or every
-    /// one (checked only when the report has a floor run).
+    /// one; a report without a floor run breaks it.
     pub max_p99_over_floor: Vec<(Option<String>, f64)>,
 }
 
@@ -634,6 +634,15 @@ mod tests {
         );
         assert!(dist[3][1].as_u64() < Some(300) && dist[13][1].as_u64() >= Some(19_000));
 
+        let over = |limit: Vec<(Option<String>, f64)>| Slo {
+            max_p99_over_floor: limit,
+            ..Slo::default()
+        };
+        let none = r.violations(&over(vec![(None, 1.2)]));
+        assert_eq!(
+            none,
+            vec!["no floor run to compare the p99s with".to_owned()]
+        );
         let mut floor = Report::new("open", 6000, 60.0);
         for i in 0..6000u64 {
             floor.record("lookup", i as f64 / 100.0, Duration::from_micros(150), None);
@@ -641,6 +650,15 @@ mod tests {
         r.floor = Some(Box::new(floor));
         let ratio = r.p99_over_floor()["lookup"];
         assert!(ratio > 100.0, "{ratio}");
+        let broken = r.violations(&over(vec![(Some("lookup".into()), 1.2)]));
+        assert_eq!(broken.len(), 1, "{broken:?}");
+        assert!(broken[0].starts_with("lookup p99 is "), "{broken:?}");
+        assert!(r.violations(&over(vec![(None, 1000.0)])).is_empty());
+        let missing = r.violations(&over(vec![(Some("link".into()), 1.2)]));
+        assert!(
+            missing[0].starts_with("link: not answered by both runs"),
+            "{missing:?}"
+        );
         let h = r.human();
         assert!(
             h.contains("floor (the same schedule") && h.contains("engine/floor"),
