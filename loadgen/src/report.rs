@@ -386,19 +386,18 @@ impl Report {
             s.push_str(
                 "op            engine p50  floor p50  engine p99  floor p99  p99 engine/floor\n",
             );
+            let ratios = self.p99_over_floor();
             for (op, h) in &self.per_op {
-                let Some(fh) = f.per_op.get(op) else {
+                let (Some(fh), Some(ratio)) = (f.per_op.get(op), ratios.get(op)) else {
                     s.push_str(&format!("{op:<12} (no floor answers)\n"));
                     continue;
                 };
-                let (e99, f99) = (h.value_at_quantile(0.99), fh.value_at_quantile(0.99));
                 s.push_str(&format!(
-                    "{op:<12} {:>11} {:>10} {:>11} {:>10} {:>17.2}\n",
+                    "{op:<12} {:>11} {:>10} {:>11} {:>10} {ratio:>17.2}\n",
                     h.value_at_quantile(0.5),
                     fh.value_at_quantile(0.5),
-                    e99,
-                    f99,
-                    e99 as f64 / f99.max(1) as f64
+                    h.value_at_quantile(0.99),
+                    fh.value_at_quantile(0.99),
                 ));
             }
             for (class, n) in &f.errors {
@@ -466,37 +465,38 @@ impl Report {
 fn ops_json(
     per_op: &BTreeMap<&'static str, Histogram<u64>>,
 ) -> serde_json::Map<String, serde_json::Value> {
-    per_op
-        .iter()
-        .map(|(op, h)| {
-            (
-                (*op).to_owned(),
-                json!({
-                    "count": h.len(),
-                    "p50_us": h.value_at_quantile(0.5),
-                    "p90_us": h.value_at_quantile(0.9),
-                    "p99_us": h.value_at_quantile(0.99),
-                    "p999_us": h.value_at_quantile(0.999),
-                    "max_us": h.max(),
-                }),
-            )
+    by_op(per_op, |h| {
+        json!({
+            "count": h.len(),
+            "p50_us": h.value_at_quantile(0.5),
+            "p90_us": h.value_at_quantile(0.9),
+            "p99_us": h.value_at_quantile(0.99),
+            "p999_us": h.value_at_quantile(0.999),
+            "max_us": h.max(),
         })
-        .collect()
+    })
 }
 
 /// Each operation's latency at [`DISTRIBUTION_QUANTILES`], as `[quantile, µs]` pairs.
 fn distribution_json(
     per_op: &BTreeMap<&'static str, Histogram<u64>>,
 ) -> serde_json::Map<String, serde_json::Value> {
+    by_op(per_op, |h| {
+        DISTRIBUTION_QUANTILES
+            .iter()
+            .map(|q| json!([q, h.value_at_quantile(*q)]))
+            .collect()
+    })
+}
+
+/// A JSON object with `f` of each operation's histogram, keyed by operation.
+fn by_op(
+    per_op: &BTreeMap<&'static str, Histogram<u64>>,
+    f: impl Fn(&Histogram<u64>) -> serde_json::Value,
+) -> serde_json::Map<String, serde_json::Value> {
     per_op
         .iter()
-        .map(|(op, h)| {
-            let points: Vec<serde_json::Value> = DISTRIBUTION_QUANTILES
-                .iter()
-                .map(|q| json!([q, h.value_at_quantile(*q)]))
-                .collect();
-            ((*op).to_owned(), json!(points))
-        })
+        .map(|(op, h)| ((*op).to_owned(), f(h)))
         .collect()
 }
 
