@@ -223,6 +223,8 @@ impl Client {
             .with_client_auth_cert(tls.chain, tls.key)
             .map_err(ConnectError::ClientCert)?;
         cfg.alpn_protocols = vec![wire::ALPN.to_vec()];
+        // A server resumes no session (PROTOCOL.md), so there is nothing to keep.
+        cfg.resumption = rustls::client::Resumption::disabled();
         let quic =
             quinn::crypto::rustls::QuicClientConfig::try_from(cfg).map_err(ConnectError::Quic)?;
         let mut cc = quinn::ClientConfig::new(Arc::new(quic));

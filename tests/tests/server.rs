@@ -1,6 +1,7 @@
 //! `mykeyd` over QUIC on loopback, for what only the transport can show: every operation
 //! answered through the client library, malformed frames answered with a status on a
-//! connection that keeps serving, a revoked client certificate refused, deadlines, rates and
+//! connection that keeps serving, a revoked client certificate refused, no session ticket that
+//! would let a later handshake skip the certificate checks, deadlines, rates and
 //! limits, writes durable across a restart, and hundreds of concurrent clients. The role and
 //! provider checks and the domain answers are tested without sockets in `handler.rs`.
 
@@ -1253,4 +1254,132 @@ async fn endpoints_sharing_a_port_spread_the_connections_and_answer_every_reques
     }
     assert_eq!((kept.len(), refused), (8, 4));
     assert_eq!(limited.connections_by_endpoint().iter().sum::<usize>(), 8);
+}
+
+/// A client session store that counts the TLS 1.3 tickets it is given.
+#[derive(Debug)]
+struct CountingTickets {
+    inner: rustls::client::ClientSessionMemoryCache,
+    received: std::sync::atomic::AtomicUsize,
+}
+
+impl rustls::client::ClientSessionStore for CountingTickets {
+    fn set_kx_hint(
+        &self,
+        server_name: rustls_pki_types::ServerName<'static>,
+        group: rustls::NamedGroup,
+    ) {
+        self.inner.set_kx_hint(server_name, group);
+    }
+
+    fn kx_hint(
+        &self,
+        server_name: &rustls_pki_types::ServerName<'_>,
+    ) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(
+        &self,
+        server_name: rustls_pki_types::ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(server_name, value);
+    }
+
+    fn tls12_session(
+        &self,
+        server_name: &rustls_pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &rustls_pki_types::ServerName<'static>) {
+        self.inner.remove_tls12_session(server_name);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server_name: rustls_pki_types::ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.received
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.insert_tls13_ticket(server_name, value);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server_name: &rustls_pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(server_name)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_sends_no_session_ticket_so_every_connection_is_checked_in_full() {
+    let net = Net::new();
+    let dir = TempDir::new("server-tickets");
+    let server = start(&net, registry(&dir, true), Vec::new());
+    let addr = server.local_addr().expect("addr");
+    // A client as any TLS library would make it, keeping whatever tickets it is sent and
+    // offering them when it reconnects (mykey's own client keeps none).
+    let tls = net.pki.client_tls(net.terminal("counter-a"));
+    let mut roots = rustls::RootCertStore::empty();
+    for r in tls.server_roots {
+        roots.add(r).expect("root");
+    }
+    let mut cfg =
+        rustls::ClientConfig::builder_with_provider(mykey_engine::server::crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(tls.chain, tls.key)
+            .expect("client cert");
+    cfg.alpn_protocols = vec![mykey_engine::wire::ALPN.to_vec()];
+    let tickets = Arc::new(CountingTickets {
+        inner: rustls::client::ClientSessionMemoryCache::new(8),
+        received: std::sync::atomic::AtomicUsize::new(0),
+    });
+    cfg.resumption = rustls::client::Resumption::store(tickets.clone());
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).expect("QUIC config");
+    let cc = quinn::ClientConfig::new(Arc::new(quic));
+    let endpoint = Client::endpoint(false).expect("endpoint");
+    let mut request = Vec::new();
+    mykey_engine::wire::Request::Lookup {
+        provider: provider("A-α1-0001"),
+        id: MyKeyId::parse(b"1C2410DF79DGEL").expect("id"),
+    }
+    .encode(&mut request)
+    .expect("encode");
+    for round in 0..2 {
+        let conn = endpoint
+            .connect_with(cc.clone(), addr, "localhost")
+            .expect("connect")
+            .await
+            .unwrap_or_else(|e| panic!("handshake {round}: {e}"));
+        // One request answered: a server's tickets come right after its handshake, so by
+        // the time an answer is read any ticket has been handed to the store.
+        let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+        send.write_all(&request).await.expect("write");
+        send.finish().expect("finish");
+        let answer = recv.read_to_end(64 * 1024).await.expect("answer");
+        let head: [u8; mykey_engine::wire::HEADER_LEN] = answer
+            .get(..mykey_engine::wire::HEADER_LEN)
+            .and_then(|h| h.try_into().ok())
+            .expect("a response header");
+        let head = mykey_engine::wire::ResponseHeader::decode(&head).expect("header");
+        assert_eq!(
+            Status::from_u8(head.status),
+            Some(Status::Ok),
+            "round {round}: the lookup is answered"
+        );
+        conn.close(0u32.into(), b"done");
+    }
+    assert_eq!(
+        tickets.received.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a ticket would let a later handshake skip the client-certificate checks"
+    );
+    server.shutdown().await;
 }

@@ -106,6 +106,14 @@ pub fn server_config(tls: ServerTls) -> Result<quinn::ServerConfig, ServerError>
         .with_single_cert(tls.chain, tls.key)
         .map_err(ServerError::ServerCert)?;
     cfg.alpn_protocols = vec![wire::ALPN.to_vec()];
+    // No session resumption. A resumed TLS 1.3 handshake restores the client's certificate
+    // from the stored session without checking it again (chain, CRL, expiry), so it would let
+    // a certificate in past what a full handshake refuses. rustls's defaults would otherwise
+    // keep every session, client chain included, in a 256-entry cache and send two tickets on
+    // each connection: work on every handshake for resumptions that 13,000 terminals evict
+    // before they come back.
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(ServerError::Quic)?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
     let mut t = transport();
