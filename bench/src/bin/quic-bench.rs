@@ -1,6 +1,7 @@
 //! Lookups over QUIC on loopback, side by side with quinn's own floor on the same endpoint
 //! setup, in one run: latency at one stream (p50, p99), throughput at 10 and 100 concurrent
-//! requests, and batched lookups. `bench/quic-vs-redis.sh` runs it beside redis-benchmark.
+//! requests, what the floor gains when requests share streams instead of one stream each (the
+//! question whether pipelining would pay), and batched lookups. `bench/quic-vs-redis.sh` runs it beside redis-benchmark.
 //!
 //! Usage: `quic-bench [IDS] [SECONDS] [ROUNDS]` (default 100,000 IDs, 3 s per throughput point,
 //! 5 rounds of each concurrency, engine and floor alternating: the median and the spread of
@@ -59,8 +60,15 @@ async fn floor_server(pki: &DevOperatorPki) -> (quinn::Endpoint, SocketAddr) {
                     let open = grant.accepted(&conn);
                     tokio::spawn(async move {
                         let _open = open;
-                        let _ = r.read_to_end(64).await;
-                        let _ = s.write_all(&[7u8; 100]).await;
+                        // One request is 8 bytes and its answer 100: a stream carries one
+                        // (the client finishes it after its request) or, for the pipelining
+                        // point, many in turn until the client finishes it.
+                        let mut req = [0u8; 8];
+                        while r.read_exact(&mut req).await.is_ok() {
+                            if s.write_all(&[7u8; 100]).await.is_err() {
+                                return;
+                            }
+                        }
                         let _ = s.finish();
                     });
                 }
@@ -112,6 +120,33 @@ async fn floor_once(conn: &quinn::Connection) {
     let _ = s.finish();
     let b = r.read_to_end(1024).await.expect("read");
     assert_eq!(b.len(), 100);
+}
+
+/// Floor requests per second with `conc` streams each carrying one request after another for
+/// `secs`: what several requests on one stream would give instead of one stream per request.
+async fn floor_streams(conn: &quinn::Connection, conc: usize, secs: f64) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let conn = conn.clone();
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut s, mut r) = conn.open_bi().await.expect("stream");
+            let mut answer = [0u8; 100];
+            while Instant::now() < stop {
+                s.write_all(&[1u8; 8]).await.expect("write");
+                r.read_exact(&mut answer).await.expect("read");
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = s.finish();
+        }));
+    }
+    let t = Instant::now();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
 }
 
 /// Latency of `n` sequential calls: (p50, p99).
@@ -245,6 +280,24 @@ fn main() {
             let (m, f, r) = (median(&mut ms), median(&mut fs), median(&mut ratios));
             println!(
                 "{conc:>3} concurrent        mykey lookup {m:>9.0} /s | quinn floor {f:>9.0} /s | ratio {r:.2} (median of {rounds}; {:.2}..{:.2})",
+                ratios[0],
+                ratios[ratios.len() - 1]
+            );
+        }
+        // Would pipelining pay? The floor alone, one stream per request against one stream per
+        // outstanding request carrying them in turn, alternating rounds.
+        for conc in [10usize, 100] {
+            let (mut per, mut piped, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                let a = throughput(conc, secs, fl.clone()).await;
+                let b = floor_streams(&floor, conc, secs).await;
+                per.push(a);
+                piped.push(b);
+                ratios.push(b / a);
+            }
+            let (a, b, r) = (median(&mut per), median(&mut piped), median(&mut ratios));
+            println!(
+                "{conc:>3} concurrent        floor, stream per request {a:>9.0} /s | floor, requests in turn on {conc} streams {b:>9.0} /s | ratio {r:.2} (median of {rounds}; {:.2}..{:.2})",
                 ratios[0],
                 ratios[ratios.len() - 1]
             );
