@@ -14,13 +14,14 @@ use serde_json::json;
 pub const REPORT_VERSION: u32 = 2;
 /// Largest latency recorded exactly, in microseconds (larger ones saturate here): 1 hour.
 const LATENCY_MAX_US: u64 = 3_600_000_000;
-/// Time buckets a run's series is cut into, at most (a longer run gets wider buckets).
+/// Time buckets a schedule is cut into (a longer schedule gets wider buckets).
 const SERIES_BUCKETS: usize = 120;
 /// Narrowest time bucket, in seconds: enough requests in each for its p99 at a low rate.
 const SERIES_BUCKET_MIN_SECS: f64 = 0.5;
-/// Buckets past the schedule's end kept for late answers (and closed-loop runs, which do not
-/// keep to the schedule); anything later lands in the last.
-const SERIES_OVERRUN_BUCKETS: usize = SERIES_BUCKETS;
+/// Most buckets a series holds. A run that outlasts them (late answers, a closed-loop run, which
+/// does not keep to the schedule) has its buckets merged in pairs, doubling their width, so the
+/// whole run stays spread over the plot rather than piling into a last bucket.
+const SERIES_BUCKETS_MAX: usize = 2 * SERIES_BUCKETS;
 /// Largest latency a series bucket resolves, in microseconds (larger saturate): 60 s.
 const SERIES_LATENCY_MAX_US: u64 = 60_000_000;
 /// Quantiles of each operation's distribution in the JSON report (and its HTML plot).
@@ -89,9 +90,47 @@ impl Series {
         }
     }
 
-    fn bucket(&self, at_secs: f64) -> usize {
-        let b = (at_secs.max(0.0) / self.width_secs) as usize;
-        b.min(SERIES_BUCKETS + SERIES_OVERRUN_BUCKETS - 1)
+    /// The bucket of `at_secs`, widening every bucket first if the series would not hold it.
+    fn bucket(&mut self, at_secs: f64) -> usize {
+        if !at_secs.is_finite() {
+            return SERIES_BUCKETS_MAX - 1;
+        }
+        loop {
+            let b = (at_secs.max(0.0) / self.width_secs) as usize;
+            if b < SERIES_BUCKETS_MAX {
+                return b;
+            }
+            self.coarsen();
+        }
+    }
+
+    /// Doubles the bucket width: each pair of buckets becomes one (counts added, latency
+    /// histograms merged).
+    fn coarsen(&mut self) {
+        fn pairs(v: &mut Vec<u64>) {
+            *v = v.chunks(2).map(|p| p.iter().sum()).collect();
+        }
+        self.width_secs *= 2.0;
+        pairs(&mut self.scheduled);
+        pairs(&mut self.answered);
+        for v in self.errors.values_mut() {
+            pairs(v);
+        }
+        for v in self.latency.values_mut() {
+            let old = std::mem::take(v);
+            let mut it = old.into_iter();
+            while let Some(a) = it.next() {
+                let merged = match (a, it.next().flatten()) {
+                    (Some(mut a), Some(b)) => {
+                        // Both histograms have the same bounds, so adding cannot fail.
+                        let _ = a.add(&b);
+                        Some(a)
+                    }
+                    (a, b) => a.or(b),
+                };
+                v.push(merged);
+            }
+        }
     }
 
     fn count(v: &mut Vec<u64>, b: usize) {
@@ -102,8 +141,9 @@ impl Series {
     }
 
     fn record(&mut self, op: &'static str, at_secs: f64, latency: Duration, error: Option<&str>) {
-        let b = self.bucket(at_secs);
+        // The later time first: if it widens the buckets, the earlier one is placed after.
         let done = self.bucket(at_secs + latency.as_secs_f64());
+        let b = self.bucket(at_secs);
         Self::count(&mut self.answered, done);
         match error {
             Some(class) => {
@@ -595,6 +635,62 @@ mod tests {
     /// Over time: a slow second half shows in its buckets' p99 and not in the first half's,
     /// errors land in the bucket of their scheduled start, answers in the bucket they came
     /// back in, and the floor's figures sit beside the engine's.
+    /// A closed-loop run that lasts far longer than its schedule widens its buckets instead
+    /// of piling everything past the schedule's end into one bucket.
+    #[test]
+    fn a_run_longer_than_its_schedule_is_spread_over_wider_buckets() {
+        // A 1 s schedule (buckets of 0.5 s), played closed loop over 300 s: 10 answers a second.
+        let mut r = Report::new("closed", 3000, 1.0);
+        for i in 0..3000u64 {
+            let at = i as f64 / 10.0;
+            let slow = at >= 150.0;
+            let latency = Duration::from_micros(if slow { 20_000 } else { 200 });
+            let error = (i % 100 == 0).then(|| "BUSY".to_owned());
+            r.record("lookup", at, latency, error);
+        }
+        let j = r.json();
+        let series = &j["series"];
+        // 0.5 s → 1 s → 2 s: 300 s in 150 buckets, under the 240 a series holds.
+        assert_eq!(series["bucket_secs"], 2.0);
+        let answered: Vec<u64> = series["answered"]
+            .as_array()
+            .expect("answered")
+            .iter()
+            .map(|v| v.as_u64().expect("count"))
+            .collect();
+        assert_eq!(answered.len(), 150);
+        assert_eq!(
+            answered.iter().sum::<u64>(),
+            3000,
+            "every answer counted once"
+        );
+        assert!(
+            answered.iter().all(|&n| n == 20),
+            "20 answers in every 2 s bucket: {answered:?}"
+        );
+        let p99 = &series["ops"]["lookup"]["p99_us"];
+        assert!(p99[10].as_u64().expect("early") < 300);
+        assert!(p99[100].as_u64().expect("late") >= 19_000);
+        let count: u64 = series["ops"]["lookup"]["count"]
+            .as_array()
+            .expect("count")
+            .iter()
+            .map(|v| v.as_u64().expect("n"))
+            .sum();
+        assert_eq!(count, 2970, "merged histograms keep every latency");
+        let busy: u64 = series["errors"]["BUSY"]
+            .as_array()
+            .expect("errors")
+            .iter()
+            .map(|v| v.as_u64().expect("n"))
+            .sum();
+        assert_eq!(busy, 30);
+        assert_eq!(
+            series["errors"]["BUSY"][5], 1,
+            "the error sent at 10 s is in bucket 5 (10-12 s)"
+        );
+    }
+
     #[test]
     fn the_series_shows_when_a_run_slowed_and_failed() {
         // 60 s scheduled: buckets of 0.5 s; a request every 10 ms.
