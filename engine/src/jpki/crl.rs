@@ -10,6 +10,11 @@
 //! entries, partitioned scopes, unknown critical extensions) refuses the whole CRL. Never
 //! applies anything: a list is only returned once every entry has been read and checked.
 //!
+//! A CRL of a million entries is not built as a million structures at once: x509-parser reads
+//! the CRL with its revokedCertificates cut out (`Split`), the signature is checked over the
+//! TBSCertList as it came, and then the entries are read one at a time, each with x509-parser's
+//! own entry parser. The headers x509-parser does not see are checked for DER here.
+//!
 //! The serial-list format (UTF-8 text, at most [`SERIAL_LIST_LEN_MAX`] bytes):
 //!
 //! ```text
@@ -19,10 +24,13 @@
 //! ```
 
 use aws_lc_rs::signature::ParsedPublicKey;
+use x509_parser::oid_registry::{
+    OID_X509_EXT_INVALIDITY_DATE, OID_X509_EXT_ISSUER, OID_X509_EXT_REASON_CODE,
+};
 use x509_parser::prelude::*;
 
 use super::anchors::{Anchors, OID_SHA256_WITH_RSA};
-use super::{JpkiError, clamp_time, der_header, hex};
+use super::{JpkiError, clamp_time, der_header, der_length_minimal, hex};
 use crate::id::{CA_KEY_ID_LEN_MAX, SERIAL_LEN_MAX, Timestamp};
 
 /// Largest CRL accepted, in bytes: room for about 5 million entries.
@@ -40,9 +48,6 @@ const OID_CRL_NUMBER: &str = "2.5.29.20";
 const OID_DELTA_CRL_INDICATOR: &str = "2.5.29.27";
 const OID_ISSUING_DISTRIBUTION_POINT: &str = "2.5.29.28";
 const OID_AUTHORITY_KEY_ID: &str = "2.5.29.35";
-const OID_CERTIFICATE_ISSUER: &str = "2.5.29.29";
-const OID_REASON_CODE: &str = "2.5.29.21";
-const OID_INVALIDITY_DATE: &str = "2.5.29.24";
 
 /// A certificate serial: a positive INTEGER's magnitude, 1 to 20 octets, no leading zeros.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -131,7 +136,8 @@ pub fn parse_crl(
     }
     // Count the entries before x509-parser builds them, so no CRL can make it allocate more
     // than the limit allows.
-    if count_entries(der).is_some_and(|n| n > CRL_ENTRIES_MAX) {
+    let entries = count_entries(der);
+    if entries.is_some_and(|n| n > CRL_ENTRIES_MAX) {
         return Err(JpkiError::TooManyEntries {
             what: "CRL",
             max: CRL_ENTRIES_MAX,
@@ -140,7 +146,11 @@ pub fn parse_crl(
     if let Some(problem) = super::outer_der_problem(der, "the CRL") {
         return Err(refuse(problem));
     }
-    let (rest, crl) = CertificateRevocationList::from_der(der).map_err(|e| {
+    // x509-parser reads the CRL without its entries (`Split`), so that a million entries do
+    // not become a million heap-built structures at once; they are read one by one below.
+    let split = Split::of(der)?;
+    let shell = split.as_ref().map_or(der, |s| &s.shell[..]);
+    let (rest, crl) = CertificateRevocationList::from_der(shell).map_err(|e| {
         refuse(format!(
             "a field inside it is not valid DER (RFC 5280 requires DER; x509-parser: {e})"
         ))
@@ -154,7 +164,7 @@ pub fn parse_crl(
     {
         return Err(refuse("not signed with sha256WithRSAEncryption"));
     }
-    unique_extensions(tbs.extensions(), "", "§5.2")?;
+    unique_extensions(tbs.extensions(), None, "§5.2")?;
     let mut number = None;
     let mut aki: Option<&[u8]> = None;
     for ext in tbs.extensions() {
@@ -217,7 +227,9 @@ pub fn parse_crl(
             continue;
         }
         named = true;
-        if verify(a.key(), tbs.as_ref(), sig) {
+        // Over the TBSCertList as it came, entries and all.
+        let signed = split.as_ref().map_or(tbs.as_ref(), |s| &der[s.tbs.clone()]);
+        if verify(a.key(), signed, sig) {
             issuer = Some(a);
             break;
         }
@@ -238,31 +250,35 @@ pub fn parse_crl(
         return Err(refuse("nextUpdate is before thisUpdate"));
     }
 
-    let mut serials = Vec::with_capacity(tbs.revoked_certificates.len());
-    for (i, entry) in tbs.revoked_certificates.iter().enumerate() {
-        unique_extensions(entry.extensions(), &format!("entry {}: ", i + 1), "§5.3")?;
-        for ext in entry.extensions() {
-            let oid = ext.oid.to_id_string();
-            if oid == OID_CERTIFICATE_ISSUER {
-                return Err(refuse(format!(
-                    "entry {}: indirect entries (certificateIssuer) are not accepted",
-                    i + 1
-                )));
-            }
-            if ext.critical && oid != OID_REASON_CODE && oid != OID_INVALIDITY_DATE {
-                return Err(refuse(format!(
-                    "entry {}: unknown critical extension {oid}",
-                    i + 1
-                )));
+    let mut serials = Vec::new();
+    match &split {
+        Some(split) => {
+            let mut list = &der[split.entries.clone()];
+            serials.reserve(entries.unwrap_or(0));
+            while !list.is_empty() {
+                // The count above may not have read every header; this bound holds anyway.
+                if serials.len() == CRL_ENTRIES_MAX {
+                    return Err(JpkiError::TooManyEntries {
+                        what: "CRL",
+                        max: CRL_ENTRIES_MAX,
+                    });
+                }
+                let (rest, entry) = RevokedCertificate::from_der(list).map_err(|e| {
+                    refuse(format!(
+                        "entry {}: not valid DER (RFC 5280 requires DER; x509-parser: {e})",
+                        serials.len() + 1
+                    ))
+                })?;
+                serials.push(check_entry(serials.len() + 1, &entry)?);
+                list = rest;
             }
         }
-        let s = SerialNo::from_integer(entry.raw_serial()).ok_or_else(|| {
-            refuse(format!(
-                "entry {}: the serial is not a positive integer of at most 20 octets",
-                i + 1
-            ))
-        })?;
-        serials.push(s);
+        None => {
+            serials.reserve(tbs.revoked_certificates.len());
+            for (i, entry) in tbs.revoked_certificates.iter().enumerate() {
+                serials.push(check_entry(i + 1, entry)?);
+            }
+        }
     }
     Ok(RevocationList {
         ca_key_id: issuer.key_id().to_vec(),
@@ -279,16 +295,47 @@ pub fn parse_crl(
 /// two; the cap keeps the duplicate check (quadratic) bounded whatever a partner sends.
 pub const CRL_EXTENSIONS_MAX: usize = 32;
 
+/// One revoked-certificate entry (number `n`, from 1) checked: no indirect entry, no critical
+/// extension but the two RFC 5280 §5.3 defines, a serial this engine can hold. Allocates only
+/// to say why an entry is refused.
+fn check_entry(n: usize, entry: &RevokedCertificate<'_>) -> Result<SerialNo, JpkiError> {
+    unique_extensions(entry.extensions(), Some(n), "§5.3")?;
+    for ext in entry.extensions() {
+        if ext.oid == OID_X509_EXT_ISSUER {
+            return Err(refuse(format!(
+                "entry {n}: indirect entries (certificateIssuer) are not accepted"
+            )));
+        }
+        if ext.critical
+            && ext.oid != OID_X509_EXT_REASON_CODE
+            && ext.oid != OID_X509_EXT_INVALIDITY_DATE
+        {
+            return Err(refuse(format!(
+                "entry {n}: unknown critical extension {}",
+                ext.oid.to_id_string()
+            )));
+        }
+    }
+    SerialNo::from_integer(entry.raw_serial()).ok_or_else(|| {
+        refuse(format!(
+            "entry {n}: the serial is not a positive integer of at most 20 octets"
+        ))
+    })
+}
+
 /// Refuses a list with more than [`CRL_EXTENSIONS_MAX`] extensions or one OID twice (RFC 5280
-/// `section`: at most one instance of an extension). `at` prefixes the message ("entry 7: ").
+/// `section`: at most one instance of an extension). `entry` names the entry in the message
+/// ("entry 7: "); `None` for the CRL's own extensions.
 fn unique_extensions(
     exts: &[x509_parser::extensions::X509Extension<'_>],
-    at: &str,
+    entry: Option<usize>,
     section: &str,
 ) -> Result<(), JpkiError> {
+    let at = || entry.map_or_else(String::new, |n| format!("entry {n}: "));
     if exts.len() > CRL_EXTENSIONS_MAX {
         return Err(refuse(format!(
-            "{at}{} extensions, more than the {CRL_EXTENSIONS_MAX} accepted",
+            "{}{} extensions, more than the {CRL_EXTENSIONS_MAX} accepted",
+            at(),
             exts.len()
         )));
     }
@@ -298,11 +345,108 @@ fn unique_extensions(
         .find(|(i, e)| exts[..*i].iter().any(|p| p.oid == e.oid))
     {
         Some((_, e)) => Err(refuse(format!(
-            "{at}extension {} appears twice (RFC 5280 {section}: at most one of each)",
+            "{}extension {} appears twice (RFC 5280 {section}: at most one of each)",
+            at(),
             e.oid.to_id_string()
         ))),
         None => Ok(()),
     }
+}
+
+/// A CRL cut in two for parsing: the `shell`, the CRL re-encoded without its
+/// revokedCertificates for x509-parser to read (every other byte as it came), and where the
+/// TBSCertList (what the signature covers) and the entries lie in the CRL as it came.
+struct Split {
+    shell: Vec<u8>,
+    tbs: std::ops::Range<usize>,
+    entries: std::ops::Range<usize>,
+}
+
+impl Split {
+    /// `None` when the CRL has no revokedCertificates where RFC 5280 §5.1 puts them (after
+    /// `version`, `signature`, `issuer`, `thisUpdate` and `nextUpdate`, the optional ones
+    /// absent or not), or its outer structure is broken: x509-parser then reads the CRL as it
+    /// came, and says what is wrong with it. A length of the TBSCertList or of the list not in
+    /// DER's shortest form is refused here, since x509-parser never sees those headers.
+    fn of(der: &[u8]) -> Result<Option<Self>, JpkiError> {
+        let Some((0x30, os, ol)) = der_header(der, 0) else {
+            return Ok(None);
+        };
+        if os.checked_add(ol) != Some(der.len()) {
+            return Ok(None);
+        }
+        let Some((0x30, ts, tl)) = der_header(der, os) else {
+            return Ok(None);
+        };
+        let Some(te) = ts.checked_add(tl).filter(|&e| e <= der.len()) else {
+            return Ok(None);
+        };
+        let element = |at: usize| {
+            der_header(der, at)
+                .and_then(|(tag, s, l)| Some((tag, s.checked_add(l).filter(|&e| e <= te)?)))
+        };
+        let mut at = ts;
+        let mut list = None;
+        // version?, signature, issuer, thisUpdate, nextUpdate?, revokedCertificates?
+        for (want, optional) in [
+            (&[0x02][..], true),
+            (&[0x30], false),
+            (&[0x30], false),
+            (&[0x17, 0x18], false),
+            (&[0x17, 0x18], true),
+            (&[0x30], true),
+        ] {
+            match element(at) {
+                Some((tag, end)) if want.contains(&tag) => {
+                    if want == [0x30] && optional {
+                        list = Some((at, end));
+                    }
+                    at = end;
+                }
+                _ if optional => {}
+                _ => return Ok(None),
+            }
+        }
+        let Some((list_at, list_end)) = list else {
+            return Ok(None);
+        };
+        if !der_length_minimal(der, os) || !der_length_minimal(der, list_at) {
+            return Err(refuse(
+                "a length inside it is not in DER's shortest form (BER); DER (RFC 5280) is required",
+            ));
+        }
+        let Some((_, entries_at, _)) = der_header(der, list_at) else {
+            return Ok(None);
+        };
+        let mut tbs_header = vec![0x30];
+        push_der_length(&mut tbs_header, tl - (list_end - list_at));
+        let mut shell = Vec::with_capacity(der.len() - (list_end - list_at) + 8);
+        shell.push(0x30);
+        push_der_length(
+            &mut shell,
+            tbs_header.len() + tl - (list_end - list_at) + (der.len() - te),
+        );
+        shell.extend_from_slice(&tbs_header);
+        shell.extend_from_slice(&der[ts..list_at]);
+        shell.extend_from_slice(&der[list_end..]);
+        Ok(Some(Self {
+            shell,
+            tbs: os..te,
+            entries: entries_at..list_end,
+        }))
+    }
+}
+
+/// Appends a DER length in its shortest form.
+fn push_der_length(out: &mut Vec<u8>, len: usize) {
+    if len < 0x80 {
+        out.push(len as u8);
+        return;
+    }
+    let bytes = len.to_be_bytes();
+    let skip = bytes.iter().take_while(|&&b| b == 0).count();
+    out.push(0x80 | (bytes.len() - skip) as u8);
+    out.extend_from_slice(&bytes[skip..]);
 }
 
 fn verify(key: &ParsedPublicKey, msg: &[u8], sig: &[u8]) -> bool {
@@ -500,6 +644,145 @@ mod tests {
             assert_eq!(count_entries(&der), Some(n as usize), "{n} entries");
         }
         assert_eq!(count_entries(b"\x30"), None);
+    }
+
+    /// A dev CA, its anchors, and a CRL of `n` serials (1, 2, …) issued now.
+    fn ca_and_crl(n: u32) -> (crate::jpki::dev::DevCa, Anchors, Vec<u8>, Vec<SerialNo>) {
+        use crate::jpki::dev::DevCa;
+        let t = |s| Timestamp::from_unix_secs(s).expect("time");
+        let ca = DevCa::auth(1, t(1_600_000_000), t(2_000_000_000)).expect("CA");
+        let anchors = Anchors::from_files(&[("ca".into(), ca.der().to_vec())]).expect("anchor");
+        let serials: Vec<SerialNo> = (1..=n)
+            .map(|i| SerialNo::from_integer(&(0x0100_0000 + i).to_be_bytes()).expect("serial"))
+            .collect();
+        let der = ca
+            .crl(1, t(1_700_000_000), t(1_700_086_400), &serials)
+            .expect("crl");
+        (ca, anchors, der, serials)
+    }
+
+    fn at_crl_time() -> Timestamp {
+        Timestamp::from_unix_secs(1_700_000_100).expect("time")
+    }
+
+    /// `der` with its TBSCertList replaced by `edit(tbs)` and signed again by `ca`.
+    fn resigned(
+        ca: &crate::jpki::dev::DevCa,
+        der: &[u8],
+        edit: impl Fn(&[u8]) -> Vec<u8>,
+    ) -> Vec<u8> {
+        let (_, os, _) = der_header(der, 0).expect("outer");
+        let (_, ts, tl) = der_header(der, os).expect("tbs");
+        let (_, as_, al) = der_header(der, ts + tl).expect("algorithm");
+        let tbs = edit(&der[os..ts + tl]);
+        let mut bits = vec![0u8];
+        bits.extend(ca.key().sign(&tbs).expect("sign"));
+        let mut body = tbs;
+        body.extend_from_slice(&der[ts + tl..as_ + al]);
+        body.push(0x03);
+        push_der_length(&mut body, bits.len());
+        body.extend(bits);
+        let mut out = vec![0x30];
+        push_der_length(&mut out, body.len());
+        out.extend(body);
+        out
+    }
+
+    /// Where the revokedCertificates TLV of a TBSCertList starts: the first SEQUENCE after the
+    /// two times (the dev CA writes a version and a nextUpdate).
+    fn list_at(tbs: &[u8]) -> usize {
+        let (_, mut at, _) = der_header(tbs, 0).expect("tbs");
+        for _ in 0..5 {
+            let (_, s, l) = der_header(tbs, at).expect("element");
+            at = s + l;
+        }
+        assert_eq!(tbs[at], 0x30, "revokedCertificates");
+        at
+    }
+
+    /// The entries are read one by one outside x509-parser, in order, and the signature is
+    /// still checked over the CRL as it came: a serial changed after signing is a bad
+    /// signature, not a revocation.
+    #[test]
+    fn entries_are_read_one_by_one_under_the_signature_of_the_whole_crl() {
+        let (ca, anchors, der, serials) = ca_and_crl(300);
+        let split = Split::of(&der).expect("split").expect("a list");
+        assert!(
+            split.shell.len() + 300 * 10 < der.len(),
+            "the shell has no entries"
+        );
+        let list = parse_crl(&anchors, at_crl_time(), &der).expect("parse");
+        assert_eq!(list.serials, serials);
+
+        let t = |s| Timestamp::from_unix_secs(s).expect("time");
+        let none = ca
+            .crl(2, t(1_700_000_000), t(1_700_086_400), &[])
+            .expect("crl");
+        assert!(
+            Split::of(&none).expect("split").is_none(),
+            "no list, nothing cut"
+        );
+        let empty = parse_crl(&anchors, at_crl_time(), &none).expect("parse");
+        assert!(empty.serials.is_empty());
+
+        let mut forged = der.clone();
+        let target = serials[149].as_bytes();
+        let pos = forged
+            .windows(target.len())
+            .position(|w| w == target)
+            .expect("serial 150 in the DER");
+        forged[pos + target.len() - 1] ^= 0x40;
+        assert!(matches!(
+            parse_crl(&anchors, at_crl_time(), &forged),
+            Err(JpkiError::CrlBadSignature)
+        ));
+    }
+
+    /// What x509-parser never sees is checked here: a list or TBSCertList length not in DER's
+    /// shortest form is refused, and so is an entry that is not DER, naming it, even when the CA signed both.
+    #[test]
+    fn a_list_or_an_entry_that_is_not_der_is_refused_though_signed() {
+        let (ca, anchors, der, _) = ca_and_crl(3);
+        let refused = |bytes: &[u8], want: &str| match parse_crl(&anchors, at_crl_time(), bytes) {
+            Err(e @ JpkiError::CrlMalformed { .. }) => {
+                assert!(e.to_string().contains(want), "{want}: {e}")
+            }
+            other => panic!("{want}: {:?}", other.map(|l| l.serials.len())),
+        };
+        // 30 len -> 30 81 len: the same list, one length byte longer.
+        let long_form = resigned(&ca, &der, |tbs| {
+            let at = list_at(tbs);
+            assert!(tbs[at + 1] < 0x80, "a short list");
+            let mut body = tbs[der_header(tbs, 0).expect("tbs").1..at].to_vec();
+            body.extend_from_slice(&[0x30, 0x81]);
+            body.extend_from_slice(&tbs[at + 1..]);
+            let mut out = vec![0x30];
+            push_der_length(&mut out, body.len());
+            out.extend(body);
+            out
+        });
+        refused(&long_form, "shortest form");
+        // The TBSCertList's own length in four bytes, two of them leading zeros.
+        let padded = resigned(&ca, &der, |tbs| {
+            let (_, s, l) = der_header(tbs, 0).expect("tbs");
+            let mut out = vec![0x30, 0x84];
+            out.extend_from_slice(&u32::try_from(l).expect("len").to_be_bytes());
+            out.extend_from_slice(&tbs[s..]);
+            out
+        });
+        refused(&padded, "shortest form");
+        // The second entry's revocationDate tagged as an OCTET STRING.
+        let bad_entry = resigned(&ca, &der, |tbs| {
+            let mut tbs = tbs.to_vec();
+            let (_, first, _) = der_header(&tbs, list_at(&tbs)).expect("list");
+            let (_, s, l) = der_header(&tbs, first).expect("entry 1");
+            let (_, serial_at, _) = der_header(&tbs, s + l).expect("entry 2");
+            let (_, ss, sl) = der_header(&tbs, serial_at).expect("serial 2");
+            assert_eq!(tbs[ss + sl], 0x17, "UTCTime");
+            tbs[ss + sl] = 0x04;
+            tbs
+        });
+        refused(&bad_entry, "entry 2: not valid DER");
     }
 
     #[test]

@@ -428,12 +428,7 @@ pub(crate) fn outer_der_problem(der: &[u8], what: &str) -> Option<String> {
             "{what} is truncated inside its first header, or its length field is over 4 bytes"
         ));
     };
-    let minimal = match first {
-        0x81 => len >= 0x80,
-        0x82..=0x84 => der.get(2).is_some_and(|&b| b != 0),
-        _ => true,
-    };
-    if !minimal {
+    if !der_length_minimal(der, 0) {
         return Some(format!(
             "{what}'s length is not in DER's shortest form (BER); DER (RFC 5280) is required"
         ));
@@ -452,6 +447,17 @@ pub(crate) fn outer_der_problem(der: &[u8], what: &str) -> Option<String> {
         ));
     }
     None
+}
+
+/// Whether the length of the DER header at `at` is in its shortest form (a long form only for
+/// 128 and more, with no leading zero byte). `false` if the header is cut short.
+pub(crate) fn der_length_minimal(b: &[u8], at: usize) -> bool {
+    match b.get(at + 1) {
+        None => false,
+        Some(0x81) => b.get(at + 2).is_some_and(|&l| l >= 0x80),
+        Some(0x82..=0x84) => b.get(at + 2).is_some_and(|&l| l != 0),
+        Some(_) => true,
+    }
 }
 
 pub(crate) fn der_header(b: &[u8], at: usize) -> Option<(u8, usize, usize)> {
