@@ -342,7 +342,8 @@ impl DictEntry {
 
 /// A revocation record: when and by whom (8 bytes).
 pub fn encode_revocation(at: Timestamp, actor: u32) -> Vec<u8> {
-    let mut b = at.raw().to_le_bytes().to_vec();
+    let mut b = Vec::with_capacity(8);
+    b.extend_from_slice(&at.raw().to_le_bytes());
     b.extend_from_slice(&actor.to_le_bytes());
     b
 }
