@@ -4,7 +4,10 @@
 //! - authenticated check, cached (challenge + card signature), against one bare RSA verify
 //!   (key parsed per call, as `UnparsedPublicKey` does, and pre-parsed);
 //! - a 1M-entry CRL ingested end to end (parse, signature, apply, fsync) into a fresh store,
-//!   against parsing the same CRL alone.
+//!   against parsing the same CRL alone;
+//! - the next day's CRL (the same 1M entries and 1 % new ones, a higher number) pushed into a
+//!   store that holds the first, compacted: the daily steady state, since partners push full
+//!   CRLs, never deltas.
 //!
 //! Every authenticated check consumes a fresh challenge signed by the simulated card; the
 //! card's signing is done outside the timed region (it is the card's cost, not ours).
@@ -188,14 +191,15 @@ fn authenticated(c: &mut Criterion) {
 }
 
 const CRL_ENTRIES: u64 = 1_000_000;
+/// Entries the next day's CRL adds.
+const NEXT_DAY_NEW: u64 = CRL_ENTRIES / 100;
 
 fn crl(c: &mut Criterion) {
     let s = setup();
-    let serials: Vec<SerialNo> = (0..CRL_ENTRIES)
-        .map(|i| {
-            SerialNo::from_integer(&(0x4000_0000_0000 + i * 7919).to_be_bytes()).expect("serial")
-        })
-        .collect();
+    let serial = |i: u64| {
+        SerialNo::from_integer(&(0x4000_0000_0000 + i * 7919).to_be_bytes()).expect("serial")
+    };
+    let serials: Vec<SerialNo> = (0..CRL_ENTRIES).map(serial).collect();
     let t0 = Instant::now();
     let der =
         s.ca.crl(42, now(), now().plus_secs(86_400), &serials)
@@ -225,6 +229,34 @@ fn crl(c: &mut Criterion) {
                 let sum = reg.push_crl(now(), actor, &j, push, &der).expect("push");
                 total += start.elapsed();
                 assert_eq!(sum.revoke.newly_revoked, CRL_ENTRIES);
+            }
+            total
+        })
+    });
+    let next_serials: Vec<SerialNo> = (0..CRL_ENTRIES + NEXT_DAY_NEW).map(serial).collect();
+    let next_der =
+        s.ca.crl(43, now(), now().plus_secs(86_400), &next_serials)
+            .expect("next CRL");
+    g.bench_function("engine_push_next_day_1pct_new", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for i in 0..iters {
+                let dir = BenchDir::new("crl-next");
+                let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
+                let reg = Registry::create(fs, StoreConfig::default(), RegistryConfig::default())
+                    .expect("registry");
+                let first = PushId::parse(format!("day1-{i}").as_bytes()).expect("push id");
+                reg.push_crl(now(), actor, &j, first, &der)
+                    .expect("first push");
+                reg.store().compact().expect("compact");
+                let push = PushId::parse(format!("day2-{i}").as_bytes()).expect("push id");
+                let start = Instant::now();
+                let sum = reg
+                    .push_crl(now(), actor, &j, push, &next_der)
+                    .expect("next push");
+                total += start.elapsed();
+                assert_eq!(sum.revoke.newly_revoked, NEXT_DAY_NEW);
+                assert_eq!(sum.revoke.already_known, CRL_ENTRIES);
             }
             total
         })

@@ -351,6 +351,70 @@ fn revocation_suspends_and_rebind_restores_with_links() {
     assert_eq!(look(&r, 7, 1, &p), Lookup::Suspended);
 }
 
+/// A revocation too big for one change is applied in several, certificates read in batches:
+/// each certificate counts once (a repeat, in the same batch or after a change boundary, is
+/// "already known"; one revoked earlier is too), and every bound ID is suspended, also after a
+/// reopen. The IDs carry 256 links each, so their suspensions fill a change part-way through a
+/// batch, and the rest of that batch is carried into the next change.
+#[test]
+fn a_revocation_over_several_changes_counts_each_certificate_once() {
+    const IDS: u64 = 40;
+    let names: Vec<String> = (0..256).map(|i| format!("A-α1-{i:04}")).collect();
+    let dir = TempDir::new("revoke-many");
+    let r = registry_with(&dir, &names.iter().map(String::as_str).collect::<Vec<_>>());
+    let (shop, partner) = (actor("shop"), actor("verifier-partner-1"));
+    for n in 0..IDS {
+        r.register_full(at(0), actor("portal"), mykey(n), cert(1, n))
+            .expect("register");
+        for p in &names {
+            let s = service(&format!("{n:02}{}", "s".repeat(62)));
+            r.link(at(1), shop, mykey(n), provider(p), s, false)
+                .expect("link");
+        }
+    }
+    r.revoke(at(2), partner, &[cert(2, 1), cert(2, 2)])
+        .expect("earlier revocation");
+    // Bound certificates, each followed by an unbound one, some known and some repeated.
+    let mut list = Vec::new();
+    for n in 0..IDS {
+        list.push(cert(1, n));
+        list.push(cert(2, n));
+        if n % 7 == 3 {
+            list.push(cert(1, n));
+        }
+    }
+    list.push(cert(1, 0));
+    let repeats = (0..IDS).filter(|n| n % 7 == 3).count() as u64 + 1;
+    let before = r.store().submitted_seq();
+    let sum = r.revoke(at(3), partner, &list).expect("revoke");
+    assert!(
+        r.store().submitted_seq() - before >= 2,
+        "the suspensions must not fit one change, or this test shows nothing"
+    );
+    let expected = RevokeSummary {
+        newly_revoked: 2 * IDS - 2,
+        already_known: 2 + repeats,
+        suspended: IDS,
+    };
+    assert_eq!(sum, expected);
+    drop(r);
+    let r = reopen(&dir);
+    let p = provider(&names[0]);
+    for n in 0..IDS {
+        assert_eq!(look(&r, 4, n, &p), Lookup::Suspended, "ID {n}");
+        assert!(r.is_revoked(&cert(2, n)).expect("read"), "cert (2, {n})");
+    }
+    let again = r.revoke(at(5), partner, &list).expect("again");
+    assert_eq!(
+        again,
+        RevokeSummary {
+            newly_revoked: 0,
+            already_known: list.len() as u64,
+            suspended: 0
+        }
+    );
+}
+
 #[test]
 fn deletion_is_final() {
     let (_dir, r, p) = setup("delete");

@@ -1,9 +1,12 @@
 //! Revocation: certificates marked revoked and the IDs bound to them suspended, in changes of
 //! at most `REVOCATIONS_PER_CHANGE_MAX` certificates each; the revocation index read by card
-//! checks. Partner pushes (`card`) come through here.
+//! checks. Partner pushes (`card`) come through here. Whether a certificate is revoked already
+//! is read for `BATCH_WINDOW` certificates at a time (`Window`), in one batched store read, and
+//! through the transaction only for a key written since; it never writes outside a transaction.
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
+use crate::store::BATCH_WINDOW;
 
 impl Registry {
     /// Revokes certificates and suspends the IDs bound to them, each certificate in the same
@@ -51,21 +54,40 @@ impl Registry {
         submitted: &mut Option<u64>,
     ) -> Result<(), RegistryError> {
         let mut certs = certs.peekable();
+        let mut window = Window::default();
         loop {
             let mut t = self.begin(now, actor)?;
+            // Certificates carried over from the last change: what the store shows may have
+            // moved while the writer lock was released.
+            window.look_up(&self.store)?;
             let mut taken = 0;
-            while let Some(cert) = certs.peek().copied() {
+            loop {
+                if window.next == window.len {
+                    window.fill(self, &mut t, &mut certs)?;
+                    if window.len == 0 {
+                        break;
+                    }
+                }
                 // Keep each change well under the log's record limit, whatever the records hold.
                 if taken == REVOCATIONS_PER_CHANGE_MAX
                     || t.tx.approx_len() > crate::store::wal::CHANGE_LEN_MAX / 2
                 {
                     break;
                 }
-                certs.next();
+                let i = window.next;
+                window.next += 1;
                 taken += 1;
-                self.revoke_one(&mut t, &cert, sum)?;
+                let key = window.key(i);
+                // The batch read stands unless this push (or a write queued before it) has
+                // put the key since.
+                let revoked = if t.tx.overrides(Table::Revoked, key) {
+                    t.tx.get(Table::Revoked, key)?.is_some()
+                } else {
+                    window.in_store[i]
+                };
+                self.revoke_key(&mut t, key, revoked, sum)?;
             }
-            let done = certs.peek().is_none();
+            let done = window.next == window.len && certs.peek().is_none();
             if done {
                 last(&mut t, sum)?;
             }
@@ -76,25 +98,27 @@ impl Registry {
         }
     }
 
-    pub(super) fn revoke_one(
+    /// Revokes the certificate of store key `key`, which is revoked already when `revoked`,
+    /// and suspends the ID bound to it.
+    fn revoke_key(
         &self,
         t: &mut Tx<'_>,
-        cert: &CertRef,
+        key: &[u8],
+        revoked: bool,
         sum: &mut RevokeSummary,
     ) -> Result<(), RegistryError> {
         let now = t.now;
-        let key = self.bound(t, cert)?.key();
-        if t.tx.get(Table::Revoked, &key)?.is_some() {
+        if revoked {
             sum.already_known += 1;
             return Ok(());
         }
         t.tx.put(
             Table::Revoked,
-            &key,
+            key,
             Some(encode_revocation(now, t.actor_index)),
         );
         sum.newly_revoked += 1;
-        let Some(idb) = t.tx.get(Table::Certs, &key)? else {
+        let Some(idb) = t.tx.get(Table::Certs, key)? else {
             return Ok(());
         };
         let id = MyKeyId::parse(&idb).map_err(|_| RegistryError::BadRecord {
@@ -132,5 +156,67 @@ impl Registry {
     pub(super) fn known_cert(&self, cert: &CertRef) -> Option<BoundCert> {
         let ca = *read(&self.cas).by_name.get(cert.ca_key_id())?;
         Some(BoundCert::of(ca, cert))
+    }
+}
+
+/// Certificates of a revocation, [`BATCH_WINDOW`] at a time, with whether the visible store
+/// holds each as revoked: one batched read (`Store::get_batch`) overlaps their memory misses,
+/// where one read per certificate would wait for each in turn. A push of a full CRL the day
+/// after the last is mostly certificates revoked already.
+struct Window {
+    keys: [[u8; record::CERT_KEY_LEN_MAX]; BATCH_WINDOW],
+    lens: [usize; BATCH_WINDOW],
+    in_store: [bool; BATCH_WINDOW],
+    /// Certificates in the window, and the next one to apply.
+    len: usize,
+    next: usize,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Self {
+            keys: [[0; record::CERT_KEY_LEN_MAX]; BATCH_WINDOW],
+            lens: [0; BATCH_WINDOW],
+            in_store: [false; BATCH_WINDOW],
+            len: 0,
+            next: 0,
+        }
+    }
+}
+
+impl Window {
+    fn key(&self, i: usize) -> &[u8] {
+        &self.keys[i][..self.lens[i]]
+    }
+
+    /// Takes the next certificates from `certs` (none left: an empty window) and reads them.
+    fn fill(
+        &mut self,
+        reg: &Registry,
+        t: &mut Tx<'_>,
+        certs: &mut dyn Iterator<Item = CertRef>,
+    ) -> Result<(), RegistryError> {
+        self.len = 0;
+        self.next = 0;
+        for cert in certs.take(BATCH_WINDOW) {
+            let b = reg.bound(t, &cert)?;
+            self.lens[self.len] = b.key_in(&mut self.keys[self.len]).len();
+            self.len += 1;
+        }
+        self.look_up(&reg.store)
+    }
+
+    /// Reads whether the store holds the window's certificates not yet applied as revoked.
+    fn look_up(&mut self, store: &Store) -> Result<(), RegistryError> {
+        let (next, len) = (self.next, self.len);
+        let mut keys = [&[][..]; BATCH_WINDOW];
+        for (i, k) in keys.iter_mut().enumerate().take(len).skip(next) {
+            *k = &self.keys[i][..self.lens[i]];
+        }
+        let in_store = &mut self.in_store;
+        store.get_batch(Table::Revoked, &keys[next..len], |i, v| {
+            in_store[next + i] = v.is_some()
+        })?;
+        Ok(())
     }
 }

@@ -49,9 +49,8 @@ impl Writer {
         &self.changes[(seq - front) as usize].puts[i as usize]
     }
 
-    /// The latest not-yet-published put of `key` in table slot `t`, if any.
-    fn pending_put(&self, t: usize, key: &[u8]) -> Option<&Put> {
-        let h = self.hasher.hash_one(key);
+    /// The latest not-yet-published put of `key` (hashed `h` by `hasher`) in table slot `t`.
+    fn pending_put(&self, t: usize, h: u64, key: &[u8]) -> Option<&Put> {
         self.pending[t]
             .find(h, |&e| e.0 == h && self.put_at(e).key == key)
             .map(|&e| self.put_at(e))
@@ -364,10 +363,22 @@ impl WriteTx<'_> {
         {
             return Ok(self.puts[i].value.clone());
         }
-        if let Some(p) = self.w.pending_put(table.index(), key) {
+        if let Some(p) = self.w.pending_put(table.index(), h, key) {
             return Ok(p.value.clone());
         }
         self.store.get(table, key, |v| v.map(<[u8]>::to_vec))
+    }
+
+    /// Whether this write, or a change queued before it and not yet visible, puts `key` in
+    /// `table`: when not, the visible store (read in a batch, say) has the last word on it for
+    /// as long as this write holds the writer lock.
+    pub fn overrides(&self, table: impl Into<TableId>, key: &[u8]) -> bool {
+        let table = table.into();
+        let h = self.w.hasher.hash_one(key);
+        self.own[table.index()]
+            .find(h, |&(oh, i)| oh == h && self.puts[i].key == key)
+            .is_some()
+            || self.w.pending_put(table.index(), h, key).is_some()
     }
 
     /// Records a put (`None` deletes).
