@@ -382,7 +382,19 @@ fn three_nodes_elect_one_writer_follow_it_and_survive_its_kill() {
             c.set_read_your_writes(true);
             for k in 0..5 {
                 let name = format!("CL-{i}-{k}");
-                let r = c.register_provider(p(&name)).await;
+                let mut r = c.register_provider(p(&name)).await;
+                // A follower learns the new writer's address at its next look at the head
+                // (TAIL_RECHECK after the election, at most): until then it answers
+                // NO_WRITER, having applied nothing, and the client retries shortly.
+                let settling = Instant::now();
+                while i != w
+                    && n.forwards
+                    && refused_with(&r) == Some(Status::NoWriter as u8)
+                    && settling.elapsed() < WAIT
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    r = c.register_provider(p(&name)).await;
+                }
                 if i == w || n.forwards {
                     assert_eq!(
                         r.as_ref().ok(),
