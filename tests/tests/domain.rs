@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use mykey_engine::registry::StoreConfig;
 use mykey_engine::registry::{
-    IdState, LinkOutcome, Lookup, ProviderOutcome, Registry, RegistryConfig, RegistryError,
-    RevokeSummary, UnlinkOutcome,
+    IdState, LinkOutcome, Lookup, ProviderOutcome, REVOCATIONS_PER_CHANGE_MAX, Registry,
+    RegistryConfig, RegistryError, RevokeSummary, UnlinkOutcome,
 };
 use mykey_engine::store::fs::{Fs, RealFs};
 use mykey_tests::*;
@@ -413,6 +413,41 @@ fn a_revocation_over_several_changes_counts_each_certificate_once() {
             suspended: 0
         }
     );
+}
+
+/// A change of certificates all revoked already writes nothing, so a CA first seen at its end
+/// must get its dictionary index in the change that applies its certificates: otherwise the
+/// index is never recorded, the next new CA is given it too, and its certificates read as
+/// revoked when they are not.
+#[test]
+fn a_new_ca_after_a_change_of_known_revocations_keeps_its_own_index() {
+    let dir = TempDir::new("revoke-new-ca");
+    let r = registry_with(&dir, &[]);
+    let partner = actor("verifier-partner-1");
+    let known: Vec<_> = (0..REVOCATIONS_PER_CHANGE_MAX as u64)
+        .map(|n| cert(1, n))
+        .collect();
+    r.revoke(at(1), partner, &known).expect("first");
+    let mut list = known.clone();
+    list.extend([cert(3, 1), cert(3, 2)]);
+    let sum = r.revoke(at(2), partner, &list).expect("second");
+    assert_eq!(
+        (sum.newly_revoked, sum.already_known),
+        (2, known.len() as u64)
+    );
+    r.revoke(at(3), partner, &[cert(4, 2)]).expect("third");
+    drop(r);
+    let r = reopen(&dir);
+    for (c, revoked) in [
+        (cert(3, 1), true),
+        (cert(3, 2), true),
+        (cert(3, 3), false),
+        (cert(4, 1), false),
+        (cert(4, 2), true),
+        (cert(1, 7), true),
+    ] {
+        assert_eq!(r.is_revoked(&c).expect("read"), revoked, "{c:?}");
+    }
 }
 
 #[test]

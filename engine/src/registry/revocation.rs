@@ -6,6 +6,7 @@
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
+use crate::id::CA_KEY_ID_LEN_MAX;
 use crate::store::BATCH_WINDOW;
 
 impl Registry {
@@ -57,9 +58,8 @@ impl Registry {
         let mut window = Window::default();
         loop {
             let mut t = self.begin(now, actor)?;
-            // Certificates carried over from the last change: what the store shows may have
-            // moved while the writer lock was released.
-            window.look_up(&self.store)?;
+            // Certificates carried over from the last change are bound and read again.
+            window.begin_change(self, &mut t)?;
             let mut taken = 0;
             loop {
                 if window.next == window.len {
@@ -163,23 +163,35 @@ impl Registry {
 /// holds each as revoked: one batched read (`Store::get_batch`) overlaps their memory misses,
 /// where one read per certificate would wait for each in turn. A push of a full CRL the day
 /// after the last is mostly certificates revoked already.
+///
+/// Keys are made (`bind`) and read in the change that applies them: a window that a change
+/// boundary cuts is bound and read again in the next one, since a CA index the last change
+/// added is only recorded if that change had puts, and what the store shows may have moved
+/// while the writer lock was released.
 struct Window {
+    certs: [Option<CertRef>; BATCH_WINDOW],
     keys: [[u8; record::CERT_KEY_LEN_MAX]; BATCH_WINDOW],
     lens: [usize; BATCH_WINDOW],
     in_store: [bool; BATCH_WINDOW],
     /// Certificates in the window, and the next one to apply.
     len: usize,
     next: usize,
+    /// The last CA key identifier bound in this change (bytes, length) and its dictionary
+    /// index: a CRL names one CA for all its entries, so the dictionary is asked once per
+    /// change, not once per entry.
+    ca: Option<([u8; CA_KEY_ID_LEN_MAX], usize, u32)>,
 }
 
 impl Default for Window {
     fn default() -> Self {
         Self {
+            certs: [None; BATCH_WINDOW],
             keys: [[0; record::CERT_KEY_LEN_MAX]; BATCH_WINDOW],
             lens: [0; BATCH_WINDOW],
             in_store: [false; BATCH_WINDOW],
             len: 0,
             next: 0,
+            ca: None,
         }
     }
 }
@@ -189,7 +201,8 @@ impl Window {
         &self.keys[i][..self.lens[i]]
     }
 
-    /// Takes the next certificates from `certs` (none left: an empty window) and reads them.
+    /// Takes the next certificates from `certs` (none left: an empty window), binds them in
+    /// `t` and reads them.
     fn fill(
         &mut self,
         reg: &Registry,
@@ -199,24 +212,48 @@ impl Window {
         self.len = 0;
         self.next = 0;
         for cert in certs.take(BATCH_WINDOW) {
-            let b = reg.bound(t, &cert)?;
-            self.lens[self.len] = b.key_in(&mut self.keys[self.len]).len();
+            self.certs[self.len] = Some(cert);
             self.len += 1;
         }
-        self.look_up(&reg.store)
+        self.bind_and_read(reg, t)
     }
 
-    /// Reads whether the store holds the window's certificates not yet applied as revoked.
-    fn look_up(&mut self, store: &Store) -> Result<(), RegistryError> {
+    /// A new change begins: forgets the CA index of the last one, then binds and reads the
+    /// certificates not yet applied.
+    fn begin_change(&mut self, reg: &Registry, t: &mut Tx<'_>) -> Result<(), RegistryError> {
+        self.ca = None;
+        self.bind_and_read(reg, t)
+    }
+
+    /// Makes the store keys of the certificates not yet applied, in `t`, and reads whether the
+    /// store holds them as revoked.
+    fn bind_and_read(&mut self, reg: &Registry, t: &mut Tx<'_>) -> Result<(), RegistryError> {
         let (next, len) = (self.next, self.len);
+        for i in next..len {
+            // `fill` set every certificate below `len`.
+            let Some(cert) = self.certs[i] else { continue };
+            let ca_key = cert.ca_key_id();
+            let ca = match self.ca {
+                Some((k, n, index)) if &k[..n] == ca_key => index,
+                _ => {
+                    let index = reg.ca_index(t, ca_key)?;
+                    let mut k = [0; CA_KEY_ID_LEN_MAX];
+                    k[..ca_key.len()].copy_from_slice(ca_key);
+                    self.ca = Some((k, ca_key.len(), index));
+                    index
+                }
+            };
+            self.lens[i] = BoundCert::of(ca, &cert).key_in(&mut self.keys[i]).len();
+        }
         let mut keys = [&[][..]; BATCH_WINDOW];
         for (i, k) in keys.iter_mut().enumerate().take(len).skip(next) {
             *k = &self.keys[i][..self.lens[i]];
         }
         let in_store = &mut self.in_store;
-        store.get_batch(Table::Revoked, &keys[next..len], |i, v| {
-            in_store[next + i] = v.is_some()
-        })?;
+        reg.store
+            .get_batch(Table::Revoked, &keys[next..len], |i, v| {
+                in_store[next + i] = v.is_some()
+            })?;
         Ok(())
     }
 }
