@@ -191,6 +191,15 @@ fn authenticated(c: &mut Criterion) {
 }
 
 const CRL_ENTRIES: u64 = 1_000_000;
+
+/// A new registry in a new directory under `tag` (the directory goes when the first is dropped).
+fn fresh_registry(tag: &str) -> (BenchDir, Registry) {
+    let dir = BenchDir::new(tag);
+    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
+    let reg =
+        Registry::create(fs, StoreConfig::default(), RegistryConfig::default()).expect("registry");
+    (dir, reg)
+}
 /// Entries the next day's CRL adds.
 const NEXT_DAY_NEW: u64 = CRL_ENTRIES / 100;
 
@@ -220,10 +229,7 @@ fn crl(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for i in 0..iters {
-                let dir = BenchDir::new("crl");
-                let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
-                let reg = Registry::create(fs, StoreConfig::default(), RegistryConfig::default())
-                    .expect("registry");
+                let (_dir, reg) = fresh_registry("crl");
                 let push = PushId::parse(format!("bench-{i}").as_bytes()).expect("push id");
                 let start = Instant::now();
                 let sum = reg.push_crl(now(), actor, &j, push, &der).expect("push");
@@ -241,10 +247,7 @@ fn crl(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for i in 0..iters {
-                let dir = BenchDir::new("crl-next");
-                let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
-                let reg = Registry::create(fs, StoreConfig::default(), RegistryConfig::default())
-                    .expect("registry");
+                let (_dir, reg) = fresh_registry("crl-next");
                 let first = PushId::parse(format!("day1-{i}").as_bytes()).expect("push id");
                 reg.push_crl(now(), actor, &j, first, &der)
                     .expect("first push");

@@ -358,10 +358,8 @@ impl WriteTx<'_> {
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let table = table.into();
         let h = self.w.hasher.hash_one(key);
-        if let Some(&(_, i)) =
-            self.own[table.index()].find(h, |&(oh, i)| oh == h && self.puts[i].key == key)
-        {
-            return Ok(self.puts[i].value.clone());
+        if let Some(p) = self.own_put(table, h, key) {
+            return Ok(p.value.clone());
         }
         if let Some(p) = self.w.pending_put(table.index(), h, key) {
             return Ok(p.value.clone());
@@ -375,10 +373,14 @@ impl WriteTx<'_> {
     pub fn overrides(&self, table: impl Into<TableId>, key: &[u8]) -> bool {
         let table = table.into();
         let h = self.w.hasher.hash_one(key);
+        self.own_put(table, h, key).is_some() || self.w.pending_put(table.index(), h, key).is_some()
+    }
+
+    /// This write's latest put of `key` (hashed `h` by the writer's hasher) in `table`.
+    fn own_put(&self, table: TableId, h: u64, key: &[u8]) -> Option<&Put> {
         self.own[table.index()]
             .find(h, |&(oh, i)| oh == h && self.puts[i].key == key)
-            .is_some()
-            || self.w.pending_put(table.index(), h, key).is_some()
+            .map(|&(_, i)| &self.puts[i])
     }
 
     /// Records a put (`None` deletes).
