@@ -246,6 +246,7 @@ impl Store {
                 }
             }
         }
+        let mut published = Vec::new();
         while w.changes.front().is_some_and(|c| c.seq <= upto) {
             let Some(c) = w.changes.pop_front() else {
                 break;
@@ -259,8 +260,9 @@ impl Store {
                     }
                 }
             }
-            apply(&view.tables, c);
+            published.push(c);
         }
+        apply(&view.tables, &self.hash_key, published);
         self.durable.store(upto, Ordering::Release);
         self.durable_moved.notify_waiters();
     }

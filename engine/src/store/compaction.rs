@@ -177,18 +177,22 @@ impl Store {
             for (i, shard) in t.shards.iter().enumerate() {
                 let mut err = Ok(());
                 shard.for_each(|k, v| {
-                    if err.is_ok() && !frozen.map.contains_key(k) {
-                        err = bs[i].push(self.hash(k), k, v);
+                    let h = self.hash(k);
+                    if err.is_ok() && !frozen.contains(h, k) {
+                        err = bs[i].push(h, k, v);
                     }
                 })?;
                 err?;
             }
-            for e in frozen.map.iter() {
-                if let Some(v) = e.value() {
-                    let h = self.hash(e.key());
-                    bs[shard_of(h, n)].push(h, e.key(), v)?;
+            let mut err = Ok(());
+            frozen.for_each(|h, k, v| {
+                if let Some(v) = v
+                    && err.is_ok()
+                {
+                    err = bs[shard_of(h, n)].push(h, k, v);
                 }
-            }
+            });
+            err?;
             builders.push(bs);
         }
         let old: Vec<String> = view
@@ -316,11 +320,15 @@ impl Store {
             .iter()
             .map(|t| {
                 if let Some(fz) = &t.frozen {
-                    for e in fz.map.iter() {
-                        if !t.active.map.contains_key(e.key()) {
-                            t.active.insert(e.key().clone(), e.value().clone());
+                    fz.for_each(|hash, key, value| {
+                        if !t.active.contains(hash, key) {
+                            t.active.insert(Entry {
+                                hash,
+                                key: key.into(),
+                                value: value.map(Into::into),
+                            });
                         }
-                    }
+                    });
                 }
                 TableView {
                     shards: t.shards.clone(),

@@ -30,6 +30,7 @@
 pub mod backup;
 mod commit;
 mod compaction;
+mod delta;
 pub mod fs;
 pub mod hash;
 mod health;
@@ -42,11 +43,10 @@ pub mod wal;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
-use dashmap::DashMap;
 
 use crate::id::{ActorId, Timestamp};
 use commit::{Log, Writer, new_segment};
@@ -54,6 +54,7 @@ pub use commit::{SystemOfRecord, WriteTx};
 pub use compaction::{
     COMPACTION_BACKOFF_MAX, COMPACTION_BACKOFF_MIN, CompactionPolicy, Compactor, spawn_compactor,
 };
+use delta::{Delta, Entry};
 use fs::{Fs, WriteFile};
 use hash::{HashKey, shard_of};
 pub use health::*;
@@ -192,28 +193,6 @@ pub enum StoreError {
         second: usize,
     },
 }
-type DeltaMap = DashMap<Box<[u8]>, Option<Box<[u8]>>, ahash::RandomState>;
-
-/// Changes since the snapshot, per table: `None` marks a deleted key.
-#[derive(Default)]
-struct Delta {
-    map: DeltaMap,
-    /// Number of keys, kept beside the map so that an empty delta costs one load to skip.
-    keys: AtomicUsize,
-}
-
-impl Delta {
-    fn insert(&self, key: Box<[u8]>, value: Option<Box<[u8]>>) {
-        if self.map.insert(key, value).is_none() {
-            self.keys.fetch_add(1, Ordering::Release);
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.keys.load(Ordering::Acquire) == 0
-    }
-}
-
 /// One table as readers see it.
 #[derive(Clone)]
 struct TableView {
@@ -373,16 +352,17 @@ impl Store {
     ) -> Result<R, StoreError> {
         let view = self.view.load();
         let t = &view.tables[table.into().index()];
-        if !t.active.is_empty()
-            && let Some(v) = t.active.map.get(key)
-        {
-            return Ok(f(v.as_deref()));
-        }
-        if let Some(fz) = &t.frozen
-            && let Some(v) = fz.map.get(key)
-        {
-            return Ok(f(v.as_deref()));
-        }
+        let f = match t.active.get(h, key, f) {
+            Ok(r) => return Ok(r),
+            Err(f) => f,
+        };
+        let f = match &t.frozen {
+            Some(fz) => match fz.get(h, key, f) {
+                Ok(r) => return Ok(r),
+                Err(f) => f,
+            },
+            None => f,
+        };
         let shard = &t.shards[shard_of(h, t.shards.len())];
         match shard.get(h, key) {
             Ok(v) => Ok(f(v)),
@@ -405,9 +385,8 @@ impl Store {
         let table = table.into();
         let view = self.view.load();
         let t = &view.tables[table.index()];
-        let in_delta = |k: &[u8]| {
-            (!t.active.is_empty() && t.active.map.contains_key(k))
-                || t.frozen.as_ref().is_some_and(|fz| fz.map.contains_key(k))
+        let in_delta = |h: u64, k: &[u8]| {
+            t.active.contains(h, k) || t.frozen.as_ref().is_some_and(|fz| fz.contains(h, k))
         };
         for chunk_start in (0..keys.len()).step_by(BATCH_WINDOW) {
             let chunk = &keys[chunk_start..keys.len().min(chunk_start + BATCH_WINDOW)];
@@ -415,9 +394,9 @@ impl Store {
             let mut cand = [None::<u64>; BATCH_WINDOW];
             let mut delta = [false; BATCH_WINDOW];
             for (i, k) in chunk.iter().enumerate() {
-                delta[i] = in_delta(k);
+                hashes[i] = self.hash(k);
+                delta[i] = in_delta(hashes[i], k);
                 if !delta[i] {
-                    hashes[i] = self.hash(k);
                     t.shards[shard_of(hashes[i], t.shards.len())].prefetch(hashes[i]);
                 }
             }
@@ -433,7 +412,7 @@ impl Store {
             for (i, k) in chunk.iter().enumerate() {
                 if delta[i] {
                     // Rare: a key changed since the snapshot; the plain path reads the delta.
-                    self.get(table, k, |v| f(chunk_start + i, v))?;
+                    self.get_hashed(table, hashes[i], k, |v| f(chunk_start + i, v))?;
                     continue;
                 }
                 let v = match cand[i] {
@@ -449,7 +428,8 @@ impl Store {
     }
 
     /// Calls `f` with every live (key, value) of `table`: snapshot records not overridden by the
-    /// delta, then the delta's values. Concurrent writes may or may not be seen.
+    /// delta, then the delta's values. Concurrent writes may or may not be seen. `f` must not
+    /// write to the store: it runs under a delta shard's read lock while the delta is walked.
     pub fn for_each(
         &self,
         table: impl Into<TableId>,
@@ -457,33 +437,32 @@ impl Store {
     ) -> Result<(), StoreError> {
         let view = self.view.load_full();
         let t = &view.tables[table.into().index()];
-        let overridden = |k: &[u8]| {
-            t.active.map.contains_key(k)
-                || t.frozen.as_ref().is_some_and(|fz| fz.map.contains_key(k))
+        let overridden = |h: u64, k: &[u8]| {
+            t.active.contains(h, k) || t.frozen.as_ref().is_some_and(|fz| fz.contains(h, k))
         };
         for shard in &t.shards {
             shard
                 .for_each(|k, v| {
-                    if !overridden(k) {
+                    if !overridden(self.hash(k), k) {
                         f(k, v)
                     }
                 })
                 .inspect_err(|e| self.read_failed(e))?;
         }
         if let Some(fz) = &t.frozen {
-            for e in fz.map.iter() {
-                if let Some(v) = e.value()
-                    && !t.active.map.contains_key(e.key())
+            fz.for_each(|h, k, v| {
+                if let Some(v) = v
+                    && !t.active.contains(h, k)
                 {
-                    f(e.key(), v);
+                    f(k, v);
                 }
-            }
+            });
         }
-        for e in t.active.map.iter() {
-            if let Some(v) = e.value() {
-                f(e.key(), v);
+        t.active.for_each(|_, k, v| {
+            if let Some(v) = v {
+                f(k, v);
             }
-        }
+        });
         Ok(())
     }
 
@@ -499,7 +478,7 @@ impl Store {
                     name: self.schema.name(table),
                     shard_entries: t.shards.iter().map(|s| s.header().entries).collect(),
                     file_bytes: t.shards.iter().map(|s| s.file_len()).sum(),
-                    delta_keys: t.active.map.len() + t.frozen.as_ref().map_or(0, |f| f.map.len()),
+                    delta_keys: t.active.len() + t.frozen.as_ref().map_or(0, |f| f.len()),
                 }
             })
             .collect()
@@ -507,22 +486,30 @@ impl Store {
 
     /// Keys in the active delta (written since the last compaction began).
     pub fn delta_keys(&self) -> usize {
-        self.view
-            .load()
-            .tables
-            .iter()
-            .map(|t| t.active.keys.load(Ordering::Acquire))
-            .sum()
+        self.view.load().tables.iter().map(|t| t.active.len()).sum()
     }
 }
 
-/// Applies a change's puts to the active deltas, moving their bytes in (no copy).
-fn apply(tables: &[TableView], c: Change) {
-    for p in c.puts {
-        // A table id outside the schema cannot be in a log this store wrote.
-        if let Some(t) = tables.get(usize::from(p.table).wrapping_sub(1)) {
-            t.active
-                .insert(p.key.into_boxed_slice(), p.value.map(Vec::into_boxed_slice));
+/// Applies the puts of `changes`, in order, to the active deltas, moving their bytes in (no
+/// copy); `hash_key` is the store's. All of a table's puts go to its delta at once, so that a
+/// big publish is inserted in bulk.
+fn apply(tables: &[TableView], hash_key: &HashKey, changes: impl IntoIterator<Item = Change>) {
+    let mut per_table: Vec<Vec<Entry>> = tables.iter().map(|_| Vec::new()).collect();
+    for c in changes {
+        for p in c.puts {
+            // A table id outside the schema cannot be in a log this store wrote.
+            if let Some(entries) = per_table.get_mut(usize::from(p.table).wrapping_sub(1)) {
+                entries.push(Entry {
+                    hash: hash_key.hash(&p.key),
+                    key: p.key.into_boxed_slice(),
+                    value: p.value.map(Vec::into_boxed_slice),
+                });
+            }
+        }
+    }
+    for (t, entries) in tables.iter().zip(per_table) {
+        if !entries.is_empty() {
+            t.active.insert_all(entries);
         }
     }
 }

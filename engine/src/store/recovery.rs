@@ -170,13 +170,15 @@ impl Store {
                 .last()
                 .map_or(first.saturating_sub(1), |c| c.seq);
             let has_changes = !scan.changes.is_empty();
+            let mut replay = Vec::with_capacity(scan.changes.len());
             for c in std::mem::take(&mut scan.changes) {
                 last_seq = last_seq.max(c.seq);
                 if c.seq > m.seq {
-                    apply(&tables, c);
+                    replay.push(c);
                     report.replayed += 1;
                 }
             }
+            apply(&tables, &m.hash_key, replay);
             prev_last = Some(seg_last);
             if let Some(sealed) = scan.sealed
                 && is_last
