@@ -253,31 +253,39 @@ impl Registry {
             .serials
             .iter()
             .filter_map(|s| CertRef::new(&list.ca_key_id, s.as_bytes()).ok());
-        let revoke = self.revoke_all(now, actor, &mut certs, &mut |t: &mut Tx<'_>, sum| {
-            let mut rec = Vec::with_capacity(PUSH_RECORD_LEN);
-            rec.push(kind);
-            rec.extend_from_slice(&digest);
-            for n in [sum.newly_revoked, sum.suspended, sum.already_known, entries] {
-                rec.extend_from_slice(&n.to_le_bytes());
-            }
-            rec.extend_from_slice(&now.raw().to_le_bytes());
-            rec.extend_from_slice(&t.actor_index.to_le_bytes());
-            t.tx.put(
-                Table::Pushes,
-                &[b"p".as_slice(), push.as_bytes()].concat(),
-                Some(rec),
-            );
-            if let Some(info) = &list.crl {
-                let mut v = info.this_update.raw().to_le_bytes().to_vec();
-                v.extend_from_slice(&info.number);
+        // Serials that ascend are distinct (`SerialNo` orders as the numbers do).
+        let distinct = list.serials.windows(2).all(|w| w[0] < w[1]);
+        let revoke = self.revoke_all(
+            now,
+            actor,
+            &mut certs,
+            distinct,
+            &mut |t: &mut Tx<'_>, sum| {
+                let mut rec = Vec::with_capacity(PUSH_RECORD_LEN);
+                rec.push(kind);
+                rec.extend_from_slice(&digest);
+                for n in [sum.newly_revoked, sum.suspended, sum.already_known, entries] {
+                    rec.extend_from_slice(&n.to_le_bytes());
+                }
+                rec.extend_from_slice(&now.raw().to_le_bytes());
+                rec.extend_from_slice(&t.actor_index.to_le_bytes());
                 t.tx.put(
                     Table::Pushes,
-                    &[b"n".as_slice(), &list.ca_key_id].concat(),
-                    Some(v),
+                    &[b"p".as_slice(), push.as_bytes()].concat(),
+                    Some(rec),
                 );
-            }
-            Ok(())
-        })?;
+                if let Some(info) = &list.crl {
+                    let mut v = info.this_update.raw().to_le_bytes().to_vec();
+                    v.extend_from_slice(&info.number);
+                    t.tx.put(
+                        Table::Pushes,
+                        &[b"n".as_slice(), &list.ca_key_id].concat(),
+                        Some(v),
+                    );
+                }
+                Ok(())
+            },
+        )?;
         Ok(PushSummary {
             revoke,
             entries,

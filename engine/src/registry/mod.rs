@@ -417,7 +417,21 @@ impl Registry {
     }
 
     fn begin(&self, now: Timestamp, actor: ActorId) -> Result<Tx<'_>, RegistryError> {
-        let tx = self.store.write()?;
+        self.begin_with(self.store.write()?, now, actor)
+    }
+
+    /// As [`Registry::begin`], for a bulk write of several changes: other writers wait until
+    /// it is durable (`Store::write_exclusive`).
+    fn begin_exclusive(&self, now: Timestamp, actor: ActorId) -> Result<Tx<'_>, RegistryError> {
+        self.begin_with(self.store.write_exclusive()?, now, actor)
+    }
+
+    fn begin_with<'a>(
+        &'a self,
+        tx: WriteTx<'a>,
+        now: Timestamp,
+        actor: ActorId,
+    ) -> Result<Tx<'a>, RegistryError> {
         let mut names = NewNames::default();
         let known = read(&self.actors).by_name.get(&actor).copied();
         let actor_index = match known {
@@ -452,55 +466,75 @@ impl Registry {
     /// Puts the dictionary entries of a write, submits it and publishes the names; returns its
     /// seq (`None` for a write that changed nothing). Durable once `Store::wait_durable`
     /// returns for the seq: a caller with several changes waits once, for the last.
-    fn submit(&self, t: Tx<'_>, kind: OpKind) -> Result<Option<u64>, RegistryError> {
-        let Tx {
-            mut tx,
-            names,
-            actor,
-            actor_index,
-            now,
-        } = t;
-        if tx.is_empty() && names.provider.is_none() {
+    fn submit(&self, mut t: Tx<'_>, kind: OpKind) -> Result<Option<u64>, RegistryError> {
+        let Some(names) = Self::put_names(&mut t) else {
             return Ok(None);
+        };
+        let Tx { tx, actor, now, .. } = t;
+        // Names become visible while the writer lock is still held, so the next writer
+        // numbers after them; a submit error leaves them unpublished.
+        Ok(Some(tx.submit_with(now, actor, kind as u8, || {
+            self.publish_names(names)
+        })?))
+    }
+
+    /// In an exclusive write (`begin_exclusive`): submits the write so far as one change, as
+    /// [`Registry::submit`] does, and goes on with the next in `t`. Every part is durable once
+    /// `WriteTx::commit_parts` returns.
+    fn submit_part(&self, t: &mut Tx<'_>, kind: OpKind) -> Result<Option<u64>, RegistryError> {
+        let Some(names) = Self::put_names(t) else {
+            return Ok(None);
+        };
+        Ok(Some(t.tx.submit_part(
+            t.now,
+            t.actor,
+            kind as u8,
+            || self.publish_names(names),
+        )?))
+    }
+
+    /// Puts the dictionary entries of the names `t` adds, and takes those names for
+    /// [`Registry::publish_names`]; `None` for a write that changes nothing.
+    fn put_names(t: &mut Tx<'_>) -> Option<NewNames> {
+        if t.tx.is_empty() && t.names.provider.is_none() {
+            return None;
         }
+        let names = std::mem::take(&mut t.names);
         let entry = |index| {
             DictEntry {
                 index,
-                at: now,
-                actor: actor_index,
+                at: t.now,
+                actor: t.actor_index,
             }
             .encode()
         };
         if let Some((a, i)) = &names.actor {
-            tx.put(Table::Actors, a.as_bytes(), Some(entry(*i)));
+            t.tx.put(Table::Actors, a.as_bytes(), Some(entry(*i)));
         }
         for (k, i) in &names.ca {
-            tx.put(Table::Cas, k, Some(entry(*i)));
+            t.tx.put(Table::Cas, k, Some(entry(*i)));
         }
         if let Some((p, i)) = &names.provider {
-            tx.put(Table::Providers, p.as_bytes(), Some(entry(*i)));
+            t.tx.put(Table::Providers, p.as_bytes(), Some(entry(*i)));
         }
-        // Names become visible while the writer lock is still held, so the next writer
-        // numbers after them; a submit error leaves them unpublished.
-        let seq = {
-            let seq_or_err = tx.submit_with(now, actor, kind as u8, || {
-                if let Some((a, i)) = names.actor {
-                    write(&self.actors).insert(a, i);
-                }
-                for (k, i) in names.ca {
-                    write(&self.cas).insert(k, i);
-                }
-                if let Some((p, i)) = names.provider {
-                    self.providers.rcu(|d| {
-                        let mut d = Dict::clone(d);
-                        d.insert(p, i);
-                        d
-                    });
-                }
+        Some(names)
+    }
+
+    /// Makes the names of a queued change visible to the next writers.
+    fn publish_names(&self, names: NewNames) {
+        if let Some((a, i)) = names.actor {
+            write(&self.actors).insert(a, i);
+        }
+        for (k, i) in names.ca {
+            write(&self.cas).insert(k, i);
+        }
+        if let Some((p, i)) = names.provider {
+            self.providers.rcu(|d| {
+                let mut d = Dict::clone(d);
+                d.insert(p, i);
+                d
             });
-            seq_or_err?
-        };
-        Ok(Some(seq))
+        }
     }
 
     fn ca_index(&self, t: &mut Tx<'_>, ca: &[u8]) -> Result<u32, RegistryError> {

@@ -1,8 +1,9 @@
 //! Revocation: certificates marked revoked and the IDs bound to them suspended, in changes of
 //! at most `REVOCATIONS_PER_CHANGE_MAX` certificates each; the revocation index read by card
-//! checks. Partner pushes (`card`) come through here. Whether a certificate is revoked already
-//! is read for `BATCH_WINDOW` certificates at a time (`Window`), in one batched store read, and
-//! through the transaction only for a key written since; it never writes outside a transaction.
+//! checks. Partner pushes (`card`) come through here. Whether a certificate is revoked already,
+//! and for those that are not whether an ID is bound to it, is read for `BATCH_WINDOW`
+//! certificates at a time (`Window`), in batched store reads, and through the transaction only
+//! for a key written since; it never writes outside a transaction.
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
@@ -18,52 +19,63 @@ impl Registry {
         actor: ActorId,
         certs: &[CertRef],
     ) -> Result<RevokeSummary, RegistryError> {
-        self.revoke_all(now, actor, &mut certs.iter().copied(), &mut |_, _| Ok(()))
+        let distinct = certs
+            .windows(2)
+            .all(|w| cert_order(&w[0]) < cert_order(&w[1]));
+        self.revoke_all(
+            now,
+            actor,
+            &mut certs.iter().copied(),
+            distinct,
+            &mut |_, _| Ok(()),
+        )
     }
 
     /// The revocation loop: `certs` in changes of at most [`REVOCATIONS_PER_CHANGE_MAX`];
     /// `last` adds its puts to the final change, seeing the summary of the whole batch. The
-    /// changes are submitted one after another and made durable together, by one group
-    /// commit (one log write and fsync, one system-of-record batch), before it returns. A crash
-    /// part-way leaves a prefix of them, each whole, and never the final one; a retry of the
-    /// same push then finds its earlier certificates already revoked.
+    /// changes are parts of one exclusive write (`Store::write_exclusive`), made durable
+    /// together, by one log write and fsync and one system-of-record batch, before it returns;
+    /// other writers wait for it. A crash part-way leaves a prefix of them, each whole, and
+    /// never the final one; a retry of the same push then finds its earlier certificates
+    /// already revoked. `distinct` says that no certificate comes twice (the caller checked
+    /// that they ascend): the revocations are then put unread (`WriteTx::put_unread`), with no
+    /// entry in the writers' pending map, since this push never asks for them again.
     pub(super) fn revoke_all(
         &self,
         now: Timestamp,
         actor: ActorId,
         certs: &mut dyn Iterator<Item = CertRef>,
+        distinct: bool,
         last: &mut dyn FnMut(&mut Tx<'_>, &RevokeSummary) -> Result<(), RegistryError>,
     ) -> Result<RevokeSummary, RegistryError> {
         let mut sum = RevokeSummary::default();
-        let mut submitted = None;
-        let r = self.submit_revocations(now, actor, certs, last, &mut sum, &mut submitted);
+        let mut t = self.begin_exclusive(now, actor)?;
+        let r = self.submit_revocations(&mut t, certs, distinct, last, &mut sum);
         // Even when a later change failed, the ones submitted before it are made durable
-        // (and visible) now, not left to whichever write flushes next.
-        if let Some(seq) = submitted {
-            self.store.wait_durable(seq)?;
-        }
-        r.map(|()| sum)
+        // (and visible) now, before another writer comes in; the failed one is dropped.
+        let durable = t.tx.commit_parts();
+        r?;
+        durable?;
+        Ok(sum)
     }
 
     fn submit_revocations(
         &self,
-        now: Timestamp,
-        actor: ActorId,
+        t: &mut Tx<'_>,
         certs: &mut dyn Iterator<Item = CertRef>,
+        distinct: bool,
         last: &mut dyn FnMut(&mut Tx<'_>, &RevokeSummary) -> Result<(), RegistryError>,
         sum: &mut RevokeSummary,
-        submitted: &mut Option<u64>,
     ) -> Result<(), RegistryError> {
         let mut certs = certs.peekable();
         let mut window = Window::default();
         loop {
-            let mut t = self.begin(now, actor)?;
             // Certificates carried over from the last change are bound and read again.
-            window.begin_change(self, &mut t)?;
+            window.begin_change(self, t)?;
             let mut taken = 0;
             loop {
                 if window.next == window.len {
-                    window.fill(self, &mut t, &mut certs)?;
+                    window.fill(self, t, &mut certs)?;
                     if window.len == 0 {
                         break;
                     }
@@ -85,13 +97,17 @@ impl Registry {
                 } else {
                     window.in_store[i]
                 };
-                self.revoke_key(&mut t, key, revoked, sum)?;
+                // Likewise whether an ID is bound to it, read only for those not revoked in
+                // the store (`None`: not read).
+                let bound = (!window.in_store[i] && !t.tx.overrides(Table::Certs, key))
+                    .then_some(window.bound[i]);
+                self.revoke_key(t, key, revoked, bound, distinct, sum)?;
             }
             let done = window.next == window.len && certs.peek().is_none();
             if done {
-                last(&mut t, sum)?;
+                last(t, sum)?;
             }
-            *submitted = self.submit(t, OpKind::Revoke)?.or(*submitted);
+            self.submit_part(t, OpKind::Revoke)?;
             if done {
                 return Ok(());
             }
@@ -99,12 +115,15 @@ impl Registry {
     }
 
     /// Revokes the certificate of store key `key`, which is revoked already when `revoked`,
-    /// and suspends the ID bound to it.
+    /// and suspends the ID bound to it; `bound`, when known, says whether an ID is (else the
+    /// transaction is asked). `distinct`: the revocation is put unread, as in `revoke_all`.
     fn revoke_key(
         &self,
         t: &mut Tx<'_>,
         key: &[u8],
         revoked: bool,
+        bound: Option<bool>,
+        distinct: bool,
         sum: &mut RevokeSummary,
     ) -> Result<(), RegistryError> {
         let now = t.now;
@@ -112,12 +131,16 @@ impl Registry {
             sum.already_known += 1;
             return Ok(());
         }
-        t.tx.put(
-            Table::Revoked,
-            key,
-            Some(encode_revocation(now, t.actor_index)),
-        );
+        let value = Some(encode_revocation(now, t.actor_index));
+        if distinct {
+            t.tx.put_unread(Table::Revoked, key, value);
+        } else {
+            t.tx.put(Table::Revoked, key, value);
+        }
         sum.newly_revoked += 1;
+        if bound == Some(false) {
+            return Ok(());
+        }
         let Some(idb) = t.tx.get(Table::Certs, key)? else {
             return Ok(());
         };
@@ -159,10 +182,18 @@ impl Registry {
     }
 }
 
+/// The order in which certificates a revocation names must ascend for it to know them
+/// distinct: by CA key identifier, then serial (shortest first, then big-endian bytes: a
+/// serial has no leading zero byte, so this is the serials' numeric order).
+fn cert_order(c: &CertRef) -> (&[u8], usize, &[u8]) {
+    (c.ca_key_id(), c.serial().len(), c.serial())
+}
+
 /// Certificates of a revocation, [`BATCH_WINDOW`] at a time, with whether the visible store
-/// holds each as revoked: one batched read (`Store::get_batch`) overlaps their memory misses,
-/// where one read per certificate would wait for each in turn. A push of a full CRL the day
-/// after the last is mostly certificates revoked already.
+/// holds each as revoked and, for those it does not, whether it binds an ID to it: batched
+/// reads (`Store::get_batch`) overlap their memory misses, where one read per certificate
+/// would wait for each in turn. A push of a full CRL the day after the last is mostly
+/// certificates revoked already, so the bindings of those are not read.
 ///
 /// Keys are made (`bind`) and read in the change that applies them: a window that a change
 /// boundary cuts is bound and read again in the next one, since a CA index the last change
@@ -173,6 +204,8 @@ struct Window {
     keys: [[u8; record::CERT_KEY_LEN_MAX]; BATCH_WINDOW],
     lens: [usize; BATCH_WINDOW],
     in_store: [bool; BATCH_WINDOW],
+    /// Whether the store binds an ID to the certificate; read only where `in_store` is false.
+    bound: [bool; BATCH_WINDOW],
     /// Certificates in the window, and the next one to apply.
     len: usize,
     next: usize,
@@ -189,6 +222,7 @@ impl Default for Window {
             keys: [[0; record::CERT_KEY_LEN_MAX]; BATCH_WINDOW],
             lens: [0; BATCH_WINDOW],
             in_store: [false; BATCH_WINDOW],
+            bound: [false; BATCH_WINDOW],
             len: 0,
             next: 0,
             ca: None,
@@ -226,7 +260,7 @@ impl Window {
     }
 
     /// Makes the store keys of the certificates not yet applied, in `t`, and reads whether the
-    /// store holds them as revoked.
+    /// store holds them as revoked and, for those it does not, bound to an ID.
     fn bind_and_read(&mut self, reg: &Registry, t: &mut Tx<'_>) -> Result<(), RegistryError> {
         let (next, len) = (self.next, self.len);
         for i in next..len {
@@ -254,6 +288,19 @@ impl Window {
             .get_batch(Table::Revoked, &keys[next..len], |i, v| {
                 in_store[next + i] = v.is_some()
             })?;
+        // The ones to read bindings of, packed to the front of `keys`.
+        let mut at = [0; BATCH_WINDOW];
+        let mut n = 0;
+        for i in next..len {
+            if !self.in_store[i] {
+                keys[n] = &self.keys[i][..self.lens[i]];
+                at[n] = i;
+                n += 1;
+            }
+        }
+        let bound = &mut self.bound;
+        reg.store
+            .get_batch(Table::Certs, &keys[..n], |j, v| bound[at[j]] = v.is_some())?;
         Ok(())
     }
 }

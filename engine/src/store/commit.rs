@@ -83,13 +83,42 @@ impl Store {
     /// that follows is shared.
     pub fn write(&self) -> Result<WriteTx<'_>, StoreError> {
         self.check_failed()?;
-        Ok(WriteTx {
+        Ok(self.tx(lock(&self.writer), None))
+    }
+
+    /// Starts an exclusive write: a bulk write of several changes ([`WriteTx::submit_part`])
+    /// that holds the log and the writer lock until [`WriteTx::commit`] has made every part
+    /// durable and visible, so that no other writer reads the store while its parts are
+    /// queued. Its [`WriteTx::put_unread`] puts therefore need no entry in the writers'
+    /// pending map. Other writers wait for it; readers do not.
+    pub fn write_exclusive(&self) -> Result<WriteTx<'_>, StoreError> {
+        // The order every flush takes them in: the log, then the writer.
+        let log = lock(&self.log);
+        let w = lock(&self.writer);
+        self.check_failed()?;
+        Ok(self.tx(
+            w,
+            Some(Exclusive {
+                log,
+                parts_queued: false,
+            }),
+        ))
+    }
+
+    fn tx<'a>(
+        &'a self,
+        w: MutexGuard<'a, Writer>,
+        exclusive: Option<Exclusive<'a>>,
+    ) -> WriteTx<'a> {
+        WriteTx {
             store: self,
-            w: lock(&self.writer),
+            w,
             puts: Vec::new(),
+            unread: Vec::new(),
             own: (0..self.schema.len()).map(|_| OwnMap::default()).collect(),
             approx_len: 0,
-        })
+            exclusive,
+        }
     }
 
     pub(super) fn check_failed(&self) -> Result<(), StoreError> {
@@ -154,15 +183,39 @@ impl Store {
     /// does not hold.
     pub(super) fn flush(&self) -> Result<(), StoreError> {
         let mut log = lock(&self.log);
-        let record = self.record.get();
         // The log lock keeps every other flush out, so what is queued now is exactly what no
-        // flush has written yet.
-        let (buf, upto, changes) = lock(&self.writer).hand_over(record.is_some());
+        // flush has written yet. Writers queue more while this one writes.
+        let (buf, upto, changes) = lock(&self.writer).hand_over(self.record.get().is_some());
         let Some(upto) = upto else {
             return Ok(());
         };
-        if let Some(record) = record
-            && let Err(e) = record.commit(&changes)
+        self.record_and_log(&mut log, &buf, &changes)?;
+        let mut w = lock(&self.writer);
+        self.publish(&mut w, upto);
+        Ok(())
+    }
+
+    /// As [`Store::flush`], for a writer holding both locks (an exclusive write).
+    fn flush_held(&self, log: &mut Log, w: &mut Writer) -> Result<(), StoreError> {
+        let (buf, upto, changes) = w.hand_over(self.record.get().is_some());
+        let Some(upto) = upto else {
+            return Ok(());
+        };
+        self.record_and_log(log, &buf, &changes)?;
+        self.publish(w, upto);
+        Ok(())
+    }
+
+    /// Commits `changes` to the system of record, if there is one, then writes and fsyncs
+    /// their log bytes `buf`.
+    fn record_and_log(
+        &self,
+        log: &mut Log,
+        buf: &[u8],
+        changes: &[Change],
+    ) -> Result<(), StoreError> {
+        if let Some(record) = self.record.get()
+            && let Err(e) = record.commit(changes)
         {
             let (first, last) = (changes[0].seq, changes[changes.len() - 1].seq);
             return Err(self.fail(&StoreError::Record {
@@ -171,10 +224,7 @@ impl Store {
                 reason: e.to_string(),
             }));
         }
-        self.write_log(&mut log, &buf)?;
-        let mut w = lock(&self.writer);
-        self.publish(&mut w, upto);
-        Ok(())
+        self.write_log(log, buf)
     }
 
     pub(super) fn write_log(&self, log: &mut Log, buf: &[u8]) -> Result<(), StoreError> {
@@ -344,10 +394,39 @@ pub struct WriteTx<'a> {
     store: &'a Store,
     w: MutexGuard<'a, Writer>,
     puts: Vec<Put>,
+    /// Per put: whether it was put with [`WriteTx::put_unread`] in an exclusive write, so has
+    /// no entry in `own` and gets none in the pending map.
+    unread: Vec<bool>,
     /// Per table: key → index of this write's latest put of it (looked up without allocating).
     own: Vec<OwnMap>,
     /// Bytes this change will take in the log, roughly (keys, values and framing).
     approx_len: usize,
+    /// Set in an exclusive write ([`Store::write_exclusive`]).
+    exclusive: Option<Exclusive<'a>>,
+}
+
+/// What an exclusive write holds beside the writer lock.
+struct Exclusive<'a> {
+    log: MutexGuard<'a, Log>,
+    /// Whether parts were queued that no flush has made durable yet.
+    parts_queued: bool,
+}
+
+impl Drop for WriteTx<'_> {
+    /// An exclusive write dropped with parts queued (an error part-way) makes them durable
+    /// and visible before it lets another writer in, since its unread puts are not in the
+    /// pending map for that writer to see; the part in progress is dropped. A failure here
+    /// turns the store read-only (logged once by `fail`), so no writer reads past it.
+    fn drop(&mut self) {
+        if let Some(ex) = &mut self.exclusive
+            && ex.parts_queued
+        {
+            ex.parts_queued = false;
+            if let Err(e) = self.store.flush_held(&mut ex.log, &mut self.w) {
+                tracing::error!(error = %e, "an exclusive write dropped part-way could not make its queued parts durable");
+            }
+        }
+    }
 }
 
 impl WriteTx<'_> {
@@ -374,6 +453,10 @@ impl WriteTx<'_> {
     /// as long as this write holds the writer lock.
     pub fn overrides(&self, table: impl Into<TableId>, key: &[u8]) -> bool {
         let table = table.into();
+        if self.own[table.index()].is_empty() && self.w.pending[table.index()].is_empty() {
+            // Nothing to hash the key for (a bulk write's unread puts are in neither).
+            return false;
+        }
         let h = self.w.hasher.hash_one(key);
         self.own_put(table, h, key).is_some() || self.w.pending_put(table.index(), h, key).is_some()
     }
@@ -383,6 +466,23 @@ impl WriteTx<'_> {
         self.own[table.index()]
             .find(h, |&(oh, i)| oh == h && self.puts[i].key == key)
             .map(|&(_, i)| &self.puts[i])
+    }
+
+    /// Records a put that this write will not read back: in an exclusive write it is not
+    /// indexed for this write's reads (`get` and `overrides` may not see it) nor for later
+    /// writers' (none can read before it is durable and visible); otherwise a plain
+    /// [`WriteTx::put`]. For bulk writes whose keys the caller knows to be distinct.
+    pub fn put_unread(&mut self, table: impl Into<TableId>, key: &[u8], value: Option<Vec<u8>>) {
+        if self.exclusive.is_none() {
+            return self.put(table, key, value);
+        }
+        self.approx_len += 6 + key.len() + value.as_ref().map_or(0, Vec::len);
+        self.puts.push(Put {
+            table: table.into().id(),
+            key: key.to_vec(),
+            value,
+        });
+        self.unread.push(true);
     }
 
     /// Records a put (`None` deletes).
@@ -406,6 +506,7 @@ impl WriteTx<'_> {
             key: key.to_vec(),
             value,
         });
+        self.unread.push(false);
     }
 
     /// Whether any put was recorded.
@@ -445,6 +546,7 @@ impl WriteTx<'_> {
             });
         }
         self.puts.clear();
+        self.unread.clear();
         for p in &c.puts {
             let t = self
                 .store
@@ -476,8 +578,40 @@ impl WriteTx<'_> {
         self.queue(at, actor, kind, on_submitted)
     }
 
+    /// In an exclusive write: queues the puts so far as one change (`on_submitted` as in
+    /// [`WriteTx::submit_with`]) and goes on with the next, still holding both locks. The
+    /// parts become durable and visible together, at [`WriteTx::commit`]; dropped before it,
+    /// the write makes the parts queued so far durable and drops the one in progress.
+    pub fn submit_part(
+        &mut self,
+        at: Timestamp,
+        actor: ActorId,
+        kind: u8,
+        on_submitted: impl FnOnce(),
+    ) -> Result<u64, StoreError> {
+        if self.exclusive.is_none() {
+            return Err(StoreError::Config("submit_part needs an exclusive write"));
+        }
+        if self.store.is_follower() {
+            return Err(StoreError::NotWriter);
+        }
+        self.queue_part(at, actor, kind, on_submitted)
+    }
+
     fn queue(
         mut self,
+        at: Timestamp,
+        actor: ActorId,
+        kind: u8,
+        on_submitted: impl FnOnce(),
+    ) -> Result<u64, StoreError> {
+        self.queue_part(at, actor, kind, on_submitted)
+    }
+
+    /// Queues the puts so far as the next change and starts an empty one. In an exclusive
+    /// write the change is then among the parts its commit (or drop) makes durable.
+    fn queue_part(
+        &mut self,
         at: Timestamp,
         actor: ActorId,
         kind: u8,
@@ -491,10 +625,22 @@ impl WriteTx<'_> {
             kind,
             puts: std::mem::take(&mut self.puts),
         };
+        let unread = std::mem::take(&mut self.unread);
+        self.approx_len = 0;
+        for own in &mut self.own {
+            own.clear();
+        }
+        // Refused whole (the buffer is as it was), the part's puts are dropped.
         change.encode(&mut self.w.buf)?;
         self.w.next_seq += 1;
+        if let Some(ex) = &mut self.exclusive {
+            ex.parts_queued = true;
+        }
         let w = &mut *self.w;
         for (i, p) in change.puts.iter().enumerate() {
+            if unread[i] {
+                continue;
+            }
             let h = w.hasher.hash_one(p.key.as_slice());
             let me = (h, seq, i as u32);
             let (changes, pending) = (&w.changes, &mut w.pending[usize::from(p.table) - 1]);
@@ -519,12 +665,40 @@ impl WriteTx<'_> {
         Ok(seq)
     }
 
-    /// Submits and waits until durable.
-    pub fn commit(self, at: Timestamp, actor: ActorId, kind: u8) -> Result<u64, StoreError> {
+    /// Submits and waits until durable. In an exclusive write, queues the last part and
+    /// makes every part durable and visible before it releases the locks.
+    pub fn commit(mut self, at: Timestamp, actor: ActorId, kind: u8) -> Result<u64, StoreError> {
         let store = self.store;
-        let seq = self.submit(at, actor, kind)?;
-        store.wait_durable(seq)?;
+        if self.exclusive.is_none() {
+            let seq = self.submit(at, actor, kind)?;
+            store.wait_durable(seq)?;
+            return Ok(seq);
+        }
+        let seq = self.submit_part(at, actor, kind, || {})?;
+        self.flush_parts()?;
         Ok(seq)
+    }
+
+    /// In an exclusive write: makes every part queued so far durable and visible (the last of
+    /// them is then `Store::durable_seq`), dropping puts not submitted as a part. Nothing
+    /// otherwise.
+    pub fn commit_parts(mut self) -> Result<(), StoreError> {
+        self.puts.clear();
+        self.unread.clear();
+        self.flush_parts()
+    }
+
+    fn flush_parts(&mut self) -> Result<(), StoreError> {
+        let Some(ex) = &mut self.exclusive else {
+            return Ok(());
+        };
+        if !std::mem::take(&mut ex.parts_queued) {
+            return Ok(());
+        }
+        self.store.check_failed().map_err(unknown_outcome)?;
+        self.store
+            .flush_held(&mut ex.log, &mut self.w)
+            .map_err(unknown_outcome)
     }
 }
 
@@ -559,6 +733,102 @@ mod tests {
 
     fn get(tx: &WriteTx<'_>, k: &[u8]) -> Option<Vec<u8>> {
         tx.get(T, k).expect("get")
+    }
+
+    fn value(store: &Store, k: &[u8]) -> Option<Vec<u8>> {
+        store.get(T, k, |v| v.map(<[u8]>::to_vec)).expect("get")
+    }
+
+    fn one_table_store(fs: &Arc<SimFs>) -> Store {
+        let layout = Layout {
+            schema: &ONE,
+            shards: vec![1],
+        };
+        Store::create(fs.clone() as Arc<dyn Fs>, layout).expect("create")
+    }
+
+    /// An exclusive write's parts are queued, not visible and not durable until its commit,
+    /// and no other writer gets in before that, so none can miss its unread puts (which have
+    /// no pending-map entry): the writer that waited then reads them. A power cut after the
+    /// commit keeps every part.
+    #[test]
+    fn an_exclusive_write_keeps_other_writers_out_until_all_its_parts_are_durable() {
+        let fs = Arc::new(SimFs::new(5));
+        let store = one_table_store(&fs);
+        let (at, actor) = (Timestamp::from_raw(1), ActorId::parse(b"t").expect("actor"));
+        let (entered_tx, entered) = mpsc::channel();
+        std::thread::scope(|scope| {
+            let mut ex = store.write_exclusive().expect("exclusive");
+            ex.put_unread(T, b"a", Some(b"1".to_vec()));
+            assert_eq!(get(&ex, b"a"), None, "an unread put is not indexed");
+            let first = ex.submit_part(at, actor, 0, || {}).expect("part 1");
+            ex.put_unread(T, b"b", Some(b"2".to_vec()));
+            ex.put(T, b"c", Some(b"3".to_vec()));
+            assert_eq!(get(&ex, b"c").as_deref(), Some(&b"3"[..]));
+            let other = scope.spawn(|| {
+                let tx = store.write().expect("write");
+                entered_tx.send(()).expect("send");
+                (get(&tx, b"a"), get(&tx, b"b"), get(&tx, b"c"))
+            });
+            // The other writer is kept out for as long as the exclusive write holds on.
+            assert!(
+                entered
+                    .recv_timeout(std::time::Duration::from_millis(200))
+                    .is_err(),
+                "another writer got in while parts were queued"
+            );
+            assert_eq!(store.durable_seq(), first - 1, "nothing durable yet");
+            assert_eq!(
+                value(&store, b"a"),
+                None,
+                "readers see only durable changes"
+            );
+            let last = ex.commit(at, actor, 0).expect("commit");
+            assert_eq!((last, store.durable_seq()), (first + 1, first + 1));
+            let seen = other.join().expect("thread");
+            assert_eq!(
+                seen,
+                (
+                    Some(b"1".to_vec()),
+                    Some(b"2".to_vec()),
+                    Some(b"3".to_vec())
+                )
+            );
+        });
+        drop(store);
+        fs.crash();
+        let store = Store::open(fs.clone() as Arc<dyn Fs>, &ONE).expect("reopen");
+        assert_eq!(value(&store, b"b").as_deref(), Some(&b"2"[..]));
+        assert_eq!(store.durable_seq(), 2);
+    }
+
+    /// An exclusive write dropped part-way (an error in a later part) makes the parts it
+    /// queued durable and visible before the next writer gets in, and drops the part in
+    /// progress; outside an exclusive write `put_unread` is a plain put and `submit_part` is
+    /// refused.
+    #[test]
+    fn an_exclusive_write_dropped_part_way_keeps_its_queued_parts_and_drops_the_rest() {
+        let fs = Arc::new(SimFs::new(6));
+        let store = one_table_store(&fs);
+        let (at, actor) = (Timestamp::from_raw(1), ActorId::parse(b"t").expect("actor"));
+        let mut ex = store.write_exclusive().expect("exclusive");
+        ex.put_unread(T, b"a", Some(b"1".to_vec()));
+        ex.submit_part(at, actor, 0, || {}).expect("part 1");
+        ex.put_unread(T, b"b", Some(b"2".to_vec()));
+        drop(ex);
+        assert_eq!(store.durable_seq(), 1);
+        assert_eq!(value(&store, b"a").as_deref(), Some(&b"1"[..]));
+        assert_eq!(value(&store, b"b"), None, "the part in progress is dropped");
+
+        let mut tx = store.write().expect("write");
+        tx.put_unread(T, b"d", Some(b"4".to_vec()));
+        assert_eq!(get(&tx, b"d").as_deref(), Some(&b"4"[..]), "a plain put");
+        assert!(matches!(
+            tx.submit_part(at, actor, 0, || {}),
+            Err(StoreError::Config(_))
+        ));
+        tx.commit(at, actor, 0).expect("commit");
+        assert_eq!(value(&store, b"d").as_deref(), Some(&b"4"[..]));
     }
 
     /// Writers read changes that are queued and not yet durable, latest put first (a key put

@@ -3,8 +3,8 @@
 //! lock, keyed by the store's own key hash (the one the snapshot shards use), so that a read
 //! hashes a key once for the delta and the shard file alike.
 //!
-//! A publish of many puts at once (a revocation push of a million certificates) sorts them
-//! by delta shard first and fills one shard at a time, so each insert lands in a table that
+//! A publish of many puts at once (a revocation push of a million certificates) groups them
+//! by delta shard first ([`Batch`]) and fills one shard at a time, so each insert lands in a table that
 //! fits in a core's cache rather than missing memory once per key; it takes a shard's write
 //! lock for at most [`DELTA_LOCK_HOLD_MAX`] puts at a time, so readers of that shard wait
 //! microseconds, not the whole publish. Later puts of a key replace earlier ones, in the order
@@ -12,7 +12,7 @@
 //! into it only what is durable.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
 
@@ -22,14 +22,46 @@ use hashbrown::HashTable;
 pub(super) const DELTA_SHARDS: usize = 64;
 /// Puts a publish makes under one hold of a shard's write lock.
 pub(super) const DELTA_LOCK_HOLD_MAX: usize = 1024;
-/// Puts of one publish from which they are grouped by shard before they are inserted.
+/// Puts of one publish from which room is made for them in every shard at once.
 pub(super) const DELTA_BULK_MIN: usize = 4096;
+/// Puts of one publish from which its shards are filled on several threads (one per core).
+pub(super) const DELTA_PARALLEL_MIN: usize = 65_536;
+/// Threads that fill one delta, at most.
+pub(super) const DELTA_FILL_THREADS_MAX: usize = 8;
 
 /// One changed key: its hash (the store's), the key, and its value (`None`: deleted).
 pub(super) struct Entry {
     pub(super) hash: u64,
     pub(super) key: Box<[u8]>,
     pub(super) value: Option<Box<[u8]>>,
+}
+
+/// Entries for one [`Delta::insert_all`], grouped by delta shard as they are pushed, each
+/// group in push order (all the order that matters: every put of a key is in one group).
+pub(super) struct Batch {
+    by_shard: Vec<Vec<Entry>>,
+    len: usize,
+}
+
+impl Batch {
+    /// An empty batch with room for `n` entries spread over the shards (none below
+    /// [`DELTA_BULK_MIN`], where growing costs little).
+    pub(super) fn with_capacity(n: usize) -> Self {
+        let per = if n < DELTA_BULK_MIN {
+            0
+        } else {
+            n / DELTA_SHARDS * 9 / 8
+        };
+        Self {
+            by_shard: (0..DELTA_SHARDS).map(|_| Vec::with_capacity(per)).collect(),
+            len: 0,
+        }
+    }
+
+    pub(super) fn push(&mut self, e: Entry) {
+        self.by_shard[shard_index(e.hash)].push(e);
+        self.len += 1;
+    }
 }
 
 /// Changes since the snapshot of one table.
@@ -65,6 +97,27 @@ fn read(l: &RwLock<HashTable<Entry>>) -> RwLockReadGuard<'_, HashTable<Entry>> {
 
 fn write(l: &RwLock<HashTable<Entry>>) -> RwLockWriteGuard<'_, HashTable<Entry>> {
     l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Puts `group` into the shard behind `lock`, grown once when the group is big, holding the
+/// write lock for at most [`DELTA_LOCK_HOLD_MAX`] puts at a time; returns how many keys were
+/// new.
+fn fill(lock: &RwLock<HashTable<Entry>>, group: Vec<Entry>) -> usize {
+    if group.is_empty() {
+        return 0;
+    }
+    if group.len() >= DELTA_LOCK_HOLD_MAX {
+        write(lock).reserve(group.len(), |o| o.hash);
+    }
+    let mut added = 0;
+    let mut group = group.into_iter().peekable();
+    while group.peek().is_some() {
+        let mut t = write(lock);
+        for e in group.by_ref().take(DELTA_LOCK_HOLD_MAX) {
+            added += usize::from(put(&mut t, e));
+        }
+    }
+    added
 }
 
 /// Puts `e` in `t`, replacing an entry of the same key; whether the key is new.
@@ -126,42 +179,50 @@ impl Delta {
         }
     }
 
-    /// Puts every entry, a later one of a key replacing an earlier one. From
-    /// [`DELTA_BULK_MIN`] entries they are grouped by shard (keeping their order) and each
-    /// shard is grown once and filled in runs of at most [`DELTA_LOCK_HOLD_MAX`].
-    pub(super) fn insert_all(&self, entries: Vec<Entry>) {
-        if entries.len() < DELTA_BULK_MIN {
-            for e in entries {
-                self.insert(e);
-            }
-            return;
-        }
-        let mut by_shard: Vec<Vec<Entry>> = (0..DELTA_SHARDS)
-            .map(|_| Vec::with_capacity(entries.len() / DELTA_SHARDS * 9 / 8))
-            .collect();
-        for e in entries {
-            by_shard[shard_index(e.hash)].push(e);
-        }
-        let mut added = 0;
-        for (lock, group) in self.shards.iter().zip(by_shard) {
-            if group.is_empty() {
-                continue;
-            }
-            write(lock).reserve(group.len(), |o| o.hash);
-            let mut group = group.into_iter();
+    /// Puts every entry of `batch`, a later one of a key replacing an earlier one, one shard
+    /// at a time: a shard that gets many is grown once, and the write lock is held for at
+    /// most [`DELTA_LOCK_HOLD_MAX`] of them at a time. From [`DELTA_PARALLEL_MIN`] entries the
+    /// shards are shared out among one thread per core (each shard to one thread).
+    pub(super) fn insert_all(&self, batch: Batch) {
+        let threads = if batch.len < DELTA_PARALLEL_MIN {
+            1
+        } else {
+            std::thread::available_parallelism()
+                .map_or(1, std::num::NonZero::get)
+                .min(DELTA_FILL_THREADS_MAX)
+        };
+        // One group per shard: each is filled whole by whichever thread takes it.
+        let groups = Mutex::new(self.shards.iter().zip(batch.by_shard).collect::<Vec<_>>());
+        let work = || {
+            let mut added = 0;
             loop {
-                let mut t = write(lock);
-                let mut n = 0;
-                for e in group.by_ref().take(DELTA_LOCK_HOLD_MAX) {
-                    added += usize::from(put(&mut t, e));
-                    n += 1;
-                }
-                drop(t);
-                if n < DELTA_LOCK_HOLD_MAX {
-                    break;
-                }
+                let next = groups
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .pop();
+                let Some((lock, group)) = next else {
+                    return added;
+                };
+                added += fill(lock, group);
             }
-        }
+        };
+        let added = std::thread::scope(|scope| {
+            let helpers: Vec<_> = (1..threads)
+                .filter_map(|_| {
+                    // Without a thread, the others (this one at least) take its share.
+                    std::thread::Builder::new()
+                        .name("delta-fill".into())
+                        .spawn_scoped(scope, work)
+                        .ok()
+                })
+                .collect();
+            let mut added = work();
+            for h in helpers {
+                // `fill` does not panic: a put either happens or not.
+                added += h.join().unwrap_or(0);
+            }
+            added
+        });
         self.keys.fetch_add(added, Ordering::Release);
     }
 
@@ -197,7 +258,7 @@ mod tests {
     /// entries land in every shard.
     #[test]
     fn the_last_put_of_a_key_wins_in_bulk_and_one_by_one() {
-        for n in [10, DELTA_BULK_MIN * 3] {
+        for n in [10, DELTA_BULK_MIN * 3, DELTA_PARALLEL_MIN] {
             let d = Delta::default();
             assert!(d.is_empty());
             // Hashes spread over every shard; key i and its "twin" share a hash.
@@ -217,7 +278,11 @@ mod tests {
             for i in (0..n).step_by(5) {
                 es.push(entry(h(i), &i.to_le_bytes(), None));
             }
-            d.insert_all(es);
+            let mut batch = Batch::with_capacity(es.len());
+            for e in es {
+                batch.push(e);
+            }
+            d.insert_all(batch);
             assert_eq!(d.len(), 2 * n, "keys counted once each (n = {n})");
             for i in 0..n {
                 let want: Option<&[u8]> = if i % 5 == 0 {

@@ -5,10 +5,12 @@
 //! only after its log record is fsync'd, and concurrent writers share one fsync (group commit:
 //! a waiter that finds no flush in progress becomes the leader and writes every change
 //! submitted so far; the others sleep until it signals, and those it made durable return at
-//! once). Changes become visible to readers only once durable, so a reader never sees a write
-//! that a crash could take back. Readers never block on writers: they load an immutable
-//! [`View`] (snapshot shards plus the delta maps) through `arc-swap` and probe the delta, then
-//! one shard.
+//! once). A bulk write of several changes ([`Store::write_exclusive`]) holds the log and the
+//! writer lock from its first change to its last and makes them durable together, so no other
+//! writer reads between them. Changes become visible to readers only once durable, so a reader
+//! never sees a write that a crash could take back. Readers never block on writers: they load
+//! an immutable [`View`] (snapshot shards plus the delta tables, `delta`) through `arc-swap` and
+//! probe the delta, then one shard.
 //!
 //! Compaction freezes the delta, rotates the log, writes new shard files from the old ones and
 //! the frozen delta, installs a new manifest, and swaps the view, all while readers and writers
@@ -54,7 +56,7 @@ pub use commit::{SystemOfRecord, WriteTx};
 pub use compaction::{
     COMPACTION_BACKOFF_MAX, COMPACTION_BACKOFF_MIN, CompactionPolicy, Compactor, spawn_compactor,
 };
-use delta::{Delta, Entry};
+use delta::{Batch, Delta, Entry};
 use fs::{Fs, WriteFile};
 use hash::{HashKey, shard_of};
 pub use health::*;
@@ -491,25 +493,33 @@ impl Store {
 }
 
 /// Applies the puts of `changes`, in order, to the active deltas, moving their bytes in (no
-/// copy); `hash_key` is the store's. All of a table's puts go to its delta at once, so that a
-/// big publish is inserted in bulk.
-fn apply(tables: &[TableView], hash_key: &HashKey, changes: impl IntoIterator<Item = Change>) {
-    let mut per_table: Vec<Vec<Entry>> = tables.iter().map(|_| Vec::new()).collect();
-    for c in changes {
-        for p in c.puts {
-            // A table id outside the schema cannot be in a log this store wrote.
-            if let Some(entries) = per_table.get_mut(usize::from(p.table).wrapping_sub(1)) {
-                entries.push(Entry {
-                    hash: hash_key.hash(&p.key),
-                    key: p.key.into_boxed_slice(),
-                    value: p.value.map(Vec::into_boxed_slice),
-                });
-            }
+/// copy); `hash_key` is the store's. All of a table's puts go to its delta at once, grouped by
+/// delta shard as they are read, so that a big publish is inserted in bulk.
+fn apply(tables: &[TableView], hash_key: &HashKey, changes: Vec<Change>) {
+    let mut counts = vec![0usize; tables.len()];
+    for p in changes.iter().flat_map(|c| &c.puts) {
+        if let Some(n) = counts.get_mut(usize::from(p.table).wrapping_sub(1)) {
+            *n += 1;
         }
     }
-    for (t, entries) in tables.iter().zip(per_table) {
-        if !entries.is_empty() {
-            t.active.insert_all(entries);
+    // Only the tables this publish puts to get a batch.
+    let mut batches: Vec<Option<Batch>> = counts
+        .into_iter()
+        .map(|n| (n > 0).then(|| Batch::with_capacity(n)))
+        .collect();
+    for p in changes.into_iter().flat_map(|c| c.puts) {
+        // A table id outside the schema cannot be in a log this store wrote.
+        if let Some(Some(b)) = batches.get_mut(usize::from(p.table).wrapping_sub(1)) {
+            b.push(Entry {
+                hash: hash_key.hash(&p.key),
+                key: p.key.into_boxed_slice(),
+                value: p.value.map(Vec::into_boxed_slice),
+            });
+        }
+    }
+    for (t, b) in tables.iter().zip(batches) {
+        if let Some(b) = b {
+            t.active.insert_all(b);
         }
     }
 }
