@@ -478,6 +478,7 @@ fn expect(m: &Model, now: u64) -> Observed {
 fn config() -> RegistryConfig {
     RegistryConfig {
         provisional_expiry_secs: EXPIRY,
+        ..RegistryConfig::default()
     }
 }
 

@@ -212,6 +212,7 @@ fn provisional_expiry_is_configurable() {
     let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
     let cfg = RegistryConfig {
         provisional_expiry_secs: 60,
+        ..RegistryConfig::default()
     };
     let r = Registry::create(fs, StoreConfig::default(), cfg).expect("create");
     r.register_provider(at(0), actor("op"), provider("P"))
@@ -413,6 +414,71 @@ fn a_revocation_over_several_changes_counts_each_certificate_once() {
             suspended: 0
         }
     );
+}
+
+/// A push whose serials ascend writes its revocations unread (no pending-map entry, since no
+/// other writer can read before they are durable) in exclusive writes of at most
+/// `revocation_changes_per_hold` changes (1 here), each made durable before the next writer
+/// comes in. Over four holds nothing is lost or counted twice: every bound ID is suspended,
+/// the next registration of a revoked certificate is refused, and so after a reopen.
+#[test]
+fn a_push_of_ascending_serials_over_several_holds_loses_nothing() {
+    const BOUND: u64 = 10;
+    let dir = TempDir::new("revoke-holds");
+    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
+    let config = RegistryConfig {
+        revocation_changes_per_hold: 1,
+        ..RegistryConfig::default()
+    };
+    let r = Registry::create(fs, StoreConfig::default(), config).expect("create");
+    r.register_provider(at(0), actor("operator"), provider("A-α1-0001"))
+        .expect("provider");
+    let step = 1_000;
+    for n in 0..BOUND {
+        r.register_full(at(0), actor("portal"), mykey(n), cert(1, n * step))
+            .expect("register");
+    }
+    let entries = 3 * REVOCATIONS_PER_CHANGE_MAX as u64 + 5;
+    let list: Vec<_> = (0..entries).map(|n| cert(1, n)).collect();
+    let before = r.store().submitted_seq();
+    let sum = r
+        .revoke(at(1), actor("verifier-partner-1"), &list)
+        .expect("revoke");
+    assert_eq!(
+        sum,
+        RevokeSummary {
+            newly_revoked: entries,
+            already_known: 0,
+            suspended: BOUND,
+        }
+    );
+    assert_eq!(r.store().submitted_seq() - before, 4, "four changes");
+    assert_eq!(r.store().durable_seq(), r.store().submitted_seq());
+    let check = |r: &Registry| {
+        let p = provider("A-α1-0001");
+        for n in 0..BOUND {
+            assert!(matches!(
+                r.lookup(at(2), &mykey(n), &p).expect("lookup"),
+                Lookup::Suspended
+            ));
+        }
+        for n in [0, 4_095, 4_096, 12_292] {
+            assert!(r.is_revoked(&cert(1, n)).expect("read"), "cert {n}");
+        }
+        assert!(!r.is_revoked(&cert(1, entries)).expect("read"));
+    };
+    check(&r);
+    assert!(matches!(
+        r.register_full(at(2), actor("portal"), mykey(BOUND + 1), cert(1, 12_000)),
+        Err(RegistryError::CertRevoked { .. })
+    ));
+    drop(r);
+    let r = reopen(&dir);
+    check(&r);
+    let again = r
+        .revoke(at(3), actor("verifier-partner-1"), &list)
+        .expect("again");
+    assert_eq!(again.already_known, entries);
 }
 
 /// A change of certificates all revoked already writes nothing, so a CA first seen at its end

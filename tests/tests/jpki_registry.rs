@@ -527,7 +527,9 @@ fn bad_pushes_are_refused_whole_with_their_own_error_and_change_nothing() {
 /// the unsynced bytes): the push fails, the store recovers, and retrying with the same push id
 /// completes it: every serial is revoked exactly once, and the summaries add up (or, if the cut
 /// struck after the push was durable, the retry answers the first summary). Some cuts must
-/// leave a strict prefix of the push's changes, the case a bulk push must survive.
+/// leave a strict prefix of the push's changes, the case a bulk push must survive. Run with
+/// the push in one exclusive write and in one per change (`revocation_changes_per_hold` 1),
+/// so that cuts also land between holds.
 #[test]
 fn a_push_cut_by_a_crash_completes_on_retry_with_the_same_push_id() {
     use mykey_engine::store::fs::SimFs;
@@ -541,24 +543,28 @@ fn a_push_cut_by_a_crash_completes_on_retry_with_the_same_push_id() {
         list.push_str(&format!("{:X}\n", 0x1000_0000u64 + n));
     }
     let (mut struck, mut prefix) = (0, 0);
-    for seed in 1..=24 {
+    let one_per_change = RegistryConfig {
+        revocation_changes_per_hold: 1,
+        ..RegistryConfig::default()
+    };
+    for (seed, config) in (1..=24)
+        .map(|s| (s, RegistryConfig::default()))
+        .chain((25..=36).map(|s| (s, one_per_change)))
+    {
         for k in 1..=4 {
             let fs = SimFs::new(seed);
             let reg = Registry::create(
                 Arc::new(fs.clone()) as Arc<dyn Fs>,
                 StoreConfig::default(),
-                RegistryConfig::default(),
+                config,
             )
             .expect("create");
             fs.arm_crash(k);
             let first = reg.push_serials(now, op(), &jpki, push("big"), list.as_bytes());
             let crashed = fs.crashed_since_armed();
             drop(reg);
-            let reg = Registry::open(
-                Arc::new(fs.clone()) as Arc<dyn Fs>,
-                RegistryConfig::default(),
-            )
-            .expect("recovers");
+            let reg =
+                Registry::open(Arc::new(fs.clone()) as Arc<dyn Fs>, config).expect("recovers");
             let retry = reg
                 .push_serials(now, op(), &jpki, push("big"), list.as_bytes())
                 .expect("retry completes");

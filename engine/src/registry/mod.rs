@@ -54,6 +54,10 @@ pub const PROVISIONAL_EXPIRY_SECS_DEFAULT: u64 = 30 * 86_400;
 /// Most certificates revoked in one durable change; a longer list is split into several
 /// changes, each atomic for its certificates and their suspensions.
 pub const REVOCATIONS_PER_CHANGE_MAX: usize = 4096;
+/// Changes a push holds other writes for, by default: 256 × 4,096 revocations, about 1M, a
+/// few hundred milliseconds of apply (`ops/CAPACITY.md`, "Revocation pushes"), well under
+/// the server's `write_timeout` for the writes that wait.
+pub const REVOCATION_CHANGES_PER_HOLD_DEFAULT: usize = 256;
 /// Largest index a dictionary hands out; `u32::MAX` marks "none" in records.
 const DICT_INDEX_MAX: u32 = u32::MAX - 1;
 
@@ -269,12 +273,17 @@ pub struct IdView {
 pub struct RegistryConfig {
     /// Seconds an unconfirmed provisional registration lives.
     pub provisional_expiry_secs: u64,
+    /// Changes of at most [`REVOCATIONS_PER_CHANGE_MAX`] revocations a push writes in one
+    /// exclusive write, made durable together while other writes wait; a longer push lets
+    /// them in between such holds. At least 1.
+    pub revocation_changes_per_hold: usize,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
             provisional_expiry_secs: PROVISIONAL_EXPIRY_SECS_DEFAULT,
+            revocation_changes_per_hold: REVOCATION_CHANGES_PER_HOLD_DEFAULT,
         }
     }
 }

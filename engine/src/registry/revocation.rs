@@ -33,9 +33,10 @@ impl Registry {
 
     /// The revocation loop: `certs` in changes of at most [`REVOCATIONS_PER_CHANGE_MAX`];
     /// `last` adds its puts to the final change, seeing the summary of the whole batch. The
-    /// changes are parts of one exclusive write (`Store::write_exclusive`), made durable
-    /// together, by one log write and fsync and one system-of-record batch, before it returns;
-    /// other writers wait for it. A crash part-way leaves a prefix of them, each whole, and
+    /// changes are parts of exclusive writes (`Store::write_exclusive`) of at most
+    /// `revocation_changes_per_hold` changes each, each made durable together, by one log
+    /// write and fsync and one system-of-record batch, while other writers wait; the last
+    /// before it returns. A crash part-way leaves a prefix of the changes, each whole, and
     /// never the final one; a retry of the same push then finds its earlier certificates
     /// already revoked. `distinct` says that no certificate comes twice (the caller checked
     /// that they ascend): the revocations are then put unread (`WriteTx::put_unread`), with no
@@ -49,33 +50,42 @@ impl Registry {
         last: &mut dyn FnMut(&mut Tx<'_>, &RevokeSummary) -> Result<(), RegistryError>,
     ) -> Result<RevokeSummary, RegistryError> {
         let mut sum = RevokeSummary::default();
-        let mut t = self.begin_exclusive(now, actor)?;
-        let r = self.submit_revocations(&mut t, certs, distinct, last, &mut sum);
-        // Even when a later change failed, the ones submitted before it are made durable
-        // (and visible) now, before another writer comes in; the failed one is dropped.
-        let durable = t.tx.commit_parts();
-        r?;
-        durable?;
-        Ok(sum)
-    }
-
-    fn submit_revocations(
-        &self,
-        t: &mut Tx<'_>,
-        certs: &mut dyn Iterator<Item = CertRef>,
-        distinct: bool,
-        last: &mut dyn FnMut(&mut Tx<'_>, &RevokeSummary) -> Result<(), RegistryError>,
-        sum: &mut RevokeSummary,
-    ) -> Result<(), RegistryError> {
         let mut certs = certs.peekable();
         let mut window = Window::default();
         loop {
+            let mut t = self.begin_exclusive(now, actor)?;
+            let r =
+                self.submit_revocations(&mut t, &mut certs, &mut window, distinct, last, &mut sum);
+            // Even when a later change failed, the ones submitted before it are made durable
+            // (and visible) now, before another writer comes in; the failed one is dropped.
+            let durable = t.tx.commit_parts();
+            let done = r?;
+            durable?;
+            if done {
+                return Ok(sum);
+            }
+        }
+    }
+
+    /// Submits changes of the revocation as parts of `t`, at most
+    /// `revocation_changes_per_hold` of them; whether the last is among them (else the caller
+    /// makes these durable and goes on in a new exclusive write, with `certs` and `window`).
+    fn submit_revocations(
+        &self,
+        t: &mut Tx<'_>,
+        certs: &mut std::iter::Peekable<&mut dyn Iterator<Item = CertRef>>,
+        window: &mut Window,
+        distinct: bool,
+        last: &mut dyn FnMut(&mut Tx<'_>, &RevokeSummary) -> Result<(), RegistryError>,
+        sum: &mut RevokeSummary,
+    ) -> Result<bool, RegistryError> {
+        for _ in 0..self.config.revocation_changes_per_hold.max(1) {
             // Certificates carried over from the last change are bound and read again.
             window.begin_change(self, t)?;
             let mut taken = 0;
             loop {
                 if window.next == window.len {
-                    window.fill(self, t, &mut certs)?;
+                    window.fill(self, t, certs)?;
                     if window.len == 0 {
                         break;
                     }
@@ -109,9 +119,10 @@ impl Registry {
             }
             self.submit_part(t, OpKind::Revoke)?;
             if done {
-                return Ok(());
+                return Ok(true);
             }
         }
+        Ok(false)
     }
 
     /// Revokes the certificate of store key `key`, which is revoked already when `revoked`,

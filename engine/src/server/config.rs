@@ -280,6 +280,7 @@ impl RegistrySection {
     pub fn registry_config(&self) -> crate::registry::RegistryConfig {
         crate::registry::RegistryConfig {
             provisional_expiry_secs: u64::from(self.provisional_expiry_days) * 86_400,
+            ..Default::default()
         }
     }
 }

@@ -618,14 +618,21 @@ impl WriteTx<'_> {
         on_submitted: impl FnOnce(),
     ) -> Result<u64, StoreError> {
         let seq = self.w.next_seq;
+        // The next part of an exclusive write is likely as big as this one: room for it now
+        // spares the vectors' growth, part after part.
+        let room = if self.exclusive.is_some() {
+            self.puts.len()
+        } else {
+            0
+        };
         let change = Change {
             seq,
             at,
             actor,
             kind,
-            puts: std::mem::take(&mut self.puts),
+            puts: std::mem::replace(&mut self.puts, Vec::with_capacity(room)),
         };
-        let unread = std::mem::take(&mut self.unread);
+        let unread = std::mem::replace(&mut self.unread, Vec::with_capacity(room));
         self.approx_len = 0;
         for own in &mut self.own {
             own.clear();
