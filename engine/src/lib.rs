@@ -16,6 +16,7 @@ pub mod client;
 pub mod cluster;
 pub mod id;
 pub mod jpki;
+pub mod par;
 pub mod population;
 pub mod registry;
 pub mod server;

@@ -253,13 +253,7 @@ pub fn parse_crl(
     let serials = match &split {
         Some(split) => {
             let n = entries.unwrap_or(0);
-            let threads = if n < CRL_PARALLEL_ENTRIES_MIN {
-                1
-            } else {
-                std::thread::available_parallelism()
-                    .map_or(1, std::num::NonZero::get)
-                    .min(CRL_READ_THREADS_MAX)
-            };
+            let threads = crate::par::threads_for(n, CRL_PARALLEL_ENTRIES_MIN);
             read_entries(&der[split.entries.clone()], n, threads)?
         }
         None => {
@@ -281,10 +275,8 @@ pub fn parse_crl(
     })
 }
 
-/// Entries from which a CRL's entries are read by several threads at once.
+/// Entries from which a CRL's entries are read by several threads at once (`par`).
 pub const CRL_PARALLEL_ENTRIES_MIN: usize = 65_536;
-/// Threads that read one CRL's entries, at most (and no more than the cores).
-pub const CRL_READ_THREADS_MAX: usize = 8;
 
 /// Reads and checks the entries of a revokedCertificates list (`list`: its content, about `n`
 /// entries by the count) on `threads` threads: the list is cut at entry boundaries (walking
@@ -316,29 +308,14 @@ fn read_entries(list: &[u8], n: usize, threads: usize) -> Result<Vec<SerialNo>, 
         .enumerate()
         .map(|(k, w)| (k * per, &list[w[0]..w[1]]))
         .collect();
-    std::thread::scope(|scope| {
-        let spawned: Vec<_> = runs[1..]
-            .iter()
-            .map(|&(first, run)| {
-                std::thread::Builder::new()
-                    .name("crl-entries".into())
-                    .spawn_scoped(scope, move || read_entry_run(run, first, per))
-                    .map_err(|_| (first, run))
-            })
-            .collect();
-        let mut serials = read_entry_run(runs[0].1, 0, n)?;
-        for s in spawned {
-            let more = match s {
-                Ok(handle) => handle.join().unwrap_or_else(|_| {
-                    Err(refuse("an entry reader thread stopped unexpectedly"))
-                })?,
-                // No thread to be had: this one reads the run.
-                Err((first, run)) => read_entry_run(run, first, per)?,
-            };
-            serials.extend_from_slice(&more);
-        }
-        Ok(serials)
-    })
+    let mut serials = Vec::with_capacity(n);
+    // In list order, so the first failing run names the first bad entry.
+    for run in crate::par::map(runs, threads, |(first, run)| {
+        read_entry_run(run, first, per)
+    }) {
+        serials.extend_from_slice(&run?);
+    }
+    Ok(serials)
 }
 
 /// Reads and checks the entries in `run`, the first of which is entry `first + 1` of the

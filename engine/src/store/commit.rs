@@ -809,6 +809,37 @@ mod tests {
         assert_eq!(store.durable_seq(), 2);
     }
 
+    /// A publish of many changes, big enough to fill the delta's shards on several threads,
+    /// keeps the last put of every key, whichever change its earlier puts were in, and counts
+    /// each key once.
+    #[test]
+    fn a_big_publish_of_many_changes_keeps_the_last_put_of_each_key() {
+        let fs = Arc::new(SimFs::new(7));
+        let store = one_table_store(&fs);
+        let (at, actor) = (Timestamp::from_raw(1), ActorId::parse(b"t").expect("actor"));
+        const KEYS: u32 = 20_000;
+        const PARTS: u32 = 8;
+        let mut ex = store.write_exclusive().expect("exclusive");
+        for part in 0..PARTS {
+            // Every part puts every key (80% of them; part 7 all), so each is rewritten
+            // across the runs.
+            for k in (0..KEYS).filter(|k| part == PARTS - 1 || k % 5 != part % 5) {
+                ex.put_unread(T, &k.to_le_bytes(), Some(vec![part as u8]));
+            }
+            if part + 1 < PARTS {
+                ex.submit_part(at, actor, 0, || {}).expect("part");
+            }
+        }
+        // A deletion in the last part wins too.
+        ex.put_unread(T, &7u32.to_le_bytes(), None);
+        ex.commit(at, actor, 0).expect("commit");
+        for k in (0..KEYS).step_by(97) {
+            let want = (k != 7).then(|| vec![PARTS as u8 - 1]);
+            assert_eq!(value(&store, &k.to_le_bytes()), want, "key {k}");
+        }
+        assert_eq!(store.delta_keys(), KEYS as usize);
+    }
+
     /// An exclusive write dropped part-way (an error in a later part) makes the parts it
     /// queued durable and visible before the next writer gets in, and drops the part in
     /// progress; outside an exclusive write `put_unread` is a plain put and `submit_part` is

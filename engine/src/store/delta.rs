@@ -12,7 +12,7 @@
 //! into it only what is durable.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
 
@@ -24,10 +24,9 @@ pub(super) const DELTA_SHARDS: usize = 64;
 pub(super) const DELTA_LOCK_HOLD_MAX: usize = 1024;
 /// Puts of one publish from which room is made for them in every shard at once.
 pub(super) const DELTA_BULK_MIN: usize = 4096;
-/// Puts of one publish from which its shards are filled on several threads (one per core).
+/// Puts of one publish from which the delta's shards are filled on several threads
+/// (`crate::par`, one per core).
 pub(super) const DELTA_PARALLEL_MIN: usize = 65_536;
-/// Threads that fill one delta, at most.
-pub(super) const DELTA_FILL_THREADS_MAX: usize = 8;
 
 /// One changed key: its hash (the store's), the key, and its value (`None`: deleted).
 pub(super) struct Entry {
@@ -99,13 +98,10 @@ fn write(l: &RwLock<HashTable<Entry>>) -> RwLockWriteGuard<'_, HashTable<Entry>>
     l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Puts `group` into the shard behind `lock`, grown once when the group is big, holding the
-/// write lock for at most [`DELTA_LOCK_HOLD_MAX`] puts at a time; returns how many keys were
-/// new.
+/// Puts `group`, in order, into the shard behind `lock`, grown once when the group is big,
+/// holding the write lock for at most [`DELTA_LOCK_HOLD_MAX`] puts at a time; returns how
+/// many keys were new.
 fn fill(lock: &RwLock<HashTable<Entry>>, group: Vec<Entry>) -> usize {
-    if group.is_empty() {
-        return 0;
-    }
     if group.len() >= DELTA_LOCK_HOLD_MAX {
         write(lock).reserve(group.len(), |o| o.hash);
     }
@@ -179,50 +175,16 @@ impl Delta {
         }
     }
 
-    /// Puts every entry of `batch`, a later one of a key replacing an earlier one, one shard
-    /// at a time: a shard that gets many is grown once, and the write lock is held for at
-    /// most [`DELTA_LOCK_HOLD_MAX`] of them at a time. From [`DELTA_PARALLEL_MIN`] entries the
-    /// shards are shared out among one thread per core (each shard to one thread).
+    /// Puts every entry of `batch`, in order (a later put of a key replaces an earlier one),
+    /// one shard at a time: a shard that gets many is grown once, and its write lock is held
+    /// for at most [`DELTA_LOCK_HOLD_MAX`] puts at a time. From [`DELTA_PARALLEL_MIN`] entries
+    /// the shards are shared out among the cores (each shard to one thread).
     pub(super) fn insert_all(&self, batch: Batch) {
-        let threads = if batch.len < DELTA_PARALLEL_MIN {
-            1
-        } else {
-            std::thread::available_parallelism()
-                .map_or(1, std::num::NonZero::get)
-                .min(DELTA_FILL_THREADS_MAX)
-        };
-        // One group per shard: each is filled whole by whichever thread takes it.
-        let groups = Mutex::new(self.shards.iter().zip(batch.by_shard).collect::<Vec<_>>());
-        let work = || {
-            let mut added = 0;
-            loop {
-                let next = groups
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .pop();
-                let Some((lock, group)) = next else {
-                    return added;
-                };
-                added += fill(lock, group);
-            }
-        };
-        let added = std::thread::scope(|scope| {
-            let helpers: Vec<_> = (1..threads)
-                .filter_map(|_| {
-                    // Without a thread, the others (this one at least) take its share.
-                    std::thread::Builder::new()
-                        .name("delta-fill".into())
-                        .spawn_scoped(scope, work)
-                        .ok()
-                })
-                .collect();
-            let mut added = work();
-            for h in helpers {
-                // `fill` does not panic: a put either happens or not.
-                added += h.join().unwrap_or(0);
-            }
-            added
-        });
+        let threads = crate::par::threads_for(batch.len, DELTA_PARALLEL_MIN);
+        let shards: Vec<_> = self.shards.iter().zip(batch.by_shard).collect();
+        let added: usize = crate::par::map(shards, threads, |(lock, group)| fill(lock, group))
+            .into_iter()
+            .sum();
         self.keys.fetch_add(added, Ordering::Release);
     }
 
