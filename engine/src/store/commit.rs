@@ -559,14 +559,14 @@ impl WriteTx<'_> {
                 })?;
             self.put(t, &p.key, p.value.clone());
         }
-        self.queue(c.at, c.actor, c.kind, on_submitted)
+        self.queue_part(c.at, c.actor, c.kind, on_submitted)
     }
 
     /// As [`WriteTx::submit`], calling `on_submitted` after the change is queued and before
     /// the writer lock is released, so that in-memory state derived from it (the registry's
     /// dictionaries) is updated in seq order with the log.
     pub fn submit_with(
-        self,
+        mut self,
         at: Timestamp,
         actor: ActorId,
         kind: u8,
@@ -575,7 +575,7 @@ impl WriteTx<'_> {
         if self.store.is_follower() {
             return Err(StoreError::NotWriter);
         }
-        self.queue(at, actor, kind, on_submitted)
+        self.queue_part(at, actor, kind, on_submitted)
     }
 
     /// In an exclusive write: queues the puts so far as one change (`on_submitted` as in
@@ -595,16 +595,6 @@ impl WriteTx<'_> {
         if self.store.is_follower() {
             return Err(StoreError::NotWriter);
         }
-        self.queue_part(at, actor, kind, on_submitted)
-    }
-
-    fn queue(
-        mut self,
-        at: Timestamp,
-        actor: ActorId,
-        kind: u8,
-        on_submitted: impl FnOnce(),
-    ) -> Result<u64, StoreError> {
         self.queue_part(at, actor, kind, on_submitted)
     }
 
