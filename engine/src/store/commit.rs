@@ -422,7 +422,10 @@ impl Drop for WriteTx<'_> {
             && ex.parts_queued
         {
             ex.parts_queued = false;
-            if let Err(e) = self.store.flush_held(&mut ex.log, &mut self.w) {
+            // A store that failed already writes no more log: its parts' outcome is unknown.
+            if self.store.check_failed().is_ok()
+                && let Err(e) = self.store.flush_held(&mut ex.log, &mut self.w)
+            {
                 tracing::error!(error = %e, "an exclusive write dropped part-way could not make its queued parts durable");
             }
         }
