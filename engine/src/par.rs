@@ -1,6 +1,6 @@
 //! Bulk work shared out among the cores: [`map`] runs a function over a few big items (runs
-//! of CRL entries, delta shards, groups of changes) on scoped threads, this one included, and
-//! gives the results back in item order. Only for work of many thousands of entries, where a
+//! of CRL entries, the delta's shards) on scoped threads, this one included, and gives the
+//! results back in item order. Only for work of many thousands of entries, where a
 //! thread's start (tens of microseconds) is lost in it; never on a request's path, and never
 //! holding anything a thread could wait for in turn.
 
