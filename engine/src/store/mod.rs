@@ -496,21 +496,13 @@ impl Store {
 /// copy); `hash_key` is the store's. All of a table's puts go to its delta at once, grouped by
 /// delta shard as they are read, so that a big publish is inserted in bulk.
 fn apply(tables: &[TableView], hash_key: &HashKey, changes: Vec<Change>) {
-    for (t, b) in tables.iter().zip(group(tables.len(), hash_key, changes)) {
-        if let Some(b) = b {
-            t.active.insert_all(b);
-        }
-    }
-}
-
-/// The puts of `changes` as one batch per table of the `tables` (`None`: no put to it).
-fn group(tables: usize, hash_key: &HashKey, changes: Vec<Change>) -> Vec<Option<Batch>> {
-    let mut counts = vec![0usize; tables];
+    let mut counts = vec![0usize; tables.len()];
     for p in changes.iter().flat_map(|c| &c.puts) {
         if let Some(n) = counts.get_mut(usize::from(p.table).wrapping_sub(1)) {
             *n += 1;
         }
     }
+    // Only the tables this publish puts to get a batch.
     let mut batches: Vec<Option<Batch>> = counts
         .into_iter()
         .map(|n| (n > 0).then(|| Batch::with_capacity(n)))
@@ -525,5 +517,9 @@ fn group(tables: usize, hash_key: &HashKey, changes: Vec<Change>) -> Vec<Option<
             });
         }
     }
-    batches
+    for (t, b) in tables.iter().zip(batches) {
+        if let Some(b) = b {
+            t.active.insert_all(b);
+        }
+    }
 }
