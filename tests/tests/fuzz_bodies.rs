@@ -9,7 +9,13 @@ use mykey_tests::fuzz;
 use proptest::prelude::*;
 
 fn golden(name: &str) -> Vec<u8> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../snapshots/golden/v2");
+    golden_in("v2", name)
+}
+
+fn golden_in(dir: &str, name: &str) -> Vec<u8> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../snapshots/golden")
+        .join(dir);
     std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
@@ -42,9 +48,19 @@ fn records() -> impl Strategy<Value = Vec<u8>> {
     (
         0usize..4,
         any::<[u32; 4]>(),
-        prop::collection::btree_map(any::<u32>(), ("[A-Z0-9]{1,20}", any::<bool>()), 0..8),
+        any::<bool>(),
+        // Card numbers (all digits, packed) and other service IDs.
+        prop::collection::btree_map(
+            any::<u32>(),
+            ("[0-9]{1,64}|[A-Z0-9]{1,20}", any::<bool>()),
+            0..8,
+        ),
     )
-        .prop_map(|(s, n, links)| {
+        .prop_map(|(s, mut n, bulk, links)| {
+            if bulk {
+                // A bulk load: registered when and by whom the state was set.
+                (n[2], n[3]) = (n[0], n[1] % 1000);
+            }
             let at = |x: u32| Timestamp::from_unix_secs(u64::from(x)).expect("u32 seconds");
             IdRecord {
                 state: IdState::ALL[s],
@@ -93,9 +109,10 @@ proptest! {
     }
 
     #[test]
-    fn snapshot_file(f in flips(), table in 0usize..2, raw in bytes(400)) {
+    fn snapshot_file(f in flips(), table in 0usize..2, version in 0usize..2, raw in bytes(400)) {
+        // Shards of format version 1 (golden v2) and version 2 (golden v3).
         let name = ["ids-0000-0000000000000000.snap", "certs-0000-0000000000000000.snap"][table];
-        fuzz::snapshot_file(&flipped(&golden(name), &f));
+        fuzz::snapshot_file(&flipped(&golden_in(["v2", "v3"][version], name), &f));
         fuzz::snapshot_file(&raw);
     }
 

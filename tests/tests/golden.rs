@@ -1,11 +1,13 @@
 //! Golden files: a store written by format version 1 is committed under `snapshots/golden/v1/`
 //! (snapshot shards from a bulk build, plus log records from live writes), and one written by
 //! version 2 (MANIFEST with the log-required flag, a sealed log segment and its successor)
-//! under `snapshots/golden/v2/`. Each must keep opening and answering the same lookups in every
+//! under `snapshots/golden/v2/`; both hold snapshot shards of format version 1 and ID records of
+//! encoding 1. `snapshots/golden/v3/` holds snapshot shards of format version 2 (packed buckets)
+//! and ID records of encoding 2. Each must keep opening and answering the same lookups in every
 //! later release.
 //!
 //! Regenerate only when adding a *new* version's directory, never for an existing one:
-//! `cargo test -p mykey-tests -- --ignored write_golden` writes `snapshots/golden/v2-new/`
+//! `cargo test -p mykey-tests -- --ignored write_golden` writes `snapshots/golden/v3-new/`
 //! (the v1 directory was written the same way, without the failed compaction).
 
 use std::path::PathBuf;
@@ -135,10 +137,80 @@ fn golden_v2_still_opens_and_answers_the_same() {
     check_expected(&reg);
 }
 
+/// The snapshot format version of every shard file in `dir`.
+fn shard_versions(dir: &std::path::Path) -> Vec<u16> {
+    let mut v: Vec<u16> = std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(|e| {
+            let p = e.expect("entry").path();
+            (p.extension()? == "snap").then(|| {
+                let b = std::fs::read(&p).expect("read");
+                u16::from_le_bytes([b[8], b[9]])
+            })
+        })
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+#[test]
+fn golden_v3_still_opens_and_answers_the_same() {
+    let d = TempDir::new("golden-v3");
+    copy_dir(&golden_dir("v3"), d.path());
+    assert_eq!(shard_versions(d.path()), vec![2], "packed-bucket shards");
+    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(d.path()).expect("dir"));
+    let ins = inspect(&*fs, &mykey_engine::registry::SCHEMA, true, &mut |_| {})
+        .expect("golden v3 verifies");
+    assert_eq!(ins.manifest.hash_key, HashKey([0x1234, 0x5678]));
+    let reg = Registry::open(fs, RegistryConfig::default()).expect("golden v3 opens");
+    check_expected(&reg);
+}
+
+/// A store of version 1 shards compacts into version 2 shards that answer the same, and a
+/// record of encoding 1 rewritten by a write comes back in encoding 2 beside the others.
+#[test]
+fn golden_v2_compacts_into_packed_shards_that_answer_the_same() {
+    let d = TempDir::new("golden-v2-compact");
+    copy_dir(&golden_dir("v2"), d.path());
+    assert_eq!(shard_versions(d.path()), vec![1]);
+    let fs: Arc<dyn Fs> = Arc::new(RealFs::new(d.path()).expect("dir"));
+    let reg = Registry::open(fs.clone(), RegistryConfig::default()).expect("opens");
+    reg.link(
+        at(60),
+        actor("lib-terminal-2"),
+        id("1C2410DF79DGEL"),
+        provider("GOLDEN-NEW-0001"),
+        service("0123456789"),
+        false,
+    )
+    .expect("link");
+    reg.store().compact().expect("compact");
+    assert_eq!(shard_versions(d.path()), vec![2]);
+    check_expected_but_new_link(&reg);
+    drop(reg);
+    inspect(&*fs, &mykey_engine::registry::SCHEMA, true, &mut |_| {}).expect("verifies");
+    let reg = Registry::open(fs, RegistryConfig::default()).expect("reopens");
+    check_expected_but_new_link(&reg);
+}
+
+fn check_expected_but_new_link(reg: &Registry) {
+    check_expected(reg);
+    assert_eq!(
+        reg.lookup(
+            at(86_400),
+            &id("1C2410DF79DGEL"),
+            &provider("GOLDEN-NEW-0001")
+        )
+        .expect("lookup"),
+        Lookup::Linked(service("0123456789"))
+    );
+}
+
 #[test]
 #[ignore = "writes a new golden directory; run by hand for a new format version"]
 fn write_golden() {
-    let out = golden_dir("v2-new");
+    let out = golden_dir("v3-new");
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).expect("dir");
     let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../snapshots/sample");

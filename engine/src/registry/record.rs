@@ -11,8 +11,8 @@ use crate::id::{ServiceId, Timestamp};
 /// Toshima ward; 256 is ten times that, and bounds a record to about 20 KB.
 pub const LINKS_PER_ID_MAX: usize = 256;
 
-/// The on-disk byte of an ID's state (`snapshots/README.md`, "Values"); not the wire byte.
-fn state_byte(s: IdState) -> u8 {
+/// The on-disk code of an ID's state (`snapshots/README.md`, "Values"); not the wire byte.
+fn state_code(s: IdState) -> u8 {
     match s {
         IdState::Active => 1,
         IdState::Provisional => 2,
@@ -21,8 +21,8 @@ fn state_byte(s: IdState) -> u8 {
     }
 }
 
-/// The state of an on-disk state byte; `None` for any other byte.
-fn state_from_byte(b: u8) -> Option<IdState> {
+/// The state of an on-disk state code; `None` for any other value.
+fn state_from_code(b: u8) -> Option<IdState> {
     Some(match b {
         1 => IdState::Active,
         2 => IdState::Provisional,
@@ -30,6 +30,101 @@ fn state_from_byte(b: u8) -> Option<IdState> {
         4 => IdState::Deleted,
         _ => return None,
     })
+}
+
+/// First-byte bits of an ID record of encoding 2 (`snapshots/README.md`, "ID record"): bits
+/// 4–7 are `1`, bits 0–2 the state code. An encoding 1 record's first byte is the bare code.
+const ENCODING_2: u8 = 0x10;
+/// Encoding 2, first byte: the registration's time and actor are the state's (not written).
+const REGISTERED_AS_STATE: u8 = 0x08;
+/// Encoding 2, a link's length byte: bits 0–5 are the service ID's length − 1; bit 6 says it
+/// is all ASCII digits, written two to a byte; bit 7 says the link carries its own audit.
+const DIGITS: u8 = 0x40;
+const LEN_BITS: u8 = 0x3F;
+
+/// How a record begins: its state and audit, and where the bound certificate starts.
+struct Head {
+    v2: bool,
+    state: IdState,
+    state_at: Timestamp,
+    state_actor: u32,
+    registered_at: Timestamp,
+    registered_by: u32,
+    at: usize,
+}
+
+#[inline]
+fn head(b: &[u8]) -> Option<Head> {
+    let first = *b.first()?;
+    let v2 = first & 0xF0 == ENCODING_2;
+    if !v2 && first & !0x07 != 0 {
+        return None;
+    }
+    let state = state_from_code(first & 0x07)?;
+    let state_at = Timestamp::from_raw(u32_at(b, 1)?);
+    let mut at = 5;
+    let state_actor = varint(b, &mut at)?;
+    let (registered_at, registered_by) = if v2 && first & REGISTERED_AS_STATE != 0 {
+        (state_at, state_actor)
+    } else {
+        let t = Timestamp::from_raw(u32_at(b, at)?);
+        at += 4;
+        let a = varint(b, &mut at)?;
+        // Encoding 2 never writes a registration equal to the state's.
+        if v2 && t == state_at && a == state_actor {
+            return None;
+        }
+        (t, a)
+    };
+    Some(Head {
+        v2,
+        state,
+        state_at,
+        state_actor,
+        registered_at,
+        registered_by,
+        at,
+    })
+}
+
+/// The stored form of a service ID: digits packed two to a byte (high nibble first, an odd
+/// count padded with a zero nibble), or the bytes themselves.
+fn put_service(out: &mut Vec<u8>, s: &[u8]) -> bool {
+    if !s.iter().all(u8::is_ascii_digit) {
+        out.extend_from_slice(s);
+        return false;
+    }
+    for pair in s.chunks(2) {
+        let lo = pair.get(1).map_or(0, |d| d - b'0');
+        out.push((pair[0] - b'0') << 4 | lo);
+    }
+    true
+}
+
+/// The service ID of `len` characters stored at `b[*at..]` (packed digits with `digits`),
+/// advancing `*at`; `None` when malformed, or when an all-digit ID is stored unpacked (every
+/// value has one encoding).
+#[inline]
+fn service_at(b: &[u8], at: &mut usize, len: usize, digits: bool) -> Option<ServiceId> {
+    if !digits {
+        let s = b.get(*at..*at + len)?;
+        *at += len;
+        return ServiceId::parse(s).ok();
+    }
+    let packed = b.get(*at..*at + len.div_ceil(2))?;
+    *at += packed.len();
+    let mut out = [0u8; crate::id::SERVICE_ID_LEN_MAX];
+    for (i, d) in out[..len].iter_mut().enumerate() {
+        let nib = packed[i / 2] >> (4 - 4 * (i % 2)) & 0x0F;
+        if nib > 9 {
+            return None;
+        }
+        *d = b'0' + nib;
+    }
+    if len % 2 == 1 && packed[len / 2] & 0x0F != 0 {
+        return None;
+    }
+    ServiceId::parse(&out[..len]).ok()
 }
 
 /// One service link: provider (dictionary index), service ID, when and by whom.
@@ -165,12 +260,21 @@ impl IdRecord {
             "links out of provider order"
         );
         debug_assert!(self.links.len() <= LINKS_PER_ID_MAX);
-        let mut b = Vec::with_capacity(24 + self.links.len() * 16);
-        b.push(state_byte(self.state));
+        let mut b = Vec::with_capacity(16 + self.links.len() * 12);
+        let as_state =
+            self.registered_at == self.state_at && self.registered_by == self.state_actor;
+        let first = ENCODING_2 | state_code(self.state);
+        b.push(if as_state {
+            first | REGISTERED_AS_STATE
+        } else {
+            first
+        });
         b.extend_from_slice(&self.state_at.raw().to_le_bytes());
         put_varint(&mut b, self.state_actor);
-        b.extend_from_slice(&self.registered_at.raw().to_le_bytes());
-        put_varint(&mut b, self.registered_by);
+        if !as_state {
+            b.extend_from_slice(&self.registered_at.raw().to_le_bytes());
+            put_varint(&mut b, self.registered_by);
+        }
         match &self.cert {
             // Dictionary indexes stop below u32::MAX, so the +1 never overflows.
             Some(c) => {
@@ -185,10 +289,14 @@ impl IdRecord {
         for l in &self.links {
             put_varint(&mut b, l.provider);
             let own = l.at != self.registered_at || l.actor != self.registered_by;
-            let len = l.service.as_bytes().len() as u8;
-            b.push(if own { len | OWN_AUDIT } else { len });
-            b.extend_from_slice(l.service.as_bytes());
+            // A service ID is 1..=64 bytes, so its length − 1 fits the six bits.
+            let len_at = b.len();
+            b.push((l.service.as_bytes().len() - 1) as u8);
+            if put_service(&mut b, l.service.as_bytes()) {
+                b[len_at] |= DIGITS;
+            }
             if own {
+                b[len_at] |= OWN_AUDIT;
                 b.extend_from_slice(&l.at.raw().to_le_bytes());
                 put_varint(&mut b, l.actor);
             }
@@ -198,13 +306,15 @@ impl IdRecord {
 
     /// Decodes a record; `None` if malformed.
     pub fn decode(b: &[u8]) -> Option<Self> {
-        let state = state_from_byte(*b.first()?)?;
-        let state_at = Timestamp::from_raw(u32_at(b, 1)?);
-        let mut at = 5;
-        let state_actor = varint(b, &mut at)?;
-        let registered_at = Timestamp::from_raw(u32_at(b, at)?);
-        at += 4;
-        let registered_by = varint(b, &mut at)?;
+        let Head {
+            v2,
+            state,
+            state_at,
+            state_actor,
+            registered_at,
+            registered_by,
+            mut at,
+        } = head(b)?;
         let cert = match varint(b, &mut at)? {
             0 => None,
             ca1 => {
@@ -235,9 +345,17 @@ impl IdRecord {
                 return None;
             }
             let flags = *b.get(at)?;
-            let slen = usize::from(flags & !OWN_AUDIT);
-            let service = ServiceId::parse(b.get(at + 1..at + 1 + slen)?).ok()?;
-            at += 1 + slen;
+            at += 1;
+            let service = if v2 {
+                let len = usize::from(flags & LEN_BITS) + 1;
+                let s = service_at(b, &mut at, len, flags & DIGITS != 0)?;
+                if flags & DIGITS == 0 && s.as_bytes().iter().all(u8::is_ascii_digit) {
+                    return None;
+                }
+                s
+            } else {
+                service_at(b, &mut at, usize::from(flags & !OWN_AUDIT), false)?
+            };
             let (la, actor) = if flags & OWN_AUDIT != 0 {
                 let t = Timestamp::from_raw(u32_at(b, at)?);
                 at += 4;
@@ -276,12 +394,13 @@ impl IdRecord {
 /// bytes, without decoding or allocating. `None` if the bytes are malformed.
 #[inline]
 pub fn find_link(b: &[u8], provider: u32) -> Option<(IdState, Timestamp, Option<ServiceId>)> {
-    let state = state_from_byte(*b.first()?)?;
-    let state_at = Timestamp::from_raw(u32_at(b, 1)?);
-    let mut at = 5;
-    varint(b, &mut at)?;
-    at += 4;
-    varint(b, &mut at)?;
+    let Head {
+        v2,
+        state,
+        state_at,
+        mut at,
+        ..
+    } = head(b)?;
     if varint(b, &mut at)? != 0 {
         at += 1 + usize::from(*b.get(at)?);
     }
@@ -289,15 +408,19 @@ pub fn find_link(b: &[u8], provider: u32) -> Option<(IdState, Timestamp, Option<
     for _ in 0..n.min(LINKS_PER_ID_MAX) {
         let p = varint(b, &mut at)?;
         let flags = *b.get(at)?;
-        let slen = usize::from(flags & !OWN_AUDIT);
+        at += 1;
+        let (len, digits) = if v2 {
+            (usize::from(flags & LEN_BITS) + 1, flags & DIGITS != 0)
+        } else {
+            (usize::from(flags & !OWN_AUDIT), false)
+        };
         if p == provider {
-            let s = ServiceId::parse(b.get(at + 1..at + 1 + slen)?).ok()?;
-            return Some((state, state_at, Some(s)));
+            return Some((state, state_at, Some(service_at(b, &mut at, len, digits)?)));
         }
         if p > provider {
             break;
         }
-        at += 1 + slen;
+        at += if digits { len.div_ceil(2) } else { len };
         if flags & OWN_AUDIT != 0 {
             at += 4;
             varint(b, &mut at)?;
@@ -410,11 +533,67 @@ mod tests {
         assert_eq!(svc.expect("linked").as_bytes(), b"2802121234");
         assert_eq!(find_link(&b, 3).expect("well-formed").2, None);
         assert_eq!(find_link(&b, 900).expect("well-formed").2, None);
-        // The first link inherits the registration audit, so it costs no audit bytes.
+        // The first link inherits the registration audit, so it costs no audit bytes; the
+        // second's ten digits take five.
         assert_eq!(
             b.len(),
-            1 + 4 + 1 + 4 + 1 + 1 + 1 + 3 + 1 + (1 + 1 + 3) + (2 + 1 + 10 + 4 + 2)
+            1 + 4 + 1 + 4 + 1 + 1 + 1 + 3 + 1 + (1 + 1 + 3) + (2 + 1 + 5 + 4 + 2)
         );
+    }
+
+    #[test]
+    fn a_bulk_loaded_record_writes_its_registration_once_and_odd_digits_pack() {
+        let mut r = sample();
+        r.state_at = r.registered_at;
+        r.state_actor = r.registered_by;
+        r.links[0].service = ServiceId::parse(b"0012345").expect("valid");
+        let b = r.encode();
+        assert_eq!(b[0], ENCODING_2 | REGISTERED_AS_STATE | 1);
+        assert_eq!(
+            b.len(),
+            1 + 4 + 1 + 1 + 1 + 3 + 1 + (1 + 1 + 4) + (2 + 1 + 5 + 4 + 2)
+        );
+        assert_eq!(IdRecord::decode(&b), Some(r.clone()));
+        let svc = find_link(&b, 1).expect("well-formed").2.expect("linked");
+        assert_eq!(svc.as_bytes(), b"0012345");
+        // The padding nibble of an odd count must be zero, and every nibble a digit.
+        let link = b.len() - (2 + 1 + 5 + 4 + 2) - 4;
+        let mut bad = b.clone();
+        bad[link + 3] |= 0x01;
+        assert_eq!(IdRecord::decode(&bad), None);
+        let mut bad = b.clone();
+        bad[link] = 0xA0;
+        assert_eq!(IdRecord::decode(&bad), None);
+        assert_eq!(find_link(&bad, 1), None);
+    }
+
+    /// Records of encoding 1, as an earlier release wrote them (and as old logs and snapshots
+    /// hold them), still decode and answer.
+    #[test]
+    fn an_encoding_1_record_still_decodes() {
+        let r = sample();
+        let mut b = vec![1u8];
+        b.extend_from_slice(&100u32.to_le_bytes());
+        b.push(2);
+        b.extend_from_slice(&5u32.to_le_bytes());
+        b.push(1);
+        b.extend_from_slice(&[1, 3, 1, 2, 3]);
+        b.push(2);
+        b.extend_from_slice(&[1, 3]);
+        b.extend_from_slice(b"ABC");
+        b.extend_from_slice(&[0xBC, 0x05, 10 | OWN_AUDIT]);
+        b.extend_from_slice(b"2802121234");
+        b.extend_from_slice(&6u32.to_le_bytes());
+        b.extend_from_slice(&[0xAC, 0x02]);
+        assert_eq!(IdRecord::decode(&b), Some(r));
+        let svc = find_link(&b, 700).expect("well-formed").2.expect("linked");
+        assert_eq!(svc.as_bytes(), b"2802121234");
+        // An all-digit service ID stored unpacked is refused in encoding 2 only.
+        let mut v2 = sample().encode();
+        let at = v2.len() - (5 + 4 + 2);
+        v2[at - 1] &= !DIGITS;
+        v2.splice(at..at + 5, b"2802121234".iter().copied());
+        assert_eq!(IdRecord::decode(&v2), None);
     }
 
     #[test]

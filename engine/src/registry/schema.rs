@@ -67,24 +67,20 @@ impl PartialEq<Table> for TableId {
     }
 }
 
-const fn table(name: &'static str, inline_records: bool) -> TableSpec {
-    TableSpec {
-        name,
-        inline_records,
-    }
+const fn table(name: &'static str) -> TableSpec {
+    TableSpec { name }
 }
 
-/// The schema of a registry's store. Only `ids`, the table every counter lookup reads, keeps
-/// its records inline with the buckets; the others are read on the write path and stay compact.
+/// The schema of a registry's store.
 pub static SCHEMA: Schema = Schema {
     tables: &[
-        table("ids", true),
-        table("certs", false),
-        table("revoked", false),
-        table("providers", false),
-        table("actors", false),
-        table("cas", false),
-        table("pushes", false),
+        table("ids"),
+        table("certs"),
+        table("revoked"),
+        table("providers"),
+        table("actors"),
+        table("cas"),
+        table("pushes"),
     ],
 };
 

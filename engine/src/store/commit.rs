@@ -710,10 +710,7 @@ mod tests {
     use std::sync::mpsc;
 
     static ONE: Schema = Schema {
-        tables: &[TableSpec {
-            name: "t",
-            inline_records: true,
-        }],
+        tables: &[TableSpec { name: "t" }],
     };
     const T: TableId = TableId::new(1);
 

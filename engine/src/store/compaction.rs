@@ -412,10 +412,7 @@ mod tests {
 
     /// A one-table store: the store knows no table of its own.
     static ONE: Schema = Schema {
-        tables: &[TableSpec {
-            name: "t",
-            inline_records: true,
-        }],
+        tables: &[TableSpec { name: "t" }],
     };
     const T: TableId = TableId::new(1);
 

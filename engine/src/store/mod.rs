@@ -376,8 +376,8 @@ impl Store {
     }
 
     /// Looks up a batch of keys of one table, overlapping their memory misses: it prefetches
-    /// every key's home bucket, then reads the buckets and prefetches the records they point
-    /// at, then reads the records. `f(i, value)` is called for every key, in order.
+    /// every key's home bucket, then probes the buckets (a version 1 shard prefetches the
+    /// records they point at, read in a third pass). `f(i, value)` is called for every key, in order.
     pub fn get_batch(
         &self,
         table: impl Into<TableId>,
@@ -393,7 +393,7 @@ impl Store {
         for chunk_start in (0..keys.len()).step_by(BATCH_WINDOW) {
             let chunk = &keys[chunk_start..keys.len().min(chunk_start + BATCH_WINDOW)];
             let mut hashes = [0u64; BATCH_WINDOW];
-            let mut cand = [None::<u64>; BATCH_WINDOW];
+            let mut cand = [snapshot::Probe::Absent; BATCH_WINDOW];
             let mut delta = [false; BATCH_WINDOW];
             for (i, k) in chunk.iter().enumerate() {
                 hashes[i] = self.hash(k);
@@ -402,13 +402,10 @@ impl Store {
                     t.shards[shard_of(hashes[i], t.shards.len())].prefetch(hashes[i]);
                 }
             }
-            for (i, h) in hashes.iter().enumerate().take(chunk.len()) {
+            for (i, (h, k)) in hashes.iter().zip(chunk).enumerate() {
                 if !delta[i] {
                     let shard = &t.shards[shard_of(*h, t.shards.len())];
-                    cand[i] = shard.candidate(*h).inspect_err(|e| self.read_failed(e))?;
-                    if let Some(off) = cand[i] {
-                        shard.prefetch_record(off);
-                    }
+                    cand[i] = shard.begin(*h, k).inspect_err(|e| self.read_failed(e))?;
                 }
             }
             for (i, k) in chunk.iter().enumerate() {
@@ -417,12 +414,9 @@ impl Store {
                     self.get_hashed(table, hashes[i], k, |v| f(chunk_start + i, v))?;
                     continue;
                 }
-                let v = match cand[i] {
-                    None => None,
-                    Some(off) => t.shards[shard_of(hashes[i], t.shards.len())]
-                        .get_at(off, hashes[i], k)
-                        .inspect_err(|e| self.read_failed(e))?,
-                };
+                let v = t.shards[shard_of(hashes[i], t.shards.len())]
+                    .finish(cand[i], hashes[i], k)
+                    .inspect_err(|e| self.read_failed(e))?;
                 f(chunk_start + i, v);
             }
         }

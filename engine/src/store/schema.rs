@@ -33,9 +33,6 @@ impl TableId {
 pub struct TableSpec {
     /// The table's file-name prefix (`<name>-<shard>-<seq>.snap`); never changes once written.
     pub name: &'static str,
-    /// Whether records sit inline with their buckets (one memory round trip per hit, for the
-    /// table lookups read) or in a separate record area (compact, for the write path's tables).
-    pub inline_records: bool,
 }
 
 /// The tables of a store in on-disk id order: `tables[i]` has id `i + 1`. A table may be added
@@ -115,16 +112,7 @@ mod tests {
     use super::*;
 
     static TWO: Schema = Schema {
-        tables: &[
-            TableSpec {
-                name: "a",
-                inline_records: true,
-            },
-            TableSpec {
-                name: "b",
-                inline_records: false,
-            },
-        ],
+        tables: &[TableSpec { name: "a" }, TableSpec { name: "b" }],
     };
 
     #[test]

@@ -1,0 +1,842 @@
+//! Snapshot shard files: the immutable, memory-mapped hash tables of `snapshots/README.md`.
+//!
+//! Owns the `.snap` format: [`ShardBuilder`] writes one (format version 2, packed buckets:
+//! `packed`), [`ShardFile`] maps one of either version and answers probes, [`ShardFile::verify`]
+//! checks all of it. Version 1 files (slotted buckets: `slotted`) are still read, never
+//! written. A probe checks the CRC of every bucket it reads and of every record or value it
+//! returns outside one, so a flipped bit is an error, never an answer. This module never decides
+//! what keys or values mean, and never trusts an offset or a length read from a file before
+//! checking it against the file's size.
+
+use std::path::{Path, PathBuf};
+
+use super::StoreError;
+use super::fs::{Fs, Mapped};
+use super::hash::HashKey;
+
+mod packed;
+mod slotted;
+
+/// Magic of a snapshot shard file.
+pub const MAGIC: [u8; 8] = *b"MYKEYSNP";
+/// The format version this build writes; it reads every version up to it.
+pub const VERSION: u16 = 2;
+/// Header size.
+pub const HEADER_LEN: usize = 64;
+/// Longest probe chain in buckets. A writer grows the table rather than exceed it; a reader
+/// stops there, so a corrupt file cannot make a probe loop.
+pub const PROBE_BUCKETS_MAX: usize = 64;
+/// Most buckets in one version 1 shard file: home buckets come from 32 bits of the hash.
+pub const BUCKETS_MAX: u64 = 1 << 32;
+/// Largest key: the key length is one byte.
+pub const KEY_LEN_MAX: usize = 255;
+/// Largest value: the value length is two bytes.
+pub const VALUE_LEN_MAX: usize = 65_535;
+/// Most records in one shard: a builder indexes them with `u32`.
+const RECORDS_MAX: usize = u32::MAX as usize - 1;
+
+const _: () = assert!(HEADER_LEN == 64 && PROBE_BUCKETS_MAX > 1);
+const _: () = assert!(packed::BUCKET_LEN_MIN == HEADER_LEN);
+
+/// The home bucket of a hash among `buckets`: a multiply-shift range reduction of the low 32
+/// bits, so any bucket count works and tables are sized to their load, not to a power of two.
+#[inline]
+fn home_bucket(h: u64, buckets: u64) -> u64 {
+    (u64::from(h as u32) * buckets) >> 32
+}
+
+fn le_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// What the manifest expects of a shard file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardId {
+    /// Table id.
+    pub table: u8,
+    /// Shard index.
+    pub shard: u16,
+    /// Shard count of the table.
+    pub shard_count: u16,
+    /// Seq the file includes.
+    pub seq: u64,
+}
+
+/// Decoded header of a shard file.
+#[derive(Clone, Copy, Debug)]
+pub struct Header {
+    /// Who the file is.
+    pub id: ShardId,
+    /// The file's format version.
+    pub version: u16,
+    /// Number of records.
+    pub entries: u64,
+    /// Number of home buckets (the hash's range).
+    pub home: u64,
+    /// Number of buckets: version 1, equal to `home`; version 2, the home buckets and the
+    /// spill buckets after them.
+    pub buckets: u64,
+    /// Version 1: bytes from one bucket to the next (slot line and inline area); version 2:
+    /// the bucket size.
+    pub stride: u64,
+    /// Overflow heap length in bytes.
+    pub heap_len: u64,
+    /// CRC of everything after the header.
+    pub body_crc: u32,
+    /// CRC of the header itself.
+    pub header_crc: u32,
+}
+
+impl Header {
+    /// Offset of bucket 0: right after the header in version 1, at the bucket size in version 2.
+    fn body_at(&self) -> u64 {
+        if self.version == 1 {
+            HEADER_LEN as u64
+        } else {
+            self.stride
+        }
+    }
+
+    /// Encodes a version 2 header.
+    fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[0..8].copy_from_slice(&MAGIC);
+        h[8..10].copy_from_slice(&VERSION.to_le_bytes());
+        h[10] = self.id.table;
+        h[12..14].copy_from_slice(&self.id.shard.to_le_bytes());
+        h[14..16].copy_from_slice(&self.id.shard_count.to_le_bytes());
+        h[16..24].copy_from_slice(&self.id.seq.to_le_bytes());
+        h[24..32].copy_from_slice(&self.entries.to_le_bytes());
+        h[32..36].copy_from_slice(&(self.home as u32).to_le_bytes());
+        h[36..40].copy_from_slice(&(self.buckets as u32).to_le_bytes());
+        h[40..48].copy_from_slice(&self.heap_len.to_le_bytes());
+        h[48..52].copy_from_slice(&self.body_crc.to_le_bytes());
+        h[52..56].copy_from_slice(&(self.stride as u32).to_le_bytes());
+        let crc = crc32c::crc32c(&h[..60]);
+        h[60..64].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+
+    fn decode(path: &Path, b: &[u8]) -> Result<Self, StoreError> {
+        let corrupt = |offset: u64, what: &'static str| StoreError::Corrupt {
+            path: path.to_owned(),
+            offset,
+            what,
+        };
+        if b.len() < HEADER_LEN {
+            return Err(corrupt(0, "file shorter than a snapshot header"));
+        }
+        if b[0..8] != MAGIC {
+            return Err(corrupt(0, "bad magic: not a snapshot shard file"));
+        }
+        let version = le_u16(b, 8);
+        if version == 0 {
+            return Err(corrupt(8, "format version 0"));
+        }
+        if version > VERSION {
+            return Err(StoreError::Version {
+                path: path.to_owned(),
+                found: version,
+                supported: VERSION,
+            });
+        }
+        let header_crc = le_u32(b, 60);
+        if crc32c::crc32c(&b[..60]) != header_crc {
+            return Err(corrupt(60, "snapshot header checksum mismatch"));
+        }
+        if b[11] != 0 || le_u32(b, 56) != 0 {
+            return Err(corrupt(56, "reserved header bytes not zero"));
+        }
+        let (home, buckets) = if version == 1 {
+            (le_u64(b, 32), le_u64(b, 32))
+        } else {
+            (u64::from(le_u32(b, 32)), u64::from(le_u32(b, 36)))
+        };
+        let h = Header {
+            id: ShardId {
+                table: b[10],
+                shard: le_u16(b, 12),
+                shard_count: le_u16(b, 14),
+                seq: le_u64(b, 16),
+            },
+            version,
+            entries: le_u64(b, 24),
+            home,
+            buckets,
+            heap_len: le_u64(b, 40),
+            body_crc: le_u32(b, 48),
+            stride: u64::from(le_u32(b, 52)),
+            header_crc,
+        };
+        let stride_ok = if version == 1 {
+            h.stride >= slotted::BUCKET_LEN as u64 && h.stride <= slotted::STRIDE_MAX
+        } else {
+            h.stride >= packed::BUCKET_LEN_MIN as u64 && h.stride <= packed::BUCKET_LEN_MAX as u64
+        };
+        if !stride_ok || !h.stride.is_multiple_of(HEADER_LEN as u64) {
+            return Err(corrupt(52, "bucket size is not a multiple of 64 in range"));
+        }
+        if h.home == 0 || h.home > BUCKETS_MAX {
+            return Err(corrupt(32, "bucket count out of range"));
+        }
+        if h.buckets < h.home || h.buckets - h.home >= PROBE_BUCKETS_MAX as u64 {
+            return Err(corrupt(36, "spill bucket count out of range"));
+        }
+        if version == 2 && h.heap_len > packed::HEAP_LEN_MAX {
+            return Err(corrupt(40, "heap longer than its references can reach"));
+        }
+        let expect = h
+            .buckets
+            .checked_mul(h.stride)
+            .and_then(|x| x.checked_add(h.body_at()))
+            .and_then(|x| x.checked_add(h.heap_len));
+        if expect != Some(b.len() as u64) {
+            return Err(corrupt(
+                b.len() as u64,
+                "file length does not match its header (truncated or extended)",
+            ));
+        }
+        // Each record needs a slot (version 1) or at least 3 bytes of a bucket (version 2).
+        let most = if version == 1 {
+            h.buckets * slotted::SLOTS_PER_BUCKET as u64
+        } else {
+            h.buckets * (h.stride - packed::BUCKET_HEAD_LEN as u64) / 3
+        };
+        if h.entries > most {
+            return Err(corrupt(24, "more entries than the buckets can hold"));
+        }
+        Ok(h)
+    }
+}
+
+/// A mapped snapshot shard. Immutable; shared by readers through an `Arc`.
+pub struct ShardFile {
+    path: PathBuf,
+    name: String,
+    bytes: Mapped,
+    header: Header,
+    version: u16,
+    home: u64,
+    buckets: u64,
+    stride: usize,
+    /// File offset of bucket 0.
+    body: usize,
+    /// File offset of the heap (version 2).
+    heap_at: usize,
+}
+
+/// What the second step of a batched lookup found ([`ShardFile::begin`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Probe<'a> {
+    /// The key is not in this shard.
+    Absent,
+    /// The key's value.
+    Found(&'a [u8]),
+    /// A version 1 candidate record at this body offset, prefetched, its key not yet compared.
+    At(u64),
+}
+
+impl ShardFile {
+    /// Maps `name` and checks its header against what the manifest expects.
+    pub fn open(
+        fs: &dyn Fs,
+        name: &str,
+        expect: ShardId,
+        expect_len: u64,
+        expect_header_crc: u32,
+    ) -> Result<Self, StoreError> {
+        let path = fs.root().join(name);
+        let bytes = fs.map(name).map_err(super::io_err(fs, "map", name))?;
+        if bytes.len() as u64 != expect_len {
+            return Err(StoreError::Corrupt {
+                path,
+                offset: bytes.len() as u64,
+                what: "file length differs from the manifest",
+            });
+        }
+        let header = Header::decode(&path, &bytes)?;
+        if header.header_crc != expect_header_crc || header.id != expect {
+            return Err(StoreError::Corrupt {
+                path,
+                offset: 0,
+                what: "header differs from the manifest (file from another store or seq)",
+            });
+        }
+        let body = header.body_at() as usize;
+        Ok(Self {
+            name: name.to_owned(),
+            version: header.version,
+            home: header.home,
+            buckets: header.buckets,
+            stride: header.stride as usize,
+            body,
+            heap_at: body + header.buckets as usize * header.stride as usize,
+            path,
+            bytes,
+            header,
+        })
+    }
+
+    /// The decoded header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The file name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The file size in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    fn corrupt(&self, offset: usize, what: &'static str) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            offset: offset as u64,
+            what,
+        }
+    }
+
+    /// The value stored under `key` (whose hash is `h`), or `None`.
+    #[inline]
+    pub fn get(&self, h: u64, key: &[u8]) -> Result<Option<&[u8]>, StoreError> {
+        if self.version == 1 {
+            self.slotted_get(h, key)
+        } else {
+            self.packed_get(h, key)
+        }
+    }
+
+    /// A batch's first step: hints the CPU to fetch `h`'s home bucket.
+    #[inline]
+    pub fn prefetch(&self, h: u64) {
+        if self.version == 1 {
+            let at = HEADER_LEN + home_bucket(h, self.home) as usize * self.stride;
+            prefetch_read(&self.bytes[at]);
+        } else {
+            self.packed_prefetch(h);
+        }
+    }
+
+    /// A batch's second step, once every bucket of the batch was prefetched: version 2 answers
+    /// here; version 1 reads the slot line and prefetches the candidate record it names (a
+    /// whole stride for each of sixteen keys would overrun the core's outstanding misses).
+    #[inline]
+    pub fn begin(&self, h: u64, key: &[u8]) -> Result<Probe<'_>, StoreError> {
+        if self.version == 1 {
+            self.slotted_begin(h)
+        } else {
+            self.packed_begin(h, key)
+        }
+    }
+
+    /// A batch's last step: the value `begin` found or led to.
+    #[inline]
+    pub fn finish<'a>(
+        &'a self,
+        p: Probe<'a>,
+        h: u64,
+        key: &[u8],
+    ) -> Result<Option<&'a [u8]>, StoreError> {
+        match p {
+            Probe::Absent => Ok(None),
+            Probe::Found(v) => Ok(Some(v)),
+            Probe::At(off) => self.slotted_finish(off, h, key),
+        }
+    }
+
+    /// Calls `f` with every record, in bucket order. Stops at the first corrupt record.
+    pub fn for_each(&self, mut f: impl FnMut(&[u8], &[u8])) -> Result<(), StoreError> {
+        let seen = if self.version == 1 {
+            self.slotted_for_each(&mut f)?
+        } else {
+            self.packed_for_each(&mut f)?
+        };
+        if seen != self.header.entries {
+            return Err(self.corrupt(24, "record count differs from the header"));
+        }
+        Ok(())
+    }
+
+    /// Checks everything: body CRC, every bucket, every record, and the invariants of the
+    /// format (each record reached by its key's probe, keys unique and in this shard). Returns
+    /// the number of records.
+    pub fn verify(&self, key: &HashKey) -> Result<u64, StoreError> {
+        let body = &self.bytes[HEADER_LEN..];
+        if crc32c::crc32c(body) != self.header.body_crc {
+            return Err(self.corrupt(HEADER_LEN, "body checksum mismatch"));
+        }
+        let seen = if self.version == 1 {
+            self.slotted_verify(key)?
+        } else {
+            self.packed_verify(key)?
+        };
+        if seen != self.header.entries {
+            return Err(self.corrupt(24, "record count differs from the header"));
+        }
+        Ok(seen)
+    }
+}
+
+/// CRC-32C of a short buffer (a bucket, a record): the read path checks one or two per lookup.
+/// Equal to `crc32c::crc32c`, which is tuned for long buffers (three interleaved streams and a
+/// combining step); for under ~200 bytes one stream of `crc32` instructions is several times
+/// cheaper. Falls back to the crate where SSE4.2 is missing.
+#[inline]
+pub fn crc_short(data: &[u8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("sse4.2") {
+        // SAFETY: the CPU has SSE4.2, checked just above; `crc_sse42` needs nothing else.
+        #[allow(unsafe_code)]
+        return unsafe { crc_sse42(data) };
+    }
+    crc32c::crc32c(data)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+fn crc_sse42(data: &[u8]) -> u32 {
+    use std::arch::x86_64::{_mm_crc32_u8, _mm_crc32_u64};
+    let mut c = u64::from(!0u32);
+    let mut words = data.chunks_exact(8);
+    for w in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        c = _mm_crc32_u64(c, u64::from_le_bytes(b));
+    }
+    let mut c = c as u32;
+    for &b in words.remainder() {
+        c = _mm_crc32_u8(c, b);
+    }
+    !c
+}
+
+#[inline(always)]
+fn prefetch_read(p: &u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` needs SSE, which every x86_64 CPU has; a prefetch is a hint that
+    // never faults and changes nothing the program can observe, and `p` is a valid reference.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (p as *const u8).cast::<i8>(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Collects records of one shard and writes them as a `.snap` file (format version 2).
+///
+/// Records are copied into one arena as they are pushed, so a bulk build of tens of millions
+/// of records costs their size plus 24 bytes each, not an allocation per record.
+#[derive(Default)]
+pub struct ShardBuilder {
+    arena: Vec<u8>,
+    /// (hash, arena offset, key length, value length) of every record, in push order.
+    entries: Vec<(u64, u64, u8, u16)>,
+}
+
+/// A key pushed twice into one builder: the push indexes of both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duplicate {
+    /// Index of the first push.
+    pub first: usize,
+    /// Index of the second push.
+    pub second: usize,
+}
+
+/// What a written file looks like to the manifest.
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    /// File length.
+    pub len: u64,
+    /// Header CRC.
+    pub header_crc: u32,
+    /// Records written.
+    pub entries: u64,
+}
+
+impl ShardBuilder {
+    /// Number of records pushed.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no record was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Adds a record. Key and value must be within [`KEY_LEN_MAX`] and [`VALUE_LEN_MAX`].
+    pub fn push(&mut self, h: u64, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        if key.is_empty() || key.len() > KEY_LEN_MAX {
+            return Err(StoreError::Limit {
+                what: "key length",
+                len: key.len(),
+                max: KEY_LEN_MAX,
+            });
+        }
+        if value.len() > VALUE_LEN_MAX {
+            return Err(StoreError::Limit {
+                what: "value length",
+                len: value.len(),
+                max: VALUE_LEN_MAX,
+            });
+        }
+        if self.entries.len() >= RECORDS_MAX {
+            return Err(StoreError::Limit {
+                what: "records in one shard",
+                len: self.entries.len() + 1,
+                max: RECORDS_MAX,
+            });
+        }
+        let start = self.arena.len() as u64;
+        self.arena.extend_from_slice(key);
+        self.arena.extend_from_slice(value);
+        self.entries
+            .push((h, start, key.len() as u8, value.len() as u16));
+        Ok(())
+    }
+
+    /// Writes the file `name` (via `name.tmp`, fsync, rename). The caller syncs the directory.
+    pub fn write(
+        &self,
+        fs: &dyn Fs,
+        name: &str,
+        id: ShardId,
+    ) -> Result<Result<Written, Duplicate>, StoreError> {
+        let items: Vec<packed::Item<'_>> = self
+            .entries
+            .iter()
+            .map(|&(h, off, k, v)| {
+                let at = off as usize;
+                let (k, v) = (usize::from(k), usize::from(v));
+                packed::Item {
+                    h,
+                    key: &self.arena[at..at + k],
+                    value: &self.arena[at + k..at + k + v],
+                }
+            })
+            .collect();
+        let n = items.len();
+        let key_max = items.iter().map(|it| it.key.len()).max().unwrap_or(1);
+        let mean = items
+            .iter()
+            .map(|it| packed::placed_len(it.key.len(), it.value.len(), packed::BUCKET_LEN_MAX).0)
+            .sum::<usize>()
+            .div_ceil(n.max(1));
+        let bucket_len = packed::bucket_len_for(mean, key_max);
+        let total: usize = items
+            .iter()
+            .map(|it| packed::placed_len(it.key.len(), it.value.len(), bucket_len).0)
+            .sum();
+        let mut home = packed::home_buckets_for(total, bucket_len);
+        let laid = loop {
+            if home >= BUCKETS_MAX - PROBE_BUCKETS_MAX as u64 {
+                return Err(StoreError::Limit {
+                    what: "buckets in one shard",
+                    len: home as usize,
+                    max: (BUCKETS_MAX - PROBE_BUCKETS_MAX as u64) as usize,
+                });
+            }
+            match packed::layout(&items, home, bucket_len) {
+                Ok(l) => break l,
+                Err(Some(dup)) => return Ok(Err(dup)),
+                // A chain too long: grow by an eighth and place again.
+                Err(None) => home += home / 8 + 1,
+            }
+        };
+        if laid.heap.len() as u64 > packed::HEAP_LEN_MAX {
+            return Err(StoreError::Limit {
+                what: "heap bytes in one shard",
+                len: laid.heap.len(),
+                max: packed::HEAP_LEN_MAX as usize,
+            });
+        }
+        let padding = vec![0u8; bucket_len - HEADER_LEN];
+        let body_crc = [&padding[..], &laid.buckets, &laid.heap]
+            .iter()
+            .fold(0, |c, part| crc32c::crc32c_append(c, part));
+        let header = Header {
+            id,
+            version: VERSION,
+            entries: n as u64,
+            home,
+            buckets: laid.count,
+            stride: bucket_len as u64,
+            heap_len: laid.heap.len() as u64,
+            body_crc,
+            header_crc: 0,
+        };
+        let head = header.encode();
+        let tmp = format!("{name}.tmp");
+        let io = |op| super::io_err(fs, op, &tmp);
+        let mut f = fs.create(&tmp).map_err(io("create"))?;
+        f.write_all(&head).map_err(io("write"))?;
+        f.write_all(&padding).map_err(io("write"))?;
+        for chunk in laid
+            .buckets
+            .chunks(1 << 20)
+            .chain(laid.heap.chunks(1 << 20))
+        {
+            f.write_all(chunk).map_err(io("write"))?;
+        }
+        f.sync().map_err(io("fsync"))?;
+        drop(f);
+        fs.rename(&tmp, name).map_err(io("rename"))?;
+        Ok(Ok(Written {
+            len: (bucket_len + laid.buckets.len() + laid.heap.len()) as u64,
+            header_crc: le_u32(&head, 60),
+            entries: n as u64,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::fs::SimFs;
+
+    fn id() -> ShardId {
+        ShardId {
+            table: 1,
+            shard: 0,
+            shard_count: 1,
+            seq: 7,
+        }
+    }
+
+    fn build(n: u32) -> (SimFs, HashKey, Written) {
+        let fs = SimFs::new(1);
+        let key = HashKey([9, 9]);
+        let mut b = ShardBuilder::default();
+        for i in 0..n {
+            let k = format!("key{i}");
+            b.push(key.hash(k.as_bytes()), k.as_bytes(), &i.to_le_bytes())
+                .expect("push");
+        }
+        let w = b.write(&fs, "t.snap", id()).expect("io").expect("no dup");
+        (fs, key, w)
+    }
+
+    #[test]
+    fn short_crc_equals_the_crate() {
+        let mut x = 0x9E37_79B9_u64;
+        let data: Vec<u8> = (0..300)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for len in 0..data.len() {
+            assert_eq!(
+                crc_short(&data[..len]),
+                crc32c::crc32c(&data[..len]),
+                "len {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn round_trip_and_verify() {
+        let (fs, key, w) = build(5000);
+        let f = ShardFile::open(&fs, "t.snap", id(), w.len, w.header_crc).expect("open");
+        for i in 0..5000u32 {
+            let k = format!("key{i}");
+            let v = f.get(key.hash(k.as_bytes()), k.as_bytes()).expect("ok");
+            assert_eq!(v, Some(&i.to_le_bytes()[..]));
+        }
+        assert_eq!(f.get(key.hash(b"nope"), b"nope").expect("ok"), None);
+        assert_eq!(f.verify(&key).expect("verify"), 5000);
+        let mut n = 0;
+        f.for_each(|_, _| n += 1).expect("walk");
+        assert_eq!(n, 5000);
+    }
+
+    #[test]
+    fn records_too_big_for_their_stride_go_to_the_overflow_heap() {
+        let fs = SimFs::new(1);
+        let key = HashKey([3, 4]);
+        let mut b = ShardBuilder::default();
+        let value = |i: u32| vec![i as u8; if i.is_multiple_of(10) { 3000 } else { 4 }];
+        for i in 0..500u32 {
+            let k = format!("key{i}");
+            b.push(key.hash(k.as_bytes()), k.as_bytes(), &value(i))
+                .expect("push");
+        }
+        let w = b.write(&fs, "t.snap", id()).expect("io").expect("no dup");
+        let f = ShardFile::open(&fs, "t.snap", id(), w.len, w.header_crc).expect("open");
+        assert!(f.header().heap_len > 0, "some records overflowed");
+        assert_eq!(f.verify(&key).expect("verify"), 500);
+        for i in 0..500u32 {
+            let k = format!("key{i}");
+            let v = f.get(key.hash(k.as_bytes()), k.as_bytes()).expect("ok");
+            assert_eq!(v, Some(&value(i)[..]));
+        }
+    }
+
+    #[test]
+    fn empty_table() {
+        let (fs, key, w) = build(0);
+        let f = ShardFile::open(&fs, "t.snap", id(), w.len, w.header_crc).expect("open");
+        assert_eq!(f.get(key.hash(b"x"), b"x").expect("ok"), None);
+        assert_eq!(f.verify(&key).expect("verify"), 0);
+    }
+
+    #[test]
+    fn duplicate_key_is_reported() {
+        let fs = SimFs::new(1);
+        let key = HashKey([1, 1]);
+        let mut b = ShardBuilder::default();
+        for k in [&b"a"[..], b"b", b"a"] {
+            b.push(key.hash(k), k, b"v").expect("push");
+        }
+        let r = b.write(&fs, "t.snap", id()).expect("io");
+        assert_eq!(
+            r.err(),
+            Some(Duplicate {
+                first: 0,
+                second: 2
+            })
+        );
+    }
+
+    /// Flips every bit of `name` in turn: opening refuses it, or verify finds it and no lookup
+    /// of `want` answers wrongly.
+    fn every_flip_is_caught(
+        fs: &SimFs,
+        name: &str,
+        id: ShardId,
+        key: &HashKey,
+        want: &[(Vec<u8>, Vec<u8>)],
+    ) {
+        let len = fs.len(name).expect("exists");
+        let crc = le_u32(&fs.map(name).expect("map"), 60);
+        for offset in 0..len {
+            let bit = (offset % 8) as u8;
+            fs.flip_bit(name, offset, bit).expect("flip");
+            match ShardFile::open(fs, name, id, len as u64, crc) {
+                Err(StoreError::Corrupt { .. } | StoreError::Version { .. }) => {}
+                Err(e) => panic!("unexpected error {e}"),
+                Ok(f) => {
+                    assert!(f.verify(key).is_err(), "flip at {offset} not detected");
+                    for (k, v) in want {
+                        if let Ok(got) = f.get(key.hash(k), k) {
+                            assert_eq!(got, Some(&v[..]), "flip at {offset}");
+                        }
+                    }
+                }
+            }
+            fs.flip_bit(name, offset, bit).expect("unflip");
+        }
+    }
+
+    #[test]
+    fn every_flipped_bit_is_detected_by_verify_and_never_served() {
+        let (fs, key, _) = build(40);
+        let want: Vec<_> = (0..40u32)
+            .map(|i| (format!("key{i}").into_bytes(), i.to_le_bytes().to_vec()))
+            .collect();
+        every_flip_is_caught(&fs, "t.snap", id(), &key, &want);
+    }
+
+    /// A version 1 shard of the golden store (`snapshots/golden/v1/`), written by an earlier
+    /// release: it still opens, answers, walks and verifies, and every flipped bit is caught.
+    #[test]
+    fn a_version_1_shard_still_reads_and_catches_every_flip() {
+        let golden =
+            include_bytes!("../../../../snapshots/golden/v1/ids-0000-0000000000000000.snap");
+        let fs = SimFs::new(1);
+        let mut f = fs.create("g.snap").expect("create");
+        f.write_all(golden).expect("write");
+        drop(f);
+        let key = HashKey([0x1234, 0x5678]);
+        let gid = ShardId {
+            table: 1,
+            shard: 0,
+            shard_count: 4,
+            seq: 0,
+        };
+        let file = ShardFile::open(&fs, "g.snap", gid, golden.len() as u64, le_u32(golden, 60))
+            .expect("v1 opens");
+        assert_eq!(file.header().version, 1);
+        let mut all = Vec::new();
+        file.for_each(|k, v| all.push((k.to_vec(), v.to_vec())))
+            .expect("walk");
+        assert!(all.len() >= 3, "the golden shard holds records");
+        assert_eq!(file.verify(&key).expect("verify"), all.len() as u64);
+        for (k, v) in &all {
+            let h = key.hash(k);
+            assert_eq!(file.get(h, k).expect("get"), Some(&v[..]));
+            let p = file.begin(h, k).expect("begin");
+            assert_eq!(file.finish(p, h, k).expect("finish"), Some(&v[..]));
+        }
+        assert_eq!(
+            file.get(key.hash(b"ZZZZZZZZZZZZZZ"), b"ZZZZZZZZZZZZZZ")
+                .expect("miss"),
+            None
+        );
+        every_flip_is_caught(&fs, "g.snap", gid, &key, &all);
+    }
+
+    /// Records crowded into one home bucket spill into the buckets after it, which continue;
+    /// all are found, keys absent are not, and the file verifies.
+    #[test]
+    fn a_crowded_home_bucket_spills_forward_and_every_key_is_found() {
+        let key = HashKey([5, 6]);
+        let keys: Vec<Vec<u8>> = (0..130u32)
+            .map(|i| format!("crowd{i:03}").into_bytes())
+            .collect();
+        let all: Vec<packed::Item<'_>> = keys
+            .iter()
+            .map(|k| packed::Item {
+                h: key.hash(k),
+                key: k,
+                value: b"0123456789abcdef012",
+            })
+            .collect();
+        let (items, keys) = (&all[..40], &keys[..40]);
+        // One home bucket of 64 bytes holds two of these 29-byte records: 40 spill over 20.
+        let laid = packed::layout(items, 1, 64)
+            .map_err(|_| ())
+            .expect("fits in 64");
+        assert_eq!(laid.count, 20);
+        assert!(
+            matches!(packed::layout(&all, 1, 64), Err(None)),
+            "130 records cannot lie within 64 buckets of one home"
+        );
+        // Through the builder, which sizes the table itself.
+        let fs = SimFs::new(1);
+        let mut b = ShardBuilder::default();
+        for it in items {
+            b.push(it.h, it.key, it.value).expect("push");
+        }
+        let w = b.write(&fs, "t.snap", id()).expect("io").expect("no dup");
+        let f = ShardFile::open(&fs, "t.snap", id(), w.len, w.header_crc).expect("open");
+        assert_eq!(f.verify(&key).expect("verify"), 40);
+        for k in keys {
+            assert_eq!(
+                f.get(key.hash(k), k).expect("get"),
+                Some(&b"0123456789abcdef012"[..])
+            );
+        }
+        assert_eq!(
+            f.get(key.hash(b"crowd999"), b"crowd999").expect("miss"),
+            None
+        );
+    }
+}
