@@ -290,6 +290,29 @@ impl ServiceId {
         Inline::new(Self::KIND, src).map(Self)
     }
 
+    /// A service ID of `len` bytes (1..=64) written in place by `fill`, which returns whether
+    /// it wrote a valid one; allocation-free, and without a second copy (a store decoding a
+    /// packed form writes straight into the result).
+    #[inline]
+    pub fn build(
+        len: usize,
+        fill: impl FnOnce(&mut [u8; SERVICE_ID_LEN_MAX]) -> bool,
+    ) -> Option<Self> {
+        if len == 0 || len > SERVICE_ID_LEN_MAX {
+            return None;
+        }
+        let mut bytes = [0u8; SERVICE_ID_LEN_MAX];
+        if !fill(&mut bytes) {
+            return None;
+        }
+        // Bytes past `len` stay zero, as `Inline::new` leaves them, so equality holds.
+        bytes[len..].fill(0);
+        Some(Self(Inline {
+            len: len as u8,
+            bytes,
+        }))
+    }
+
     /// Parses a service ID written as text (the population file and the CLI): UTF-8 without
     /// control characters, so that it survives a CSV row and a terminal.
     pub fn parse_text(src: &str) -> Result<Self, IdError> {

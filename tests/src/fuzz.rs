@@ -23,9 +23,11 @@ pub fn id_record(data: &[u8]) {
     let decoded = IdRecord::decode(data);
     for p in [0u32, 1, 7, 300, u32::MAX] {
         let fast = find_link(data, p);
+        let _ = fast.map(|f| f.service());
         if let Some(rec) = &decoded {
-            let (state, _, svc) = fast.expect("a record that decodes is readable by find_link");
-            assert_eq!(state, rec.state);
+            let found = fast.expect("a record that decodes is readable by find_link");
+            assert_eq!(found.state, rec.state);
+            let svc = found.service().expect("its service ID reads too");
             let slow = rec
                 .links
                 .iter()

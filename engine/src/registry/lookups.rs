@@ -45,26 +45,31 @@ impl Registry {
         id: &MyKeyId,
         p: u32,
     ) -> Result<Lookup, RegistryError> {
-        let found = self
-            .store
-            .get_hashed(Table::Ids, h, id.as_bytes(), |v| v.map(|b| find_link(b, p)))?;
-        self.answer(now, found)
+        // The answer is made while the record's bytes are borrowed, so its service ID is
+        // decoded once, into the answer itself.
+        self.store
+            .get_hashed(Table::Ids, h, id.as_bytes(), |v| self.answer(now, v, p))?
     }
 
-    /// The lookup answer for what `find_link` found (`None`: no record).
+    /// The lookup answer for the ID record `record` (`None`: no record) and provider `p`.
     #[inline]
     pub(super) fn answer(
         &self,
         now: Timestamp,
-        found: Option<Option<(IdState, Timestamp, Option<ServiceId>)>>,
+        record: Option<&[u8]>,
+        p: u32,
     ) -> Result<Lookup, RegistryError> {
-        let Some(found) = found else {
+        let Some(record) = record else {
             return Ok(Lookup::UnknownId);
         };
-        let (state, state_at, service) = found.ok_or(RegistryError::BadRecord { what: "ID" })?;
-        Ok(match state {
-            IdState::Active => service.map_or(Lookup::NotLinked, Lookup::Linked),
-            IdState::Provisional if now >= self.expires_at(state_at) => Lookup::UnknownId,
+        let bad = || RegistryError::BadRecord { what: "ID" };
+        let found = find_link(record, p).ok_or_else(bad)?;
+        Ok(match found.state {
+            IdState::Active => match found.service().ok_or_else(bad)? {
+                Some(s) => Lookup::Linked(s),
+                None => Lookup::NotLinked,
+            },
+            IdState::Provisional if now >= self.expires_at(found.state_at) => Lookup::UnknownId,
             IdState::Provisional => Lookup::Provisional,
             IdState::Suspended => Lookup::Suspended,
             IdState::Deleted => Lookup::Deleted,
@@ -113,7 +118,7 @@ impl Registry {
                     *k = id;
                 }
                 self.store.get_batch(Table::Ids, &keys[..n], |_, v| {
-                    f(self.answer(now, v.map(|b| find_link(b, p))));
+                    f(self.answer(now, v, p));
                 })?;
                 n = 0;
             }

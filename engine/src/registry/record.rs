@@ -101,9 +101,25 @@ fn put_service(out: &mut Vec<u8>, s: &[u8]) -> bool {
     true
 }
 
+/// Two ASCII digits for each packed-decimal byte, `[0, 0]` where a nibble is not a digit.
+static DIGIT_PAIRS: [[u8; 2]; 256] = digit_pairs();
+
+const fn digit_pairs() -> [[u8; 2]; 256] {
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        let (hi, lo) = ((i >> 4) as u8, (i & 0x0F) as u8);
+        if hi <= 9 && lo <= 9 {
+            t[i] = [b'0' + hi, b'0' + lo];
+        }
+        i += 1;
+    }
+    t
+}
+
 /// The service ID of `len` characters stored at `b[*at..]` (packed digits with `digits`),
-/// advancing `*at`; `None` when malformed, or when an all-digit ID is stored unpacked (every
-/// value has one encoding).
+/// advancing `*at`; `None` when malformed. Allocation-free: the lookup path runs it on every
+/// hit, one table read per digit pair.
 #[inline]
 fn service_at(b: &[u8], at: &mut usize, len: usize, digits: bool) -> Option<ServiceId> {
     if !digits {
@@ -113,18 +129,16 @@ fn service_at(b: &[u8], at: &mut usize, len: usize, digits: bool) -> Option<Serv
     }
     let packed = b.get(*at..*at + len.div_ceil(2))?;
     *at += packed.len();
-    let mut out = [0u8; crate::id::SERVICE_ID_LEN_MAX];
-    for (i, d) in out[..len].iter_mut().enumerate() {
-        let nib = packed[i / 2] >> (4 - 4 * (i % 2)) & 0x0F;
-        if nib > 9 {
-            return None;
+    ServiceId::build(len, |out| {
+        let mut ok = true;
+        for (pair, &byte) in out.chunks_exact_mut(2).zip(packed) {
+            let d = DIGIT_PAIRS[usize::from(byte)];
+            ok &= d[0] != 0;
+            pair.copy_from_slice(&d);
         }
-        *d = b'0' + nib;
-    }
-    if len % 2 == 1 && packed[len / 2] & 0x0F != 0 {
-        return None;
-    }
-    ServiceId::parse(&out[..len]).ok()
+        // An odd count ends in a zero nibble (its '0' is cut off by `build`).
+        ok && (len % 2 == 0 || packed[len / 2] & 0x0F == 0)
+    })
 }
 
 /// One service link: provider (dictionary index), service ID, when and by whom.
@@ -390,10 +404,34 @@ impl IdRecord {
     }
 }
 
-/// Reads the state and, if present, the service ID linked for `provider` straight from record
-/// bytes, without decoding or allocating. `None` if the bytes are malformed.
+/// What [`find_link`] read from record bytes. It borrows the service ID's stored bytes, so the
+/// service ID is decoded once, straight into the answer ([`Found::service`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Found<'a> {
+    /// The ID's state.
+    pub state: IdState,
+    /// When the state was set.
+    pub state_at: Timestamp,
+    /// The stored service ID for the provider: its bytes, length and whether packed.
+    service: Option<(&'a [u8], usize, bool)>,
+}
+
+impl Found<'_> {
+    /// The service ID linked for the provider: `Some(None)` when none is, `None` when its
+    /// stored bytes are malformed.
+    #[inline]
+    pub fn service(&self) -> Option<Option<ServiceId>> {
+        match self.service {
+            None => Some(None),
+            Some((b, len, digits)) => service_at(b, &mut 0, len, digits).map(Some),
+        }
+    }
+}
+
+/// Reads the state and where the service ID linked for `provider` is stored, straight from
+/// record bytes, without decoding or allocating. `None` if the bytes are malformed.
 #[inline]
-pub fn find_link(b: &[u8], provider: u32) -> Option<(IdState, Timestamp, Option<ServiceId>)> {
+pub fn find_link(b: &[u8], provider: u32) -> Option<Found<'_>> {
     let Head {
         v2,
         state,
@@ -405,6 +443,7 @@ pub fn find_link(b: &[u8], provider: u32) -> Option<(IdState, Timestamp, Option<
         at += 1 + usize::from(*b.get(at)?);
     }
     let n = varint(b, &mut at)? as usize;
+    let mut service = None;
     for _ in 0..n.min(LINKS_PER_ID_MAX) {
         let p = varint(b, &mut at)?;
         let flags = *b.get(at)?;
@@ -414,19 +453,25 @@ pub fn find_link(b: &[u8], provider: u32) -> Option<(IdState, Timestamp, Option<
         } else {
             (usize::from(flags & !OWN_AUDIT), false)
         };
+        let stored = if digits { len.div_ceil(2) } else { len };
         if p == provider {
-            return Some((state, state_at, Some(service_at(b, &mut at, len, digits)?)));
+            service = Some((b.get(at..at + stored)?, len, digits));
+            break;
         }
         if p > provider {
             break;
         }
-        at += if digits { len.div_ceil(2) } else { len };
+        at += stored;
         if flags & OWN_AUDIT != 0 {
             at += 4;
             varint(b, &mut at)?;
         }
     }
-    Some((state, state_at, None))
+    Some(Found {
+        state,
+        state_at,
+        service,
+    })
 }
 
 /// A dictionary entry: dense index, when and by whom it was created.
@@ -528,11 +573,15 @@ mod tests {
         let r = sample();
         let b = r.encode();
         assert_eq!(IdRecord::decode(&b), Some(r));
-        let (state, _, svc) = find_link(&b, 700).expect("well-formed");
-        assert_eq!(state, IdState::Active);
-        assert_eq!(svc.expect("linked").as_bytes(), b"2802121234");
-        assert_eq!(find_link(&b, 3).expect("well-formed").2, None);
-        assert_eq!(find_link(&b, 900).expect("well-formed").2, None);
+        let found = find_link(&b, 700).expect("well-formed");
+        assert_eq!(found.state, IdState::Active);
+        let svc = found.service().expect("well-formed").expect("linked");
+        assert_eq!(svc.as_bytes(), b"2802121234");
+        assert_eq!(find_link(&b, 3).expect("well-formed").service(), Some(None));
+        assert_eq!(
+            find_link(&b, 900).expect("well-formed").service(),
+            Some(None)
+        );
         // The first link inherits the registration audit, so it costs no audit bytes; the
         // second's ten digits take five.
         assert_eq!(
@@ -554,8 +603,11 @@ mod tests {
             1 + 4 + 1 + 1 + 1 + 3 + 1 + (1 + 1 + 4) + (2 + 1 + 5 + 4 + 2)
         );
         assert_eq!(IdRecord::decode(&b), Some(r.clone()));
-        let svc = find_link(&b, 1).expect("well-formed").2.expect("linked");
-        assert_eq!(svc.as_bytes(), b"0012345");
+        let svc = find_link(&b, 1).expect("well-formed").service();
+        assert_eq!(
+            svc.expect("well-formed").expect("linked").as_bytes(),
+            b"0012345"
+        );
         // The padding nibble of an odd count must be zero, and every nibble a digit.
         let link = b.len() - (2 + 1 + 5 + 4 + 2) - 4;
         let mut bad = b.clone();
@@ -564,7 +616,7 @@ mod tests {
         let mut bad = b.clone();
         bad[link] = 0xA0;
         assert_eq!(IdRecord::decode(&bad), None);
-        assert_eq!(find_link(&bad, 1), None);
+        assert_eq!(find_link(&bad, 1).and_then(|f| f.service()), None);
     }
 
     /// Records of encoding 1, as an earlier release wrote them (and as old logs and snapshots
@@ -586,8 +638,11 @@ mod tests {
         b.extend_from_slice(&6u32.to_le_bytes());
         b.extend_from_slice(&[0xAC, 0x02]);
         assert_eq!(IdRecord::decode(&b), Some(r));
-        let svc = find_link(&b, 700).expect("well-formed").2.expect("linked");
-        assert_eq!(svc.as_bytes(), b"2802121234");
+        let svc = find_link(&b, 700).expect("well-formed").service();
+        assert_eq!(
+            svc.expect("well-formed").expect("linked").as_bytes(),
+            b"2802121234"
+        );
         // An all-digit service ID stored unpacked is refused in encoding 2 only.
         let mut v2 = sample().encode();
         let at = v2.len() - (5 + 4 + 2);

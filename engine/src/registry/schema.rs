@@ -67,20 +67,21 @@ impl PartialEq<Table> for TableId {
     }
 }
 
-const fn table(name: &'static str) -> TableSpec {
-    TableSpec { name }
+const fn table(name: &'static str, hot: bool) -> TableSpec {
+    TableSpec { name, hot }
 }
 
-/// The schema of a registry's store.
+/// The schema of a registry's store. Only `ids`, the table every counter lookup reads, is hot;
+/// the others are read on the write path.
 pub static SCHEMA: Schema = Schema {
     tables: &[
-        table("ids"),
-        table("certs"),
-        table("revoked"),
-        table("providers"),
-        table("actors"),
-        table("cas"),
-        table("pushes"),
+        table("ids", true),
+        table("certs", false),
+        table("revoked", false),
+        table("providers", false),
+        table("actors", false),
+        table("cas", false),
+        table("pushes", false),
     ],
 };
 

@@ -710,7 +710,10 @@ mod tests {
     use std::sync::mpsc;
 
     static ONE: Schema = Schema {
-        tables: &[TableSpec { name: "t" }],
+        tables: &[TableSpec {
+            name: "t",
+            hot: true,
+        }],
     };
     const T: TableId = TableId::new(1);
 

@@ -412,7 +412,10 @@ mod tests {
 
     /// A one-table store: the store knows no table of its own.
     static ONE: Schema = Schema {
-        tables: &[TableSpec { name: "t" }],
+        tables: &[TableSpec {
+            name: "t",
+            hot: true,
+        }],
     };
     const T: TableId = TableId::new(1);
 

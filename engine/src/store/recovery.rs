@@ -332,15 +332,14 @@ pub(super) fn add_missing_tables(
             shard_count: 1,
             seq: m.seq,
         };
-        let w =
-            ShardBuilder::default()
-                .write(fs, &name, id)?
-                .map_err(|d| StoreError::Duplicate {
-                    table: t,
-                    shard: 0,
-                    first: d.first,
-                    second: d.second,
-                })?;
+        let w = ShardBuilder::default()
+            .write(fs, &name, id, schema.spec(t).hot)?
+            .map_err(|d| StoreError::Duplicate {
+                table: t,
+                shard: 0,
+                first: d.first,
+                second: d.second,
+            })?;
         m.tables[t.index()].push(ShardEntry {
             len: w.len,
             header_crc: w.header_crc,
@@ -409,12 +408,14 @@ pub fn install_snapshot(
                 shard_count: shards.len() as u16,
                 seq,
             };
-            let w = b.write(fs, &name, id)?.map_err(|d| StoreError::Duplicate {
-                table,
-                shard: s as u16,
-                first: d.first,
-                second: d.second,
-            })?;
+            let w = b
+                .write(fs, &name, id, schema.spec(table).hot)?
+                .map_err(|d| StoreError::Duplicate {
+                    table,
+                    shard: s as u16,
+                    first: d.first,
+                    second: d.second,
+                })?;
             entries.push(ShardEntry {
                 len: w.len,
                 header_crc: w.header_crc,

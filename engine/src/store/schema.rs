@@ -33,6 +33,9 @@ impl TableId {
 pub struct TableSpec {
     /// The table's file-name prefix (`<name>-<shard>-<seq>.snap`); never changes once written.
     pub name: &'static str,
+    /// Whether every lookup reads the table: its snapshot buckets are filled less, so that
+    /// most probes read one bucket; the others, read on the write path, are packed tighter.
+    pub hot: bool,
 }
 
 /// The tables of a store in on-disk id order: `tables[i]` has id `i + 1`. A table may be added
@@ -112,7 +115,16 @@ mod tests {
     use super::*;
 
     static TWO: Schema = Schema {
-        tables: &[TableSpec { name: "a" }, TableSpec { name: "b" }],
+        tables: &[
+            TableSpec {
+                name: "a",
+                hot: true,
+            },
+            TableSpec {
+                name: "b",
+                hot: false,
+            },
+        ],
     };
 
     #[test]

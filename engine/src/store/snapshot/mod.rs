@@ -17,6 +17,8 @@ use super::hash::HashKey;
 mod packed;
 mod slotted;
 
+pub use packed::KeyForm;
+
 /// Magic of a snapshot shard file.
 pub const MAGIC: [u8; 8] = *b"MYKEYSNP";
 /// The format version this build writes; it reads every version up to it.
@@ -45,12 +47,15 @@ fn home_bucket(h: u64, buckets: u64) -> u64 {
     (u64::from(h as u32) * buckets) >> 32
 }
 
+#[inline]
 fn le_u16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
+#[inline]
 fn le_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
+#[inline]
 fn le_u64(b: &[u8], at: usize) -> u64 {
     let mut w = [0u8; 8];
     w.copy_from_slice(&b[at..at + 8]);
@@ -77,6 +82,8 @@ pub struct Header {
     pub id: ShardId,
     /// The file's format version.
     pub version: u16,
+    /// How keys are stored (version 2; always [`KeyForm::Bytes`] in version 1).
+    pub key_form: KeyForm,
     /// Number of records.
     pub entries: u64,
     /// Number of home buckets (the hash's range).
@@ -111,6 +118,7 @@ impl Header {
         h[0..8].copy_from_slice(&MAGIC);
         h[8..10].copy_from_slice(&VERSION.to_le_bytes());
         h[10] = self.id.table;
+        h[11] = self.key_form.byte();
         h[12..14].copy_from_slice(&self.id.shard.to_le_bytes());
         h[14..16].copy_from_slice(&self.id.shard_count.to_le_bytes());
         h[16..24].copy_from_slice(&self.id.seq.to_le_bytes());
@@ -152,9 +160,15 @@ impl Header {
         if crc32c::crc32c(&b[..60]) != header_crc {
             return Err(corrupt(60, "snapshot header checksum mismatch"));
         }
-        if b[11] != 0 || le_u32(b, 56) != 0 {
+        if le_u32(b, 56) != 0 {
             return Err(corrupt(56, "reserved header bytes not zero"));
         }
+        // Byte 11 is reserved in version 1 and the key form in version 2.
+        let key_form = match (version, KeyForm::of_byte(b[11])) {
+            (1, Some(KeyForm::Bytes)) => KeyForm::Bytes,
+            (2, Some(f)) => f,
+            _ => return Err(corrupt(11, "unknown key form")),
+        };
         let (home, buckets) = if version == 1 {
             (le_u64(b, 32), le_u64(b, 32))
         } else {
@@ -168,6 +182,7 @@ impl Header {
                 seq: le_u64(b, 16),
             },
             version,
+            key_form,
             entries: le_u64(b, 24),
             home,
             buckets,
@@ -224,6 +239,7 @@ pub struct ShardFile {
     bytes: Mapped,
     header: Header,
     version: u16,
+    key_form: KeyForm,
     home: u64,
     buckets: u64,
     stride: usize,
@@ -274,6 +290,7 @@ impl ShardFile {
         Ok(Self {
             name: name.to_owned(),
             version: header.version,
+            key_form: header.key_form,
             home: header.home,
             buckets: header.buckets,
             stride: header.stride as usize,
@@ -408,12 +425,24 @@ pub fn crc_short(data: &[u8]) -> u32 {
 #[target_feature(enable = "sse4.2")]
 fn crc_sse42(data: &[u8]) -> u32 {
     use std::arch::x86_64::{_mm_crc32_u8, _mm_crc32_u64};
-    let mut c = u64::from(!0u32);
-    let mut words = data.chunks_exact(8);
-    for w in &mut words {
+    let word = |w: &[u8]| {
         let mut b = [0u8; 8];
         b.copy_from_slice(w);
-        c = _mm_crc32_u64(c, u64::from_le_bytes(b));
+        u64::from_le_bytes(b)
+    };
+    let mut c = u64::from(!0u32);
+    // Four words a step: a bucket of two lines is four steps, with a quarter of the loop
+    // overhead of one word a step.
+    let mut blocks = data.chunks_exact(32);
+    for blk in &mut blocks {
+        c = _mm_crc32_u64(c, word(&blk[0..8]));
+        c = _mm_crc32_u64(c, word(&blk[8..16]));
+        c = _mm_crc32_u64(c, word(&blk[16..24]));
+        c = _mm_crc32_u64(c, word(&blk[24..32]));
+    }
+    let mut words = blocks.remainder().chunks_exact(8);
+    for w in &mut words {
+        c = _mm_crc32_u64(c, word(w));
     }
     let mut c = c as u32;
     for &b in words.remainder() {
@@ -511,11 +540,14 @@ impl ShardBuilder {
     }
 
     /// Writes the file `name` (via `name.tmp`, fsync, rename). The caller syncs the directory.
+    /// A `hot` table (read by lookups) is filled less, so that fewer probes read a second
+    /// bucket.
     pub fn write(
         &self,
         fs: &dyn Fs,
         name: &str,
         id: ShardId,
+        hot: bool,
     ) -> Result<Result<Written, Duplicate>, StoreError> {
         let items: Vec<packed::Item<'_>> = self
             .entries
@@ -532,17 +564,37 @@ impl ShardBuilder {
             .collect();
         let n = items.len();
         let key_max = items.iter().map(|it| it.key.len()).max().unwrap_or(1);
-        let mean = items
-            .iter()
-            .map(|it| packed::placed_len(it.key.len(), it.value.len(), packed::BUCKET_LEN_MAX).0)
-            .sum::<usize>()
-            .div_ceil(n.max(1));
-        let bucket_len = packed::bucket_len_for(mean, key_max);
-        let total: usize = items
-            .iter()
-            .map(|it| packed::placed_len(it.key.len(), it.value.len(), bucket_len).0)
-            .sum();
-        let mut home = packed::home_buckets_for(total, bucket_len);
+        let placed = |form, it: &packed::Item<'_>, len| {
+            packed::placed_len(form, it.key.len(), it.value.len(), len).0
+        };
+        let mean_in = |form| {
+            items
+                .iter()
+                .map(|it| placed(form, it, packed::BUCKET_LEN_MAX))
+                .sum::<usize>()
+                .div_ceil(n.max(1))
+        };
+        // MyKey IDs packed when every key is one and their buckets stay small enough.
+        let ids = KeyForm::for_keys(items.iter().map(|it| it.key)) == KeyForm::MyKeyId;
+        let (form, mean, bucket_len) = match ids
+            .then(|| packed::bucket_len_for(KeyForm::MyKeyId, mean_in(KeyForm::MyKeyId), key_max))
+            .flatten()
+        {
+            Some(len) => (KeyForm::MyKeyId, mean_in(KeyForm::MyKeyId), len),
+            None => {
+                let mean = mean_in(KeyForm::Bytes);
+                let len = packed::bucket_len_for(KeyForm::Bytes, mean, key_max)
+                    .unwrap_or(packed::BUCKET_LEN_MAX);
+                (KeyForm::Bytes, mean, len)
+            }
+        };
+        let total: usize = items.iter().map(|it| placed(form, it, bucket_len)).sum();
+        let load = if hot {
+            packed::LOAD_PCT_HOT
+        } else {
+            packed::LOAD_PCT
+        };
+        let mut home = packed::home_buckets_for(form, total, mean, bucket_len, load);
         let laid = loop {
             if home >= BUCKETS_MAX - PROBE_BUCKETS_MAX as u64 {
                 return Err(StoreError::Limit {
@@ -551,7 +603,7 @@ impl ShardBuilder {
                     max: (BUCKETS_MAX - PROBE_BUCKETS_MAX as u64) as usize,
                 });
             }
-            match packed::layout(&items, home, bucket_len) {
+            match packed::layout(&items, form, home, bucket_len) {
                 Ok(l) => break l,
                 Err(Some(dup)) => return Ok(Err(dup)),
                 // A chain too long: grow by an eighth and place again.
@@ -572,6 +624,7 @@ impl ShardBuilder {
         let header = Header {
             id,
             version: VERSION,
+            key_form: form,
             entries: n as u64,
             home,
             buckets: laid.count,
@@ -627,7 +680,10 @@ mod tests {
             b.push(key.hash(k.as_bytes()), k.as_bytes(), &i.to_le_bytes())
                 .expect("push");
         }
-        let w = b.write(&fs, "t.snap", id()).expect("io").expect("no dup");
+        let w = b
+            .write(&fs, "t.snap", id(), true)
+            .expect("io")
+            .expect("no dup");
         (fs, key, w)
     }
 
@@ -678,7 +734,10 @@ mod tests {
             b.push(key.hash(k.as_bytes()), k.as_bytes(), &value(i))
                 .expect("push");
         }
-        let w = b.write(&fs, "t.snap", id()).expect("io").expect("no dup");
+        let w = b
+            .write(&fs, "t.snap", id(), true)
+            .expect("io")
+            .expect("no dup");
         let f = ShardFile::open(&fs, "t.snap", id(), w.len, w.header_crc).expect("open");
         assert!(f.header().heap_len > 0, "some records overflowed");
         assert_eq!(f.verify(&key).expect("verify"), 500);
@@ -705,7 +764,7 @@ mod tests {
         for k in [&b"a"[..], b"b", b"a"] {
             b.push(key.hash(k), k, b"v").expect("push");
         }
-        let r = b.write(&fs, "t.snap", id()).expect("io");
+        let r = b.write(&fs, "t.snap", id(), true).expect("io");
         assert_eq!(
             r.err(),
             Some(Duplicate {
@@ -751,6 +810,47 @@ mod tests {
         let want: Vec<_> = (0..40u32)
             .map(|i| (format!("key{i}").into_bytes(), i.to_le_bytes().to_vec()))
             .collect();
+        every_flip_is_caught(&fs, "t.snap", id(), &key, &want);
+    }
+
+    /// A shard whose keys are all MyKey IDs stores them packed (10 bytes, no length byte),
+    /// answers by the ID, walks with the IDs as they were given, and catches every flip.
+    #[test]
+    fn a_shard_of_mykey_ids_stores_them_packed_and_gives_them_back() {
+        let fs = SimFs::new(1);
+        let key = HashKey([7, 8]);
+        let ids: Vec<Vec<u8>> = (0..60u64)
+            .map(|i| format!("{:07}ABCZ{:03}", i * 7919, i).into_bytes())
+            .collect();
+        let mut b = ShardBuilder::default();
+        for (i, k) in ids.iter().enumerate() {
+            b.push(key.hash(k), k, format!("value {i}").as_bytes())
+                .expect("push");
+        }
+        let w = b
+            .write(&fs, "t.snap", id(), true)
+            .expect("io")
+            .expect("no dup");
+        let f = ShardFile::open(&fs, "t.snap", id(), w.len, w.header_crc).expect("open");
+        assert_eq!(f.header().key_form, KeyForm::MyKeyId);
+        assert_eq!(f.verify(&key).expect("verify"), 60);
+        let mut walked = Vec::new();
+        f.for_each(|k, v| walked.push((k.to_vec(), v.to_vec())))
+            .expect("walk");
+        walked.sort();
+        let mut want: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), format!("value {i}").into_bytes()))
+            .collect();
+        want.sort();
+        assert_eq!(walked, want);
+        for (k, v) in &want {
+            assert_eq!(f.get(key.hash(k), k).expect("get"), Some(&v[..]));
+        }
+        for miss in [&b"ZZZZZZZZZZZZZZ"[..], b"not an id", b""] {
+            assert_eq!(f.get(key.hash(miss), miss).expect("miss"), None);
+        }
         every_flip_is_caught(&fs, "t.snap", id(), &key, &want);
     }
 
@@ -811,12 +911,12 @@ mod tests {
             .collect();
         let (items, keys) = (&all[..40], &keys[..40]);
         // One home bucket of 64 bytes holds two of these 29-byte records: 40 spill over 20.
-        let laid = packed::layout(items, 1, 64)
+        let laid = packed::layout(items, KeyForm::Bytes, 1, 64)
             .map_err(|_| ())
             .expect("fits in 64");
         assert_eq!(laid.count, 20);
         assert!(
-            matches!(packed::layout(&all, 1, 64), Err(None)),
+            matches!(packed::layout(&all, KeyForm::Bytes, 1, 64), Err(None)),
             "130 records cannot lie within 64 buckets of one home"
         );
         // Through the builder, which sizes the table itself.
@@ -825,7 +925,10 @@ mod tests {
         for it in items {
             b.push(it.h, it.key, it.value).expect("push");
         }
-        let w = b.write(&fs, "t.snap", id()).expect("io").expect("no dup");
+        let w = b
+            .write(&fs, "t.snap", id(), true)
+            .expect("io")
+            .expect("no dup");
         let f = ShardFile::open(&fs, "t.snap", id(), w.len, w.header_crc).expect("open");
         assert_eq!(f.verify(&key).expect("verify"), 40);
         for k in keys {

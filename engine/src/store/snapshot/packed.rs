@@ -3,27 +3,35 @@
 //! keys in the home bucket, so a hit costs one memory round trip and no slot bytes.
 //!
 //! Owns the version 2 probe, walk and verify of a [`ShardFile`], and the placement of a
-//! shard's records into buckets ([`layout`]). Checks the CRC of every bucket a probe reads and
-//! of every heap value it returns; never trusts a length read from a file before checking it
-//! against the bucket or the heap; never decides what keys or values mean.
+//! shard's records into buckets ([`layout`]), in both bucket layouts: key form 0 (records one
+//! after the other, each with its lengths) and key form 1 (MyKey IDs: a key array the probe
+//! compares at a fixed stride, then the values). Checks the CRC of every bucket a probe reads
+//! and of every heap value it returns; never trusts a length or an offset read from a file
+//! before checking it against the bucket or the heap; never decides what keys or values mean.
 
 use super::{
-    Duplicate, PROBE_BUCKETS_MAX, Probe, ShardFile, crc_short, home_bucket, le_u32, prefetch_read,
+    Duplicate, PROBE_BUCKETS_MAX, Probe, ShardFile, crc_short, home_bucket, le_u16, le_u32, le_u64,
+    prefetch_read,
 };
 use crate::store::StoreError;
 use crate::store::hash::{HashKey, shard_of};
 
-/// Bucket head: CRC u32, record count u8, flags u8.
+/// Bucket head of key form 0: CRC u32, record count u8, flags u8.
 pub const BUCKET_HEAD_LEN: usize = 6;
+/// Bucket head of key form 1: form 0's, then the heap mask u32 (bit `j`: value `j` is in the
+/// heap).
+pub const ID_BUCKET_HEAD_LEN: usize = 10;
 /// Flag bit 0 of a bucket: a key whose home is this bucket or an earlier one is stored later.
 pub const CONTINUES: u8 = 1;
-/// Smallest and largest bucket: one cache line, and 64 of them.
+/// Smallest bucket: one cache line.
 pub const BUCKET_LEN_MIN: usize = 64;
 /// Largest bucket size.
 pub const BUCKET_LEN_MAX: usize = 4096;
-/// A record's head: key length u8, value length u8.
-pub const RECORD_HEAD_LEN: usize = 2;
-/// The value length byte that means "in the heap": a 7-byte reference follows the key.
+/// Largest bucket a writer picks for packing alone (four lines, requested together by a probe),
+/// unless a heap reference needs more; also the largest of key form 1, whose value ends are
+/// one byte.
+const BUCKET_LEN_PICK_MAX: usize = 256;
+/// The value length byte of key form 0 that means "in the heap".
 pub const IN_HEAP: u8 = 255;
 /// A heap reference: offset u40, length u16.
 pub const HEAP_REF_LEN: usize = 7;
@@ -31,45 +39,217 @@ pub const HEAP_REF_LEN: usize = 7;
 pub const HEAP_CRC_LEN: usize = 4;
 /// Largest heap: offsets have 40 bits.
 pub const HEAP_LEN_MAX: u64 = 1 << 40;
-/// Most records in one bucket: the count is one byte.
+/// Most records in one bucket of key form 0 (the count is one byte) and of key form 1 (the
+/// heap mask has 32 bits).
 const RECORDS_PER_BUCKET_MAX: usize = 255;
-/// Records fill at most this share of the home buckets' room (numerator / denominator): high
-/// enough that little is left empty, low enough that few keys land past their home bucket.
-const LOAD_NUM: usize = 22;
-const LOAD_DEN: usize = 25;
+const ID_RECORDS_PER_BUCKET_MAX: usize = 32;
+/// Records fill at most this share of the home buckets' usable room, in percent: high enough
+/// that little is left empty, low enough that few keys land past their home. A table every
+/// lookup reads is filled less, so that most probes read one bucket (1.35 buckets a hit at 80 %
+/// against 2.07 at 90 %, `ops/CAPACITY.md`).
+pub const LOAD_PCT: usize = 90;
+/// The load of a table lookups read (`TableSpec::hot`).
+pub const LOAD_PCT_HOT: usize = 80;
 /// How many waiting records a bucket's fill looks at for one that fits the room it has left.
 const FIT_SCAN_MAX: usize = 16;
-/// Lines of the home bucket a probe requests at once.
-const PREFETCH_LINES_MAX: usize = 4;
+/// Lines of a bucket a probe requests at once.
+const PREFETCH_LINES_MAX: usize = BUCKET_LEN_PICK_MAX / BUCKET_LEN_MIN;
+/// Key form 1: a MyKey ID, 14 characters of `0-9A-Z`, stored as a 10-byte base-36 number.
+pub const ID_KEY_LEN: usize = 14;
+/// Bytes of a key of form 1.
+pub const ID_PACKED_LEN: usize = 10;
+/// 36 to the 7th: each half of a MyKey ID, as a number, is below it.
+const HALF: u64 = 36u64.pow(7);
 
 const _: () = assert!(BUCKET_LEN_MAX.is_multiple_of(BUCKET_LEN_MIN));
-const _: () = assert!(BUCKET_HEAD_LEN + RECORD_HEAD_LEN + 255 + HEAP_REF_LEN <= 320);
-const _: () = assert!(LOAD_NUM < LOAD_DEN);
+const _: () = assert!(BUCKET_HEAD_LEN + 2 + 255 + HEAP_REF_LEN <= 320);
+const _: () = assert!(LOAD_PCT_HOT <= LOAD_PCT && LOAD_PCT < 100);
+const _: () = assert!(BUCKET_LEN_PICK_MAX <= 256, "form 1 value ends are one byte");
+// 36^14 < 2^80: a packed MyKey ID fits its 10 bytes.
+const _: () = assert!((HALF as u128) * (HALF as u128) < 1u128 << 80);
 
-/// The bucket size for records of `mean` bytes whose largest key is `key_max`: room for two
-/// average records and for a heap reference of any key, in whole cache lines.
-pub fn bucket_len_for(mean: usize, key_max: usize) -> usize {
-    let stub = BUCKET_HEAD_LEN + RECORD_HEAD_LEN + key_max + HEAP_REF_LEN;
-    (BUCKET_HEAD_LEN + 2 * mean)
-        .max(stub)
-        .next_multiple_of(BUCKET_LEN_MIN)
-        .clamp(BUCKET_LEN_MIN, BUCKET_LEN_MAX)
+/// How a shard stores its keys (header byte 11), which also sets its bucket layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyForm {
+    /// Form 0: records one after the other: key length, value length, key, value.
+    Bytes,
+    /// Form 1: every key is a MyKey ID, stored as 10 bytes in the bucket's key array.
+    MyKeyId,
 }
 
-/// The size a record takes in a bucket of `bucket_len` bytes, and whether its value goes to
-/// the heap.
-pub fn placed_len(key: usize, value: usize, bucket_len: usize) -> (usize, bool) {
-    let inline = RECORD_HEAD_LEN + key + value;
-    if value < usize::from(IN_HEAP) && inline <= bucket_len - BUCKET_HEAD_LEN {
-        (inline, false)
-    } else {
-        (RECORD_HEAD_LEN + key + HEAP_REF_LEN, true)
+impl KeyForm {
+    /// The form of header byte `b`, `None` for an unknown one.
+    pub fn of_byte(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(Self::Bytes),
+            1 => Some(Self::MyKeyId),
+            _ => None,
+        }
+    }
+
+    /// Header byte 11.
+    pub fn byte(self) -> u8 {
+        match self {
+            Self::Bytes => 0,
+            Self::MyKeyId => 1,
+        }
+    }
+
+    /// The bucket head's length.
+    #[inline]
+    pub fn bucket_head(self) -> usize {
+        match self {
+            Self::Bytes => BUCKET_HEAD_LEN,
+            Self::MyKeyId => ID_BUCKET_HEAD_LEN,
+        }
+    }
+
+    /// Bytes a record takes besides its value: its lengths (or its value end) and its key.
+    #[inline]
+    fn record_head(self, key_len: usize) -> usize {
+        match self {
+            Self::Bytes => 2 + key_len,
+            Self::MyKeyId => ID_PACKED_LEN + 1,
+        }
+    }
+
+    fn records_max(self) -> usize {
+        match self {
+            Self::Bytes => RECORDS_PER_BUCKET_MAX,
+            Self::MyKeyId => ID_RECORDS_PER_BUCKET_MAX,
+        }
+    }
+
+    /// The form that fits every key of `keys`: MyKey IDs when there are keys and all are,
+    /// else bytes.
+    pub fn for_keys<'k>(keys: impl Iterator<Item = &'k [u8]>) -> Self {
+        let mut any = false;
+        for k in keys {
+            if pack_id(k).is_none() {
+                return Self::Bytes;
+            }
+            any = true;
+        }
+        if any { Self::MyKeyId } else { Self::Bytes }
     }
 }
 
-/// The home bucket count for records of `total` placed bytes in buckets of `bucket_len`.
-pub fn home_buckets_for(total: usize, bucket_len: usize) -> u64 {
-    let room = (bucket_len - BUCKET_HEAD_LEN) * LOAD_NUM / LOAD_DEN;
+/// The base-36 digit of each byte, or [`NOT_DIGIT`].
+static DIGIT_OF: [u8; 256] = digit_of();
+const NOT_DIGIT: u8 = 0x80;
+
+const fn digit_of() -> [u8; 256] {
+    let mut t = [NOT_DIGIT; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        if b.is_ascii_digit() {
+            t[c] = b - b'0';
+        } else if b.is_ascii_uppercase() {
+            t[c] = b - b'A' + 10;
+        }
+        c += 1;
+    }
+    t
+}
+
+/// A MyKey ID as its 10-byte base-36 number, little-endian; `None` if `key` is not 14
+/// characters of `0-9A-Z`. Two halves of seven digits keep the arithmetic in 64 bits; one
+/// table read a character, checked once at the end (the lookup path packs every key it probes).
+#[inline]
+pub fn pack_id(key: &[u8]) -> Option<[u8; ID_PACKED_LEN]> {
+    let key: &[u8; ID_KEY_LEN] = key.try_into().ok()?;
+    let (mut hi, mut lo, mut bad) = (0u64, 0u64, 0u8);
+    for i in 0..7 {
+        let (a, b) = (
+            DIGIT_OF[usize::from(key[i])],
+            DIGIT_OF[usize::from(key[i + 7])],
+        );
+        bad |= a | b;
+        hi = hi * 36 + u64::from(a);
+        lo = lo * 36 + u64::from(b);
+    }
+    if bad & NOT_DIGIT != 0 {
+        return None;
+    }
+    let v = u128::from(hi) * u128::from(HALF) + u128::from(lo);
+    let mut out = [0u8; ID_PACKED_LEN];
+    out.copy_from_slice(&v.to_le_bytes()[..ID_PACKED_LEN]);
+    Some(out)
+}
+
+/// The MyKey ID of a packed key; `None` when the number is 36^14 or more (not a packing).
+pub fn unpack_id(p: &[u8]) -> Option<[u8; ID_KEY_LEN]> {
+    let mut w = [0u8; 16];
+    w[..ID_PACKED_LEN].copy_from_slice(p.get(..ID_PACKED_LEN)?);
+    let v = u128::from_le_bytes(w);
+    let (hi, lo) = (v / u128::from(HALF), (v % u128::from(HALF)) as u64);
+    if hi >= u128::from(HALF) {
+        return None;
+    }
+    let mut out = [0u8; ID_KEY_LEN];
+    for (i, mut x) in [(0, hi as u64), (7, lo)] {
+        for c in out[i..i + 7].iter_mut().rev() {
+            let d = (x % 36) as u8;
+            *c = if d < 10 { b'0' + d } else { b'A' + d - 10 };
+            x /= 36;
+        }
+    }
+    Some(out)
+}
+
+/// The size a record takes in a bucket of `bucket_len` bytes, and whether its value goes to
+/// the heap (a value of 255 bytes or more, or a record larger than a bucket's room).
+pub fn placed_len(form: KeyForm, key: usize, value: usize, bucket_len: usize) -> (usize, bool) {
+    let inline = form.record_head(key) + value;
+    if value < usize::from(IN_HEAP) && inline <= bucket_len - form.bucket_head() {
+        (inline, false)
+    } else {
+        (form.record_head(key) + HEAP_REF_LEN, true)
+    }
+}
+
+/// Share of a bucket of `len` bytes that records of `mean` bytes can fill, in thousandths.
+fn packing(form: KeyForm, len: usize, mean: usize) -> usize {
+    let fit = (len - form.bucket_head()) / mean.max(1);
+    fit * mean * 1000 / len
+}
+
+/// The bucket size for records of `mean` bytes whose largest key takes `key_max` bytes: the one
+/// of up to [`BUCKET_LEN_PICK_MAX`] bytes whose whole records leave least room unused (the
+/// smaller on a tie), never smaller than a heap reference of any key or a record of the mean
+/// size. `None` for key form 1 when that is over [`BUCKET_LEN_PICK_MAX`].
+pub fn bucket_len_for(form: KeyForm, mean: usize, key_max: usize) -> Option<usize> {
+    let head = form.bucket_head();
+    let least = (head + form.record_head(key_max) + HEAP_REF_LEN)
+        .max(head + mean)
+        .next_multiple_of(BUCKET_LEN_MIN)
+        .clamp(BUCKET_LEN_MIN, BUCKET_LEN_MAX);
+    if form == KeyForm::MyKeyId && least > BUCKET_LEN_PICK_MAX {
+        return None;
+    }
+    let mut best = least;
+    let mut len = least;
+    while len <= BUCKET_LEN_PICK_MAX {
+        if packing(form, len, mean) > packing(form, best, mean) {
+            best = len;
+        }
+        len += BUCKET_LEN_MIN;
+    }
+    Some(best)
+}
+
+/// The home bucket count for records of `total` placed bytes, `mean` bytes on average, in
+/// buckets of `bucket_len`: sized by the whole records a bucket holds, at `load_pct`.
+pub fn home_buckets_for(
+    form: KeyForm,
+    total: usize,
+    mean: usize,
+    bucket_len: usize,
+    load_pct: usize,
+) -> u64 {
+    let usable = packing(form, bucket_len, mean) * bucket_len / 1000;
+    let room = (usable.max(mean) * load_pct / 100).max(1);
     (total.div_ceil(room) as u64).max(1)
 }
 
@@ -93,12 +273,90 @@ pub struct Laid {
     pub heap: Vec<u8>,
 }
 
-/// Places `items` into `home` home buckets of `bucket_len` bytes (`snapshots/README.md`, "How a
-/// writer places records"). `Err(Some(dup))` on a duplicate key (indexes into `items`),
-/// `Err(None)` when some record would land [`PROBE_BUCKETS_MAX`] or more buckets after its home
-/// (the caller grows `home`).
-pub fn layout(items: &[Item<'_>], home: u64, bucket_len: usize) -> Result<Laid, Option<Duplicate>> {
-    let room = bucket_len - BUCKET_HEAD_LEN;
+/// Appends `value` to the heap and returns its 7-byte reference.
+fn to_heap(heap: &mut Vec<u8>, value: &[u8]) -> [u8; HEAP_REF_LEN] {
+    let mut r = [0u8; HEAP_REF_LEN];
+    r[..5].copy_from_slice(&(heap.len() as u64).to_le_bytes()[..5]);
+    r[5..7].copy_from_slice(&(value.len() as u16).to_le_bytes());
+    heap.extend_from_slice(value);
+    heap.extend_from_slice(&crc32c::crc32c(value).to_le_bytes());
+    r
+}
+
+/// Writes the records `chosen` (indexes into `items`) into the zeroed bucket `out`, in the
+/// layout of `form`, and their heap values into `heap`.
+fn write_bucket(
+    out: &mut [u8],
+    form: KeyForm,
+    items: &[Item<'_>],
+    chosen: &[u32],
+    heap: &mut Vec<u8>,
+) {
+    let len = out.len();
+    out[4] = chosen.len() as u8;
+    match form {
+        KeyForm::Bytes => {
+            let mut at = BUCKET_HEAD_LEN;
+            for &c in chosen {
+                let it = &items[c as usize];
+                let (size, in_heap) = placed_len(form, it.key.len(), it.value.len(), len);
+                let rec = &mut out[at..at + size];
+                rec[0] = it.key.len() as u8;
+                rec[2..2 + it.key.len()].copy_from_slice(it.key);
+                let (lens, v) = rec.split_at_mut(2 + it.key.len());
+                if in_heap {
+                    lens[1] = IN_HEAP;
+                    v.copy_from_slice(&to_heap(heap, it.value));
+                } else {
+                    lens[1] = it.value.len() as u8;
+                    v.copy_from_slice(it.value);
+                }
+                at += size;
+            }
+        }
+        KeyForm::MyKeyId => {
+            let n = chosen.len();
+            let ends = ID_BUCKET_HEAD_LEN + ID_PACKED_LEN * n;
+            let mut at = ends + n;
+            let mut mask = 0u32;
+            for (j, &c) in chosen.iter().enumerate() {
+                let it = &items[c as usize];
+                let k = ID_BUCKET_HEAD_LEN + ID_PACKED_LEN * j;
+                // `for_keys` chose this form because every key packs.
+                out[k..k + ID_PACKED_LEN].copy_from_slice(&pack_id(it.key).unwrap_or_default());
+                let (_, in_heap) = placed_len(form, it.key.len(), it.value.len(), len);
+                if in_heap {
+                    mask |= 1 << j;
+                    out[at..at + HEAP_REF_LEN].copy_from_slice(&to_heap(heap, it.value));
+                    at += HEAP_REF_LEN;
+                } else {
+                    out[at..at + it.value.len()].copy_from_slice(it.value);
+                    at += it.value.len();
+                }
+                // `layout` keeps every end of key form 1 below 256, so it fits a byte.
+                out[ends + j] = at as u8;
+            }
+            out[6..10].copy_from_slice(&mask.to_le_bytes());
+        }
+    }
+}
+
+/// Places `items` into `home` home buckets of `bucket_len` bytes, keys in `form`
+/// (`snapshots/README.md`, "How a writer places records"). `Err(Some(dup))` on a duplicate key
+/// (indexes into `items`), `Err(None)` when some record would land [`PROBE_BUCKETS_MAX`] or
+/// more buckets after its home (the caller grows `home`).
+pub fn layout(
+    items: &[Item<'_>],
+    form: KeyForm,
+    home: u64,
+    bucket_len: usize,
+) -> Result<Laid, Option<Duplicate>> {
+    // A value end must fit a byte: key form 1 writes an end of at most 255.
+    let room = if form == KeyForm::MyKeyId {
+        bucket_len.min(255) - ID_BUCKET_HEAD_LEN
+    } else {
+        bucket_len - BUCKET_HEAD_LEN
+    };
     // (home bucket, hash, index), sorted: records in home order, equal hashes adjacent.
     let mut order: Vec<(u32, u64, u32)> = items
         .iter()
@@ -120,6 +378,7 @@ pub fn layout(items: &[Item<'_>], home: u64, bucket_len: usize) -> Result<Laid, 
     let mut heap: Vec<u8> = Vec::new();
     // Waiting records: (home bucket, index), oldest home first.
     let mut waiting: std::collections::VecDeque<(u32, u32)> = std::collections::VecDeque::new();
+    let mut chosen: Vec<u32> = Vec::new();
     let mut next = 0usize;
     let mut b = 0u64;
     while b < home || !waiting.is_empty() {
@@ -127,41 +386,31 @@ pub fn layout(items: &[Item<'_>], home: u64, bucket_len: usize) -> Result<Laid, 
             waiting.push_back((order[next].0, order[next].2));
             next += 1;
         }
-        let base = buckets.len();
-        buckets.resize(base + bucket_len, 0);
-        let mut at = base + BUCKET_HEAD_LEN;
+        chosen.clear();
         let mut free = room;
-        let mut count = 0usize;
         let mut w = 0;
         let mut looked = 0;
-        while w < waiting.len() && looked < FIT_SCAN_MAX && count < RECORDS_PER_BUCKET_MAX {
+        while w < waiting.len() && looked < FIT_SCAN_MAX && chosen.len() < form.records_max() {
             let it = &items[waiting[w].1 as usize];
-            let (len, in_heap) = placed_len(it.key.len(), it.value.len(), bucket_len);
+            let (len, _) = placed_len(form, it.key.len(), it.value.len(), bucket_len);
             if len > free {
                 w += 1;
                 looked += 1;
                 continue;
             }
-            let out = &mut buckets[at..at + len];
-            out[0] = it.key.len() as u8;
-            out[2..2 + it.key.len()].copy_from_slice(it.key);
-            if in_heap {
-                out[1] = IN_HEAP;
-                let r = &mut out[2 + it.key.len()..];
-                r[..5].copy_from_slice(&(heap.len() as u64).to_le_bytes()[..5]);
-                r[5..7].copy_from_slice(&(it.value.len() as u16).to_le_bytes());
-                heap.extend_from_slice(it.value);
-                heap.extend_from_slice(&crc32c::crc32c(it.value).to_le_bytes());
-            } else {
-                out[1] = it.value.len() as u8;
-                out[2 + it.key.len()..].copy_from_slice(it.value);
-            }
-            at += len;
             free -= len;
-            count += 1;
+            chosen.push(waiting[w].1);
             waiting.remove(w);
         }
-        buckets[base + 4] = count as u8;
+        let base = buckets.len();
+        buckets.resize(base + bucket_len, 0);
+        write_bucket(
+            &mut buckets[base..base + bucket_len],
+            form,
+            items,
+            &chosen,
+            &mut heap,
+        );
         if let Some(&(oldest, _)) = waiting.front() {
             // The oldest waiting record would land in bucket b + 1 at the earliest.
             if b + 1 - u64::from(oldest) >= PROBE_BUCKETS_MAX as u64 {
@@ -180,11 +429,14 @@ pub fn layout(items: &[Item<'_>], home: u64, bucket_len: usize) -> Result<Laid, 
     })
 }
 
-/// One record as read from a bucket.
-struct Rec<'a> {
-    key: &'a [u8],
-    /// The value, or (heap offset, length) when it is in the heap.
-    value: Result<&'a [u8], (u64, usize)>,
+/// A value as stored in a bucket: its bytes, or a heap reference (offset, length).
+type Stored<'a> = Result<&'a [u8], (u64, usize)>;
+
+/// The heap reference in `r` (7 bytes).
+fn heap_ref(r: &[u8]) -> (u64, usize) {
+    let mut off = [0u8; 8];
+    off[..5].copy_from_slice(&r[..5]);
+    (u64::from_le_bytes(off), usize::from(le_u16(r, 5)))
 }
 
 impl ShardFile {
@@ -199,43 +451,77 @@ impl ShardFile {
         Ok(bucket)
     }
 
-    /// The record at byte `i` of bucket `b` (already checked), and where the next one starts.
-    #[inline]
-    fn packed_record<'a>(
+    #[cold]
+    fn bucket_bad(&self, b: u64, i: usize, what: &'static str) -> StoreError {
+        self.corrupt(self.body + b as usize * self.stride + i, what)
+    }
+
+    /// Calls `f(offset, stored key, stored value)` for each record of the checked bucket `b`,
+    /// in order, until it answers `Some`. Checks every length and offset against the bucket.
+    #[inline(always)]
+    fn records<'a, R>(
         &self,
         bucket: &'a [u8],
         b: u64,
-        i: usize,
-    ) -> Result<(Rec<'a>, usize), StoreError> {
-        let bad = |what| self.corrupt(self.body + b as usize * self.stride + i, what);
-        let head = bucket
-            .get(i..i + RECORD_HEAD_LEN)
-            .ok_or_else(|| bad("record runs past the end of its bucket"))?;
-        let (klen, vbyte) = (usize::from(head[0]), head[1]);
-        let vlen = if vbyte == IN_HEAP {
-            HEAP_REF_LEN
-        } else {
-            usize::from(vbyte)
-        };
-        let end = i + RECORD_HEAD_LEN + klen + vlen;
-        if klen == 0 {
-            return Err(bad("record with an empty key"));
+        mut f: impl FnMut(usize, &'a [u8], Stored<'a>) -> Result<Option<R>, StoreError>,
+    ) -> Result<Option<R>, StoreError> {
+        let len = bucket.len();
+        let n = usize::from(bucket[4]);
+        match self.key_form {
+            KeyForm::Bytes => {
+                let mut i = BUCKET_HEAD_LEN;
+                for _ in 0..n {
+                    if i + 2 > len {
+                        return Err(self.bucket_bad(b, i, "record runs past its bucket"));
+                    }
+                    let (klen, vbyte) = (usize::from(bucket[i]), bucket[i + 1]);
+                    let key_at = i + 2;
+                    let val_at = key_at + klen;
+                    let vlen = if vbyte == IN_HEAP {
+                        HEAP_REF_LEN
+                    } else {
+                        usize::from(vbyte)
+                    };
+                    let end = val_at + vlen;
+                    if end > len {
+                        return Err(self.bucket_bad(b, i, "record runs past its bucket"));
+                    }
+                    let v = &bucket[val_at..end];
+                    let stored = if vbyte == IN_HEAP {
+                        Err(heap_ref(v))
+                    } else {
+                        Ok(v)
+                    };
+                    if let Some(r) = f(i, &bucket[key_at..val_at], stored)? {
+                        return Ok(Some(r));
+                    }
+                    i = end;
+                }
+            }
+            KeyForm::MyKeyId => {
+                let ends = ID_BUCKET_HEAD_LEN + ID_PACKED_LEN * n;
+                if n > ID_RECORDS_PER_BUCKET_MAX || ends + n > len {
+                    return Err(self.bucket_bad(b, 4, "record count past its bucket"));
+                }
+                let mask = le_u32(bucket, 6);
+                let mut start = ends + n;
+                for j in 0..n {
+                    let end = usize::from(bucket[ends + j]);
+                    let heap = mask >> j & 1 != 0;
+                    if end < start || end > len || heap && end - start != HEAP_REF_LEN {
+                        return Err(self.bucket_bad(b, ends + j, "value end out of order"));
+                    }
+                    let v = &bucket[start..end];
+                    let k = ID_BUCKET_HEAD_LEN + ID_PACKED_LEN * j;
+                    let stored = if heap { Err(heap_ref(v)) } else { Ok(v) };
+                    if let Some(r) = f(k, &bucket[k..k + ID_PACKED_LEN], stored)? {
+                        return Ok(Some(r));
+                    }
+                    start = end;
+                }
+            }
         }
-        let rec = bucket
-            .get(i + RECORD_HEAD_LEN..end)
-            .ok_or_else(|| bad("record runs past the end of its bucket"))?;
-        let (key, v) = rec.split_at(klen);
-        let value = if vbyte == IN_HEAP {
-            let mut off = [0u8; 8];
-            off[..5].copy_from_slice(&v[..5]);
-            Err((
-                u64::from_le_bytes(off),
-                usize::from(u16::from_le_bytes([v[5], v[6]])),
-            ))
-        } else {
-            Ok(v)
-        };
-        Ok((Rec { key, value }, end))
+        Ok(None)
     }
 
     /// The heap value at (`off`, `len`), after checking its bounds and CRC.
@@ -253,10 +539,28 @@ impl ShardFile {
         Ok(v)
     }
 
-    fn value_of<'a>(&'a self, r: &Rec<'a>) -> Result<&'a [u8], StoreError> {
-        match r.value {
+    #[inline]
+    fn value_of<'a>(&'a self, v: Stored<'a>) -> Result<&'a [u8], StoreError> {
+        match v {
             Ok(v) => Ok(v),
             Err((off, len)) => self.heap_value(off, len),
+        }
+    }
+
+    /// The key as the store's callers know it (unpacked), passed to `f`.
+    fn with_key<R>(
+        &self,
+        stored: &[u8],
+        at: usize,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, StoreError> {
+        match self.key_form {
+            KeyForm::Bytes => Ok(f(stored)),
+            KeyForm::MyKeyId => {
+                let k = unpack_id(stored)
+                    .ok_or_else(|| self.corrupt(at, "packed MyKey ID out of range"))?;
+                Ok(f(&k))
+            }
         }
     }
 
@@ -273,19 +577,38 @@ impl ShardFile {
     /// next ones while a bucket continues, at most [`PROBE_BUCKETS_MAX`].
     #[inline]
     pub(super) fn packed_get(&self, h: u64, key: &[u8]) -> Result<Option<&[u8]>, StoreError> {
+        self.packed_prefetch(h);
+        match self.key_form {
+            KeyForm::Bytes => self.packed_probe(h, |k| k == key),
+            KeyForm::MyKeyId => match pack_id(key) {
+                // Fixed-size compares: one word and a half, no call.
+                Some(p) => {
+                    let (w, t) = (le_u64(&p, 0), le_u16(&p, 8));
+                    self.packed_probe(h, |k| le_u64(k, 0) == w && le_u16(k, 8) == t)
+                }
+                // Every key of this shard is a MyKey ID.
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// The probe of [`ShardFile::packed_get`], with `is_key` telling a stored key (as stored)
+    /// apart from the one looked up.
+    #[inline(always)]
+    fn packed_probe(
+        &self,
+        h: u64,
+        is_key: impl Fn(&[u8]) -> bool,
+    ) -> Result<Option<&[u8]>, StoreError> {
         let mut b = home_bucket(h, self.home);
         for _ in 0..PROBE_BUCKETS_MAX {
             if b >= self.buckets {
                 return Err(self.corrupt(self.body, "a probe ran past the last bucket"));
             }
             let bucket = self.packed_bucket(b)?;
-            let mut i = BUCKET_HEAD_LEN;
-            for _ in 0..bucket[4] {
-                let (r, end) = self.packed_record(bucket, b, i)?;
-                if r.key == key {
-                    return self.value_of(&r).map(Some);
-                }
-                i = end;
+            let found = self.records(bucket, b, |_, k, v| Ok(is_key(k).then_some(v)))?;
+            if let Some(v) = found {
+                return self.value_of(v).map(Some);
             }
             if bucket[5] & CONTINUES == 0 {
                 return Ok(None);
@@ -311,13 +634,13 @@ impl ShardFile {
         let mut seen = 0u64;
         for b in 0..self.buckets {
             let bucket = self.packed_bucket(b)?;
-            let mut i = BUCKET_HEAD_LEN;
-            for _ in 0..bucket[4] {
-                let (r, end) = self.packed_record(bucket, b, i)?;
-                f(r.key, self.value_of(&r)?);
+            let at = self.body + b as usize * self.stride;
+            self.records(bucket, b, |i, k, v| {
+                let v = self.value_of(v)?;
+                self.with_key(k, at + i, |k| f(k, v))?;
                 seen += 1;
-                i = end;
-            }
+                Ok(None::<()>)
+            })?;
         }
         Ok(seen)
     }
@@ -341,43 +664,95 @@ impl ShardFile {
             if b + 1 == self.buckets && bucket[5] & CONTINUES != 0 {
                 return Err(self.corrupt(at + 5, "the last bucket continues"));
             }
-            let mut i = BUCKET_HEAD_LEN;
-            for _ in 0..bucket[4] {
-                let (r, end) = self.packed_record(bucket, b, i)?;
-                let v = self.value_of(&r)?;
-                if let Err((off, len)) = r.value {
+            let n = usize::from(bucket[4]);
+            // Where the last record ends: the bytes after it must be zero.
+            let mut used = BUCKET_HEAD_LEN;
+            if self.key_form == KeyForm::MyKeyId {
+                let mask = le_u32(bucket, 6);
+                if n < 32 && mask >> n != 0 {
+                    return Err(self.corrupt(at + 6, "heap mask names no record"));
+                }
+                let ends = ID_BUCKET_HEAD_LEN + ID_PACKED_LEN * n;
+                used = match n {
+                    0 => ID_BUCKET_HEAD_LEN,
+                    _ => bucket
+                        .get(ends + n - 1)
+                        .map_or(bucket.len(), |&e| usize::from(e)),
+                };
+            }
+            self.records(bucket, b, |i, k, stored| {
+                let v = self.value_of(stored)?;
+                match stored {
                     // Heap values lie in record order, back to back.
-                    if off != heap_next {
+                    Err((off, _)) if off != heap_next => {
                         return Err(self.corrupt(at + i, "heap reference out of order"));
                     }
-                    heap_next = off + (len + HEAP_CRC_LEN) as u64;
+                    Err((off, len)) => heap_next = off + (len + HEAP_CRC_LEN) as u64,
+                    Ok(v) if v.len() >= usize::from(IN_HEAP) => {
+                        return Err(self.corrupt(at + i, "inline value of 255 bytes or more"));
+                    }
+                    Ok(_) => {}
                 }
-                let h = key.hash(r.key);
-                if shard_of(h, usize::from(self.header.id.shard_count))
-                    != usize::from(self.header.id.shard)
-                {
-                    return Err(self.corrupt(at + i, "key belongs to another shard"));
+                if self.key_form == KeyForm::Bytes {
+                    let stored_len = stored.map_or(HEAP_REF_LEN, <[u8]>::len);
+                    used = i + 2 + k.len() + stored_len;
                 }
-                let home = home_bucket(h, self.home);
-                if home > b || b - home >= PROBE_BUCKETS_MAX as u64 {
-                    return Err(self.corrupt(at + i, "record outside its probe window"));
-                }
-                // The probe must reach this very record: it proves the continues flags on the
-                // way and that no earlier record has the same key.
-                match self.packed_get(h, r.key)? {
-                    Some(found) if std::ptr::eq(found.as_ptr(), v.as_ptr()) => {}
-                    _ => return Err(self.corrupt(at + i, "record unreachable or key duplicated")),
+                let reached = self.with_key(k, at + i, |k| -> Result<bool, StoreError> {
+                    let h = key.hash(k);
+                    if shard_of(h, usize::from(self.header.id.shard_count))
+                        != usize::from(self.header.id.shard)
+                    {
+                        return Err(self.corrupt(at + i, "key belongs to another shard"));
+                    }
+                    let home = home_bucket(h, self.home);
+                    if home > b || b - home >= PROBE_BUCKETS_MAX as u64 {
+                        return Err(self.corrupt(at + i, "record outside its probe window"));
+                    }
+                    // The probe must reach this very record: it proves the continues flags on
+                    // the way and that no earlier record has the same key.
+                    Ok(matches!(self.packed_get(h, k)?,
+                        Some(found) if std::ptr::eq(found.as_ptr(), v.as_ptr())))
+                })??;
+                if !reached {
+                    return Err(self.corrupt(at + i, "record unreachable or key duplicated"));
                 }
                 seen += 1;
-                i = end;
-            }
-            if bucket[i..].iter().any(|&x| x != 0) {
-                return Err(self.corrupt(at + i, "bytes after the last record not zero"));
+                Ok(None::<()>)
+            })?;
+            if bucket[used.min(bucket.len())..].iter().any(|&x| x != 0) {
+                return Err(self.corrupt(at + used, "bytes after the last record not zero"));
             }
         }
         if heap_next != self.header.heap_len {
             return Err(self.corrupt(self.heap_at, "heap not covered exactly by its references"));
         }
         Ok(seen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mykey_ids_pack_into_ten_bytes_and_back() {
+        for id in [
+            &b"00000000000000"[..],
+            b"ZZZZZZZZZZZZZZ",
+            b"1C2410DF79DGEL",
+            b"0000000ZZZZZZZ",
+        ] {
+            let p = pack_id(id).expect("an ID");
+            assert_eq!(&unpack_id(&p).expect("in range")[..], id);
+        }
+        assert_eq!(pack_id(b"1c2410DF79DGEL"), None, "lower case is not an ID");
+        assert_eq!(pack_id(b"1C2410DF79DGE"), None, "13 characters");
+        assert_eq!(pack_id(b"1C2410DF79DGE-"), None);
+        assert_eq!(unpack_id(&[0xFF; 10]), None, "2^80 - 1 is past 36^14");
+        let order: Vec<_> = [&b"00000000000001"[..], b"00000000000010"]
+            .iter()
+            .map(|k| pack_id(k))
+            .collect();
+        assert_ne!(order[0], order[1]);
     }
 }
