@@ -137,7 +137,7 @@ fn service_at(b: &[u8], at: &mut usize, len: usize, digits: bool) -> Option<Serv
             pair.copy_from_slice(&d);
         }
         // An odd count ends in a zero nibble (its '0' is cut off by `build`).
-        ok && (len % 2 == 0 || packed[len / 2] & 0x0F == 0)
+        ok && (len.is_multiple_of(2) || packed[len / 2] & 0x0F == 0)
     })
 }
 

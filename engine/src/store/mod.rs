@@ -398,8 +398,13 @@ impl Store {
             for (i, k) in chunk.iter().enumerate() {
                 hashes[i] = self.hash(k);
                 delta[i] = in_delta(hashes[i], k);
+            }
+            // Every bucket is requested before any is read, in a loop of its own: the delta
+            // checks above take a lock (a locked instruction, a full barrier), and prefetches
+            // issued between them wait behind it (batches of 16 took ~1.8× as long).
+            for (i, h) in hashes.iter().enumerate().take(chunk.len()) {
                 if !delta[i] {
-                    t.shards[shard_of(hashes[i], t.shards.len())].prefetch(hashes[i]);
+                    t.shards[shard_of(*h, t.shards.len())].prefetch(*h);
                 }
             }
             for (i, (h, k)) in hashes.iter().zip(chunk).enumerate() {

@@ -600,8 +600,8 @@ impl ShardFile {
         h: u64,
         is_key: impl Fn(&[u8]) -> bool,
     ) -> Result<Option<&[u8]>, StoreError> {
-        let mut b = home_bucket(h, self.home);
-        for _ in 0..PROBE_BUCKETS_MAX {
+        let home = home_bucket(h, self.home);
+        for b in home..home + PROBE_BUCKETS_MAX as u64 {
             if b >= self.buckets {
                 return Err(self.corrupt(self.body, "a probe ran past the last bucket"));
             }
@@ -613,7 +613,6 @@ impl ShardFile {
             if bucket[5] & CONTINUES == 0 {
                 return Ok(None);
             }
-            b += 1;
         }
         Ok(None)
     }
