@@ -522,10 +522,12 @@ fn a_corrupt_snapshot_read_is_refused_logged_once_and_named_by_readiness() {
     let mut b = std::fs::read(&shard).expect("read");
     let u32_at =
         |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as usize;
-    let buckets = u32_at(&b, 32);
+    // Format version 2 (`snapshots/README.md`): `T` buckets of `P` bytes from offset `P`,
+    // each opening with its CRC.
+    let buckets = u32_at(&b, 36);
     let stride = u32_at(&b, 52);
     for i in 0..buckets {
-        b[64 + stride * i + 60] ^= 1;
+        b[stride * (i + 1)] ^= 1;
     }
     std::fs::write(&shard, b).expect("write");
     let store = reopen(dir.path()).expect("opens: only headers are checked on open");
