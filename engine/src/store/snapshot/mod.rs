@@ -854,6 +854,41 @@ mod tests {
         every_flip_is_caught(&fs, "t.snap", id(), &key, &want);
     }
 
+    /// Values of every size around the limits of a key form 1 bucket (the last value end is
+    /// a byte, 255 at most; 255 bytes and more go to the heap) are placed, found and verified.
+    #[test]
+    fn values_at_the_edges_of_a_packed_id_bucket_are_placed_and_found() {
+        let fs = SimFs::new(1);
+        let key = HashKey([11, 12]);
+        // Values of 220..=244 bytes: in a bucket of 256 bytes, those that would end past offset
+        // 255 must go to the heap, like every value of 255 bytes and more.
+        let want: Vec<(Vec<u8>, Vec<u8>)> = (220..245usize)
+            .chain([255, 300])
+            .map(|n| {
+                let k = format!("{n:014}").into_bytes();
+                (k, vec![n as u8; n])
+            })
+            .collect();
+        let mut b = ShardBuilder::default();
+        for (k, v) in &want {
+            b.push(key.hash(k), k, v).expect("push");
+        }
+        let w = b
+            .write(&fs, "t.snap", id(), true)
+            .expect("io")
+            .expect("no dup");
+        let f = ShardFile::open(&fs, "t.snap", id(), w.len, w.header_crc).expect("open");
+        assert_eq!(f.header().key_form, KeyForm::MyKeyId);
+        assert!(
+            f.header().heap_len > 0,
+            "values too long for a bucket are in the heap"
+        );
+        assert_eq!(f.verify(&key).expect("verify"), want.len() as u64);
+        for (k, v) in &want {
+            assert_eq!(f.get(key.hash(k), k).expect("get"), Some(&v[..]));
+        }
+    }
+
     /// A version 1 shard of the golden store (`snapshots/golden/v1/`), written by an earlier
     /// release: it still opens, answers, walks and verifies, and every flipped bit is caught.
     #[test]

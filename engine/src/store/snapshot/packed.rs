@@ -104,6 +104,16 @@ impl KeyForm {
         }
     }
 
+    /// Bytes of a bucket of `len` bytes that records can fill: all after the head, and in key
+    /// form 1 no further than offset 255, the largest value end a byte holds.
+    #[inline]
+    pub fn room(self, len: usize) -> usize {
+        match self {
+            Self::Bytes => len - BUCKET_HEAD_LEN,
+            Self::MyKeyId => len.min(usize::from(u8::MAX)) - ID_BUCKET_HEAD_LEN,
+        }
+    }
+
     /// Bytes a record takes besides its value: its lengths (or its value end) and its key.
     #[inline]
     fn record_head(self, key_len: usize) -> usize {
@@ -202,7 +212,7 @@ pub fn unpack_id(p: &[u8]) -> Option<[u8; ID_KEY_LEN]> {
 /// the heap (a value of 255 bytes or more, or a record larger than a bucket's room).
 pub fn placed_len(form: KeyForm, key: usize, value: usize, bucket_len: usize) -> (usize, bool) {
     let inline = form.record_head(key) + value;
-    if value < usize::from(IN_HEAP) && inline <= bucket_len - form.bucket_head() {
+    if value < usize::from(IN_HEAP) && inline <= form.room(bucket_len) {
         (inline, false)
     } else {
         (form.record_head(key) + HEAP_REF_LEN, true)
@@ -211,7 +221,7 @@ pub fn placed_len(form: KeyForm, key: usize, value: usize, bucket_len: usize) ->
 
 /// Share of a bucket of `len` bytes that records of `mean` bytes can fill, in thousandths.
 fn packing(form: KeyForm, len: usize, mean: usize) -> usize {
-    let fit = (len - form.bucket_head()) / mean.max(1);
+    let fit = form.room(len) / mean.max(1);
     fit * mean * 1000 / len
 }
 
@@ -351,12 +361,7 @@ pub fn layout(
     home: u64,
     bucket_len: usize,
 ) -> Result<Laid, Option<Duplicate>> {
-    // A value end must fit a byte: key form 1 writes an end of at most 255.
-    let room = if form == KeyForm::MyKeyId {
-        bucket_len.min(255) - ID_BUCKET_HEAD_LEN
-    } else {
-        bucket_len - BUCKET_HEAD_LEN
-    };
+    let room = form.room(bucket_len);
     // (home bucket, hash, index), sorted: records in home order, equal hashes adjacent.
     let mut order: Vec<(u32, u64, u32)> = items
         .iter()
