@@ -23,6 +23,19 @@ pub const BUCKET_HEAD_LEN: usize = 6;
 pub const ID_BUCKET_HEAD_LEN: usize = 10;
 /// Flag bit 0 of a bucket: a key whose home is this bucket or an earlier one is stored later.
 pub const CONTINUES: u8 = 1;
+/// Flag bits 1–7 of a bucket, its **spill filter**: bit `1 + spill_bit(h)` is set for every key
+/// whose home is this bucket and that is stored in a later one. A probe whose key is not in its
+/// home bucket goes on only if its bit is set, so most misses read one bucket.
+pub const SPILL_FILTER: u8 = 0xFE;
+/// Bits of the spill filter.
+const SPILL_BITS: u64 = 7;
+
+/// The spill filter bit of hash `h`: from bits 32–39, which neither the home bucket (bits
+/// 0–31) nor, for any shard count below 2²⁴, the shard (the top bits) decide.
+#[inline]
+pub fn spill_bit(h: u64) -> u8 {
+    2 << ((h >> 32 & 0xFF) % SPILL_BITS)
+}
 /// Smallest bucket: one cache line.
 pub const BUCKET_LEN_MIN: usize = 64;
 /// Largest bucket size.
@@ -421,7 +434,12 @@ pub fn layout(
             if b + 1 - u64::from(oldest) >= PROBE_BUCKETS_MAX as u64 {
                 return Err(None);
             }
-            buckets[base + 5] = CONTINUES;
+            let spilled = waiting
+                .iter()
+                .rev()
+                .take_while(|&&(home, _)| u64::from(home) == b)
+                .fold(0, |f, &(_, i)| f | spill_bit(items[i as usize].h));
+            buckets[base + 5] = CONTINUES | spilled;
         }
         let crc = crc32c::crc32c(&buckets[base + 4..base + bucket_len]);
         buckets[base..base + 4].copy_from_slice(&crc.to_le_bytes());
@@ -615,7 +633,9 @@ impl ShardFile {
             if let Some(v) = found {
                 return self.value_of(v).map(Some);
             }
-            if bucket[5] & CONTINUES == 0 {
+            // Past the home bucket only while some key goes on, and past the home bucket
+            // itself only if a key of this home that looks like ours spilled.
+            if bucket[5] & CONTINUES == 0 || b == home && bucket[5] & spill_bit(h) == 0 {
                 return Ok(None);
             }
         }
@@ -659,11 +679,15 @@ impl ShardFile {
         }
         let mut seen = 0u64;
         let mut heap_next = 0u64;
+        // The spill filter each bucket must have, from where its keys were found.
+        let mut filters = vec![0u8; self.buckets as usize];
         for b in 0..self.buckets {
             let bucket = self.packed_bucket(b)?;
             let at = self.body + b as usize * self.stride;
-            if bucket[5] & !CONTINUES != 0 {
-                return Err(self.corrupt(at + 5, "unknown bucket flags"));
+            if bucket[5] & SPILL_FILTER != 0 && bucket[5] & CONTINUES == 0 {
+                return Err(
+                    self.corrupt(at + 5, "a spill filter on a bucket that does not continue")
+                );
             }
             if b + 1 == self.buckets && bucket[5] & CONTINUES != 0 {
                 return Err(self.corrupt(at + 5, "the last bucket continues"));
@@ -712,6 +736,9 @@ impl ShardFile {
                     if home > b || b - home >= PROBE_BUCKETS_MAX as u64 {
                         return Err(self.corrupt(at + i, "record outside its probe window"));
                     }
+                    if home < b {
+                        filters[home as usize] |= spill_bit(h);
+                    }
                     // The probe must reach this very record: it proves the continues flags on
                     // the way and that no earlier record has the same key.
                     Ok(matches!(self.packed_get(h, k)?,
@@ -725,6 +752,15 @@ impl ShardFile {
             })?;
             if bucket[used.min(bucket.len())..].iter().any(|&x| x != 0) {
                 return Err(self.corrupt(at + used, "bytes after the last record not zero"));
+            }
+        }
+        for (b, want) in filters.iter().enumerate() {
+            let flags = self.bytes[self.body + b * self.stride + 5];
+            if flags & SPILL_FILTER != *want {
+                return Err(self.corrupt(
+                    self.body + b * self.stride + 5,
+                    "spill filter differs from the keys spilled",
+                ));
             }
         }
         if heap_next != self.header.heap_len {
