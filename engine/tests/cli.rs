@@ -124,6 +124,17 @@ fn build_inspect_verify_and_a_damaged_store() {
         out.contains("ids                 24 records in 2 shard(s)"),
         "{out}"
     );
+    // What layout each table's shards have, read from their headers.
+    let ids = out.lines().find(|l| l.contains("ids ")).unwrap_or_default();
+    assert!(ids.contains("; format 2, packed MyKey IDs, "), "{out}");
+    let certs = out
+        .lines()
+        .find(|l| l.contains("certs "))
+        .unwrap_or_default();
+    assert!(
+        certs.contains("; format 2, ") && !certs.contains("MyKey IDs"),
+        "{out}"
+    );
     let o = mykeyd(&["snapshot", "verify", &s]);
     assert!(o.status.success(), "{}", text(&o).1);
     assert!(text(&o).0.contains("verify: OK"));

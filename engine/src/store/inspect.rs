@@ -12,10 +12,42 @@ pub struct Inspection {
     pub manifest: Manifest,
     /// Per table: records per shard.
     pub shard_entries: Vec<(&'static str, Vec<u64>)>,
+    /// Per table, in the same order: the distinct layouts of its shard files.
+    pub shard_layouts: Vec<Vec<ShardLayout>>,
     /// Bytes of all snapshot files.
     pub snapshot_bytes: u64,
     /// Log segments, oldest first.
     pub segments: Vec<SegmentInfo>,
+}
+
+/// How a table's shard files are laid out (`snapshots/README.md`), as `inspect` read their
+/// headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardLayout {
+    /// Snapshot format version.
+    pub version: u16,
+    /// How keys are stored (always bytes in version 1).
+    pub key_form: snapshot::KeyForm,
+    /// Bucket size (version 2) or stride (version 1), in bytes.
+    pub bucket_len: u64,
+}
+
+impl std::fmt::Display for ShardLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.version, self.key_form) {
+            (1, _) => write!(f, "format 1, {}-byte strides", self.bucket_len),
+            (v, snapshot::KeyForm::MyKeyId) => {
+                write!(
+                    f,
+                    "format {v}, packed MyKey IDs, {}-byte buckets",
+                    self.bucket_len
+                )
+            }
+            (v, snapshot::KeyForm::Bytes) => {
+                write!(f, "format {v}, {}-byte buckets", self.bucket_len)
+            }
+        }
+    }
 }
 
 /// One log segment as `inspect` saw it.
@@ -49,10 +81,21 @@ pub fn inspect(
     let manifest = read_manifest(fs, schema)?;
     let shards = open_shards(fs, schema, &manifest)?;
     let mut shard_entries = Vec::new();
+    let mut shard_layouts = Vec::new();
     let mut snapshot_bytes = 0;
     for (t, files) in schema.ids().zip(&shards) {
         let mut v = Vec::new();
+        let mut layouts: Vec<ShardLayout> = Vec::new();
         for f in files {
+            let h = f.header();
+            let l = ShardLayout {
+                version: h.version,
+                key_form: h.key_form,
+                bucket_len: h.stride,
+            };
+            if !layouts.contains(&l) {
+                layouts.push(l);
+            }
             if verify {
                 f.verify(&manifest.hash_key)?;
                 progress(f.name());
@@ -61,6 +104,7 @@ pub fn inspect(
             snapshot_bytes += f.file_len();
         }
         shard_entries.push((schema.name(t), v));
+        shard_layouts.push(layouts);
     }
     let mut segments = Vec::new();
     let list = list_segments(fs)?;
@@ -81,6 +125,7 @@ pub fn inspect(
     Ok(Inspection {
         manifest,
         shard_entries,
+        shard_layouts,
         snapshot_bytes,
         segments,
     })

@@ -96,10 +96,10 @@ pub fn inspect(dir: &Path, verify: bool) -> Result<(), String> {
             "not started yet"
         }
     );
-    for (t, counts) in &ins.shard_entries {
+    for ((t, counts), layouts) in ins.shard_entries.iter().zip(&ins.shard_layouts) {
         let total: u64 = counts.iter().sum();
         println!(
-            "  {:<9} {:>12} records in {} shard(s): {}",
+            "  {:<9} {:>12} records in {} shard(s): {}; {}",
             t,
             total,
             counts.len(),
@@ -107,7 +107,12 @@ pub fn inspect(dir: &Path, verify: bool) -> Result<(), String> {
                 .iter()
                 .map(u64::to_string)
                 .collect::<Vec<_>>()
-                .join(" ")
+                .join(" "),
+            layouts
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" and ")
         );
     }
     println!("  snapshot files: {} bytes", ins.snapshot_bytes);
