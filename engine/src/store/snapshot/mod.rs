@@ -576,18 +576,16 @@ impl ShardBuilder {
         };
         // MyKey IDs packed when every key is one and their buckets stay small enough.
         let ids = KeyForm::for_keys(items.iter().map(|it| it.key)) == KeyForm::MyKeyId;
-        let (form, mean, bucket_len) = match ids
-            .then(|| packed::bucket_len_for(KeyForm::MyKeyId, mean_in(KeyForm::MyKeyId), key_max))
-            .flatten()
-        {
-            Some(len) => (KeyForm::MyKeyId, mean_in(KeyForm::MyKeyId), len),
-            None => {
-                let mean = mean_in(KeyForm::Bytes);
-                let len = packed::bucket_len_for(KeyForm::Bytes, mean, key_max)
-                    .unwrap_or(packed::BUCKET_LEN_MAX);
-                (KeyForm::Bytes, mean, len)
-            }
-        };
+        let packed_ids = ids.then(|| mean_in(KeyForm::MyKeyId)).and_then(|mean| {
+            packed::bucket_len_for(KeyForm::MyKeyId, mean, key_max)
+                .map(|len| (KeyForm::MyKeyId, mean, len))
+        });
+        let (form, mean, bucket_len) = packed_ids.unwrap_or_else(|| {
+            let mean = mean_in(KeyForm::Bytes);
+            let len = packed::bucket_len_for(KeyForm::Bytes, mean, key_max)
+                .unwrap_or(packed::BUCKET_LEN_MAX);
+            (KeyForm::Bytes, mean, len)
+        });
         let total: usize = items.iter().map(|it| placed(form, it, bucket_len)).sum();
         let load = if hot {
             packed::LOAD_PCT_HOT
@@ -687,6 +685,23 @@ mod tests {
         (fs, key, w)
     }
 
+    /// The records `pairs` written as `t.snap` on `fs` (hashed with `key`) and opened.
+    fn written<'p>(
+        fs: &SimFs,
+        key: &HashKey,
+        pairs: impl IntoIterator<Item = (&'p [u8], &'p [u8])>,
+    ) -> ShardFile {
+        let mut b = ShardBuilder::default();
+        for (k, v) in pairs {
+            b.push(key.hash(k), k, v).expect("push");
+        }
+        let w = b
+            .write(fs, "t.snap", id(), true)
+            .expect("io")
+            .expect("no dup");
+        ShardFile::open(fs, "t.snap", id(), w.len, w.header_crc).expect("open")
+    }
+
     #[test]
     fn short_crc_equals_the_crate() {
         let mut x = 0x9E37_79B9_u64;
@@ -727,18 +742,11 @@ mod tests {
     fn records_too_big_for_their_stride_go_to_the_overflow_heap() {
         let fs = SimFs::new(1);
         let key = HashKey([3, 4]);
-        let mut b = ShardBuilder::default();
         let value = |i: u32| vec![i as u8; if i.is_multiple_of(10) { 3000 } else { 4 }];
-        for i in 0..500u32 {
-            let k = format!("key{i}");
-            b.push(key.hash(k.as_bytes()), k.as_bytes(), &value(i))
-                .expect("push");
-        }
-        let w = b
-            .write(&fs, "t.snap", id(), true)
-            .expect("io")
-            .expect("no dup");
-        let f = ShardFile::open(&fs, "t.snap", id(), w.len, w.header_crc).expect("open");
+        let pairs: Vec<_> = (0..500u32)
+            .map(|i| (format!("key{i}").into_bytes(), value(i)))
+            .collect();
+        let f = written(&fs, &key, pairs.iter().map(|(k, v)| (&k[..], &v[..])));
         assert!(f.header().heap_len > 0, "some records overflowed");
         assert_eq!(f.verify(&key).expect("verify"), 500);
         for i in 0..500u32 {
@@ -822,16 +830,14 @@ mod tests {
         let ids: Vec<Vec<u8>> = (0..60u64)
             .map(|i| format!("{:07}ABCZ{:03}", i * 7919, i).into_bytes())
             .collect();
-        let mut b = ShardBuilder::default();
-        for (i, k) in ids.iter().enumerate() {
-            b.push(key.hash(k), k, format!("value {i}").as_bytes())
-                .expect("push");
-        }
-        let w = b
-            .write(&fs, "t.snap", id(), true)
-            .expect("io")
-            .expect("no dup");
-        let f = ShardFile::open(&fs, "t.snap", id(), w.len, w.header_crc).expect("open");
+        let values: Vec<Vec<u8>> = (0..ids.len())
+            .map(|i| format!("value {i}").into_bytes())
+            .collect();
+        let f = written(
+            &fs,
+            &key,
+            ids.iter().zip(&values).map(|(k, v)| (&k[..], &v[..])),
+        );
         assert_eq!(f.header().key_form, KeyForm::MyKeyId);
         assert_eq!(f.verify(&key).expect("verify"), 60);
         let mut walked = Vec::new();
@@ -869,15 +875,7 @@ mod tests {
                 (k, vec![n as u8; n])
             })
             .collect();
-        let mut b = ShardBuilder::default();
-        for (k, v) in &want {
-            b.push(key.hash(k), k, v).expect("push");
-        }
-        let w = b
-            .write(&fs, "t.snap", id(), true)
-            .expect("io")
-            .expect("no dup");
-        let f = ShardFile::open(&fs, "t.snap", id(), w.len, w.header_crc).expect("open");
+        let f = written(&fs, &key, want.iter().map(|(k, v)| (&k[..], &v[..])));
         assert_eq!(f.header().key_form, KeyForm::MyKeyId);
         assert!(
             f.header().heap_len > 0,
@@ -956,15 +954,7 @@ mod tests {
         );
         // Through the builder, which sizes the table itself.
         let fs = SimFs::new(1);
-        let mut b = ShardBuilder::default();
-        for it in items {
-            b.push(it.h, it.key, it.value).expect("push");
-        }
-        let w = b
-            .write(&fs, "t.snap", id(), true)
-            .expect("io")
-            .expect("no dup");
-        let f = ShardFile::open(&fs, "t.snap", id(), w.len, w.header_crc).expect("open");
+        let f = written(&fs, &key, items.iter().map(|it| (it.key, it.value)));
         assert_eq!(f.verify(&key).expect("verify"), 40);
         for k in keys {
             assert_eq!(

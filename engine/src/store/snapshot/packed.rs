@@ -601,6 +601,12 @@ impl ShardFile {
     #[inline]
     pub(super) fn packed_get(&self, h: u64, key: &[u8]) -> Result<Option<&[u8]>, StoreError> {
         self.packed_prefetch(h);
+        self.packed_lookup(h, key)
+    }
+
+    /// [`ShardFile::packed_get`] without its prefetch (a batch has issued it already).
+    #[inline]
+    fn packed_lookup(&self, h: u64, key: &[u8]) -> Result<Option<&[u8]>, StoreError> {
         match self.key_form {
             KeyForm::Bytes => self.packed_probe(h, |k| k == key),
             KeyForm::MyKeyId => match pack_id(key) {
@@ -645,7 +651,7 @@ impl ShardFile {
     /// The batch's second step: the whole probe (its bucket was prefetched in the first).
     #[inline]
     pub(super) fn packed_begin(&self, h: u64, key: &[u8]) -> Result<Probe<'_>, StoreError> {
-        Ok(match self.packed_get(h, key)? {
+        Ok(match self.packed_lookup(h, key)? {
             Some(v) => Probe::Found(v),
             None => Probe::Absent,
         })
