@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::StoreError;
 use super::fs::{Fs, Mapped};
-use super::hash::HashKey;
+use super::hash::{HashKey, shard_of};
 
 mod packed;
 mod slotted;
@@ -315,6 +315,15 @@ impl ShardFile {
     /// The file size in bytes.
     pub fn file_len(&self) -> u64 {
         self.bytes.len() as u64
+    }
+
+    /// `verify`'s check that a key of hash `h`, read at `offset`, belongs to this shard.
+    fn check_shard(&self, h: u64, offset: usize) -> Result<(), StoreError> {
+        let id = &self.header.id;
+        if shard_of(h, usize::from(id.shard_count)) != usize::from(id.shard) {
+            return Err(self.corrupt(offset, "key belongs to another shard"));
+        }
+        Ok(())
     }
 
     fn corrupt(&self, offset: usize, what: &'static str) -> StoreError {

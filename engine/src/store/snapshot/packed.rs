@@ -14,7 +14,7 @@ use super::{
     prefetch_read,
 };
 use crate::store::StoreError;
-use crate::store::hash::{HashKey, shard_of};
+use crate::store::hash::HashKey;
 
 /// Bucket head of key form 0: CRC u32, record count u8, flags u8.
 pub const BUCKET_HEAD_LEN: usize = 6;
@@ -733,11 +733,7 @@ impl ShardFile {
                 }
                 let reached = self.with_key(k, at + i, |k| -> Result<bool, StoreError> {
                     let h = key.hash(k);
-                    if shard_of(h, usize::from(self.header.id.shard_count))
-                        != usize::from(self.header.id.shard)
-                    {
-                        return Err(self.corrupt(at + i, "key belongs to another shard"));
-                    }
+                    self.check_shard(h, at + i)?;
                     let home = home_bucket(h, self.home);
                     if home > b || b - home >= PROBE_BUCKETS_MAX as u64 {
                         return Err(self.corrupt(at + i, "record outside its probe window"));

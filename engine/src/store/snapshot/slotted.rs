@@ -11,7 +11,7 @@ use super::{
     le_u64, prefetch_read,
 };
 use crate::store::StoreError;
-use crate::store::hash::{HashKey, shard_of};
+use crate::store::hash::HashKey;
 
 /// Slot line size: one cache line of slots; a stride adds its inline record area.
 pub const BUCKET_LEN: usize = 64;
@@ -214,11 +214,7 @@ impl ShardFile {
                 if slot >> 40 != tag_of(h) {
                     return Err(self.corrupt(at, "slot tag does not match its key"));
                 }
-                if shard_of(h, usize::from(self.header.id.shard_count))
-                    != usize::from(self.header.id.shard)
-                {
-                    return Err(self.corrupt(at, "key belongs to another shard"));
-                }
+                self.check_shard(h, at)?;
                 // The probe for this key must reach this record: this also proves uniqueness,
                 // since a probe stops at the first record with an equal key.
                 match self.slotted_get(h, rec.key)? {
