@@ -516,6 +516,65 @@ fn a_new_ca_after_a_change_of_known_revocations_keeps_its_own_index() {
     }
 }
 
+/// A change big enough that its keys are made and read on one thread per core, with CA runs
+/// that start inside a thread's share (the last a CA first seen there), certificates revoked
+/// already (in the snapshot and in the delta) and IDs bound to some: every certificate is
+/// counted and applied as if read alone.
+#[test]
+fn a_big_change_over_several_cas_reads_each_certificate_as_alone() {
+    let dir = TempDir::new("revoke-big-change");
+    let r = registry_with(&dir, &["A-α1-0001"]);
+    let partner = actor("verifier-partner-1");
+    // Three runs of 1,000 (CAs 1, 2, 3) and one of 500 (CA 4, new in this change).
+    let ca_of = |n: u64| match n {
+        0..1000 => 1,
+        1000..2000 => 2,
+        2000..3000 => 3,
+        _ => 4,
+    };
+    let list: Vec<_> = (0..3500).map(|n| cert(ca_of(n), n)).collect();
+    let bound = [11, 1501, 2049, 2999, 3001, 3499];
+    for (i, &n) in bound.iter().enumerate() {
+        r.register_full(at(0), actor("portal"), mykey(i as u64), cert(ca_of(n), n))
+            .expect("register");
+    }
+    let in_snapshot: Vec<_> = (0..3000)
+        .filter(|n| n % 5 == 0)
+        .map(|n| cert(ca_of(n), n))
+        .collect();
+    r.revoke(at(1), partner, &in_snapshot).expect("earlier");
+    r.store().compact().expect("compact");
+    let in_delta: Vec<_> = (0..3000)
+        .filter(|n| n % 7 == 1)
+        .map(|n| cert(ca_of(n), n))
+        .collect();
+    r.revoke(at(1), partner, &in_delta).expect("earlier");
+    let known = (0..3000u64).filter(|n| n % 5 == 0 || n % 7 == 1).count() as u64;
+    let sum = r.revoke(at(2), partner, &list).expect("revoke");
+    assert_eq!(
+        sum,
+        RevokeSummary {
+            newly_revoked: 3500 - known,
+            already_known: known,
+            suspended: bound.len() as u64,
+        }
+    );
+    drop(r);
+    let r = reopen(&dir);
+    let p = provider("A-α1-0001");
+    for i in 0..bound.len() as u64 {
+        assert_eq!(look(&r, 3, i, &p), Lookup::Suspended, "ID {i}");
+    }
+    for n in [0, 999, 1000, 2048, 2050, 3000, 3499] {
+        assert!(r.is_revoked(&cert(ca_of(n), n)).expect("read"), "cert {n}");
+    }
+    assert!(!r.is_revoked(&cert(4, 3500)).expect("read"));
+    assert!(
+        !r.is_revoked(&cert(1, 1000)).expect("read"),
+        "CA 1's run ends at 999"
+    );
+}
+
 #[test]
 fn deletion_is_final() {
     let (_dir, r, p) = setup("delete");

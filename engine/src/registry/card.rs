@@ -249,18 +249,14 @@ impl Registry {
         // Checked once here, so the loop below cannot fail half-way on a bad identifier.
         CertRef::new(&list.ca_key_id, &[1])?;
         let entries = list.serials.len() as u64;
-        let mut certs = list
-            .serials
-            .iter()
-            .filter_map(|s| CertRef::new(&list.ca_key_id, s.as_bytes()).ok());
+        let certs = super::revocation::OneCa {
+            ca_key_id: &list.ca_key_id,
+            serials: &list.serials,
+        };
         // Serials that ascend are distinct (`SerialNo` orders as the numbers do).
         let distinct = list.serials.windows(2).all(|w| w[0] < w[1]);
-        let revoke = self.revoke_all(
-            now,
-            actor,
-            &mut certs,
-            distinct,
-            &mut |t: &mut Tx<'_>, sum| {
+        let revoke =
+            self.revoke_all(now, actor, &certs, distinct, &mut |t: &mut Tx<'_>, sum| {
                 let mut rec = Vec::with_capacity(PUSH_RECORD_LEN);
                 rec.push(kind);
                 rec.extend_from_slice(&digest);
@@ -284,8 +280,7 @@ impl Registry {
                     );
                 }
                 Ok(())
-            },
-        )?;
+            })?;
         Ok(PushSummary {
             revoke,
             entries,

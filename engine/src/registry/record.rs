@@ -168,12 +168,19 @@ pub struct BoundCert {
 impl BoundCert {
     /// The certificate `cert` with its CA at dictionary index `ca`.
     pub fn of(ca: u32, cert: &crate::id::CertRef) -> Self {
-        let mut serial = [0u8; crate::id::SERIAL_LEN_MAX];
-        serial[..cert.serial().len()].copy_from_slice(cert.serial());
+        Self::of_serial(ca, cert.serial())
+    }
+
+    /// The certificate of serial `serial` (big-endian, no leading zero byte, at most
+    /// `SERIAL_LEN_MAX` bytes: a longer one is cut) with its CA at dictionary index `ca`.
+    pub fn of_serial(ca: u32, serial: &[u8]) -> Self {
+        let serial = &serial[..serial.len().min(crate::id::SERIAL_LEN_MAX)];
+        let mut bytes = [0u8; crate::id::SERIAL_LEN_MAX];
+        bytes[..serial.len()].copy_from_slice(serial);
         Self {
             ca,
-            serial_len: cert.serial().len() as u8,
-            serial,
+            serial_len: serial.len() as u8,
+            serial: bytes,
         }
     }
 

@@ -1,14 +1,63 @@
 //! Revocation: certificates marked revoked and the IDs bound to them suspended, in changes of
 //! at most `REVOCATIONS_PER_CHANGE_MAX` certificates each; the revocation index read by card
-//! checks. Partner pushes (`card`) come through here. Whether a certificate is revoked already,
-//! and for those that are not whether an ID is bound to it, is read for `BATCH_WINDOW`
-//! certificates at a time (`Window`), in batched store reads, and through the transaction only
-//! for a key written since; it never writes outside a transaction.
+//! checks. Partner pushes (`card`) come through here. A change's certificates are first made
+//! into store keys and looked up (`Slots::prepare`: whether each is revoked already, and for
+//! those that are not whether an ID is bound to it), in batched store reads shared out among
+//! the cores; then they are applied in order on the calling thread, which asks the
+//! transaction again only for a key written since. It never writes outside a transaction.
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
-use crate::id::CA_KEY_ID_LEN_MAX;
+use crate::id::SERIAL_LEN_MAX;
+use crate::jpki::crl::SerialNo;
 use crate::store::BATCH_WINDOW;
+
+/// Certificates of a change from which its keys are made and read on more than one thread
+/// (below it, a thread's start would cost more than it saves).
+const PREPARE_PARALLEL_MIN: usize = 1024;
+
+/// The certificates a revocation names, by position, read from several threads at once
+/// while a change is prepared.
+pub(super) trait Certs: Sync {
+    /// How many.
+    fn len(&self) -> usize;
+    /// The CA key identifier of certificate `i` (below `len`).
+    fn ca_key_id(&self, i: usize) -> &[u8];
+    /// The serial of certificate `i`, big-endian without leading zero bytes; `None` if it is
+    /// not one a certificate reference holds (then the certificate is skipped).
+    fn serial(&self, i: usize) -> Option<&[u8]>;
+}
+
+impl Certs for &[CertRef] {
+    fn len(&self) -> usize {
+        <[CertRef]>::len(self)
+    }
+    fn ca_key_id(&self, i: usize) -> &[u8] {
+        self[i].ca_key_id()
+    }
+    fn serial(&self, i: usize) -> Option<&[u8]> {
+        Some(self[i].serial())
+    }
+}
+
+/// One CA generation's serials: a CRL or a partner's serial list. The caller checks the key
+/// identifier once (`CertRef::new`); a `SerialNo` is a valid serial by construction.
+pub(super) struct OneCa<'a> {
+    pub(super) ca_key_id: &'a [u8],
+    pub(super) serials: &'a [SerialNo],
+}
+
+impl Certs for OneCa<'_> {
+    fn len(&self) -> usize {
+        self.serials.len()
+    }
+    fn ca_key_id(&self, _: usize) -> &[u8] {
+        self.ca_key_id
+    }
+    fn serial(&self, i: usize) -> Option<&[u8]> {
+        Some(self.serials[i].as_bytes())
+    }
+}
 
 impl Registry {
     /// Revokes certificates and suspends the IDs bound to them, each certificate in the same
@@ -22,13 +71,7 @@ impl Registry {
         let distinct = certs
             .windows(2)
             .all(|w| cert_order(&w[0]) < cert_order(&w[1]));
-        self.revoke_all(
-            now,
-            actor,
-            &mut certs.iter().copied(),
-            distinct,
-            &mut |_, _| Ok(()),
-        )
+        self.revoke_all(now, actor, &certs, distinct, &mut |_, _| Ok(()))
     }
 
     /// The revocation loop: `certs` in changes of at most [`REVOCATIONS_PER_CHANGE_MAX`];
@@ -45,17 +88,18 @@ impl Registry {
         &self,
         now: Timestamp,
         actor: ActorId,
-        certs: &mut dyn Iterator<Item = CertRef>,
+        certs: &dyn Certs,
         distinct: bool,
         last: &mut dyn FnMut(&mut Tx<'_>, &RevokeSummary) -> Result<(), RegistryError>,
     ) -> Result<RevokeSummary, RegistryError> {
         let mut sum = RevokeSummary::default();
-        let mut certs = certs.peekable();
-        let mut window = Window::default();
+        let mut slots = Slots::default();
+        let mut next = 0;
         loop {
             let mut t = self.begin_exclusive(now, actor)?;
-            let r =
-                self.submit_revocations(&mut t, &mut certs, &mut window, distinct, last, &mut sum);
+            let r = self.submit_revocations(
+                &mut t, certs, &mut next, &mut slots, distinct, last, &mut sum,
+            );
             // Even when a later change failed, the ones submitted before it are made durable
             // (and visible) now, before another writer comes in; the failed one is dropped.
             let durable = t.tx.commit_parts();
@@ -68,52 +112,45 @@ impl Registry {
     }
 
     /// Submits changes of the revocation as parts of `t`, at most
-    /// `revocation_changes_per_hold` of them; whether the last is among them (else the caller
-    /// makes these durable and goes on in a new exclusive write, with `certs` and `window`).
+    /// `revocation_changes_per_hold` of them, from certificate `next` on (moved past the
+    /// ones applied); whether the last is among them (else the caller makes these durable
+    /// and goes on in a new exclusive write).
+    #[allow(clippy::too_many_arguments)]
     fn submit_revocations(
         &self,
         t: &mut Tx<'_>,
-        certs: &mut std::iter::Peekable<&mut dyn Iterator<Item = CertRef>>,
-        window: &mut Window,
+        certs: &dyn Certs,
+        next: &mut usize,
+        slots: &mut Slots,
         distinct: bool,
         last: &mut dyn FnMut(&mut Tx<'_>, &RevokeSummary) -> Result<(), RegistryError>,
         sum: &mut RevokeSummary,
     ) -> Result<bool, RegistryError> {
         for _ in 0..self.config.revocation_changes_per_hold.max(1) {
-            // Certificates carried over from the last change are bound and read again.
-            window.begin_change(self, t)?;
-            let mut taken = 0;
-            loop {
-                if window.next == window.len {
-                    window.fill(self, t, certs)?;
-                    if window.len == 0 {
-                        break;
-                    }
-                }
+            // Keys are made and read in the change that applies them: certificates a change
+            // left (it grew too long) are prepared again in the next one.
+            let n = REVOCATIONS_PER_CHANGE_MAX.min(certs.len() - *next);
+            slots.prepare(self, t, certs, *next, n)?;
+            for s in &slots.slots[..n] {
                 // Keep each change well under the log's record limit, whatever the records hold.
-                if taken == REVOCATIONS_PER_CHANGE_MAX
-                    || t.tx.approx_len() > crate::store::wal::CHANGE_LEN_MAX / 2
-                {
+                if t.tx.approx_len() > crate::store::wal::CHANGE_LEN_MAX / 2 {
                     break;
                 }
-                let i = window.next;
-                window.next += 1;
-                taken += 1;
-                let key = window.key(i);
+                *next += 1;
+                let Some(key) = s.key() else { continue };
                 // The batch read stands unless this push (or a write queued before it) has
                 // put the key since.
                 let revoked = if t.tx.overrides(Table::Revoked, key) {
                     t.tx.get(Table::Revoked, key)?.is_some()
                 } else {
-                    window.in_store[i]
+                    s.in_store
                 };
                 // Likewise whether an ID is bound to it, read only for those not revoked in
                 // the store (`None`: not read).
-                let bound = (!window.in_store[i] && !t.tx.overrides(Table::Certs, key))
-                    .then_some(window.bound[i]);
+                let bound = (!s.in_store && !t.tx.overrides(Table::Certs, key)).then_some(s.bound);
                 self.revoke_key(t, key, revoked, bound, distinct, sum)?;
             }
-            let done = window.next == window.len && certs.peek().is_none();
+            let done = *next == certs.len();
             if done {
                 last(t, sum)?;
             }
@@ -200,118 +237,147 @@ fn cert_order(c: &CertRef) -> (&[u8], usize, &[u8]) {
     (c.ca_key_id(), c.serial().len(), c.serial())
 }
 
-/// Certificates of a revocation, [`BATCH_WINDOW`] at a time, with whether the visible store
-/// holds each as revoked and, for those it does not, whether it binds an ID to it: batched
-/// reads (`Store::get_batch`) overlap their memory misses, where one read per certificate
-/// would wait for each in turn. A push of a full CRL the day after the last is mostly
-/// certificates revoked already, so the bindings of those are not read.
+/// One certificate of a change, prepared: its store key and what the store holds of it.
+#[derive(Clone, Copy)]
+struct Slot {
+    key: [u8; record::CERT_KEY_LEN_MAX],
+    /// Key length; 0 for a certificate skipped (no valid serial).
+    len: u8,
+    /// The CA's dictionary index.
+    ca: u32,
+    /// Whether the visible store holds the certificate as revoked.
+    in_store: bool,
+    /// Whether the store binds an ID to it; read only where `in_store` is false.
+    bound: bool,
+}
+
+impl Slot {
+    fn key(&self) -> Option<&[u8]> {
+        (self.len > 0).then(|| &self.key[..usize::from(self.len)])
+    }
+}
+
+/// A change's certificates, prepared. Batched reads (`Store::get_batch`) overlap their
+/// memory misses, where one read per certificate would wait for each in turn, and the runs
+/// of a big change are read on one thread per core; a push of a full CRL the day after the
+/// last is mostly certificates revoked already, so the bindings of those are not read.
 ///
-/// Keys are made (`bind`) and read in the change that applies them: a window that a change
-/// boundary cuts is bound and read again in the next one, since a CA index the last change
-/// added is only recorded if that change had puts, and what the store shows may have moved
-/// while the writer lock was released.
-struct Window {
-    certs: [Option<CertRef>; BATCH_WINDOW],
-    keys: [[u8; record::CERT_KEY_LEN_MAX]; BATCH_WINDOW],
-    lens: [usize; BATCH_WINDOW],
-    in_store: [bool; BATCH_WINDOW],
-    /// Whether the store binds an ID to the certificate; read only where `in_store` is false.
-    bound: [bool; BATCH_WINDOW],
-    /// Certificates in the window, and the next one to apply.
-    len: usize,
-    next: usize,
-    /// The last CA key identifier bound in this change (bytes, length) and its dictionary
-    /// index: a CRL names one CA for all its entries, so the dictionary is asked once per
-    /// change, not once per entry.
-    ca: Option<([u8; CA_KEY_ID_LEN_MAX], usize, u32)>,
+/// The CA indexes are taken in the change that applies the keys made with them, since a
+/// CA index a change adds is only recorded if that change has puts, and what the store
+/// shows may have moved while the writer lock was released between holds.
+#[derive(Default)]
+struct Slots {
+    slots: Vec<Slot>,
 }
 
-impl Default for Window {
-    fn default() -> Self {
-        Self {
-            certs: [None; BATCH_WINDOW],
-            keys: [[0; record::CERT_KEY_LEN_MAX]; BATCH_WINDOW],
-            lens: [0; BATCH_WINDOW],
-            in_store: [false; BATCH_WINDOW],
-            bound: [false; BATCH_WINDOW],
-            len: 0,
-            next: 0,
-            ca: None,
-        }
-    }
-}
-
-impl Window {
-    fn key(&self, i: usize) -> &[u8] {
-        &self.keys[i][..self.lens[i]]
-    }
-
-    /// Takes the next certificates from `certs` (none left: an empty window), binds them in
-    /// `t` and reads them.
-    fn fill(
+impl Slots {
+    /// Prepares certificates `from..from + n` of `certs` in `t`: their CAs' dictionary
+    /// indexes here (a new CA is added to `t`), then keys and reads on up to one thread per
+    /// core.
+    fn prepare(
         &mut self,
         reg: &Registry,
         t: &mut Tx<'_>,
-        certs: &mut dyn Iterator<Item = CertRef>,
+        certs: &dyn Certs,
+        from: usize,
+        n: usize,
     ) -> Result<(), RegistryError> {
-        self.len = 0;
-        self.next = 0;
-        for cert in certs.take(BATCH_WINDOW) {
-            self.certs[self.len] = Some(cert);
-            self.len += 1;
-        }
-        self.bind_and_read(reg, t)
-    }
-
-    /// A new change begins: forgets the CA index of the last one, then binds and reads the
-    /// certificates not yet applied.
-    fn begin_change(&mut self, reg: &Registry, t: &mut Tx<'_>) -> Result<(), RegistryError> {
-        self.ca = None;
-        self.bind_and_read(reg, t)
-    }
-
-    /// Makes the store keys of the certificates not yet applied, in `t`, and reads whether the
-    /// store holds them as revoked and, for those it does not, bound to an ID.
-    fn bind_and_read(&mut self, reg: &Registry, t: &mut Tx<'_>) -> Result<(), RegistryError> {
-        let (next, len) = (self.next, self.len);
-        for i in next..len {
-            // `fill` set every certificate below `len`.
-            let Some(cert) = self.certs[i] else { continue };
-            let ca_key = cert.ca_key_id();
-            let ca = match self.ca {
-                Some((k, n, index)) if &k[..n] == ca_key => index,
+        let empty = Slot {
+            key: [0; record::CERT_KEY_LEN_MAX],
+            len: 0,
+            ca: 0,
+            in_store: false,
+            bound: false,
+        };
+        self.slots.clear();
+        self.slots.resize(n, empty);
+        // A list names one CA for all its entries, so the dictionary is asked once per run
+        // of equal CAs, not once per entry.
+        let mut last: Option<(&[u8], u32)> = None;
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            let ca_key = certs.ca_key_id(from + i);
+            s.ca = match last {
+                Some((k, index)) if k == ca_key => index,
                 _ => {
                     let index = reg.ca_index(t, ca_key)?;
-                    let mut k = [0; CA_KEY_ID_LEN_MAX];
-                    k[..ca_key.len()].copy_from_slice(ca_key);
-                    self.ca = Some((k, ca_key.len(), index));
+                    last = Some((ca_key, index));
                     index
                 }
             };
-            self.lens[i] = BoundCert::of(ca, &cert).key_in(&mut self.keys[i]).len();
         }
+        let threads = crate::par::threads_for(n, PREPARE_PARALLEL_MIN);
+        let per = n
+            .div_ceil(threads)
+            .next_multiple_of(BATCH_WINDOW)
+            .max(BATCH_WINDOW);
+        let runs: Vec<(usize, &mut [Slot])> = self
+            .slots
+            .chunks_mut(per)
+            .enumerate()
+            .map(|(r, run)| (from + r * per, run))
+            .collect();
+        let store = &reg.store;
+        crate::par::map(runs, threads, |(first, run)| {
+            read_run(store, certs, first, run)
+        })
+        .into_iter()
+        .collect::<Result<(), StoreError>>()?;
+        Ok(())
+    }
+}
+
+/// Makes the keys of `run` (certificates `first..` of `certs`, their CA indexes set) and
+/// reads them, [`BATCH_WINDOW`] at a time: whether the store holds each as revoked and, for
+/// those it does not, whether it binds an ID to it.
+fn read_run(
+    store: &Store,
+    certs: &dyn Certs,
+    first: usize,
+    run: &mut [Slot],
+) -> Result<(), StoreError> {
+    for (w, window) in run.chunks_mut(BATCH_WINDOW).enumerate() {
         let mut keys = [&[][..]; BATCH_WINDOW];
-        for (i, k) in keys.iter_mut().enumerate().take(len).skip(next) {
-            *k = &self.keys[i][..self.lens[i]];
-        }
-        let in_store = &mut self.in_store;
-        reg.store
-            .get_batch(Table::Revoked, &keys[next..len], |i, v| {
-                in_store[next + i] = v.is_some()
-            })?;
-        // The ones to read bindings of, packed to the front of `keys`.
         let mut at = [0; BATCH_WINDOW];
         let mut n = 0;
-        for i in next..len {
-            if !self.in_store[i] {
-                keys[n] = &self.keys[i][..self.lens[i]];
-                at[n] = i;
+        for (j, s) in window.iter_mut().enumerate() {
+            let serial = certs
+                .serial(first + w * BATCH_WINDOW + j)
+                .filter(|s| (1..=SERIAL_LEN_MAX).contains(&s.len()));
+            s.len = serial.map_or(0, |serial| {
+                BoundCert::of_serial(s.ca, serial).key_in(&mut s.key).len() as u8
+            });
+        }
+        for (j, s) in window.iter().enumerate() {
+            if let Some(k) = s.key() {
+                keys[n] = k;
+                at[n] = j;
                 n += 1;
             }
         }
-        let bound = &mut self.bound;
-        reg.store
-            .get_batch(Table::Certs, &keys[..n], |j, v| bound[at[j]] = v.is_some())?;
-        Ok(())
+        let mut in_store = [false; BATCH_WINDOW];
+        store.get_batch(Table::Revoked, &keys[..n], |i, v| {
+            in_store[at[i]] = v.is_some()
+        })?;
+        // The ones to read bindings of, packed to the front of `keys`.
+        let mut m = 0;
+        let mut bound_at = [0; BATCH_WINDOW];
+        for (j, s) in window.iter().enumerate() {
+            if let Some(k) = s.key()
+                && !in_store[j]
+            {
+                keys[m] = k;
+                bound_at[m] = j;
+                m += 1;
+            }
+        }
+        let mut bound = [false; BATCH_WINDOW];
+        store.get_batch(Table::Certs, &keys[..m], |i, v| {
+            bound[bound_at[i]] = v.is_some()
+        })?;
+        for (j, s) in window.iter_mut().enumerate() {
+            s.in_store = in_store[j];
+            s.bound = bound[j];
+        }
     }
+    Ok(())
 }
