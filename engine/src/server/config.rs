@@ -42,7 +42,10 @@ pub const SECTIONS: [(&str, &[&str]); 8] = [
             "handshakes_per_second",
         ],
     ),
-    ("registry", &["provisional_expiry_days"]),
+    (
+        "registry",
+        &["provisional_expiry_days", "revocation_changes_per_hold"],
+    ),
     ("log", &["format", "level"]),
     (
         "cluster",
@@ -67,6 +70,10 @@ pub const NODE_NAME_MAX: usize = 63;
 /// The range of `provisional_expiry_days`: DESIGN §3's default is 30; a year is the longest a
 /// chosen ID may be held without the card being shown at a counter.
 pub const PROVISIONAL_EXPIRY_DAYS_RANGE: (u32, u32) = (1, 365);
+/// Most changes `registry.revocation_changes_per_hold` may ask for: enough for the longest
+/// CRL (`CRL_ENTRIES_MAX`) in one hold, past which a bigger hold means nothing.
+pub const REVOCATION_CHANGES_PER_HOLD_MAX: usize =
+    crate::jpki::crl::CRL_ENTRIES_MAX.div_ceil(crate::registry::REVOCATIONS_PER_CHANGE_MAX);
 
 /// Most keys a delta may be allowed to hold before a compaction: a key costs ~100 bytes of
 /// memory, so 100 million is ~10 GB, past what a node should hold outside its snapshots.
@@ -264,6 +271,9 @@ fn parse_duration(text: &str) -> Option<Duration> {
 pub struct RegistrySection {
     /// Days an unconfirmed provisional registration lives before its ID is freed.
     pub provisional_expiry_days: u32,
+    /// Changes of up to 4,096 revocations a push makes durable together while other writes
+    /// wait (`RegistryConfig::revocation_changes_per_hold`).
+    pub revocation_changes_per_hold: usize,
 }
 
 impl Default for RegistrySection {
@@ -271,6 +281,7 @@ impl Default for RegistrySection {
         Self {
             provisional_expiry_days: (crate::registry::PROVISIONAL_EXPIRY_SECS_DEFAULT / 86_400)
                 as u32,
+            revocation_changes_per_hold: crate::registry::REVOCATION_CHANGES_PER_HOLD_DEFAULT,
         }
     }
 }
@@ -280,7 +291,7 @@ impl RegistrySection {
     pub fn registry_config(&self) -> crate::registry::RegistryConfig {
         crate::registry::RegistryConfig {
             provisional_expiry_secs: u64::from(self.provisional_expiry_days) * 86_400,
-            ..Default::default()
+            revocation_changes_per_hold: self.revocation_changes_per_hold,
         }
     }
 }
@@ -561,6 +572,7 @@ impl Config {
             ("jpki", "leaf_cache_entries", self.jpki.leaf_cache_entries, 1, LEAF_CACHE_ENTRIES_MAX),
             ("jpki", "challenge_ttl_secs", u(self.jpki.challenge_ttl_secs), u(ttl.0), u(ttl.1)),
             ("registry", "provisional_expiry_days", u(self.registry.provisional_expiry_days), u(days.0), u(days.1)),
+            ("registry", "revocation_changes_per_hold", self.registry.revocation_changes_per_hold, 1, REVOCATION_CHANGES_PER_HOLD_MAX),
         ];
         for (section, key, v, lo, hi) in ranges {
             range(section, key, v, lo, hi)?;
@@ -661,6 +673,10 @@ handshakes_per_second = 5000
 # Days an unconfirmed provisional registration lives; then CONFIRM answers PROVISIONAL_EXPIRED,
 # lookups answer unknown MyKey ID and the ID may be registered again. 1..365.
 provisional_expiry_days = 30
+# Changes of up to 4,096 revocations a push makes durable together, with one fsync, while
+# registrations and links wait (lookups never do); a longer push lets them in between. 256 is
+# ~1M revocations, ~0.3 s on a fast disk. Lower it if writes time out during pushes. 1..1221.
+revocation_changes_per_hold = 256
 
 [log]
 # text or json.
@@ -835,6 +851,18 @@ mod tests {
                 "jpki.leaf_cache_entries",
                 "1..=16777216",
             ),
+            (
+                "revocation_changes_per_hold = 256",
+                "revocation_changes_per_hold = 0",
+                "registry.revocation_changes_per_hold",
+                "1..=1221",
+            ),
+            (
+                "revocation_changes_per_hold = 256",
+                "revocation_changes_per_hold = 1222",
+                "registry.revocation_changes_per_hold",
+                "1..=1221",
+            ),
         ] {
             let text = example_text();
             assert!(text.contains(from), "{from}");
@@ -849,6 +877,13 @@ mod tests {
         assert!(e.contains("not a duration"), "{e}");
         let c = parse(&example_text().replace("\"5s\"", "\"250ms\""), &[]).expect("250ms");
         assert_eq!(c.limits.write_timeout, Duration::from_millis(250));
+        // A hold size in range reaches the registry's configuration.
+        let text = example_text().replace(
+            "revocation_changes_per_hold = 256",
+            "revocation_changes_per_hold = 4",
+        );
+        let c = parse(&text, &[]).expect("4 changes");
+        assert_eq!(c.registry.registry_config().revocation_changes_per_hold, 4);
     }
 
     #[test]
