@@ -1000,6 +1000,7 @@ async fn provisional_registrations_expire_after_their_lifetime() {
     let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
     let config = mykey_engine::server::config::RegistrySection {
         provisional_expiry_days: 1,
+        ..Default::default()
     }
     .registry_config();
     let reg = Registry::create(fs, StoreConfig::default(), config).expect("create");
