@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use mykey_engine::registry::StoreConfig;
 use mykey_engine::registry::{
-    IdState, LinkOutcome, Lookup, ProviderOutcome, REVOCATIONS_PER_CHANGE_MAX, Registry,
-    RegistryConfig, RegistryError, RevokeSummary, UnlinkOutcome,
+    IdRecord, IdState, LinkOutcome, Lookup, ProviderOutcome, REVOCATIONS_PER_CHANGE_MAX,
+    RecordEncoding, Registry, RegistryConfig, RegistryError, RevokeSummary, Table, UnlinkOutcome,
 };
 use mykey_engine::store::fs::{Fs, RealFs};
 use mykey_tests::*;
@@ -573,6 +573,67 @@ fn a_big_change_over_several_cas_reads_each_certificate_as_alone() {
         !r.is_revoked(&cert(1, 1000)).expect("read"),
         "CA 1's run ends at 999"
     );
+}
+
+/// A node set to `record_encoding = 1` (a rolling upgrade, while nodes of a build that reads
+/// only encoding 1 remain) writes every ID record in encoding 1 (first byte the bare state
+/// code, byte for byte what that build wrote), whatever the operation, also over a record
+/// of encoding 2 that it read; the default writes encoding 2. Both answer alike.
+#[test]
+fn a_node_set_to_encoding_1_writes_only_records_an_earlier_build_reads() {
+    for (encoding, first_high) in [(RecordEncoding::V1, 0x00), (RecordEncoding::V2, 0x10)] {
+        let dir = TempDir::new("record-encoding");
+        let p = provider("A-α1-0001");
+        {
+            // Records of encoding 2 first, then the node is set to `encoding`.
+            let r = with_providers(&dir);
+            r.register_full(at(0), actor("portal"), mykey(1), cert(1, 1))
+                .expect("register");
+        }
+        let fs: Arc<dyn Fs> = Arc::new(RealFs::new(dir.path()).expect("dir"));
+        let config = RegistryConfig {
+            record_encoding: encoding,
+            ..RegistryConfig::default()
+        };
+        let r = Registry::open(fs, config).expect("open");
+        let stored = |r: &Registry, n: u64| {
+            r.store()
+                .get(Table::Ids, mykey(n).as_bytes(), |v| v.map(<[u8]>::to_vec))
+                .expect("read")
+                .expect("an ID record")
+        };
+        r.link(
+            at(1),
+            actor("shop"),
+            mykey(1),
+            p,
+            service("2802121234"),
+            false,
+        )
+        .expect("link");
+        r.register_provisional(at(2), actor("portal"), mykey(2), cert(1, 2))
+            .expect("provisional");
+        r.confirm(at(3), actor("municipal"), mykey(2), cert(1, 2))
+            .expect("confirm");
+        r.register_full(at(4), actor("portal"), mykey(3), cert(1, 3))
+            .expect("register");
+        r.link(at(4), actor("shop"), mykey(3), p, service("S-3"), false)
+            .expect("link");
+        r.revoke(at(5), actor("verifier-partner-1"), &[cert(1, 3)])
+            .expect("revoke");
+        for n in 1..=3 {
+            let b = stored(&r, n);
+            assert_eq!(b[0] & 0xF0, first_high, "ID {n}: {encoding:?}");
+            let rec = IdRecord::decode(&b).expect("decodes");
+            assert_eq!(rec.encode_as(encoding), b, "ID {n}: canonical {encoding:?}");
+        }
+        assert_eq!(
+            look(&r, 6, 1, &p),
+            Lookup::Linked(service("2802121234")),
+            "{encoding:?}"
+        );
+        assert_eq!(look(&r, 6, 3, &p), Lookup::Suspended, "{encoding:?}");
+    }
 }
 
 #[test]

@@ -46,7 +46,7 @@ impl Registry {
                 LinkOutcome::Linked
             }
         };
-        t.tx.put(Table::Ids, id.as_bytes(), Some(rec.encode()));
+        self.put_record(&mut t, &id, &rec);
         self.finish(t, OpKind::Link)?;
         Ok(outcome)
     }
@@ -64,7 +64,7 @@ impl Registry {
             return Ok(UnlinkOutcome::NotLinked);
         };
         rec.links.remove(i);
-        t.tx.put(Table::Ids, id.as_bytes(), Some(rec.encode()));
+        self.put_record(&mut t, &id, &rec);
         self.finish(t, OpKind::Unlink)?;
         Ok(UnlinkOutcome::Unlinked)
     }

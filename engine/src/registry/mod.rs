@@ -46,7 +46,7 @@ use crate::store::{Store, StoreError, WriteTx};
 pub use card::{CardLookup, CardWrite};
 pub use mirror::{Mirror, MirrorOp};
 use record::{BoundCert, DictEntry, Link, encode_revocation, find_link};
-pub use record::{IdRecord, LINKS_PER_ID_MAX};
+pub use record::{IdRecord, LINKS_PER_ID_MAX, RecordEncoding};
 pub use schema::{SCHEMA, StoreConfig, Table, concerns};
 
 /// Default lifetime of an unconfirmed provisional registration (DESIGN §3: 30 days).
@@ -277,6 +277,9 @@ pub struct RegistryConfig {
     /// exclusive write, made durable together while other writes wait; a longer push lets
     /// them in between such holds. At least 1.
     pub revocation_changes_per_hold: usize,
+    /// How the ID records this registry writes are encoded (it reads both): encoding 1 while
+    /// a cluster still has nodes of a build that reads only that.
+    pub record_encoding: RecordEncoding,
 }
 
 impl Default for RegistryConfig {
@@ -284,6 +287,7 @@ impl Default for RegistryConfig {
         Self {
             provisional_expiry_secs: PROVISIONAL_EXPIRY_SECS_DEFAULT,
             revocation_changes_per_hold: REVOCATION_CHANGES_PER_HOLD_DEFAULT,
+            record_encoding: RecordEncoding::default(),
         }
     }
 }
@@ -583,6 +587,15 @@ impl Registry {
             .ok_or(RegistryError::UnknownProvider {
                 provider: *provider,
             })
+    }
+
+    /// Puts `rec` as the record of `id`, in the configured encoding.
+    fn put_record(&self, t: &mut Tx<'_>, id: &MyKeyId, rec: &IdRecord) {
+        t.tx.put(
+            Table::Ids,
+            id.as_bytes(),
+            Some(rec.encode_as(self.config.record_encoding)),
+        );
     }
 
     fn record(tx: &WriteTx<'_>, id: &MyKeyId) -> Result<Option<IdRecord>, RegistryError> {

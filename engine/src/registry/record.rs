@@ -272,19 +272,42 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 /// it the link was made at registration (a bulk load) and inherits the record's.
 const OWN_AUDIT: u8 = 0x80;
 
+/// How ID records are written (`snapshots/README.md`, "ID record"); every build since
+/// 2026-12-04 reads both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RecordEncoding {
+    /// Encoding 1, the only one earlier builds read: for a cluster that still has nodes of
+    /// such a build during a rolling upgrade (`ops/RUNBOOK.md`).
+    V1,
+    /// Encoding 2: the registration's audit written once when it is the state's, all-digit
+    /// service IDs packed two digits to a byte.
+    #[default]
+    V2,
+}
+
 impl IdRecord {
-    /// Encodes the record.
+    /// Encodes the record in encoding 2.
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_as(RecordEncoding::V2)
+    }
+
+    /// Encodes the record in `encoding`.
+    pub fn encode_as(&self, encoding: RecordEncoding) -> Vec<u8> {
         // The format keeps links in ascending provider order, one per provider.
         debug_assert!(
             self.links.windows(2).all(|w| w[0].provider < w[1].provider),
             "links out of provider order"
         );
         debug_assert!(self.links.len() <= LINKS_PER_ID_MAX);
+        let v2 = encoding == RecordEncoding::V2;
         let mut b = Vec::with_capacity(16 + self.links.len() * 12);
         let as_state =
-            self.registered_at == self.state_at && self.registered_by == self.state_actor;
-        let first = ENCODING_2 | state_code(self.state);
+            v2 && self.registered_at == self.state_at && self.registered_by == self.state_actor;
+        let first = if v2 {
+            ENCODING_2 | state_code(self.state)
+        } else {
+            state_code(self.state)
+        };
         b.push(if as_state {
             first | REGISTERED_AS_STATE
         } else {
@@ -310,11 +333,18 @@ impl IdRecord {
         for l in &self.links {
             put_varint(&mut b, l.provider);
             let own = l.at != self.registered_at || l.actor != self.registered_by;
-            // A service ID is 1..=64 bytes, so its length − 1 fits the six bits.
+            let service = l.service.as_bytes();
             let len_at = b.len();
-            b.push((l.service.as_bytes().len() - 1) as u8);
-            if put_service(&mut b, l.service.as_bytes()) {
-                b[len_at] |= DIGITS;
+            if v2 {
+                // A service ID is 1..=64 bytes, so its length − 1 fits the six bits.
+                b.push((service.len() - 1) as u8);
+                if put_service(&mut b, service) {
+                    b[len_at] |= DIGITS;
+                }
+            } else {
+                // Encoding 1: the length itself (at most 64, under the audit bit), the bytes.
+                b.push(service.len() as u8);
+                b.extend_from_slice(service);
             }
             if own {
                 b[len_at] |= OWN_AUDIT;
@@ -644,7 +674,9 @@ mod tests {
         b.extend_from_slice(b"2802121234");
         b.extend_from_slice(&6u32.to_le_bytes());
         b.extend_from_slice(&[0xAC, 0x02]);
-        assert_eq!(IdRecord::decode(&b), Some(r));
+        assert_eq!(IdRecord::decode(&b), Some(r.clone()));
+        // Written in encoding 1 (a rolling upgrade), the record is those bytes exactly.
+        assert_eq!(r.encode_as(RecordEncoding::V1), b);
         let svc = find_link(&b, 700).expect("well-formed").service();
         assert_eq!(
             svc.expect("well-formed").expect("linked").as_bytes(),

@@ -90,7 +90,7 @@ impl Registry {
             cert: Some(bound),
             links: Vec::new(),
         };
-        t.tx.put(Table::Ids, id.as_bytes(), Some(rec.encode()));
+        self.put_record(&mut t, &id, &rec);
         t.tx.put(Table::Certs, &key, Some(id.as_bytes().to_vec()));
         let kind = if state == IdState::Active {
             OpKind::RegisterFull
@@ -153,7 +153,7 @@ impl Registry {
         rec.state = IdState::Active;
         rec.state_at = now;
         rec.state_actor = t.actor_index;
-        t.tx.put(Table::Ids, id.as_bytes(), Some(rec.encode()));
+        self.put_record(&mut t, &id, &rec);
         self.finish(t, OpKind::Confirm)
     }
 
@@ -219,7 +219,7 @@ impl Registry {
         rec.state = IdState::Active;
         rec.state_at = now;
         rec.state_actor = t.actor_index;
-        t.tx.put(Table::Ids, id.as_bytes(), Some(rec.encode()));
+        self.put_record(&mut t, &id, &rec);
         t.tx.put(Table::Certs, &key, Some(id.as_bytes().to_vec()));
         self.finish(t, OpKind::Rebind)
     }
@@ -242,7 +242,7 @@ impl Registry {
         rec.state = IdState::Deleted;
         rec.state_at = now;
         rec.state_actor = t.actor_index;
-        t.tx.put(Table::Ids, id.as_bytes(), Some(rec.encode()));
+        self.put_record(&mut t, &id, &rec);
         self.finish(t, OpKind::Delete)
     }
 }

@@ -205,7 +205,7 @@ impl Registry {
             rec.state = IdState::Suspended;
             rec.state_at = now;
             rec.state_actor = t.actor_index;
-            t.tx.put(Table::Ids, id.as_bytes(), Some(rec.encode()));
+            self.put_record(t, &id, &rec);
             sum.suspended += 1;
         }
         Ok(())

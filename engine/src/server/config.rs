@@ -44,7 +44,11 @@ pub const SECTIONS: [(&str, &[&str]); 8] = [
     ),
     (
         "registry",
-        &["provisional_expiry_days", "revocation_changes_per_hold"],
+        &[
+            "provisional_expiry_days",
+            "revocation_changes_per_hold",
+            "record_encoding",
+        ],
     ),
     ("log", &["format", "level"]),
     (
@@ -274,6 +278,9 @@ pub struct RegistrySection {
     /// Changes of up to 4,096 revocations a push makes durable together while other writes
     /// wait (`RegistryConfig::revocation_changes_per_hold`).
     pub revocation_changes_per_hold: usize,
+    /// The encoding of the ID records this node writes: 2, or 1 while a cluster still has
+    /// nodes of a build before 2026-12-04 (they read only encoding 1).
+    pub record_encoding: usize,
 }
 
 impl Default for RegistrySection {
@@ -282,6 +289,7 @@ impl Default for RegistrySection {
             provisional_expiry_days: (crate::registry::PROVISIONAL_EXPIRY_SECS_DEFAULT / 86_400)
                 as u32,
             revocation_changes_per_hold: crate::registry::REVOCATION_CHANGES_PER_HOLD_DEFAULT,
+            record_encoding: 2,
         }
     }
 }
@@ -292,6 +300,12 @@ impl RegistrySection {
         crate::registry::RegistryConfig {
             provisional_expiry_secs: u64::from(self.provisional_expiry_days) * 86_400,
             revocation_changes_per_hold: self.revocation_changes_per_hold,
+            // The range check lets only 1 and 2 through.
+            record_encoding: if self.record_encoding == 1 {
+                crate::registry::RecordEncoding::V1
+            } else {
+                crate::registry::RecordEncoding::V2
+            },
         }
     }
 }
@@ -573,6 +587,7 @@ impl Config {
             ("jpki", "challenge_ttl_secs", u(self.jpki.challenge_ttl_secs), u(ttl.0), u(ttl.1)),
             ("registry", "provisional_expiry_days", u(self.registry.provisional_expiry_days), u(days.0), u(days.1)),
             ("registry", "revocation_changes_per_hold", self.registry.revocation_changes_per_hold, 1, REVOCATION_CHANGES_PER_HOLD_MAX),
+            ("registry", "record_encoding", self.registry.record_encoding, 1, 2),
         ];
         for (section, key, v, lo, hi) in ranges {
             range(section, key, v, lo, hi)?;
@@ -677,6 +692,10 @@ provisional_expiry_days = 30
 # registrations and links wait (lookups never do); a longer push lets them in between. 256 is
 # ~1M revocations, ~0.3 s on a fast disk. Lower it if writes time out during pushes. 1..1221.
 revocation_changes_per_hold = 256
+# The encoding of the ID records this node writes (it reads both): 2, or 1 during a rolling
+# upgrade of a cluster that still has nodes of a build before 2026-12-04, which read only 1
+# (ops/RUNBOOK.md, "Upgrading to a build with new formats"). 1..2.
+record_encoding = 2
 
 [log]
 # text or json.
@@ -863,6 +882,12 @@ mod tests {
                 "registry.revocation_changes_per_hold",
                 "1..=1221",
             ),
+            (
+                "record_encoding = 2",
+                "record_encoding = 3",
+                "registry.record_encoding",
+                "1..=2",
+            ),
         ] {
             let text = example_text();
             assert!(text.contains(from), "{from}");
@@ -884,6 +909,15 @@ mod tests {
         );
         let c = parse(&text, &[]).expect("4 changes");
         assert_eq!(c.registry.registry_config().revocation_changes_per_hold, 4);
+        let c = parse(
+            &example_text().replace("record_encoding = 2", "record_encoding = 1"),
+            &[],
+        )
+        .expect("encoding 1");
+        assert_eq!(
+            c.registry.registry_config().record_encoding,
+            crate::registry::RecordEncoding::V1
+        );
     }
 
     #[test]
