@@ -171,8 +171,9 @@ impl BoundCert {
         Self::of_serial(ca, cert.serial())
     }
 
-    /// The certificate of serial `serial` (big-endian, no leading zero byte, at most
-    /// `SERIAL_LEN_MAX` bytes: a longer one is cut) with its CA at dictionary index `ca`.
+    /// The certificate of serial `serial` (big-endian, no leading zero byte) with its CA at
+    /// dictionary index `ca`. The caller checks that the serial has at most `SERIAL_LEN_MAX`
+    /// bytes; past that it is cut, never read out of bounds.
     pub fn of_serial(ca: u32, serial: &[u8]) -> Self {
         let serial = &serial[..serial.len().min(crate::id::SERIAL_LEN_MAX)];
         let mut bytes = [0u8; crate::id::SERIAL_LEN_MAX];

@@ -23,9 +23,9 @@ pub(super) trait Certs: Sync {
     fn len(&self) -> usize;
     /// The CA key identifier of certificate `i` (below `len`).
     fn ca_key_id(&self, i: usize) -> &[u8];
-    /// The serial of certificate `i`, big-endian without leading zero bytes; `None` if it is
-    /// not one a certificate reference holds (then the certificate is skipped).
-    fn serial(&self, i: usize) -> Option<&[u8]>;
+    /// The serial of certificate `i`, big-endian without leading zero bytes (one of no or of
+    /// more than `SERIAL_LEN_MAX` bytes is skipped; neither source makes one).
+    fn serial(&self, i: usize) -> &[u8];
 }
 
 impl Certs for &[CertRef] {
@@ -35,8 +35,8 @@ impl Certs for &[CertRef] {
     fn ca_key_id(&self, i: usize) -> &[u8] {
         self[i].ca_key_id()
     }
-    fn serial(&self, i: usize) -> Option<&[u8]> {
-        Some(self[i].serial())
+    fn serial(&self, i: usize) -> &[u8] {
+        self[i].serial()
     }
 }
 
@@ -54,8 +54,8 @@ impl Certs for OneCa<'_> {
     fn ca_key_id(&self, _: usize) -> &[u8] {
         self.ca_key_id
     }
-    fn serial(&self, i: usize) -> Option<&[u8]> {
-        Some(self.serials[i].as_bytes())
+    fn serial(&self, i: usize) -> &[u8] {
+        self.serials[i].as_bytes()
     }
 }
 
@@ -340,12 +340,12 @@ fn read_run(
         let mut at = [0; BATCH_WINDOW];
         let mut n = 0;
         for (j, s) in window.iter_mut().enumerate() {
-            let serial = certs
-                .serial(first + w * BATCH_WINDOW + j)
-                .filter(|s| (1..=SERIAL_LEN_MAX).contains(&s.len()));
-            s.len = serial.map_or(0, |serial| {
+            let serial = certs.serial(first + w * BATCH_WINDOW + j);
+            s.len = if (1..=SERIAL_LEN_MAX).contains(&serial.len()) {
                 BoundCert::of_serial(s.ca, serial).key_in(&mut s.key).len() as u8
-            });
+            } else {
+                0
+            };
         }
         for (j, s) in window.iter().enumerate() {
             if let Some(k) = s.key() {
