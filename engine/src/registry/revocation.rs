@@ -339,9 +339,6 @@ fn read_run(
     run: &mut [Slot],
 ) -> Result<(), StoreError> {
     for (w, window) in run.chunks_mut(BATCH_WINDOW).enumerate() {
-        let mut keys = [&[][..]; BATCH_WINDOW];
-        let mut at = [0; BATCH_WINDOW];
-        let mut n = 0;
         for (j, s) in window.iter_mut().enumerate() {
             let serial = certs.serial(first + w * BATCH_WINDOW + j);
             s.len = if (1..=SERIAL_LEN_MAX).contains(&serial.len()) {
@@ -350,37 +347,42 @@ fn read_run(
                 0
             };
         }
-        for (j, s) in window.iter().enumerate() {
-            if let Some(k) = s.key() {
-                keys[n] = k;
-                at[n] = j;
-                n += 1;
-            }
-        }
+        let mut keys = [&[][..]; BATCH_WINDOW];
+        let mut at = [0; BATCH_WINDOW];
+        let n = pack(window, &mut keys, &mut at, |_| true);
         let mut in_store = [false; BATCH_WINDOW];
         store.get_batch(Table::Revoked, &keys[..n], |i, v| {
             in_store[at[i]] = v.is_some()
         })?;
-        // The ones to read bindings of, packed to the front of `keys`.
-        let mut m = 0;
-        let mut bound_at = [0; BATCH_WINDOW];
-        for (j, s) in window.iter().enumerate() {
-            if let Some(k) = s.key()
-                && !in_store[j]
-            {
-                keys[m] = k;
-                bound_at[m] = j;
-                m += 1;
-            }
-        }
+        // Bindings are read only for the certificates not revoked already.
+        let n = pack(window, &mut keys, &mut at, |j| !in_store[j]);
         let mut bound = [false; BATCH_WINDOW];
-        store.get_batch(Table::Certs, &keys[..m], |i, v| {
-            bound[bound_at[i]] = v.is_some()
-        })?;
+        store.get_batch(Table::Certs, &keys[..n], |i, v| bound[at[i]] = v.is_some())?;
         for (j, s) in window.iter_mut().enumerate() {
             s.in_store = in_store[j];
             s.bound = bound[j];
         }
     }
     Ok(())
+}
+
+/// Puts the keys of the slots of `window` that `keep` picks (by place; a skipped slot never)
+/// at the front of `keys`, their places in `at`; how many.
+fn pack<'w>(
+    window: &'w [Slot],
+    keys: &mut [&'w [u8]; BATCH_WINDOW],
+    at: &mut [usize; BATCH_WINDOW],
+    keep: impl Fn(usize) -> bool,
+) -> usize {
+    let mut n = 0;
+    for (j, s) in window.iter().enumerate() {
+        if let Some(k) = s.key()
+            && keep(j)
+        {
+            keys[n] = k;
+            at[n] = j;
+            n += 1;
+        }
+    }
+    n
 }
