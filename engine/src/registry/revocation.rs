@@ -274,7 +274,7 @@ struct Slots {
 impl Slots {
     /// Prepares certificates `from..from + n` of `certs` in `t`: their CAs' dictionary
     /// indexes here (a new CA is added to `t`), then keys and reads on up to one thread per
-    /// core.
+    /// core, each with at least [`PREPARE_PER_THREAD_MIN`] certificates.
     fn prepare(
         &mut self,
         reg: &Registry,
