@@ -719,6 +719,79 @@ async fn an_export_cut_off_by_the_client_is_counted_cut_off() {
     server.shutdown().await;
 }
 
+/// A request is read as it arrives: one sent a few bytes at a time, with pauses that put each
+/// piece in its own packet, is answered as if it had come whole; one whose FIN comes after a
+/// byte too many, or too few, is refused; and a `LOOKUP_BATCH` of the most IDs allowed, many
+/// packets long, is answered in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_arrives_in_pieces_is_read_whole() {
+    use mykey_engine::wire::{BATCH_MAX, HEADER_LEN, Request};
+    let net = Net::new();
+    let dir = TempDir::new("server-pieces");
+    let server = start(&net, registry(&dir, true), Vec::new());
+    let c = net
+        .client(server.local_addr().expect("addr"), "counter-a")
+        .await;
+    let a = provider("A-α1-0001");
+    let id = MyKeyId::parse(b"1C2410DF79DGEL").expect("id");
+    let mut good = Vec::new();
+    Request::Lookup { provider: a, id }
+        .encode(&mut good)
+        .expect("encode");
+    let pause = std::time::Duration::from_millis(15);
+    let cases: Vec<(&str, Vec<&[u8]>, Status)> = vec![
+        (
+            "header in two pieces, body a byte at a time",
+            std::iter::once(&good[..3])
+                .chain(std::iter::once(&good[3..HEADER_LEN]))
+                .chain(good[HEADER_LEN..].chunks(1))
+                .collect(),
+            Status::Ok,
+        ),
+        (
+            "whole, then a byte too many",
+            vec![&good[..], &[0u8][..]],
+            Status::BadFrame,
+        ),
+        (
+            "the header, then a body short of a byte",
+            vec![&good[..HEADER_LEN], &good[HEADER_LEN..good.len() - 1]],
+            Status::BadFrame,
+        ),
+    ];
+    for (what, pieces, want) in cases {
+        let (mut send, mut recv) = c.connection().open_bi().await.expect("stream");
+        for piece in pieces {
+            send.write_all(piece).await.expect("send");
+            tokio::time::sleep(pause).await;
+        }
+        send.finish().expect("finish");
+        let answer =
+            tokio::time::timeout(std::time::Duration::from_secs(20), recv.read_to_end(4096))
+                .await
+                .unwrap_or_else(|_| panic!("{what}: no answer"))
+                .expect("answer");
+        let (head, body) = mykey_engine::wire::split_response(&answer).expect("a response");
+        assert_eq!(head.op, good[1], "{what}: the opcode is echoed");
+        assert_eq!(
+            Status::from_u8(head.status),
+            Some(want),
+            "{what}: {answer:?}"
+        );
+        if want == Status::Ok {
+            // The same answer as the lookup sent whole.
+            let (whole_head, whole_body) = c.raw(&good).await.expect("whole");
+            assert!(whole_head.is_ok(), "{what}");
+            assert_eq!(body, &whole_body[..], "{what}");
+        }
+    }
+    // The largest batch: 14 bytes an ID, well over one packet; the reference store is empty.
+    let ids = vec![id; BATCH_MAX];
+    let answers = c.lookup_batch(a, &ids).await.expect("batch");
+    assert_eq!(answers, vec![Lookup::UnknownId; BATCH_MAX]);
+    server.shutdown().await;
+}
+
 /// A request sent in part and then left hanging is answered at the read deadline and its stream
 /// dropped, so a client cannot pin the server's receive buffers; the connection goes on serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

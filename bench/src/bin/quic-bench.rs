@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use mykey_bench::BenchDir;
 use mykey_engine::client::Client;
 use mykey_engine::id::{ActorId, MyKeyId, ProviderId, Timestamp};
@@ -64,14 +65,21 @@ async fn floor_server(pki: &DevOperatorPki) -> (quinn::Endpoint, SocketAddr) {
                         let _open = open;
                         // One request is 8 bytes and its answer 100: a stream carries one
                         // (the client finishes it after its request) or, for the pipelining
-                        // point, many in turn until the client finishes it.
-                        let mut req = [0u8; 8];
-                        while r.read_exact(&mut req).await.is_ok() {
-                            if s.write_all(&[7u8; 100]).await.is_err() {
-                                return;
+                        // point, many in turn until the client finishes it. Read as the
+                        // server reads a request: whatever has arrived, in one call, so a
+                        // request that came whole with its FIN costs one read.
+                        let mut pending = 0usize;
+                        let mut chunks: [Bytes; 16] = Default::default();
+                        while let Ok(Some(n)) = r.read_chunks(&mut chunks).await {
+                            pending += chunks[..n].iter().map(Bytes::len).sum::<usize>();
+                            while pending >= 8 {
+                                pending -= 8;
+                                if s.write_all(&[7u8; 100]).await.is_err() {
+                                    return;
+                                }
                             }
                         }
-                        let _ = s.finish();
+                        // Dropping the stream finishes it, as the server's does.
                     });
                 }
             });

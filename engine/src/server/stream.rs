@@ -6,10 +6,12 @@
 //!
 //! Owns sockets, deadlines and threads; never decides what a request means.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::Duration;
 
+use bytes::Bytes;
 use quinn::{Endpoint, RecvStream, SendStream};
 use rustls::pki_types::CertificateDer;
 use tokio::sync::Semaphore;
@@ -59,11 +61,21 @@ pub(super) struct Shared {
     pub(super) handshakes: Bucket,
 }
 
-/// Pre-registered metric handles (bounded: 256 opcodes × 256 statuses at most).
-#[derive(Default)]
+/// Metric handles, registered the first time an (operation, status) pair is seen and then
+/// read with one atomic load per request (bounded: 256 opcodes × 256 statuses at most; a
+/// table of statuses is allocated only for an opcode that was answered).
 pub(super) struct Meters {
-    requests: dashmap::DashMap<(u8, u8), metrics::Counter>,
-    latency: dashmap::DashMap<u8, metrics::Histogram>,
+    requests: [OnceLock<Box<[OnceLock<metrics::Counter>]>>; 256],
+    latency: [OnceLock<metrics::Histogram>; 256],
+}
+
+impl Default for Meters {
+    fn default() -> Self {
+        Self {
+            requests: std::array::from_fn(|_| OnceLock::new()),
+            latency: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
 }
 
 impl Meters {
@@ -75,29 +87,17 @@ impl Meters {
         } else {
             (CUT_OFF_CODE, CUT_OFF)
         };
-        // Read locks on the hot path; the write lock only the first time a pair is seen.
-        match self.requests.get(&(op, code)) {
-            Some(c) => c.increment(1),
-            None => {
-                let op_name = Op::from_u8(op).map_or("UNKNOWN", Op::name);
-                self.requests
-                    .entry((op, code))
-                    .or_insert_with(|| {
-                        metrics::counter!(admin::REQUESTS_TOTAL, "op" => op_name, "status" => label)
-                    })
-                    .increment(1);
-            }
-        }
-        match self.latency.get(&op) {
-            Some(h) => h.record(seconds),
-            None => {
-                let op_name = Op::from_u8(op).map_or("UNKNOWN", Op::name);
-                self.latency
-                    .entry(op)
-                    .or_insert_with(|| metrics::histogram!(admin::REQUEST_SECONDS, "op" => op_name))
-                    .record(seconds);
-            }
-        }
+        let op_name = || Op::from_u8(op).map_or("UNKNOWN", Op::name);
+        let statuses = self.requests[usize::from(op)]
+            .get_or_init(|| (0..256).map(|_| OnceLock::new()).collect());
+        statuses[usize::from(code)]
+            .get_or_init(
+                || metrics::counter!(admin::REQUESTS_TOTAL, "op" => op_name(), "status" => label),
+            )
+            .increment(1);
+        self.latency[usize::from(op)]
+            .get_or_init(|| metrics::histogram!(admin::REQUEST_SECONDS, "op" => op_name()))
+            .record(seconds);
     }
 }
 
@@ -150,18 +150,11 @@ pub(super) async fn accept_loop(endpoint: Endpoint, index: usize, shared: Arc<Sh
             tracing::debug!(role = ident.role.name(), name = %ident.name, "connection");
             let mut grant = super::StreamGrant::default();
             while let Ok((send, recv)) = conn.accept_bi().await {
-                let shared = shared.clone();
-                let ident = ident.clone();
-                let bucket = bucket.clone();
-                let open = grant.accepted(&conn);
-                shared.active.fetch_add(1, Ordering::AcqRel);
-                tokio::spawn(async move {
-                    serve_stream(&shared, &ident, &bucket, send, recv).await;
-                    drop(open);
-                    if shared.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-                        shared.idle.notify_waiters();
-                    }
-                });
+                let task = StreamTask::new(&shared, &ident, &bucket, grant.accepted(&conn));
+                let fut = serve_stream(task, send, recv);
+                static ONCE: std::sync::Once = std::sync::Once::new();
+                ONCE.call_once(|| eprintln!("FUTSIZE {}", std::mem::size_of_val(&fut)));
+                tokio::spawn(fut);
             }
             gauge.decrement(1.0);
             on_endpoint.decrement(1.0);
@@ -191,47 +184,119 @@ async fn respond(send: &mut SendStream, frame: &[u8]) -> bool {
     send.write_all(frame).await.is_ok() && send.finish().is_ok()
 }
 
-async fn serve_stream(
-    shared: &Arc<Shared>,
-    ident: &Arc<Identity>,
-    bucket: &Bucket,
-    mut send: SendStream,
-    recv: RecvStream,
-) {
-    let start = std::time::Instant::now();
-    let (op, status, delivered) = serve_request(shared, ident, bucket, &mut send, recv).await;
-    if shared.draining.load(Ordering::Acquire) {
-        // While draining, a stream counts as active until its answer is delivered, so the
-        // close that ends the drain cannot discard it.
-        let _ = tokio::time::timeout(DRAIN_FLUSH, send.stopped()).await;
-    }
-    shared
-        .meters
-        .record(op, status, delivered, start.elapsed().as_secs_f64());
-    let op_name = Op::from_u8(op).map_or("UNKNOWN", Op::name);
-    if matches!(Op::from_u8(op), Some(Op::PushCrl | Op::PushSerials)) {
-        let outcome = if status == Status::Ok {
-            "applied"
-        } else {
-            "refused"
-        };
-        metrics::counter!(admin::PUSHES_TOTAL, "op" => op_name, "outcome" => outcome).increment(1);
-        if status == Status::Ok {
-            metrics::gauge!(admin::LAST_PUSH_SECONDS).set(system_clock().unix_secs() as f64);
+/// What one stream's task holds: its connection's shared state, identity and rate bucket,
+/// and its place in the stream grant and in the drain's count, given back when it ends.
+struct StreamTask {
+    shared: Arc<Shared>,
+    ident: Arc<Identity>,
+    bucket: Arc<Bucket>,
+    _open: super::OpenStream,
+}
+
+impl StreamTask {
+    fn new(
+        shared: &Arc<Shared>,
+        ident: &Arc<Identity>,
+        bucket: &Arc<Bucket>,
+        open: super::OpenStream,
+    ) -> Self {
+        shared.active.fetch_add(1, Ordering::AcqRel);
+        Self {
+            shared: shared.clone(),
+            ident: ident.clone(),
+            bucket: bucket.clone(),
+            _open: open,
         }
-        tracing::info!(op = op_name, status = status.name(), actor = %ident.name, "revocation push");
     }
 }
 
-/// Serves one stream; returns the opcode byte, the status answered and whether the answer was
-/// delivered.
+impl Drop for StreamTask {
+    fn drop(&mut self) {
+        if self.shared.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.idle.notify_waiters();
+        }
+    }
+}
+
+/// Serves one stream, from its first byte to its answer's metrics.
+///
+/// Every stream allocates this future, so it is kept under 1 KiB with its task (864 bytes on
+/// 2026-12-05, a 1,024-byte task: the allocator's per-thread cache takes blocks up to 1,032):
+/// a block, not an `async fn`, which would keep a second copy of its arguments; one await for
+/// every refusal (`serve_request`); rare paths (forwarding, work on the blocking pool, an
+/// export, waits for a seq and for the drain) boxed; chunks read on the stack of each poll.
+#[allow(clippy::manual_async_fn)]
+fn serve_stream(
+    task: StreamTask,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let StreamTask {
+            shared,
+            ident,
+            bucket,
+            ..
+        } = &task;
+        let start = std::time::Instant::now();
+        let (op, status, delivered) =
+            serve_request(shared, ident, bucket, &mut send, &mut recv, start).await;
+        if shared.draining.load(Ordering::Acquire) {
+            // While draining, a stream counts as active until its answer is delivered, so the
+            // close that ends the drain cannot discard it.
+            let _ = tokio::time::timeout(DRAIN_FLUSH, Box::pin(send.stopped())).await;
+        }
+        shared
+            .meters
+            .record(op, status, delivered, start.elapsed().as_secs_f64());
+        let op_name = Op::from_u8(op).map_or("UNKNOWN", Op::name);
+        if matches!(Op::from_u8(op), Some(Op::PushCrl | Op::PushSerials)) {
+            let outcome = if status == Status::Ok {
+                "applied"
+            } else {
+                "refused"
+            };
+            metrics::counter!(admin::PUSHES_TOTAL, "op" => op_name, "outcome" => outcome)
+                .increment(1);
+            if status == Status::Ok {
+                metrics::gauge!(admin::LAST_PUSH_SECONDS).set(system_clock().unix_secs() as f64);
+            }
+            tracing::info!(op = op_name, status = status.name(), actor = %ident.name, "revocation push");
+        }
+    }
+}
+
+/// Serves one stream accepted at `started` (the request's deadlines count from it); returns
+/// the opcode byte, the status answered and whether the answer was delivered.
 async fn serve_request(
     shared: &Arc<Shared>,
     ident: &Arc<Identity>,
     bucket: &Bucket,
     send: &mut SendStream,
-    mut recv: RecvStream,
+    recv: &mut RecvStream,
+    started: std::time::Instant,
 ) -> (u8, Status, bool) {
+    // Every refusal is answered at this one await, so the stream's future (which every stream
+    // allocates) holds one refusal's state, not one per way of refusing.
+    match answer_request(shared, ident, bucket, send, recv, started).await {
+        Ok(answered) => answered,
+        Err((op, e)) => refuse(send, op, &e).await,
+    }
+}
+
+/// A refusal: the opcode byte its answer echoes and the error it carries.
+type Refused = (u8, WireError);
+
+/// Reads, checks and answers one request; a refusal comes back unanswered, for
+/// [`serve_request`] to send.
+async fn answer_request(
+    shared: &Arc<Shared>,
+    ident: &Arc<Identity>,
+    bucket: &Bucket,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    started: std::time::Instant,
+) -> Result<(u8, Status, bool), Refused> {
     let service = &shared.service;
     if shared.draining.load(Ordering::Acquire) {
         let _ = recv.stop(quinn::VarInt::from_u32(0));
@@ -239,11 +304,11 @@ async fn serve_request(
             Status::Busy,
             "the server is draining; retry on another node",
         );
-        return refuse(send, 0, &e).await;
+        return Err((0, e));
     }
     // The whole request must arrive within its deadline, or the stream is answered and
     // dropped (which stops it), so a client cannot pin receive buffers by sending slowly.
-    let started = tokio::time::Instant::now();
+    let started = tokio::time::Instant::from_std(started);
     let late = |what: &str, limit: Duration| {
         WireError::bad(format!(
             "the {what} did not arrive within {} ms; send a request whole",
@@ -251,22 +316,26 @@ async fn serve_request(
         ))
     };
     let read_timeout = shared.limits.read_timeout;
-    let mut header = [0u8; HEADER_LEN];
-    match tokio::time::timeout(read_timeout, recv.read_exact(&mut header)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(_)) => {
-            let e = WireError::bad("the stream ended inside the frame header");
-            return refuse(send, 0, &e).await;
+    let mut got = Received::default();
+    while got.len() < HEADER_LEN {
+        match tokio::time::timeout_at(started + read_timeout, got.read_more(recv)).await {
+            Ok(Ok(true)) => {}
+            Ok(_) => {
+                let e = WireError::bad("the stream ended inside the frame header");
+                return Err((0, e));
+            }
+            Err(_) => return Err((0, late("frame header", read_timeout))),
         }
-        Err(_) => return refuse(send, 0, &late("frame header", read_timeout)).await,
     }
+    let mut header = [0u8; HEADER_LEN];
+    header.copy_from_slice(&got.bytes()[..HEADER_LEN]);
     // Nothing is buffered for a request its certificate may not make, and at most
     // PUSH_BODIES_MAX large push bodies are buffered at once.
     let admitted = match handler::admit(ident, &header) {
         Ok(a) => a,
         Err(r) => {
             let _ = recv.stop(quinn::VarInt::from_u32(0));
-            return refuse(send, r.op, &r.error).await;
+            return Err((r.op, r.error));
         }
     };
     let op = admitted.op();
@@ -281,7 +350,7 @@ async fn serve_request(
                     Status::Busy,
                     "another revocation push is being received; retry shortly",
                 );
-                return refuse(send, op as u8, &e).await;
+                return Err((op as u8, e));
             }
         }
     } else {
@@ -294,34 +363,42 @@ async fn serve_request(
     } else {
         read_timeout
     };
-    let body = match tokio::time::timeout_at(started + limit, recv.read_to_end(len + 1)).await {
-        Ok(Ok(b)) if b.len() == len => b,
-        Err(_) => return refuse(send, op as u8, &late("request", limit)).await,
-        Ok(_) => {
-            let e = WireError::bad(format!(
-                "the stream does not hold exactly one {len}-byte body"
-            ));
-            return refuse(send, op as u8, &e).await;
-        }
+    let whole = HEADER_LEN + len;
+    let not_one_body = || {
+        WireError::bad(format!(
+            "the stream does not hold exactly one {len}-byte body"
+        ))
     };
+    loop {
+        if got.len() > whole {
+            return Err((op as u8, not_one_body()));
+        }
+        match tokio::time::timeout_at(started + limit, got.read_more(recv)).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) if got.len() == whole => break,
+            Ok(_) => return Err((op as u8, not_one_body())),
+            Err(_) => return Err((op as u8, late("request", limit))),
+        }
+    }
+    let body = got.into_body();
     let rate = shared.rate.load(Ordering::Relaxed);
     if !bucket.take(rate) {
         let e = WireError::new(
             Status::RateLimited,
             format!("this certificate is over its {rate} requests per second; retry shortly"),
         );
-        return refuse(send, op as u8, &e).await;
+        return Err((op as u8, e));
     }
     // A wrapped request runs as the request it carries; its answers echo the wrapper's opcode.
     let wrapper_op = op;
     let unwrapped = match handler::unwrap(ident, admitted, &body) {
         Ok(u) => u,
-        Err(r) => return refuse(send, r.op, &r.error).await,
+        Err(r) => return Err((r.op, r.error)),
     };
     if let Some(handler::Wrapper::AtSeq { seq, wait }) = unwrapped.wrapper
-        && let Err(e) = wait_for_seq(service, seq, wait).await
+        && let Err(e) = Box::pin(wait_for_seq(service, seq, wait)).await
     {
-        return refuse(send, wrapper_op as u8, &e).await;
+        return Err((wrapper_op as u8, e));
     }
     let op = unwrapped.inner.op();
     // Reads and writes draw on separate budgets: writes waiting on a stuck fsync hold theirs
@@ -337,7 +414,7 @@ async fn serve_request(
             Status::Busy,
             format!("too many {what} in flight; retry shortly"),
         );
-        return refuse(send, wrapper_op as u8, &e).await;
+        return Err((wrapper_op as u8, e));
     };
     if writes
         && (wrapper_op.forwardable() || matches!(wrapper_op, Op::PushCrl | Op::PushSerials))
@@ -348,7 +425,7 @@ async fn serve_request(
         let taken = match handler::take_challenge_to_forward(service, ident, now, &unwrapped, &body)
         {
             Ok(t) => t,
-            Err(e) => return refuse(send, wrapper_op as u8, &e).await,
+            Err(e) => return Err((wrapper_op as u8, e)),
         };
         let mut frame = Vec::with_capacity(HEADER_LEN + body.len());
         frame.extend_from_slice(&header);
@@ -361,10 +438,10 @@ async fn serve_request(
         } else {
             shared.limits.write_timeout
         } + FORWARD_MARGIN;
-        let forwarded = f.forward(ident, &frame, taken);
+        let forwarded = Box::pin(f.forward(ident, &frame, taken));
         let answer = match tokio::time::timeout(deadline, forwarded).await {
             Ok(Ok(a)) => a,
-            Ok(Err(e)) => return refuse(send, wrapper_op as u8, &e).await,
+            Ok(Err(e)) => return Err((wrapper_op as u8, e)),
             Err(_) => {
                 let e = WireError::new(
                     Status::OutcomeUnknown,
@@ -373,12 +450,12 @@ async fn serve_request(
                         deadline.as_millis()
                     ),
                 );
-                return refuse(send, wrapper_op as u8, &e).await;
+                return Err((wrapper_op as u8, e));
             }
         };
         drop(permit);
         let status = Status::from_u8(answer[1]).unwrap_or(Status::Internal);
-        return (op as u8, status, respond(send, &answer).await);
+        return Ok((op as u8, status, respond(send, &answer).await));
     }
     let (handled, out, _export_permit) = if runs_blocking(op) {
         let service = service.clone();
@@ -391,9 +468,9 @@ async fn serve_request(
             let h = handler::handle_unwrapped(&service, &ident, now, &unwrapped, &body, &mut out);
             (h, out)
         });
-        match wait_for_work(shared, op, writes, task).await {
+        match Box::pin(wait_for_work(shared, op, writes, task)).await {
             Ok((h, out)) => (h, out, None),
-            Err(e) => return refuse(send, wrapper_op as u8, &e).await,
+            Err(e) => return Err((wrapper_op as u8, e)),
         }
     } else {
         // Room for any single answer but a batch's, so the common case never reallocates.
@@ -406,10 +483,10 @@ async fn serve_request(
         (h, out, keep)
     };
     match handled {
-        Handled::Answered(status) => (op as u8, status, respond(send, &out).await),
+        Handled::Answered(status) => Ok((op as u8, status, respond(send, &out).await)),
         Handled::Export(provider) => {
-            let (status, delivered) = export(service, provider, send).await;
-            (op as u8, status, delivered)
+            let (status, delivered) = Box::pin(export(service, provider, send)).await;
+            Ok((op as u8, status, delivered))
         }
     }
 }
@@ -497,6 +574,78 @@ async fn wait_for_work(
                     timeout.as_millis()
                 ),
             ))
+        }
+    }
+}
+
+/// Chunks a stream read takes at most at once. A request that arrived whole (up to this many
+/// packets, FIN included: a `LOOKUP_BATCH` of 1,000 IDs is about a dozen) is read in one call,
+/// under one lock of quinn's connection, which also learns that the stream ended.
+const READ_CHUNKS: usize = 16;
+
+/// A request's bytes as they arrive. The first chunk is kept as quinn handed it over, so a
+/// request that arrived in one chunk is never copied; later chunks are appended to a buffer
+/// that grows as they arrive (never sized from the header).
+#[derive(Default)]
+struct Received {
+    first: Bytes,
+    more: Option<Vec<u8>>,
+}
+
+impl Received {
+    fn bytes(&self) -> &[u8] {
+        self.more.as_deref().unwrap_or(&self.first)
+    }
+
+    fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    /// Takes what has arrived; false once the stream has ended, or when it failed (reset, or
+    /// the connection lost), which this request treats alike: it did not arrive whole.
+    ///
+    /// The chunks are taken into an array on the stack of each poll, not kept in the future,
+    /// which every stream's task holds (quinn's read is cancel-safe, and a read that finds
+    /// nothing leaves its waker with the stream).
+    fn read_more<'a>(
+        &'a mut self,
+        recv: &'a mut RecvStream,
+    ) -> impl Future<Output = Result<bool, quinn::ReadError>> + 'a {
+        std::future::poll_fn(move |cx| {
+            let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
+            let polled = std::pin::pin!(recv.read_chunks(&mut chunks)).poll(cx);
+            let n = match polled {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(None)) => return Poll::Ready(Ok(false)),
+                Poll::Ready(Ok(Some(n))) => n,
+            };
+            for chunk in chunks.into_iter().take(n) {
+                self.push(chunk);
+            }
+            Poll::Ready(Ok(true))
+        })
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        match &mut self.more {
+            None if self.first.is_empty() => self.first = chunk,
+            None => {
+                let mut v = Vec::with_capacity(self.first.len() + chunk.len());
+                v.extend_from_slice(&self.first);
+                v.extend_from_slice(&chunk);
+                self.first = Bytes::new();
+                self.more = Some(v);
+            }
+            Some(v) => v.extend_from_slice(&chunk),
+        }
+    }
+
+    /// The body: everything after the frame header.
+    fn into_body(self) -> Bytes {
+        match self.more {
+            None => self.first.slice(HEADER_LEN..),
+            Some(v) => Bytes::from(v).slice(HEADER_LEN..),
         }
     }
 }
