@@ -151,10 +151,7 @@ pub(super) async fn accept_loop(endpoint: Endpoint, index: usize, shared: Arc<Sh
             let mut grant = super::StreamGrant::default();
             while let Ok((send, recv)) = conn.accept_bi().await {
                 let task = StreamTask::new(&shared, &ident, &bucket, grant.accepted(&conn));
-                let fut = serve_stream(task, send, recv);
-                static ONCE: std::sync::Once = std::sync::Once::new();
-                ONCE.call_once(|| eprintln!("FUTSIZE {}", std::mem::size_of_val(&fut)));
-                tokio::spawn(fut);
+                tokio::spawn(serve_stream(task, send, recv));
             }
             gauge.decrement(1.0);
             on_endpoint.decrement(1.0);
@@ -221,7 +218,7 @@ impl Drop for StreamTask {
 /// Serves one stream, from its first byte to its answer's metrics.
 ///
 /// Every stream allocates this future, so it is kept under 1 KiB with its task (864 bytes on
-/// 2026-12-05, a 1,024-byte task: the allocator's per-thread cache takes blocks up to 1,032):
+/// 2026-12-04, a 1,024-byte task: the allocator's per-thread cache takes blocks up to 1,032):
 /// a block, not an `async fn`, which would keep a second copy of its arguments; one await for
 /// every refusal (`serve_request`); rare paths (forwarding, work on the blocking pool, an
 /// export, waits for a seq and for the drain) boxed; chunks read on the stack of each poll.
