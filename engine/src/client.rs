@@ -323,9 +323,10 @@ impl Client {
             Some(_) => wire::encode_wrapped(req, None, &mut frame),
         }
         .ok_or(ClientError::RequestTooLarge { op: op.name() })?;
-        let (header, body) = self.raw(&frame).await?;
+        let resp = self.exchange(&frame).await?;
+        let (header, body) = wire::split_response(&resp)?;
         if !header.is_ok() {
-            return Err(ClientError::refused(header.status, &body));
+            return Err(ClientError::refused(header.status, body));
         }
         let answered_for = wrapper.unwrap_or(op);
         if header.op != answered_for as u8 {
@@ -337,11 +338,11 @@ impl Client {
             .into());
         }
         let body = if wrapper == Some(Op::WithSeq) {
-            let (seq, rest) = wire::split_seq(&body)?;
+            let (seq, rest) = wire::split_seq(body)?;
             self.saw_seq(seq);
             rest
         } else {
-            &body[..]
+            body
         };
         let resp = Response::decode(op, body)?;
         read(resp).ok_or_else(|| {
@@ -364,8 +365,8 @@ impl Client {
         provider: ProviderId,
         ids: &[MyKeyId],
     ) -> Result<Vec<Lookup>, ClientError> {
-        let raw = wire::id_list_bytes(ids);
-        let list = IdList::from_bytes(&raw)?;
+        let mut raw = Vec::new();
+        let list = IdList::from_ids(ids, &mut raw);
         let answers = self
             .call(
                 &Request::LookupBatch {
@@ -373,7 +374,11 @@ impl Client {
                     ids: list,
                 },
                 |r| match r {
-                    Response::LookupBatch(a) => Some(a.iter().collect::<Vec<_>>()),
+                    Response::LookupBatch(a) => {
+                        let mut v = Vec::with_capacity(a.len());
+                        v.extend(a.iter());
+                        Some(v)
+                    }
                     _ => None,
                 },
             )

@@ -421,6 +421,28 @@ mod tests {
     }
 
     #[test]
+    fn a_list_built_from_parsed_ids_is_the_list_read_from_their_bytes() {
+        let ids = [
+            id("1C2410DF79DGEL"),
+            id("ABCDEFGHIJKLMN"),
+            id("1C2410DF79DGEL"),
+        ];
+        let bytes = id_list_bytes(&ids);
+        assert_eq!(bytes.len(), ids.len() * crate::id::MYKEY_ID_LEN);
+        let read = IdList::from_bytes(&bytes).expect("ids");
+        // The buffer is cleared first, whatever it held.
+        let mut buf = b"leftover".to_vec();
+        let built = IdList::from_ids(&ids, &mut buf);
+        assert_eq!(built.len(), read.len());
+        assert_eq!(
+            built.iter().collect::<Vec<_>>(),
+            read.iter().collect::<Vec<_>>()
+        );
+        assert_eq!(built.iter().collect::<Vec<_>>(), ids);
+        assert_eq!(IdList::from_ids(&[], &mut buf).len(), 0);
+    }
+
+    #[test]
     fn every_request_round_trips_and_refuses_truncation() {
         let card = CardProof {
             cert_der: &[0x30, 1, 2],

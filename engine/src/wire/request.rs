@@ -548,12 +548,28 @@ pub fn encode_wrapped(
 
 /// Builds the IDs of a batch request from parsed IDs (client side).
 pub fn id_list_bytes(ids: &[MyKeyId]) -> Vec<u8> {
-    ids.iter()
-        .flat_map(|i| i.as_bytes().iter().copied())
-        .collect()
+    let mut out = Vec::new();
+    put_ids(ids, &mut out);
+    out
+}
+
+/// `ids`' 14 bytes each into `out`, cleared first.
+fn put_ids(ids: &[MyKeyId], out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(ids.len() * MYKEY_ID_LEN);
+    for id in ids {
+        out.extend_from_slice(id.as_bytes());
+    }
 }
 
 impl<'a> IdList<'a> {
+    /// The list of `ids`, written into `buf`: well-formed because each is a parsed
+    /// [`MyKeyId`], so not checked again as [`IdList::from_bytes`] checks bytes from outside.
+    pub fn from_ids(ids: &[MyKeyId], buf: &'a mut Vec<u8>) -> Self {
+        put_ids(ids, buf);
+        Self(buf)
+    }
+
     /// An ID list over `count` × 14 bytes of well-formed IDs (see [`id_list_bytes`]).
     pub fn from_bytes(b: &'a [u8]) -> Result<Self, WireError> {
         if !b.len().is_multiple_of(MYKEY_ID_LEN) {
