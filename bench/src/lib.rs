@@ -160,32 +160,48 @@ impl Read for PopulationReader {
 
 /// Baseline: a flat open-addressing array of 16-byte slots (14-byte key + 2-byte value),
 /// linear probing at load ≤ 0.5, hashed with the engine's keyed hash. The fastest plain
-/// in-memory table of the same keys: one cache miss per probe.
+/// in-memory table of the same keys: one cache miss per probe. Its memory is asked for huge
+/// pages, as the engine's mapped snapshots are (`store::fs::HUGE_PAGE_LEN`), so that the two
+/// pay the same TLB cost for a random probe.
 pub struct FlatTable {
-    slots: Vec<[u8; 16]>,
+    slots: memmap2::MmapMut,
     mask: usize,
     key: HashKey,
 }
+
+/// Bytes of a [`FlatTable`] slot.
+const FLAT_SLOT: usize = 16;
 
 impl FlatTable {
     /// A table of `rows` rows, each valued by its first link's provider (low 16 bits).
     pub fn build(rows: u64) -> Self {
         let cap = (rows as usize * 2).next_power_of_two();
+        let slots = memmap2::MmapMut::map_anon(cap * FLAT_SLOT)
+            .unwrap_or_else(|e| panic!("map {} bytes for the flat array: {e}", cap * FLAT_SLOT));
+        // Before the first touch, so that the faults allocate huge pages. Only a hint.
+        #[cfg(target_os = "linux")]
+        let _ = slots.advise(memmap2::Advice::HugePage);
         let mut t = Self {
-            slots: vec![[0u8; 16]; cap],
+            slots,
             mask: cap - 1,
             key: HashKey([7, 11]),
         };
         for i in 0..rows {
             let k = id_bytes(i, false);
             let mut s = t.key.hash(&k) as usize & t.mask;
-            while t.slots[s][0] != 0 {
+            while t.slot(s)[0] != 0 {
                 s = (s + 1) & t.mask;
             }
-            t.slots[s][..14].copy_from_slice(&k);
-            t.slots[s][14..].copy_from_slice(&(provider_of(i, 0) as u16).to_le_bytes());
+            let slot = &mut t.slots[s * FLAT_SLOT..(s + 1) * FLAT_SLOT];
+            slot[..14].copy_from_slice(&k);
+            slot[14..].copy_from_slice(&(provider_of(i, 0) as u16).to_le_bytes());
         }
         t
+    }
+
+    #[inline]
+    fn slot(&self, s: usize) -> &[u8] {
+        &self.slots[s * FLAT_SLOT..(s + 1) * FLAT_SLOT]
     }
 
     /// Hash of a key, for [`FlatTable::get_hashed`].
@@ -198,7 +214,7 @@ impl FlatTable {
     #[inline]
     pub fn prefetch(&self, h: u64) {
         // A load whose value is unused: the CPU issues it and moves on, as a prefetch would.
-        std::hint::black_box(self.slots[h as usize & self.mask][0]);
+        std::hint::black_box(self.slot(h as usize & self.mask)[0]);
     }
 
     /// The value of `k`.
@@ -206,7 +222,7 @@ impl FlatTable {
     pub fn get_hashed(&self, h: u64, k: &[u8; 14]) -> Option<u16> {
         let mut s = h as usize & self.mask;
         loop {
-            let slot = &self.slots[s];
+            let slot = self.slot(s);
             if slot[0] == 0 {
                 return None;
             }

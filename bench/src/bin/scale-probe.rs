@@ -24,6 +24,20 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Prints how much of the process's memory is mapped in huge pages (the store's mapped files
+/// as `FilePmdMapped`, the flat array as `AnonHugePages`): a random probe's TLB cost differs
+/// by page size, so a comparison holds only when both sides are on the same.
+fn huge_pages(when: &str) {
+    if let Ok(s) = std::fs::read_to_string("/proc/self/smaps_rollup") {
+        let got: Vec<String> = s
+            .lines()
+            .filter(|l| l.starts_with("FilePmdMapped") || l.starts_with("AnonHugePages"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        println!("huge pages {when}: {}", got.join(", "));
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (store, rows, queries) = match args.as_slice() {
@@ -113,14 +127,7 @@ fn main() {
         t.elapsed().as_nanos() as f64 / queries as f64
     );
     println!("RSS after lookups: {} MiB", rss_kib() / 1024);
-    if let Ok(s) = std::fs::read_to_string("/proc/self/smaps_rollup") {
-        for l in s
-            .lines()
-            .filter(|l| l.contains("PmdMapped") || l.starts_with("AnonHuge"))
-        {
-            println!("  {l}");
-        }
-    }
+    huge_pages("after the engine's lookups");
 
     let t = Instant::now();
     let flat = FlatTable::build(rows);
@@ -128,6 +135,7 @@ fn main() {
         "(flat array baseline built in {:.1} s)",
         t.elapsed().as_secs_f64()
     );
+    huge_pages("with the flat array built");
     for pass in ["cold (first touch)", "hot"] {
         let t = Instant::now();
         let mut found = 0usize;

@@ -105,8 +105,11 @@ pub fn restore(
     Ok(report)
 }
 
-/// Bytes moved per read while copying a file.
-const COPY_CHUNK: usize = 1 << 20;
+/// Bytes moved per read while copying a file: a huge page, so that the copy's writes end on
+/// huge-page multiples (a read of a regular file fills the chunk until the file's end) and a
+/// restored snapshot is mapped in huge pages as a written one is
+/// ([`super::fs::write_in_huge_pages`]).
+const COPY_CHUNK: usize = super::fs::HUGE_PAGE_LEN;
 
 /// One copy. `None` if the source's manifest changed, or a file vanished, while the files were
 /// being opened. Every file is opened before any byte is copied and the manifest is read again

@@ -37,6 +37,62 @@ impl Deref for Mapped {
     }
 }
 
+/// The huge page the store writes and maps snapshot files for: x86-64's and arm64's (4 KiB
+/// base pages) PMD size.
+pub const HUGE_PAGE_LEN: usize = 2 << 20;
+
+/// The first write of [`write_in_huge_pages`]: the page that holds a snapshot's header, written
+/// alone so that the page cache keeps it in a small folio and opening a store, which reads
+/// every header, maps a few pages of each file instead of its first 2 MiB.
+pub const HEAD_PIECE_LEN: usize = 4096;
+
+/// Writes `parts`, one after the other, to the empty file `f`: the first [`HEAD_PIECE_LEN`]
+/// bytes alone, then in writes that each end at a multiple of [`HUGE_PAGE_LEN`] of the file
+/// (the last one at its end). Linux (ext4 from 6.16, XFS) caches the bytes of such a write in
+/// folios as large as the write allows, up to 2 MiB, which a mapping with huge-page advice then
+/// maps with one TLB entry each; writes that straddle those boundaries leave folios of 1 MiB or
+/// less, mapped 4 KiB at a time, so that a random probe of a large snapshot pays a TLB miss and
+/// a page walk on top of its memory read. Only the bytes of a piece that spans two parts are
+/// copied.
+pub fn write_in_huge_pages(f: &mut dyn WriteFile, parts: &[&[u8]]) -> io::Result<()> {
+    let piece_end = |at: usize| {
+        if at < HEAD_PIECE_LEN {
+            HEAD_PIECE_LEN
+        } else {
+            (at / HUGE_PAGE_LEN + 1) * HUGE_PAGE_LEN
+        }
+    };
+    let mut written = 0usize;
+    let mut stage: Vec<u8> = Vec::new();
+    for part in parts {
+        let mut p = *part;
+        while !p.is_empty() {
+            let want = piece_end(written) - written - stage.len();
+            if stage.is_empty() && p.len() >= want {
+                // Whole pieces straight from the part, as many as it holds.
+                let n = want + (p.len() - want) / HUGE_PAGE_LEN * HUGE_PAGE_LEN;
+                f.write_all(&p[..n])?;
+                written += n;
+                p = &p[n..];
+                continue;
+            }
+            let n = want.min(p.len());
+            stage.extend_from_slice(&p[..n]);
+            p = &p[n..];
+            if n == want {
+                f.write_all(&stage)?;
+                written += stage.len();
+                stage.clear();
+            }
+        }
+    }
+    if stage.is_empty() {
+        Ok(())
+    } else {
+        f.write_all(&stage)
+    }
+}
+
 /// A file open for appending.
 pub trait WriteFile: Send {
     /// Appends all of `buf`.
@@ -153,10 +209,17 @@ impl Fs for RealFs {
         // the store appends to them. Another writer in the directory would break the contract,
         // which is why a store holds the directory's `LOCK` while open.
         let map = unsafe { memmap2::Mmap::map(&file)? };
-        // Lookups probe the mapping at random: ask for huge pages where the kernel and file
-        // system can map the page cache that way, to spare a TLB miss per probe. Only a hint.
+        // Lookups probe the mapping at random: ask for huge pages past the first
+        // `HUGE_PAGE_LEN`, where the kernel and file system can map the page cache that way
+        // (`write_in_huge_pages`), to spare a TLB miss per probe; and none for the first, so
+        // that reading a header at open maps (and, on a cold cache, reads) a few small pages,
+        // not 2 MiB of each file. Only hints: a kernel that declines them maps small pages.
         #[cfg(target_os = "linux")]
-        let _ = map.advise(memmap2::Advice::HugePage);
+        if map.len() > HUGE_PAGE_LEN {
+            use memmap2::Advice;
+            let _ = map.advise_range(Advice::NoHugePage, 0, HUGE_PAGE_LEN);
+            let _ = map.advise_range(Advice::HugePage, HUGE_PAGE_LEN, map.len() - HUGE_PAGE_LEN);
+        }
         Ok(Mapped::Map(map))
     }
 
@@ -631,5 +694,56 @@ impl Fs for TracedFs {
     }
     fn lock(&self) -> io::Result<DirLock> {
         self.inner.lock()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keeps every write apart.
+    struct Writes(Vec<Vec<u8>>);
+
+    impl WriteFile for Writes {
+        fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+            self.0.push(buf.to_vec());
+            Ok(())
+        }
+        fn sync(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_file_is_written_in_pieces_that_end_on_huge_page_boundaries() {
+        const H: usize = HUGE_PAGE_LEN;
+        let part = |len: usize, seed: u8| -> Vec<u8> {
+            (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+        };
+        let cases: Vec<Vec<Vec<u8>>> = vec![
+            // A header, its padding, the buckets and a heap, as a snapshot is written.
+            vec![part(64, 1), part(192, 2), part(5 * H + 100, 3), part(3 * H - 7, 4)],
+            // Parts that end exactly on a boundary, an empty one, and a last short piece.
+            vec![part(H, 5), part(0, 6), part(H - 1, 7), part(1, 8), part(10, 9)],
+            // All of it shorter than the header's page, and just past it.
+            vec![part(64, 10), part(1000, 11)],
+            vec![part(64, 12), part(HEAD_PIECE_LEN, 13)],
+        ];
+        for parts in cases {
+            let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+            let mut w = Writes(Vec::new());
+            write_in_huge_pages(&mut w, &refs).expect("write");
+            assert_eq!(w.0.concat(), parts.concat(), "the bytes, in order");
+            let mut end = 0;
+            for (i, piece) in w.0.iter().enumerate() {
+                assert!(!piece.is_empty(), "no empty write");
+                end += piece.len();
+                if i == 0 && w.0.len() > 1 {
+                    assert_eq!(end, HEAD_PIECE_LEN, "the header's page goes alone");
+                } else if i + 1 < w.0.len() {
+                    assert_eq!(end % H, 0, "write {i} ends at {end}, inside a huge page");
+                }
+            }
+        }
     }
 }

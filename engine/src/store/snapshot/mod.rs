@@ -644,15 +644,8 @@ impl ShardBuilder {
         let tmp = format!("{name}.tmp");
         let io = |op| super::io_err(fs, op, &tmp);
         let mut f = fs.create(&tmp).map_err(io("create"))?;
-        f.write_all(&head).map_err(io("write"))?;
-        f.write_all(&padding).map_err(io("write"))?;
-        for chunk in laid
-            .buckets
-            .chunks(1 << 20)
-            .chain(laid.heap.chunks(1 << 20))
-        {
-            f.write_all(chunk).map_err(io("write"))?;
-        }
+        super::fs::write_in_huge_pages(&mut *f, &[&head, &padding, &laid.buckets, &laid.heap])
+            .map_err(io("write"))?;
         f.sync().map_err(io("fsync"))?;
         drop(f);
         fs.rename(&tmp, name).map_err(io("rename"))?;
