@@ -718,13 +718,26 @@ mod tests {
     fn a_file_is_written_in_pieces_that_end_on_huge_page_boundaries() {
         const H: usize = HUGE_PAGE_LEN;
         let part = |len: usize, seed: u8| -> Vec<u8> {
-            (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+            (0..len)
+                .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+                .collect()
         };
         let cases: Vec<Vec<Vec<u8>>> = vec![
             // A header, its padding, the buckets and a heap, as a snapshot is written.
-            vec![part(64, 1), part(192, 2), part(5 * H + 100, 3), part(3 * H - 7, 4)],
+            vec![
+                part(64, 1),
+                part(192, 2),
+                part(5 * H + 100, 3),
+                part(3 * H - 7, 4),
+            ],
             // Parts that end exactly on a boundary, an empty one, and a last short piece.
-            vec![part(H, 5), part(0, 6), part(H - 1, 7), part(1, 8), part(10, 9)],
+            vec![
+                part(H, 5),
+                part(0, 6),
+                part(H - 1, 7),
+                part(1, 8),
+                part(10, 9),
+            ],
             // All of it shorter than the header's page, and just past it.
             vec![part(64, 10), part(1000, 11)],
             vec![part(64, 12), part(HEAD_PIECE_LEN, 13)],
