@@ -36,6 +36,27 @@ pub struct ClientTls {
 }
 
 impl ClientTls {
+    /// The TLS configuration a client connects with: TLS 1.3, aws-lc-rs, this certificate,
+    /// the server's roots, ALPN `mykey/1`, no session resumption. The handshake benchmark
+    /// runs it without QUIC.
+    pub fn rustls_config(self) -> Result<rustls::ClientConfig, ClientError> {
+        let provider = crate::server::crypto_provider();
+        let mut roots = rustls::RootCertStore::empty();
+        for r in self.server_roots {
+            roots.add(r).map_err(ConnectError::ServerRoot)?;
+        }
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(ConnectError::Tls)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(self.chain, self.key)
+            .map_err(ConnectError::ClientCert)?;
+        cfg.alpn_protocols = vec![wire::ALPN.to_vec()];
+        // A server resumes no session (PROTOCOL.md), so there is nothing to keep.
+        cfg.resumption = rustls::client::Resumption::disabled();
+        Ok(cfg)
+    }
+
     /// Reads a client certificate chain, its key and the server's CA certificates from PEM
     /// files; the error names the file.
     pub fn from_pem_files(
@@ -211,20 +232,7 @@ impl Client {
         server_name: &str,
         tls: ClientTls,
     ) -> Result<Self, ClientError> {
-        let provider = crate::server::crypto_provider();
-        let mut roots = rustls::RootCertStore::empty();
-        for r in tls.server_roots {
-            roots.add(r).map_err(ConnectError::ServerRoot)?;
-        }
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(ConnectError::Tls)?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(tls.chain, tls.key)
-            .map_err(ConnectError::ClientCert)?;
-        cfg.alpn_protocols = vec![wire::ALPN.to_vec()];
-        // A server resumes no session (PROTOCOL.md), so there is nothing to keep.
-        cfg.resumption = rustls::client::Resumption::disabled();
+        let cfg = tls.rustls_config()?;
         let quic =
             quinn::crypto::rustls::QuicClientConfig::try_from(cfg).map_err(ConnectError::Quic)?;
         let mut cc = quinn::ClientConfig::new(Arc::new(quic));

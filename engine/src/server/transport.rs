@@ -83,10 +83,10 @@ pub fn transport() -> quinn::TransportConfig {
     t
 }
 
-/// The QUIC server configuration `mykeyd` serves with: TLS 1.3, aws-lc-rs, client
-/// certificates required and checked against the client CA and its CRLs, ALPN `mykey/1`, and
-/// the shared transport settings. Benchmarks and test servers use it to match `mykeyd`.
-pub fn server_config(tls: ServerTls) -> Result<quinn::ServerConfig, ServerError> {
+/// The TLS configuration under [`server_config`]: TLS 1.3, aws-lc-rs, client certificates
+/// required and checked against the client CA and its CRLs, ALPN `mykey/1`, no session
+/// resumption. The handshake benchmark runs it without QUIC.
+pub fn server_tls_config(tls: ServerTls) -> Result<rustls::ServerConfig, ServerError> {
     let provider = crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     for ca in tls.client_cas {
@@ -114,6 +114,13 @@ pub fn server_config(tls: ServerTls) -> Result<quinn::ServerConfig, ServerError>
     // before they come back.
     cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     cfg.send_tls13_tickets = 0;
+    Ok(cfg)
+}
+
+/// The QUIC server configuration `mykeyd` serves with: [`server_tls_config`] and the shared
+/// transport settings. Benchmarks and test servers use it to match `mykeyd`.
+pub fn server_config(tls: ServerTls) -> Result<quinn::ServerConfig, ServerError> {
+    let cfg = server_tls_config(tls)?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(ServerError::Quic)?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
     let mut t = transport();
