@@ -69,8 +69,13 @@ pub fn write_in_huge_pages(f: &mut dyn WriteFile, parts: &[&[u8]]) -> io::Result
         while !p.is_empty() {
             let want = piece_end(written) - written - stage.len();
             if stage.is_empty() && p.len() >= want {
-                // Whole pieces straight from the part, as many as it holds.
-                let n = want + (p.len() - want) / HUGE_PAGE_LEN * HUGE_PAGE_LEN;
+                // Whole pieces straight from the part: the header's page alone, after it as
+                // many huge pages as the part holds.
+                let n = if written < HEAD_PIECE_LEN {
+                    want
+                } else {
+                    want + (p.len() - want) / HUGE_PAGE_LEN * HUGE_PAGE_LEN
+                };
                 f.write_all(&p[..n])?;
                 written += n;
                 p = &p[n..];
@@ -741,6 +746,8 @@ mod tests {
             // All of it shorter than the header's page, and just past it.
             vec![part(64, 10), part(1000, 11)],
             vec![part(64, 12), part(HEAD_PIECE_LEN, 13)],
+            // One part holding the header's page and several huge pages.
+            vec![part(HEAD_PIECE_LEN + 2 * H + 5, 14)],
         ];
         for parts in cases {
             let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
