@@ -1,6 +1,8 @@
 //! Scale figures of a store built from `gen-population ROWS`: time to open, RSS right after
 //! open, and hot lookup time (random rows, after one warm-up pass that faults the pages in),
 //! beside a flat open-addressing array of the same keys built in the same process afterwards.
+//! The store's probe of the `ids` table is also timed alone (the record's bytes, no answer
+//! made of them), which splits an engine lookup into the probe and the answer.
 //!
 //! `scale-probe STORE ROWS [QUERIES]`
 
@@ -10,7 +12,7 @@ use std::time::Instant;
 
 use mykey_bench::{FlatTable, id, id_bytes, provider, provider_of};
 use mykey_engine::id::{MyKeyId, ProviderId, Timestamp};
-use mykey_engine::registry::{Lookup, Registry, RegistryConfig};
+use mykey_engine::registry::{Lookup, Registry, RegistryConfig, Table};
 use mykey_engine::store::fs::{Fs, RealFs};
 
 fn rss_kib() -> u64 {
@@ -36,6 +38,50 @@ fn huge_pages(when: &str) {
             .collect();
         println!("huge pages {when}: {}", got.join(", "));
     }
+}
+
+/// The store's probe of `ids` for the same keys, through `Store::get_hashed` and
+/// `Store::get_batch` (view, delta, bucket CRC, key compare), returning the record's length
+/// instead of an answer: independent, as a dependent chain, and in batches of 16.
+fn probe_alone(reg: &Registry, keys: &[[u8; 14]]) {
+    let store = reg.store();
+    let n = keys.len() as f64;
+    let probe = |k: &[u8; 14]| {
+        store
+            .get_hashed(Table::Ids, store.hash(k), k, |v| v.map_or(0, <[u8]>::len))
+            .expect("probe")
+    };
+    let t = Instant::now();
+    for k in keys {
+        black_box(probe(k));
+    }
+    println!(
+        "store probe alone (the record's bytes, no answer), hot: {:.1} ns",
+        t.elapsed().as_nanos() as f64 / n
+    );
+    let t = Instant::now();
+    let mut i = 0usize;
+    for _ in 0..keys.len() {
+        i = (i + 1 + (probe(&keys[i]) & 1)) % keys.len();
+    }
+    black_box(i);
+    println!(
+        "store probe alone, hot, dependent chain: {:.1} ns",
+        t.elapsed().as_nanos() as f64 / n
+    );
+    let t = Instant::now();
+    for chunk in keys.chunks(16) {
+        let refs: [&[u8]; 16] = std::array::from_fn(|j| chunk.get(j).map_or(&[][..], |k| &k[..]));
+        store
+            .get_batch(Table::Ids, &refs[..chunk.len()], |_, v| {
+                black_box(v.map(<[u8]>::len));
+            })
+            .expect("batch");
+    }
+    println!(
+        "store probe alone, hot, batches of 16: {:.1} ns",
+        t.elapsed().as_nanos() as f64 / n
+    );
 }
 
 fn main() {
@@ -126,6 +172,7 @@ fn main() {
         "engine lookup, hot, batches of 16: {:.1} ns",
         t.elapsed().as_nanos() as f64 / queries as f64
     );
+    probe_alone(&reg, &keys);
     println!("RSS after lookups: {} MiB", rss_kib() / 1024);
     huge_pages("after the engine's lookups");
 
