@@ -117,6 +117,45 @@ pub const DELTA_KEYS: &str = "mykey_store_delta_keys";
 pub const COMPACTIONS_TOTAL: &str = "mykey_store_compactions_total";
 /// Metric: how long each compaction took.
 pub const COMPACTION_SECONDS: &str = "mykey_store_compaction_duration_seconds";
+/// Metric: bytes of the node's file mappings, its snapshots, mapped in 2 MiB pages right now
+/// (`FilePmdMapped` of `/proc/self/smaps_rollup`, read at each scrape). Near 0 on a warm store
+/// means each lookup pays a page walk on top of its memory read: files written by a build
+/// before huge-page writes, or a kernel or file system that maps their page cache in small
+/// pages (RUNBOOK, "Bulk load").
+pub const HUGE_PAGE_BYTES: &str = "mykey_store_huge_page_bytes";
+/// Where the kernel sums this process's mappings.
+const SMAPS_ROLLUP: &str = "/proc/self/smaps_rollup";
+
+/// Sets [`HUGE_PAGE_BYTES`] from [`SMAPS_ROLLUP`]: 0 when the kernel names no file huge pages.
+/// Where the file cannot be read (not Linux, or no `/proc`) the gauge is left unset, and the
+/// first failure is logged.
+pub fn publish_huge_pages() {
+    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    match std::fs::read_to_string(SMAPS_ROLLUP) {
+        Ok(text) => {
+            let bytes = file_huge_page_bytes(&text).unwrap_or(0);
+            metrics::gauge!(HUGE_PAGE_BYTES).set(bytes as f64);
+        }
+        Err(e) => {
+            if !LOGGED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(op = "read", file = SMAPS_ROLLUP, error = %e, "cannot tell how much of the store is mapped in huge pages; mykey_store_huge_page_bytes is not exported");
+            }
+        }
+    }
+}
+
+/// The `FilePmdMapped` bytes of an `smaps_rollup` text; `None` when it has no such line.
+pub fn file_huge_page_bytes(smaps_rollup: &str) -> Option<u64> {
+    let kib = smaps_rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("FilePmdMapped:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    kib.checked_mul(1024)
+}
 
 impl Store {
     /// What the store can do right now (see [`Health::problems`]).
@@ -160,5 +199,27 @@ impl Store {
         {
             tracing::error!(op = "read", error = %e, "refused a corrupt snapshot read; run `mykeyd snapshot verify` and restore the shard from a backup");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_huge_page_bytes_are_read_from_smaps_rollup() {
+        let text = "00400000-7ffc0000 ---p 00000000 00:00 0 [rollup]\n\
+                    Rss:             1234567 kB\n\
+                    AnonHugePages:     2048 kB\n\
+                    ShmemPmdMapped:       0 kB\n\
+                    FilePmdMapped:   589824 kB\n\
+                    Shared_Hugetlb:       0 kB\n";
+        assert_eq!(file_huge_page_bytes(text), Some(589_824 * 1024));
+        assert_eq!(
+            file_huge_page_bytes("Rss: 10 kB\nAnonHugePages: 2048 kB\n"),
+            None,
+            "anonymous huge pages are not the store's"
+        );
+        assert_eq!(file_huge_page_bytes("FilePmdMapped: lots kB\n"), None);
     }
 }
