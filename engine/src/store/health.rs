@@ -1,6 +1,7 @@
 //! What the store can do right now: [`Health`] (read-only after a failure, a log fsync in
 //! progress and its age, the compactor's state, a corrupt read), the store's metric names and
-//! gauges, and the throttled log of corrupt reads. Never changes what the store holds.
+//! gauges (how much of the snapshots is mapped in huge pages among them), and the throttled
+//! log of corrupt reads. Never changes what the store holds.
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
