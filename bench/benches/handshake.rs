@@ -79,6 +79,22 @@ fn setup() -> Setup {
     }
 }
 
+/// Everything `conn` has to send, into `out` (cleared first).
+fn flight<D>(conn: &mut rustls::ConnectionCommon<D>, out: &mut Vec<u8>) {
+    out.clear();
+    while conn.wants_write() {
+        conn.write_tls(out).expect("write a flight");
+    }
+}
+
+/// Feeds the peer's flight `bytes` to `conn`, processing each record as it is read.
+fn take<D>(conn: &mut rustls::ConnectionCommon<D>, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        conn.read_tls(&mut bytes).expect("read a flight");
+        conn.process_new_packets().expect("handshake");
+    }
+}
+
 /// One handshake to its end, tickets included: (server's time, client's time, what kind the
 /// server saw).
 fn handshake(
@@ -92,36 +108,23 @@ fn handshake(
     let t = Instant::now();
     let mut s = ServerConnection::new(server_cfg.clone()).expect("server connection");
     let mut ts = t.elapsed();
-    let mut buf = Vec::new();
+    let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
     loop {
-        buf.clear();
         let t = Instant::now();
-        while c.wants_write() {
-            c.write_tls(&mut buf).expect("client write");
-        }
+        flight(&mut c, &mut to_server);
         tc += t.elapsed();
         let t = Instant::now();
-        let mut rd = &buf[..];
-        while !rd.is_empty() {
-            s.read_tls(&mut rd).expect("server read");
-            s.process_new_packets().expect("server handshake");
-        }
-        let to_client = {
-            let mut out = Vec::new();
-            while s.wants_write() {
-                s.write_tls(&mut out).expect("server write");
-            }
-            out
-        };
+        take(&mut s, &to_server);
+        flight(&mut s, &mut to_client);
         ts += t.elapsed();
         let t = Instant::now();
-        let mut rd = &to_client[..];
-        while !rd.is_empty() {
-            c.read_tls(&mut rd).expect("client read");
-            c.process_new_packets().expect("client handshake");
-        }
+        take(&mut c, &to_client);
         tc += t.elapsed();
-        if buf.is_empty() && to_client.is_empty() && !c.is_handshaking() && !s.is_handshaking() {
+        if to_server.is_empty()
+            && to_client.is_empty()
+            && !c.is_handshaking()
+            && !s.is_handshaking()
+        {
             break;
         }
     }

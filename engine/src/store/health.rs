@@ -146,7 +146,7 @@ pub fn publish_huge_pages() {
 }
 
 /// The `FilePmdMapped` bytes of an `smaps_rollup` text; `None` when it has no such line.
-pub fn file_huge_page_bytes(smaps_rollup: &str) -> Option<u64> {
+fn file_huge_page_bytes(smaps_rollup: &str) -> Option<u64> {
     let kib = smaps_rollup
         .lines()
         .find_map(|l| l.strip_prefix("FilePmdMapped:"))?
