@@ -1,5 +1,6 @@
 //! The async client library of `mykey/1`, used by the `mykey` CLI, the load generator and the
-//! tests: one QUIC connection with a client certificate, one stream per request.
+//! tests: one QUIC connection with a client certificate, one stream per request, or lookups in
+//! turn on one stream ([`Pipeline`]).
 //!
 //! Owns the client side of the transport and the typed calls, and read-your-writes: a client
 //! in that mode sends every write it can in `WITH_SEQ` and every read it can in `AT_SEQ` at
@@ -190,6 +191,190 @@ impl ClientError {
 /// One row of an export.
 pub use crate::wire::ExportedLink;
 
+/// The success body of the response frame `resp` to a request answered under the opcode
+/// `answered_for`, or the refusal it carries.
+fn success_body(resp: &[u8], answered_for: Op) -> Result<&[u8], ClientError> {
+    let (header, body) = wire::split_response(resp)?;
+    if !header.is_ok() {
+        return Err(ClientError::refused(header.status, body));
+    }
+    if header.op != answered_for as u8 {
+        return Err(WireError::bad(format!(
+            "an answer for opcode {:#04x} to a {} request",
+            header.op,
+            answered_for.name()
+        ))
+        .into());
+    }
+    Ok(body)
+}
+
+/// Decodes the success `body` of `op` into `read`'s answer.
+fn decode_as<'b, T>(
+    op: Op,
+    body: &'b [u8],
+    read: impl FnOnce(Response<'b>) -> Option<T>,
+) -> Result<T, ClientError> {
+    let resp = Response::decode(op, body)?;
+    read(resp)
+        .ok_or_else(|| WireError::bad(format!("an answer of another kind to {}", op.name())).into())
+}
+
+fn read_lookup(r: Response<'_>) -> Option<Lookup> {
+    match r {
+        Response::Lookup(l) => Some(l),
+        _ => None,
+    }
+}
+
+fn read_batch(r: Response<'_>) -> Option<Vec<Lookup>> {
+    match r {
+        Response::LookupBatch(a) => {
+            let mut v = Vec::with_capacity(a.len());
+            v.extend(a.iter());
+            Some(v)
+        }
+        _ => None,
+    }
+}
+
+/// A batch's answers, refused unless there is one for each of its `asked` IDs.
+fn checked_batch(answers: Vec<Lookup>, asked: usize) -> Result<Vec<Lookup>, ClientError> {
+    if answers.len() != asked {
+        return Err(WireError::bad(format!(
+            "{} answers to a batch of {asked} IDs",
+            answers.len()
+        ))
+        .into());
+    }
+    Ok(answers)
+}
+
+/// A stream of pipelined lookups, opened by [`Client::pipeline`]: each call writes one request
+/// and reads its answer, on the same stream as the calls before it. One call at a time (a
+/// stream answers in order); open several for lookups at once. A call that fails on the
+/// stream itself (a drain ended it, the connection was lost) leaves it unusable: open another.
+pub struct Pipeline {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    /// Whether the server's answer to the `PIPELINE` frame has been read.
+    acked: bool,
+    /// The request being sent, its buffer reused.
+    frame: Vec<u8>,
+    /// The answers read: the current one first, `answer_len` bytes; any bytes after it
+    /// arrived with it. The buffer is reused.
+    answer: Vec<u8>,
+    answer_len: usize,
+}
+
+impl Pipeline {
+    /// `LOOKUP` on this stream.
+    pub async fn lookup(
+        &mut self,
+        provider: ProviderId,
+        id: MyKeyId,
+    ) -> Result<Lookup, ClientError> {
+        self.call(&Request::Lookup { provider, id }).await?;
+        decode_as(
+            Op::Lookup,
+            &self.answer[HEADER_LEN..self.answer_len],
+            read_lookup,
+        )
+    }
+
+    /// `LOOKUP_BATCH` on this stream: answers in the order of `ids`.
+    pub async fn lookup_batch(
+        &mut self,
+        provider: ProviderId,
+        ids: &[MyKeyId],
+    ) -> Result<Vec<Lookup>, ClientError> {
+        let mut raw = Vec::new();
+        let req = Request::LookupBatch {
+            provider,
+            ids: IdList::from_ids(ids, &mut raw),
+        };
+        self.call(&req).await?;
+        let answers = decode_as(
+            Op::LookupBatch,
+            &self.answer[HEADER_LEN..self.answer_len],
+            read_batch,
+        )?;
+        checked_batch(answers, ids.len())
+    }
+
+    /// Ends the stream: no more requests. The server finishes its side once it has answered.
+    pub async fn finish(mut self) -> Result<(), ClientError> {
+        let _ = self.send.finish();
+        if !self.acked {
+            self.read_answer(Op::Pipeline).await?;
+        }
+        let mut rest = [0u8; 1];
+        match self.recv.read(&mut rest).await {
+            Ok(None) if self.answer.len() == self.answer_len => Ok(()),
+            Ok(_) => {
+                Err(WireError::bad("bytes after the last answer of a pipelined stream").into())
+            }
+            Err(e) => Err(StreamError::ReadExact(quinn::ReadExactError::ReadError(e)).into()),
+        }
+    }
+
+    /// Writes `req` and reads its answer into `self.answer`, checked to be a success for it;
+    /// the first call reads the `PIPELINE` frame's own answer first.
+    async fn call(&mut self, req: &Request<'_>) -> Result<(), ClientError> {
+        let op = req.op();
+        self.frame.clear();
+        req.encode(&mut self.frame)
+            .ok_or(ClientError::RequestTooLarge { op: op.name() })?;
+        self.send
+            .write_all(&self.frame)
+            .await
+            .map_err(StreamError::Write)?;
+        if !self.acked {
+            self.read_answer(Op::Pipeline).await?;
+            self.acked = true;
+        }
+        self.read_answer(op).await
+    }
+
+    /// Reads the next answer frame to the front of `self.answer`, checked to be a success
+    /// for `op`: whatever has arrived, a chunk at a time, so an answer that came in one packet
+    /// costs one read; bytes past it (the next answer, when the `PIPELINE` frame's and the
+    /// first request's came together) stay for the next call.
+    async fn read_answer(&mut self, op: Op) -> Result<(), ClientError> {
+        self.answer.drain(..self.answer_len);
+        self.answer_len = 0;
+        let mut whole = None;
+        loop {
+            if whole.is_none() && self.answer.len() >= HEADER_LEN {
+                let mut h = [0u8; HEADER_LEN];
+                h.copy_from_slice(&self.answer[..HEADER_LEN]);
+                let header = ResponseHeader::decode(&h)?;
+                if header.len == wire::STREAMED {
+                    return Err(WireError::bad("a streamed answer on a pipelined stream").into());
+                }
+                whole = Some(HEADER_LEN + header.len as usize);
+            }
+            if let Some(w) = whole
+                && self.answer.len() >= w
+            {
+                self.answer_len = w;
+                break;
+            }
+            let chunk = self
+                .recv
+                .read_chunk(usize::MAX, true)
+                .await
+                .map_err(|e| StreamError::ReadExact(quinn::ReadExactError::ReadError(e)))?
+                .ok_or(StreamError::ReadExact(
+                    quinn::ReadExactError::FinishedEarly(self.answer.len()),
+                ))?;
+            self.answer.extend_from_slice(&chunk.bytes);
+        }
+        success_body(&self.answer[..self.answer_len], op)?;
+        Ok(())
+    }
+}
+
 /// A connection to a `mykeyd`.
 pub struct Client {
     endpoint: Endpoint,
@@ -332,19 +517,7 @@ impl Client {
         }
         .ok_or(ClientError::RequestTooLarge { op: op.name() })?;
         let resp = self.exchange(&frame).await?;
-        let (header, body) = wire::split_response(&resp)?;
-        if !header.is_ok() {
-            return Err(ClientError::refused(header.status, body));
-        }
-        let answered_for = wrapper.unwrap_or(op);
-        if header.op != answered_for as u8 {
-            return Err(WireError::bad(format!(
-                "an answer for opcode {:#04x} to a {} request",
-                header.op,
-                answered_for.name()
-            ))
-            .into());
-        }
+        let body = success_body(&resp, wrapper.unwrap_or(op))?;
         let body = if wrapper == Some(Op::WithSeq) {
             let (seq, rest) = wire::split_seq(body)?;
             self.saw_seq(seq);
@@ -352,19 +525,13 @@ impl Client {
         } else {
             body
         };
-        let resp = Response::decode(op, body)?;
-        read(resp).ok_or_else(|| {
-            WireError::bad(format!("an answer of another kind to {}", op.name())).into()
-        })
+        decode_as(op, body, read)
     }
 
     /// `LOOKUP`.
     pub async fn lookup(&self, provider: ProviderId, id: MyKeyId) -> Result<Lookup, ClientError> {
-        self.call(&Request::Lookup { provider, id }, |r| match r {
-            Response::Lookup(l) => Some(l),
-            _ => None,
-        })
-        .await
+        self.call(&Request::Lookup { provider, id }, read_lookup)
+            .await
     }
 
     /// `LOOKUP_BATCH`: answers in the order of `ids`.
@@ -374,32 +541,33 @@ impl Client {
         ids: &[MyKeyId],
     ) -> Result<Vec<Lookup>, ClientError> {
         let mut raw = Vec::new();
-        let list = IdList::from_ids(ids, &mut raw);
-        let answers = self
-            .call(
-                &Request::LookupBatch {
-                    provider,
-                    ids: list,
-                },
-                |r| match r {
-                    Response::LookupBatch(a) => {
-                        let mut v = Vec::with_capacity(a.len());
-                        v.extend(a.iter());
-                        Some(v)
-                    }
-                    _ => None,
-                },
-            )
-            .await?;
-        if answers.len() != ids.len() {
-            return Err(WireError::bad(format!(
-                "{} answers to a batch of {} IDs",
-                answers.len(),
-                ids.len()
-            ))
-            .into());
-        }
-        Ok(answers)
+        let ids_list = IdList::from_ids(ids, &mut raw);
+        let req = Request::LookupBatch {
+            provider,
+            ids: ids_list,
+        };
+        checked_batch(self.call(&req, read_batch).await?, ids.len())
+    }
+
+    /// Opens a stream for pipelined lookups (`PIPELINE`, `engine/PROTOCOL.md`): its lookups go
+    /// one after another on that one stream, each answered in turn, instead of a stream each.
+    /// A server that does not know `PIPELINE` refuses the first lookup with `UNKNOWN_OPCODE`;
+    /// send lookups with [`Client::lookup`] then.
+    pub async fn pipeline(&self) -> Result<Pipeline, ClientError> {
+        let (mut send, recv) = self.conn.open_bi().await.map_err(StreamError::Open)?;
+        let mut frame = Vec::with_capacity(64);
+        Request::Pipeline
+            .encode(&mut frame)
+            .ok_or(ClientError::RequestTooLarge { op: "PIPELINE" })?;
+        send.write_all(&frame).await.map_err(StreamError::Write)?;
+        Ok(Pipeline {
+            send,
+            recv,
+            acked: false,
+            frame,
+            answer: Vec::with_capacity(64),
+            answer_len: 0,
+        })
     }
 
     /// `CHALLENGE`.

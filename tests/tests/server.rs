@@ -1457,3 +1457,180 @@ async fn the_server_sends_no_session_ticket_so_every_connection_is_checked_in_fu
     );
     server.shutdown().await;
 }
+
+/// The response frames of a stream's bytes, in order: (status, opcode, body).
+fn frames_of(mut bytes: &[u8]) -> Vec<(Status, u8, Vec<u8>)> {
+    use mykey_engine::wire::HEADER_LEN;
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let len = u32::from_le_bytes(bytes[4..8].try_into().expect("len")) as usize;
+        let (frame, rest) = bytes.split_at(HEADER_LEN + len);
+        let (head, body) = mykey_engine::wire::split_response(frame).expect("a response frame");
+        out.push((
+            Status::from_u8(head.status).expect("status"),
+            head.op,
+            body.to_vec(),
+        ));
+        bytes = rest;
+    }
+    out
+}
+
+/// `PIPELINE`: a terminal's lookups one after another on one stream, each answered in turn as
+/// it would be on a stream of its own. A refusal of one request leaves the stream serving; a
+/// frame that may not ride it is answered and ends it; only the roles that may look up may open
+/// one; and an idle pipelined stream does not hold up a drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_lookups_are_answered_in_turn_on_one_stream() {
+    use mykey_engine::wire::{IdList, Op, Request, request_header_bytes};
+    let net = Net::new();
+    let dir = TempDir::new("server-pipeline");
+    let server = start(&net, registry(&dir, true), Vec::new());
+    let addr = server.local_addr().expect("addr");
+    let (a, b) = (provider("A-α1-0001"), provider("B-β1-0002"));
+    let portal = net.client(addr, "portal").await;
+    let counter = net.client(addr, "counter-a").await;
+    let p = pki();
+    let cert = card(&p.gen2023, &p.cards[0], 4243);
+    let pr = proof(&portal, &cert, &p.cards[0]).await;
+    let id = portal.register_full(as_card(&pr)).await.expect("register");
+    counter
+        .link(id, a, service("LIB-0001"), false)
+        .await
+        .expect("link");
+    let unknown = MyKeyId::parse(b"ZZZZZZZZZZZZZZ").expect("id");
+    let linked = Lookup::Linked(service("LIB-0001"));
+
+    // Through the client: many lookups and a batch on one stream.
+    let mut pipe = counter.pipeline().await.expect("pipeline");
+    for _ in 0..50 {
+        assert_eq!(pipe.lookup(a, id).await.expect("lookup"), linked);
+        assert_eq!(
+            pipe.lookup(a, unknown).await.expect("lookup"),
+            Lookup::UnknownId
+        );
+    }
+    assert_eq!(
+        pipe.lookup_batch(a, &[id, unknown, id])
+            .await
+            .expect("batch"),
+        vec![linked, Lookup::UnknownId, linked]
+    );
+    // A provider outside the certificate is refused, and the stream goes on.
+    assert_eq!(status(pipe.lookup(b, id).await), Status::Forbidden);
+    assert_eq!(pipe.lookup(a, id).await.expect("lookup"), linked);
+    pipe.finish()
+        .await
+        .expect("the server finishes after the last answer");
+
+    // Raw: every request written before any answer is read, then the FIN; the answers come in
+    // the order of the requests, a malformed ID refused on its own, and the stream then ends.
+    let frame = |req: Request<'_>| {
+        let mut f = Vec::new();
+        req.encode(&mut f).expect("encode");
+        f
+    };
+    let pipeline = frame(Request::Pipeline);
+    let look = frame(Request::Lookup { provider: a, id });
+    let look_unknown = frame(Request::Lookup {
+        provider: a,
+        id: unknown,
+    });
+    let mut bad_id = look.clone();
+    let n = bad_id.len();
+    bad_id[n - 1] = b'a';
+    let mut raw = Vec::new();
+    let batch = frame(Request::LookupBatch {
+        provider: a,
+        ids: IdList::from_ids(&[unknown, id], &mut raw),
+    });
+    let challenge = frame(Request::Challenge);
+    let exchange = |sent: Vec<u8>| {
+        let conn = counter.connection().clone();
+        async move {
+            let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+            send.write_all(&sent).await.expect("send");
+            let _ = send.finish();
+            let bytes = tokio::time::timeout(
+                std::time::Duration::from_secs(20),
+                recv.read_to_end(1 << 20),
+            )
+            .await
+            .expect("the stream ends")
+            .expect("answers");
+            frames_of(&bytes)
+        }
+    };
+    let got = exchange([&pipeline[..], &look, &bad_id, &look_unknown, &batch].concat()).await;
+    let kinds: Vec<(Status, u8)> = got.iter().map(|(s, op, _)| (*s, *op)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (Status::Ok, Op::Pipeline as u8),
+            (Status::Ok, Op::Lookup as u8),
+            (Status::BadId, Op::Lookup as u8),
+            (Status::Ok, Op::Lookup as u8),
+            (Status::Ok, Op::LookupBatch as u8),
+        ]
+    );
+    assert!(got[0].2.is_empty(), "PIPELINE's answer has no body");
+    // The same answers as on streams of their own.
+    assert_eq!(got[1].2, c_raw_body(&counter, &look).await);
+    assert_eq!(got[3].2, c_raw_body(&counter, &look_unknown).await);
+    assert_eq!(got[4].2, c_raw_body(&counter, &batch).await);
+
+    // A frame that may not follow a PIPELINE (another operation, an unknown opcode, another
+    // version) is answered and ends the stream: nothing after it is answered.
+    let unknown_op = [&[1u8, 0x7f][..], &look[2..]].concat();
+    let version_2 = [&[2u8][..], &look[1..]].concat();
+    for (what, odd, want) in [
+        ("CHALLENGE", &challenge, Status::BadFrame),
+        ("an unknown opcode", &unknown_op, Status::UnknownOpcode),
+        ("version 2", &version_2, Status::UnsupportedVersion),
+    ] {
+        let got = exchange([&pipeline[..], &look, odd, &look].concat()).await;
+        let kinds: Vec<(Status, u8)> = got.iter().map(|(s, op, _)| (*s, *op)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (Status::Ok, Op::Pipeline as u8),
+                (Status::Ok, Op::Lookup as u8),
+                (want, odd[1]),
+            ],
+            "{what}"
+        );
+    }
+    // A request cut short by the FIN is refused, after the ones before it are answered.
+    let got = exchange([&pipeline[..], &look, &look[..look.len() - 1]].concat()).await;
+    assert_eq!(got.len(), 3);
+    assert_eq!((got[1].0, got[2].0), (Status::Ok, Status::BadFrame));
+
+    // Only a role that may look up may open one; a PIPELINE frame has no body.
+    let (head, _) = portal.raw(&pipeline).await.expect("answer");
+    assert_eq!(Status::from_u8(head.status), Some(Status::Forbidden));
+    let with_body = [&request_header_bytes(Op::Pipeline as u8, 1)[..], &[0u8][..]].concat();
+    let (head, _) = counter.raw(&with_body).await.expect("answer");
+    assert_eq!(Status::from_u8(head.status), Some(Status::BadFrame));
+    // On its own (nothing after it), a PIPELINE is simply acknowledged.
+    let (head, body) = counter.raw(&pipeline).await.expect("answer");
+    assert!(head.is_ok() && body.is_empty());
+
+    // An idle pipelined stream does not hold up a drain: with a grace far longer than this
+    // test's wait, the drain still ends, because nothing is being served.
+    let mut idle = counter.pipeline().await.expect("pipeline");
+    assert_eq!(idle.lookup(a, id).await.expect("lookup"), linked);
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        server.drain(std::time::Duration::from_secs(600)),
+    )
+    .await
+    .expect("the drain does not wait for an idle pipelined stream");
+    assert!(idle.lookup(a, id).await.is_err(), "the server is gone");
+}
+
+/// The body of the answer to `frame` sent on a stream of its own.
+async fn c_raw_body(c: &Client, frame: &[u8]) -> Vec<u8> {
+    let (head, body) = c.raw(frame).await.expect("answer");
+    assert!(head.is_ok());
+    body
+}

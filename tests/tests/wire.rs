@@ -96,6 +96,7 @@ impl Parts {
             Op::Export => Request::Export { provider },
             Op::Stats => Request::Stats,
             Op::RegisterProvider => Request::RegisterProvider { provider },
+            Op::Pipeline => Request::Pipeline,
             Op::WithSeq | Op::AtSeq | Op::Forward | Op::ForwardPush => {
                 panic!("a wrapper is built by wire::encode_wrapped or encode_forward")
             }
@@ -106,7 +107,8 @@ impl Parts {
 fn parts() -> impl Strategy<Value = Parts> {
     (
         (
-            1u8..=0x10,
+            // Every operation but the wrappers (0x11..=0x14).
+            prop_oneof![1u8..=0x10, Just(Op::Pipeline as u8)],
             providers(),
             ids(),
             prop::collection::vec(ids(), 1..40),

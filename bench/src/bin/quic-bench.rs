@@ -1,7 +1,8 @@
 //! Lookups over QUIC on loopback, side by side with quinn's own floor on the same endpoint
 //! setup, in one run: latency at one stream (p50, p99), throughput at 10 and 100 concurrent
-//! requests, what the floor gains when requests share streams instead of one stream each (the
-//! question whether pipelining would pay), and batched lookups. `bench/quic-vs-redis.sh` runs it beside redis-benchmark.
+//! requests, what the floor and mykey's `PIPELINE` gain when requests go in turn on streams
+//! instead of one stream each (also over as many connections as redis-benchmark's `-c`), and
+//! batched lookups. `bench/quic-vs-redis.sh` runs it beside redis-benchmark.
 //!
 //! Usage: `quic-bench [IDS] [SECONDS] [ROUNDS]` (default 100,000 IDs, 3 s per throughput point,
 //! 5 rounds of each concurrency, engine and floor alternating: the median and the spread of
@@ -159,6 +160,42 @@ async fn floor_streams(conn: &quinn::Connection, conc: usize, secs: f64) -> f64 
     done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
 }
 
+/// Lookups per second on `conc` `PIPELINE` streams, each carrying one lookup after another for
+/// `secs`; stream `w` is opened on `clients[w % clients.len()]` (one connection for all, or one
+/// each).
+async fn pipelined(
+    clients: &[Arc<Client>],
+    pool: &Arc<Vec<MyKeyId>>,
+    p: ProviderId,
+    conc: usize,
+    secs: f64,
+) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + Duration::from_secs_f64(secs);
+    let ids = pool.len() - BATCH_MAX;
+    let mut tasks = Vec::new();
+    for w in 0..conc {
+        let c = clients[w % clients.len()].clone();
+        let (pool, done) = (pool.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut pipe = c.pipeline().await.expect("pipeline");
+            let mut i = w;
+            while Instant::now() < stop {
+                let l = pipe.lookup(p, pool[i % ids]).await.expect("lookup");
+                assert!(matches!(l, Lookup::Linked(_)));
+                i += conc;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            pipe.finish().await.expect("finish");
+        }));
+    }
+    let t = Instant::now();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
+}
+
 /// Latency of `n` sequential calls: (p50, p99).
 async fn latency<F: AsyncFn()>(n: usize, f: F) -> (Duration, Duration) {
     for _ in 0..n / 10 {
@@ -300,23 +337,70 @@ fn main() {
                 ratios[ratios.len() - 1]
             );
         }
-        // Would pipelining pay? The floor alone, one stream per request against one stream per
-        // outstanding request carrying them in turn, alternating rounds.
+        // Pipelining: on one connection, `conc` streams each carrying requests in turn (the
+        // floor's, and mykey's `PIPELINE`), beside a stream per request, rounds alternating; then
+        // `conc` connections with one `PIPELINE` stream each, which is what redis-benchmark's
+        // `-c conc` (one request outstanding a connection) does.
+        let mut pki_terminal = 0u32;
         for conc in [10usize, 100] {
-            let (mut per, mut piped, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-            for _ in 0..rounds {
-                let a = throughput(conc, secs, fl.clone()).await;
-                let b = floor_streams(&floor, conc, secs).await;
-                per.push(a);
-                piped.push(b);
-                ratios.push(b / a);
+            let mut rows: [Vec<f64>; 6] = Default::default();
+            let mut ratios: [Vec<f64>; 4] = Default::default();
+            let mut connections = Vec::new();
+            for _ in 0..conc {
+                pki_terminal += 1;
+                let t = pki.terminal(&format!("bench-{pki_terminal}"), Role::Counter, &[p], 100 + u64::from(pki_terminal)).expect("terminal");
+                connections.push(Arc::new(Client::connect(addr, "localhost", pki.client_tls(&t)).await.expect("client")));
             }
-            let (a, b, r) = (median(&mut per), median(&mut piped), median(&mut ratios));
+            let conns = Arc::new(connections.clone());
+            let conn_lookup = {
+                let pool = pool.clone();
+                move |i: u64| {
+                    let c = conns[i as usize % conns.len()].clone();
+                    let id = pool[(i % ids) as usize];
+                    async move {
+                        let l = c.lookup(p, id).await.expect("lookup");
+                        assert!(matches!(l, Lookup::Linked(_)));
+                    }
+                }
+            };
+            for _ in 0..rounds {
+                let fa = throughput(conc, secs, fl.clone()).await;
+                let fb = floor_streams(&floor, conc, secs).await;
+                let ma = throughput(conc, secs, lookup.clone()).await;
+                let mb = pipelined(std::slice::from_ref(&client), &pool, p, conc, secs).await;
+                let ca = throughput(conc, secs, conn_lookup.clone()).await;
+                let cb = pipelined(&connections, &pool, p, conc, secs).await;
+                for (row, v) in rows.iter_mut().zip([fa, fb, ma, mb, ca, cb]) {
+                    row.push(v);
+                }
+                for (row, v) in ratios.iter_mut().zip([fb / fa, mb / ma, mb / fb, cb / ca]) {
+                    row.push(v);
+                }
+            }
+            let [fa, fb, ma, mb, ca, cb] = rows.map(|mut r| median(&mut r));
+            let spread = |r: &mut Vec<f64>| {
+                let m = median(r);
+                format!("{m:.2} ({:.2}..{:.2})", r[0], r[r.len() - 1])
+            };
+            let [mut r_floor, mut r_mykey, mut r_vs_floor, mut r_conns] = ratios;
             println!(
-                "{conc:>3} concurrent        floor, stream per request {a:>9.0} /s | floor, requests in turn on {conc} streams {b:>9.0} /s | ratio {r:.2} (median of {rounds}; {:.2}..{:.2})",
-                ratios[0],
-                ratios[ratios.len() - 1]
+                "{conc:>3} concurrent        floor, stream per request {fa:>9.0} /s | floor, requests in turn on {conc} streams {fb:>9.0} /s | ratio {} (median of {rounds})",
+                spread(&mut r_floor)
             );
+            println!(
+                "{conc:>3} concurrent        mykey lookup, stream per request {ma:>9.0} /s | mykey PIPELINE on {conc} streams {mb:>9.0} /s | ratio {} | PIPELINE / floor in turn {}",
+                spread(&mut r_mykey),
+                spread(&mut r_vs_floor)
+            );
+            println!(
+                "{conc:>3} connections       mykey lookup, stream per request {ca:>9.0} /s | mykey PIPELINE, one stream a connection {cb:>9.0} /s | ratio {} (compare Redis TLS GET at -c {conc})",
+                spread(&mut r_conns)
+            );
+            for c in connections {
+                if let Ok(c) = Arc::try_unwrap(c) {
+                    c.close().await;
+                }
+            }
         }
         for (batch, conc) in [(100usize, 10usize), (BATCH_MAX, 4)] {
             let c = client.clone();

@@ -88,7 +88,9 @@ impl Role {
         use Op::*;
         use Role::*;
         match op {
-            Lookup | LookupBatch | Link | Unlink | Export => matches!(self, Counter | Operator),
+            Lookup | LookupBatch | Link | Unlink | Export | Pipeline => {
+                matches!(self, Counter | Operator)
+            }
             Challenge => matches!(self, Counter | Municipal | Portal),
             LookupCard => self == Counter,
             RegisterFull => matches!(self, Municipal | Portal),
@@ -334,7 +336,7 @@ mod tests {
     /// R partner, O operator.
     #[test]
     fn roles_match_the_protocol_table() {
-        let table: [(Op, &str); 20] = [
+        let table: [(Op, &str); 21] = [
             (Op::Lookup, "CO"),
             (Op::LookupBatch, "CO"),
             (Op::Challenge, "CMP"),
@@ -355,6 +357,7 @@ mod tests {
             (Op::AtSeq, "CO"),
             (Op::Forward, "N"),
             (Op::ForwardPush, "N"),
+            (Op::Pipeline, "CO"),
         ];
         let letter = |r: Role| match r {
             Role::Counter => 'C',

@@ -17,6 +17,7 @@ pub mod dev;
 pub mod forward;
 pub mod handler;
 pub mod limits;
+mod pipeline;
 pub mod pki;
 mod stream;
 pub mod transport;

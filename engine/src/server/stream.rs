@@ -81,7 +81,7 @@ impl Default for Meters {
 impl Meters {
     /// Counts one answer: by its status, or as `CUT_OFF` when the peer went away before all of
     /// it was written (an export it stopped reading, say), which is not an answer delivered.
-    fn record(&self, op: u8, status: Status, delivered: bool, seconds: f64) {
+    pub(super) fn record(&self, op: u8, status: Status, delivered: bool, seconds: f64) {
         let (code, label) = if delivered {
             (status as u8, status.name())
         } else {
@@ -243,9 +243,11 @@ fn serve_stream(
             // close that ends the drain cannot discard it.
             let _ = tokio::time::timeout(DRAIN_FLUSH, Box::pin(send.stopped())).await;
         }
-        shared
-            .meters
-            .record(op, status, delivered, start.elapsed().as_secs_f64());
+        if !(op == Op::Pipeline as u8 && status == Status::Ok) {
+            shared
+                .meters
+                .record(op, status, delivered, start.elapsed().as_secs_f64());
+        }
         let op_name = Op::from_u8(op).map_or("UNKNOWN", Op::name);
         if matches!(Op::from_u8(op), Some(Op::PushCrl | Op::PushSerials)) {
             let outcome = if status == Status::Ok {
@@ -337,6 +339,12 @@ async fn answer_request(
     };
     let op = admitted.op();
     let len = admitted.body_len() as usize;
+    if op == Op::Pipeline {
+        return Box::pin(open_pipeline(
+            shared, ident, bucket, send, recv, got, admitted,
+        ))
+        .await;
+    }
     let pushes = op.is_push();
     let _push_permit = if pushes {
         match shared.push_bodies.try_acquire() {
@@ -488,6 +496,56 @@ async fn answer_request(
     }
 }
 
+/// Acknowledges a `PIPELINE` frame (which has no body) and serves the lookups after it on the
+/// same stream (`pipeline`). The acknowledgement and each request are recorded in the metrics
+/// as they are answered, so [`serve_stream`] records nothing more for an acknowledged one.
+async fn open_pipeline(
+    shared: &Arc<Shared>,
+    ident: &Arc<Identity>,
+    bucket: &Bucket,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    got: Received,
+    admitted: handler::Admitted,
+) -> Result<(u8, Status, bool), Refused> {
+    let op = Op::Pipeline as u8;
+    if admitted.body_len() != 0 {
+        let _ = recv.stop(quinn::VarInt::from_u32(0));
+        return Err((op, WireError::bad("a PIPELINE frame has no body")));
+    }
+    let started = std::time::Instant::now();
+    let unwrapped = handler::unwrap(ident, admitted, &[]).map_err(|r| (r.op, r.error))?;
+    let mut ack = Vec::with_capacity(HEADER_LEN);
+    let service = &shared.service;
+    let status = match handler::handle_unwrapped(
+        service,
+        ident,
+        (service.clock)(),
+        &unwrapped,
+        &[],
+        &mut ack,
+    ) {
+        Handled::Answered(s) => s,
+        Handled::Export(_) => Status::Internal,
+    };
+    let delivered = send.write_all(&ack).await.is_ok();
+    shared
+        .meters
+        .record(op, status, delivered, started.elapsed().as_secs_f64());
+    if delivered && status == Status::Ok {
+        super::pipeline::serve_pipeline(
+            shared,
+            ident,
+            bucket,
+            send,
+            recv,
+            &got.bytes()[HEADER_LEN..],
+        )
+        .await;
+    }
+    Ok((op, Status::Ok, delivered))
+}
+
 /// How much longer than its `write_timeout` a follower waits for the writer's answer to a
 /// write it forwarded.
 const FORWARD_MARGIN: Duration = Duration::from_secs(1);
@@ -578,7 +636,7 @@ async fn wait_for_work(
 /// Chunks a stream read takes at most at once. A request that arrived whole (up to this many
 /// packets, FIN included: a `LOOKUP_BATCH` of 1,000 IDs is about a dozen) is read in one call,
 /// under one lock of quinn's connection, which also learns that the stream ended.
-const READ_CHUNKS: usize = 16;
+pub(super) const READ_CHUNKS: usize = 16;
 
 /// A request's bytes as they arrive. The first chunk is kept as quinn handed it over, so a
 /// request that arrived in one chunk is never copied; later chunks are appended to a buffer

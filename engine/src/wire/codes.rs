@@ -74,6 +74,8 @@ codes! {
         /// A partner's revocation push a cluster node was sent, passed on to the writer (a
         /// `FORWARD` with a push's body limit and deadline).
         ForwardPush = 0x14 => "FORWARD_PUSH",
+        /// Opens a stream that carries many lookups, one after another, each answered in turn.
+        Pipeline = 0x15 => "PIPELINE",
     }
 }
 

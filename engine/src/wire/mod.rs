@@ -408,7 +408,8 @@ mod tests {
         for cut in 0..frame.len() - HEADER_LEN {
             assert!(
                 Request::decode(op, &frame[HEADER_LEN..HEADER_LEN + cut]).is_err()
-                    || cut == 0 && matches!(req, Request::Challenge | Request::Stats)
+                    || cut == 0
+                        && matches!(req, Request::Challenge | Request::Stats | Request::Pipeline)
             );
         }
         // A trailing byte is refused.
@@ -462,6 +463,7 @@ mod tests {
                 ids: IdList::from_bytes(&ids).expect("ids"),
             },
             Request::Challenge,
+            Request::Pipeline,
             Request::LookupCard {
                 provider: p("A"),
                 card,

@@ -105,6 +105,8 @@ pub enum Request<'a> {
     },
     /// `STATS`.
     Stats,
+    /// `PIPELINE`: the stream carries lookups after it, each answered in turn.
+    Pipeline,
     /// `REGISTER_PROVIDER`.
     RegisterProvider {
         /// The provider.
@@ -295,6 +297,7 @@ impl<'a> Request<'a> {
             Request::PushSerials { .. } => Op::PushSerials,
             Request::Export { .. } => Op::Export,
             Request::Stats => Op::Stats,
+            Request::Pipeline => Op::Pipeline,
             Request::RegisterProvider { .. } => Op::RegisterProvider,
             Request::WithSeq { .. } => Op::WithSeq,
             Request::AtSeq { .. } => Op::AtSeq,
@@ -399,6 +402,7 @@ impl<'a> Request<'a> {
                 provider: r.provider()?,
             },
             Op::Stats => Request::Stats,
+            Op::Pipeline => Request::Pipeline,
             Op::RegisterProvider => Request::RegisterProvider {
                 provider: r.provider()?,
             },
@@ -451,7 +455,7 @@ impl<'a> Request<'a> {
                 out.extend_from_slice(&u16::try_from(ids.len()).ok()?.to_le_bytes());
                 out.extend_from_slice(ids.0);
             }
-            Request::Challenge | Request::Stats => {}
+            Request::Challenge | Request::Stats | Request::Pipeline => {}
             Request::LookupCard { provider, card } => {
                 put_bytes8(out, provider.as_bytes())?;
                 put_card(out, card)?;

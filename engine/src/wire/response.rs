@@ -38,7 +38,7 @@ pub enum Response<'a> {
     },
     /// `REGISTER_FULL`: the new MyKey ID.
     Registered(MyKeyId),
-    /// `REGISTER_PROVISIONAL`, `CONFIRM`, `REBIND`, `DELETE`: an empty body.
+    /// `REGISTER_PROVISIONAL`, `CONFIRM`, `REBIND`, `DELETE`, `PIPELINE`: an empty body.
     Done,
     /// `LINK`: what the link did.
     Link(LinkOutcome),
@@ -64,7 +64,7 @@ impl<'a> Response<'a> {
                 | (Response::Registered(_), Op::RegisterFull)
                 | (
                     Response::Done,
-                    Op::RegisterProvisional | Op::Confirm | Op::Rebind | Op::Delete
+                    Op::RegisterProvisional | Op::Confirm | Op::Rebind | Op::Delete | Op::Pipeline
                 )
                 | (Response::Link(_), Op::Link)
                 | (Response::Unlink(_), Op::Unlink)
@@ -105,7 +105,9 @@ impl<'a> Response<'a> {
                 }
             }
             Op::RegisterFull => Response::Registered(r.id()?),
-            Op::RegisterProvisional | Op::Confirm | Op::Rebind | Op::Delete => Response::Done,
+            Op::RegisterProvisional | Op::Confirm | Op::Rebind | Op::Delete | Op::Pipeline => {
+                Response::Done
+            }
             Op::Link => Response::Link(match r.u8()? {
                 0 => LinkOutcome::Linked,
                 1 => LinkOutcome::AlreadyLinked,
