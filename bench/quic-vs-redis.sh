@@ -2,7 +2,9 @@
 # Lookups over QUIC (mykeyd) beside Redis serving the same keys, in one run on loopback:
 # Redis GET with TLS and without at 1, 10 and 100 connections, Redis pipelined GET (-P 16),
 # then quic-bench (mykey lookups and quinn's own floor at 1, 10 and 100 concurrent requests,
-# one-stream latency, batched lookups). Installs redis-server (Debian) if missing, starts it on
+# one-stream latency, requests in turn on streams: the floor's and mykey's PIPELINE, on one
+# connection and on 10 and 100 connections (compare Redis GET at -c 10 and -c 100), batched
+# lookups). Installs redis-server (Debian) if missing, starts it on
 # 127.0.0.1 with a throwaway TLS certificate, and stops it at the end.
 #
 # Usage: bench/quic-vs-redis.sh [IDS] [REQUESTS]   (defaults 100000 IDs, 200000 requests)

@@ -320,6 +320,16 @@ fn main() {
         let (fp50, fp99) = latency(5000, async || floor_once(&floor).await).await;
         println!("1 stream latency     mykey lookup p50 {:>6.0} µs p99 {:>6.0} µs | quinn floor p50 {:>6.0} µs p99 {:>6.0} µs",
             lp50.as_secs_f64() * 1e6, lp99.as_secs_f64() * 1e6, fp50.as_secs_f64() * 1e6, fp99.as_secs_f64() * 1e6);
+        // A terminal's case: one lookup at a time, each on the same PIPELINE stream.
+        let pipe = tokio::sync::Mutex::new(client.pipeline().await.expect("pipeline"));
+        let (pp50, pp99) = latency(5000, async || {
+            let l = pipe.lock().await.lookup(p, pool[17]).await.expect("lookup");
+            assert!(matches!(l, Lookup::Linked(_)));
+        })
+        .await;
+        pipe.into_inner().finish().await.expect("finish");
+        println!("1 stream latency     mykey PIPELINE p50 {:>6.0} µs p99 {:>6.0} µs (the same lookup, in turn on one stream)",
+            pp50.as_secs_f64() * 1e6, pp99.as_secs_f64() * 1e6);
         for conc in [1usize, 10, 100] {
             // Rounds alternate engine and floor, so a noisy neighbour hits both alike.
             let (mut ms, mut fs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
