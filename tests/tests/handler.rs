@@ -119,7 +119,7 @@ fn spec_roles() -> Vec<(u8, String)> {
 #[test]
 fn every_role_is_admitted_to_exactly_the_operations_protocol_md_gives_it() {
     let roles = spec_roles();
-    assert_eq!(roles.len(), 20, "{roles:?}");
+    assert_eq!(roles.len(), 21, "{roles:?}");
     for (code, allowed) in roles {
         let op = Op::from_u8(code).expect("opcode");
         for (role, letter) in ROLES {

@@ -11,16 +11,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use quinn::{RecvStream, SendStream};
 
 use super::Identity;
 use super::handler::{self, Handled};
 use super::limits::Bucket;
-use super::stream::{READ_CHUNKS, Shared};
+use super::stream::{Shared, read_arrived};
 use crate::wire::{self, HEADER_LEN, Op, Status, WireError};
 
 /// The bytes of a pipelined stream that have arrived and are not answered yet. Grows only while
@@ -51,29 +49,17 @@ impl Frames {
     }
 
     /// Takes what has arrived; false once the client has finished its side, or when the
-    /// stream failed (reset, the connection lost).
+    /// stream failed (reset, the connection lost). The bytes already answered are dropped
+    /// first.
     fn read_more<'a>(
         &'a mut self,
         recv: &'a mut RecvStream,
     ) -> impl Future<Output = Result<bool, quinn::ReadError>> + 'a {
-        std::future::poll_fn(move |cx| {
-            let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
-            let polled = std::pin::pin!(recv.read_chunks(&mut chunks)).poll(cx);
-            let n = match polled {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(None)) => return Poll::Ready(Ok(false)),
-                Poll::Ready(Ok(Some(n))) => n,
-            };
-            if self.at > 0 {
-                self.buf.drain(..self.at);
-                self.at = 0;
-            }
-            for chunk in &chunks[..n] {
-                self.buf.extend_from_slice(chunk);
-            }
-            Poll::Ready(Ok(true))
-        })
+        if self.at > 0 {
+            self.buf.drain(..self.at);
+            self.at = 0;
+        }
+        read_arrived(recv, |chunk| self.buf.extend_from_slice(&chunk))
     }
 }
 

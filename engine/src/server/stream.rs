@@ -2,7 +2,8 @@
 //! identity, its rate bucket) and one task per stream, which reads a request within its
 //! deadline, applies the limits (push bodies, rate, read and write budgets), hands the bytes to
 //! the sans-IO handler (`handler`), on the blocking pool when the work waits for an fsync or
-//! RSA, and writes the answer, streaming an `EXPORT`. Counts every answer in the metrics.
+//! RSA, and writes the answer, streaming an `EXPORT`. A stream that opens with `PIPELINE` is
+//! acknowledged here and then served by `pipeline`. Counts every answer in the metrics.
 //!
 //! Owns sockets, deadlines and threads; never decides what a request means.
 
@@ -636,7 +637,34 @@ async fn wait_for_work(
 /// Chunks a stream read takes at most at once. A request that arrived whole (up to this many
 /// packets, FIN included: a `LOOKUP_BATCH` of 1,000 IDs is about a dozen) is read in one call,
 /// under one lock of quinn's connection, which also learns that the stream ended.
-pub(super) const READ_CHUNKS: usize = 16;
+const READ_CHUNKS: usize = 16;
+
+/// Takes whatever has arrived on `recv`, up to [`READ_CHUNKS`] chunks in one call, handing each
+/// to `take`; false once the stream has ended, an error when it failed (reset, or the
+/// connection lost).
+///
+/// The chunks are taken into an array on the stack of each poll, not kept in the future, which
+/// every stream's task holds (quinn's read is cancel-safe, and a read that finds nothing leaves
+/// its waker with the stream).
+pub(super) fn read_arrived<'a>(
+    recv: &'a mut RecvStream,
+    mut take: impl FnMut(Bytes) + 'a,
+) -> impl Future<Output = Result<bool, quinn::ReadError>> + 'a {
+    std::future::poll_fn(move |cx| {
+        let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
+        let polled = std::pin::pin!(recv.read_chunks(&mut chunks)).poll(cx);
+        let n = match polled {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(None)) => return Poll::Ready(Ok(false)),
+            Poll::Ready(Ok(Some(n))) => n,
+        };
+        for chunk in chunks.into_iter().take(n) {
+            take(chunk);
+        }
+        Poll::Ready(Ok(true))
+    })
+}
 
 /// A request's bytes as they arrive. The first chunk is kept as quinn handed it over, so a
 /// request that arrived in one chunk is never copied; later chunks are appended to a buffer
@@ -658,28 +686,11 @@ impl Received {
 
     /// Takes what has arrived; false once the stream has ended, or when it failed (reset, or
     /// the connection lost), which this request treats alike: it did not arrive whole.
-    ///
-    /// The chunks are taken into an array on the stack of each poll, not kept in the future,
-    /// which every stream's task holds (quinn's read is cancel-safe, and a read that finds
-    /// nothing leaves its waker with the stream).
     fn read_more<'a>(
         &'a mut self,
         recv: &'a mut RecvStream,
     ) -> impl Future<Output = Result<bool, quinn::ReadError>> + 'a {
-        std::future::poll_fn(move |cx| {
-            let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
-            let polled = std::pin::pin!(recv.read_chunks(&mut chunks)).poll(cx);
-            let n = match polled {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(None)) => return Poll::Ready(Ok(false)),
-                Poll::Ready(Ok(Some(n))) => n,
-            };
-            for chunk in chunks.into_iter().take(n) {
-                self.push(chunk);
-            }
-            Poll::Ready(Ok(true))
-        })
+        read_arrived(recv, |chunk| self.push(chunk))
     }
 
     fn push(&mut self, chunk: Bytes) {

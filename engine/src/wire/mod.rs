@@ -579,7 +579,7 @@ mod tests {
         let statuses = rows(section("## Status codes"));
         let ops = rows(section("## Operations"));
         assert!(
-            statuses.len() > 40 && ops.len() == 20,
+            statuses.len() > 40 && ops.len() == 21,
             "{statuses:?} {ops:?}"
         );
         for (code, name) in &statuses {
@@ -623,6 +623,6 @@ mod tests {
                 assert!(names.insert(o.name()));
             }
         }
-        assert_eq!(names.len(), 48 + 20);
+        assert_eq!(names.len(), 48 + 21);
     }
 }
