@@ -18,7 +18,7 @@ use mykey_engine::id::{MyKeyId, ServiceId};
 use mykey_engine::jpki::{CHALLENGE_LEN, Challenge};
 use mykey_engine::server::pki::OperatorCa;
 use mykey_engine::server::{ServerTls, StreamGrant, endpoint_on, server_config, system_clock};
-use mykey_engine::wire::{self, HEADER_LEN, Request, Response, Status};
+use mykey_engine::wire::{self, HEADER_LEN, Op, Request, Response, Status};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// The serial of the floor server's certificate (issued by the run's operator CA; terminals'
@@ -103,16 +103,63 @@ async fn accept_loop(endpoint: quinn::Endpoint) {
                 let open = grant.accepted(&conn);
                 tokio::spawn(async move {
                     let _open = open;
-                    let Ok(frame) = recv.read_to_end(FLOOR_REQUEST_MAX).await else {
-                        return;
-                    };
-                    let mut out = Vec::with_capacity(64);
-                    answer(&frame, &mut out);
-                    let _ = send.write_all(&out).await;
+                    serve_stream(&mut send, &mut recv).await;
                     let _ = send.finish();
                 });
             }
         });
+    }
+}
+
+/// Answers one stream: its one request, or, for a stream that opens with `PIPELINE`, the
+/// acknowledgement and then each lookup after it in turn, as `mykeyd` does.
+async fn serve_stream(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) {
+    let mut head = [0u8; HEADER_LEN];
+    let mut out = Vec::with_capacity(64);
+    let frame = match recv.read_exact(&mut head).await {
+        Ok(()) if head[1] == Op::Pipeline as u8 => return serve_pipeline(&head, send, recv).await,
+        Ok(()) => match recv.read_to_end(FLOOR_REQUEST_MAX - HEADER_LEN).await {
+            Ok(rest) => [&head[..], &rest].concat(),
+            Err(_) => return,
+        },
+        Err(quinn::ReadExactError::FinishedEarly(n)) => head[..n].to_vec(),
+        Err(_) => return,
+    };
+    answer(&frame, &mut out);
+    let _ = send.write_all(&out).await;
+}
+
+/// A `PIPELINE` stream whose frame header is `head`: each frame after it answered in turn,
+/// until the client finishes (or a frame's header announces a body past the floor's limit).
+async fn serve_pipeline(
+    head: &[u8; HEADER_LEN],
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) {
+    let mut out = Vec::with_capacity(64);
+    answer(head, &mut out);
+    if send.write_all(&out).await.is_err() || out.get(1).is_none_or(|s| *s != 0) {
+        return;
+    }
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let whole = buf
+            .get(..HEADER_LEN)
+            .map(|h| HEADER_LEN + u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize);
+        match whole {
+            Some(w) if w > FLOOR_REQUEST_MAX => return,
+            Some(w) if buf.len() >= w => {
+                answer(&buf[..w], &mut out);
+                buf.drain(..w);
+                if send.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+            _ => match recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+                _ => return,
+            },
+        }
     }
 }
 
@@ -179,6 +226,7 @@ pub fn answer(frame: &[u8], out: &mut Vec<u8>) {
             entries: 0,
             replayed: false,
         }),
+        Ok(Request::Pipeline) => Response::Done,
         Ok(Request::RegisterProvider { .. }) => {
             Response::RegisterProvider(ProviderOutcome::Registered)
         }
@@ -195,7 +243,6 @@ pub fn answer(frame: &[u8], out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use mykey_engine::id::ProviderId;
-    use mykey_engine::wire::Op;
 
     fn frame(req: &Request<'_>) -> Vec<u8> {
         let mut f = Vec::new();

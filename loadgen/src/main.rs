@@ -95,6 +95,11 @@ struct RunArgs {
     /// Closed loop with this many workers instead of the open-loop schedule.
     #[arg(long)]
     closed: Option<usize>,
+    /// Send each terminal's lookups and batches in turn on one PIPELINE stream (mykey/1
+    /// opcode 0x15), as a terminal looking up one ID after another would, instead of a stream
+    /// each; the floor run (--floor) does the same.
+    #[arg(long)]
+    pipeline: bool,
     /// UDP sockets the terminals share.
     #[arg(long, default_value_t = 4)]
     sockets: usize,
@@ -318,6 +323,7 @@ fn play(r: &RunArgs, events: Vec<trace::Event>, terminals: u32) -> Result<bool, 
         sockets: r.sockets,
         progress: !r.no_progress,
         terminals,
+        pipeline: r.pipeline,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

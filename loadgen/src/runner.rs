@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use mykey_engine::client::{Client, ClientError, ClientTls};
+use mykey_engine::client::{Client, ClientError, ClientTls, Pipeline};
 use mykey_engine::id::ProviderId;
 use mykey_engine::server::Role;
 use mykey_engine::server::pki::OperatorCa;
@@ -70,6 +70,9 @@ pub struct Options {
     /// Terminals to connect at the morning open, at least: terminals without a request in the
     /// schedule connect too (and stay idle), as a real street's quiet terminals do.
     pub terminals: u32,
+    /// Each terminal sends its lookups and batches in turn on one `PIPELINE` stream
+    /// (`engine/PROTOCOL.md`) instead of a stream each; its other requests keep their own.
+    pub pipeline: bool,
 }
 
 /// The error class of a failed request, for the report.
@@ -84,7 +87,12 @@ pub fn error_class(e: &ClientError) -> String {
     }
 }
 
-async fn send(c: Option<&Arc<Client>>, ctx: &Ctx, r: &Request) -> Result<(), String> {
+async fn send(
+    c: Option<&Arc<Client>>,
+    ctx: &Ctx,
+    terminal: u32,
+    r: &Request,
+) -> Result<(), String> {
     let cards = ctx.cards.as_deref();
     match r {
         Request::Register(id, serial) => return register(ctx, id, *serial).await,
@@ -92,6 +100,11 @@ async fn send(c: Option<&Arc<Client>>, ctx: &Ctx, r: &Request) -> Result<(), Str
         _ => {}
     }
     let c = c.ok_or("no connection")?;
+    if let Some(slot) = ctx.pipes.as_ref().and_then(|p| p.get(&terminal))
+        && matches!(r, Request::Lookup(..) | Request::Batch(..))
+    {
+        return pipelined(c, slot, r).await;
+    }
     match r {
         Request::Lookup(p, id) => c.lookup(*p, *id).await.map(|_| ()),
         Request::Link(p, id, s) => c.link(*id, *p, *s, true).await.map(|_| ()),
@@ -100,6 +113,26 @@ async fn send(c: Option<&Arc<Client>>, ctx: &Ctx, r: &Request) -> Result<(), Str
         Request::Register(..) | Request::PushSerials(..) => return Ok(()),
     }
     .map_err(|e: ClientError| error_class(&e))
+}
+
+/// A lookup or batch on its terminal's `PIPELINE` stream, opened on first use and again after
+/// any failure (a failed call may leave the stream unusable). A terminal's requests wait their
+/// turn for it, as on a real terminal; in open loop that wait counts in their latency.
+async fn pipelined(c: &Client, slot: &Mutex<Option<Pipeline>>, r: &Request) -> Result<(), String> {
+    let mut slot = slot.lock().await;
+    let pipe = match &mut *slot {
+        Some(p) => p,
+        None => slot.insert(c.pipeline().await.map_err(|e| error_class(&e))?),
+    };
+    let result = match r {
+        Request::Lookup(p, id) => pipe.lookup(*p, *id).await.map(|_| ()),
+        Request::Batch(p, ids) => pipe.lookup_batch(*p, ids).await.map(|_| ()),
+        _ => Ok(()),
+    };
+    if result.is_err() {
+        *slot = None;
+    }
+    result.map_err(|e| error_class(&e))
 }
 
 async fn register(ctx: &Ctx, id: &mykey_engine::id::MyKeyId, serial: u64) -> Result<(), String> {
@@ -151,6 +184,8 @@ struct Ctx {
     cards: Option<Arc<Cards>>,
     portal: Option<Client>,
     partner: Option<Client>,
+    /// With [`Options::pipeline`]: each terminal's `PIPELINE` stream, once opened.
+    pipes: Option<BTreeMap<u32, Mutex<Option<Pipeline>>>>,
 }
 
 /// Simulated cards: certificates issued on demand by the development JPKI generation for the
@@ -434,10 +469,14 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
     } else {
         None
     };
+    let pipes = opts
+        .pipeline
+        .then(|| clients.keys().map(|&t| (t, Mutex::new(None))).collect());
     let ctx = Arc::new(Ctx {
         cards: target.cards.clone(),
         portal,
         partner,
+        pipes,
     });
     let clients = Arc::new(clients);
     let nodes: Arc<Vec<String>> = Arc::new(target.addrs.iter().map(|a| a.to_string()).collect());
@@ -494,7 +533,8 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
                         drop(handle.spawn(async move {
                             let _answered = answered;
                             let e = &events[i];
-                            let r = send(clients.get(&e.terminal), &ctx, &e.request).await;
+                            let r =
+                                send(clients.get(&e.terminal), &ctx, e.terminal, &e.request).await;
                             // Latency from the schedule: a late answer is late however it
                             // came about.
                             let latency = Instant::now().saturating_duration_since(due);
@@ -529,7 +569,7 @@ pub async fn run(target: &Target, events: Vec<Event>, opts: Options) -> Result<R
                         let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                         let Some(e) = events.get(i) else { break };
                         let sent = Instant::now();
-                        let r = send(clients.get(&e.terminal), &ctx, &e.request).await;
+                        let r = send(clients.get(&e.terminal), &ctx, e.terminal, &e.request).await;
                         let at = sent.duration_since(start).as_secs_f64();
                         record(&report, &nodes, e, at, sent.elapsed(), r.err()).await;
                         done.fetch_add(1, Ordering::Relaxed);

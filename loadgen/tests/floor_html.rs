@@ -42,7 +42,8 @@ fn schedule() -> Vec<Event> {
 }
 
 /// The floor answers every request of the schedule with a body of its kind, on the same
-/// TLS (client certificates issued by the run's operator CA) and transport as mykeyd.
+/// TLS (client certificates issued by the run's operator CA) and transport as mykeyd, on
+/// streams of their own and on `PIPELINE` streams.
 #[test]
 fn a_schedule_played_against_the_floor_is_answered_in_full() {
     let pki = operator_ca();
@@ -57,24 +58,34 @@ fn a_schedule_played_against_the_floor_is_answered_in_full() {
         pki,
         cards: None,
     };
-    let opts = Options {
-        mode: Mode::Open,
-        speed: 1.0,
-        sockets: 2,
-        progress: false,
-        terminals: 8,
-    };
-    let report = rt.block_on(run(&target, schedule(), opts)).expect("run");
-    assert_eq!(
-        (report.ok(), report.failed()),
-        (300, 0),
-        "{}",
-        report.human()
-    );
-    assert_eq!(report.terminals, 8, "idle terminals connect too");
-    let j = report.json();
-    for op in ["lookup", "batch", "link"] {
-        assert_eq!(j["ops"][op]["count"], 100, "{op}: {}", report.human());
+    // A stream per request, then each terminal's lookups and batches in turn on its PIPELINE
+    // stream, which the floor serves as mykeyd does.
+    for pipeline in [false, true] {
+        let opts = Options {
+            mode: Mode::Open,
+            speed: 1.0,
+            sockets: 2,
+            progress: false,
+            terminals: 8,
+            pipeline,
+        };
+        let report = rt.block_on(run(&target, schedule(), opts)).expect("run");
+        assert_eq!(
+            (report.ok(), report.failed()),
+            (300, 0),
+            "pipeline {pipeline}: {}",
+            report.human()
+        );
+        assert_eq!(report.terminals, 8, "idle terminals connect too");
+        let j = report.json();
+        for op in ["lookup", "batch", "link"] {
+            assert_eq!(
+                j["ops"][op]["count"],
+                100,
+                "{op}, pipeline {pipeline}: {}",
+                report.human()
+            );
+        }
     }
 }
 

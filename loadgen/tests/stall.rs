@@ -90,6 +90,7 @@ async fn open_loop_shows_a_stall_that_closed_loop_hides() {
             sockets: 1,
             progress: false,
             terminals: 1,
+            pipeline: false,
         };
         let report = run(&target, schedule(n), opts).await.expect("run");
         assert_eq!((report.ok(), report.failed()), (n, 0), "{}", report.human());
