@@ -131,6 +131,8 @@ async fn serve_stream(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream
 
 /// A `PIPELINE` stream whose frame header is `head`: each frame after it answered in turn,
 /// until the client finishes (or a frame's header announces a body past the floor's limit).
+/// Unlike `mykeyd`, the floor answers any operation there rather than ending the stream on one
+/// that is not a lookup; the generator sends it only lookups and batches.
 async fn serve_pipeline(
     head: &[u8; HEADER_LEN],
     send: &mut quinn::SendStream,

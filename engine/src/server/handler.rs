@@ -550,7 +550,7 @@ fn execute(
             Response::Push(reg.push_serials(now, actor(ident)?, jpki, push, list)?)
         }
         // On its own (a stream holding nothing else) a PIPELINE is answered OK; the lookups
-        // that follow it on a stream are the QUIC task's (`stream::serve_pipeline`).
+        // that follow it on a stream are the QUIC task's (`pipeline::serve_pipeline`).
         Request::Pipeline => Response::Done,
         Request::Stats => {
             wire::stats_frame(out, &stats(service));
