@@ -248,17 +248,15 @@ fn answer(
         );
         return refuse(out, e);
     }
-    let unwrapped = match handler::unwrap(ident, admitted, body) {
-        Ok(u) => u,
-        Err(r) => return refuse(out, r.error),
-    };
     let Ok(_permit) = shared.in_flight.try_acquire() else {
         let e = WireError::new(Status::Busy, "too many requests in flight; retry shortly");
         return refuse(out, e);
     };
     let service = &shared.service;
     let now = (service.clock)();
-    match handler::handle_unwrapped(service, ident, now, &unwrapped, body, out) {
+    // A lookup comes in no wrapper (`serve_one` lets no other operation through), so its body
+    // goes to the handler as it is.
+    match handler::handle_body(service, ident, now, admitted, body, out) {
         Handled::Answered(status) => status,
         // Only lookups reach here; neither is streamed.
         Handled::Export(_) => refuse(

@@ -515,20 +515,13 @@ async fn open_pipeline(
         return Err((op, WireError::bad("a PIPELINE frame has no body")));
     }
     let started = std::time::Instant::now();
-    let unwrapped = handler::unwrap(ident, admitted, &[]).map_err(|r| (r.op, r.error))?;
     let mut ack = Vec::with_capacity(HEADER_LEN);
     let service = &shared.service;
-    let status = match handler::handle_unwrapped(
-        service,
-        ident,
-        (service.clock)(),
-        &unwrapped,
-        &[],
-        &mut ack,
-    ) {
-        Handled::Answered(s) => s,
-        Handled::Export(_) => Status::Internal,
-    };
+    let status =
+        match handler::handle_body(service, ident, (service.clock)(), admitted, &[], &mut ack) {
+            Handled::Answered(s) => s,
+            Handled::Export(_) => Status::Internal,
+        };
     let delivered = send.write_all(&ack).await.is_ok();
     shared
         .meters
