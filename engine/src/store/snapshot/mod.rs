@@ -344,14 +344,15 @@ impl ShardFile {
         }
     }
 
-    /// A batch's first step: hints the CPU to fetch `h`'s home bucket.
+    /// A batch's first step: hints the CPU to fetch `h`'s home bucket (version 2: and the
+    /// bucket after it).
     #[inline]
     pub fn prefetch(&self, h: u64) {
         if self.version == 1 {
             let at = HEADER_LEN + home_bucket(h, self.home) as usize * self.stride;
             prefetch_read(&self.bytes[at]);
         } else {
-            self.packed_prefetch(h);
+            self.packed_prefetch_batch(h);
         }
     }
 
