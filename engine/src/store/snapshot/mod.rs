@@ -352,7 +352,7 @@ impl ShardFile {
             let at = HEADER_LEN + home_bucket(h, self.home) as usize * self.stride;
             prefetch_read(&self.bytes[at]);
         } else {
-            self.packed_prefetch_batch(h);
+            self.packed_prefetch(h);
         }
     }
 

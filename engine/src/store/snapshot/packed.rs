@@ -587,26 +587,15 @@ impl ShardFile {
         }
     }
 
-    /// Hints the CPU to fetch the lines of `h`'s home bucket.
+    /// Hints the CPU to fetch the lines of `h`'s home bucket and of the bucket after it, where
+    /// about three hits in ten of a store built at [`LOAD_PCT_HOT`] end: fetched only once the
+    /// home bucket is read, that bucket was a second memory round trip (a hit there took ~1.5×
+    /// as long as one in its home bucket, `ops/CAPACITY.md`).
     #[inline]
     pub(super) fn packed_prefetch(&self, h: u64) {
-        self.prefetch_buckets(home_bucket(h, self.home), 1);
-    }
-
-    /// A batch's first step: the lines of `h`'s home bucket and of the bucket after it, where
-    /// about a third of the hits of a store built at [`LOAD_PCT_HOT`] end (a batch has the
-    /// misses to spare; a single lookup, whose latency it does not change, fetches its home
-    /// bucket alone).
-    #[inline]
-    pub(super) fn packed_prefetch_batch(&self, h: u64) {
         let home = home_bucket(h, self.home);
-        self.prefetch_buckets(home, if home + 1 < self.buckets { 2 } else { 1 });
-    }
-
-    /// Hints the CPU to fetch the lines of `count` buckets from bucket `first` (which exist).
-    #[inline(always)]
-    fn prefetch_buckets(&self, first: u64, count: usize) {
-        let at = self.body + first as usize * self.stride;
+        let count = if home + 1 < self.buckets { 2 } else { 1 };
+        let at = self.body + home as usize * self.stride;
         let lines = (self.stride / BUCKET_LEN_MIN).min(PREFETCH_LINES_MAX);
         for b in 0..count {
             for l in 0..lines {
