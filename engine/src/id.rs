@@ -292,7 +292,9 @@ impl ServiceId {
 
     /// A service ID of `len` bytes (1..=64) written in place by `fill`, which returns whether
     /// it wrote a valid one; allocation-free, and without a second copy (a store decoding a
-    /// packed form writes straight into the result).
+    /// packed form writes straight into the result). `fill` writes bytes `..len` and at most
+    /// the one after them (a packed form's padding, cleared here); the rest stays zero. So no
+    /// clearing of the tail (a `memset` call on the lookup path) is needed.
     #[inline]
     pub fn build(
         len: usize,
@@ -306,7 +308,13 @@ impl ServiceId {
             return None;
         }
         // Bytes past `len` stay zero, as `Inline::new` leaves them, so equality holds.
-        bytes[len..].fill(0);
+        if let Some(pad) = bytes.get_mut(len) {
+            *pad = 0;
+        }
+        debug_assert!(
+            bytes[len..].iter().all(|&b| b == 0),
+            "fill wrote past len + 1"
+        );
         Some(Self(Inline {
             len: len as u8,
             bytes,
