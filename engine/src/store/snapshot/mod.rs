@@ -526,10 +526,14 @@ fn crc_streams(data: &[u8]) -> u32 {
     let (b, rest) = rest.split_at(8 * w);
     let (c, tail) = rest.split_at(8 * w);
     let (mut ca, mut cb, mut cc) = (u64::from(!0u32), 0u64, 0u64);
-    for i in 0..w {
-        ca = _mm_crc32_u64(ca, le_word(a, i));
-        cb = _mm_crc32_u64(cb, le_word(b, i));
-        cc = _mm_crc32_u64(cc, le_word(c, i));
+    for ((x, y), z) in a
+        .chunks_exact(8)
+        .zip(b.chunks_exact(8))
+        .zip(c.chunks_exact(8))
+    {
+        ca = _mm_crc32_u64(ca, le_word(x, 0));
+        cb = _mm_crc32_u64(cb, le_word(y, 0));
+        cc = _mm_crc32_u64(cc, le_word(z, 0));
     }
     let shift = |crc: u64, k: u32| {
         let p = _mm_clmulepi64_si128::<0>(
