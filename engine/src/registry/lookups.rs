@@ -14,8 +14,12 @@ impl Registry {
         id: &MyKeyId,
         provider: &ProviderId,
     ) -> Result<Lookup, RegistryError> {
+        // The ID's bucket is requested first, so its memory miss overlaps the provider's
+        // name lookup instead of following it.
+        let h = self.store.hash(id.as_bytes());
+        self.store.prefetch(Table::Ids, h);
         let p = self.provider_ref(provider)?;
-        self.lookup_ref(now, id, p)
+        self.lookup_hashed(now, h, id, p.0)
     }
 
     /// Resolves a registered provider once, so that many lookups for it skip the name lookup

@@ -375,6 +375,17 @@ impl Store {
         }
     }
 
+    /// Hints the CPU to fetch the snapshot lines a later read of hash `h` in `table` will
+    /// touch, so that their memory miss overlaps whatever the caller does first (a lookup
+    /// resolves its provider's name meanwhile). Reads nothing and never fails; a key that
+    /// turns out to be in the delta only wastes the hint.
+    #[inline]
+    pub fn prefetch(&self, table: impl Into<TableId>, h: u64) {
+        let view = self.view.load();
+        let t = &view.tables[table.into().index()];
+        t.shards[shard_of(h, t.shards.len())].prefetch(h);
+    }
+
     /// Looks up a batch of keys of one table, overlapping their memory misses: it prefetches
     /// every key's home bucket, then probes the buckets (a version 1 shard prefetches the
     /// records they point at, read in a third pass). `f(i, value)` is called for every key,
