@@ -15,11 +15,12 @@ impl Registry {
         provider: &ProviderId,
     ) -> Result<Lookup, RegistryError> {
         // The ID's bucket is requested first, so its memory miss overlaps the provider's
-        // name lookup instead of following it.
+        // name lookup instead of following it; the view that prefetched it reads it.
         let h = self.store.hash(id.as_bytes());
-        self.store.prefetch(Table::Ids, h);
+        let ids = self.store.reader(Table::Ids);
+        ids.prefetch(h);
         let p = self.provider_ref(provider)?;
-        self.lookup_hashed(now, h, id, p.0)
+        ids.get_hashed(h, id.as_bytes(), |v| self.answer(now, v, p.0))?
     }
 
     /// Resolves a registered provider once, so that many lookups for it skip the name lookup
@@ -37,22 +38,12 @@ impl Registry {
         id: &MyKeyId,
         provider: ProviderRef,
     ) -> Result<Lookup, RegistryError> {
-        let h = self.store.hash(id.as_bytes());
-        self.lookup_hashed(now, h, id, provider.0)
-    }
-
-    #[inline]
-    pub(super) fn lookup_hashed(
-        &self,
-        now: Timestamp,
-        h: u64,
-        id: &MyKeyId,
-        p: u32,
-    ) -> Result<Lookup, RegistryError> {
         // The answer is made while the record's bytes are borrowed, so its service ID is
         // decoded once, into the answer itself.
-        self.store
-            .get_hashed(Table::Ids, h, id.as_bytes(), |v| self.answer(now, v, p))?
+        let h = self.store.hash(id.as_bytes());
+        self.store.get_hashed(Table::Ids, h, id.as_bytes(), |v| {
+            self.answer(now, v, provider.0)
+        })?
     }
 
     /// The lookup answer for the ID record `record` (`None`: no record) and provider `p`.

@@ -982,6 +982,95 @@ mod tests {
         every_flip_is_caught(&fs, "t.snap", id(), &key, &want);
     }
 
+    /// Sets byte `at` of `name` on `fs` to `to`, bit by bit.
+    fn set_byte(fs: &SimFs, name: &str, at: usize, from: u8, to: u8) {
+        for bit in 0..8 {
+            if (from ^ to) >> bit & 1 != 0 {
+                fs.flip_bit(name, at, bit).expect("flip");
+            }
+        }
+    }
+
+    /// A key form 1 bucket whose CRC is right but whose value ends are not (a writer's bug,
+    /// not a flip): a lookup of the record whose value they bound reports the corruption,
+    /// every other lookup answers or reports it, and none reads outside the bucket or panics.
+    #[test]
+    fn a_bad_value_end_under_a_good_bucket_crc_is_reported_not_served() {
+        let fs = SimFs::new(1);
+        let key = HashKey([5, 6]);
+        let ids: Vec<Vec<u8>> = (0..40u64)
+            .map(|i| format!("{:07}QRST{:03}", i * 104_729, i).into_bytes())
+            .collect();
+        let f = written(&fs, &key, ids.iter().map(|k| (&k[..], &b"some value"[..])));
+        let (len, crc) = (fs.len("t.snap").expect("exists"), f.header().header_crc);
+        let (body, stride, buckets) = (f.body, f.stride, f.buckets);
+        drop(f);
+        let mut checked = 0;
+        for b in 0..buckets as usize {
+            let at = body + b * stride;
+            let bytes = fs.map("t.snap").expect("map");
+            let n = usize::from(bytes[at + 4]);
+            let ends = at + packed::ID_BUCKET_HEAD_LEN + packed::ID_PACKED_LEN * n;
+            for j in 0..n {
+                let bytes = fs.map("t.snap").expect("map");
+                let start = if j == 0 {
+                    ends + n - at
+                } else {
+                    usize::from(bytes[ends + j - 1])
+                };
+                let was = bytes[ends + j];
+                let k = at + packed::ID_BUCKET_HEAD_LEN + packed::ID_PACKED_LEN * j;
+                let stored = packed::unpack_id(&bytes[k..k + packed::ID_PACKED_LEN]).expect("id");
+                // Before the value's start, and past the bucket's end.
+                let bad = [start.checked_sub(1), (stride < 255).then_some(255)];
+                for to in bad.into_iter().flatten() {
+                    let old_crc = le_u32(&fs.map("t.snap").expect("map"), at);
+                    set_byte(&fs, "t.snap", ends + j, was, to as u8);
+                    let bucket = fs.map("t.snap").expect("map")[at + 4..at + stride].to_vec();
+                    let new_crc = crc32c::crc32c(&bucket);
+                    for (i, (o, w)) in old_crc
+                        .to_le_bytes()
+                        .iter()
+                        .zip(new_crc.to_le_bytes())
+                        .enumerate()
+                    {
+                        set_byte(&fs, "t.snap", at + i, *o, w);
+                    }
+                    let f = ShardFile::open(&fs, "t.snap", id(), len as u64, crc).expect("open");
+                    assert!(
+                        matches!(
+                            f.get(key.hash(&stored), &stored),
+                            Err(StoreError::Corrupt { .. })
+                        ),
+                        "bucket {b} record {j}: value end {to} (its value starts at {start}) was served"
+                    );
+                    for k in &ids {
+                        if let Ok(v) = f.get(key.hash(k), k) {
+                            assert!(v.is_none_or(|v| v.len() <= stride), "{v:?}");
+                        }
+                    }
+                    drop(f);
+                    for (i, (o, w)) in old_crc
+                        .to_le_bytes()
+                        .iter()
+                        .zip(new_crc.to_le_bytes())
+                        .enumerate()
+                    {
+                        set_byte(&fs, "t.snap", at + i, w, *o);
+                    }
+                    set_byte(&fs, "t.snap", ends + j, to as u8, was);
+                    checked += 1;
+                }
+            }
+        }
+        assert!(
+            checked >= 40,
+            "every record's end was made bad at least once ({checked})"
+        );
+        let f = ShardFile::open(&fs, "t.snap", id(), len as u64, crc).expect("open");
+        assert_eq!(f.verify(&key).expect("restored"), 40);
+    }
+
     /// Values of every size around the limits of a key form 1 bucket (the last value end is
     /// a byte, 255 at most; 255 bytes and more go to the heap) are placed, found and verified.
     #[test]

@@ -616,12 +616,13 @@ impl ShardFile {
     #[inline]
     fn packed_lookup(&self, h: u64, key: &[u8]) -> Result<Option<&[u8]>, StoreError> {
         match self.key_form {
-            KeyForm::Bytes => self.packed_probe(h, |k| k == key),
+            KeyForm::Bytes => self.packed_probe(h, |bucket, b| {
+                self.records(bucket, b, |_, k, v| Ok((k == key).then_some(v)))
+            }),
             KeyForm::MyKeyId => match pack_id(key) {
-                // Fixed-size compares: one word and a half, no call.
                 Some(p) => {
                     let (w, t) = (le_u64(&p, 0), le_u16(&p, 8));
-                    self.packed_probe(h, |k| le_u64(k, 0) == w && le_u16(k, 8) == t)
+                    self.packed_probe(h, |bucket, b| self.find_id(bucket, b, w, t))
                 }
                 // Every key of this shard is a MyKey ID.
                 None => Ok(None),
@@ -629,22 +630,59 @@ impl ShardFile {
         }
     }
 
-    /// The probe of [`ShardFile::packed_get`], with `is_key` telling a stored key (as stored)
-    /// apart from the one looked up.
+    /// The value of the packed MyKey ID (`w`, `t`: its first 8 bytes and last 2) in the
+    /// checked bucket `b` of key form 1, if it holds it. The keys are compared first, at
+    /// their fixed stride, one word and a half each; then only the found record's value ends
+    /// are read and checked against the bucket (`verify` checks every record's).
     #[inline(always)]
-    fn packed_probe(
+    fn find_id<'a>(
         &self,
+        bucket: &'a [u8],
+        b: u64,
+        w: u64,
+        t: u16,
+    ) -> Result<Option<Stored<'a>>, StoreError> {
+        let len = bucket.len();
+        let n = usize::from(bucket[4]);
+        let ends = ID_BUCKET_HEAD_LEN + ID_PACKED_LEN * n;
+        if n > ID_RECORDS_PER_BUCKET_MAX || ends + n > len {
+            return Err(self.bucket_bad(b, 4, "record count past its bucket"));
+        }
+        let keys = &bucket[ID_BUCKET_HEAD_LEN..ends];
+        let Some(j) = keys
+            .chunks_exact(ID_PACKED_LEN)
+            .position(|k| le_u64(k, 0) == w && le_u16(k, 8) == t)
+        else {
+            return Ok(None);
+        };
+        let start = match j {
+            0 => ends + n,
+            _ => usize::from(bucket[ends + j - 1]),
+        };
+        let end = usize::from(bucket[ends + j]);
+        let heap = le_u32(bucket, 6) >> j & 1 != 0;
+        if end < start || end > len || heap && end - start != HEAP_REF_LEN {
+            return Err(self.bucket_bad(b, ends + j, "value end out of order"));
+        }
+        let v = &bucket[start..end];
+        Ok(Some(if heap { Err(heap_ref(v)) } else { Ok(v) }))
+    }
+
+    /// The probe of [`ShardFile::packed_get`], with `find` giving the stored value of the key
+    /// looked up in a checked bucket, if it holds it.
+    #[inline(always)]
+    fn packed_probe<'a>(
+        &'a self,
         h: u64,
-        is_key: impl Fn(&[u8]) -> bool,
-    ) -> Result<Option<&[u8]>, StoreError> {
+        find: impl Fn(&'a [u8], u64) -> Result<Option<Stored<'a>>, StoreError>,
+    ) -> Result<Option<&'a [u8]>, StoreError> {
         let home = home_bucket(h, self.home);
         for b in home..home + PROBE_BUCKETS_MAX as u64 {
             if b >= self.buckets {
                 return Err(self.corrupt(self.body, "a probe ran past the last bucket"));
             }
             let bucket = self.packed_bucket(b)?;
-            let found = self.records(bucket, b, |_, k, v| Ok(is_key(k).then_some(v)))?;
-            if let Some(v) = found {
+            if let Some(v) = find(bucket, b)? {
                 return self.value_of(v).map(Some);
             }
             // Past the home bucket only while some key goes on, and past the home bucket
