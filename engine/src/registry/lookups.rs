@@ -24,8 +24,9 @@ impl Registry {
     }
 
     /// Resolves a registered provider once, so that many lookups for it skip the name lookup
-    /// (the server resolves the providers a terminal's certificate names when it connects).
-    /// Provider indexes are never reused, so a reference stays valid for the store's life.
+    /// (the server resolves a `LOOKUP_BATCH`'s provider once for the whole batch; a single
+    /// `LOOKUP` resolves its own, while its bucket is being fetched). Provider indexes are
+    /// never reused, so a reference stays valid for the store's life.
     pub fn provider_ref(&self, provider: &ProviderId) -> Result<ProviderRef, RegistryError> {
         self.provider_index(provider).map(ProviderRef)
     }
