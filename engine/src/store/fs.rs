@@ -3,7 +3,8 @@
 //! Owns the two implementations: [`RealFs`] (one directory on disk, snapshot files mapped with
 //! memmap2) and [`SimFs`] (in memory, for crash tests), and [`TracedFs`], which wraps either to
 //! count fsyncs and to fail (ENOSPC, EIO) or stall (a hung fsync) the operations its
-//! [`Faults`] name. `SimFs` models what a power cut does to a
+//! [`Faults`] name. `RealFs` also writes snapshots in pieces the page cache keeps as huge
+//! pages, and re-reads a snapshot it finds cached in small ones. `SimFs` models what a power cut does to a
 //! file system, as SQLite's crash-test VFS does: data written but not fsync'd, and directory
 //! entries created or renamed but not fsync'd, may be lost; a crash keeps a random prefix of each
 //! file's unsynced appends. This module must never interpret file contents; it moves bytes.
@@ -40,6 +41,112 @@ impl Deref for Mapped {
 /// The huge page the store writes and maps snapshot files for: x86-64's and arm64's (4 KiB
 /// base pages) PMD size.
 pub const HUGE_PAGE_LEN: usize = 2 << 20;
+
+/// Share of a mapping's cached huge-page regions that must map in huge pages: below it,
+/// [`reseat_small_pages`] drops the file's cache so that it is read again in huge pages.
+#[cfg(target_os = "linux")]
+const RESEAT_BELOW_PCT: u64 = 85;
+
+/// The suffix of snapshot files, the only ones [`reseat_small_pages`] looks at (a log is read
+/// once, in order, at recovery).
+#[cfg(target_os = "linux")]
+const SNAPSHOT_SUFFIX: &str = ".snap";
+
+/// The base page the kernel caches files in (x86-64, arm64 with 4 KiB pages).
+#[cfg(target_os = "linux")]
+const PAGE_LEN: usize = 4096;
+
+/// The `FilePmdMapped` bytes of the mapping that starts at `addr`, from `/proc/self/smaps`.
+#[cfg(target_os = "linux")]
+fn mapping_huge_page_bytes(addr: usize) -> Option<u64> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let head = format!("{addr:x}-");
+    let lines = smaps.lines().skip_while(|l| !l.starts_with(&head)).skip(1);
+    // The mapping's fields run until the next mapping's line, which starts with an address.
+    lines
+        .take_while(|l| l.split_once(':').is_some_and(|(k, _)| !k.contains('-')))
+        .find_map(|l| l.strip_prefix("FilePmdMapped:"))
+        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+}
+
+/// When the page cache holds `map`'s file (at `path`) in small folios, drops that cache, so
+/// that lookups read the file again, each 2 MiB region in one huge page.
+///
+/// A file written by [`write_in_huge_pages`] is cached in huge folios, but one copied in by
+/// another tool (`cp`, `rsync`), or read back in small pieces, is cached in small ones, and
+/// the huge-page advice does not change a folio already cached: every probe then pays a TLB
+/// miss and a page walk (a 10M-ID chain at 2.3× the flat array against ~1.8×,
+/// `ops/CAPACITY.md`). The check touches one byte of each cached 2 MiB region (a minor fault,
+/// no read: regions not cached are left alone, and fault in huge pages when first read), asks
+/// the kernel how much of the mapping is mapped in huge pages, and unmaps what it touched, so
+/// RSS after open stays as it was. Only hints and their checks: any failure leaves the
+/// mapping as it is.
+#[cfg(target_os = "linux")]
+fn reseat_small_pages(map: &memmap2::Mmap, file: &File, path: &Path) {
+    use std::os::fd::AsRawFd;
+    let regions = map.len() / HUGE_PAGE_LEN;
+    if regions < 2 {
+        return;
+    }
+    // Region 0 holds the header and is advised to small pages; a partial last region cannot
+    // map huge. A region counts as cached when its first page is (one page asked each: asking
+    // for the whole file walks its page cache page by page).
+    let cached: Vec<usize> = (1..regions)
+        .filter(|r| {
+            let mut resident = 0u8;
+            // SAFETY: the page asked about lies inside the live mapping `map`, and mincore(2)
+            // writes one byte for it into `resident`.
+            let ok = unsafe {
+                libc::mincore(
+                    map.as_ptr().add(r * HUGE_PAGE_LEN) as *mut libc::c_void,
+                    PAGE_LEN,
+                    &mut resident,
+                )
+            };
+            ok == 0 && resident & 1 != 0
+        })
+        .collect();
+    if cached.is_empty() {
+        return;
+    }
+    let mut sum = 0u8;
+    for r in &cached {
+        sum ^= std::hint::black_box(map[r * HUGE_PAGE_LEN]);
+    }
+    std::hint::black_box(sum);
+    // The advice split the mapping in two: its first region, then the rest, which is ours.
+    let huge = mapping_huge_page_bytes(map.as_ptr() as usize + HUGE_PAGE_LEN);
+    let want = (cached.len() * HUGE_PAGE_LEN) as u64;
+    // SAFETY: MADV_DONTNEED on a read-only shared file mapping only drops this process's page
+    // table entries; the next read maps the file's bytes again, unchanged.
+    let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+    let Some(huge) = huge else { return };
+    if huge * 100 >= want * RESEAT_BELOW_PCT {
+        return;
+    }
+    let (from, len) = (HUGE_PAGE_LEN, regions * HUGE_PAGE_LEN - HUGE_PAGE_LEN);
+    // SAFETY: a plain system call on an open descriptor; it drops clean, unmapped cache only.
+    let r = unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            from as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
+    if r == 0 {
+        tracing::info!(
+            op = "map",
+            file = %path.display(),
+            cached_mib = want >> 20,
+            huge_mib = huge >> 20,
+            "the page cache held this snapshot in small pages (a copy?): dropped it, so that lookups read it again in huge pages"
+        );
+    } else {
+        tracing::warn!(op = "posix_fadvise", file = %path.display(), error = %io::Error::from_raw_os_error(r), "cannot drop a snapshot's small-page cache; it stays mapped in small pages");
+    }
+}
 
 /// The first write of [`write_in_huge_pages`]: the page that holds a snapshot's header, written
 /// alone so that the page cache keeps it in a small folio and opening a store, which reads
@@ -224,6 +331,9 @@ impl Fs for RealFs {
             use memmap2::Advice;
             let _ = map.advise_range(Advice::NoHugePage, 0, HUGE_PAGE_LEN);
             let _ = map.advise_range(Advice::HugePage, HUGE_PAGE_LEN, map.len() - HUGE_PAGE_LEN);
+            if name.ends_with(SNAPSHOT_SUFFIX) {
+                reseat_small_pages(&map, &file, &self.path(name));
+            }
         }
         Ok(Mapped::Map(map))
     }
@@ -717,6 +827,61 @@ mod tests {
         fn sync(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    /// A snapshot whose page cache came from small writes (a `cp`) maps in small pages, whatever
+    /// the advice; the store's map drops that cache, so that its regions fault in again as huge
+    /// pages. Skipped where the kernel or file system never maps a file in huge pages.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_snapshot_cached_in_small_pages_is_read_again_in_huge_pages() {
+        const H: usize = HUGE_PAGE_LEN;
+        const REGIONS: usize = 9;
+        let dir = std::env::temp_dir().join(format!("mykey-reseat-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let fs = RealFs::new(&dir).expect("temp dir");
+        let bytes: Vec<u8> = (0..REGIONS * H).map(|i| (i * 7 + i / 4096) as u8).collect();
+        let write = |name: &str, huge: bool| {
+            let mut f = fs.create(name).expect("create");
+            if huge {
+                write_in_huge_pages(&mut *f, &[&bytes]).expect("write");
+            } else {
+                for piece in bytes.chunks(64 << 10) {
+                    f.write_all(piece).expect("write");
+                }
+            }
+            f.sync().expect("fsync");
+        };
+        // Maps `name` as the store does, reads a byte of every region past the first, and
+        // says how much of it maps in huge pages.
+        let huge_bytes = |name: &str| -> u64 {
+            let m = fs.map(name).expect("map");
+            let Mapped::Map(map) = &m else {
+                panic!("a real file is mapped")
+            };
+            let mut sum = 0u8;
+            for r in 1..REGIONS {
+                sum ^= std::hint::black_box(map[r * H]);
+            }
+            std::hint::black_box(sum);
+            assert_eq!(&map[..], &bytes[..], "the bytes read are the bytes written");
+            mapping_huge_page_bytes(map.as_ptr() as usize + H).unwrap_or(0)
+        };
+        write("huge.snap", true);
+        if huge_bytes("huge.snap") == 0 {
+            eprintln!("skipped: this kernel or file system maps no file in huge pages");
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
+        }
+        write("copied.snap", false);
+        let got = huge_bytes("copied.snap");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            got >= ((REGIONS - 2) * H) as u64,
+            "a snapshot cached in small pages maps {} KiB in huge pages after the store's map, of {} KiB",
+            got >> 10,
+            ((REGIONS - 1) * H) >> 10
+        );
     }
 
     #[test]
