@@ -244,7 +244,8 @@ pub trait Fs: Send + Sync {
     /// Makes the directory's entries (creations, renames, removals) durable.
     fn sync_dir(&self) -> io::Result<()>;
     /// Takes this directory for one writer: the returned guard holds an exclusive lock until
-    /// dropped. Fails with `WouldBlock` when another process (or store) holds it.
+    /// dropped. Fails with `WouldBlock` when another process (or store) holds it, after
+    /// waiting a moment for a holder that is letting go (`RealFs`: half a second).
     fn lock(&self) -> io::Result<DirLock>;
 }
 
@@ -255,6 +256,15 @@ pub struct DirLock {
 
 /// Name of the lock file in a store directory.
 pub const LOCK_NAME: &str = "LOCK";
+
+/// How long taking a store directory's lock waits for a holder to let go before it reports
+/// the store open elsewhere. A lock just released can stay held for a moment: a process that
+/// starts a program holds a copy of every descriptor, the lock's among them, until that
+/// program has started (a store closed and opened again while another thread spawned a
+/// process was refused this way).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+/// How often the lock is tried again meanwhile.
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// The store's directory on disk.
 pub struct RealFs {
@@ -376,13 +386,21 @@ impl Fs for RealFs {
             .truncate(false)
             .write(true)
             .open(self.path(LOCK_NAME))?;
-        match file.try_lock() {
-            Ok(()) => Ok(DirLock { _file: Some(file) }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
-                io::ErrorKind::WouldBlock,
-                "the store is open in another process",
-            )),
-            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        let start = std::time::Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(DirLock { _file: Some(file) }),
+                Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(LOCK_POLL);
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        "the store is open in another process",
+                    ));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(e),
+            }
         }
     }
 }
