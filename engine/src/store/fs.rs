@@ -61,13 +61,20 @@ const PAGE_LEN: usize = 4096;
 fn mapping_huge_page_bytes(addr: usize) -> Option<u64> {
     let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
     let head = format!("{addr:x}-");
-    let lines = smaps.lines().skip_while(|l| !l.starts_with(&head)).skip(1);
-    // The mapping's fields run until the next mapping's line, which starts with an address.
-    lines
-        .take_while(|l| l.split_once(':').is_some_and(|(k, _)| !k.contains('-')))
-        .find_map(|l| l.strip_prefix("FilePmdMapped:"))
-        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
-        .map(|kib| kib * 1024)
+    // A mapping's line starts with its address range; its fields follow, up to the next one.
+    let is_head = |l: &str| l.split_once(' ').is_some_and(|(a, _)| a.contains('-'));
+    let mut lines = smaps
+        .split_inclusive('\n')
+        .skip_while(|l| !l.starts_with(&head));
+    let start = lines.next()?.as_ptr() as usize - smaps.as_ptr() as usize;
+    let fields = &smaps[start..];
+    let fields = &fields[fields.find('\n')? + 1..];
+    let end: usize = fields
+        .split_inclusive('\n')
+        .take_while(|l| !is_head(l))
+        .map(str::len)
+        .sum();
+    super::health::file_huge_page_bytes(&fields[..end])
 }
 
 /// When the page cache holds `map`'s file (at `path`) in small folios, drops that cache, so

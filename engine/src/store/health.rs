@@ -145,8 +145,9 @@ pub fn publish_huge_pages() {
     }
 }
 
-/// The `FilePmdMapped` bytes of an `smaps_rollup` text; `None` when it has no such line.
-fn file_huge_page_bytes(smaps_rollup: &str) -> Option<u64> {
+/// The `FilePmdMapped` bytes of an `smaps_rollup` text, or of one mapping's fields in
+/// `smaps`; `None` when it has no such line.
+pub(super) fn file_huge_page_bytes(smaps_rollup: &str) -> Option<u64> {
     let kib = smaps_rollup
         .lines()
         .find_map(|l| l.strip_prefix("FilePmdMapped:"))?

@@ -991,6 +991,18 @@ mod tests {
         }
     }
 
+    /// Sets the little-endian u32 at `at` of `name` on `fs` to `to`.
+    fn set_u32(fs: &SimFs, name: &str, at: usize, from: u32, to: u32) {
+        for (i, (f, t)) in from
+            .to_le_bytes()
+            .into_iter()
+            .zip(to.to_le_bytes())
+            .enumerate()
+        {
+            set_byte(fs, name, at + i, f, t);
+        }
+    }
+
     /// A key form 1 bucket whose CRC is right but whose value ends are not (a writer's bug,
     /// not a flip): a lookup of the record whose value they bound reports the corruption,
     /// every other lookup answers or reports it, and none reads outside the bucket or panics.
@@ -1028,14 +1040,7 @@ mod tests {
                     set_byte(&fs, "t.snap", ends + j, was, to as u8);
                     let bucket = fs.map("t.snap").expect("map")[at + 4..at + stride].to_vec();
                     let new_crc = crc32c::crc32c(&bucket);
-                    for (i, (o, w)) in old_crc
-                        .to_le_bytes()
-                        .iter()
-                        .zip(new_crc.to_le_bytes())
-                        .enumerate()
-                    {
-                        set_byte(&fs, "t.snap", at + i, *o, w);
-                    }
+                    set_u32(&fs, "t.snap", at, old_crc, new_crc);
                     let f = ShardFile::open(&fs, "t.snap", id(), len as u64, crc).expect("open");
                     assert!(
                         matches!(
@@ -1050,14 +1055,7 @@ mod tests {
                         }
                     }
                     drop(f);
-                    for (i, (o, w)) in old_crc
-                        .to_le_bytes()
-                        .iter()
-                        .zip(new_crc.to_le_bytes())
-                        .enumerate()
-                    {
-                        set_byte(&fs, "t.snap", at + i, w, *o);
-                    }
+                    set_u32(&fs, "t.snap", at, new_crc, old_crc);
                     set_byte(&fs, "t.snap", ends + j, to as u8, was);
                     checked += 1;
                 }
