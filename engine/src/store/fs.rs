@@ -152,33 +152,45 @@ fn huge_page_bytes(start: usize, len: usize) -> Option<u64> {
 /// unmaps what it touched, so RSS after open stays as it was; a file it drops it first writes
 /// back, since the drop skips dirty pages (a copy just made). Only hints and their checks:
 /// any failure, or a kernel without `PAGEMAP_SCAN` (before 6.7), leaves the mapping as it is.
+/// What [`reseat_small_pages`] did with a mapping.
 #[cfg(target_os = "linux")]
-fn reseat_small_pages(map: &memmap2::Mmap, file: &File, path: &Path) {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reseat {
+    /// Nothing to do: not cached, mapped in huge pages already, or the kernel cannot say.
+    Left,
+    /// The file's small-page cache was dropped, every checked region of it.
+    Dropped,
+    /// The cache is in small pages and (some of) it stayed after the drop: another process
+    /// maps it, or the drop failed. Logged as a warning.
+    Kept,
+}
+
+#[cfg(target_os = "linux")]
+fn reseat_small_pages(map: &memmap2::Mmap, file: &File, path: &Path) -> Reseat {
     use std::os::fd::AsRawFd;
     let regions = map.len() / HUGE_PAGE_LEN;
     if regions < 2 {
-        return;
+        return Reseat::Left;
     }
     // Region 0 holds the header and is advised to small pages; a partial last region cannot
     // map huge. A region counts as cached when its first page is (one page asked each: asking
     // for the whole file walks its page cache page by page).
-    let cached: Vec<usize> = (1..regions)
-        .filter(|r| {
-            let mut resident = 0u8;
-            // SAFETY: the page asked about lies inside the live mapping `map`, and mincore(2)
-            // writes one byte for it into `resident`.
-            let ok = unsafe {
-                libc::mincore(
-                    map.as_ptr().add(r * HUGE_PAGE_LEN) as *mut libc::c_void,
-                    PAGE_LEN,
-                    &mut resident,
-                )
-            };
-            ok == 0 && resident & 1 != 0
-        })
-        .collect();
+    let is_cached = |r: &usize| {
+        let mut resident = 0u8;
+        // SAFETY: the page asked about lies inside the live mapping `map`, and mincore(2)
+        // writes one byte for it into `resident`.
+        let ok = unsafe {
+            libc::mincore(
+                map.as_ptr().add(r * HUGE_PAGE_LEN) as *mut libc::c_void,
+                PAGE_LEN,
+                &mut resident,
+            )
+        };
+        ok == 0 && resident & 1 != 0
+    };
+    let cached: Vec<usize> = (1..regions).filter(is_cached).collect();
     if cached.is_empty() {
-        return;
+        return Reseat::Left;
     }
     let n = cached.len().min(RESEAT_SAMPLE);
     let mut sum = 0u8;
@@ -194,9 +206,11 @@ fn reseat_small_pages(map: &memmap2::Mmap, file: &File, path: &Path) {
     // SAFETY: MADV_DONTNEED on a read-only shared file mapping only drops this process's page
     // table entries; the next read maps the file's bytes again, unchanged.
     let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
-    let Some(huge) = huge else { return };
+    let Some(huge) = huge else {
+        return Reseat::Left;
+    };
     if huge * 100 >= want * RESEAT_BELOW_PCT {
-        return;
+        return Reseat::Left;
     }
     // The drop skips dirty pages: a file just copied in is still being written back.
     if let Err(e) = file.sync_data() {
@@ -212,7 +226,9 @@ fn reseat_small_pages(map: &memmap2::Mmap, file: &File, path: &Path) {
             libc::POSIX_FADV_DONTNEED,
         )
     };
-    if r == 0 {
+    // Pages another process maps (a second reader of the store) stay cached, in small pages.
+    let kept = cached.iter().filter(|r| is_cached(r)).count();
+    if r == 0 && kept == 0 {
         tracing::info!(
             op = "map",
             file = %path.display(),
@@ -220,8 +236,19 @@ fn reseat_small_pages(map: &memmap2::Mmap, file: &File, path: &Path) {
             huge_mib = huge >> 20,
             "the page cache held this snapshot in small pages (a copy?): dropped it, so that lookups read it again in huge pages"
         );
+        Reseat::Dropped
+    } else if r == 0 {
+        tracing::warn!(
+            op = "posix_fadvise",
+            file = %path.display(),
+            kept_regions = kept,
+            cached_regions = cached.len(),
+            "the page cache holds this snapshot in small pages and kept some of them after the drop (does another process map it?); those stay mapped in small pages"
+        );
+        Reseat::Kept
     } else {
         tracing::warn!(op = "posix_fadvise", file = %path.display(), error = %io::Error::from_raw_os_error(r), "cannot drop a snapshot's small-page cache; it stays mapped in small pages");
+        Reseat::Kept
     }
 }
 
@@ -419,7 +446,7 @@ impl Fs for RealFs {
             let _ = map.advise_range(Advice::NoHugePage, 0, HUGE_PAGE_LEN);
             let _ = map.advise_range(Advice::HugePage, HUGE_PAGE_LEN, map.len() - HUGE_PAGE_LEN);
             if name.ends_with(SNAPSHOT_SUFFIX) {
-                reseat_small_pages(&map, &file, &self.path(name));
+                let _ = reseat_small_pages(&map, &file, &self.path(name));
             }
         }
         Ok(Mapped::Map(map))
@@ -996,6 +1023,54 @@ mod tests {
             "a snapshot cached in small pages maps {} KiB in huge pages after the store's map, of {} KiB",
             got >> 10,
             ((REGIONS - 1) * H) >> 10
+        );
+    }
+
+    /// A snapshot whose small-page cache another mapping holds cannot be dropped: the check
+    /// must say so (a warning, `Reseat::Kept`), not report a drop that did not happen; with
+    /// that mapping gone, the same check drops it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_drop_that_another_mapping_keeps_is_reported_as_kept() {
+        const H: usize = HUGE_PAGE_LEN;
+        const REGIONS: usize = 6;
+        let dir = std::env::temp_dir().join(format!("mykey-kept-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let fs = RealFs::new(&dir).expect("temp dir");
+        let mut f = fs.create("copied.snap").expect("create");
+        let bytes: Vec<u8> = (0..REGIONS * H).map(|i| (i % 251) as u8).collect();
+        for piece in bytes.chunks(64 << 10) {
+            f.write_all(piece).expect("write");
+        }
+        f.sync().expect("fsync");
+        drop(f);
+        let path = fs.path("copied.snap");
+        let file = File::open(&path).expect("open");
+        // SAFETY: the test's own file, never written while mapped.
+        let other = unsafe { memmap2::Mmap::map(&file) }.expect("map");
+        let mut sum = 0u8;
+        for i in (0..other.len()).step_by(PAGE_LEN) {
+            sum ^= std::hint::black_box(other[i]);
+        }
+        std::hint::black_box(sum);
+        // SAFETY: as above.
+        let map = unsafe { memmap2::Mmap::map(&file) }.expect("map");
+        let _ = map.advise_range(memmap2::Advice::HugePage, H, map.len() - H);
+        let held = reseat_small_pages(&map, &file, &path);
+        drop(other);
+        let alone = reseat_small_pages(&map, &file, &path);
+        let _ = std::fs::remove_dir_all(&dir);
+        if huge_page_bytes(map.as_ptr() as usize, map.len()).is_none() || held == Reseat::Left {
+            eprintln!(
+                "skipped: this kernel has no PAGEMAP_SCAN, or its file system caches small writes in huge pages"
+            );
+            return;
+        }
+        assert_eq!(held, Reseat::Kept, "a cache another mapping holds is kept");
+        assert_eq!(
+            alone,
+            Reseat::Dropped,
+            "with that mapping gone it is dropped"
         );
     }
 

@@ -209,6 +209,36 @@ impl TableView {
     fn shard(&self, h: u64) -> &ShardFile {
         &self.shards[shard_of(h, self.shards.len())]
     }
+
+    /// `key`'s value in this view (the deltas, then the snapshot), passed to `f`; a read
+    /// failure is reported to `store`.
+    #[inline]
+    fn get_hashed<R>(
+        &self,
+        store: &Store,
+        h: u64,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> Result<R, StoreError> {
+        let f = match self.active.get(h, key, f) {
+            Ok(r) => return Ok(r),
+            Err(f) => f,
+        };
+        let f = match &self.frozen {
+            Some(fz) => match fz.get(h, key, f) {
+                Ok(r) => return Ok(r),
+                Err(f) => f,
+            },
+            None => f,
+        };
+        match self.shard(h).get(h, key) {
+            Ok(v) => Ok(f(v)),
+            Err(e) => {
+                store.read_failed(&e);
+                Err(e)
+            }
+        }
+    }
 }
 
 /// One table's view, held for a few reads ([`Store::reader`]). Held long, it keeps the
@@ -234,25 +264,7 @@ impl TableReader<'_> {
         key: &[u8],
         f: impl FnOnce(Option<&[u8]>) -> R,
     ) -> Result<R, StoreError> {
-        let t = self.table();
-        let f = match t.active.get(h, key, f) {
-            Ok(r) => return Ok(r),
-            Err(f) => f,
-        };
-        let f = match &t.frozen {
-            Some(fz) => match fz.get(h, key, f) {
-                Ok(r) => return Ok(r),
-                Err(f) => f,
-            },
-            None => f,
-        };
-        match t.shard(h).get(h, key) {
-            Ok(v) => Ok(f(v)),
-            Err(e) => {
-                self.store.read_failed(&e);
-                Err(e)
-            }
-        }
+        self.table().get_hashed(self.store, h, key, f)
     }
 
     /// Hints the CPU to fetch the snapshot lines a later read of hash `h` will touch, so
@@ -473,7 +485,7 @@ impl Store {
             for (i, k) in chunk.iter().enumerate() {
                 if delta[i] {
                     // Rare: a key changed since the snapshot; the plain path reads the delta.
-                    self.get_hashed(table, hashes[i], k, |v| f(chunk_start + i, v))?;
+                    t.get_hashed(self, hashes[i], k, |v| f(chunk_start + i, v))?;
                     continue;
                 }
                 let v = t
