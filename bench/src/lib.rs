@@ -232,7 +232,50 @@ impl FlatTable {
             s = (s + 1) & self.mask;
         }
     }
+
+    /// As [`FlatTable::get_hashed`], with a snapshot probe's memory pattern around it: the
+    /// `span` bytes (a multiple of 64) around the slot and the `span` after them are requested
+    /// first, as a probe requests its home bucket and the next, and the answer waits for the
+    /// CRC-32C of the `checked` bytes (a multiple of 64 dividing `span`) around the slot
+    /// (`store::snapshot::crc_short`, as a probe checks its bucket). So `checked == span`
+    /// is what a hit costs at best in a snapshot of `span`-byte buckets, each under one CRC,
+    /// and a smaller `checked` what it would cost if only the lines it reads were checked.
+    /// The table stores no CRC; the value is tied to the computed one so that it cannot be
+    /// skipped.
+    #[inline]
+    pub fn get_span_checked(
+        &self,
+        h: u64,
+        k: &[u8; 14],
+        span: usize,
+        checked: usize,
+    ) -> Option<u16> {
+        let mut s = h as usize & self.mask;
+        let at = (s * FLAT_SLOT / span * span).min(self.slots.len() - 2 * span);
+        for l in (at..at + 2 * span).step_by(LINE) {
+            std::hint::black_box(self.slots[l]);
+        }
+        loop {
+            let slot = self.slot(s);
+            if slot[0] == 0 {
+                return None;
+            }
+            if slot[..14] == k[..] {
+                let at = s * FLAT_SLOT / checked * checked;
+                let crc = mykey_engine::store::snapshot::crc_short(&self.slots[at..at + checked]);
+                let v = u16::from_le_bytes([slot[14], slot[15]]);
+                return Some(v ^ u16::from(crc == CRC_NEVER));
+            }
+            s = (s + 1) & self.mask;
+        }
+    }
 }
+
+/// A cache line.
+const LINE: usize = 64;
+
+/// A CRC [`FlatTable::get_span_checked`] compares against: any constant will do.
+const CRC_NEVER: u32 = 0x5EED_C0DE;
 
 /// Baseline: std `HashMap` (SipHash) of the same keys.
 pub fn std_map(rows: u64) -> HashMap<[u8; 14], u16> {

@@ -199,6 +199,10 @@ fn main() {
     let mut eng_ind_ref = Case::new("engine lookup, provider resolved once");
     let mut probe_ind = Case::new("store probe alone (the record's bytes)");
     let mut flat_chain = Case::new("flat array");
+    let mut flat_line_chain = Case::new("flat array + a 64-B bucket's CRC, next requested");
+    let mut flat_bucket_chain = Case::new("flat array + a 256-B bucket's CRC, next requested");
+    let mut flat_bucket_line_chain =
+        Case::new("flat array + 256-B buckets requested, one line's CRC");
     let mut eng_chain = Case::new("engine lookup");
     let mut eng_chain_ref = Case::new("engine lookup, provider resolved once");
     let mut probe_chain = Case::new("store probe alone (the record's bytes)");
@@ -238,6 +242,22 @@ fn main() {
             }
             black_box(k);
         });
+        for (case, span, checked) in [
+            (&mut flat_line_chain, 64, 64),
+            (&mut flat_bucket_line_chain, 256, 64),
+            (&mut flat_bucket_chain, 256, 256),
+        ] {
+            case.time(n, || {
+                let mut k = 0usize;
+                for _ in 0..n {
+                    let v = flat
+                        .get_span_checked(flat.hash(&keys[k]), &keys[k], span, checked)
+                        .unwrap_or(0);
+                    k = (k + 1 + usize::from(v & 1)) % n;
+                }
+                black_box(k);
+            });
+        }
         eng_chain.time(n, || {
             let mut k = 0usize;
             for _ in 0..n {
@@ -300,7 +320,14 @@ fn main() {
     }
     println!(" dependent chain (each key from the previous answer: one lookup's latency)");
     report(&flat_chain, None);
-    for c in [&eng_chain, &eng_chain_ref, &probe_chain] {
+    for c in [
+        &flat_line_chain,
+        &flat_bucket_line_chain,
+        &flat_bucket_chain,
+        &eng_chain,
+        &eng_chain_ref,
+        &probe_chain,
+    ] {
         report(c, Some(&flat_chain));
     }
     println!(" batches of {BATCH}");
