@@ -152,6 +152,26 @@ fn huge_page_bytes(start: usize, len: usize) -> Option<u64> {
 /// unmaps what it touched, so RSS after open stays as it was; a file it drops it first writes
 /// back, since the drop skips dirty pages (a copy just made). Only hints and their checks:
 /// any failure, or a kernel without `PAGEMAP_SCAN` (before 6.7), leaves the mapping as it is.
+/// Whether the page cache holds the page at offset `at` of `map`'s file (mincore(2): a page
+/// still being read does not count).
+#[cfg(target_os = "linux")]
+fn page_cached(map: &memmap2::Mmap, at: usize) -> bool {
+    if at >= map.len() {
+        return false;
+    }
+    let mut resident = 0u8;
+    // SAFETY: the page asked about lies inside the live mapping `map` (checked above), and
+    // mincore(2) writes one byte for it into `resident`.
+    let ok = unsafe {
+        libc::mincore(
+            map.as_ptr().add(at / PAGE_LEN * PAGE_LEN) as *mut libc::c_void,
+            PAGE_LEN,
+            &mut resident,
+        )
+    };
+    ok == 0 && resident & 1 != 0
+}
+
 /// What [`reseat_small_pages`] did with a mapping.
 #[cfg(target_os = "linux")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,19 +195,7 @@ fn reseat_small_pages(map: &memmap2::Mmap, file: &File, path: &Path) -> Reseat {
     // Region 0 holds the header and is advised to small pages; a partial last region cannot
     // map huge. A region counts as cached when its first page is (one page asked each: asking
     // for the whole file walks its page cache page by page).
-    let is_cached = |r: &usize| {
-        let mut resident = 0u8;
-        // SAFETY: the page asked about lies inside the live mapping `map`, and mincore(2)
-        // writes one byte for it into `resident`.
-        let ok = unsafe {
-            libc::mincore(
-                map.as_ptr().add(r * HUGE_PAGE_LEN) as *mut libc::c_void,
-                PAGE_LEN,
-                &mut resident,
-            )
-        };
-        ok == 0 && resident & 1 != 0
-    };
+    let is_cached = |r: &usize| page_cached(map, r * HUGE_PAGE_LEN);
     let cached: Vec<usize> = (1..regions).filter(is_cached).collect();
     if cached.is_empty() {
         return Reseat::Left;
@@ -943,6 +951,15 @@ impl Fs for TracedFs {
 mod tests {
     use super::*;
 
+    /// An empty store directory of its own under the system temp dir, and its `RealFs`.
+    #[cfg(target_os = "linux")]
+    fn scratch(tag: &str) -> (PathBuf, RealFs) {
+        let dir = std::env::temp_dir().join(format!("mykey-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let fs = RealFs::new(&dir).expect("temp dir");
+        (dir, fs)
+    }
+
     /// Keeps every write apart.
     struct Writes(Vec<Vec<u8>>);
 
@@ -979,9 +996,7 @@ mod tests {
         }
         const H: usize = HUGE_PAGE_LEN;
         const REGIONS: usize = 9;
-        let dir = std::env::temp_dir().join(format!("mykey-reseat-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let fs = RealFs::new(&dir).expect("temp dir");
+        let (dir, fs) = scratch("reseat");
         let bytes: Vec<u8> = (0..REGIONS * H).map(|i| (i * 7 + i / 4096) as u8).collect();
         let write = |name: &str, huge: bool| {
             let mut f = fs.create(name).expect("create");
@@ -1044,9 +1059,7 @@ mod tests {
         use std::os::fd::AsRawFd;
         const H: usize = HUGE_PAGE_LEN;
         const REGIONS: usize = 6;
-        let dir = std::env::temp_dir().join(format!("mykey-cold-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let fs = RealFs::new(&dir).expect("temp dir");
+        let (dir, fs) = scratch("cold");
         let bytes: Vec<u8> = (0..REGIONS * H).map(|i| (i % 241) as u8).collect();
         let mut f = fs.create("cold.snap").expect("create");
         write_in_huge_pages(&mut *f, &[&bytes]).expect("write");
@@ -1064,20 +1077,9 @@ mod tests {
         // Read-ahead past the faulting page completes in the background, and mincore counts a
         // page only once it has been read: give it time to land (no timing is asserted).
         std::thread::sleep(READ_AHEAD_SETTLE);
-        let cached_past_first: usize = (H..map.len())
+        let cached_past_first = (H..map.len())
             .step_by(PAGE_LEN)
-            .filter(|&at| {
-                let mut resident = 0u8;
-                // SAFETY: the page lies inside the live mapping; mincore writes one byte.
-                let ok = unsafe {
-                    libc::mincore(
-                        map.as_ptr().add(at) as *mut libc::c_void,
-                        PAGE_LEN,
-                        &mut resident,
-                    )
-                };
-                ok == 0 && resident & 1 != 0
-            })
+            .filter(|&at| page_cached(map, at))
             .count();
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(
@@ -1094,9 +1096,7 @@ mod tests {
     fn a_drop_that_another_mapping_keeps_is_reported_as_kept() {
         const H: usize = HUGE_PAGE_LEN;
         const REGIONS: usize = 6;
-        let dir = std::env::temp_dir().join(format!("mykey-kept-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let fs = RealFs::new(&dir).expect("temp dir");
+        let (dir, fs) = scratch("kept");
         let mut f = fs.create("copied.snap").expect("create");
         let bytes: Vec<u8> = (0..REGIONS * H).map(|i| (i % 251) as u8).collect();
         for piece in bytes.chunks(64 << 10) {
