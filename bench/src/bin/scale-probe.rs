@@ -203,6 +203,8 @@ fn main() {
     let mut flat_bucket_chain = Case::new("flat array + a 256-B bucket's CRC, next requested");
     let mut flat_bucket_line_chain =
         Case::new("flat array + 256-B buckets requested, one line's CRC");
+    let mut flat_bucket_pair_chain =
+        Case::new("flat array + 256-B buckets requested, two lines' CRC");
     let mut eng_chain = Case::new("engine lookup");
     let mut eng_chain_ref = Case::new("engine lookup, provider resolved once");
     let mut probe_chain = Case::new("store probe alone (the record's bytes)");
@@ -245,6 +247,7 @@ fn main() {
         for (case, span, checked) in [
             (&mut flat_line_chain, 64, 64),
             (&mut flat_bucket_line_chain, 256, 64),
+            (&mut flat_bucket_pair_chain, 256, 128),
             (&mut flat_bucket_chain, 256, 256),
         ] {
             case.time(n, || {
@@ -323,6 +326,7 @@ fn main() {
     for c in [
         &flat_line_chain,
         &flat_bucket_line_chain,
+        &flat_bucket_pair_chain,
         &flat_bucket_chain,
         &eng_chain,
         &eng_chain_ref,
