@@ -4,10 +4,11 @@
 //! memmap2) and [`SimFs`] (in memory, for crash tests), and [`TracedFs`], which wraps either to
 //! count fsyncs and to fail (ENOSPC, EIO) or stall (a hung fsync) the operations its
 //! [`Faults`] name. `RealFs` also writes snapshots in pieces the page cache keeps as huge
-//! pages, and re-reads a snapshot it finds cached in small ones. `SimFs` models what a power cut does to a
-//! file system, as SQLite's crash-test VFS does: data written but not fsync'd, and directory
-//! entries created or renamed but not fsync'd, may be lost; a crash keeps a random prefix of each
-//! file's unsynced appends. This module must never interpret file contents; it moves bytes.
+//! pages, and re-reads a snapshot it finds cached in small ones. `SimFs` models what a power
+//! cut does to a file system, as SQLite's crash-test VFS does: data written but not fsync'd,
+//! and directory entries created or renamed but not fsync'd, may be lost; a crash keeps a
+//! random prefix of each file's unsynced appends. This module must never interpret file
+//! contents; it moves bytes.
 //!
 //! All names are plain file names inside the store directory; the seam never follows paths.
 #![allow(unsafe_code)]
@@ -42,8 +43,9 @@ impl Deref for Mapped {
 /// base pages) PMD size.
 pub const HUGE_PAGE_LEN: usize = 2 << 20;
 
-/// Share of the cached huge-page regions checked in a mapping that must map in huge pages: below it,
-/// [`reseat_small_pages`] drops the file's cache so that it is read again in huge pages.
+/// Share of the cached huge-page regions checked in a mapping that must map in huge pages:
+/// below it, [`reseat_small_pages`] drops the file's cache so that it is read again in huge
+/// pages.
 #[cfg(target_os = "linux")]
 const RESEAT_BELOW_PCT: u64 = 85;
 
@@ -139,19 +141,6 @@ fn huge_page_bytes(start: usize, len: usize) -> Option<u64> {
     Some(huge)
 }
 
-/// When the page cache holds `map`'s file (at `path`) in small folios, drops that cache, so
-/// that lookups read the file again, each 2 MiB region in one huge page.
-///
-/// A file written by [`write_in_huge_pages`] is cached in huge folios, but one copied in by
-/// another tool (`cp`, `rsync`), or read back in small pieces, is cached in small ones, and
-/// the huge-page advice does not change a folio already cached: every probe then pays a TLB
-/// miss and a page walk (a 10M-ID chain at 2.3× the flat array against ~1.8×,
-/// `ops/CAPACITY.md`). The check touches one byte of up to [`RESEAT_SAMPLE`] cached 2 MiB
-/// regions (a minor fault, no read: regions not cached are left alone, and fault in huge pages
-/// when first read), asks the kernel how much of the mapping is mapped in huge pages, and
-/// unmaps what it touched, so RSS after open stays as it was; a file it drops it first writes
-/// back, since the drop skips dirty pages (a copy just made). Only hints and their checks:
-/// any failure, or a kernel without `PAGEMAP_SCAN` (before 6.7), leaves the mapping as it is.
 /// Whether the page cache holds the page at offset `at` of `map`'s file (mincore(2): a page
 /// still being read does not count).
 #[cfg(target_os = "linux")]
@@ -185,6 +174,19 @@ enum Reseat {
     Kept,
 }
 
+/// When the page cache holds `map`'s file (at `path`) in small folios, drops that cache, so
+/// that lookups read the file again, each 2 MiB region in one huge page.
+///
+/// A file written by [`write_in_huge_pages`] is cached in huge folios, but one copied in by
+/// another tool (`cp`, `rsync`), or read back in small pieces, is cached in small ones, and
+/// the huge-page advice does not change a folio already cached: every probe then pays a TLB
+/// miss and a page walk (a 10M-ID chain at 2.3× the flat array against ~1.8×,
+/// `ops/CAPACITY.md`). The check touches one byte of up to [`RESEAT_SAMPLE`] cached 2 MiB
+/// regions (a minor fault, no read: regions not cached are left alone, and fault in huge pages
+/// when first read), asks the kernel how much of the mapping is mapped in huge pages, and
+/// unmaps what it touched, so RSS after open stays as it was; a file it drops it first writes
+/// back, since the drop skips dirty pages (a copy just made). Only hints and their checks:
+/// any failure, or a kernel without `PAGEMAP_SCAN` (before 6.7), leaves the mapping as it is.
 #[cfg(target_os = "linux")]
 fn reseat_small_pages(map: &memmap2::Mmap, file: &File, path: &Path) -> Reseat {
     use std::os::fd::AsRawFd;
