@@ -9,7 +9,7 @@
 //! writer lock from its first change to its last and makes them durable together, so no other
 //! writer reads between them. Changes become visible to readers only once durable, so a reader
 //! never sees a write that a crash could take back. Readers never block on writers: they load
-//! an immutable [`View`] (snapshot shards plus the delta tables, `delta`) through `arc-swap` and
+//! an immutable `View` (snapshot shards plus the delta tables, `delta`) through `arc-swap` and
 //! probe the delta, then one shard.
 //!
 //! Compaction freezes the delta, rotates the log, writes new shard files from the old ones and

@@ -421,7 +421,7 @@ impl ShardFile {
 /// combining step that costs more than a bucket's whole CRC). Here a buffer of
 /// [`CRC_STREAMS_MIN`] bytes or more (a bucket of two lines or more) is split in three streams
 /// of `crc32` instructions that run side by side, joined by two carry-less multiplies by
-/// constants computed at build time ([`CRC_SHIFT`]); a shorter one is one stream. A 256-byte
+/// constants computed at build time (`CRC_SHIFT`); a shorter one is one stream. A 256-byte
 /// bucket's CRC so waits for ~16 dependent `crc32` instead of 35. Falls back to the crate where
 /// SSE4.2 or PCLMULQDQ is missing.
 #[inline]
