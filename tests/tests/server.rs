@@ -137,6 +137,19 @@ fn status<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Status {
     }
 }
 
+/// Asserts that `c`'s connection still answers a lookup (of an ID no test registers).
+async fn still_serves(c: &Client) {
+    assert_eq!(
+        c.lookup(
+            provider("A-α1-0001"),
+            MyKeyId::parse(b"1C2410DF79DGEL").expect("id")
+        )
+        .await
+        .expect("the connection still serves"),
+        Lookup::UnknownId
+    );
+}
+
 /// A card proof for a challenge issued over the wire.
 async fn proof(
     c: &Client,
@@ -834,15 +847,7 @@ async fn a_request_that_does_not_arrive_whole_is_refused_at_the_deadline() {
             .unwrap_or_else(|_| panic!("{what}: the stream was not stopped"));
         assert!(stopped.is_ok(), "{what}: {stopped:?}");
     }
-    assert_eq!(
-        c.lookup(
-            provider("A-α1-0001"),
-            MyKeyId::parse(b"1C2410DF79DGEL").expect("id")
-        )
-        .await
-        .expect("the connection still serves"),
-        Lookup::UnknownId
-    );
+    still_serves(&c).await;
     server.shutdown().await;
 }
 
@@ -882,15 +887,7 @@ async fn a_connection_that_uses_its_streams_is_granted_more_up_to_the_limit() {
         "a stream past {STREAMS_PER_CONNECTION_MAX} was granted"
     );
     drop(held);
-    assert_eq!(
-        c.lookup(
-            provider("A-α1-0001"),
-            MyKeyId::parse(b"1C2410DF79DGEL").expect("id")
-        )
-        .await
-        .expect("the connection still serves"),
-        Lookup::UnknownId
-    );
+    still_serves(&c).await;
     server.shutdown().await;
 }
 
