@@ -58,10 +58,6 @@ const SNAPSHOT_SUFFIX: &str = ".snap";
 #[cfg(target_os = "linux")]
 const PAGE_LEN: usize = 4096;
 
-/// Where the kernel counts its free memory blocks by size.
-#[cfg(target_os = "linux")]
-const BUDDYINFO: &str = "/proc/buddyinfo";
-
 /// How many cached 2 MiB regions of a snapshot file [`reseat_small_pages`] checks, spread
 /// over the file: a copy is cached in small folios throughout.
 #[cfg(target_os = "linux")]
@@ -165,32 +161,6 @@ fn page_cached(map: &memmap2::Mmap, at: usize) -> bool {
     ok == 0 && resident & 1 != 0
 }
 
-/// Free 2 MiB blocks the kernel's page allocator holds (`/proc/buddyinfo`: for each zone, free
-/// blocks of each order from 0; a block of order 9 is 2 MiB, one of order `k` above it holds
-/// `2^(k − 9)` of them); `None` when the text has no zone line.
-#[cfg(target_os = "linux")]
-fn free_huge_blocks(buddyinfo: &str) -> Option<u64> {
-    const HUGE_ORDER: usize = 9;
-    let mut free = None;
-    for line in buddyinfo.lines() {
-        let Some((_, counts)) = line.split_once(", zone") else {
-            continue;
-        };
-        // The zone's name, then one count for each order.
-        let counts = counts.split_whitespace().skip(1);
-        let zone: u64 = counts
-            .enumerate()
-            .skip(HUGE_ORDER)
-            .filter_map(|(order, n)| {
-                let n: u64 = n.parse().ok()?;
-                n.checked_shl((order - HUGE_ORDER) as u32)
-            })
-            .sum();
-        free = Some(free.unwrap_or(0) + zone);
-    }
-    free
-}
-
 /// What [`reseat_small_pages`] did with a mapping.
 #[cfg(target_os = "linux")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,10 +172,6 @@ enum Reseat {
     /// The cache is in small pages and (some of) it stayed after the drop: another process
     /// maps it, or the drop failed. Logged as a warning.
     Kept,
-    /// The cache is in small pages, and the kernel has too few free 2 MiB blocks to read the
-    /// file again in huge ones: dropped, it would come back small and be dropped again at the
-    /// next open. Left as it is; logged as a warning.
-    NoRoom,
 }
 
 /// When the page cache holds `map`'s file (at `path`) in small folios, drops that cache, so
@@ -255,22 +221,6 @@ fn reseat_small_pages(map: &memmap2::Mmap, file: &File, path: &Path) -> Reseat {
     };
     if huge * 100 >= want * RESEAT_BELOW_PCT {
         return Reseat::Left;
-    }
-    // Memory too fragmented for the file's regions to come back in 2 MiB folios.
-    let need = (regions - 1) as u64;
-    if let Some(free) = std::fs::read_to_string(BUDDYINFO)
-        .ok()
-        .and_then(|b| free_huge_blocks(&b))
-        && free < need
-    {
-        tracing::warn!(
-            op = "map",
-            file = %path.display(),
-            free_huge_blocks = free,
-            regions = need,
-            "the page cache holds this snapshot in small pages, and the kernel has too few free 2 MiB blocks to read it again in huge ones; it stays mapped in small pages"
-        );
-        return Reseat::NoRoom;
     }
     // The drop skips dirty pages: a file just copied in is still being written back.
     if let Err(e) = file.sync_data() {
@@ -1095,24 +1045,6 @@ mod tests {
             "a snapshot cached in small pages maps {} KiB in huge pages after the store's map, of {} KiB",
             got >> 10,
             ((REGIONS - 1) * H) >> 10
-        );
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn free_huge_blocks_are_counted_from_buddyinfo() {
-        let text = "Node 0, zone      DMA      0      0      0      0      0      0      0      0      1      1      3 \n\
-                    Node 0, zone    DMA32      1      2      2      2      1      2      0      3      3      1    753 \n\
-                    Node 0, zone   Normal  30845  12816   5321   1906    832    495    315    178    757    326   1519 \n";
-        // Order 9 counts once, order 10 twice: (1 + 2·3) + (1 + 2·753) + (326 + 2·1519).
-        assert_eq!(free_huge_blocks(text), Some(7 + 1507 + 3364));
-        assert_eq!(free_huge_blocks("no zones here\n"), None);
-        // A kernel with fewer orders has no 2 MiB blocks to count.
-        assert_eq!(free_huge_blocks("Node 0, zone Normal 5 4 3\n"), Some(0));
-        let live = std::fs::read_to_string(BUDDYINFO).expect("/proc/buddyinfo");
-        assert!(
-            free_huge_blocks(&live).is_some(),
-            "this kernel's buddyinfo parses"
         );
     }
 
