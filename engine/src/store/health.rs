@@ -127,9 +127,9 @@ pub const HUGE_PAGE_BYTES: &str = "mykey_store_huge_page_bytes";
 /// Where the kernel sums this process's mappings.
 const SMAPS_ROLLUP: &str = "/proc/self/smaps_rollup";
 
-/// Sets [`HUGE_PAGE_BYTES`] from `/proc/self/smaps_rollup`: 0 when the kernel names no file huge pages.
-/// Where the file cannot be read (not Linux, or no `/proc`) the gauge is left unset, and the
-/// first failure is logged.
+/// Sets [`HUGE_PAGE_BYTES`] from `/proc/self/smaps_rollup`: 0 when the kernel names no file
+/// huge pages. Where the file cannot be read (not Linux, or no `/proc`) the gauge is left
+/// unset, and the first failure is logged.
 pub fn publish_huge_pages() {
     static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     match std::fs::read_to_string(SMAPS_ROLLUP) {

@@ -210,6 +210,13 @@ impl TableView {
         &self.shards[shard_of(h, self.shards.len())]
     }
 
+    /// Whether a delta of this view holds `key` (hashed `h`), put or deleted: its snapshot
+    /// record, if any, is overridden.
+    #[inline]
+    fn in_delta(&self, h: u64, key: &[u8]) -> bool {
+        self.active.contains(h, key) || self.frozen.as_ref().is_some_and(|fz| fz.contains(h, key))
+    }
+
     /// `key`'s value in this view (the deltas, then the snapshot), passed to `f`; a read
     /// failure is reported to `store`.
     #[inline]
@@ -454,9 +461,6 @@ impl Store {
         let table = table.into();
         let view = self.view.load();
         let t = &view.tables[table.index()];
-        let in_delta = |h: u64, k: &[u8]| {
-            t.active.contains(h, k) || t.frozen.as_ref().is_some_and(|fz| fz.contains(h, k))
-        };
         for chunk_start in (0..keys.len()).step_by(BATCH_WINDOW) {
             let chunk = &keys[chunk_start..keys.len().min(chunk_start + BATCH_WINDOW)];
             let mut hashes = [0u64; BATCH_WINDOW];
@@ -464,7 +468,7 @@ impl Store {
             let mut delta = [false; BATCH_WINDOW];
             for (i, k) in chunk.iter().enumerate() {
                 hashes[i] = self.hash(k);
-                delta[i] = in_delta(hashes[i], k);
+                delta[i] = t.in_delta(hashes[i], k);
             }
             // Every bucket is requested before any is read, in a loop of its own after the
             // delta checks: issued between them (each takes a lock, a locked instruction),
@@ -508,13 +512,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         let view = self.view.load_full();
         let t = &view.tables[table.into().index()];
-        let overridden = |h: u64, k: &[u8]| {
-            t.active.contains(h, k) || t.frozen.as_ref().is_some_and(|fz| fz.contains(h, k))
-        };
         for shard in &t.shards {
             shard
                 .for_each(|k, v| {
-                    if !overridden(self.hash(k), k) {
+                    if !t.in_delta(self.hash(k), k) {
                         f(k, v)
                     }
                 })

@@ -522,21 +522,11 @@ impl ShardFile {
                 }
             }
             KeyForm::MyKeyId => {
-                let ends = ID_BUCKET_HEAD_LEN + ID_PACKED_LEN * n;
-                if n > ID_RECORDS_PER_BUCKET_MAX || ends + n > len {
-                    return Err(self.bucket_bad(b, 4, "record count past its bucket"));
-                }
-                let mask = le_u32(bucket, 6);
+                let ends = self.id_ends(bucket, b)?;
                 let mut start = ends + n;
                 for j in 0..n {
-                    let end = usize::from(bucket[ends + j]);
-                    let heap = mask >> j & 1 != 0;
-                    if end < start || end > len || heap && end - start != HEAP_REF_LEN {
-                        return Err(self.bucket_bad(b, ends + j, "value end out of order"));
-                    }
-                    let v = &bucket[start..end];
+                    let (stored, end) = self.id_value(bucket, b, ends, j, start)?;
                     let k = ID_BUCKET_HEAD_LEN + ID_PACKED_LEN * j;
-                    let stored = if heap { Err(heap_ref(v)) } else { Ok(v) };
                     if let Some(r) = f(k, &bucket[k..k + ID_PACKED_LEN], stored)? {
                         return Ok(Some(r));
                     }
@@ -642,12 +632,8 @@ impl ShardFile {
         w: u64,
         t: u16,
     ) -> Result<Option<Stored<'a>>, StoreError> {
-        let len = bucket.len();
         let n = usize::from(bucket[4]);
-        let ends = ID_BUCKET_HEAD_LEN + ID_PACKED_LEN * n;
-        if n > ID_RECORDS_PER_BUCKET_MAX || ends + n > len {
-            return Err(self.bucket_bad(b, 4, "record count past its bucket"));
-        }
+        let ends = self.id_ends(bucket, b)?;
         let keys = &bucket[ID_BUCKET_HEAD_LEN..ends];
         let Some(j) = keys
             .chunks_exact(ID_PACKED_LEN)
@@ -659,13 +645,41 @@ impl ShardFile {
             0 => ends + n,
             _ => usize::from(bucket[ends + j - 1]),
         };
+        self.id_value(bucket, b, ends, j, start)
+            .map(|(stored, _)| Some(stored))
+    }
+
+    /// Key form 1: where the value ends of checked bucket `b` start, once its record count is
+    /// checked against the bucket (the keys, then one end byte a record, must fit).
+    #[inline(always)]
+    fn id_ends(&self, bucket: &[u8], b: u64) -> Result<usize, StoreError> {
+        let n = usize::from(bucket[4]);
+        let ends = ID_BUCKET_HEAD_LEN + ID_PACKED_LEN * n;
+        if n > ID_RECORDS_PER_BUCKET_MAX || ends + n > bucket.len() {
+            return Err(self.bucket_bad(b, 4, "record count past its bucket"));
+        }
+        Ok(ends)
+    }
+
+    /// Key form 1: value `j` of checked bucket `b` (its ends at `ends`), which starts at
+    /// `start`, and where it ends; its end is checked against `start`, the bucket and its heap
+    /// bit.
+    #[inline(always)]
+    fn id_value<'a>(
+        &self,
+        bucket: &'a [u8],
+        b: u64,
+        ends: usize,
+        j: usize,
+        start: usize,
+    ) -> Result<(Stored<'a>, usize), StoreError> {
         let end = usize::from(bucket[ends + j]);
         let heap = le_u32(bucket, 6) >> j & 1 != 0;
-        if end < start || end > len || heap && end - start != HEAP_REF_LEN {
+        if end < start || end > bucket.len() || heap && end - start != HEAP_REF_LEN {
             return Err(self.bucket_bad(b, ends + j, "value end out of order"));
         }
         let v = &bucket[start..end];
-        Ok(Some(if heap { Err(heap_ref(v)) } else { Ok(v) }))
+        Ok((if heap { Err(heap_ref(v)) } else { Ok(v) }, end))
     }
 
     /// The probe of [`ShardFile::packed_get`], with `find` giving the stored value of the key
