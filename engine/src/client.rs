@@ -482,8 +482,10 @@ impl Client {
     pub async fn exchange(&self, frame: &[u8]) -> Result<Vec<u8>, ClientError> {
         let (mut send, mut recv) = self.conn.open_bi().await.map_err(StreamError::Open)?;
         send.write_all(frame).await.map_err(StreamError::Write)?;
-        // The server may stop reading early (a refused header); that is not an error here.
-        let _ = send.finish();
+        // Dropping the sending half finishes it under one lock of quinn's connection (`finish`
+        // and then the drop take two). The server may stop reading early (a refused header);
+        // that is not an error here.
+        drop(send);
         let resp = recv
             .read_to_end(RESPONSE_READ_MAX)
             .await

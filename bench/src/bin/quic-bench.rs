@@ -4,9 +4,10 @@
 //! instead of one stream each (also over as many connections as redis-benchmark's `-c`), and
 //! batched lookups. `bench/quic-vs-redis.sh` runs it beside redis-benchmark.
 //!
-//! Usage: `quic-bench [IDS] [SECONDS] [ROUNDS]` (default 100,000 IDs, 3 s per throughput point,
-//! 5 rounds of each concurrency, engine and floor alternating: the median and the spread of
-//! the engine/floor ratio are printed). The store holds IDs `K<12 digits>X` linked for provider
+//! Usage: `quic-bench [IDS] [SECONDS] [ROUNDS] [lookups]` (default 100,000 IDs, 3 s per
+//! throughput point, 5 rounds of each concurrency, engine and floor alternating: the median and
+//! the spread of the engine/floor ratio are printed; `lookups` runs only the latency and the
+//! lookups-against-the-floor points, so more rounds fit in the same time). The store holds IDs `K<12 digits>X` linked for provider
 //! `BENCH-P`, the same keys the Redis run loads. Client and server share the machine's cores,
 //! as the reference figures do.
 
@@ -128,7 +129,8 @@ async fn floor_client(pki: &DevOperatorPki, addr: SocketAddr) -> quinn::Connecti
 async fn floor_once(conn: &quinn::Connection) {
     let (mut s, mut r) = conn.open_bi().await.expect("stream");
     s.write_all(&[1u8; 8]).await.expect("write");
-    let _ = s.finish();
+    // Finished by its drop, as mykey's client does.
+    drop(s);
     let b = r.read_to_end(1024).await.expect("read");
     assert_eq!(b.len(), 100);
 }
@@ -212,7 +214,28 @@ async fn latency<F: AsyncFn()>(n: usize, f: F) -> (Duration, Duration) {
 }
 
 /// Calls per second with `conc` calls outstanding for `secs`.
-async fn throughput<F, Fut>(conc: usize, secs: f64, f: F) -> f64
+/// CPU time every thread of this process (client, server and floor alike) has run, in
+/// nanoseconds (`/proc/self/task/*/schedstat`): time the hypervisor took from the machine is
+/// not in it, so CPU per request is steadier than requests per second on a shared host.
+fn process_cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// One throughput point: requests per second, and the process's CPU per request.
+#[derive(Clone, Copy)]
+struct Point {
+    per_sec: f64,
+    cpu_us: f64,
+}
+
+async fn throughput<F, Fut>(conc: usize, secs: f64, f: F) -> Point
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
@@ -233,11 +256,15 @@ where
             }
         }));
     }
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), process_cpu_ns());
     for t in tasks {
         t.await.expect("task");
     }
-    done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
+    let n = done.load(Ordering::Relaxed) as f64;
+    Point {
+        per_sec: n / t.elapsed().as_secs_f64(),
+        cpu_us: process_cpu_ns().saturating_sub(cpu) as f64 / 1e3 / n.max(1.0),
+    }
 }
 
 fn main() {
@@ -249,6 +276,14 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(ROUNDS)
         .max(1);
+    let only_lookups = match args.next().as_deref() {
+        None => false,
+        Some("lookups") => true,
+        Some(other) => {
+            eprintln!("quic-bench: unknown fourth argument {other:?}; the only one is `lookups`");
+            std::process::exit(2);
+        }
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -333,12 +368,16 @@ fn main() {
         for conc in [1usize, 10, 100] {
             // Rounds alternate engine and floor, so a noisy neighbour hits both alike.
             let (mut ms, mut fs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut mcpu, mut fcpu, mut cpu_ratios) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..rounds {
                 let m = throughput(conc, secs, lookup.clone()).await;
                 let f = throughput(conc, secs, fl.clone()).await;
-                ms.push(m);
-                fs.push(f);
-                ratios.push(m / f);
+                ms.push(m.per_sec);
+                fs.push(f.per_sec);
+                ratios.push(m.per_sec / f.per_sec);
+                mcpu.push(m.cpu_us);
+                fcpu.push(f.cpu_us);
+                cpu_ratios.push(f.cpu_us / m.cpu_us);
             }
             let (m, f, r) = (median(&mut ms), median(&mut fs), median(&mut ratios));
             println!(
@@ -346,13 +385,24 @@ fn main() {
                 ratios[0],
                 ratios[ratios.len() - 1]
             );
+            let (mc, fc, cr) = (median(&mut mcpu), median(&mut fcpu), median(&mut cpu_ratios));
+            println!(
+                "{conc:>3} concurrent        CPU per request, both ends: mykey {mc:>5.1} µs | floor {fc:>5.1} µs | floor/mykey {cr:.2} (median of {rounds}; {:.2}..{:.2})",
+                cpu_ratios[0],
+                cpu_ratios[cpu_ratios.len() - 1]
+            );
         }
         // Pipelining: on one connection, `conc` streams each carrying requests in turn (the
         // floor's, and mykey's `PIPELINE`), beside a stream per request, rounds alternating; then
         // `conc` connections with one `PIPELINE` stream each, which is what redis-benchmark's
         // `-c conc` (one request outstanding a connection) does.
         let mut pki_terminal = 0u32;
-        for conc in [10usize, 100] {
+        let (pipelined_points, batch_points): (&[usize], &[(usize, usize)]) = if only_lookups {
+            (&[], &[])
+        } else {
+            (&[10, 100], &[(100, 10), (BATCH_MAX, 4)])
+        };
+        for &conc in pipelined_points {
             let mut rows: [Vec<f64>; 6] = Default::default();
             let mut ratios: [Vec<f64>; 4] = Default::default();
             let mut connections = Vec::new();
@@ -374,11 +424,11 @@ fn main() {
                 }
             };
             for _ in 0..rounds {
-                let fa = throughput(conc, secs, fl.clone()).await;
+                let fa = throughput(conc, secs, fl.clone()).await.per_sec;
                 let fb = floor_streams(&floor, conc, secs).await;
-                let ma = throughput(conc, secs, lookup.clone()).await;
+                let ma = throughput(conc, secs, lookup.clone()).await.per_sec;
                 let mb = pipelined(std::slice::from_ref(&client), &pool, p, conc, secs).await;
-                let ca = throughput(conc, secs, conn_lookup.clone()).await;
+                let ca = throughput(conc, secs, conn_lookup.clone()).await.per_sec;
                 let cb = pipelined(&connections, &pool, p, conc, secs).await;
                 for (row, v) in rows.iter_mut().zip([fa, fb, ma, mb, ca, cb]) {
                     row.push(v);
@@ -412,7 +462,7 @@ fn main() {
                 }
             }
         }
-        for (batch, conc) in [(100usize, 10usize), (BATCH_MAX, 4)] {
+        for &(batch, conc) in batch_points {
             let c = client.clone();
             let pool = pool.clone();
             let b = throughput(conc, secs, move |i: u64| {
@@ -424,7 +474,8 @@ fn main() {
                     assert_eq!(r.len(), batch);
                 }
             })
-            .await;
+            .await
+            .per_sec;
             println!("batch {batch:>4} x {conc:>2}        mykey lookups {:>9.0} IDs/s", b * batch as f64);
         }
         fep.close(quinn::VarInt::from_u32(0), b"");

@@ -364,7 +364,7 @@ pub async fn serve(
     let local = listener.local_addr()?;
     let handle = recorder();
     let task = tokio::spawn(async move {
-        let open = Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS_MAX));
+        let open = Arc::new(super::limits::Budget::new(ADMIN_CONNECTIONS_MAX));
         loop {
             let mut sock = match listener.accept().await {
                 Ok((sock, _)) => sock,
@@ -377,7 +377,7 @@ pub async fn serve(
             };
             // Beyond the cap the connection is closed at once: a scraper or a health check
             // never needs more, and each one holds a task and a 4 KiB buffer.
-            let Ok(permit) = open.clone().try_acquire_owned() else {
+            let Some(permit) = super::limits::Budget::try_take(open.clone()) else {
                 drop(sock);
                 continue;
             };

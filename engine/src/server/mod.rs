@@ -28,7 +28,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use quinn::Endpoint;
-use tokio::sync::Semaphore;
 
 use crate::id::Timestamp;
 use crate::jpki::Jpki;
@@ -149,8 +148,8 @@ impl Server {
         }
         let shared = Arc::new(Shared {
             service,
-            in_flight: Arc::new(Semaphore::new(limits.in_flight_max)),
-            writes_in_flight: Arc::new(Semaphore::new(limits.writes_in_flight_max)),
+            in_flight: Arc::new(limits::Budget::new(limits.in_flight_max)),
+            writes_in_flight: Arc::new(limits::Budget::new(limits.writes_in_flight_max)),
             limits,
             draining: AtomicBool::new(false),
             active: std::sync::atomic::AtomicUsize::new(0),
@@ -158,10 +157,10 @@ impl Server {
             buckets: dashmap::DashMap::new(),
             meters: Meters::default(),
             rate: std::sync::atomic::AtomicU32::new(limits.rate_per_identity),
-            push_bodies: Semaphore::new(PUSH_BODIES_MAX),
+            push_bodies: limits::Budget::new(PUSH_BODIES_MAX),
             forwarder: std::sync::OnceLock::new(),
-            connections: Arc::new(Semaphore::new(limits.connections_max)),
-            handshakes: limits::Bucket::new(limits.handshakes_per_second),
+            connections: Arc::new(limits::Budget::new(limits.connections_max)),
+            handshakes: limits::Bucket::default(),
         });
         metrics::gauge!(admin::CONNECTIONS_MAX).set(limits.connections_max as f64);
         let tasks = endpoints

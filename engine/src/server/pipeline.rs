@@ -17,8 +17,8 @@ use quinn::{RecvStream, SendStream};
 
 use super::Identity;
 use super::handler::{self, Handled};
-use super::limits::Bucket;
-use super::stream::{Shared, read_arrived};
+use super::limits::{Bucket, Budget};
+use super::stream::{Shared, arrived_by, read_arrived};
 use crate::wire::{self, HEADER_LEN, Op, Status, WireError};
 
 /// The bytes of a pipelined stream that have arrived and are not answered yet. Grows only while
@@ -95,7 +95,7 @@ enum Ended {
 /// client has finished and every request is answered, or the stream ended early.
 pub(super) async fn serve_pipeline(
     shared: &Arc<Shared>,
-    ident: &Arc<Identity>,
+    ident: &Identity,
     bucket: &Bucket,
     send: &mut SendStream,
     recv: &mut RecvStream,
@@ -170,14 +170,14 @@ async fn serve_one(
         ))
     };
     while frames.len() < HEADER_LEN {
-        match tokio::time::timeout_at(deadline, frames.read_more(recv)).await {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) => {
+        match arrived_by(deadline, frames.read_more(recv)).await {
+            Some(Ok(true)) => {}
+            Some(Ok(false)) => {
                 let e = WireError::bad("the stream ended inside a frame header");
                 return Err(Ended::Refused(0, e));
             }
-            Ok(Err(_)) => return Err(Ended::Lost),
-            Err(_) => return Err(Ended::Refused(0, late("frame header", read_timeout))),
+            Some(Err(_)) => return Err(Ended::Lost),
+            None => return Err(Ended::Refused(0, late("frame header", read_timeout))),
         }
     }
     let mut header = [0u8; HEADER_LEN];
@@ -200,23 +200,24 @@ async fn serve_one(
     }
     let whole = HEADER_LEN + admitted.body_len() as usize;
     while frames.len() < whole {
-        match tokio::time::timeout_at(deadline, frames.read_more(recv)).await {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) => {
+        match arrived_by(deadline, frames.read_more(recv)).await {
+            Some(Ok(true)) => {}
+            Some(Ok(false)) => {
                 let e = WireError::bad(format!(
                     "the stream ended inside a {}-byte body",
                     admitted.body_len()
                 ));
                 return Err(Ended::Refused(op as u8, e));
             }
-            Ok(Err(_)) => return Err(Ended::Lost),
-            Err(_) => return Err(Ended::Refused(op as u8, late("request", read_timeout))),
+            Some(Err(_)) => return Err(Ended::Lost),
+            None => return Err(Ended::Refused(op as u8, late("request", read_timeout))),
         }
     }
     let answered = answer(
         shared,
         ident,
         bucket,
+        started,
         admitted,
         &frames.ahead()[HEADER_LEN..whole],
         out,
@@ -231,6 +232,7 @@ fn answer(
     shared: &Shared,
     ident: &Identity,
     bucket: &Bucket,
+    started: Instant,
     admitted: handler::Admitted,
     body: &[u8],
     out: &mut Vec<u8>,
@@ -241,14 +243,14 @@ fn answer(
         e.status
     };
     let rate = shared.rate.load(Ordering::Relaxed);
-    if !bucket.take(rate) {
+    if !bucket.take(rate, started) {
         let e = WireError::new(
             Status::RateLimited,
             format!("this certificate is over its {rate} requests per second; retry shortly"),
         );
         return refuse(out, e);
     }
-    let Ok(_permit) = shared.in_flight.try_acquire() else {
+    let Some(_permit) = Budget::try_take(&*shared.in_flight) else {
         let e = WireError::new(Status::Busy, "too many requests in flight; retry shortly");
         return refuse(out, e);
     };

@@ -15,10 +15,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use quinn::{Endpoint, RecvStream, SendStream};
 use rustls::pki_types::CertificateDer;
-use tokio::sync::Semaphore;
 
 use super::handler::{self, Handled};
-use super::limits::{Bucket, Limits};
+use super::limits::{Bucket, Budget, Limits};
 use super::{DRAIN_FLUSH, Identity, Service, admin, auth, system_clock};
 use crate::id::ProviderId;
 use crate::wire::{self, HEADER_LEN, Op, Status, WireError};
@@ -37,27 +36,28 @@ pub(super) struct Shared {
     pub(super) service: Arc<Service>,
     /// Reads' budget. A permit taken for work on the blocking pool lives as long as that
     /// work, not as long as the request.
-    pub(super) in_flight: Arc<Semaphore>,
+    pub(super) in_flight: Arc<Budget>,
     /// Writes' own budget.
-    pub(super) writes_in_flight: Arc<Semaphore>,
+    pub(super) writes_in_flight: Arc<Budget>,
     pub(super) limits: Limits,
     pub(super) draining: AtomicBool,
     /// Streams being served (from accept to the last byte of the answer), for the drain.
     pub(super) active: std::sync::atomic::AtomicUsize,
     pub(super) idle: tokio::sync::Notify,
     /// Rate buckets by client certificate fingerprint; an entry lives while a connection of
-    /// that certificate does, so the map is bounded by the connection limit.
+    /// that certificate or one of its streams does (`Peer`), so the map is bounded by the
+    /// connection limit.
     pub(super) buckets: dashmap::DashMap<[u8; 32], Arc<Bucket>>,
     /// Metric handles, registered once per (operation, status) instead of per request.
     pub(super) meters: Meters,
     /// Requests per second per certificate; changed by a reload.
     pub(super) rate: std::sync::atomic::AtomicU32,
     /// Revocation-push bodies being received (each up to 256 MiB).
-    pub(super) push_bodies: Semaphore,
+    pub(super) push_bodies: Budget,
     /// Where a cluster follower passes the writes it was sent.
     pub(super) forwarder: std::sync::OnceLock<Arc<super::forward::Forwarder>>,
     /// The node's connection limit, over all its endpoints.
-    pub(super) connections: Arc<Semaphore>,
+    pub(super) connections: Arc<Budget>,
     /// The node's handshake rate, over all its endpoints.
     pub(super) handshakes: Bucket,
 }
@@ -109,13 +109,17 @@ pub(super) async fn accept_loop(endpoint: Endpoint, index: usize, shared: Arc<Sh
     let on_endpoint = metrics::gauge!(admin::ENDPOINT_CONNECTIONS, "endpoint" => index.to_string());
     on_endpoint.set(0.0);
     while let Some(incoming) = endpoint.accept().await {
-        if !shared.handshakes.take(shared.limits.handshakes_per_second) {
+        let now = std::time::Instant::now();
+        if !shared
+            .handshakes
+            .take(shared.limits.handshakes_per_second, now)
+        {
             metrics::counter!(admin::CONNECTIONS_REFUSED_TOTAL, "reason" => "handshake_rate")
                 .increment(1);
             incoming.refuse();
             continue;
         }
-        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+        let Some(permit) = Budget::try_take(shared.connections.clone()) else {
             metrics::counter!(admin::CONNECTIONS_REFUSED_TOTAL, "reason" => "limit").increment(1);
             incoming.refuse();
             continue;
@@ -127,8 +131,8 @@ pub(super) async fn accept_loop(endpoint: Endpoint, index: usize, shared: Arc<Sh
             let Ok(conn) = incoming.await else {
                 return;
             };
-            let (ident, fingerprint) = match peer_identity(&conn) {
-                Ok((i, f)) => (Arc::new(i), f),
+            let ident = match peer_identity(&conn) {
+                Ok(ident) => ident,
                 Err(reason) => {
                     metrics::counter!(admin::CONNECTIONS_REFUSED_TOTAL, "reason" => "identity")
                         .increment(1);
@@ -140,69 +144,75 @@ pub(super) async fn accept_loop(endpoint: Endpoint, index: usize, shared: Arc<Sh
                     return;
                 }
             };
-            let bucket = shared
-                .buckets
-                .entry(fingerprint)
-                .or_insert_with(|| Arc::new(Bucket::new(shared.limits.rate_per_identity)))
-                .clone();
+            let bucket = shared.buckets.entry(ident.fingerprint).or_default().clone();
+            let peer = Arc::new(Peer {
+                shared: shared.clone(),
+                ident,
+                bucket,
+            });
             let gauge = metrics::gauge!(admin::CONNECTIONS);
             gauge.increment(1.0);
             on_endpoint.increment(1.0);
-            tracing::debug!(role = ident.role.name(), name = %ident.name, "connection");
+            tracing::debug!(role = peer.ident.role.name(), name = %peer.ident.name, "connection");
             let mut grant = super::StreamGrant::default();
             while let Ok((send, recv)) = conn.accept_bi().await {
-                let task = StreamTask::new(&shared, &ident, &bucket, grant.accepted(&conn));
+                let task = StreamTask::new(&peer, grant.accepted(&conn));
                 tokio::spawn(serve_stream(task, send, recv));
             }
             gauge.decrement(1.0);
             on_endpoint.decrement(1.0);
-            // The last connection of this certificate takes its bucket away.
-            drop(bucket);
-            shared
-                .buckets
-                .remove_if(&fingerprint, |_, b| Arc::strong_count(b) == 1);
         });
     }
 }
 
-fn peer_identity(conn: &quinn::Connection) -> Result<(Identity, [u8; 32]), auth::IdentityError> {
+fn peer_identity(conn: &quinn::Connection) -> Result<Identity, auth::IdentityError> {
     let certs = conn
         .peer_identity()
         .and_then(|a| a.downcast::<Vec<CertificateDer<'static>>>().ok())
         .ok_or(auth::IdentityError::NoCertificate)?;
     let leaf = certs.first().ok_or(auth::IdentityError::NoCertificate)?;
-    let ident = auth::identity(leaf)?;
-    let fingerprint = ident.fingerprint;
-    Ok((ident, fingerprint))
+    auth::identity(leaf)
 }
 
-/// Writes a whole answer and finishes the stream; false when the peer went away first (it
-/// cannot be answered, and the metrics count it `CUT_OFF`).
+/// Writes a whole answer; false when the peer went away first (it cannot be answered, and the
+/// metrics count it `CUT_OFF`). The stream is finished when [`serve_stream`] drops it, which
+/// takes quinn's connection lock once for the FIN and the stream's cleanup together (a
+/// `finish` first would take it once more for every request).
 async fn respond(send: &mut SendStream, frame: &[u8]) -> bool {
-    send.write_all(frame).await.is_ok() && send.finish().is_ok()
+    send.write_all(frame).await.is_ok()
 }
 
-/// What one stream's task holds: its connection's shared state, identity and rate bucket,
-/// and its place in the stream grant and in the drain's count, given back when it ends.
-struct StreamTask {
+/// What every stream of one connection shares: the server's state, the peer's identity and its
+/// certificate's rate bucket. A stream's task holds one `Arc` of it, not one of each.
+struct Peer {
     shared: Arc<Shared>,
-    ident: Arc<Identity>,
+    ident: Identity,
     bucket: Arc<Bucket>,
+}
+
+impl Drop for Peer {
+    /// The last connection of a certificate (its last stream gone too) takes its bucket away;
+    /// the map and this peer hold the only two references then. The map's shard lock makes
+    /// this and another connection's taking of the same bucket one before the other.
+    fn drop(&mut self) {
+        self.shared
+            .buckets
+            .remove_if(&self.ident.fingerprint, |_, b| Arc::strong_count(b) == 2);
+    }
+}
+
+/// What one stream's task holds: its connection's [`Peer`], and its place in the stream grant
+/// and in the drain's count, given back when it ends.
+struct StreamTask {
+    peer: Arc<Peer>,
     _open: super::OpenStream,
 }
 
 impl StreamTask {
-    fn new(
-        shared: &Arc<Shared>,
-        ident: &Arc<Identity>,
-        bucket: &Arc<Bucket>,
-        open: super::OpenStream,
-    ) -> Self {
-        shared.active.fetch_add(1, Ordering::AcqRel);
+    fn new(peer: &Arc<Peer>, open: super::OpenStream) -> Self {
+        peer.shared.active.fetch_add(1, Ordering::AcqRel);
         Self {
-            shared: shared.clone(),
-            ident: ident.clone(),
-            bucket: bucket.clone(),
+            peer: peer.clone(),
             _open: open,
         }
     }
@@ -210,16 +220,17 @@ impl StreamTask {
 
 impl Drop for StreamTask {
     fn drop(&mut self) {
-        if self.shared.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.shared.idle.notify_waiters();
+        let shared = &self.peer.shared;
+        if shared.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            shared.idle.notify_waiters();
         }
     }
 }
 
 /// Serves one stream, from its first byte to its answer's metrics.
 ///
-/// Every stream allocates this future, so it is kept under 1 KiB with its task (864 bytes on
-/// 2026-12-04, a 1,024-byte task: the allocator's per-thread cache takes blocks up to 1,032):
+/// Every stream allocates this future, so it is kept under 1 KiB with its task (856 bytes on
+/// 2026-12-08, a 1,024-byte task: the allocator's per-thread cache takes blocks up to 1,032):
 /// a block, not an `async fn`, which would keep a second copy of its arguments; one await for
 /// every refusal (`serve_request`); rare paths (forwarding, work on the blocking pool, an
 /// export, waits for a seq and for the drain) boxed; chunks read on the stack of each poll.
@@ -230,20 +241,18 @@ fn serve_stream(
     mut recv: RecvStream,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
-        let StreamTask {
-            shared,
-            ident,
-            bucket,
-            ..
-        } = &task;
+        let peer = &task.peer;
+        let (shared, ident) = (&peer.shared, &peer.ident);
         let start = std::time::Instant::now();
-        let (op, status, delivered) =
-            serve_request(shared, ident, bucket, &mut send, &mut recv, start).await;
+        let (op, status, delivered) = serve_request(peer, &mut send, &mut recv, start).await;
         if shared.draining.load(Ordering::Acquire) {
             // While draining, a stream counts as active until its answer is delivered, so the
             // close that ends the drain cannot discard it.
+            let _ = send.finish();
             let _ = tokio::time::timeout(DRAIN_FLUSH, Box::pin(send.stopped())).await;
         }
+        // The answer's FIN goes out now, before the metrics are counted.
+        drop(send);
         if !(op == Op::Pipeline as u8 && status == Status::Ok) {
             shared
                 .meters
@@ -269,16 +278,14 @@ fn serve_stream(
 /// Serves one stream accepted at `started` (the request's deadlines count from it); returns
 /// the opcode byte, the status answered and whether the answer was delivered.
 async fn serve_request(
-    shared: &Arc<Shared>,
-    ident: &Arc<Identity>,
-    bucket: &Bucket,
+    peer: &Arc<Peer>,
     send: &mut SendStream,
     recv: &mut RecvStream,
     started: std::time::Instant,
 ) -> (u8, Status, bool) {
     // Every refusal is answered at this one await, so the stream's future (which every stream
     // allocates) holds one refusal's state, not one per way of refusing.
-    match answer_request(shared, ident, bucket, send, recv, started).await {
+    match answer_request(peer, send, recv, started).await {
         Ok(answered) => answered,
         Err((op, e)) => refuse(send, op, &e).await,
     }
@@ -290,13 +297,16 @@ type Refused = (u8, WireError);
 /// Reads, checks and answers one request; a refusal comes back unanswered, for
 /// [`serve_request`] to send.
 async fn answer_request(
-    shared: &Arc<Shared>,
-    ident: &Arc<Identity>,
-    bucket: &Bucket,
+    peer: &Arc<Peer>,
     send: &mut SendStream,
     recv: &mut RecvStream,
     started: std::time::Instant,
 ) -> Result<(u8, Status, bool), Refused> {
+    let Peer {
+        shared,
+        ident,
+        bucket,
+    } = &**peer;
     let service = &shared.service;
     if shared.draining.load(Ordering::Acquire) {
         let _ = recv.stop(quinn::VarInt::from_u32(0));
@@ -308,6 +318,7 @@ async fn answer_request(
     }
     // The whole request must arrive within its deadline, or the stream is answered and
     // dropped (which stops it), so a client cannot pin receive buffers by sending slowly.
+    let arrived = started;
     let started = tokio::time::Instant::from_std(started);
     let late = |what: &str, limit: Duration| {
         WireError::bad(format!(
@@ -318,13 +329,13 @@ async fn answer_request(
     let read_timeout = shared.limits.read_timeout;
     let mut got = Received::default();
     while got.len() < HEADER_LEN {
-        match tokio::time::timeout_at(started + read_timeout, got.read_more(recv)).await {
-            Ok(Ok(true)) => {}
-            Ok(_) => {
+        match arrived_by(started + read_timeout, got.read_more(recv)).await {
+            Some(Ok(true)) => {}
+            Some(_) => {
                 let e = WireError::bad("the stream ended inside the frame header");
                 return Err((0, e));
             }
-            Err(_) => return Err((0, late("frame header", read_timeout))),
+            None => return Err((0, late("frame header", read_timeout))),
         }
     }
     let mut header = [0u8; HEADER_LEN];
@@ -341,16 +352,13 @@ async fn answer_request(
     let op = admitted.op();
     let len = admitted.body_len() as usize;
     if op == Op::Pipeline {
-        return Box::pin(open_pipeline(
-            shared, ident, bucket, send, recv, got, admitted,
-        ))
-        .await;
+        return Box::pin(open_pipeline(peer, send, recv, got, admitted)).await;
     }
     let pushes = op.is_push();
     let _push_permit = if pushes {
-        match shared.push_bodies.try_acquire() {
-            Ok(p) => Some(p),
-            Err(_) => {
+        match Budget::try_take(&shared.push_bodies) {
+            Some(p) => Some(p),
+            None => {
                 let _ = recv.stop(quinn::VarInt::from_u32(0));
                 let e = WireError::new(
                     Status::Busy,
@@ -379,16 +387,16 @@ async fn answer_request(
         if got.len() > whole {
             return Err((op as u8, not_one_body()));
         }
-        match tokio::time::timeout_at(started + limit, got.read_more(recv)).await {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) if got.len() == whole => break,
-            Ok(_) => return Err((op as u8, not_one_body())),
-            Err(_) => return Err((op as u8, late("request", limit))),
+        match arrived_by(started + limit, got.read_more(recv)).await {
+            Some(Ok(true)) => {}
+            Some(Ok(false)) if got.len() == whole => break,
+            Some(_) => return Err((op as u8, not_one_body())),
+            None => return Err((op as u8, late("request", limit))),
         }
     }
     let body = got.into_body();
     let rate = shared.rate.load(Ordering::Relaxed);
-    if !bucket.take(rate) {
+    if !bucket.take(rate, arrived) {
         let e = WireError::new(
             Status::RateLimited,
             format!("this certificate is over its {rate} requests per second; retry shortly"),
@@ -415,7 +423,7 @@ async fn answer_request(
     } else {
         (&shared.in_flight, "requests")
     };
-    let Ok(permit) = budget.clone().try_acquire_owned() else {
+    let Some(permit) = Budget::try_take(budget.clone()) else {
         let e = WireError::new(
             Status::Busy,
             format!("too many {what} in flight; retry shortly"),
@@ -464,14 +472,15 @@ async fn answer_request(
         return Ok((op as u8, status, respond(send, &answer).await));
     }
     let (handled, out, _export_permit) = if runs_blocking(op) {
-        let service = service.clone();
-        let ident = ident.clone();
+        let peer = peer.clone();
         let task = tokio::task::spawn_blocking(move || {
             // Held until the work returns, however long after its client was answered.
             let _permit = permit;
             let mut out = Vec::new();
+            let service = &peer.shared.service;
             let now = (service.clock)();
-            let h = handler::handle_unwrapped(&service, &ident, now, &unwrapped, &body, &mut out);
+            let h =
+                handler::handle_unwrapped(service, &peer.ident, now, &unwrapped, &body, &mut out);
             (h, out)
         });
         match Box::pin(wait_for_work(shared, op, writes, task)).await {
@@ -501,14 +510,17 @@ async fn answer_request(
 /// same stream (`pipeline`). The acknowledgement and each request are recorded in the metrics
 /// as they are answered, so [`serve_stream`] records nothing more for an acknowledged one.
 async fn open_pipeline(
-    shared: &Arc<Shared>,
-    ident: &Arc<Identity>,
-    bucket: &Bucket,
+    peer: &Peer,
     send: &mut SendStream,
     recv: &mut RecvStream,
     got: Received,
     admitted: handler::Admitted,
 ) -> Result<(u8, Status, bool), Refused> {
+    let Peer {
+        shared,
+        ident,
+        bucket,
+    } = peer;
     let op = Op::Pipeline as u8;
     if admitted.body_len() != 0 {
         let _ = recv.stop(quinn::VarInt::from_u32(0));
@@ -657,6 +669,22 @@ pub(super) fn read_arrived<'a>(
         }
         Poll::Ready(Ok(true))
     })
+}
+
+/// Runs `read`, a cancel-safe read of what has arrived, until `deadline`; `None` when the
+/// deadline came first. `read` is polled once before any timer is made: a request has nearly
+/// always arrived whole, FIN included, by the time its stream is accepted, and every tokio
+/// timer made costs two atomic updates of the runtime's handle, which all workers share.
+pub(super) async fn arrived_by<F: Future>(
+    deadline: tokio::time::Instant,
+    read: F,
+) -> Option<F::Output> {
+    let mut read = std::pin::pin!(read);
+    if let Poll::Ready(done) = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await
+    {
+        return Some(done);
+    }
+    tokio::time::timeout_at(deadline, read).await.ok()
 }
 
 /// A request's bytes as they arrive. The first chunk is kept as quinn handed it over, so a
