@@ -7,7 +7,8 @@
 //! Usage: `quic-bench [IDS] [SECONDS] [ROUNDS] [lookups]` (default 100,000 IDs, 3 s per
 //! throughput point, 5 rounds of each concurrency, engine and floor alternating: the median and
 //! the spread of the engine/floor ratio are printed; `lookups` runs only the latency and the
-//! lookups-against-the-floor points, so more rounds fit in the same time). The store holds IDs `K<12 digits>X` linked for provider
+//! lookups-against-the-floor points, so more rounds fit in the same time). Each lookup point
+//! also prints the CPU per request, client and server together, and the UDP sends per request. The store holds IDs `K<12 digits>X` linked for provider
 //! `BENCH-P`, the same keys the Redis run loads. Client and server share the machine's cores,
 //! as the reference figures do.
 
@@ -228,11 +229,31 @@ fn process_cpu_ns() -> u64 {
         .sum()
 }
 
-/// One throughput point: requests per second, and the process's CPU per request.
+/// UDP datagrams the host has sent (`OutDatagrams` in `/proc/net/snmp`; a GSO batch counts
+/// once). On this loopback-only machine they are all this process's, both ends.
+fn udp_sent() -> u64 {
+    let Ok(snmp) = std::fs::read_to_string("/proc/net/snmp") else {
+        return 0;
+    };
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "OutDatagrams")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One throughput point: requests per second, and the process's CPU and the datagrams sent
+/// per request.
 #[derive(Clone, Copy)]
 struct Point {
     per_sec: f64,
     cpu_us: f64,
+    datagrams: f64,
 }
 
 async fn throughput<F, Fut>(conc: usize, secs: f64, f: F) -> Point
@@ -256,7 +277,7 @@ where
             }
         }));
     }
-    let (t, cpu) = (Instant::now(), process_cpu_ns());
+    let (t, cpu, sent) = (Instant::now(), process_cpu_ns(), udp_sent());
     for t in tasks {
         t.await.expect("task");
     }
@@ -264,6 +285,7 @@ where
     Point {
         per_sec: n / t.elapsed().as_secs_f64(),
         cpu_us: process_cpu_ns().saturating_sub(cpu) as f64 / 1e3 / n.max(1.0),
+        datagrams: udp_sent().saturating_sub(sent) as f64 / n.max(1.0),
     }
 }
 
@@ -369,6 +391,7 @@ fn main() {
             // Rounds alternate engine and floor, so a noisy neighbour hits both alike.
             let (mut ms, mut fs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
             let (mut mcpu, mut fcpu, mut cpu_ratios) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut mdg, mut fdg) = (Vec::new(), Vec::new());
             for _ in 0..rounds {
                 let m = throughput(conc, secs, lookup.clone()).await;
                 let f = throughput(conc, secs, fl.clone()).await;
@@ -378,6 +401,8 @@ fn main() {
                 mcpu.push(m.cpu_us);
                 fcpu.push(f.cpu_us);
                 cpu_ratios.push(f.cpu_us / m.cpu_us);
+                mdg.push(m.datagrams);
+                fdg.push(f.datagrams);
             }
             let (m, f, r) = (median(&mut ms), median(&mut fs), median(&mut ratios));
             println!(
@@ -386,8 +411,9 @@ fn main() {
                 ratios[ratios.len() - 1]
             );
             let (mc, fc, cr) = (median(&mut mcpu), median(&mut fcpu), median(&mut cpu_ratios));
+            let (md, fd) = (median(&mut mdg), median(&mut fdg));
             println!(
-                "{conc:>3} concurrent        CPU per request, both ends: mykey {mc:>5.1} µs | floor {fc:>5.1} µs | floor/mykey {cr:.2} (median of {rounds}; {:.2}..{:.2})",
+                "{conc:>3} concurrent        CPU per request, both ends: mykey {mc:>5.1} µs | floor {fc:>5.1} µs | floor/mykey {cr:.2} (median of {rounds}; {:.2}..{:.2}) | UDP sends per request: mykey {md:.2}, floor {fd:.2}",
                 cpu_ratios[0],
                 cpu_ratios[cpu_ratios.len() - 1]
             );
