@@ -81,9 +81,10 @@ impl Default for Limits {
 
 /// A token bucket shared by every connection of one client certificate (and the node's
 /// handshake bucket), kept as one atomic: the time at which the bucket would next be full
-/// again, in nanoseconds after its creation (GCRA, the generic cell rate algorithm, which
-/// admits exactly what a bucket of `rate` tokens refilled at `rate` per second does). Every
-/// request takes it, so it takes no lock.
+/// again, in nanoseconds after its creation (GCRA, the generic cell rate algorithm). It admits
+/// what a bucket of `rate` tokens refilled at `rate` per second does, with a token's refill
+/// time rounded down to the nanosecond (a burst at most a part in a thousand over its rate for
+/// rates up to 10⁶). Every request takes it, so it takes no lock.
 pub(super) struct Bucket {
     /// When the bucket was made: the zero of `full_at`.
     made: std::time::Instant,
