@@ -206,28 +206,29 @@ mod tests {
         assert_eq!(budget.taken.load(Ordering::Relaxed), 0);
     }
 
+    /// Runs `work` on 8 threads at once and waits for them all; a panic in one fails the test.
+    fn on_8_threads(work: impl Fn() + Sync) {
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(&work);
+            }
+        });
+    }
+
     #[test]
     fn a_budget_taken_from_many_threads_at_once_never_goes_over() {
-        let budget = Arc::new(Budget::new(5));
-        let held = Arc::new(AtomicUsize::new(0));
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let (budget, held) = (budget.clone(), held.clone());
-                std::thread::spawn(move || {
-                    for _ in 0..20_000 {
-                        if let Some(unit) = Budget::try_take(&*budget) {
-                            let now = held.fetch_add(1, Ordering::SeqCst) + 1;
-                            assert!(now <= 5, "{now} units out of 5");
-                            held.fetch_sub(1, Ordering::SeqCst);
-                            drop(unit);
-                        }
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().expect("no unit over the max");
-        }
+        let budget = Budget::new(5);
+        let held = AtomicUsize::new(0);
+        on_8_threads(|| {
+            for _ in 0..20_000 {
+                if let Some(unit) = Budget::try_take(&budget) {
+                    let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                    assert!(now <= 5, "{now} units out of 5");
+                    held.fetch_sub(1, Ordering::SeqCst);
+                    drop(unit);
+                }
+            }
+        });
         assert_eq!(budget.taken.load(Ordering::Relaxed), 0);
     }
 
@@ -253,24 +254,16 @@ mod tests {
 
     #[test]
     fn a_bucket_taken_from_many_threads_at_once_admits_exactly_its_burst() {
-        let bucket = Arc::new(Bucket::default());
+        let bucket = Bucket::default();
         let at = Instant::now() + Duration::from_secs(1);
-        let admitted = Arc::new(AtomicUsize::new(0));
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let (bucket, admitted) = (bucket.clone(), admitted.clone());
-                std::thread::spawn(move || {
-                    for _ in 0..1_000 {
-                        if bucket.take(3_000, at) {
-                            admitted.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().expect("thread");
-        }
+        let admitted = AtomicUsize::new(0);
+        on_8_threads(|| {
+            for _ in 0..1_000 {
+                if bucket.take(3_000, at) {
+                    admitted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
         assert_eq!(admitted.load(Ordering::Relaxed), 3_000);
     }
 }
